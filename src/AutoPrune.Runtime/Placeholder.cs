@@ -1,0 +1,1 @@
+namespace AutoPrune; internal static class Placeholder {}
