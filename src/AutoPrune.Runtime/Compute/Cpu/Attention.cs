@@ -1,0 +1,88 @@
+using System.Buffers;
+using System.Numerics.Tensors;
+
+namespace AutoPrune.Compute.Cpu;
+
+/// <summary>Multi-head attention over row-major [tokens, heads*headDim] buffers, with GQA.</summary>
+internal static class Attention
+{
+    /// <summary>
+    /// o = softmax(q kᵀ / sqrt(d)) v for every head. q: [nq, qHeads*hd]; k, v: [nk, kvHeads*hd];
+    /// with <paramref name="causal"/>, query i sees keys 0..(nk - nq + i).
+    /// </summary>
+    public static void MultiHead(ReadOnlySpan<float> q, ReadOnlySpan<float> k, ReadOnlySpan<float> v, Span<float> o,
+        int nq, int nk, int qHeads, int kvHeads, int hd, bool causal)
+    {
+        int group = qHeads / kvHeads;
+        int qStride = qHeads * hd, kvStride = kvHeads * hd;
+        // Parallel over (head, query block); each task needs its own scratch.
+        int blocks = Math.Max(1, Math.Min(nq / 64, Environment.ProcessorCount * 2));
+        int work = qHeads * blocks;
+        unsafe
+        {
+            fixed (float* qp = q, kp = k, vp = v, op = o)
+            {
+                nint qa = (nint)qp, ka = (nint)kp, va = (nint)vp, oa = (nint)op;
+                int qLen = q.Length, kLen = k.Length, vLen = v.Length, oLen = o.Length;
+                void Run(int w)
+                {
+                    int h = w / blocks, b = w % blocks;
+                    int start = (int)((long)nq * b / blocks), end = (int)((long)nq * (b + 1) / blocks);
+                    if (end <= start) return;
+                    var scratch = ArrayPool<float>.Shared.Rent(nk + hd);
+                    try
+                    {
+                        var qs = new ReadOnlySpan<float>((float*)qa, qLen);
+                        var ks = new ReadOnlySpan<float>((float*)ka, kLen);
+                        var vs = new ReadOnlySpan<float>((float*)va, vLen);
+                        var os = new Span<float>((float*)oa, oLen);
+                        int kvh = h / group;
+                        // Rows start..end of q, with the causal offset of the full query block.
+                        CpuOps.AttentionHead(
+                            qs.Slice(start * qStride), end - start, qStride, h * hd,
+                            ks.Slice(0, Math.Min(nk, causal ? nk - nq + end : nk) * kvStride), vs, Math.Min(nk, causal ? nk - nq + end : nk), kvStride, kvh * hd,
+                            os.Slice(start * qStride), qStride, h * hd, hd, causal, scratch);
+                    }
+                    finally { ArrayPool<float>.Shared.Return(scratch); }
+                }
+                if (work == 1 || (long)nq * nk * hd * qHeads < 1_000_000)
+                    for (int w = 0; w < work; w++) Run(w);
+                else
+                    Parallel.For(0, work, Run);
+            }
+        }
+    }
+
+    /// <summary>
+    /// Attention probabilities of selected query rows, per head: [qHeads, rows.Length, nk - firstKey]
+    /// (softmax over all nk keys, columns from <paramref name="firstKey"/> on). Causal masking as in
+    /// <see cref="MultiHead"/>. Only these rows are computed: no full attention matrix is materialised.
+    /// </summary>
+    public static float[] Rows(ReadOnlySpan<float> q, ReadOnlySpan<float> k, int nq, int nk, int qHeads, int kvHeads, int hd,
+        ReadOnlySpan<int> rows, bool causal, int firstKey = 0)
+    {
+        int group = qHeads / kvHeads;
+        int qStride = qHeads * hd, kvStride = kvHeads * hd, cols = nk - firstKey;
+        var result = new float[qHeads * rows.Length * cols];
+        var s = new float[nk];
+        float scale = 1f / MathF.Sqrt(hd);
+        for (int h = 0; h < qHeads; h++)
+        {
+            int kvh = h / group;
+            for (int r = 0; r < rows.Length; r++)
+            {
+                int i = rows[r];
+                int limit = causal ? Math.Min(nk, nk - nq + i + 1) : nk;
+                var qi = q.Slice(i * qStride + h * hd, hd);
+                var sl = s.AsSpan(0, limit);
+                for (int j = 0; j < limit; j++)
+                    sl[j] = TensorPrimitives.Dot(qi, k.Slice(j * kvStride + kvh * hd, hd)) * scale;
+                CpuOps.Softmax(sl);
+                var dst = result.AsSpan((h * rows.Length + r) * cols, cols);
+                for (int j = firstKey; j < nk; j++)
+                    dst[j - firstKey] = j < limit ? s[j] : 0f;
+            }
+        }
+        return result;
+    }
+}

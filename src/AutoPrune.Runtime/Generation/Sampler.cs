@@ -1,0 +1,50 @@
+namespace AutoPrune.Generation;
+
+/// <summary>Picks the next token from logits: greedy, or temperature + nucleus (top-p) sampling with a seed.</summary>
+internal sealed class Sampler
+{
+    private readonly float _temperature, _topP;
+    private readonly Random? _rng;
+
+    public Sampler(GenerationOptions o)
+    {
+        if (float.IsNaN(o.Temperature) || o.Temperature < 0) throw new ArgumentOutOfRangeException(nameof(o), $"Temperature must be >= 0 (got {o.Temperature}).");
+        if (float.IsNaN(o.TopP) || o.TopP <= 0 || o.TopP > 1) throw new ArgumentOutOfRangeException(nameof(o), $"TopP must be in (0, 1] (got {o.TopP}).");
+        _temperature = o.Temperature;
+        _topP = o.TopP;
+        if (_temperature > 0) _rng = o.Seed is int s ? new Random(s) : new Random();
+    }
+
+    public int Next(ReadOnlySpan<float> logits)
+    {
+        if (_rng is null) return Compute.Cpu.CpuOps.ArgMax(logits);
+        int n = logits.Length;
+        var idx = new int[n];
+        var p = new double[n];
+        double max = double.NegativeInfinity;
+        for (int i = 0; i < n; i++) max = Math.Max(max, logits[i]);
+        double sum = 0;
+        for (int i = 0; i < n; i++) { idx[i] = i; p[i] = Math.Exp((logits[i] - max) / _temperature); sum += p[i]; }
+        Array.Sort(p, idx); // ascending
+        Array.Reverse(p); Array.Reverse(idx);
+        double cut = _topP * sum, acc = 0;
+        int keep = 0;
+        while (keep < n) { acc += p[keep++]; if (acc >= cut) break; }
+        double r = _rng.NextDouble() * acc;
+        for (int i = 0; i < keep; i++)
+        {
+            r -= p[i];
+            if (r <= 0) return idx[i];
+        }
+        return idx[keep - 1];
+    }
+
+    /// <summary>The k largest logits, largest first (ties by lower id).</summary>
+    public static TokenLogit[] TopK(ReadOnlySpan<float> logits, int k)
+    {
+        var all = new TokenLogit[logits.Length];
+        for (int i = 0; i < logits.Length; i++) all[i] = new TokenLogit(i, logits[i]);
+        Array.Sort(all, (a, b) => b.Logit != a.Logit ? b.Logit.CompareTo(a.Logit) : a.Id.CompareTo(b.Id));
+        return all.AsSpan(0, Math.Min(k, all.Length)).ToArray();
+    }
+}

@@ -1,0 +1,100 @@
+using AutoPrune.Compute.Cpu;
+using AutoPrune.Loading;
+
+namespace AutoPrune.Models.Llava;
+
+/// <summary>The 2-layer MLP projector (<c>multi_modal_projector.linear_1/2</c>).</summary>
+internal sealed class MultiModalProjector
+{
+    private readonly Linear _l1, _l2;
+    private readonly string _act;
+
+    public MultiModalProjector(SafeTensorStore store, int visionHidden, int textHidden, string act, bool bias)
+    {
+        _l1 = Linear.Load(store, "multi_modal_projector.linear_1", visionHidden, textHidden, bias);
+        _l2 = Linear.Load(store, "multi_modal_projector.linear_2", textHidden, textHidden, bias);
+        _act = act;
+        CpuOps.Activation(act, Span<float>.Empty); // fail at load on an unsupported activation
+    }
+
+    public float[] Forward(ReadOnlySpan<float> x, int rows)
+    {
+        var h = _l1.Forward(x, rows);
+        CpuOps.Activation(_act, h);
+        return _l2.Forward(h, rows);
+    }
+}
+
+/// <summary>LLaVA: CLIP tower + projector + Llama decoder, loaded from a Hugging Face folder.</summary>
+internal sealed class LlavaModel
+{
+    public LlavaConfig Config { get; }
+    public ClipVisionTower Vision { get; }
+    public MultiModalProjector Projector { get; }
+    public LlamaDecoder Decoder { get; }
+    public IReadOnlyList<string> UnusedTensors { get; }
+
+    public LlavaModel(SafeTensorStore store, LlavaConfig config, Action<double>? progress = null)
+    {
+        Config = config;
+        bool dropCls = config.VisionFeatureSelectStrategy == "default";
+        Vision = new ClipVisionTower(store, config.VisionConfig, config.ResolvedFeatureLayerIndex, dropCls);
+        Projector = new MultiModalProjector(store, config.VisionConfig.HiddenSize, config.TextConfig.HiddenSize,
+            config.ProjectorHiddenAct, config.MultimodalProjectorBias);
+        progress?.Invoke(0.1);
+        Decoder = new LlamaDecoder(store, config.TextConfig, config.TieWordEmbeddings || config.TextConfig.TieWordEmbeddings,
+            f => progress?.Invoke(0.1 + 0.9 * f));
+        // The tower's post_layernorm and layers past the feature layer are not needed for LLaVA features.
+        UnusedTensors = store.UnusedTensors()
+            .Where(n => !n.StartsWith("vision_tower.vision_model.post_layernorm", StringComparison.Ordinal)
+                     && !IsLaterVisionLayer(n, config.ResolvedFeatureLayerIndex))
+            .ToList();
+    }
+
+    private static bool IsLaterVisionLayer(string name, int featureLayer)
+    {
+        const string p = "vision_tower.vision_model.encoder.layers.";
+        if (!name.StartsWith(p, StringComparison.Ordinal)) return false;
+        var rest = name.AsSpan(p.Length);
+        int dot = rest.IndexOf('.');
+        return dot > 0 && int.TryParse(rest[..dot], out int idx) && idx >= featureLayer;
+    }
+
+    /// <summary>Number of visual tokens one image contributes.</summary>
+    public int TokensPerImage => Vision.OutputTokens;
+
+    /// <summary>Projected visual tokens [TokensPerImage, textHidden] for a vision output.</summary>
+    public float[] ProjectImage(VisionFeatures f) => Projector.Forward(f.Features, f.Tokens);
+
+    /// <summary>Builds the prefill sequence: token embeddings with each image's projected tokens spliced in at its placeholder run.</summary>
+    public SequenceState BuildSequence(ReadOnlySpan<int> ids, IReadOnlyList<float[]> projectedImages)
+    {
+        int h = Decoder.Hidden, n = ids.Length, per = TokensPerImage, imageToken = Config.ImageTokenIndex;
+        var hidden = new float[n * h];
+        var vis = new int[n];
+        int image = 0, inImage = 0;
+        for (int i = 0; i < n; i++)
+        {
+            if (ids[i] == imageToken)
+            {
+                if (image >= projectedImages.Count)
+                    throw new ArgumentException($"The prompt has more <image> tokens than the {projectedImages.Count} image(s) given supply ({per} tokens each).");
+                projectedImages[image].AsSpan(inImage * h, h).CopyTo(hidden.AsSpan(i * h, h));
+                vis[i] = image * per + inImage;
+                if (++inImage == per) { inImage = 0; image++; }
+            }
+            else
+            {
+                if (inImage != 0)
+                    throw new ArgumentException($"Image {image} has only {inImage} of its {per} <image> tokens in the prompt.");
+                Decoder.Embed(ids.Slice(i, 1), hidden.AsSpan(i * h, h));
+                vis[i] = -1;
+            }
+        }
+        if (inImage != 0 || image != projectedImages.Count)
+            throw new ArgumentException($"The prompt holds {image} image(s)' worth of <image> tokens but {projectedImages.Count} image(s) were given.");
+        var pos = new int[n];
+        for (int i = 0; i < n; i++) pos[i] = i;
+        return new SequenceState { Hidden = hidden, Length = n, Positions = pos, VisualIndex = vis };
+    }
+}

@@ -1,0 +1,240 @@
+using System.Diagnostics;
+using System.Runtime.CompilerServices;
+using System.Threading.Channels;
+using AutoPrune.Generation;
+using AutoPrune.Loading;
+using AutoPrune.Loading.Images;
+using AutoPrune.Loading.Text;
+using AutoPrune.Models.Llava;
+using Microsoft.Extensions.Logging;
+using Microsoft.Extensions.Logging.Abstractions;
+
+namespace AutoPrune;
+
+/// <summary>Progress of a model load: a stage name and the fraction done (0..1).</summary>
+public readonly record struct LoadProgress(string Stage, double Fraction);
+
+/// <summary>Facts about a loaded model.</summary>
+public sealed record ModelInfo(string Directory, string Device, int DecoderLayers, int HiddenSize, int Heads, int KvHeads,
+    int VisualTokensPerImage, int GridSize, int VocabSize, int ContextLength);
+
+/// <summary>
+/// A LLaVA-family vision-language model loaded from a Hugging Face folder. Thread-safe: any number of
+/// callers may ask at once; at most <see cref="ModelOptions.MaxConcurrentRequests"/> compute at a time.
+/// </summary>
+public sealed class VisionLanguageModel : IDisposable
+{
+    private readonly LlavaModel _model;
+    private readonly LlavaTokenizer _tokenizer;
+    private readonly ImagePreprocessor _images;
+    private readonly ModelOptions _options;
+    private readonly ILogger _log;
+    private readonly SemaphoreSlim _gate;
+    private int _disposed;
+
+    public ModelInfo Info { get; }
+
+    private VisionLanguageModel(string dir, LlavaModel model, LlavaTokenizer tokenizer, ImagePreprocessor images, ModelOptions options, ILogger log)
+    {
+        _model = model; _tokenizer = tokenizer; _images = images; _options = options; _log = log;
+        _gate = new SemaphoreSlim(Math.Max(1, options.MaxConcurrentRequests));
+        var t = model.Config.TextConfig;
+        Info = new ModelInfo(dir, "cpu", t.NumHiddenLayers, t.HiddenSize, t.NumAttentionHeads, t.NumKeyValueHeads,
+            model.TokensPerImage, model.Vision.Grid, t.VocabSize, t.MaxPositionEmbeddings);
+    }
+
+    /// <summary>Loads a LLaVA checkpoint folder (config.json, safetensors, tokenizer, preprocessor_config.json).</summary>
+    /// <exception cref="ModelLoadException">Anything missing, malformed or inconsistent, named with its file and tensor.</exception>
+    public static VisionLanguageModel Load(string modelDirectory, ModelOptions? options = null, IProgress<LoadProgress>? progress = null)
+    {
+        options ??= new ModelOptions();
+        var log = options.LoggerFactory?.CreateLogger<VisionLanguageModel>() ?? (ILogger)NullLogger.Instance;
+        if (string.IsNullOrWhiteSpace(modelDirectory))
+            throw new ArgumentException("A model directory is required.", nameof(modelDirectory));
+        var dir = Path.GetFullPath(modelDirectory);
+        if (!Directory.Exists(dir))
+            throw new ModelLoadException($"Model directory '{dir}' does not exist.", dir);
+        string device = ResolveDevice(options.Device);
+        var sw = Stopwatch.StartNew();
+        progress?.Report(new LoadProgress("config", 0));
+        var config = LlavaConfig.Load(dir);
+        progress?.Report(new LoadProgress("tokenizer", 0.02));
+        var tokenizer = LlavaTokenizer.Load(dir, config.ImageTokenIndex);
+        var images = ImagePreprocessor.Load(dir);
+        images.MaxPixels = options.MaxImagePixels;
+        progress?.Report(new LoadProgress("weights", 0.05));
+        LlavaModel model;
+        using (var store = SafeTensorStore.Open(dir))
+        {
+            model = new LlavaModel(store, config, f => progress?.Report(new LoadProgress("weights", 0.05 + 0.95 * f)));
+            var unexpected = model.UnusedTensors;
+            if (unexpected.Count > 0)
+                throw new ModelLoadException(
+                    $"Checkpoint in '{dir}' has {unexpected.Count} tensor(s) the LLaVA model does not use, e.g. {string.Join(", ", unexpected.Take(5))}. " +
+                    "It may be a different architecture than config.json says.", dir, unexpected[0]);
+        }
+        progress?.Report(new LoadProgress("ready", 1));
+        log.LogInformation("Loaded {Dir} on {Device} in {Ms:F0} ms: {Layers} decoder layers, hidden {Hidden}, {Visual} visual tokens per image",
+            dir, device, sw.Elapsed.TotalMilliseconds, config.TextConfig.NumHiddenLayers, config.TextConfig.HiddenSize, model.TokensPerImage);
+        return new VisionLanguageModel(dir, model, tokenizer, images, options, log);
+    }
+
+    /// <summary>Loads on a worker thread.</summary>
+    public static Task<VisionLanguageModel> LoadAsync(string modelDirectory, ModelOptions? options = null, IProgress<LoadProgress>? progress = null, CancellationToken ct = default)
+        => Task.Run(() => Load(modelDirectory, options, progress), ct);
+
+    private static string ResolveDevice(string device) => device.Trim().ToLowerInvariant() switch
+    {
+        "cpu" or "auto" or "" => "cpu",
+        var d when d.StartsWith("cuda", StringComparison.Ordinal) =>
+            throw new NotSupportedException($"Device '{device}' was asked for, but this build has no CUDA backend yet; use \"cpu\" or \"auto\"."),
+        _ => throw new ArgumentException($"Unknown device '{device}': expected \"cpu\", \"auto\", \"cuda\" or \"cuda:N\".", nameof(device)),
+    };
+
+    /// <summary>Answers one question about zero or more images.</summary>
+    public Task<VisionAnswer> AskAsync(string question, ImageInput image, GenerationOptions? generation = null, CancellationToken ct = default)
+        => AskAsync(VisionRequest.Create(question, image) with { Generation = generation ?? new GenerationOptions() }, ct);
+
+    /// <summary>Answers a request (a question or a conversation with images).</summary>
+    public async Task<VisionAnswer> AskAsync(VisionRequest request, CancellationToken ct = default)
+    {
+        VisionAnswer? answer = null;
+        await foreach (var chunk in StreamAsync(request, ct).ConfigureAwait(false))
+            answer = chunk.Answer ?? answer;
+        return answer!;
+    }
+
+    /// <summary>Streams the answer token by token; the last chunk carries the full <see cref="VisionAnswer"/>.</summary>
+    public async IAsyncEnumerable<AnswerChunk> StreamAsync(VisionRequest request, [EnumeratorCancellation] CancellationToken ct = default)
+    {
+        ObjectDisposedException.ThrowIf(_disposed != 0, this);
+        var prepared = Prepare(request); // validation errors surface here, before any queueing
+        var channel = Channel.CreateUnbounded<AnswerChunk>(new UnboundedChannelOptions { SingleReader = true, SingleWriter = true });
+        var producer = Task.Run(async () =>
+        {
+            try
+            {
+                await _gate.WaitAsync(ct).ConfigureAwait(false);
+                try { Run(prepared, c => channel.Writer.TryWrite(c), ct); }
+                finally { _gate.Release(); }
+                channel.Writer.TryComplete();
+            }
+            catch (Exception e) { channel.Writer.TryComplete(e); }
+        }, CancellationToken.None);
+        await foreach (var chunk in channel.Reader.ReadAllAsync(CancellationToken.None).ConfigureAwait(false))
+            yield return chunk;
+        await producer.ConfigureAwait(false);
+    }
+
+    private sealed record Prepared(VisionRequest Request, int[] Ids, int MaxNew);
+
+    private Prepared Prepare(VisionRequest request)
+    {
+        ArgumentNullException.ThrowIfNull(request);
+        if (request.Turns is null || request.Turns.Count == 0)
+            throw new ArgumentException("The request has no conversation turns.", nameof(request));
+        var last = request.Turns[^1];
+        if (last.Role != TurnRole.User)
+            throw new ArgumentException($"The last turn must be the user's (got {last.Role}).", nameof(request));
+        if (string.IsNullOrWhiteSpace(last.Text.Replace(Prompting.ImagePlaceholder, "")))
+            throw new ArgumentException("The question is empty.", nameof(request));
+        int placeholders = request.Turns.Sum(t => CountPlaceholders(t.Text));
+        if (placeholders != request.Images.Count)
+            throw new ArgumentException($"The conversation has {placeholders} {Prompting.ImagePlaceholder} placeholder(s) but {request.Images.Count} image(s) were given.", nameof(request));
+        var g = request.Generation ?? new GenerationOptions();
+        if (g.MaxNewTokens < 1 || g.MaxNewTokens > _options.MaxNewTokensLimit)
+            throw new ArgumentOutOfRangeException(nameof(request), $"MaxNewTokens must be between 1 and {_options.MaxNewTokensLimit} (got {g.MaxNewTokens}).");
+        _ = new Sampler(g); // validates temperature and top-p
+        string prompt = LlavaTokenizer.FormatConversation(request.Turns.Select(t => (t.Role.ToString().ToLowerInvariant(), t.Text)).ToList());
+        var ids = _tokenizer.EncodePrompt(prompt, _model.TokensPerImage);
+        int context = Info.ContextLength, maxPrompt = Math.Min(context, _options.MaxPromptTokens ?? context);
+        if (ids.Length > maxPrompt)
+            throw new ArgumentException($"The prompt is {ids.Length} tokens long ({request.Images.Count} image(s) × {_model.TokensPerImage} visual tokens + text); the limit is {maxPrompt}.", nameof(request));
+        int maxNew = Math.Min(g.MaxNewTokens, context - ids.Length);
+        if (maxNew < 1)
+            throw new ArgumentException($"The prompt ({ids.Length} tokens) leaves no room to answer in the model's context of {context} tokens.", nameof(request));
+        return new Prepared(request with { Generation = g }, ids, maxNew);
+    }
+
+    private static int CountPlaceholders(string s)
+    {
+        int c = 0, i = 0;
+        while ((i = s.IndexOf(Prompting.ImagePlaceholder, i, StringComparison.Ordinal)) >= 0) { c++; i += Prompting.ImagePlaceholder.Length; }
+        return c;
+    }
+
+    private void Run(Prepared p, Action<AnswerChunk> emit, CancellationToken ct)
+    {
+        var total = Stopwatch.StartNew();
+        var g = p.Request.Generation;
+        // Images
+        var sw = Stopwatch.StartNew();
+        var pixels = p.Request.Images.Select(img => img.Path is not null
+            ? _images.PreprocessFile(img.Path, _options.PadToSquare)
+            : _images.Preprocess(img.Bytes.Span, _options.PadToSquare)).ToList();
+        double preprocessMs = sw.Elapsed.TotalMilliseconds;
+        sw.Restart();
+        var projected = new List<float[]>(pixels.Count);
+        foreach (var px in pixels)
+        {
+            ct.ThrowIfCancellationRequested();
+            projected.Add(_model.ProjectImage(_model.Vision.Forward(px)));
+        }
+        double visionMs = sw.Elapsed.TotalMilliseconds;
+        // Prefill
+        sw.Restart();
+        var state = _model.BuildSequence(p.Ids, projected);
+        var cache = new KvCache(_model.Decoder.Layers, p.MaxNew);
+        var logits = _model.Decoder.Prefill(state, cache, hook: null, ct);
+        var top = Sampler.TopK(logits, 5);
+        double prefillMs = sw.Elapsed.TotalMilliseconds;
+        // Decode
+        sw.Restart();
+        var sampler = new Sampler(g);
+        var decoder = _tokenizer.CreateStreamingDecoder();
+        var tokens = new List<int>();
+        var text = new System.Text.StringBuilder();
+        var finish = AnswerFinishReason.Length;
+        var stops = g.StopSequences?.Where(s => !string.IsNullOrEmpty(s)).ToArray() ?? [];
+        for (int step = 0; step < p.MaxNew; step++)
+        {
+            ct.ThrowIfCancellationRequested();
+            int next = sampler.Next(logits);
+            if (next == _tokenizer.EosId) { finish = AnswerFinishReason.Stop; break; }
+            tokens.Add(next);
+            string piece = decoder.Add(next);
+            text.Append(piece);
+            string? stop = stops.FirstOrDefault(s => text.ToString().EndsWith(s, StringComparison.Ordinal));
+            if (stop is not null)
+            {
+                int keepLen = text.Length - stop.Length;
+                int alreadyEmitted = text.Length - piece.Length;
+                if (keepLen > alreadyEmitted) emit(new AnswerChunk(text.ToString(alreadyEmitted, keepLen - alreadyEmitted), next, null));
+                text.Length = keepLen;
+                finish = AnswerFinishReason.StopSequence;
+                break;
+            }
+            if (piece.Length > 0) emit(new AnswerChunk(piece, next, null));
+            if (step + 1 < p.MaxNew) logits = _model.Decoder.DecodeStep(next, cache);
+        }
+        double decodeMs = sw.Elapsed.TotalMilliseconds;
+        var answer = new VisionAnswer
+        {
+            Text = text.ToString(),
+            TokenIds = tokens,
+            FinishReason = finish,
+            PromptTokens = p.Ids.Length,
+            VisualTokens = projected.Count * _model.TokensPerImage,
+            TopLogits = top,
+            Timings = new AnswerTimings(preprocessMs, visionMs, prefillMs, decodeMs, total.Elapsed.TotalMilliseconds),
+            Device = Info.Device,
+        };
+        emit(new AnswerChunk("", null, answer));
+    }
+
+    public void Dispose()
+    {
+        if (Interlocked.Exchange(ref _disposed, 1) != 0) return;
+        _gate.Dispose();
+    }
+}

@@ -1,0 +1,48 @@
+using AutoPrune.Loading;
+using AutoPrune.Loading.Images;
+using AutoPrune.Models.Llava;
+using AutoPrune.Tests;
+using Xunit;
+
+namespace AutoPrune.Tests.Engine;
+
+/// <summary>Shared fixture: the tiny model loaded once for the internal-API tests.</summary>
+public sealed class TinyModelFixture
+{
+    internal LlavaModel Model { get; }
+    internal ImagePreprocessor Images { get; }
+
+    public TinyModelFixture()
+    {
+        var config = LlavaConfig.Load(TestData.ModelDir);
+        using var store = SafeTensorStore.Open(TestData.ModelDir);
+        Model = new LlavaModel(store, config);
+        Images = ImagePreprocessor.Load(TestData.ModelDir);
+    }
+
+    internal float[] PrefillLogits(int[] ids, string imagePath)
+    {
+        var pixels = Images.PreprocessFile(imagePath, false);
+        var projected = Model.ProjectImage(Model.Vision.Forward(pixels));
+        var state = Model.BuildSequence(ids, [projected]);
+        return Model.Decoder.Prefill(state, new KvCache(Model.Decoder.Layers, 4), null, CancellationToken.None);
+    }
+}
+
+public sealed class ForwardParityTests(TinyModelFixture fx) : IClassFixture<TinyModelFixture>
+{
+    public static TheoryData<int> ReferenceIds => new(TestData.References.Select(r => r.Id));
+
+    [Theory]
+    [MemberData(nameof(ReferenceIds))]
+    public void LastPositionLogitsMatchTransformersWithin1e3(int id)
+    {
+        var reference = TestData.References.Single(r => r.Id == id);
+        var row = TestData.Dev.Single(r => r.Id == id);
+        var logits = fx.PrefillLogits(reference.InputIds, TestData.Image(row.Image));
+        Assert.Equal(reference.LastLogits.Length, logits.Length);
+        double maxErr = 0;
+        for (int i = 0; i < logits.Length; i++) maxErr = Math.Max(maxErr, Math.Abs(logits[i] - reference.LastLogits[i]));
+        Assert.True(maxErr < 1e-3, $"row {id}: max |logit - reference| = {maxErr:E3}");
+    }
+}
