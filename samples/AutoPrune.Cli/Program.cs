@@ -1,1 +1,6 @@
-Console.WriteLine("x");
+using System.CommandLine;
+using AutoPrune.Cli;
+
+var root = new RootCommand("AutoPrune.NET: ask a LLaVA-family vision-language model about images, locally, with adaptive visual-token pruning.");
+root.Subcommands.Add(AskCommand.Create());
+return await root.Parse(args).InvokeAsync();

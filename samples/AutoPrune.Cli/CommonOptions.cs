@@ -1,0 +1,64 @@
+using System.CommandLine;
+using AutoPrune.Loading;
+using Spectre.Console;
+
+namespace AutoPrune.Cli;
+
+/// <summary>Options and helpers shared by the CLI's commands.</summary>
+internal static class CommonOptions
+{
+    /// <summary>The default model: samples/models/shapes-llava-tiny next to the app or up the source tree.</summary>
+    public static string DefaultModelDirectory()
+    {
+        const string rel = "samples/models/shapes-llava-tiny";
+        foreach (var start in new[] { AppContext.BaseDirectory, Environment.CurrentDirectory })
+            for (var d = new DirectoryInfo(start); d is not null; d = d.Parent)
+            {
+                var candidate = Path.Combine(d.FullName, rel);
+                if (Directory.Exists(candidate)) return candidate;
+            }
+        return rel;
+    }
+
+    public static Option<string> Model() => new("--model", "-m")
+    {
+        Description = "Model folder (Hugging Face LLaVA layout). Default: samples/models/shapes-llava-tiny.",
+        DefaultValueFactory = _ => DefaultModelDirectory(),
+    };
+
+    public static Option<string> Device() => new("--device")
+    {
+        Description = "cpu or auto.",
+        DefaultValueFactory = _ => "auto",
+    };
+
+    /// <summary>Writes to stderr so --json output on stdout stays clean.</summary>
+    public static IAnsiConsole Err { get; } = AnsiConsole.Create(new AnsiConsoleSettings { Out = new AnsiConsoleOutput(Console.Error) });
+
+    /// <summary>Loads a model with a progress bar on stderr (unless quiet).</summary>
+    public static async Task<VisionLanguageModel> LoadAsync(string dir, ModelOptions options, bool quiet)
+    {
+        if (quiet || Console.IsErrorRedirected)
+            return await VisionLanguageModel.LoadAsync(dir, options);
+        VisionLanguageModel? model = null;
+        await Err.Progress().AutoClear(true).StartAsync(async ctx =>
+        {
+            var task = ctx.AddTask($"Loading {Path.GetFileName(Path.GetFullPath(dir).TrimEnd('/'))}", maxValue: 1.0);
+            var progress = new Progress<LoadProgress>(p => { task.Value = p.Fraction; task.Description = $"Loading: {p.Stage}"; });
+            model = await VisionLanguageModel.LoadAsync(dir, options, progress);
+            task.Value = 1.0;
+        });
+        return model!;
+    }
+
+    /// <summary>Runs a command body, turning expected failures into one clear line and exit code 1.</summary>
+    public static async Task<int> Guard(Func<Task<int>> body)
+    {
+        try { return await body(); }
+        catch (Exception e) when (e is ModelLoadException or ArgumentException or NotSupportedException or IOException or InvalidOperationException)
+        {
+            Console.Error.WriteLine($"error: {e.Message}");
+            return 1;
+        }
+    }
+}
