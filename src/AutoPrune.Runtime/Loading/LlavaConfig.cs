@@ -141,7 +141,9 @@ public sealed class LlavaConfig
         int layers = VisionConfig.NumHiddenLayers;
         v.Range("vision_feature_layer", VisionFeatureLayer, -(layers + 1), layers,
             $"vision_config has {layers} layers, so hidden_states has {layers + 1} entries");
-        v.Range("image_token_index", ImageTokenIndex, 0, TextConfig.VocabSize - 1, $"text_config.vocab_size is {TextConfig.VocabSize}");
+        // Not bounded by vocab_size: HF's own defaults (32000 / 32000) put it just past the vocabulary, and
+        // image positions are replaced by projected features before any embedding lookup.
+        v.Range("image_token_index", ImageTokenIndex, 0, int.MaxValue);
         v.Range("image_seq_length", ImageSeqLength, 1, 1 << 20);
     }
 
