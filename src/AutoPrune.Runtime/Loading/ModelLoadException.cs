@@ -1,22 +1,21 @@
 namespace AutoPrune.Loading;
 
 /// <summary>
-/// Raised for every problem found while loading a checkpoint: missing or malformed files,
-/// bad headers, wrong shapes or dtypes, unsupported configuration values.
-/// The message names the file, the tensor (when there is one) and what was expected vs found.
+/// Thrown when a model folder cannot be loaded: a missing, unreadable or corrupt file, or a tensor
+/// that is missing or does not have the expected shape or type. The message names what was expected.
 /// </summary>
 public class ModelLoadException : Exception
 {
-    public ModelLoadException(string message, string? filePath = null, string? tensorName = null, Exception? innerException = null)
-        : base(message, innerException)
+    public ModelLoadException(string message, string? filePath = null, string? tensorName = null, Exception? inner = null)
+        : base(message, inner)
     {
         FilePath = filePath;
         TensorName = tensorName;
     }
 
-    /// <summary>The file the problem was found in, when known.</summary>
+    /// <summary>The file that failed to load, when known.</summary>
     public string? FilePath { get; }
 
-    /// <summary>The tensor the problem concerns, when there is one.</summary>
+    /// <summary>The tensor that failed to load, when known.</summary>
     public string? TensorName { get; }
 }
