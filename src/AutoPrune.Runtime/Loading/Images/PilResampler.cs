@@ -1,0 +1,170 @@
+namespace AutoPrune.Loading.Images;
+
+/// <summary>
+/// A port of Pillow's <c>Image.resize</c> for 8-bit RGB (libImaging/Resample.c): separable
+/// convolution, horizontal pass then vertical pass, each rounded to uint8; filter support scaled by
+/// the downscale factor (antialiasing); coefficients normalised, then turned into 22-bit fixed point
+/// exactly as Pillow does. Bicubic is Pillow's BICUBIC (Keys cubic, a = -0.5). With the same input
+/// bytes it gives the same output bytes as <c>PIL.Image.resize(size, resample)</c> with
+/// <c>reducing_gap=None</c>, which is what Hugging Face's CLIPImageProcessor calls.
+/// </summary>
+internal static class PilResampler
+{
+    private const int PrecisionBits = 32 - 8 - 2;
+
+    private readonly record struct Filter(Func<double, double> Fn, double Support);
+
+    public static byte[] Resize(byte[] rgb, int width, int height, int outWidth, int outHeight, int resample)
+    {
+        if (outWidth == width && outHeight == height) return rgb;
+        if (resample == 0) return Nearest(rgb, width, height, outWidth, outHeight);
+        var filter = GetFilter(resample);
+        byte[] cur = rgb;
+        int curW = width;
+        if (outWidth != width)
+        {
+            cur = Horizontal(cur, curW, height, outWidth, filter);
+            curW = outWidth;
+        }
+        if (outHeight != height)
+            cur = Vertical(cur, curW, height, outHeight, filter);
+        return cur;
+    }
+
+    private static Filter GetFilter(int resample) => resample switch
+    {
+        1 => new Filter(Lanczos, 3.0),
+        2 => new Filter(Bilinear, 1.0),
+        3 => new Filter(Bicubic, 2.0),
+        4 => new Filter(Box, 0.5),
+        5 => new Filter(Hamming, 1.0),
+        _ => throw new NotSupportedException($"PIL resample filter {resample} is not supported (0..5)."),
+    };
+
+    private static double Box(double x) => x > -0.5 && x <= 0.5 ? 1.0 : 0.0;
+    private static double Bilinear(double x) { if (x < 0) x = -x; return x < 1.0 ? 1.0 - x : 0.0; }
+    private static double Hamming(double x)
+    {
+        if (x < 0) x = -x;
+        if (x == 0) return 1.0;
+        if (x >= 1.0) return 0.0;
+        x *= Math.PI;
+        return Math.Sin(x) / x * (0.54 + 0.46 * Math.Cos(x));
+    }
+    private static double Bicubic(double x)
+    {
+        const double a = -0.5;
+        if (x < 0) x = -x;
+        if (x < 1.0) return ((a + 2.0) * x - (a + 3.0)) * x * x + 1;
+        if (x < 2.0) return (((x - 5) * x + 8) * x - 4) * a;
+        return 0.0;
+    }
+    private static double Sinc(double x) { if (x == 0.0) return 1.0; x *= Math.PI; return Math.Sin(x) / x; }
+    private static double Lanczos(double x) => -3.0 <= x && x < 3.0 ? Sinc(x) * Sinc(x / 3) : 0.0;
+
+    // precompute_coeffs + normalize_coeffs_8bpc
+    private static (int[] Bounds, int[] Coeffs, int KSize) Precompute(int inSize, int outSize, Filter filter)
+    {
+        float in0 = 0, in1 = inSize;
+        double scale = (double)(in1 - in0) / outSize;
+        double filterscale = scale < 1.0 ? 1.0 : scale;
+        double support = filter.Support * filterscale;
+        int ksize = (int)Math.Ceiling(support) * 2 + 1;
+        var kk = new double[outSize * ksize];
+        var bounds = new int[outSize * 2];
+        for (int xx = 0; xx < outSize; xx++)
+        {
+            double center = in0 + (xx + 0.5) * scale;
+            double ww = 0.0;
+            double ss = 1.0 / filterscale;
+            int xmin = (int)(center - support + 0.5);
+            if (xmin < 0) xmin = 0;
+            int xmax = (int)(center + support + 0.5);
+            if (xmax > inSize) xmax = inSize;
+            xmax -= xmin;
+            int k = xx * ksize;
+            int x;
+            for (x = 0; x < xmax; x++)
+            {
+                double w = filter.Fn((x + xmin - center + 0.5) * ss);
+                kk[k + x] = w;
+                ww += w;
+            }
+            for (x = 0; x < xmax; x++)
+                if (ww != 0.0) kk[k + x] /= ww;
+            bounds[xx * 2] = xmin;
+            bounds[xx * 2 + 1] = xmax;
+        }
+        var coeffs = new int[kk.Length];
+        for (int i = 0; i < kk.Length; i++)
+            coeffs[i] = kk[i] < 0 ? (int)(-0.5 + kk[i] * (1 << PrecisionBits)) : (int)(0.5 + kk[i] * (1 << PrecisionBits));
+        return (bounds, coeffs, ksize);
+    }
+
+    private static byte Clip8(int v)
+    {
+        if (v >= (1 << PrecisionBits << 8)) return 255;
+        if (v <= 0) return 0;
+        return (byte)(v >> PrecisionBits);
+    }
+
+    private static byte[] Horizontal(byte[] src, int w, int h, int outW, Filter filter)
+    {
+        var (bounds, k, ksize) = Precompute(w, outW, filter);
+        var dst = new byte[outW * h * 3];
+        Parallel.For(0, h, y =>
+        {
+            int rowIn = y * w * 3, rowOut = y * outW * 3;
+            for (int xx = 0; xx < outW; xx++)
+            {
+                int xmin = bounds[xx * 2], xmax = bounds[xx * 2 + 1], kb = xx * ksize;
+                int s0 = 1 << (PrecisionBits - 1), s1 = s0, s2 = s0;
+                for (int x = 0; x < xmax; x++)
+                {
+                    int p = rowIn + (x + xmin) * 3, c = k[kb + x];
+                    s0 += src[p] * c; s1 += src[p + 1] * c; s2 += src[p + 2] * c;
+                }
+                int o = rowOut + xx * 3;
+                dst[o] = Clip8(s0); dst[o + 1] = Clip8(s1); dst[o + 2] = Clip8(s2);
+            }
+        });
+        return dst;
+    }
+
+    private static byte[] Vertical(byte[] src, int w, int h, int outH, Filter filter)
+    {
+        var (bounds, k, ksize) = Precompute(h, outH, filter);
+        var dst = new byte[w * outH * 3];
+        int stride = w * 3;
+        Parallel.For(0, outH, yy =>
+        {
+            int ymin = bounds[yy * 2], ymax = bounds[yy * 2 + 1], kb = yy * ksize, rowOut = yy * stride;
+            var acc = new int[stride];
+            Array.Fill(acc, 1 << (PrecisionBits - 1));
+            for (int y = 0; y < ymax; y++)
+            {
+                int c = k[kb + y], rowIn = (y + ymin) * stride;
+                for (int i = 0; i < stride; i++) acc[i] += src[rowIn + i] * c;
+            }
+            for (int i = 0; i < stride; i++) dst[rowOut + i] = Clip8(acc[i]);
+        });
+        return dst;
+    }
+
+    // Pillow's nearest-neighbour resize (an affine transform sampling pixel centres).
+    private static byte[] Nearest(byte[] src, int w, int h, int outW, int outH)
+    {
+        var dst = new byte[outW * outH * 3];
+        double sx = (double)w / outW, sy = (double)h / outH;
+        for (int y = 0; y < outH; y++)
+        {
+            int iy = Math.Min(h - 1, (int)((y + 0.5) * sy));
+            for (int x = 0; x < outW; x++)
+            {
+                int ix = Math.Min(w - 1, (int)((x + 0.5) * sx));
+                Buffer.BlockCopy(src, (iy * w + ix) * 3, dst, (y * outW + x) * 3, 3);
+            }
+        }
+        return dst;
+    }
+}
