@@ -145,7 +145,7 @@ public sealed class VisionLanguageModel : IDisposable
         if (g.MaxNewTokens < 1 || g.MaxNewTokens > _options.MaxNewTokensLimit)
             throw new ArgumentOutOfRangeException(nameof(request), $"MaxNewTokens must be between 1 and {_options.MaxNewTokensLimit} (got {g.MaxNewTokens}).");
         _ = new Sampler(g); // validates temperature and top-p
-        string prompt = LlavaTokenizer.FormatConversation(request.Turns.Select(t => (t.Role.ToString().ToLowerInvariant(), t.Text)).ToList());
+        string prompt = LlavaTokenizer.FormatConversation(request.Turns.Select(t => (t.Role.ToString().ToLowerInvariant(), t.Text)).ToList(), imageCount: 0);
         var ids = _tokenizer.EncodePrompt(prompt, _model.TokensPerImage);
         int context = Info.ContextLength, maxPrompt = Math.Min(context, _options.MaxPromptTokens ?? context);
         if (ids.Length > maxPrompt)
@@ -202,7 +202,7 @@ public sealed class VisionLanguageModel : IDisposable
             int next = sampler.Next(logits);
             if (next == _tokenizer.EosId) { finish = AnswerFinishReason.Stop; break; }
             tokens.Add(next);
-            string piece = decoder.Add(next);
+            string piece = decoder.Push(next);
             text.Append(piece);
             string? stop = stops.FirstOrDefault(s => text.ToString().EndsWith(s, StringComparison.Ordinal));
             if (stop is not null)
