@@ -157,8 +157,10 @@ internal static partial class Gemm
 
     internal static Blocking GetBlocking(GemmIsa isa) => isa switch
     {
-        GemmIsa.Avx512 => new Blocking(6, 32, 256, 144, 2048),
-        GemmIsa.Avx2 => new Blocking(6, 16, 256, 144, 2048),
+        // Tuned on Zen 4 (1 MB L2): a deep KC (fewer C read-modify-writes) with a small MC beat the
+        // "B micro-panel in L1" sizing; 7b 600x4096x4096 went from ~84 to ~94 GFLOP/s per core.
+        GemmIsa.Avx512 => new Blocking(6, 32, 512, 72, 1024),
+        GemmIsa.Avx2 => new Blocking(6, 16, 512, 72, 1024),
         _ => new Blocking(4, 8, 256, 64, 1024),
     };
 
