@@ -229,6 +229,45 @@ public class GemmTests
         Assert.Equal(c2, c1); // same packed panels => bit-identical
     }
 
+    [Fact]
+    public unsafe void HalfToSingle8_IsExact_ForAllBitPatterns()
+    {
+        if (!System.Runtime.Intrinsics.X86.Avx2.IsSupported) return;
+        var all = new ushort[65536];
+        for (int i = 0; i < all.Length; i++) all[i] = (ushort)i;
+        fixed (ushort* p = all)
+        {
+            for (int i = 0; i < all.Length; i += 8)
+            {
+                var v = Gemm.HalfToSingle8((Half*)(p + i));
+                for (int l = 0; l < 8; l++)
+                {
+                    float expected = (float)BitConverter.UInt16BitsToHalf(all[i + l]);
+                    float got = System.Runtime.Intrinsics.Vector256.GetElement(v, l);
+                    if (float.IsNaN(expected)) Assert.True(float.IsNaN(got), $"0x{i + l:X4}");
+                    else Assert.Equal(BitConverter.SingleToInt32Bits(expected), BitConverter.SingleToInt32Bits(got));
+                }
+            }
+        }
+    }
+
+    [Fact]
+    public void Gemv_Half_EqualsFp32GemvOnWidenedWeights()
+    {
+        var r = new Random(8);
+        foreach (var (k, n) in new[] { (1, 1), (7, 5), (16, 4), (24, 9), (4099, 70), (192, 512) })
+        {
+            var a = Rand(r, k);
+            var wh = Rand(r, n * k).Select(x => (Half)x).ToArray();
+            var wf = wh.Select(x => (float)x).ToArray();
+            var bias = Rand(r, n);
+            var c1 = new float[n]; var c2 = new float[n];
+            Gemm.MatMulTransB(a, 1, k, wh, n, c1, bias);
+            Gemm.MatMulTransB(a, 1, k, wf, n, c2, bias);
+            Assert.Equal(c2, c1);
+        }
+    }
+
     // ------------------------------------------------------------------ MatMul (A·B)
 
     [Theory]

@@ -11,8 +11,6 @@ namespace AutoPrune.Compute.Cpu;
 // therefore every result) does not depend on the thread count.
 internal static partial class Gemm
 {
-    private const int HalfChunk = 1024; // fp16 weights are widened HalfChunk elements at a time (multiple of 16)
-
     private static unsafe void GemvTransB(GemmIsa isa, float* a, int k, float* w, int ldw, int n0, int n1, float* c, float* bias, bool acc)
     {
         if (isa == GemmIsa.Scalar)
@@ -43,47 +41,77 @@ internal static partial class Gemm
 
     private static unsafe void GemvTransBHalf(GemmIsa isa, float* a, int k, Half* w, int ldw, int n0, int n1, float* c, float* bias, bool acc)
     {
-        float* tmp = stackalloc float[4 * HalfChunk];
-        int j0 = n0;
-        for (; j0 < n1; j0 += 4)
+        if (isa == GemmIsa.Scalar)
+        {
+            for (int j = n0; j < n1; j++)
+            {
+                Half* wr = w + (nint)j * ldw;
+                float s = 0f;
+                for (int p = 0; p < k; p++) s = MathF.FusedMultiplyAdd(a[p], (float)wr[p], s);
+                Store1(c, j, s, bias, acc);
+            }
+            return;
+        }
+        // Same accumulation structure as the fp32 GEMV (so results equal fp32 GEMV on widened weights),
+        // with the fp16 -> fp32 widening done in registers: W is streamed once at 2 bytes/element.
+        for (int j0 = n0; j0 < n1; j0 += 4)
         {
             int rows = Math.Min(4, n1 - j0);
-            var s = new Acc4();
-            float sc0 = 0, sc1 = 0, sc2 = 0, sc3 = 0; // scalar-ISA accumulators
-            for (int p0 = 0; p0 < k; p0 += HalfChunk)
+            Half* w0 = w + (nint)j0 * ldw;
+            Half* w1 = rows > 1 ? w0 + ldw : w0;
+            Half* w2 = rows > 2 ? w0 + 2 * (nint)ldw : w0;
+            Half* w3 = rows > 3 ? w0 + 3 * (nint)ldw : w0;
+            Vector256<float> a0 = default, b0 = default, a1 = default, b1 = default, a2 = default, b2 = default, a3 = default, b3 = default;
+            int p = 0;
+            for (; p + 16 <= k; p += 16)
             {
-                int len = Math.Min(HalfChunk, k - p0);
-                for (int r = 0; r < rows; r++)
-                    TensorPrimitives.ConvertToSingle(new ReadOnlySpan<Half>(w + (nint)(j0 + r) * ldw + p0, len), new Span<float>(tmp + r * HalfChunk, len));
-                float* t0 = tmp, t1 = rows > 1 ? tmp + HalfChunk : tmp, t2 = rows > 2 ? tmp + 2 * HalfChunk : tmp, t3 = rows > 3 ? tmp + 3 * HalfChunk : tmp;
-                if (isa == GemmIsa.Scalar)
-                {
-                    for (int p = 0; p < len; p++)
-                    {
-                        float ap = a[p0 + p];
-                        sc0 = MathF.FusedMultiplyAdd(ap, t0[p], sc0);
-                        sc1 = MathF.FusedMultiplyAdd(ap, t1[p], sc1);
-                        sc2 = MathF.FusedMultiplyAdd(ap, t2[p], sc2);
-                        sc3 = MathF.FusedMultiplyAdd(ap, t3[p], sc3);
-                    }
-                    continue;
-                }
-                Dot4(a + p0, t0, t1, t2, t3, len, ref s);
-                if (p0 + len == k)
-                {
-                    // final chunk: horizontal sums + scalar tail (tail elements live in this chunk)
-                    for (int r = 0; r < rows; r++)
-                        FinishRow(ref s, a + p0, len, j0, r, tmp + r * HalfChunk, c, bias, acc);
-                }
+                var x0 = Vector256.Load(a + p);
+                var x1 = Vector256.Load(a + p + 8);
+                a0 = Fma.MultiplyAdd(x0, HalfToSingle8(w0 + p), a0);
+                b0 = Fma.MultiplyAdd(x1, HalfToSingle8(w0 + p + 8), b0);
+                a1 = Fma.MultiplyAdd(x0, HalfToSingle8(w1 + p), a1);
+                b1 = Fma.MultiplyAdd(x1, HalfToSingle8(w1 + p + 8), b1);
+                a2 = Fma.MultiplyAdd(x0, HalfToSingle8(w2 + p), a2);
+                b2 = Fma.MultiplyAdd(x1, HalfToSingle8(w2 + p + 8), b2);
+                a3 = Fma.MultiplyAdd(x0, HalfToSingle8(w3 + p), a3);
+                b3 = Fma.MultiplyAdd(x1, HalfToSingle8(w3 + p + 8), b3);
             }
-            if (isa == GemmIsa.Scalar)
+            if (p + 8 <= k)
             {
-                Store1(c, j0, sc0, bias, acc);
-                if (rows > 1) Store1(c, j0 + 1, sc1, bias, acc);
-                if (rows > 2) Store1(c, j0 + 2, sc2, bias, acc);
-                if (rows > 3) Store1(c, j0 + 3, sc3, bias, acc);
+                var x0 = Vector256.Load(a + p);
+                a0 = Fma.MultiplyAdd(x0, HalfToSingle8(w0 + p), a0);
+                a1 = Fma.MultiplyAdd(x0, HalfToSingle8(w1 + p), a1);
+                a2 = Fma.MultiplyAdd(x0, HalfToSingle8(w2 + p), a2);
+                a3 = Fma.MultiplyAdd(x0, HalfToSingle8(w3 + p), a3);
             }
+            FinishRowHalf(a0 + b0, a, k, w0, c, j0, bias, acc);
+            if (rows > 1) FinishRowHalf(a1 + b1, a, k, w1, c, j0 + 1, bias, acc);
+            if (rows > 2) FinishRowHalf(a2 + b2, a, k, w2, c, j0 + 2, bias, acc);
+            if (rows > 3) FinishRowHalf(a3 + b3, a, k, w3, c, j0 + 3, bias, acc);
         }
+    }
+
+    private static unsafe void FinishRowHalf(Vector256<float> v, float* a, int k, Half* wr, float* c, int j, float* bias, bool acc)
+    {
+        float sum = Vector256.Sum(v);
+        for (int p = k & ~7; p < k; p++) sum = MathF.FusedMultiplyAdd(a[p], (float)wr[p], sum);
+        Store1(c, j, sum, bias, acc);
+    }
+
+    /// <summary>
+    /// Exact fp16 -> fp32 widening of 8 values in registers (no F16C intrinsics in .NET): move exponent+mantissa
+    /// into fp32 position and rescale by 2^112 (which also handles zeros and subnormals exactly), patch Inf/NaN,
+    /// then restore the sign.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    internal static unsafe Vector256<float> HalfToSingle8(Half* p)
+    {
+        Vector256<int> h = Avx2.ConvertToVector256Int32((ushort*)p); // zero-extend
+        Vector256<int> em = (h & Vector256.Create(0x7FFF)) << 13;
+        Vector256<float> f = em.AsSingle() * Vector256.Create(0x77800000).AsSingle(); // * 2^112
+        Vector256<int> infNan = Vector256.Equals(h & Vector256.Create(0x7C00), Vector256.Create(0x7C00));
+        f = Vector256.ConditionalSelect(infNan.AsSingle(), (em | Vector256.Create(0x7F800000)).AsSingle(), f);
+        return (f.AsInt32() | ((h & Vector256.Create(0x8000)) << 16)).AsSingle();
     }
 
     /// <summary>c[j] = sum_p a[p]·B[p,j] for j in [n0,n1), B row-major [k, ldb].</summary>
