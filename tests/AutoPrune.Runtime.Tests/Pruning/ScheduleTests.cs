@@ -1,0 +1,202 @@
+using AutoPrune.Pruning;
+using CsCheck;
+using Xunit;
+
+namespace AutoPrune.Runtime.Tests.Pruning;
+
+public class ScheduleTests
+{
+    private static readonly ModelShape Llava = FlopsModelTests.Llava7B;
+    private static readonly ModelShape Fixture = BudgetTests.Fixture8;
+
+    private static LayerSchedule Solve(ModelShape shape, PruningMethod m, double b, BudgetAccounting acc, double mi1 = 0.5)
+        => ScheduleSolver.Solve(shape, new PruningOptions { Method = m, Budget = b, Accounting = acc }, mi1);
+
+    private static void AssertConsistent(LayerSchedule s, ModelShape shape)
+    {
+        Assert.Equal(shape.Layers, s.Processed.Length);
+        Assert.Equal(shape.Layers, s.Output.Length);
+        Assert.All(s.Processed, c => Assert.InRange(c, 1, shape.VisualTokens));
+        for (int l = 1; l < shape.Layers; l++) Assert.Equal(s.Output[l - 1], s.Processed[l]);
+        Assert.Equal(s.Processed.Average(), s.AchievedProcessed, 9);
+    }
+
+    [Fact]
+    public void FastVOn32LayersPrunesAtLayer2()
+    {
+        var s = Solve(Llava, PruningMethod.FastV, 64, BudgetAccounting.Processed);
+        // k = floor((32*64 - 2*576) / 30) = floor(29.87) = 29
+        Assert.Equal(29, (int)s.Signals["keep"]);
+        Assert.Equal(new[] { 576, 576 }, s.Processed[..2]);
+        Assert.All(s.Processed[2..], c => Assert.Equal(29, c));
+        Assert.Equal(29, s.AchievedPublished);
+        var pub = Solve(Llava, PruningMethod.FastV, 64, BudgetAccounting.Published);
+        Assert.Equal(64, pub.AchievedPublished);
+        Assert.Equal(2, SinglePruneSchedule.PruneLayer(32));
+        Assert.Equal(1, SinglePruneSchedule.PruneLayer(8));
+    }
+
+    [Fact]
+    public void FastVPaperDefaultKeepsHalf()
+    {
+        var s = SinglePruneSchedule.PaperDefault(PruningMethod.FastV, Llava, new PruningOptions());
+        Assert.Equal(288, s.Processed[^1]);
+    }
+
+    [Fact]
+    public void PDropDefaultBoundariesAndPaperDefault()
+    {
+        Assert.Equal(new[] { 8, 16, 24 }, PDropSchedule.DefaultBoundaries(32));
+        Assert.Equal(new[] { 2, 4, 6 }, PDropSchedule.DefaultBoundaries(8));
+        var s = PDropSchedule.PaperDefault(Llava, new PruningOptions());
+        Assert.Equal(576, s.Processed[7]);
+        Assert.Equal(288, s.Processed[8]);
+        Assert.Equal(144, s.Processed[16]);
+        Assert.Equal(72, s.Processed[24]);
+        Assert.Equal(270, s.AchievedProcessed, 9);
+    }
+
+    [Fact]
+    public void PDropFallsBackToEarlierBoundariesWithNote()
+    {
+        // On 8 layers the default first stage (layers 0-1 at 576) alone averages 144 > 96.
+        var s = Solve(Fixture, PruningMethod.PDrop, 96, BudgetAccounting.Processed);
+        Assert.Equal(1, (int)s.Signals["boundary1"]);
+        Assert.Contains(s.Notes, n => n.Contains("boundaries"));
+        Assert.InRange(s.AchievedProcessed, 95, 96);
+        // With a reachable budget the defaults stay and there is no note.
+        var d = Solve(Llava, PruningMethod.PDrop, 192, BudgetAccounting.Processed);
+        Assert.Equal(8, (int)d.Signals["boundary1"]);
+        Assert.Empty(d.Notes);
+    }
+
+    [Fact]
+    public void SparseVlmLayersScaleWithDepth()
+    {
+        Assert.Equal(new[] { 2, 6, 15 }, SparseVlmSchedule.PruneLayers(32));
+        Assert.Equal(new[] { 1, 2, 4 }, SparseVlmSchedule.PruneLayers(8));
+        Assert.Equal(new[] { 1, 2, 3 }, SparseVlmSchedule.PruneLayers(4));
+        var s = Solve(Llava, PruningMethod.SparseVLM, 128, BudgetAccounting.Processed);
+        Assert.Equal(3, s.Steps.Count);
+        Assert.All(s.Steps, st => Assert.True(st.Recycled >= 1));
+        Assert.Equal(s.Steps[0].Kept + s.Steps[0].Recycled, s.Processed[3]);
+        Assert.Equal(576, s.Processed[2]);
+    }
+
+    [Theory]
+    [InlineData(64, 54, 10)]
+    [InlineData(128, 108, 20)]
+    [InlineData(192, 162, 30)]
+    public void VisionZipSplit(int b, int d, int c)
+    {
+        Assert.Equal((d, c), VisionZipSchedule.Split(b, new PruningOptions()));
+        var s = Solve(Llava, PruningMethod.VisionZip, b, BudgetAccounting.Processed);
+        Assert.All(s.Processed, n => Assert.Equal(b, n));
+        Assert.Equal(b, s.AchievedPublished);
+    }
+
+    [Fact]
+    public void AutoPruneCurveAndSignals()
+    {
+        var o = new PruningOptions();
+        // MI1 = 1 summed over 32 heads -> k = 0.2; on 16 heads the same head-sum counts double -> k = 0.
+        Assert.Equal(0.2, AutoPruneSchedule.Slope(1.0, 32, o), 12);
+        Assert.Equal(0.0, AutoPruneSchedule.Slope(1.0, 16, o), 12);
+        // Logistic midpoint at x0 + k: base = A/2 there.
+        Assert.Equal(0.375, AutoPruneSchedule.Base(15, 32, 0.1, o), 1);
+        Assert.True(AutoPruneSchedule.Base(1, 32, 0.4, o) > AutoPruneSchedule.Base(31, 32, 0.4, o));
+        // Depth scaling: on 8 layers the midpoint moves to 14.9/4 (+k) and the slope is 4x steeper.
+        Assert.Equal(0.375, o.AutoPruneAmplitude / (1 + Math.Exp(0)), 12);
+        Assert.True(AutoPruneSchedule.Base(1, 8, 0.4, o) > 0.6 && AutoPruneSchedule.Base(7, 8, 0.4, o) < 0.01);
+
+        var s = Solve(Llava, PruningMethod.AutoPrune, 64, BudgetAccounting.Processed, mi1: 1.0);
+        Assert.Equal(160, (int)s.Signals["n0"]);
+        Assert.Equal(0.2, s.Signals["k"], 12);
+        Assert.InRange(s.Signals["s"], 0, 20);
+        Assert.Equal(1.0, s.Signals["mi1"]);
+        Assert.Equal(576, s.Processed[0]);
+        Assert.Equal(160, s.Processed[1]);
+        for (int l = 2; l < 32; l++) Assert.True(s.Processed[l] <= s.Processed[l - 1] + 0);
+    }
+
+    [Fact]
+    public void AutoPruneShrinksN0UnderProcessedWhenNeeded()
+    {
+        // 8 layers, B = 96: N0 = 240 alone would make (576 + 240 + ...) / 8 > 96.
+        var s = Solve(Fixture, PruningMethod.AutoPrune, 96, BudgetAccounting.Processed, mi1: 0.2);
+        Assert.True(s.Signals["n0"] < 240);
+        Assert.Contains(s.Notes, n => n.Contains("N0"));
+        Assert.InRange(s.AchievedProcessed, 95, 96);
+        Assert.Equal((int)s.Signals["n0"], AutoPruneSchedule.InitialKeep(Fixture, 96, BudgetAccounting.Processed, new PruningOptions()));
+    }
+
+    [Fact]
+    public void AutoPruneWidensScaleForLargeBudgets()
+    {
+        var s = Solve(Llava, PruningMethod.AutoPrune, 500, BudgetAccounting.Published, mi1: 0);
+        Assert.InRange(s.AchievedPublished, 499, 500);
+    }
+
+    [Fact]
+    public void NoneProcessesEverything()
+    {
+        var s = ScheduleSolver.Solve(Llava, new PruningOptions());
+        Assert.All(s.Processed, n => Assert.Equal(576, n));
+        var r = PruningReports.Create(s, Llava, 35, 40, 576);
+        Assert.Equal(1.0, r.FlopsRatio, 12);
+    }
+
+    [Fact]
+    public void ReportCarriesScheduleAndRuntimeData()
+    {
+        var s = Solve(Llava, PruningMethod.AutoPrune, 128, BudgetAccounting.Processed, mi1: 0.7);
+        var kept = new List<int[]> { Enumerable.Range(0, 576).ToArray() };
+        var r = PruningReports.Create(s, Llava, 35, 40, 128, kept, new Dictionary<string, double> { ["mi0"] = 0.1 });
+        Assert.Equal(PruningMethod.AutoPrune, r.Method);
+        Assert.Equal(128, r.BudgetAsked);
+        Assert.Equal(s.AchievedProcessed, r.AvgVisualTokensProcessed);
+        Assert.Equal(s.AchievedPublished, r.AvgVisualTokensPublished);
+        Assert.Equal(s.Processed, r.VisualTokensPerLayer);
+        Assert.Equal(0.1, r.Signals["mi0"]);
+        Assert.Equal(0.7, r.Signals["mi1"]);
+        Assert.Same(kept, r.KeptIndicesPerLayer);
+        Assert.InRange(r.FlopsRatio, 0, 1);
+    }
+
+    public static TheoryData<PruningMethod> BudgetedMethods() => new()
+    {
+        PruningMethod.FastV, PruningMethod.AdaptPrune, PruningMethod.PDrop, PruningMethod.SparseVLM, PruningMethod.VisionZip, PruningMethod.AutoPrune,
+    };
+
+    /// <summary>Property: for any model depth, token count, budget and accounting that is feasible, the achieved
+    /// average is within one token of B and never above it, and the schedule is consistent.</summary>
+    [Theory]
+    [MemberData(nameof(BudgetedMethods))]
+    public void MeetsBudgetWithinOneTokenNeverAbove(PruningMethod method)
+    {
+        var gen = Gen.Select(Gen.Int[1, 40], Gen.Int[2, 30], Gen.Double[0.0, 1.0], Gen.Int[0, 1], Gen.Double[0.0, 3.0]);
+        gen.Sample((layers, grid, frac, acc, mi1) =>
+        {
+            var shape = new ModelShape(layers, 8, 64, 128, grid * grid, grid);
+            var accounting = (BudgetAccounting)acc;
+            double min = Budget.MinimumFeasible(method, accounting, shape);
+            double b = Math.Max(1, min + frac * (shape.VisualTokens - min));
+            if (b > shape.VisualTokens) return;
+            var s = ScheduleSolver.Solve(shape, new PruningOptions { Method = method, Budget = b, Accounting = accounting }, mi1);
+            AssertConsistent(s, shape);
+            Assert.True(s.Achieved <= b + 1e-9, $"achieved {s.Achieved} > budget {b}");
+            Assert.True(s.Achieved > b - 1, $"achieved {s.Achieved} not within one token of {b} (L={layers}, V={shape.VisualTokens}, {accounting})");
+        }, iter: 300);
+    }
+
+    [Fact]
+    public void SolversAreDeterministic()
+    {
+        foreach (var m in new[] { PruningMethod.PDrop, PruningMethod.SparseVLM, PruningMethod.AutoPrune })
+        {
+            var a = Solve(Llava, m, 100, BudgetAccounting.Processed, 0.9);
+            var b = Solve(Llava, m, 100, BudgetAccounting.Processed, 0.9);
+            Assert.Equal(a.Processed, b.Processed);
+        }
+    }
+}
