@@ -1,3 +1,4 @@
+using AutoPrune.Pruning;
 using Microsoft.Extensions.Logging;
 
 namespace AutoPrune;
@@ -22,6 +23,9 @@ public sealed record ModelOptions
 
     /// <summary>Longest prompt accepted, in tokens; null means the model's context length.</summary>
     public int? MaxPromptTokens { get; init; }
+
+    /// <summary>Pruning used by requests that do not set their own; null means no pruning.</summary>
+    public PruningOptions? DefaultPruning { get; init; }
 
     /// <summary>Logger factory for load and request logs; null logs nothing.</summary>
     public ILoggerFactory? LoggerFactory { get; init; }
@@ -71,6 +75,8 @@ public sealed record VisionRequest
     public required IReadOnlyList<ConversationTurn> Turns { get; init; }
     public IReadOnlyList<ImageInput> Images { get; init; } = [];
     public GenerationOptions Generation { get; init; } = new();
+    /// <summary>Visual-token pruning for this request; null uses <see cref="ModelOptions.DefaultPruning"/>.</summary>
+    public PruningOptions? Pruning { get; init; }
 
     /// <summary>A single question about zero or more images (each image placed before the question).</summary>
     public static VisionRequest Create(string question, params ImageInput[] images) => new()
@@ -102,6 +108,8 @@ public sealed record VisionAnswer
     public required IReadOnlyList<TokenLogit> TopLogits { get; init; }
     public required AnswerTimings Timings { get; init; }
     public required string Device { get; init; }
+    /// <summary>What pruning did (always present; method None when the model ran unpruned).</summary>
+    public required PruningReport Report { get; init; }
 }
 
 /// <summary>A piece of a streamed answer; the last one carries the whole <see cref="Answer"/>.</summary>

@@ -34,6 +34,9 @@ public sealed class VisionLanguageModel : IDisposable
 
     public ModelInfo Info { get; }
 
+    /// <summary>Decoder and visual-grid shape, as the pruning policies see it.</summary>
+    public Pruning.ModelShape Shape { get; }
+
     private VisionLanguageModel(string dir, LlavaModel model, LlavaTokenizer tokenizer, ImagePreprocessor images, ModelOptions options, ILogger log)
     {
         _model = model; _tokenizer = tokenizer; _images = images; _options = options; _log = log;
@@ -41,6 +44,7 @@ public sealed class VisionLanguageModel : IDisposable
         var t = model.Config.TextConfig;
         Info = new ModelInfo(dir, "cpu", t.NumHiddenLayers, t.HiddenSize, t.NumAttentionHeads, t.NumKeyValueHeads,
             model.TokensPerImage, model.Vision.Grid, t.VocabSize, t.MaxPositionEmbeddings);
+        Shape = new Pruning.ModelShape(t.NumHiddenLayers, t.NumAttentionHeads, t.HiddenSize, t.IntermediateSize, model.TokensPerImage, model.Vision.Grid);
     }
 
     /// <summary>Loads a LLaVA checkpoint folder (config.json, safetensors, tokenizer, preprocessor_config.json).</summary>
@@ -186,6 +190,9 @@ public sealed class VisionLanguageModel : IDisposable
         var state = _model.BuildSequence(p.Ids, projected);
         var cache = new KvCache(_model.Decoder.Layers, p.MaxNew);
         var logits = _model.Decoder.Prefill(state, cache, hook: null, ct);
+        var report = Pruning.PruningReports.Create(Pruning.ScheduleSolver.Unpruned(Shape, new Pruning.PruningOptions()), Shape,
+            Array.IndexOf(p.Ids, _model.Config.ImageTokenIndex) is var first && first >= 0 ? first : 0,
+            p.Ids.Length - (Array.LastIndexOf(p.Ids, _model.Config.ImageTokenIndex) + 1), _model.TokensPerImage);
         var top = Sampler.TopK(logits, 5);
         double prefillMs = sw.Elapsed.TotalMilliseconds;
         // Decode
@@ -228,6 +235,7 @@ public sealed class VisionLanguageModel : IDisposable
             TopLogits = top,
             Timings = new AnswerTimings(preprocessMs, visionMs, prefillMs, decodeMs, total.Elapsed.TotalMilliseconds),
             Device = Info.Device,
+            Report = report,
         };
         emit(new AnswerChunk("", null, answer));
     }
