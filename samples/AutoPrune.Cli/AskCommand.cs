@@ -13,8 +13,9 @@ internal static class AskCommand
         var question = new Option<string>("--question", "-q") { Description = "The question.", Required = true };
         var model = CommonOptions.Model();
         var device = CommonOptions.Device();
-        var method = new Option<string>("--method") { Description = "Pruning method.", DefaultValueFactory = _ => "none" };
-        method.AcceptOnlyFromAmong("none");
+        var method = CommonOptions.Method();
+        var budget = CommonOptions.Budget();
+        var accounting = CommonOptions.Accounting();
         var maxTokens = new Option<int>("--max-tokens") { Description = "Largest number of tokens to generate.", DefaultValueFactory = _ => 64 };
         var temperature = new Option<float>("--temperature") { Description = "0 = greedy (default); above 0 samples.", DefaultValueFactory = _ => 0f };
         var topP = new Option<float>("--top-p") { Description = "Nucleus sampling mass.", DefaultValueFactory = _ => 1f };
@@ -25,7 +26,7 @@ internal static class AskCommand
 
         var cmd = new Command("ask", "Answer a question about one or more images.")
         {
-            image, question, model, device, method, maxTokens, temperature, topP, seed, pad, json, stream,
+            image, question, model, device, method, budget, accounting, maxTokens, temperature, topP, seed, pad, json, stream,
         };
         cmd.SetAction((parse, ct) => CommonOptions.Guard(async () =>
         {
@@ -44,6 +45,7 @@ internal static class AskCommand
                     TopP = parse.GetValue(topP),
                     Seed = parse.GetValue(seed),
                 },
+                Pruning = CommonOptions.Pruning(parse.GetValue(method)!, parse.GetValue(budget), parse.GetValue(accounting)!),
             };
             VisionAnswer? answer = null;
             bool streaming = parse.GetValue(stream) && !asJson;
@@ -53,11 +55,12 @@ internal static class AskCommand
                 answer = chunk.Answer ?? answer;
             }
             if (asJson)
-                Console.WriteLine(JsonSerializer.Serialize(AskJson.From(answer!, parse.GetValue(method)!), AskJson.Options));
+                Console.WriteLine(JsonSerializer.Serialize(AskJson.From(answer!), AskJson.Options));
             else if (streaming)
                 Console.WriteLine();
             else
                 Console.WriteLine(answer!.Text.Trim());
+            if (!asJson) CommonOptions.Err.Write(new Spectre.Console.Markup(CommonOptions.Summary(answer!) + "\n"));
             return 0;
         }));
         return cmd;
@@ -66,7 +69,9 @@ internal static class AskCommand
 
 /// <summary>The <c>ask --json</c> document.</summary>
 internal sealed record AskJson(
-    string Answer, string Method, string FinishReason, int PromptTokens, int VisualTokens, int GeneratedTokens,
+    string Answer, string Method, double Budget, string BudgetAccounting, string FinishReason, int PromptTokens, int VisualTokens, int GeneratedTokens,
+    double AvgVisualTokensPerLayer, double AvgVisualTokensPublished, int[] VisualTokensPerLayer, double FlopsRatio, double PrefillFlops,
+    IReadOnlyDictionary<string, double> Signals, IReadOnlyList<string> Notes,
     double PreprocessMs, double VisionMs, double PrefillMs, double DecodeMs, double TotalMs,
     IReadOnlyList<AskJson.Logit> TopLogits, string Device)
 {
@@ -79,8 +84,11 @@ internal sealed record AskJson(
         Converters = { new JsonStringEnumConverter(JsonNamingPolicy.SnakeCaseLower) },
     };
 
-    public static AskJson From(VisionAnswer a, string method) => new(
-        a.Text.Trim(), method, a.FinishReason.ToString().ToLowerInvariant(), a.PromptTokens, a.VisualTokens, a.TokenIds.Count,
+    public static AskJson From(VisionAnswer a) => new(
+        a.Text.Trim(), a.Report.Method.ToString().ToLowerInvariant(), a.Report.BudgetAsked, a.Report.Accounting.ToString().ToLowerInvariant(),
+        a.FinishReason.ToString().ToLowerInvariant(), a.PromptTokens, a.VisualTokens, a.TokenIds.Count,
+        Math.Round(a.Report.AvgVisualTokensProcessed, 3), Math.Round(a.Report.AvgVisualTokensPublished, 3), a.Report.VisualTokensPerLayer,
+        Math.Round(a.Report.FlopsRatio, 5), a.Report.PrefillFlops, a.Report.Signals, a.Report.Notes,
         Round(a.Timings.PreprocessMs), Round(a.Timings.VisionMs), Round(a.Timings.PrefillMs), Round(a.Timings.DecodeMs), Round(a.Timings.TotalMs),
         a.TopLogits.Select(t => new Logit(t.Id, t.Logit)).ToList(), a.Device);
 

@@ -32,6 +32,56 @@ internal static class CommonOptions
         DefaultValueFactory = _ => "auto",
     };
 
+    public static readonly string[] Methods = ["none", "fastv", "pdrop", "sparsevlm", "visionzip", "adaptprune", "autoprune"];
+
+    public static Option<string> Method()
+    {
+        var o = new Option<string>("--method") { Description = "Pruning method: " + string.Join(", ", Methods) + ".", DefaultValueFactory = _ => "autoprune" };
+        o.AcceptOnlyFromAmong(Methods);
+        return o;
+    }
+
+    public static Option<double> Budget() => new("--budget", "-b")
+    {
+        Description = "Visual-token budget: a count (e.g. 128) or a fraction of the visual tokens (e.g. 0.22).",
+        DefaultValueFactory = _ => 128,
+    };
+
+    public static Option<string> Accounting()
+    {
+        var o = new Option<string>("--budget-accounting") { Description = "processed (average tokens each decoder layer really processes) or published (each paper's convention).", DefaultValueFactory = _ => "processed" };
+        o.AcceptOnlyFromAmong("processed", "published");
+        return o;
+    }
+
+    public static AutoPrune.Pruning.PruningOptions Pruning(string method, double budget, string accounting) => new()
+    {
+        Method = ParseMethod(method),
+        Budget = budget,
+        Accounting = accounting == "published" ? AutoPrune.Pruning.BudgetAccounting.Published : AutoPrune.Pruning.BudgetAccounting.Processed,
+    };
+
+    public static AutoPrune.Pruning.PruningMethod ParseMethod(string method) => method.ToLowerInvariant() switch
+    {
+        "none" => AutoPrune.Pruning.PruningMethod.None,
+        "fastv" => AutoPrune.Pruning.PruningMethod.FastV,
+        "pdrop" => AutoPrune.Pruning.PruningMethod.PDrop,
+        "sparsevlm" => AutoPrune.Pruning.PruningMethod.SparseVLM,
+        "visionzip" => AutoPrune.Pruning.PruningMethod.VisionZip,
+        "adaptprune" => AutoPrune.Pruning.PruningMethod.AdaptPrune,
+        "autoprune" => AutoPrune.Pruning.PruningMethod.AutoPrune,
+        _ => throw new ArgumentException($"Unknown pruning method '{method}': expected one of {string.Join(", ", Methods)}."),
+    };
+
+    /// <summary>One line on what pruning did and what it cost, for humans.</summary>
+    public static string Summary(VisionAnswer a)
+    {
+        var r = a.Report;
+        return Markup.Escape($"[{r.Method}] {r.AvgVisualTokensProcessed:F1} of {a.VisualTokens} visual tokens per layer, " +
+            $"{r.FlopsRatio:P1} of unpruned prefill FLOPs; vision {a.Timings.VisionMs:F0} ms, prefill {a.Timings.PrefillMs:F0} ms, " +
+            $"total {a.Timings.TotalMs:F0} ms on {a.Device}");
+    }
+
     /// <summary>Writes to stderr so --json output on stdout stays clean.</summary>
     public static IAnsiConsole Err { get; } = AnsiConsole.Create(new AnsiConsoleSettings { Out = new AnsiConsoleOutput(Console.Error) });
 

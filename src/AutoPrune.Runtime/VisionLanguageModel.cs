@@ -130,7 +130,7 @@ public sealed class VisionLanguageModel : IDisposable
         await producer.ConfigureAwait(false);
     }
 
-    private sealed record Prepared(VisionRequest Request, int[] Ids, int MaxNew);
+    private sealed record Prepared(VisionRequest Request, int[] Ids, int MaxNew, Pruning.PruningOptions Pruning);
 
     private Prepared Prepare(VisionRequest request)
     {
@@ -157,7 +157,21 @@ public sealed class VisionLanguageModel : IDisposable
         int maxNew = Math.Min(g.MaxNewTokens, context - ids.Length);
         if (maxNew < 1)
             throw new ArgumentException($"The prompt ({ids.Length} tokens) leaves no room to answer in the model's context of {context} tokens.", nameof(request));
-        return new Prepared(request with { Generation = g }, ids, maxNew);
+        var pruning = request.Pruning ?? _options.DefaultPruning ?? new Pruning.PruningOptions();
+        if (pruning.Method != Pruning.PruningMethod.None)
+        {
+            if (request.Images.Count != 1)
+                throw new ArgumentException($"Pruning method {pruning.Method} works on exactly one image per request (got {request.Images.Count}); use method None for several images.", nameof(request));
+            _ = new Pruning.PruningSession(Shape, pruning, 0); // an infeasible budget fails here, before queueing
+        }
+        return new Prepared(request with { Generation = g }, ids, maxNew, pruning);
+    }
+
+    /// <summary>Replaces the (single) run of image tokens with <paramref name="count"/> of them.</summary>
+    private static int[] ShortenImageRun(int[] ids, int imageToken, int count)
+    {
+        int first = Array.IndexOf(ids, imageToken), last = Array.LastIndexOf(ids, imageToken);
+        return [.. ids.AsSpan(0, first), .. Enumerable.Repeat(imageToken, count), .. ids.AsSpan(last + 1)];
     }
 
     private static int CountPlaceholders(string s)
@@ -178,21 +192,35 @@ public sealed class VisionLanguageModel : IDisposable
             : _images.Preprocess(img.Bytes.Span, _options.PadToSquare)).ToList();
         double preprocessMs = sw.Elapsed.TotalMilliseconds;
         sw.Restart();
+        int imageToken = _model.Config.ImageTokenIndex;
+        int prefix = Math.Max(0, Array.IndexOf(p.Ids, imageToken));
+        var session = new Pruning.PruningSession(Shape, p.Pruning, prefix);
+        var ids = p.Ids;
         var projected = new List<float[]>(pixels.Count);
+        List<int[]>? visualIndices = null;
         foreach (var px in pixels)
         {
             ct.ThrowIfCancellationRequested();
-            projected.Add(_model.ProjectImage(_model.Vision.Forward(px)));
+            var vision = _model.Vision.Forward(px);
+            session.SetVision(vision);
+            if (p.Pruning.Method == Pruning.PruningMethod.VisionZip)
+            {
+                var zip = Pruning.PruningSession.SelectVisionZip(session.Schedule!, vision);
+                projected.Add(_model.Projector.Forward(zip.Hidden, zip.Count));
+                visualIndices = [[.. zip.Dominant, .. Enumerable.Repeat(-2, zip.ContextualTargets.Length)]];
+                ids = ShortenImageRun(ids, imageToken, zip.Count);
+            }
+            else
+                projected.Add(_model.ProjectImage(vision));
         }
         double visionMs = sw.Elapsed.TotalMilliseconds;
         // Prefill
         sw.Restart();
-        var state = _model.BuildSequence(p.Ids, projected);
+        var state = _model.BuildSequence(ids, projected, visualIndices);
+        int textTokens = ids.Length - (Array.LastIndexOf(ids, imageToken) + 1);
         var cache = new KvCache(_model.Decoder.Layers, p.MaxNew);
-        var logits = _model.Decoder.Prefill(state, cache, hook: null, ct);
-        var report = Pruning.PruningReports.Create(Pruning.ScheduleSolver.Unpruned(Shape, new Pruning.PruningOptions()), Shape,
-            Array.IndexOf(p.Ids, _model.Config.ImageTokenIndex) is var first && first >= 0 ? first : 0,
-            p.Ids.Length - (Array.LastIndexOf(p.Ids, _model.Config.ImageTokenIndex) + 1), _model.TokensPerImage);
+        var logits = _model.Decoder.Prefill(state, cache, session.NeedsDecoderHook ? session : null, ct);
+        var report = session.Finish(state, pixels.Count == 0 ? ids.Length : textTokens);
         var top = Sampler.TopK(logits, 5);
         double prefillMs = sw.Elapsed.TotalMilliseconds;
         // Decode

@@ -29,17 +29,15 @@ internal sealed record PruneAction(
 internal sealed class LayerView
 {
     private readonly LlamaDecoder _decoder;
-    internal LayerView(LlamaDecoder decoder, int layer, SequenceState state, float[] queries, float[] keys, float[] layerInput)
+    internal LayerView(LlamaDecoder decoder, int layer, SequenceState state, float[] queries, float[] keys)
     {
-        _decoder = decoder; Layer = layer; State = state; Queries = queries; Keys = keys; LayerInput = layerInput;
+        _decoder = decoder; Layer = layer; State = state; Queries = queries; Keys = keys;
     }
     public int Layer { get; }
     public SequenceState State { get; }
     /// <summary>The layer's queries and keys after RoPE, [n, heads*hd] and [n, kvHeads*hd].</summary>
     public float[] Queries { get; }
     public float[] Keys { get; }
-    /// <summary>Hidden states that entered this layer.</summary>
-    public float[] LayerInput { get; }
     public int Heads => _decoder.Heads;
     public int KvHeads => _decoder.KvHeads;
     public int HeadDim => _decoder.HeadDim;
@@ -159,7 +157,6 @@ internal sealed class LlamaDecoder
             int n = state.Length;
             onLayer?.Invoke(li, n);
             var x = state.Hidden;
-            var input = hook is null ? x : (float[])x.Clone();
             var xn = new float[n * h];
             CpuOps.RmsNorm(x, xn, n, h, L.InputNorm.Weight, L.InputNorm.Eps);
             var q = new float[n * qd];
@@ -184,7 +181,7 @@ internal sealed class LlamaDecoder
 
             if (hook is not null && li < _layers.Length - 1)
             {
-                var action = hook.AfterLayer(new LayerView(this, li, state, q, k, input));
+                var action = hook.AfterLayer(new LayerView(this, li, state, q, k));
                 if (action is not null) Apply(state, action);
             }
         }

@@ -66,10 +66,15 @@ internal sealed class LlavaModel
     /// <summary>Projected visual tokens [TokensPerImage, textHidden] for a vision output.</summary>
     public float[] ProjectImage(VisionFeatures f) => Projector.Forward(f.Features, f.Tokens);
 
-    /// <summary>Builds the prefill sequence: token embeddings with each image's projected tokens spliced in at its placeholder run.</summary>
-    public SequenceState BuildSequence(ReadOnlySpan<int> ids, IReadOnlyList<float[]> projectedImages)
+    /// <summary>
+    /// Builds the prefill sequence: token embeddings with each image's projected tokens spliced in at its
+    /// placeholder run. Each image's run is as long as its projected rows (VisionZip gives fewer);
+    /// <paramref name="visualIndices"/> names each row's original patch (-2 for a merged token), default 0..n-1.
+    /// </summary>
+    public SequenceState BuildSequence(ReadOnlySpan<int> ids, IReadOnlyList<float[]> projectedImages, IReadOnlyList<int[]>? visualIndices = null)
     {
-        int h = Decoder.Hidden, n = ids.Length, per = TokensPerImage, imageToken = Config.ImageTokenIndex;
+        int h = Decoder.Hidden, n = ids.Length, imageToken = Config.ImageTokenIndex;
+        int per = projectedImages.Count > 0 ? projectedImages[0].Length / h : TokensPerImage;
         var hidden = new float[n * h];
         var vis = new int[n];
         int image = 0, inImage = 0;
@@ -80,8 +85,13 @@ internal sealed class LlavaModel
                 if (image >= projectedImages.Count)
                     throw new ArgumentException($"The prompt has more <image> tokens than the {projectedImages.Count} image(s) given supply ({per} tokens each).");
                 projectedImages[image].AsSpan(inImage * h, h).CopyTo(hidden.AsSpan(i * h, h));
-                vis[i] = image * per + inImage;
-                if (++inImage == per) { inImage = 0; image++; }
+                vis[i] = visualIndices is null ? image * TokensPerImage + inImage : visualIndices[image][inImage];
+                if (++inImage == per)
+                {
+                    inImage = 0;
+                    image++;
+                    if (image < projectedImages.Count) per = projectedImages[image].Length / h;
+                }
             }
             else
             {
