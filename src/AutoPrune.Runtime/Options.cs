@@ -24,6 +24,12 @@ public sealed record ModelOptions
     /// <summary>Longest prompt accepted, in tokens; null means the model's context length.</summary>
     public int? MaxPromptTokens { get; init; }
 
+    /// <summary>Longest time one request may take, queueing included; null means no limit. Past it the request fails with <see cref="TimeoutException"/>.</summary>
+    public TimeSpan? RequestTimeout { get; init; }
+
+    /// <summary>Recent images whose vision-tower output is kept, so asking again about the same image skips the tower.</summary>
+    public int VisionCacheSize { get; init; } = 4;
+
     /// <summary>Pruning used by requests that do not set their own; null means no pruning.</summary>
     public PruningOptions? DefaultPruning { get; init; }
 

@@ -30,6 +30,7 @@ public sealed class VisionLanguageModel : IDisposable
     private readonly ModelOptions _options;
     private readonly ILogger _log;
     private readonly SemaphoreSlim _gate;
+    private readonly LruCache<string, VisionFeatures> _visionCache;
     private int _disposed;
 
     public ModelInfo Info { get; }
@@ -41,6 +42,7 @@ public sealed class VisionLanguageModel : IDisposable
     {
         _model = model; _tokenizer = tokenizer; _images = images; _options = options; _log = log;
         _gate = new SemaphoreSlim(Math.Max(1, options.MaxConcurrentRequests));
+        _visionCache = new LruCache<string, VisionFeatures>(Math.Max(0, options.VisionCacheSize));
         var t = model.Config.TextConfig;
         Info = new ModelInfo(dir, "cpu", t.NumHiddenLayers, t.HiddenSize, t.NumAttentionHeads, t.NumKeyValueHeads,
             model.TokensPerImage, model.Vision.Grid, t.VocabSize, t.MaxPositionEmbeddings);
@@ -113,15 +115,22 @@ public sealed class VisionLanguageModel : IDisposable
     {
         ObjectDisposedException.ThrowIf(_disposed != 0, this);
         var prepared = Prepare(request); // validation errors surface here, before any queueing
+        using var timeout = _options.RequestTimeout is TimeSpan t ? new CancellationTokenSource(t) : null;
+        using var linked = timeout is null ? null : CancellationTokenSource.CreateLinkedTokenSource(ct, timeout.Token);
+        var token = linked?.Token ?? ct;
         var channel = Channel.CreateUnbounded<AnswerChunk>(new UnboundedChannelOptions { SingleReader = true, SingleWriter = true });
         var producer = Task.Run(async () =>
         {
             try
             {
-                await _gate.WaitAsync(ct).ConfigureAwait(false);
-                try { Run(prepared, c => channel.Writer.TryWrite(c), ct); }
+                await _gate.WaitAsync(token).ConfigureAwait(false);
+                try { Run(prepared, c => channel.Writer.TryWrite(c), token); }
                 finally { _gate.Release(); }
                 channel.Writer.TryComplete();
+            }
+            catch (OperationCanceledException) when (timeout?.IsCancellationRequested == true && !ct.IsCancellationRequested)
+            {
+                channel.Writer.TryComplete(new TimeoutException($"The request did not finish within the {_options.RequestTimeout!.Value.TotalSeconds:0.###} s request timeout."));
             }
             catch (Exception e) { channel.Writer.TryComplete(e); }
         }, CancellationToken.None);
@@ -167,6 +176,28 @@ public sealed class VisionLanguageModel : IDisposable
         return new Prepared(request with { Generation = g }, ids, maxNew, pruning);
     }
 
+    /// <summary>Preprocesses an image and runs the vision tower, or takes both from the small cache of recent images.</summary>
+    private VisionFeatures VisionFor(ImageInput img, ref double preprocessMs)
+    {
+        string key;
+        if (img.Path is not null)
+        {
+            var fi = new FileInfo(img.Path);
+            key = fi.Exists ? $"file:{fi.FullName}|{fi.Length}|{fi.LastWriteTimeUtc.Ticks}|{_options.PadToSquare}" : "";
+        }
+        else
+            key = $"bytes:{Convert.ToHexString(System.Security.Cryptography.SHA256.HashData(img.Bytes.Span))}|{_options.PadToSquare}";
+        if (key.Length > 0 && _visionCache.TryGet(key, out var cached)) return cached;
+        var sw = Stopwatch.StartNew();
+        var pixels = img.Path is not null
+            ? _images.PreprocessFile(img.Path, _options.PadToSquare)
+            : _images.Preprocess(img.Bytes.Span, _options.PadToSquare);
+        preprocessMs += sw.Elapsed.TotalMilliseconds;
+        var vision = _model.Vision.Forward(pixels);
+        if (key.Length > 0) _visionCache.Add(key, vision);
+        return vision;
+    }
+
     /// <summary>Replaces the (single) run of image tokens with <paramref name="count"/> of them.</summary>
     private static int[] ShortenImageRun(int[] ids, int imageToken, int count)
     {
@@ -187,21 +218,17 @@ public sealed class VisionLanguageModel : IDisposable
         var g = p.Request.Generation;
         // Images
         var sw = Stopwatch.StartNew();
-        var pixels = p.Request.Images.Select(img => img.Path is not null
-            ? _images.PreprocessFile(img.Path, _options.PadToSquare)
-            : _images.Preprocess(img.Bytes.Span, _options.PadToSquare)).ToList();
-        double preprocessMs = sw.Elapsed.TotalMilliseconds;
-        sw.Restart();
         int imageToken = _model.Config.ImageTokenIndex;
         int prefix = Math.Max(0, Array.IndexOf(p.Ids, imageToken));
         var session = new Pruning.PruningSession(Shape, p.Pruning, prefix);
         var ids = p.Ids;
-        var projected = new List<float[]>(pixels.Count);
+        var projected = new List<float[]>(p.Request.Images.Count);
         List<int[]>? visualIndices = null;
-        foreach (var px in pixels)
+        double preprocessMs = 0;
+        foreach (var img in p.Request.Images)
         {
             ct.ThrowIfCancellationRequested();
-            var vision = _model.Vision.Forward(px);
+            var vision = VisionFor(img, ref preprocessMs);
             session.SetVision(vision);
             if (p.Pruning.Method == Pruning.PruningMethod.VisionZip)
             {
@@ -213,14 +240,14 @@ public sealed class VisionLanguageModel : IDisposable
             else
                 projected.Add(_model.ProjectImage(vision));
         }
-        double visionMs = sw.Elapsed.TotalMilliseconds;
+        double visionMs = sw.Elapsed.TotalMilliseconds - preprocessMs;
         // Prefill
         sw.Restart();
         var state = _model.BuildSequence(ids, projected, visualIndices);
         int textTokens = ids.Length - (Array.LastIndexOf(ids, imageToken) + 1);
         var cache = new KvCache(_model.Decoder.Layers, p.MaxNew);
         var logits = _model.Decoder.Prefill(state, cache, session.NeedsDecoderHook ? session : null, ct);
-        var report = session.Finish(state, pixels.Count == 0 ? ids.Length : textTokens);
+        var report = session.Finish(state, p.Request.Images.Count == 0 ? ids.Length : textTokens);
         var top = Sampler.TopK(logits, 5);
         double prefillMs = sw.Elapsed.TotalMilliseconds;
         // Decode
