@@ -60,7 +60,7 @@ internal static class AskCommand
                 Console.WriteLine();
             else
                 Console.WriteLine(answer!.Text.Trim());
-            if (!asJson) CommonOptions.Err.Write(new Spectre.Console.Markup(CommonOptions.Summary(answer!) + "\n"));
+            if (!asJson) Console.Error.WriteLine(CommonOptions.Summary(answer!));
             return 0;
         }));
         return cmd;

@@ -77,9 +77,9 @@ internal static class CommonOptions
     public static string Summary(VisionAnswer a)
     {
         var r = a.Report;
-        return Markup.Escape($"[{r.Method}] {r.AvgVisualTokensProcessed:F1} of {a.VisualTokens} visual tokens per layer, " +
+        return $"[{r.Method}] {r.AvgVisualTokensProcessed:F1} of {a.VisualTokens} visual tokens per layer, " +
             $"{r.FlopsRatio:P1} of unpruned prefill FLOPs; vision {a.Timings.VisionMs:F0} ms, prefill {a.Timings.PrefillMs:F0} ms, " +
-            $"total {a.Timings.TotalMs:F0} ms on {a.Device}");
+            $"total {a.Timings.TotalMs:F0} ms on {a.Device}";
     }
 
     /// <summary>Writes to stderr so --json output on stdout stays clean.</summary>
