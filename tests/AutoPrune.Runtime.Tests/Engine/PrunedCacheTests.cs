@@ -1,0 +1,72 @@
+using AutoPrune.Models.Llava;
+using AutoPrune.Pruning;
+using Xunit;
+
+namespace AutoPrune.Tests.Engine;
+
+/// <summary>Pruned tokens leave later layers' KV caches, and decoding continues each layer's position numbering.</summary>
+public sealed class PrunedCacheTests(TinyModelFixture fx) : IClassFixture<TinyModelFixture>
+{
+    private static readonly ModelShape Shape = new(8, 4, 192, 512, 576, 24);
+
+    [Theory]
+    [InlineData(PruningMethod.FastV, false)]
+    [InlineData(PruningMethod.AdaptPrune, false)]
+    [InlineData(PruningMethod.PDrop, true)]
+    [InlineData(PruningMethod.SparseVLM, true)]
+    [InlineData(PruningMethod.AutoPrune, true)]
+    public void CachesShrinkAndPositionsFollowTheMethod(PruningMethod method, bool renumbered)
+    {
+        var reference = TestData.References[1];
+        var row = TestData.Dev.Single(r => r.Id == reference.Id);
+        var ids = reference.InputIds;
+        int prefix = Array.IndexOf(ids, 400), text = ids.Length - prefix - 576;
+        var model = fx.Model;
+        var vision = model.Vision.Forward(fx.Images.PreprocessFile(TestData.Image(row.Image), false));
+        var session = new PruningSession(Shape, new PruningOptions { Method = method, Budget = 192 }, prefix);
+        session.SetVision(vision);
+        var state = model.BuildSequence(ids, [model.ProjectImage(vision)]);
+        var cache = new KvCache(model.Decoder.Layers, 3);
+        model.Decoder.Prefill(state, cache, session, CancellationToken.None);
+        var report = session.Finish(state, text);
+
+        var counts = cache.CountsPerLayer();
+        for (int l = 0; l < counts.Length; l++)
+        {
+            Assert.Equal(prefix + report.VisualTokensPerLayer[l] + text, counts[l]);
+            int expectedNext = renumbered ? counts[l] : ids.Length; // original positions keep the last token's id
+            Assert.Equal(expectedNext, cache[l].NextPosition);
+        }
+        Assert.True(counts[^1] < counts[0]);
+        long fullBytes = 8L * ids.Length * 2 * 192 * 4;
+        Assert.True(cache.Bytes < fullBytes, $"pruned cache {cache.Bytes} B vs unpruned {fullBytes} B");
+
+        // Decode two tokens: every layer grows by one and advances its own numbering.
+        model.Decoder.DecodeStep(319, cache);
+        model.Decoder.DecodeStep(2, cache);
+        var after = cache.CountsPerLayer();
+        for (int l = 0; l < after.Length; l++)
+        {
+            Assert.Equal(counts[l] + 2, after[l]);
+            Assert.Equal((renumbered ? counts[l] : ids.Length) + 2, cache[l].NextPosition);
+        }
+    }
+
+    /// <summary>Exhaustive on the fixture's shape: every integer budget from each method's minimum to 288, both accountings.</summary>
+    [Fact]
+    public void EveryBudgetFromTheMinimumTo288IsMetOnTheFixtureShape()
+    {
+        foreach (var method in new[] { PruningMethod.FastV, PruningMethod.AdaptPrune, PruningMethod.PDrop, PruningMethod.SparseVLM, PruningMethod.VisionZip, PruningMethod.AutoPrune })
+            foreach (var accounting in Enum.GetValues<BudgetAccounting>())
+            {
+                int min = (int)Math.Ceiling(Budget.MinimumFeasible(method, accounting, Shape) - 1e-9);
+                if (min > 1) Assert.Throws<InfeasibleBudgetException>(() => ScheduleSolver.Solve(Shape, new PruningOptions { Method = method, Budget = min - 1, Accounting = accounting }, 0.5));
+                for (int b = min; b <= 288; b++)
+                    foreach (double mi1 in new[] { 0.0, 0.3, 2.0 })
+                    {
+                        var s = ScheduleSolver.Solve(Shape, new PruningOptions { Method = method, Budget = b, Accounting = accounting }, mi1);
+                        Assert.True(s.Achieved <= b + 1e-9 && s.Achieved > b - 1, $"{method} {accounting} B={b}: achieved {s.Achieved}");
+                    }
+            }
+    }
+}
