@@ -232,7 +232,7 @@ public sealed class VisionLanguageModel : IDisposable
             session.SetVision(vision);
             if (p.Pruning.Method == Pruning.PruningMethod.VisionZip)
             {
-                var zip = Pruning.PruningSession.SelectVisionZip(session.Schedule!, vision);
+                var zip = ((Pruning.VisionZipPolicy)session.Policy).Select(vision);
                 projected.Add(_model.Projector.Forward(zip.Hidden, zip.Count));
                 visualIndices = [[.. zip.Dominant, .. Enumerable.Repeat(-2, zip.ContextualTargets.Length)]];
                 ids = ShortenImageRun(ids, imageToken, zip.Count);

@@ -1,0 +1,263 @@
+using System.Numerics.Tensors;
+using AutoPrune.Models.Llava;
+
+namespace AutoPrune.Pruning;
+
+/// <summary>
+/// One pruning method. The decoder calls <see cref="AfterLayer"/> between layers with a view from which
+/// the policy pulls just the signals it needs; <see cref="PruningSession"/> does the bookkeeping
+/// (what each layer processed, the report) for every policy alike.
+/// </summary>
+internal interface IPruningPolicy
+{
+    PruningMethod Method { get; }
+
+    /// <summary>The solved per-layer schedule; AutoPrune's is known only after layer 1.</summary>
+    LayerSchedule? Schedule { get; }
+
+    /// <summary>False for policies that never change the sequence inside the decoder (None, VisionZip).</summary>
+    bool RunsInDecoder { get; }
+
+    /// <summary>Receives the vision tower's output before the LLM runs.</summary>
+    void OnVision(VisionFeatures vision) { }
+
+    /// <summary>Called after decoder layer <c>view.Layer</c>; returns the new sequence or null to keep it.</summary>
+    PruneAction? AfterLayer(LayerView view, PruneContext ctx);
+
+    /// <summary>Signals measured while running (e.g. AutoPrune's MI0), merged into the report.</summary>
+    IReadOnlyDictionary<string, double> RuntimeSignals { get; }
+}
+
+/// <summary>Where the visual and text rows are in the current sequence, and how to rebuild it.</summary>
+internal sealed class PruneContext
+{
+    public required SequenceState State { get; init; }
+    public required int Prefix { get; init; }
+    public required int VisualCount { get; init; }
+    public required ModelShape Shape { get; init; }
+    public required PruningOptions Options { get; init; }
+
+    public int TextCount => State.Length - Prefix - VisualCount;
+    public int[] VisualRows => Enumerable.Range(Prefix, VisualCount).ToArray();
+    public int[] TextRows => Enumerable.Range(Prefix + VisualCount, TextCount).ToArray();
+    public int LastRow => State.Length - 1;
+
+    /// <summary>New rows: the prefix, the kept visual rows (in order), merged tokens, then the text.</summary>
+    public PruneAction Build(int[] keepLocal, float[]? merged, bool renumber)
+    {
+        int mergedCount = merged is null ? 0 : merged.Length / Shape.HiddenSize;
+        var rows = new int[Prefix + keepLocal.Length + mergedCount + TextCount];
+        int o = 0;
+        for (int i = 0; i < Prefix; i++) rows[o++] = i;
+        foreach (int k in keepLocal) rows[o++] = Prefix + k;
+        for (int j = 0; j < mergedCount; j++) rows[o++] = -j - 1;
+        for (int i = 0; i < TextCount; i++) rows[o++] = Prefix + VisualCount + i;
+        return new PruneAction(rows, merged, renumber);
+    }
+
+    /// <summary>Keeps the top <c>step.Kept</c> visual tokens by score and recycles the dropped ones into <c>step.Recycled</c> merged tokens.</summary>
+    public PruneAction KeepAndRecycle(float[] scores, PruneStep step)
+    {
+        int d = Shape.HiddenSize;
+        var keep = TopK.SelectInOrder(scores, step.Kept);
+        var kept = new bool[VisualCount];
+        foreach (int i in keep) kept[i] = true;
+        var dropped = Enumerable.Range(0, VisualCount).Where(i => !kept[i]).ToArray();
+        float[]? merged = null;
+        if (step.Recycled > 0 && dropped.Length > 0)
+        {
+            var r = TokenRecycler.Merge(State.Hidden.AsSpan(Prefix * d, VisualCount * d), d, scores, dropped, Options);
+            if (r.Groups != step.Recycled)
+                throw new InvalidOperationException($"Recycling produced {r.Groups} merged tokens where the schedule expected {step.Recycled}.");
+            merged = r.Merged;
+        }
+        return Build(keep, merged, renumber: true);
+    }
+
+    /// <summary>Head-averaged attention of the last prompt token over the visual tokens at this layer.</summary>
+    public float[] LastTokenVisualAttention(LayerView view)
+        => AttentionScores.MeanOverHeadsAndRows(view.AttentionRows([LastRow]), view.Heads, 1, State.Length, VisualRows);
+}
+
+/// <summary>Shared shape of the policies whose schedule does not depend on the sample.</summary>
+internal abstract class ScheduledPolicy(ModelShape shape, PruningOptions options) : IPruningPolicy
+{
+    public LayerSchedule? Schedule { get; protected set; } = ScheduleSolver.Solve(shape, options);
+    public PruningMethod Method => options.Method;
+    public virtual bool RunsInDecoder => true;
+    public virtual IReadOnlyDictionary<string, double> RuntimeSignals { get; } = new Dictionary<string, double>();
+    protected PruningOptions Options => options;
+
+    protected PruneStep? StepAt(int layer)
+    {
+        foreach (var s in Schedule!.Steps)
+            if (s.AfterLayer == layer) return s;
+        return null;
+    }
+
+    public PruneAction? AfterLayer(LayerView view, PruneContext ctx)
+        => StepAt(view.Layer) is PruneStep step ? Prune(view, ctx, step) : null;
+
+    protected abstract PruneAction? Prune(LayerView view, PruneContext ctx, PruneStep step);
+}
+
+/// <summary>The full model.</summary>
+internal sealed class NoPruningPolicy(ModelShape shape, PruningOptions options) : ScheduledPolicy(shape, options)
+{
+    public override bool RunsInDecoder => false;
+    protected override PruneAction? Prune(LayerView view, PruneContext ctx, PruneStep step) => null;
+}
+
+/// <summary>FastV: one prune at layer K by the last prompt token's attention; original positions kept.</summary>
+internal sealed class FastVPolicy(ModelShape shape, PruningOptions options) : ScheduledPolicy(shape, options)
+{
+    protected override PruneAction Prune(LayerView view, PruneContext ctx, PruneStep step)
+        => ctx.Build(TopK.SelectInOrder(ctx.LastTokenVisualAttention(view), step.Kept), null, renumber: false);
+}
+
+/// <summary>AdaptPrune: attention × Gaussian prior, greedy soft NMS over grid distance and key similarity; original positions kept.</summary>
+internal sealed class AdaptPrunePolicy(ModelShape shape, PruningOptions options) : ScheduledPolicy(shape, options)
+{
+    protected override PruneAction Prune(LayerView view, PruneContext ctx, PruneStep step)
+    {
+        var attention = ctx.LastTokenVisualAttention(view);
+        // Layer K's key projection (no RoPE) of the hidden states entering layer K, L2-normalised.
+        var (_, keys) = view.NextLayerQueryKeys(rope: false);
+        int kd = view.KvHeads * view.HeadDim, v = ctx.VisualCount;
+        var features = new float[v * kd];
+        for (int i = 0; i < v; i++)
+        {
+            var src = keys.AsSpan((ctx.Prefix + i) * kd, kd);
+            float norm = MathF.Sqrt(TensorPrimitives.SumOfSquares<float>(src));
+            TensorPrimitives.Multiply(src, norm > 0 ? 1f / norm : 0f, features.AsSpan(i * kd, kd));
+        }
+        return ctx.Build(AdaptiveNms.Select(attention, features, ctx.Shape.GridSize, step.Kept, Options), null, renumber: false);
+    }
+}
+
+/// <summary>PDrop: at each stage end, score with the next layer's query of the last instruction token; positions renumbered.</summary>
+internal sealed class PDropPolicy(ModelShape shape, PruningOptions options) : ScheduledPolicy(shape, options)
+{
+    protected override PruneAction Prune(LayerView view, PruneContext ctx, PruneStep step)
+    {
+        var (q, k) = view.NextLayerQueryKeys(rope: true);
+        int n = ctx.State.Length;
+        var attn = Compute.Cpu.Attention.Rows(q, k, n, n, view.Heads, view.KvHeads, view.HeadDim, [ctx.LastRow], causal: true);
+        var scores = AttentionScores.MeanOverHeadsAndRows(attn, view.Heads, 1, n, ctx.VisualRows);
+        return ctx.Build(TopK.SelectInOrder(scores, step.Kept), null, renumber: true);
+    }
+}
+
+/// <summary>SparseVLM: text raters (relevance above the mean) score the visual tokens; dropped ones are recycled.</summary>
+internal sealed class SparseVlmPolicy(ModelShape shape, PruningOptions options) : ScheduledPolicy(shape, options)
+{
+    private readonly Dictionary<string, double> _signals = new(StringComparer.Ordinal);
+    public override IReadOnlyDictionary<string, double> RuntimeSignals => _signals;
+
+    protected override PruneAction Prune(LayerView view, PruneContext ctx, PruneStep step)
+    {
+        int d = ctx.Shape.HiddenSize;
+        var text = ctx.TextRows;
+        var raters = AttentionScores.SparseVlmRaters(
+            ctx.State.Hidden.AsSpan(ctx.Prefix * d, ctx.VisualCount * d), ctx.State.Hidden.AsSpan(text[0] * d, text.Length * d), d);
+        if (raters.Length == 0) raters = Enumerable.Range(0, text.Length).ToArray();
+        var raterRows = raters.Select(r => text[r]).ToArray();
+        var scores = AttentionScores.MeanOverHeadsAndRows(view.AttentionRows(raterRows), view.Heads, raterRows.Length, ctx.State.Length, ctx.VisualRows);
+        _signals[$"raters_layer{view.Layer}"] = raters.Length;
+        return ctx.KeepAndRecycle(scores, step);
+    }
+}
+
+/// <summary>VisionZip: dominant + contextual tokens chosen in the vision tower; the decoder runs unchanged on them.</summary>
+internal sealed class VisionZipPolicy(ModelShape shape, PruningOptions options) : ScheduledPolicy(shape, options)
+{
+    public override bool RunsInDecoder => false;
+    protected override PruneAction? Prune(LayerView view, PruneContext ctx, PruneStep step) => null;
+
+    public VisionZipSelection Select(VisionFeatures vision)
+    {
+        var step = Schedule!.Steps.Single(s => s.AfterLayer == -1);
+        if (vision.ClsAttention is null || vision.PatchKeys is null)
+            throw new NotSupportedException("VisionZip needs the vision tower's attention at the feature layer, but this model's feature layer is the embedding layer.");
+        if (vision.Tokens != vision.Patches)
+            throw new NotSupportedException("VisionZip needs the 'default' feature strategy (patch tokens without [CLS]).");
+        return VisionZipSelector.Select(vision.ClsAttention, vision.Heads, vision.PatchKeys, vision.Features, vision.Hidden, step.Kept, step.Recycled);
+    }
+}
+
+/// <summary>
+/// AutoPrune: layer-0 pre-selection by [CLS] + MI-weighted text attention, then a logistic per-layer
+/// schedule whose slope follows layer 1's text–image mutual information; dropped tokens recycled.
+/// </summary>
+internal sealed class AutoPrunePolicy : IPruningPolicy
+{
+    private readonly ModelShape _shape;
+    private readonly PruningOptions _options;
+    private readonly double _budget;
+    private readonly Dictionary<string, double> _signals = new(StringComparer.Ordinal);
+    private float[]? _clsMean;
+
+    public AutoPrunePolicy(ModelShape shape, PruningOptions options)
+    {
+        _shape = shape;
+        _options = options;
+        _budget = Budget.Resolve(options.Budget, shape.VisualTokens);
+        AutoPruneSchedule.InitialKeep(shape, _budget, options.Accounting, options); // an infeasible budget fails here
+    }
+
+    public PruningMethod Method => PruningMethod.AutoPrune;
+    public LayerSchedule? Schedule { get; private set; }
+    public bool RunsInDecoder => true;
+    public IReadOnlyDictionary<string, double> RuntimeSignals => _signals;
+
+    public void OnVision(VisionFeatures vision)
+    {
+        if (vision.ClsAttention is null)
+            throw new NotSupportedException("AutoPrune needs the vision tower's [CLS] attention, but this model's feature layer is the embedding layer.");
+        _clsMean = new float[vision.Patches];
+        for (int h = 0; h < vision.Heads; h++)
+            TensorPrimitives.Add(_clsMean, vision.ClsAttention.AsSpan(h * vision.Patches, vision.Patches), _clsMean);
+        TensorPrimitives.Multiply(_clsMean, 1f / vision.Heads, _clsMean);
+    }
+
+    public PruneAction? AfterLayer(LayerView view, PruneContext ctx)
+    {
+        int T = ctx.TextCount;
+        if (T == 0) throw new InvalidOperationException("AutoPrune needs text tokens after the image.");
+        var attn = view.AttentionRows(ctx.TextRows);
+        var visual = ctx.VisualRows;
+        float mi = MutualInformation.Compute(attn, view.Heads, T, ctx.State.Length, visual);
+        var textMean = AttentionScores.MeanOverHeadsAndRows(attn, view.Heads, T, ctx.State.Length, visual);
+        if (view.Layer == 0)
+        {
+            double mi0 = mi / T * 32.0 / view.Heads;
+            _signals["mi0"] = mi0;
+            int n0 = AutoPruneSchedule.InitialKeep(_shape, _budget, _options.Accounting, _options);
+            var cls = new float[ctx.VisualCount];
+            for (int i = 0; i < cls.Length; i++) cls[i] = _clsMean![ctx.State.VisualIndex[ctx.Prefix + i]];
+            var scores = AttentionScores.AutoPrunePreselection(cls, textMean, (float)mi0, _options);
+            return ctx.Build(TopK.SelectInOrder(scores, n0), null, renumber: true);
+        }
+        if (view.Layer == 1) Schedule = ScheduleSolver.Solve(_shape, _options, mi);
+        foreach (var step in Schedule!.Steps)
+            if (step.AfterLayer == view.Layer)
+                return step.Kept >= ctx.VisualCount ? null : ctx.KeepAndRecycle(textMean, step);
+        return null;
+    }
+}
+
+/// <summary>Creates the policy object for a method.</summary>
+internal static class PruningPolicies
+{
+    public static IPruningPolicy Create(ModelShape shape, PruningOptions options) => options.Method switch
+    {
+        PruningMethod.None => new NoPruningPolicy(shape, options),
+        PruningMethod.FastV => new FastVPolicy(shape, options),
+        PruningMethod.AdaptPrune => new AdaptPrunePolicy(shape, options),
+        PruningMethod.PDrop => new PDropPolicy(shape, options),
+        PruningMethod.SparseVLM => new SparseVlmPolicy(shape, options),
+        PruningMethod.VisionZip => new VisionZipPolicy(shape, options),
+        PruningMethod.AutoPrune => new AutoPrunePolicy(shape, options),
+        _ => throw new ArgumentOutOfRangeException(nameof(options), options.Method, "Unknown pruning method."),
+    };
+}
