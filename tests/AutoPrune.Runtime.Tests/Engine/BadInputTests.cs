@@ -20,6 +20,17 @@ public sealed class BadInputTests(PublicModelFixture fx) : IClassFixture<PublicM
         return dir;
     }
 
+    /// <summary>A copy of the fixture whose config.json was changed by <paramref name="edit"/>.</summary>
+    private string ModelWithConfig(Action<JsonNode> edit)
+    {
+        var dir = CopyModel();
+        var cfgPath = Path.Combine(dir, "config.json");
+        var cfg = JsonNode.Parse(File.ReadAllText(cfgPath))!;
+        edit(cfg);
+        File.WriteAllText(cfgPath, cfg.ToJsonString());
+        return dir;
+    }
+
     private static ModelLoadException LoadFails(string dir) => Assert.Throws<ModelLoadException>(() => VisionLanguageModel.Load(dir));
 
     [Fact]
@@ -83,11 +94,7 @@ public sealed class BadInputTests(PublicModelFixture fx) : IClassFixture<PublicM
     [Fact]
     public void WrongShapeNamesTensorAndShapes()
     {
-        var dir = CopyModel();
-        var cfgPath = Path.Combine(dir, "config.json");
-        var cfg = JsonNode.Parse(File.ReadAllText(cfgPath))!;
-        cfg["text_config"]!["intermediate_size"] = 256; // checkpoint has 512
-        File.WriteAllText(cfgPath, cfg.ToJsonString());
+        var dir = ModelWithConfig(c => c["text_config"]!["intermediate_size"] = 256); // checkpoint has 512
         var e = LoadFails(dir);
         Assert.Contains("512", e.Message);
         Assert.Contains("256", e.Message);
@@ -97,11 +104,7 @@ public sealed class BadInputTests(PublicModelFixture fx) : IClassFixture<PublicM
     [Fact]
     public void MissingTensorIsNamed()
     {
-        var dir = CopyModel();
-        var cfgPath = Path.Combine(dir, "config.json");
-        var cfg = JsonNode.Parse(File.ReadAllText(cfgPath))!;
-        cfg["text_config"]!["num_hidden_layers"] = 9; // checkpoint has 8
-        File.WriteAllText(cfgPath, cfg.ToJsonString());
+        var dir = ModelWithConfig(c => c["text_config"]!["num_hidden_layers"] = 9); // checkpoint has 8
         var e = LoadFails(dir);
         Assert.Contains("language_model.model.layers.8", e.Message);
     }
@@ -109,11 +112,7 @@ public sealed class BadInputTests(PublicModelFixture fx) : IClassFixture<PublicM
     [Fact]
     public void UnexpectedTensorsAreReported()
     {
-        var dir = CopyModel();
-        var cfgPath = Path.Combine(dir, "config.json");
-        var cfg = JsonNode.Parse(File.ReadAllText(cfgPath))!;
-        cfg["text_config"]!["num_hidden_layers"] = 7; // checkpoint has 8
-        File.WriteAllText(cfgPath, cfg.ToJsonString());
+        var dir = ModelWithConfig(c => c["text_config"]!["num_hidden_layers"] = 7); // checkpoint has 8
         var e = LoadFails(dir);
         Assert.Contains("language_model.model.layers.7", e.Message);
     }
@@ -121,11 +120,7 @@ public sealed class BadInputTests(PublicModelFixture fx) : IClassFixture<PublicM
     [Fact]
     public void UnsupportedModelType()
     {
-        var dir = CopyModel();
-        var cfgPath = Path.Combine(dir, "config.json");
-        var cfg = JsonNode.Parse(File.ReadAllText(cfgPath))!;
-        cfg["model_type"] = "qwen2_vl";
-        File.WriteAllText(cfgPath, cfg.ToJsonString());
+        var dir = ModelWithConfig(c => c["model_type"] = "qwen2_vl");
         var e = LoadFails(dir);
         Assert.Contains("qwen2_vl", e.Message);
         Assert.Contains("llava", e.Message);

@@ -5,18 +5,8 @@ namespace AutoPrune.Tests.Loading;
 
 internal static class LoadingPaths
 {
-    private static readonly Lazy<string> Root = new(() =>
-    {
-        var dir = new DirectoryInfo(AppContext.BaseDirectory);
-        while (dir is not null && !File.Exists(Path.Combine(dir.FullName, "AutoPrune.sln")))
-            dir = dir.Parent;
-        return dir?.FullName ?? throw new InvalidOperationException(
-            $"No folder containing AutoPrune.sln above '{AppContext.BaseDirectory}'.");
-    });
-
-    public static string RepoRoot => Root.Value;
-
-    public static string FixtureModel => Path.Combine(RepoRoot, "samples", "models", "shapes-llava-tiny");
+    public static string RepoRoot => TestData.RepoRoot;
+    public static string FixtureModel => TestData.ModelDir;
 }
 
 /// <summary>A fresh temporary folder, deleted on dispose.</summary>
