@@ -1,0 +1,179 @@
+using System.Diagnostics;
+using System.Text;
+using System.Text.Json;
+using AutoPrune.Pruning;
+using Microsoft.Extensions.AI;
+using Microsoft.Extensions.DependencyInjection;
+using Microsoft.SemanticKernel;
+using Microsoft.SemanticKernel.ChatCompletion;
+using Xunit;
+using SkText = Microsoft.SemanticKernel.TextContent;
+using TextContent = Microsoft.Extensions.AI.TextContent;
+
+namespace AutoPrune.SemanticKernel.Tests;
+
+/// <summary>Every surface on the real fixture model.</summary>
+public sealed class EndToEndTests(ChatFixture fx) : IClassFixture<ChatFixture>
+{
+    private const string Image = TestData.KnownImage, Question = TestData.KnownQuestion;
+
+    [Fact]
+    public async Task SameAnswer_ThroughCli_ChatClient_SemanticKernel_AndDependencyInjection()
+    {
+        var reference = await fx.ReferenceAsync(Image, Question);
+        Assert.Equal("0", reference.Text.Trim());
+        Assert.Equal(RunCli(Image, Question, ChatFixture.MaxTokens), reference.Text.Trim());
+
+        // IChatClient, image as bytes
+        var response = await fx.Client.GetResponseAsync([ChatFixture.Question(Image, Question)]);
+        Assert.Equal(reference.Text, response.Text);
+        Assert.Equal(ChatFinishReason.Stop, response.FinishReason);
+        Assert.Equal(reference.PromptTokens, response.Usage!.InputTokenCount);
+        Assert.Equal(reference.TokenIds.Count, response.Usage.OutputTokenCount);
+        Assert.False(string.IsNullOrEmpty(response.ResponseId));
+        var report = Assert.IsType<PruningReport>(response.AdditionalProperties![PruningKnobs.ReportKey]);
+        Assert.Equal(PruningMethod.None, report.Method);
+        Assert.Equal("shapes-llava-tiny", response.ModelId);
+
+        // IChatClient, image as a file: URI
+        var byUri = await fx.Client.GetResponseAsync(
+            [new ChatMessage(ChatRole.User, [new UriContent(new Uri(TestData.Image(Image)), "image/png"), new TextContent(Question)])]);
+        Assert.Equal(reference.Text, byUri.Text);
+
+        // Semantic Kernel, ImageContent as bytes and as a data URI
+        var bytes = File.ReadAllBytes(TestData.Image(Image));
+        foreach (var image in new[] { new ImageContent(bytes, "image/png"), new ImageContent("data:image/png;base64," + Convert.ToBase64String(bytes)) })
+        {
+            var history = new ChatHistory();
+            history.AddUserMessage([image, new SkText(Question)]);
+            var sk = await fx.Service.GetChatMessageContentAsync(history, new AutoPrunePromptExecutionSettings { PruningMethod = PruningMethod.None });
+            Assert.Equal(reference.Text, sk.Content);
+            Assert.Equal(AuthorRole.Assistant, sk.Role);
+            Assert.IsType<PruningReport>(sk.Metadata![PruningKnobs.ReportKey]);
+        }
+
+        // DI-resolved IChatClient and the Kernel's IChatCompletionService
+        var di = await fx.Services.GetRequiredService<IChatClient>().GetResponseAsync([ChatFixture.Question(Image, Question)]);
+        Assert.Equal(reference.Text, di.Text);
+        var kernel = fx.Services.GetRequiredService<Kernel>();
+        var kh = new ChatHistory();
+        kh.AddUserMessage([new ImageContent(bytes, "image/png"), new SkText(Question)]);
+        var kernelAnswer = await kernel.GetRequiredService<IChatCompletionService>().GetChatMessageContentAsync(kh, kernel: kernel);
+        Assert.Equal(reference.Text, kernelAnswer.Content);
+    }
+
+    [Fact]
+    public async Task Streaming_ConcatenatesToTheAnswer_WithOneResponseId()
+    {
+        var reference = await fx.ReferenceAsync("0006.png", "What shape is the green object?");
+        var updates = new List<ChatResponseUpdate>();
+        await foreach (var u in fx.Client.GetStreamingResponseAsync([ChatFixture.Question("0006.png", "What shape is the green object?")]))
+            updates.Add(u);
+        Assert.Equal(reference.Text, string.Concat(updates.Select(u => u.Text)));
+        Assert.Single(updates.Select(u => u.ResponseId).Distinct());
+        Assert.NotNull(updates[0].ResponseId);
+        Assert.Equal(ChatFinishReason.Stop, updates[^1].FinishReason);
+        var merged = updates.ToChatResponse();
+        Assert.Equal(reference.Text, merged.Text);
+        Assert.Equal(reference.PromptTokens, merged.Usage!.InputTokenCount);
+
+        var history = new ChatHistory();
+        history.AddUserMessage([new ImageContent(File.ReadAllBytes(TestData.Image("0006.png")), "image/png"), new SkText("What shape is the green object?")]);
+        var sb = new StringBuilder();
+        await foreach (var c in fx.Service.GetStreamingChatMessageContentsAsync(history))
+            sb.Append(c.Content);
+        Assert.Equal(reference.Text, sb.ToString());
+    }
+
+    [Fact]
+    public async Task CancellationMidStream_StopsWithinOneToken_AndLeavesTheModelUsable()
+    {
+        // The fixture model ends its answers after a token or two; very hot sampling with this seed gives 13 tokens.
+        var options = new ChatOptions { Temperature = 5f, Seed = 3, MaxOutputTokens = 30 };
+        using var cts = new CancellationTokenSource();
+        int before = 0, after = 0;
+        var sw = Stopwatch.StartNew();
+        await Assert.ThrowsAnyAsync<OperationCanceledException>(async () =>
+        {
+            await foreach (var u in fx.Client.GetStreamingResponseAsync([ChatFixture.Question(Image, "Describe the picture.")], options, cts.Token))
+            {
+                if (cts.IsCancellationRequested) after++;
+                else if (u.Text.Length > 0 && ++before == 2) cts.Cancel();
+            }
+        });
+        Assert.Equal(2, before);
+        Assert.True(after <= 1, $"{after} updates arrived after cancellation");
+
+        var again = await fx.Client.GetResponseAsync([ChatFixture.Question(Image, Question)]);
+        Assert.Equal((await fx.ReferenceAsync(Image, Question)).Text, again.Text);
+    }
+
+    [Fact]
+    public async Task SeveralTurns_UseTheConversationFormat()
+    {
+        // The fixture's 1024-token context holds one image (576 visual tokens), so the multi-turn test uses one;
+        // two-image histories are covered by the translation tests and by the runtime's own length error below.
+        ChatMessage[] chat =
+        [
+            new(ChatRole.System, "You answer questions about shapes."),
+            ChatFixture.Question(Image, Question),
+            new(ChatRole.Assistant, "0"),
+            new(ChatRole.User, "What shape is the green object?"),
+        ];
+        var response = await fx.Client.GetResponseAsync(chat);
+        var direct = await fx.Model.AskAsync(new VisionRequest
+        {
+            Turns =
+            [
+                new(TurnRole.System, "You answer questions about shapes."),
+                new(TurnRole.User, "<image>\n" + Question),
+                new(TurnRole.Assistant, "0"),
+                new(TurnRole.User, "What shape is the green object?"),
+            ],
+            Images = [ImageInput.FromFile(TestData.Image(Image))],
+            Generation = new GenerationOptions { MaxNewTokens = ChatFixture.MaxTokens },
+        });
+        Assert.Equal(direct.Text, response.Text);
+        Assert.Equal(direct.PromptTokens, response.Usage!.InputTokenCount);
+        Assert.True(response.Usage.InputTokenCount > (await fx.ReferenceAsync(Image, Question)).PromptTokens);
+
+        var twoImages = new List<ChatMessage>(chat) { ChatFixture.Question("0006.png", "And here?") };
+        twoImages.RemoveAt(3);
+        var e = await Assert.ThrowsAsync<ArgumentException>(() => fx.Client.GetResponseAsync(twoImages));
+        Assert.Contains("2 image(s)", e.Message);
+    }
+
+    [Fact]
+    public async Task SixteenConcurrentRequests_ThroughOneRegisteredClient_MatchOneAtATime()
+    {
+        var client = fx.Services.GetRequiredService<IChatClient>();
+        (string Image, string Question)[] pairs =
+        [
+            (Image, Question), ("0005.png", "How many squares are there?"), ("0006.png", "What shape is the green object?"), ("0301.png", "How many objects are there?"),
+        ];
+        var sequential = new List<string>();
+        foreach (var (img, q) in pairs)
+            sequential.Add((await client.GetResponseAsync([ChatFixture.Question(img, q)])).Text);
+        var concurrent = await Task.WhenAll(Enumerable.Range(0, 16).Select(i => Task.Run(async () =>
+            (i, (await client.GetResponseAsync([ChatFixture.Question(pairs[i % 4].Image, pairs[i % 4].Question)])).Text))));
+        Assert.All(concurrent, r => Assert.Equal(sequential[r.i % 4], r.Text));
+        Assert.Equal((await fx.ReferenceAsync(Image, Question)).Text, sequential[0]);
+    }
+
+    /// <summary>Runs the CLI's built <c>autoprune.dll ask --json</c> (copied next to the tests by the project reference).</summary>
+    private static string RunCli(string image, string question, int maxTokens)
+    {
+        var dll = Path.Combine(AppContext.BaseDirectory, "autoprune.dll");
+        var psi = new ProcessStartInfo("dotnet") { RedirectStandardOutput = true, RedirectStandardError = true };
+        foreach (var a in new[] { dll, "ask", "--image", TestData.Image(image), "--question", question, "--method", "none", "--json",
+                     "--model", TestData.ModelDir, "--max-tokens", maxTokens.ToString() })
+            psi.ArgumentList.Add(a);
+        using var p = Process.Start(psi)!;
+        var stdout = p.StandardOutput.ReadToEndAsync();
+        var stderr = p.StandardError.ReadToEndAsync();
+        Assert.True(p.WaitForExit(60_000), "the CLI did not finish in 60 s");
+        Assert.True(p.ExitCode == 0, $"CLI exit code {p.ExitCode}: {stderr.Result}");
+        using var doc = JsonDocument.Parse(stdout.Result);
+        return doc.RootElement.GetProperty("answer").GetString()!;
+    }
+}
