@@ -97,14 +97,21 @@ internal static class SchemaChecks
         .FirstOrDefault()
         ?? throw new MissingMethodException("This version of Microsoft.ML has no SchemaShape.Column(name, kind, type, isKey, ...) constructor.");
 
-    private static SchemaShape.Column ShapeColumn(string name, DataViewType type)
+    private static SchemaShape.Column ShapeColumn(string name, DataViewType type, SchemaShape.Column.VectorKind kind = SchemaShape.Column.VectorKind.Scalar)
     {
         var ps = s_columnCtor.GetParameters();
         var args = new object?[ps.Length];
-        args[0] = name; args[1] = SchemaShape.Column.VectorKind.Scalar; args[2] = type; args[3] = false;
+        args[0] = name; args[1] = kind; args[2] = type; args[3] = false;
         for (int i = 4; i < ps.Length; i++) args[i] = ps[i].HasDefaultValue ? ps[i].DefaultValue : null;
         return (SchemaShape.Column)s_columnCtor.Invoke(args);
     }
+
+    /// <summary>The shape of a schema (ML.NET's own SchemaShape.Create is internal); scalar and vector columns, no annotations.</summary>
+    internal static SchemaShape ShapeOf(DataViewSchema schema) => new(schema.Where(c => !c.IsHidden).Select(c => c.Type switch
+    {
+        VectorDataViewType v => ShapeColumn(c.Name, v.ItemType, v.IsKnownSize ? SchemaShape.Column.VectorKind.Vector : SchemaShape.Column.VectorKind.VariableVector),
+        var t => ShapeColumn(c.Name, t),
+    }));
 
     public static SchemaShape Append(SchemaShape input, string output)
     {

@@ -75,6 +75,9 @@ public sealed class VisualQuestionTransformer : ITransformer, IDisposable
 
     internal VisionLanguageModel GetModelForRow() => Model;
 
+    /// <summary>Whether the model has been loaded (or was given); false until the first row is answered.</summary>
+    internal bool IsModelLoaded => _model.IsValueCreated;
+
     public void Dispose()
     {
         if (Interlocked.Exchange(ref _disposed, 1) != 0) return;
