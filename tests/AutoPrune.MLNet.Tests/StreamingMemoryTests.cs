@@ -7,7 +7,11 @@ namespace AutoPrune.MLNet.Tests;
 [Collection(ModelCollection.Name)]
 public sealed class StreamingMemoryTests(ModelFixture fx, ITestOutputHelper output)
 {
-    /// <summary>Dev rows stream through one cursor; managed memory after a GC does not grow with the row count.</summary>
+    /// <summary>
+    /// Dev rows stream through one cursor; managed memory after a full GC does not grow with the row count.
+    /// 60 rows by default to keep the suite near a minute on a 2-core machine; AUTOPRUNE_MLNET_STREAM_ROWS=200 runs the
+    /// issue's full 200 rows (measured: heap at row 50 vs row 200 grew by -4.0 MB and -2.0 MB in two runs).
+    /// </summary>
     [Fact]
     public void DevRows_StreamWithoutMemoryGrowth()
     {
