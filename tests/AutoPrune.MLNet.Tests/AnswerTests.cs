@@ -131,7 +131,7 @@ public sealed class AnswerTests(ModelFixture fx, ITestOutputHelper output)
     }
 
     [Fact]
-    public void ParallelCursors_GiveTheSameAnswersAsOneCursor()
+    public async Task ParallelCursors_GiveTheSameAnswersAsOneCursor()
     {
         var options = ModelFixture.Options(maxNewTokens: 4);
         var dev = fx.Rows.Skip(2).Take(3).ToList();
@@ -148,7 +148,7 @@ public sealed class AnswerTests(ModelFixture fx, ITestOutputHelper output)
             while (cursor.MoveNext()) { get(ref v); list.Add(v.ToString()); }
             return list;
         }
-        var both = Task.WhenAll(Task.Run(Read), Task.Run(Read)).GetAwaiter().GetResult();
+        var both = await Task.WhenAll(Task.Run(Read), Task.Run(Read));
         Assert.Equal(3, both[0].Count);
         Assert.Equal(both[0], both[1]);
         Assert.Equal("0", both[0][0]);

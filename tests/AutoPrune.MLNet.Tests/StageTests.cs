@@ -99,7 +99,7 @@ public sealed class StageTests(ModelFixture fx)
     }
 
     [Fact]
-    public void Dispose_OwnedModelOnly()
+    public async Task Dispose_OwnedModelOnly()
     {
         var owned = Estimator().Fit(Good);
         owned.Dispose();
@@ -108,7 +108,7 @@ public sealed class StageTests(ModelFixture fx)
         var borrowed = _ml.Transforms.AnswerVisualQuestion("Answer", "ImagePath", "Question", fx.Model).Fit(Good);
         borrowed.Dispose();
         // The caller's model is still usable: an empty question is rejected as invalid, not as disposed.
-        var e = Assert.ThrowsAny<Exception>(() => fx.Model.AskAsync(VisionRequest.Create(" ")).GetAwaiter().GetResult());
+        var e = await Assert.ThrowsAnyAsync<Exception>(() => fx.Model.AskAsync(VisionRequest.Create(" ")));
         Assert.IsNotType<ObjectDisposedException>(e);
     }
 }
