@@ -52,7 +52,8 @@ public static class PruningVisualizer
             int patches = report.KeptIndicesPerLayer[l].Length, merged = report.VisualTokensPerLayer[l] - patches;
             canvas.DrawText(merged > 0 ? $"layer {l}: {patches} patches + {merged} merged" : $"layer {l}: {patches} patches", x, y + title - 8, font, text);
             var dst = new SKRect(x, y + title, x + panelSize, y + title + panelSize);
-            canvas.DrawImage(image, new SKRect(crop.Left, crop.Top, crop.Right, crop.Bottom), dst, new SKSamplingOptions(SKCubicResampler.Mitchell));
+            using (var smooth = new SKPaint { FilterQuality = SKFilterQuality.High })
+                canvas.DrawImage(image, new SKRect(crop.Left, crop.Top, crop.Right, crop.Bottom), dst, smooth);
             var kept = new bool[gridSize * gridSize];
             foreach (int v in report.KeptIndicesPerLayer[l]) if ((uint)v < (uint)kept.Length) kept[v] = true;
             for (int v = 0; v < kept.Length; v++)
