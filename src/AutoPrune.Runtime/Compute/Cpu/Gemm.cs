@@ -267,10 +267,9 @@ internal static partial class Gemm
             const int Align = 16; // floats = 64 bytes
             float[] aBuf = ArrayPool<float>.Shared.Rent(mcMax * kcMax + Align);
             float[] bBuf = ArrayPool<float>.Shared.Rent(ncMax * kcMax + Align);
-            float[]? hBuf = _kind == BKind.TransHalf ? ArrayPool<float>.Shared.Rent(kcMax) : null;
             try
             {
-                fixed (float* aRaw = aBuf) fixed (float* bRaw = bBuf) fixed (float* hTmp = hBuf)
+                fixed (float* aRaw = aBuf) fixed (float* bRaw = bBuf)
                 {
                     float* ap = AlignPtr(aRaw);
                     float* bp = AlignPtr(bRaw);
@@ -289,8 +288,8 @@ internal static partial class Gemm
 
                             switch (_kind)
                             {
-                                case BKind.TransFloat: PackBTrans((float*)_b, _ldb, jc, nc, pc, kc, NR, bp); break;
-                                case BKind.TransHalf: PackBTransHalf((Half*)_b, _ldb, jc, nc, pc, kc, NR, bp, hTmp); break;
+                                case BKind.TransFloat: PackBTrans(_isa, (float*)_b, _ldb, jc, nc, pc, kc, NR, bp); break;
+                                case BKind.TransHalf: PackBTransHalf(_isa, (Half*)_b, _ldb, jc, nc, pc, kc, NR, bp); break;
                                 default: PackBNormal((float*)_b, _ldb, jc, nc, pc, kc, NR, bp); break;
                             }
 
@@ -329,7 +328,6 @@ internal static partial class Gemm
             {
                 ArrayPool<float>.Shared.Return(aBuf);
                 ArrayPool<float>.Shared.Return(bBuf);
-                if (hBuf != null) ArrayPool<float>.Shared.Return(hBuf);
             }
         }
     }
