@@ -23,7 +23,10 @@ internal enum GemmIsa
 /// <c>C[m,n] = A[m,k] · W[n,k]^T (+ bias[n])</c>, where W is a PyTorch <c>Linear</c> weight
 /// laid out <c>[out, in]</c>. <c>MatMul</c> computes <c>C[m,n] = A[m,k] · B[k,n]</c>.
 /// With <c>accumulate: true</c> the product (and bias) is added to the existing contents of C,
-/// otherwise C is overwritten.
+/// otherwise C is overwritten. C must not overlap A, W/B or bias. m = 1 takes a streaming GEMV path
+/// (no packing); everything else is packed into ArrayPool panels and run through a register-tiled
+/// micro-kernel (AVX-512 6x32, AVX2+FMA 6x16, or scalar 4x8). Calls below
+/// <see cref="ParallelThresholdMacs"/> run single-threaded.
 /// </para>
 /// <para>
 /// Determinism: work is partitioned over rows of C (m) or columns of C (n) only; the reduction
