@@ -114,47 +114,58 @@ internal static partial class Gemm
         return (f.AsInt32() | ((h & Vector256.Create(0x8000)) << 16)).AsSingle();
     }
 
-    /// <summary>c[j] = sum_p a[p]·B[p,j] for j in [n0,n1), B row-major [k, ldb].</summary>
+    /// <summary>
+    /// c[j] = sum_p a[p]·B[p,j] for j in [n0,n1), B row-major [k, ldb]. Streams B row segments contiguously into
+    /// an L1-resident accumulator strip (columns in chunks of <c>GemvNormalChunk</c>), 4 rows per pass.
+    /// Per element the order is a plain FMA chain over p, then + C.
+    /// </summary>
     private static unsafe void GemvNormal(GemmIsa isa, float* a, int k, float* b, int ldb, int n0, int n1, float* c, bool acc)
     {
-        int j = n0;
-        if (isa != GemmIsa.Scalar)
+        const int Chunk = 1024;
+        float* t = stackalloc float[Chunk];
+        for (int j0 = n0; j0 < n1; j0 += Chunk)
         {
-            for (; j + 32 <= n1; j += 32)
+            int len = Math.Min(Chunk, n1 - j0);
+            new Span<float>(t, len).Clear();
+            int p = 0;
+            if (isa != GemmIsa.Scalar)
             {
-                Vector256<float> s0 = default, s1 = default, s2 = default, s3 = default;
-                float* bp = b + j;
-                for (int p = 0; p < k; p++, bp += ldb)
+                for (; p + 4 <= k; p += 4)
                 {
-                    var ap = Vector256.Create(a[p]);
-                    s0 = Fma.MultiplyAdd(ap, Vector256.Load(bp), s0);
-                    s1 = Fma.MultiplyAdd(ap, Vector256.Load(bp + 8), s1);
-                    s2 = Fma.MultiplyAdd(ap, Vector256.Load(bp + 16), s2);
-                    s3 = Fma.MultiplyAdd(ap, Vector256.Load(bp + 24), s3);
+                    float* r0 = b + (nint)p * ldb + j0;
+                    float* r1 = r0 + ldb, r2 = r1 + ldb, r3 = r2 + ldb;
+                    var x0 = Vector256.Create(a[p]); var x1 = Vector256.Create(a[p + 1]);
+                    var x2 = Vector256.Create(a[p + 2]); var x3 = Vector256.Create(a[p + 3]);
+                    int j = 0;
+                    for (; j + 8 <= len; j += 8)
+                    {
+                        var v = Vector256.Load(t + j);
+                        v = Fma.MultiplyAdd(x0, Vector256.Load(r0 + j), v);
+                        v = Fma.MultiplyAdd(x1, Vector256.Load(r1 + j), v);
+                        v = Fma.MultiplyAdd(x2, Vector256.Load(r2 + j), v);
+                        v = Fma.MultiplyAdd(x3, Vector256.Load(r3 + j), v);
+                        v.Store(t + j);
+                    }
+                    for (; j < len; j++)
+                    {
+                        float v = t[j];
+                        v = MathF.FusedMultiplyAdd(a[p], r0[j], v);
+                        v = MathF.FusedMultiplyAdd(a[p + 1], r1[j], v);
+                        v = MathF.FusedMultiplyAdd(a[p + 2], r2[j], v);
+                        v = MathF.FusedMultiplyAdd(a[p + 3], r3[j], v);
+                        t[j] = v;
+                    }
                 }
-                if (acc)
-                {
-                    s0 += Vector256.Load(c + j); s1 += Vector256.Load(c + j + 8);
-                    s2 += Vector256.Load(c + j + 16); s3 += Vector256.Load(c + j + 24);
-                }
-                s0.Store(c + j); s1.Store(c + j + 8); s2.Store(c + j + 16); s3.Store(c + j + 24);
             }
-            for (; j + 8 <= n1; j += 8)
+            for (; p < k; p++)
             {
-                Vector256<float> s0 = default;
-                float* bp = b + j;
-                for (int p = 0; p < k; p++, bp += ldb)
-                    s0 = Fma.MultiplyAdd(Vector256.Create(a[p]), Vector256.Load(bp), s0);
-                if (acc) s0 += Vector256.Load(c + j);
-                s0.Store(c + j);
+                float* r0 = b + (nint)p * ldb + j0;
+                float ap = a[p];
+                for (int j = 0; j < len; j++) t[j] = MathF.FusedMultiplyAdd(ap, r0[j], t[j]);
             }
-        }
-        for (; j < n1; j++)
-        {
-            float s = 0f;
-            float* bp = b + j;
-            for (int p = 0; p < k; p++, bp += ldb) s = MathF.FusedMultiplyAdd(a[p], *bp, s);
-            c[j] = acc ? s + c[j] : s;
+            float* cj = c + j0;
+            if (acc) for (int j = 0; j < len; j++) cj[j] = t[j] + cj[j];
+            else new ReadOnlySpan<float>(t, len).CopyTo(new Span<float>(cj, len));
         }
     }
 

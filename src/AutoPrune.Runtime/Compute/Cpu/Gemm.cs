@@ -23,7 +23,10 @@ internal enum GemmIsa
 /// <c>C[m,n] = A[m,k] · W[n,k]^T (+ bias[n])</c>, where W is a PyTorch <c>Linear</c> weight
 /// laid out <c>[out, in]</c>. <c>MatMul</c> computes <c>C[m,n] = A[m,k] · B[k,n]</c>.
 /// With <c>accumulate: true</c> the product (and bias) is added to the existing contents of C,
-/// otherwise C is overwritten.
+/// otherwise C is overwritten. C must not overlap A, W/B or bias. m = 1 takes a streaming GEMV path
+/// (no packing); everything else is packed into ArrayPool panels and run through a register-tiled
+/// micro-kernel (AVX-512 6x32, AVX2+FMA 6x16, or scalar 4x8). Calls below
+/// <see cref="ParallelThresholdMacs"/> run single-threaded.
 /// </para>
 /// <para>
 /// Determinism: work is partitioned over rows of C (m) or columns of C (n) only; the reduction
@@ -267,10 +270,9 @@ internal static partial class Gemm
             const int Align = 16; // floats = 64 bytes
             float[] aBuf = ArrayPool<float>.Shared.Rent(mcMax * kcMax + Align);
             float[] bBuf = ArrayPool<float>.Shared.Rent(ncMax * kcMax + Align);
-            float[]? hBuf = _kind == BKind.TransHalf ? ArrayPool<float>.Shared.Rent(kcMax) : null;
             try
             {
-                fixed (float* aRaw = aBuf) fixed (float* bRaw = bBuf) fixed (float* hTmp = hBuf)
+                fixed (float* aRaw = aBuf) fixed (float* bRaw = bBuf)
                 {
                     float* ap = AlignPtr(aRaw);
                     float* bp = AlignPtr(bRaw);
@@ -289,8 +291,8 @@ internal static partial class Gemm
 
                             switch (_kind)
                             {
-                                case BKind.TransFloat: PackBTrans((float*)_b, _ldb, jc, nc, pc, kc, NR, bp); break;
-                                case BKind.TransHalf: PackBTransHalf((Half*)_b, _ldb, jc, nc, pc, kc, NR, bp, hTmp); break;
+                                case BKind.TransFloat: PackBTrans(_isa, (float*)_b, _ldb, jc, nc, pc, kc, NR, bp); break;
+                                case BKind.TransHalf: PackBTransHalf(_isa, (Half*)_b, _ldb, jc, nc, pc, kc, NR, bp); break;
                                 default: PackBNormal((float*)_b, _ldb, jc, nc, pc, kc, NR, bp); break;
                             }
 
@@ -329,7 +331,6 @@ internal static partial class Gemm
             {
                 ArrayPool<float>.Shared.Return(aBuf);
                 ArrayPool<float>.Shared.Return(bBuf);
-                if (hBuf != null) ArrayPool<float>.Shared.Return(hBuf);
             }
         }
     }
