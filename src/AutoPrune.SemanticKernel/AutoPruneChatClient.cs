@@ -114,33 +114,42 @@ public sealed class AutoPruneChatClient : IChatClient
         var model = await GetModelAsync(cancellationToken).ConfigureAwait(false);
         var responseId = NewId("chatcmpl");
         var created = DateTimeOffset.UtcNow;
-        await foreach (var chunk in model.StreamAsync(request, cancellationToken).ConfigureAwait(false))
+        // A linked source, cancelled when the caller stops early (breaks or disposes), so the model stops generating too.
+        using var stop = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken);
+        try
         {
-            cancellationToken.ThrowIfCancellationRequested();
-            if (chunk.Answer is { } answer)
+            await foreach (var chunk in model.StreamAsync(request, stop.Token).ConfigureAwait(false))
             {
-                yield return new ChatResponseUpdate(ChatRole.Assistant, [new UsageContent(ToUsage(answer))])
+                cancellationToken.ThrowIfCancellationRequested();
+                if (chunk.Answer is { } answer)
                 {
-                    ResponseId = responseId,
-                    MessageId = responseId,
-                    ModelId = _metadata.DefaultModelId,
-                    CreatedAt = created,
-                    FinishReason = ToFinishReason(answer.FinishReason),
-                    AdditionalProperties = ToProperties(answer),
-                    RawRepresentation = answer,
-                };
-            }
-            else if (chunk.Text.Length > 0)
-            {
-                yield return new ChatResponseUpdate(ChatRole.Assistant, chunk.Text)
+                    yield return new ChatResponseUpdate(ChatRole.Assistant, [new UsageContent(ToUsage(answer))])
+                    {
+                        ResponseId = responseId,
+                        MessageId = responseId,
+                        ModelId = _metadata.DefaultModelId,
+                        CreatedAt = created,
+                        FinishReason = ToFinishReason(answer.FinishReason),
+                        AdditionalProperties = ToProperties(answer),
+                        RawRepresentation = answer,
+                    };
+                }
+                else if (chunk.Text.Length > 0)
                 {
-                    ResponseId = responseId,
-                    MessageId = responseId,
-                    ModelId = _metadata.DefaultModelId,
-                    CreatedAt = created,
-                    RawRepresentation = chunk,
-                };
+                    yield return new ChatResponseUpdate(ChatRole.Assistant, chunk.Text)
+                    {
+                        ResponseId = responseId,
+                        MessageId = responseId,
+                        ModelId = _metadata.DefaultModelId,
+                        CreatedAt = created,
+                        RawRepresentation = chunk,
+                    };
+                }
             }
+        }
+        finally
+        {
+            stop.Cancel();
         }
     }
 

@@ -104,6 +104,10 @@ public sealed class EndToEndTests(ChatFixture fx) : IClassFixture<ChatFixture>
         Assert.Equal(2, before);
         Assert.True(after <= 1, $"{after} updates arrived after cancellation");
 
+        // Stopping early without a token (break) also ends the request.
+        await foreach (var u in fx.Client.GetStreamingResponseAsync([ChatFixture.Question(Image, "Describe the picture.")], options))
+            if (u.Text.Length > 0) break;
+
         var again = await fx.Client.GetResponseAsync([ChatFixture.Question(Image, Question)]);
         Assert.Equal((await fx.ReferenceAsync(Image, Question)).Text, again.Text);
     }
