@@ -116,8 +116,9 @@ public sealed class VisionLanguageModel : IDisposable
         ObjectDisposedException.ThrowIf(_disposed != 0, this);
         var prepared = Prepare(request); // validation errors surface here, before any queueing
         using var timeout = _options.RequestTimeout is TimeSpan t ? new CancellationTokenSource(t) : null;
-        using var linked = timeout is null ? null : CancellationTokenSource.CreateLinkedTokenSource(ct, timeout.Token);
-        var token = linked?.Token ?? ct;
+        // Cancelled by the caller, the timeout, or a reader that stops early (so no compute slot is held for nobody).
+        using var stop = timeout is null ? CancellationTokenSource.CreateLinkedTokenSource(ct) : CancellationTokenSource.CreateLinkedTokenSource(ct, timeout.Token);
+        var token = stop.Token;
         var channel = Channel.CreateUnbounded<AnswerChunk>(new UnboundedChannelOptions { SingleReader = true, SingleWriter = true });
         var producer = Task.Run(async () =>
         {
@@ -134,8 +135,15 @@ public sealed class VisionLanguageModel : IDisposable
             }
             catch (Exception e) { channel.Writer.TryComplete(e); }
         }, CancellationToken.None);
-        await foreach (var chunk in channel.Reader.ReadAllAsync(CancellationToken.None).ConfigureAwait(false))
-            yield return chunk;
+        try
+        {
+            await foreach (var chunk in channel.Reader.ReadAllAsync(CancellationToken.None).ConfigureAwait(false))
+                yield return chunk;
+        }
+        finally
+        {
+            if (!producer.IsCompleted) stop.Cancel();
+        }
         await producer.ConfigureAwait(false);
     }
 
