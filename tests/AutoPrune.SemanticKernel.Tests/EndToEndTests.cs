@@ -147,6 +147,54 @@ public sealed class EndToEndTests(ChatFixture fx) : IClassFixture<ChatFixture>
         Assert.Contains("2 image(s)", e.Message);
     }
 
+    /// <summary>
+    /// Two images and several turns on the real weights: a copy of the fixture whose config.json allows 2048
+    /// positions (the bundled one says 1024, which two 576-token images exceed). Answers through the client equal
+    /// the engine's for the same conversation, and the prompt holds both images.
+    /// </summary>
+    [Fact]
+    public async Task TwoImagesAndSeveralTurns_OnALongerContextCopy()
+    {
+        var dir = Path.Combine(Path.GetTempPath(), "autoprune-sk-2048-" + Guid.NewGuid().ToString("N"));
+        Directory.CreateDirectory(dir);
+        try
+        {
+            foreach (var f in Directory.GetFiles(TestData.ModelDir)) File.Copy(f, Path.Combine(dir, Path.GetFileName(f)));
+            var cfgPath = Path.Combine(dir, "config.json");
+            var cfg = System.Text.Json.Nodes.JsonNode.Parse(File.ReadAllText(cfgPath))!;
+            cfg["text_config"]!["max_position_embeddings"] = 2048;
+            File.WriteAllText(cfgPath, cfg.ToJsonString());
+            using var model = VisionLanguageModel.Load(dir);
+            using var client = new AutoPruneChatClient(model);
+            ChatMessage[] chat =
+            [
+                new(ChatRole.System, "You answer questions about shapes."),
+                ChatFixture.Question(Image, Question),
+                new(ChatRole.Assistant, "0"),
+                ChatFixture.Question("0006.png", "What shape is the green object?"),
+            ];
+            var response = await client.GetResponseAsync(chat, new ChatOptions { MaxOutputTokens = ChatFixture.MaxTokens });
+            var direct = await model.AskAsync(new VisionRequest
+            {
+                Turns =
+                [
+                    new(TurnRole.System, "You answer questions about shapes."),
+                    new(TurnRole.User, "<image>\n" + Question),
+                    new(TurnRole.Assistant, "0"),
+                    new(TurnRole.User, "<image>\nWhat shape is the green object?"),
+                ],
+                Images = [ImageInput.FromFile(TestData.Image(Image)), ImageInput.FromFile(TestData.Image("0006.png"))],
+                Generation = new GenerationOptions { MaxNewTokens = ChatFixture.MaxTokens },
+            });
+            Assert.Equal(1152, direct.VisualTokens);
+            Assert.True(direct.PromptTokens > 1152);
+            Assert.Equal(direct.PromptTokens, response.Usage!.InputTokenCount);
+            Assert.Equal(direct.Text, response.Text);
+            Assert.NotEmpty(direct.TokenIds);
+        }
+        finally { try { Directory.Delete(dir, true); } catch (IOException) { } }
+    }
+
     [Fact]
     public async Task SixteenConcurrentRequests_ThroughOneRegisteredClient_MatchOneAtATime()
     {
