@@ -13,6 +13,7 @@ internal static class Attention
     public static void MultiHead(ReadOnlySpan<float> q, ReadOnlySpan<float> k, ReadOnlySpan<float> v, Span<float> o,
         int nq, int nk, int qHeads, int kvHeads, int hd, bool causal)
     {
+        if (nq >= BlockRows) { MultiHeadBlocked(q, k, v, o, nq, nk, qHeads, kvHeads, hd, causal); return; }
         int group = qHeads / kvHeads;
         int qStride = qHeads * hd, kvStride = kvHeads * hd;
         // Parallel over (head, query block); each task needs its own scratch.
@@ -50,6 +51,54 @@ internal static class Attention
                 else
                     Parallel.For(0, work, Run);
             }
+        }
+    }
+
+    private const int BlockRows = 64;
+
+    /// <summary>
+    /// Prefill path: per (head, block of 64 query rows), scores = Q·Kᵀ and output = P·V through the packed GEMM
+    /// (single-threaded inside, parallel over the tasks). Only a [64, keys] score tile exists at a time per task.
+    /// </summary>
+    private static unsafe void MultiHeadBlocked(ReadOnlySpan<float> q, ReadOnlySpan<float> k, ReadOnlySpan<float> v, Span<float> o,
+        int nq, int nk, int qHeads, int kvHeads, int hd, bool causal)
+    {
+        int group = qHeads / kvHeads, qStride = qHeads * hd, kvStride = kvHeads * hd;
+        int blocks = (nq + BlockRows - 1) / BlockRows;
+        float scale = 1f / MathF.Sqrt(hd);
+        var isa = Gemm.DetectedIsa;
+        fixed (float* qp = q, kp = k, vp = v, op = o)
+        {
+            nint qa = (nint)qp, ka = (nint)kp, va = (nint)vp, oa = (nint)op;
+            int qLen = q.Length, kLen = k.Length, vLen = v.Length, oLen = o.Length;
+            Parallel.For(0, qHeads * blocks, w =>
+            {
+                int h = w / blocks, b = w % blocks, kvh = h / group;
+                int r0 = b * BlockRows, rows = Math.Min(BlockRows, nq - r0);
+                int limit = causal ? Math.Min(nk, nk - nq + r0 + rows) : nk; // keys any row of the block may see
+                var scores = ArrayPool<float>.Shared.Rent(rows * limit);
+                try
+                {
+                    var qs = new ReadOnlySpan<float>((float*)qa, qLen);
+                    var ks = new ReadOnlySpan<float>((float*)ka, kLen);
+                    var vs = new ReadOnlySpan<float>((float*)va, vLen);
+                    var os = new Span<float>((float*)oa, oLen);
+                    var sc = scores.AsSpan(0, rows * limit);
+                    Gemm.MatMulTransBCore(qs.Slice(r0 * qStride + h * hd), qStride, rows, hd, ks.Slice(kvh * hd), kvStride, limit,
+                        sc, limit, default, false, isa, 1);
+                    for (int i = 0; i < rows; i++)
+                    {
+                        int visible = causal ? Math.Min(limit, nk - nq + r0 + i + 1) : limit;
+                        var row = sc.Slice(i * limit, limit);
+                        TensorPrimitives.Multiply(row.Slice(0, visible), scale, row.Slice(0, visible));
+                        CpuOps.Softmax(row.Slice(0, visible));
+                        row.Slice(visible).Clear();
+                    }
+                    Gemm.MatMulCore(sc, limit, rows, limit, vs.Slice(kvh * hd), kvStride, hd, os.Slice(r0 * qStride + h * hd), qStride,
+                        false, isa, 1);
+                }
+                finally { ArrayPool<float>.Shared.Return(scores); }
+            });
         }
     }
 
