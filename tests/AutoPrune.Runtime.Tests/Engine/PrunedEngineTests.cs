@@ -26,7 +26,7 @@ public sealed class PrunedEngineTests(PublicModelFixture fx) : IClassFixture<Pub
         var row = TestData.Dev.Single(r => r.Id == reference.Id);
         var answer = await fx.Model.AskAsync(Request(row, new PruningOptions { Method = PruningMethod.None }));
         var unpruned = new TinyModelFixture().PrefillLogits(reference.InputIds, TestData.Image(row.Image));
-        var top = Compute.Cpu.CpuOps.ArgMax(unpruned);
+        var top = CpuOps.ArgMax(unpruned);
         Assert.Equal(top, answer.TopLogits[0].Id);
         foreach (var t in answer.TopLogits) Assert.Equal(unpruned[t.Id], t.Logit); // exact equality
         Assert.Equal(1.0, answer.Report.FlopsRatio);
