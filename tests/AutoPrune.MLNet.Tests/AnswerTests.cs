@@ -40,6 +40,24 @@ public sealed class AnswerTests(ModelFixture fx, ITestOutputHelper output)
     }
 
     [Fact]
+    public async Task PruningOptions_ReachTheEngine_AndTheReportColumns()
+    {
+        var options = ModelFixture.Options() with { Pruning = new AutoPrune.Pruning.PruningOptions { Method = AutoPrune.Pruning.PruningMethod.AutoPrune, Budget = 128 } };
+        var input = new VqaInput { ImagePath = "images/0002.png", Question = "How many blue objects are there?" };
+        var r = Assert.Single(RunPathPipeline([input], options));
+        var direct = await fx.Model.AskAsync(VisionRequest.Create(input.Question, ImageInput.FromFile(Path.Combine(RepoPaths.DevSet, input.ImagePath))) with
+        {
+            Generation = options.Generation,
+            Pruning = options.Pruning,
+        });
+        Assert.Equal(direct.Text.Trim(), r.Answer);
+        Assert.Equal((float)direct.Report.AvgVisualTokensProcessed, r.KeptVisualTokens, 3);
+        Assert.InRange(r.KeptVisualTokens, 127f, 128f);
+        Assert.Equal((float)direct.Report.FlopsRatio, r.FlopsRatio, 4);
+        Assert.True(r.FlopsRatio < 0.3f);
+    }
+
+    [Fact]
     public void KnownPair_MLImageColumn_AnswersZero()
     {
         var data = _ml.Data.LoadFromEnumerable(new[] { new VqaInput { ImagePath = "images/0002.png", Question = "How many blue objects are there?" } });
