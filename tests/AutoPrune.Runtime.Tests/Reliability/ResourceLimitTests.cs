@@ -80,7 +80,7 @@ public sealed class ResourceLimitTests
         Assert.Contains("MaxPixels", e.Message);
         using var exact = Load(new ModelOptions { MaxImagePixels = pixels });
         Assert.Equal(Row.PromptLen, (await exact.AskAsync(Ask(Row))).PromptTokens);
-        // A decompression bomb through the public API with the default limit (50 MP): refused from its 57-byte header.
+        // A decompression bomb through the public API with the default limit (50 MP): refused from its 65-byte header.
         using var plain = Load(new ModelOptions());
         var bomb = await Assert.ThrowsAsync<ImageDecodeException>(() =>
             plain.AskAsync(VisionRequest.Create("What is it?", ImageInput.FromBytes(FuzzSupport.PngHeader(100_000, 100_000))) with { Generation = new() { MaxNewTokens = 1 } }));
