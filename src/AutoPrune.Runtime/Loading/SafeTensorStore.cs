@@ -225,6 +225,8 @@ internal sealed unsafe class SafeTensorStore : IDisposable
             throw new ModelLoadException($"Cannot read index '{indexPath}': {ex.Message}", indexPath, null, ex);
         }
 
+        if (!System.Text.Unicode.Utf8.IsValid(bytes))
+            throw new ModelLoadException($"Index '{indexPath}' is not valid UTF-8 text.", indexPath);
         JsonDocument doc;
         try
         {
@@ -241,6 +243,7 @@ internal sealed unsafe class SafeTensorStore : IDisposable
             var root = doc.RootElement;
             if (root.ValueKind != JsonValueKind.Object)
                 throw new ModelLoadException($"Index '{indexPath}' must be a JSON object but is {root.ValueKind}.", indexPath);
+            EnsureStringsDecode(root, $"Index '{indexPath}'", indexPath);
             if (!root.TryGetProperty("weight_map", out var map) || map.ValueKind != JsonValueKind.Object)
                 throw new ModelLoadException($"Index '{indexPath}' has no 'weight_map' object (expected \"weight_map\": {{ \"tensor name\": \"shard file\", ... }}).", indexPath);
 
@@ -261,6 +264,35 @@ internal sealed unsafe class SafeTensorStore : IDisposable
             if (result.Count == 0)
                 throw new ModelLoadException($"Index '{indexPath}' has an empty weight_map; expected at least one tensor.", indexPath);
             return result;
+        }
+    }
+
+    /// <summary>
+    /// JsonDocument decodes strings lazily and throws InvalidOperationException for escapes that are not
+    /// text (a lone surrogate such as "\ud800"); check every name and string once, up front.
+    /// </summary>
+    private static void EnsureStringsDecode(JsonElement root, string what, string path)
+    {
+        try { Visit(root); }
+        catch (InvalidOperationException ex)
+        {
+            throw new ModelLoadException($"{what} with a string that is not valid text: {ex.Message}", path, null, ex);
+        }
+
+        static void Visit(JsonElement e)
+        {
+            switch (e.ValueKind)
+            {
+                case JsonValueKind.Object:
+                    foreach (var p in e.EnumerateObject()) { _ = p.Name; Visit(p.Value); }
+                    break;
+                case JsonValueKind.Array:
+                    foreach (var x in e.EnumerateArray()) Visit(x);
+                    break;
+                case JsonValueKind.String:
+                    _ = e.GetString();
+                    break;
+            }
         }
     }
 
@@ -475,6 +507,9 @@ internal sealed unsafe class SafeTensorStore : IDisposable
 
             // Copy is bounded by the real file size (checked above), never by a claim in the file.
             var headerBytes = new ReadOnlySpan<byte>(Base + 8, n).ToArray();
+            // JsonDocument checks UTF-8 only when a string is read (throwing InvalidOperationException), so check it here.
+            if (!System.Text.Unicode.Utf8.IsValid(headerBytes))
+                throw new ModelLoadException($"File '{Path}' has a JSON header that is not valid UTF-8; the file is corrupt or not a safetensors file.", Path);
             JsonDocument doc;
             try
             {
@@ -491,6 +526,7 @@ internal sealed unsafe class SafeTensorStore : IDisposable
                 var root = doc.RootElement;
                 if (root.ValueKind != JsonValueKind.Object)
                     throw new ModelLoadException($"File '{Path}' has a JSON header that is a {root.ValueKind}; expected an object of tensor entries.", Path);
+                EnsureStringsDecode(root, $"File '{Path}' has a JSON header", Path);
 
                 foreach (var prop in root.EnumerateObject())
                 {

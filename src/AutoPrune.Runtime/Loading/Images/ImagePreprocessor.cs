@@ -181,6 +181,11 @@ internal sealed class ImagePreprocessor
         if (c.DoResize)
         {
             var (nh, nw) = ResizeOutputSize(height, width, c);
+            // An extreme aspect ratio (e.g. 1x200000) resized to the shortest edge would need far more memory than
+            // MaxPixels allows (the horizontal pass runs first, so its nw x height buffer counts too).
+            long resized = Math.Max((long)nw * nh, (long)nw * height);
+            if (resized > MaxPixels)
+                throw new ImageDecodeException($"The {width}x{height} image's aspect ratio is too extreme: resizing it to {nw}x{nh} needs {resized:N0} pixels, more than the limit of {MaxPixels:N0} (MaxPixels).");
             rgb = PilResampler.Resize(rgb, width, height, nw, nh, c.Resample);
             (width, height) = (nw, nh);
         }
