@@ -23,7 +23,7 @@ public sealed class ImageAndTokenizerFuzzTests : IDisposable
     {
         byte[] png = File.ReadAllBytes(TestData.Image(TestData.Dev[0].Image));
         using var full = SKBitmap.Decode(png);
-        using var small = full.Resize(new SKImageInfo(48, 40), SKSamplingOptions.Default);
+        using var small = full.Resize(new SKImageInfo(48, 40), SKFilterQuality.Medium);
         byte[] Encode(SKEncodedImageFormat f) { using var img = SKImage.FromBitmap(small); using var d = img.Encode(f, 90); return d.ToArray(); }
         return [png, Encode(SKEncodedImageFormat.Png), Encode(SKEncodedImageFormat.Jpeg), Encode(SKEncodedImageFormat.Webp), Bmp(small), FuzzSupport.PngHeader(64, 64)];
     }
