@@ -3,4 +3,5 @@ using AutoPrune.Cli;
 
 var root = new RootCommand("AutoPrune.NET: ask a LLaVA-family vision-language model about images, locally, with adaptive visual-token pruning.");
 root.Subcommands.Add(AskCommand.Create());
+root.Subcommands.Add(EvalCommand.Create());
 return await root.Parse(args).InvokeAsync();
