@@ -147,6 +147,7 @@ public static class BenchRunner
     public static void Print(IAnsiConsole console, BenchDocument d)
     {
         static string F(double? x, string fmt = "F1") => x is double v ? v.ToString(fmt, CultureInfo.InvariantCulture) : "–";
+        if (Console.IsOutputRedirected && console.Profile.Width < 200) console.Profile.Width = 200; // files and pipes: no wrapping
         var t = new Table().Border(TableBorder.Rounded).AddColumn("Method");
         foreach (var h in new[] { "Budget", "Tokens/layer", "FLOPs", "Prefill ms", "Prefill tok/s", "Decode ms/tok", "Decode tok/s", "Prefill ×", "Prefill+decode ×", "Alloc MB/req", "Peak WS MB" })
             t.AddColumn(new TableColumn(h).RightAligned());

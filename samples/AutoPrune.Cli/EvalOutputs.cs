@@ -222,6 +222,7 @@ public static class EvalOutputs
 
     public static void PrintTable(IAnsiConsole console, EvalRun run)
     {
+        if (Console.IsOutputRedirected && console.Profile.Width < 200) console.Profile.Width = 200; // files and pipes: no wrapping
         var d = Summarize(run);
         var t = new Table().Border(TableBorder.Rounded)
             .AddColumn("Method").AddColumn(new TableColumn("Budget").RightAligned()).AddColumn(new TableColumn("Tokens/layer").RightAligned())
