@@ -4,4 +4,6 @@ using AutoPrune.Cli;
 var root = new RootCommand("AutoPrune.NET: ask a LLaVA-family vision-language model about images, locally, with adaptive visual-token pruning.");
 root.Subcommands.Add(AskCommand.Create());
 root.Subcommands.Add(ExplainCommand.Create());
+root.Subcommands.Add(EvalCommand.Create());
+root.Subcommands.Add(BenchCommand.Create());
 return await root.Parse(args).InvokeAsync();

@@ -1,0 +1,169 @@
+using System.CommandLine;
+using System.Diagnostics;
+using System.Globalization;
+using System.Text.Json;
+using AutoPrune.Pruning;
+using Spectre.Console;
+
+namespace AutoPrune.Cli;
+
+/// <summary>
+/// <c>bench</c>: prefill and decode latency, tokens per second and memory for each method at each budget on one image,
+/// medians over repeats after warm-up, with the speed-up against unpruned measured in the same run.
+/// </summary>
+public static class BenchCommand
+{
+    public static Command Create()
+    {
+        var image = new Option<FileInfo>("--image", "-i") { Description = "Image file.", Required = true };
+        var question = new Option<string>("--question", "-q") { Description = "The question.", DefaultValueFactory = _ => "How many objects are there?" };
+        var methods = new Option<string>("--methods") { Description = "Comma-separated methods or 'all'; 'none' (the reference) always runs first.", DefaultValueFactory = _ => "all" };
+        var budgets = new Option<string>("--budgets") { Description = "Comma-separated visual-token budgets.", DefaultValueFactory = _ => "96,128,192" };
+        var accounting = CommonOptions.Accounting();
+        var repeats = new Option<int>("--repeats", "-r") { Description = "Measured runs per method and budget (median reported).", DefaultValueFactory = _ => 7 };
+        var warmup = new Option<int>("--warmup", "-w") { Description = "Unmeasured runs before each method and budget.", DefaultValueFactory = _ => 2 };
+        var maxTokens = new Option<int>("--max-tokens") { Description = "Largest number of tokens generated per run.", DefaultValueFactory = _ => 8 };
+        var model = CommonOptions.Model();
+        var device = CommonOptions.Device();
+        var outFile = new Option<FileInfo?>("--out", "-o") { Description = "Write the results as JSON to this file." };
+
+        var cmd = new Command("bench", "Latency, tokens/s and memory per method and budget on one image, with speed-ups against unpruned.")
+        {
+            image, question, methods, budgets, accounting, repeats, warmup, maxTokens, model, device, outFile,
+        };
+        cmd.SetAction((parse, ct) => CommonOptions.Guard(async () =>
+        {
+            var img = parse.GetValue(image)!;
+            if (!img.Exists) throw new ArgumentException($"Image file '{img.FullName}' does not exist.");
+            int reps = parse.GetValue(repeats), warm = parse.GetValue(warmup), maxNew = parse.GetValue(maxTokens);
+            if (reps < 1) throw new ArgumentException("--repeats must be at least 1.");
+            if (warm < 0) throw new ArgumentException("--warmup must be 0 or more.");
+            var acc = parse.GetValue(accounting) == "published" ? BudgetAccounting.Published : BudgetAccounting.Processed;
+            using var vlm = await CommonOptions.LoadAsync(parse.GetValue(model)!, new ModelOptions { Device = parse.GetValue(device)!, MaxConcurrentRequests = 1 }, quiet: true);
+            var settings = new EvalSettings
+            {
+                Data = "", Model = "", OutDir = "", Accounting = acc,
+                Methods = EvalCommand.ParseMethods(parse.GetValue(methods)!), Budgets = EvalCommand.ParseBudgets(parse.GetValue(budgets)!),
+            };
+            var combos = EvalRunner.BuildCombos(settings, vlm.Shape);
+            var doc = await BenchRunner.RunAsync(vlm, img.FullName, parse.GetValue(question)!, combos, acc, reps, warm, maxNew, ct);
+            BenchRunner.Print(AnsiConsole.Console, doc);
+            if (parse.GetValue(outFile) is { } f)
+            {
+                if (f.Directory is { } dir) Directory.CreateDirectory(dir.FullName);
+                File.WriteAllText(f.FullName, JsonSerializer.Serialize(doc, EvalOutputs.Json) + "\n");
+                CommonOptions.Err.MarkupLine(Markup.Escape($"bench: wrote {f.FullName}"));
+            }
+            return 0;
+        }));
+        return cmd;
+    }
+}
+
+public sealed record BenchEntry(
+    string Method, double Budget, bool Skipped, string? SkipReason, int Repeats,
+    double? AvgVisualTokensPerLayer, double? FlopsRatio, int? PromptTokens, int? DecodeSteps,
+    double? PrefillMsMedian, double? PrefillMsMin, double? DecodeMsMedian, double? DecodeMsPerToken, double? DecodeTokensPerSecond, double? PrefillTokensPerSecond,
+    double? TotalMsMedian, double? PrefillSpeedup, double? DecodeSpeedup, double? PrefillPlusDecodeSpeedup,
+    double? AllocatedMbPerRequest, double? PeakWorkingSetMb);
+
+public sealed record BenchDocument(
+    string Image, string Question, string Model, string Device, string BudgetAccounting, int Repeats, int Warmup, int MaxNewTokens,
+    double VisionMsUncached, string Machine, double LoadAverage1m, double PeakWorkingSetMb, IReadOnlyList<BenchEntry> Results);
+
+public static class BenchRunner
+{
+    private static double Median(IEnumerable<double> xs)
+    {
+        var a = xs.OrderBy(x => x).ToArray();
+        return a.Length == 0 ? double.NaN : a.Length % 2 == 1 ? a[a.Length / 2] : (a[a.Length / 2 - 1] + a[a.Length / 2]) / 2;
+    }
+
+    /// <summary>Decode steps the engine ran: one per generated token after the first, plus one that produced EOS.</summary>
+    private static int DecodeSteps(VisionAnswer a, int maxNew) => a.FinishReason switch
+    {
+        AnswerFinishReason.Stop => a.TokenIds.Count,
+        AnswerFinishReason.StopSequence => Math.Max(0, a.TokenIds.Count - 1),
+        _ => Math.Max(0, maxNew - 1),
+    };
+
+    public static async Task<BenchDocument> RunAsync(VisionLanguageModel vlm, string image, string question, IReadOnlyList<EvalCombo> combos,
+        BudgetAccounting accounting, int repeats, int warmup, int maxNew, CancellationToken ct)
+    {
+        VisionRequest Req(EvalCombo c) => VisionRequest.Create(question, ImageInput.FromFile(image)) with
+        {
+            Generation = new GenerationOptions { MaxNewTokens = maxNew },
+            Pruning = new PruningOptions { Method = CommonOptions.ParseMethod(c.Method), Budget = c.Budget, Accounting = accounting },
+        };
+        // The first request computes the vision tower; the cache serves every later one, so the table is about the LLM.
+        var first = await vlm.AskAsync(Req(combos[0]), ct);
+        double visionMs = first.Timings.PreprocessMs + first.Timings.VisionMs;
+        var entries = new List<BenchEntry>();
+        BenchEntry? reference = null;
+        var proc = Process.GetCurrentProcess();
+        foreach (var c in combos)
+        {
+            if (c.SkipReason is not null)
+            {
+                entries.Add(new BenchEntry(c.Method, c.Budget, true, c.SkipReason, 0, null, null, null, null, null, null, null, null, null, null, null, null, null, null, null, null));
+                continue;
+            }
+            for (int i = 0; i < warmup; i++) await vlm.AskAsync(Req(c), ct);
+            var answers = new List<VisionAnswer>(repeats);
+            long alloc0 = GC.GetTotalAllocatedBytes(precise: true);
+            for (int i = 0; i < repeats; i++) answers.Add(await vlm.AskAsync(Req(c), ct));
+            long alloc = GC.GetTotalAllocatedBytes(precise: true) - alloc0;
+            proc.Refresh();
+            var a0 = answers[0];
+            double prefill = Median(answers.Select(a => a.Timings.PrefillMs));
+            double decode = Median(answers.Select(a => a.Timings.DecodeMs));
+            int steps = DecodeSteps(a0, maxNew);
+            double? perToken = steps > 0 ? Median(answers.Select(a => a.Timings.DecodeMs / Math.Max(1, DecodeSteps(a, maxNew)))) : null;
+            var e = new BenchEntry(c.Method, c.Budget, false, null, repeats,
+                Math.Round(a0.Report.AvgVisualTokensProcessed, 2), Math.Round(a0.Report.FlopsRatio, 4), a0.PromptTokens, steps,
+                Math.Round(prefill, 2), Math.Round(answers.Min(a => a.Timings.PrefillMs), 2), Math.Round(decode, 2),
+                perToken is double p ? Math.Round(p, 3) : null, perToken is double q && q > 0 ? Math.Round(1000 / q, 1) : null,
+                Math.Round(a0.PromptTokens / (prefill / 1000), 0),
+                Math.Round(Median(answers.Select(a => a.Timings.TotalMs)), 2), null, null, null,
+                Math.Round(alloc / (double)repeats / (1 << 20), 2), Math.Round(proc.PeakWorkingSet64 / (double)(1 << 20), 1));
+            if (c.Method == "none") reference = e;
+            if (reference is not null)
+                e = e with
+                {
+                    PrefillSpeedup = Math.Round(reference.PrefillMsMedian!.Value / prefill, 2),
+                    DecodeSpeedup = reference.DecodeMsPerToken is double rp && e.DecodeMsPerToken is double ep && ep > 0 ? Math.Round(rp / ep, 2) : null,
+                    PrefillPlusDecodeSpeedup = Math.Round((reference.PrefillMsMedian!.Value + reference.DecodeMsMedian!.Value) / (prefill + decode), 2),
+                };
+            entries.Add(e);
+        }
+        proc.Refresh();
+        double load = double.NaN;
+        try { load = double.Parse(File.ReadAllText("/proc/loadavg").Split(' ')[0], CultureInfo.InvariantCulture); } catch { }
+        return new BenchDocument(image, question, vlm.Info.Directory, vlm.Info.Device, accounting.ToString().ToLowerInvariant(), repeats, warmup, maxNew,
+            Math.Round(visionMs, 2), $"{Environment.ProcessorCount} logical cores, {System.Runtime.InteropServices.RuntimeInformation.OSDescription}, .NET {Environment.Version}",
+            load, Math.Round(proc.PeakWorkingSet64 / (double)(1 << 20), 1), entries);
+    }
+
+    public static void Print(IAnsiConsole console, BenchDocument d)
+    {
+        static string F(double? x, string fmt = "F1") => x is double v ? v.ToString(fmt, CultureInfo.InvariantCulture) : "–";
+        if (Console.IsOutputRedirected && console.Profile.Width < 200) console.Profile.Width = 200; // files and pipes: no wrapping
+        var t = new Table().Border(TableBorder.Rounded).AddColumn("Method");
+        foreach (var h in new[] { "Budget", "Tokens/layer", "FLOPs", "Prefill ms", "Prefill tok/s", "Decode ms/tok", "Decode tok/s", "Prefill ×", "Prefill+decode ×", "Alloc MB/req", "Peak WS MB" })
+            t.AddColumn(new TableColumn(h).RightAligned());
+        foreach (var e in d.Results)
+        {
+            if (e.Skipped)
+            {
+                t.AddRow([e.Method, F(e.Budget, "0.###"), "[grey]skipped[/]", .. Enumerable.Repeat("–", 9)]);
+                continue;
+            }
+            t.AddRow(e.Method, F(e.Budget, "0.###"), F(e.AvgVisualTokensPerLayer), F(e.FlopsRatio * 100) + "%", F(e.PrefillMsMedian), F(e.PrefillTokensPerSecond, "F0"),
+                F(e.DecodeMsPerToken, "F2"), F(e.DecodeTokensPerSecond, "F0"), F(e.PrefillSpeedup, "F2"), F(e.PrefillPlusDecodeSpeedup, "F2"), F(e.AllocatedMbPerRequest), F(e.PeakWorkingSetMb));
+        }
+        console.Write(t);
+        console.MarkupLine(Markup.Escape($"Medians over {d.Repeats} runs after {d.Warmup} warm-up runs each; vision tower (uncached, once) {d.VisionMsUncached:F1} ms; " +
+            $"peak working set {d.PeakWorkingSetMb:F0} MB (process-wide, so far); load average {d.LoadAverage1m:F2} on {d.Machine}."));
+        foreach (var e in d.Results.Where(e => e.Skipped)) console.MarkupLine(Markup.Escape($"skipped {e.Method} at {e.Budget}: {e.SkipReason}"));
+    }
+}

@@ -1,0 +1,204 @@
+using System.CommandLine;
+using System.Text.Json;
+using AutoPrune.Cli;
+using Xunit;
+
+namespace AutoPrune.Cli.Tests;
+
+/// <summary>Shared paths: the repository root is found by walking up from the test binaries to AutoPrune.sln.</summary>
+internal static class Repo
+{
+    public static readonly string Root = FindRoot();
+    public static string Model => Path.Combine(Root, "samples", "models", "shapes-llava-tiny");
+    public static string DevDir => Path.Combine(Root, "tests", "data", "shapes-vqa-dev");
+    public static string Image(int i) => Path.Combine(DevDir, "images", $"{i:0000}.png");
+
+    private static string FindRoot()
+    {
+        for (var d = new DirectoryInfo(AppContext.BaseDirectory); d is not null; d = d.Parent)
+            if (File.Exists(Path.Combine(d.FullName, "AutoPrune.sln"))) return d.FullName;
+        throw new InvalidOperationException("AutoPrune.sln not found above " + AppContext.BaseDirectory);
+    }
+
+    public static RootCommand Cli()
+    {
+        var root = new RootCommand("test");
+        root.Subcommands.Add(EvalCommand.Create());
+        root.Subcommands.Add(BenchCommand.Create());
+        return root;
+    }
+
+    public static string TempDir()
+    {
+        var d = Path.Combine(Path.GetTempPath(), "autoprune-cli-tests-" + Guid.NewGuid().ToString("N")[..8]);
+        Directory.CreateDirectory(d);
+        return d;
+    }
+}
+
+/// <summary>The jsonl reader: good rows kept, bad rows reported by line number.</summary>
+public class EvalDataTests
+{
+    [Fact]
+    public void Bad_rows_are_reported_with_line_numbers_and_skipped()
+    {
+        var dir = Repo.TempDir();
+        var data = Path.Combine(dir, "rows.jsonl");
+        File.WriteAllLines(data,
+        [
+            $$"""{"id": 1, "image": "{{Repo.Image(0)}}", "question": "Is there a green circle?", "answer": "no", "type": "exists"}""",
+            """{"id": 2, "image": "images/does-not-exist.png", "question": "q", "answer": "a"}""",
+            "",
+            $$"""{"id": 3, "image": "{{Repo.Image(1)}}", "answer": "no"}""",
+            """{"id": 4, "image": "x.png", "question": "q", "answer": """,
+            "[1, 2]",
+            $$"""{"id": "five", "image": "{{Repo.Image(2)}}", "question": "How many?", "answer": 3}""",
+        ]);
+        var (rows, bad) = EvalData.Read(data, imagesRoot: null);
+        Assert.Equal([1, 7], rows.Select(r => r.Line));
+        Assert.Equal("five", rows[1].Id);
+        Assert.Equal("3", rows[1].Answer);
+        Assert.Null(rows[1].Type);
+        Assert.Equal([2, 4, 5, 6], bad.Select(b => b.Line));
+        Assert.Contains("not found", bad[0].Reason);
+        Assert.Contains("'question'", bad[1].Reason);
+        Assert.Contains("malformed JSON", bad[2].Reason);
+        Assert.Contains("JSON object", bad[3].Reason);
+
+        var (limited, _) = EvalData.Read(data, null, limit: 1);
+        Assert.Single(limited);
+    }
+
+    [Theory]
+    [InlineData(" Yes\n", "yes", true)]
+    [InlineData("CIRCLE", "circle", true)]
+    [InlineData("2", "3", false)]
+    [InlineData("", "0", false)]
+    public void Answers_compare_after_trim_and_case_fold(string pred, string gold, bool ok) => Assert.Equal(ok, EvalData.IsCorrect(pred, gold));
+
+    [Fact]
+    public void Method_and_budget_lists_parse()
+    {
+        Assert.Equal(["none", "fastv", "autoprune"], EvalCommand.ParseMethods("fastv, autoprune"));
+        Assert.Equal(7, EvalCommand.ParseMethods("all").Count);
+        Assert.Throws<ArgumentException>(() => EvalCommand.ParseMethods("fastv,bogus"));
+        Assert.Equal([96.0, 0.25], EvalCommand.ParseBudgets("96,0.25,96"));
+        Assert.Throws<ArgumentException>(() => EvalCommand.ParseBudgets("96,-1"));
+    }
+}
+
+/// <summary>`eval` and `bench` end to end, in process, on the fixture model.</summary>
+public class CommandTests
+{
+    [Fact]
+    public async Task Eval_writes_results_table_plot_and_predictions_and_counts_bad_rows()
+    {
+        var dir = Repo.TempDir();
+        var data = Path.Combine(dir, "rows.jsonl");
+        // Relative image paths resolved against --images-root; the bad rows sit between good ones.
+        var dev = File.ReadLines(Path.Combine(Repo.DevDir, "dev.jsonl")).Take(5).ToList();
+        File.WriteAllLines(data,
+        [
+            dev[0],
+            """{"id": "gone", "image": "images/missing.png", "question": "Is there a circle?", "answer": "yes"}""",
+            dev[1],
+            """{"id": "noanswer", "image": "images/0000.png", "question": "Is there a circle?"}""",
+            "{not json",
+            dev[2], dev[3], dev[4],
+        ]);
+        var outDir = Path.Combine(dir, "out");
+        int rc = await Repo.Cli().Parse(["eval", "--data", data, "--images-root", Repo.DevDir, "--model", Repo.Model,
+            "--methods", "fastv,sparsevlm", "--budgets", "128", "--limit", "4", "--out", outDir]).InvokeAsync();
+        Assert.Equal(0, rc);
+
+        using var doc = JsonDocument.Parse(File.ReadAllText(Path.Combine(outDir, "results.json")));
+        var root = doc.RootElement;
+        Assert.Equal(4, root.GetProperty("rows_used").GetInt32());
+        Assert.Equal(3, root.GetProperty("rows_skipped").GetInt32());
+        Assert.Equal([2, 4, 5], root.GetProperty("skipped_rows").EnumerateArray().Select(b => b.GetProperty("line").GetInt32()));
+        Assert.Equal("processed", root.GetProperty("budget_accounting").GetString());
+        var results = root.GetProperty("results").EnumerateArray().ToList();
+        Assert.Equal(["none", "fastv", "sparsevlm"], results.Select(r => r.GetProperty("method").GetString()));
+
+        var none = results[0];
+        Assert.Equal(4, none.GetProperty("n").GetInt32());
+        Assert.Equal(1.0, none.GetProperty("flops_ratio").GetDouble(), 6);
+        Assert.Equal(576, none.GetProperty("avg_visual_tokens_per_layer").GetDouble(), 6);
+        double noneAcc = none.GetProperty("accuracy").GetDouble();
+
+        var fastv = results[1];
+        Assert.False(fastv.GetProperty("skipped").GetBoolean());
+        Assert.Equal(128, fastv.GetProperty("budget").GetDouble());
+        Assert.Equal(4, fastv.GetProperty("n").GetInt32());
+        foreach (var f in new[] { "accuracy", "retention", "avg_visual_tokens_per_layer", "flops_ratio", "prefill_ms_median", "total_ms_median" })
+            Assert.Equal(JsonValueKind.Number, fastv.GetProperty(f).ValueKind);
+        double acc = fastv.GetProperty("accuracy").GetDouble();
+        Assert.InRange(acc, 0, 1);
+        Assert.True(Math.Abs(fastv.GetProperty("avg_visual_tokens_per_layer").GetDouble() - 128) <= 1);
+        Assert.InRange(fastv.GetProperty("flops_ratio").GetDouble(), 0.05, 0.5);
+        if (noneAcc > 0) Assert.Equal(Math.Round(acc / noneAcc, 4), fastv.GetProperty("retention").GetDouble(), 3);
+        Assert.Equal(JsonValueKind.Object, fastv.GetProperty("accuracy_by_type").ValueKind);
+        Assert.True(fastv.GetProperty("accuracy_by_type").EnumerateObject().Any());
+
+        var sparse = results[2];
+        Assert.True(sparse.GetProperty("skipped").GetBoolean());
+        Assert.Contains("infeasible", sparse.GetProperty("skip_reason").GetString());
+        Assert.Equal(0, sparse.GetProperty("n").GetInt32());
+
+        // predictions.jsonl: 4 rows x (none + fastv), every answer with its report.
+        var preds = File.ReadAllLines(Path.Combine(outDir, "predictions.jsonl")).Select(l => JsonDocument.Parse(l).RootElement).ToList();
+        Assert.Equal(8, preds.Count);
+        Assert.Equal(4, preds.Count(p => p.GetProperty("method").GetString() == "fastv"));
+        Assert.All(preds, p =>
+        {
+            Assert.Equal(JsonValueKind.String, p.GetProperty("prediction").ValueKind);
+            Assert.Equal(8, p.GetProperty("visual_tokens_per_layer").GetArrayLength());
+            Assert.True(p.TryGetProperty("flops_ratio", out _));
+            Assert.True(p.TryGetProperty("signals", out _));
+        });
+        Assert.Equal([1, 3, 6, 7], preds.Select(p => p.GetProperty("line").GetInt32()).Distinct());
+        int correct = preds.Count(p => p.GetProperty("method").GetString() == "fastv" && p.GetProperty("correct").GetBoolean());
+        Assert.Equal(acc, correct / 4.0, 6);
+
+        var md = File.ReadAllText(Path.Combine(outDir, "results.md"));
+        Assert.Contains("| fastv | 128 |", md);
+        Assert.Contains("| sparsevlm | 128 |", md);
+        Assert.Contains("skipped", md);
+        Assert.Contains("line 4: missing field 'answer'", md);
+        Assert.Contains("line 5: malformed JSON", md);
+        Assert.Contains("accuracy_vs_flops.png", md);
+
+        var png = File.ReadAllBytes(Path.Combine(outDir, "accuracy_vs_flops.png"));
+        Assert.True(png.Length > 5000);
+        Assert.Equal(new byte[] { 0x89, 0x50, 0x4E, 0x47, 0x0D, 0x0A, 0x1A, 0x0A }, png[..8]);
+    }
+
+    [Fact]
+    public async Task Eval_with_a_missing_data_file_fails_cleanly()
+    {
+        int rc = await Repo.Cli().Parse(["eval", "--data", "/nonexistent/rows.jsonl", "--model", Repo.Model, "--out", Repo.TempDir()]).InvokeAsync();
+        Assert.Equal(1, rc);
+    }
+
+    [Fact]
+    public async Task Bench_measures_each_method_and_the_speedup_against_unpruned()
+    {
+        var outFile = Path.Combine(Repo.TempDir(), "bench.json");
+        int rc = await Repo.Cli().Parse(["bench", "--image", Repo.Image(3), "--model", Repo.Model, "--methods", "fastv,sparsevlm",
+            "--budgets", "96,192", "--repeats", "1", "--warmup", "0", "--max-tokens", "2", "--out", outFile]).InvokeAsync();
+        Assert.Equal(0, rc);
+        using var doc = JsonDocument.Parse(File.ReadAllText(outFile));
+        var results = doc.RootElement.GetProperty("results").EnumerateArray().ToList();
+        Assert.Equal(["none", "fastv", "fastv", "sparsevlm", "sparsevlm"], results.Select(r => r.GetProperty("method").GetString()));
+        Assert.Equal(1.0, results[0].GetProperty("prefill_speedup").GetDouble(), 6);
+        Assert.True(results[3].GetProperty("skipped").GetBoolean()); // sparsevlm at 96 is infeasible on 8 layers
+        foreach (var r in results.Where(r => !r.GetProperty("skipped").GetBoolean()))
+        {
+            Assert.True(r.GetProperty("prefill_ms_median").GetDouble() > 0);
+            Assert.True(r.GetProperty("prefill_speedup").GetDouble() > 0);
+            Assert.True(r.GetProperty("peak_working_set_mb").GetDouble() > 0);
+            Assert.True(r.GetProperty("prefill_tokens_per_second").GetDouble() > 0);
+        }
+        Assert.True(doc.RootElement.GetProperty("vision_ms_uncached").GetDouble() > 0);
+    }
+}
