@@ -1,7 +1,6 @@
 using ILGPU;
 using ILGPU.Algorithms;
 using ILGPU.Runtime;
-using Half = ILGPU.Half;
 
 namespace AutoPrune.Compute.Cuda;
 
@@ -224,11 +223,63 @@ internal static class CudaKernels
         result[row] = bi;
     }
 
-    /// <summary>fp32 → fp16 (for feeding cuBLAS, whose GEMM inputs are fp16).</summary>
-    internal static void ToHalfKernel(Index1D i, ArrayView<float> src, ArrayView<Half> dst) => dst[i] = (Half)src[i];
+    /// <summary>
+    /// fp32 → IEEE fp16 bits with round-to-nearest-even (as System.Half), done with integer operations so the result
+    /// is identical on every accelerator (cuBLAS GEMM inputs are fp16).
+    /// </summary>
+    internal static void ToHalfKernel(Index1D i, ArrayView<float> src, ArrayView<ushort> dst) => dst[i] = FloatToHalfBits(src[i]);
 
-    /// <summary>fp16 → fp32.</summary>
-    internal static void ToFloatKernel(Index1D i, ArrayView<Half> src, ArrayView<float> dst) => dst[i] = (float)src[i];
+    /// <summary>IEEE fp16 bits → fp32 (exact).</summary>
+    internal static void ToFloatKernel(Index1D i, ArrayView<ushort> src, ArrayView<float> dst) => dst[i] = HalfBitsToFloat(src[i]);
+
+    internal static ushort FloatToHalfBits(float x)
+    {
+        uint f = Interop.FloatAsInt(x);
+        uint sign = (f >> 16) & 0x8000u;
+        uint abs = f & 0x7FFFFFFFu;
+        uint h;
+        if (abs >= 0x7F800000u) h = abs > 0x7F800000u ? 0x7E00u : 0x7C00u;        // NaN, ±inf
+        else if (abs >= 0x477FF000u) h = 0x7C00u;                                    // ≥ 65520 rounds to inf
+        else if (abs < 0x38800000u)                                                  // below 2^-14: half subnormal or 0
+        {
+            uint e = abs >> 23;
+            if (e < 102u) h = 0;
+            else
+            {
+                uint m = (abs & 0x7FFFFFu) | 0x800000u;
+                int shift = 126 - (int)e;                                            // 14..24
+                uint h0 = m >> shift;
+                uint rem = m & ((1u << shift) - 1u);
+                uint halfway = 1u << (shift - 1);
+                if (rem > halfway || (rem == halfway && (h0 & 1u) != 0)) h0++;
+                h = h0;
+            }
+        }
+        else
+        {
+            uint v = abs - 0x38000000u;                                              // rebias exponent 127 → 15
+            uint h0 = v >> 13;
+            uint rem = v & 0x1FFFu;
+            if (rem > 0x1000u || (rem == 0x1000u && (h0 & 1u) != 0)) h0++;
+            h = h0;
+        }
+        return (ushort)(sign | h);
+    }
+
+    internal static float HalfBitsToFloat(ushort bits)
+    {
+        uint hb = bits;
+        uint s = (hb & 0x8000u) << 16;
+        uint e = (hb >> 10) & 0x1Fu;
+        uint m = hb & 0x3FFu;
+        if (e == 0)
+        {
+            float v = m * 5.9604644775390625e-8f;                                    // m · 2^-24, exact
+            return s != 0 ? -v : v;
+        }
+        if (e == 31) return Interop.IntAsFloat(s | 0x7F800000u | (m << 13));
+        return Interop.IntAsFloat(s | ((e + 112u) << 23) | (m << 13));
+    }
 
     private static float Dot(ArrayView<float> a, long ao, ArrayView<float> b, long bo, int n)
     {
@@ -279,8 +330,8 @@ internal sealed class CudaOps
     private readonly Lazy<Action<Index1D, ArrayView<float>, ArrayView<int>, ArrayView<float>, int>> _rowGather;
     private readonly Lazy<Action<Index1D, ArrayView<float>, ArrayView<float>, int, int>> _kvAppend;
     private readonly Lazy<Action<Index1D, ArrayView<float>, ArrayView<int>, int>> _argMax;
-    private readonly Lazy<Action<Index1D, ArrayView<float>, ArrayView<Half>>> _toHalf;
-    private readonly Lazy<Action<Index1D, ArrayView<Half>, ArrayView<float>>> _toFloat;
+    private readonly Lazy<Action<Index1D, ArrayView<float>, ArrayView<ushort>>> _toHalf;
+    private readonly Lazy<Action<Index1D, ArrayView<ushort>, ArrayView<float>>> _toFloat;
 
     public CudaOps(Accelerator accelerator)
     {
@@ -299,8 +350,8 @@ internal sealed class CudaOps
         _rowGather = new(() => _acc.LoadAutoGroupedStreamKernel<Index1D, ArrayView<float>, ArrayView<int>, ArrayView<float>, int>(CudaKernels.RowGatherKernel));
         _kvAppend = new(() => _acc.LoadAutoGroupedStreamKernel<Index1D, ArrayView<float>, ArrayView<float>, int, int>(CudaKernels.KvAppendKernel));
         _argMax = new(() => _acc.LoadAutoGroupedStreamKernel<Index1D, ArrayView<float>, ArrayView<int>, int>(CudaKernels.ArgMaxKernel));
-        _toHalf = new(() => _acc.LoadAutoGroupedStreamKernel<Index1D, ArrayView<float>, ArrayView<Half>>(CudaKernels.ToHalfKernel));
-        _toFloat = new(() => _acc.LoadAutoGroupedStreamKernel<Index1D, ArrayView<Half>, ArrayView<float>>(CudaKernels.ToFloatKernel));
+        _toHalf = new(() => _acc.LoadAutoGroupedStreamKernel<Index1D, ArrayView<float>, ArrayView<ushort>>(CudaKernels.ToHalfKernel));
+        _toFloat = new(() => _acc.LoadAutoGroupedStreamKernel<Index1D, ArrayView<ushort>, ArrayView<float>>(CudaKernels.ToFloatKernel));
     }
 
     public Accelerator Accelerator => _acc;
@@ -364,8 +415,8 @@ internal sealed class CudaOps
 
     public void ArgMax(ArrayView<float> x, int rows, int cols, ArrayView<int> result) => Launch(_argMax.Value, rows, x, result, cols);
 
-    public void ToHalf(ArrayView<float> src, ArrayView<Half> dst) => Launch(_toHalf.Value, src.Length, src, dst);
-    public void ToFloat(ArrayView<Half> src, ArrayView<float> dst) => Launch(_toFloat.Value, src.Length, src, dst);
+    public void ToHalf(ArrayView<float> src, ArrayView<ushort> dst) => Launch(_toHalf.Value, src.Length, src, dst);
+    public void ToFloat(ArrayView<ushort> src, ArrayView<float> dst) => Launch(_toFloat.Value, src.Length, src, dst);
 
     private static void Launch<T1>(Action<Index1D, T1> k, long n, T1 a) where T1 : struct
     { if (n > 0) k(Extent(n), a); }
