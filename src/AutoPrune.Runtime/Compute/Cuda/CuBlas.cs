@@ -11,7 +11,9 @@ namespace AutoPrune.Compute.Cuda;
 /// NOT EXECUTED: the machine this was written on has no GPU and no cuBLAS, so none of the native calls below has
 /// ever run. What is tested without a GPU is the library-name resolution (<see cref="ResolveLibraryName"/>) and the
 /// row-major → column-major argument mapping (<see cref="MapGemmTransB"/>, checked against a column-major reference
-/// GEMM in the tests). The enum values are those of cublas_api.h / library_types.h (CUDA 11+).
+/// GEMM in the tests). The enum values are those of cublas_api.h / library_types.h (CUDA 11+);
+/// CUBLAS_GEMM_DEFAULT_TENSOR_OP (99) is deprecated since CUDA 11 but still accepted (tensor cores are used for
+/// fp16 inputs by default).
 /// </remarks>
 internal static class CuBlas
 {

@@ -36,7 +36,9 @@ internal readonly record struct AttentionShape(int Nq, int Nk, int QHeads, int K
 /// Tested only on ILGPU's CPU accelerator. On a GPU they are untested and not tuned: the per-row kernels
 /// (norms, softmax, argmax, attention) run one thread per row and will need block-level reductions / a tiled
 /// (flash-style) attention to be fast. RoPE takes host-computed cos/sin tables, so no device trigonometry
-/// (PTX sin/cos are approximate for large angles) is involved.
+/// (PTX sin/cos are approximate for large angles) is involved. In the PTX that ILGPU 1.5.3 emits (see PtxCompileTests),
+/// XMath.Exp becomes ex2.approx.f32 (≈2 ulp, relative error growing with |x|; arguments here are ≤ 0 after max
+/// subtraction or bounded activations), divisions div.rn / rcp.rn and square roots sqrt.rn.
 /// </remarks>
 internal static class CudaKernels
 {
