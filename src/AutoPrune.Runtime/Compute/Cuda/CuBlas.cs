@@ -1,0 +1,177 @@
+using System.Reflection;
+using System.Runtime.InteropServices;
+
+namespace AutoPrune.Compute.Cuda;
+
+/// <summary>
+/// Our own P/Invoke layer over cuBLAS (v2 API, CUDA 11 / 12 / 13): handle management and the two mixed-precision
+/// GEMMs the decoder needs (fp16 inputs, fp32 compute and accumulation, tensor-core algorithm).
+/// </summary>
+/// <remarks>
+/// NOT EXECUTED: the machine this was written on has no GPU and no cuBLAS, so none of the native calls below has
+/// ever run. What is tested without a GPU is the library-name resolution (<see cref="ResolveLibraryName"/>) and the
+/// row-major → column-major argument mapping (<see cref="MapGemmTransB"/>, checked against a column-major reference
+/// GEMM in the tests). The enum values are those of cublas_api.h / library_types.h (CUDA 11+);
+/// CUBLAS_GEMM_DEFAULT_TENSOR_OP (99) is deprecated since CUDA 11 but still accepted (tensor cores are used for
+/// fp16 inputs by default).
+/// </remarks>
+internal static class CuBlas
+{
+    /// <summary>The name used in the DllImport attributes; mapped to a real file by the resolver.</summary>
+    private const string Lib = "autoprune-cublas";
+
+    /// <summary>Library files tried, newest CUDA first.</summary>
+    internal static readonly string[] LibraryNames = ["libcublas.so.13", "libcublas.so.12", "libcublas.so.11"];
+
+    // cublasOperation_t
+    public const int OpN = 0, OpT = 1;
+    // cudaDataType_t
+    public const int CudaR32F = 0, CudaR16F = 2, CudaR16BF = 14;
+    // cublasComputeType_t
+    public const int ComputeType32F = 68;
+    // cublasGemmAlgo_t
+    public const int GemmDefaultTensorOp = 99;
+    // cublasStatus_t
+    public const int StatusSuccess = 0;
+
+    private static readonly object ResolverLock = new();
+    private static bool _resolverInstalled;
+    private static string? _loadedName;
+
+    /// <summary>First of <see cref="LibraryNames"/> that <paramref name="tryLoad"/> accepts, or null. Pure, for tests.</summary>
+    internal static string? ResolveLibraryName(Func<string, bool> tryLoad)
+    {
+        foreach (var n in LibraryNames)
+            if (tryLoad(n)) return n;
+        return null;
+    }
+
+    /// <summary>
+    /// Installs the DllImport resolver of this assembly that maps <see cref="Lib"/> to libcublas.so.13/12/11. Only one
+    /// resolver per assembly is allowed by .NET: if another part of AutoPrune.Runtime ever installs one, it must
+    /// delegate the name "autoprune-cublas" to <see cref="Resolve"/>.
+    /// </summary>
+    internal static void EnsureResolver()
+    {
+        lock (ResolverLock)
+        {
+            if (_resolverInstalled) return;
+            NativeLibrary.SetDllImportResolver(typeof(CuBlas).Assembly, Resolve);
+            _resolverInstalled = true;
+        }
+    }
+
+    /// <summary>Resolver body: loads the first available cuBLAS for <see cref="Lib"/>, defers everything else to the default.</summary>
+    internal static IntPtr Resolve(string libraryName, Assembly assembly, DllImportSearchPath? searchPath)
+    {
+        if (libraryName != Lib) return IntPtr.Zero;
+        IntPtr handle = IntPtr.Zero;
+        var name = ResolveLibraryName(n => NativeLibrary.TryLoad(n, assembly, searchPath, out handle));
+        _loadedName = name;
+        if (name is null)
+            throw new DllNotFoundException($"No cuBLAS library found (tried {string.Join(", ", LibraryNames)}). Install the CUDA toolkit's cuBLAS or use Device = \"cpu\".");
+        return handle;
+    }
+
+    /// <summary>The cuBLAS file the resolver loaded (null before the first call).</summary>
+    public static string? LoadedLibrary => _loadedName;
+
+    [DllImport(Lib, EntryPoint = "cublasCreate_v2")]
+    private static extern int cublasCreate_v2(out IntPtr handle);
+
+    [DllImport(Lib, EntryPoint = "cublasDestroy_v2")]
+    private static extern int cublasDestroy_v2(IntPtr handle);
+
+    [DllImport(Lib, EntryPoint = "cublasSetStream_v2")]
+    private static extern int cublasSetStream_v2(IntPtr handle, IntPtr stream);
+
+    [DllImport(Lib, EntryPoint = "cublasGemmEx")]
+    private static extern unsafe int cublasGemmEx(IntPtr handle, int transa, int transb, int m, int n, int k,
+        float* alpha, IntPtr a, int aType, int lda, IntPtr b, int bType, int ldb,
+        float* beta, IntPtr c, int cType, int ldc, int computeType, int algo);
+
+    [DllImport(Lib, EntryPoint = "cublasGemmStridedBatchedEx")]
+    private static extern unsafe int cublasGemmStridedBatchedEx(IntPtr handle, int transa, int transb, int m, int n, int k,
+        float* alpha, IntPtr a, int aType, int lda, long strideA, IntPtr b, int bType, int ldb, long strideB,
+        float* beta, IntPtr c, int cType, int ldc, long strideC, int batchCount, int computeType, int algo);
+
+    /// <summary>Creates a cuBLAS handle (untested on a GPU).</summary>
+    public static IntPtr Create()
+    {
+        EnsureResolver();
+        Check(cublasCreate_v2(out var h), "cublasCreate_v2");
+        return h;
+    }
+
+    public static void Destroy(IntPtr handle)
+    {
+        if (handle != IntPtr.Zero) Check(cublasDestroy_v2(handle), "cublasDestroy_v2");
+    }
+
+    /// <summary>Binds the handle to a CUDA stream (e.g. ILGPU's <c>CudaStream.StreamPtr</c>) so GEMMs order with the kernels.</summary>
+    public static void SetStream(IntPtr handle, IntPtr stream) => Check(cublasSetStream_v2(handle, stream), "cublasSetStream_v2");
+
+    /// <summary>Arguments of one column-major cublasGemmEx call. <see cref="FirstIsW"/>: the "A" operand is the weight.</summary>
+    internal readonly record struct GemmArgs(int TransA, int TransB, int M, int N, int K, int Lda, int Ldb, int Ldc, bool FirstIsW);
+
+    /// <summary>
+    /// Row-major C[m, n] = A[m, k] · W[n, k]ᵀ expressed for column-major cuBLAS. A row-major [r, c] matrix is the
+    /// column-major [c, r] matrix with leading dimension c, so Cᵀ (n × m, ld n) = W(as k × n)ᵀ · A(as k × m):
+    /// cublas(transa = T on W with lda = k, transb = N on A with ldb = k, m' = n, n' = m, k' = k, ldc = n).
+    /// Pure, for tests.
+    /// </summary>
+    internal static GemmArgs MapGemmTransB(int m, int k, int n)
+    {
+        if (m <= 0 || k <= 0 || n <= 0) throw new ArgumentOutOfRangeException(nameof(m), $"GEMM sizes must be positive: m {m}, k {k}, n {n}.");
+        return new GemmArgs(OpT, OpN, n, m, k, Lda: k, Ldb: k, Ldc: n, FirstIsW: true);
+    }
+
+    /// <summary>
+    /// C = A · Wᵀ, row-major: a [m, k] fp16, w [n, k] fp16, c [m, n] (fp32 by default, <paramref name="cType"/> =
+    /// <see cref="CudaR16F"/> for fp16), fp32 accumulation on tensor cores. Device pointers. Untested on a GPU.
+    /// </summary>
+    public static unsafe void GemmTransB(IntPtr handle, int m, int k, int n, IntPtr a, IntPtr w, IntPtr c, int cType = CudaR32F, float beta = 0f)
+    {
+        var g = MapGemmTransB(m, k, n);
+        float alpha = 1f;
+        Check(cublasGemmEx(handle, g.TransA, g.TransB, g.M, g.N, g.K, &alpha, w, CudaR16F, g.Lda, a, CudaR16F, g.Ldb,
+            &beta, c, cType, g.Ldc, ComputeType32F, GemmDefaultTensorOp), "cublasGemmEx");
+    }
+
+    /// <summary>
+    /// Batched row-major C_b = A_b · W_bᵀ (e.g. per-head Q·Kᵀ), with element strides between batches. Same mapping as
+    /// <see cref="GemmTransB"/>; lda/ldb/ldc here are the row strides of the row-major operands (≥ k, k, n).
+    /// Untested on a GPU.
+    /// </summary>
+    public static unsafe void GemmTransBStridedBatched(IntPtr handle, int m, int k, int n,
+        IntPtr a, int aRowStride, long strideA, IntPtr w, int wRowStride, long strideW, IntPtr c, int cRowStride, long strideC,
+        int batch, int cType = CudaR32F)
+    {
+        var g = MapGemmTransB(m, k, n);
+        float alpha = 1f, beta = 0f;
+        Check(cublasGemmStridedBatchedEx(handle, g.TransA, g.TransB, g.M, g.N, g.K, &alpha,
+            w, CudaR16F, wRowStride, strideW, a, CudaR16F, aRowStride, strideA,
+            &beta, c, cType, cRowStride, strideC, batch, ComputeType32F, GemmDefaultTensorOp), "cublasGemmStridedBatchedEx");
+    }
+
+    private static void Check(int status, string call)
+    {
+        if (status != StatusSuccess)
+            throw new InvalidOperationException($"{call} failed with cublasStatus {status} ({StatusName(status)}).");
+    }
+
+    internal static string StatusName(int s) => s switch
+    {
+        0 => "CUBLAS_STATUS_SUCCESS",
+        1 => "CUBLAS_STATUS_NOT_INITIALIZED",
+        3 => "CUBLAS_STATUS_ALLOC_FAILED",
+        7 => "CUBLAS_STATUS_INVALID_VALUE",
+        8 => "CUBLAS_STATUS_ARCH_MISMATCH",
+        11 => "CUBLAS_STATUS_MAPPING_ERROR",
+        13 => "CUBLAS_STATUS_EXECUTION_FAILED",
+        14 => "CUBLAS_STATUS_INTERNAL_ERROR",
+        15 => "CUBLAS_STATUS_NOT_SUPPORTED",
+        16 => "CUBLAS_STATUS_LICENSE_ERROR",
+        _ => "unknown",
+    };
+}
