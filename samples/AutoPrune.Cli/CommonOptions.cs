@@ -28,7 +28,7 @@ internal static class CommonOptions
 
     public static Option<string> Device() => new("--device")
     {
-        Description = "cpu or auto.",
+        Description = "cpu, auto (probes for a GPU, runs on the CPU backend for now) or cuda[:N] (reports what is missing).",
         DefaultValueFactory = _ => "auto",
     };
 

@@ -60,7 +60,7 @@ public sealed class VisionLanguageModel : IDisposable
         var dir = Path.GetFullPath(modelDirectory);
         if (!Directory.Exists(dir))
             throw new ModelLoadException($"Model directory '{dir}' does not exist.", dir);
-        string device = ResolveDevice(options.Device);
+        string device = ResolveDevice(options.Device, log);
         var sw = Stopwatch.StartNew();
         progress?.Report(new LoadProgress("config", 0));
         var config = LlavaConfig.Load(dir);
@@ -89,13 +89,28 @@ public sealed class VisionLanguageModel : IDisposable
     public static Task<VisionLanguageModel> LoadAsync(string modelDirectory, ModelOptions? options = null, IProgress<LoadProgress>? progress = null, CancellationToken ct = default)
         => Task.Run(() => Load(modelDirectory, options, progress), ct);
 
-    private static string ResolveDevice(string device) => device.Trim().ToLowerInvariant() switch
+    /// <summary>
+    /// "cpu" and "auto" run on the CPU backend; "auto" also probes for a GPU and logs what it found. "cuda"/"cuda:N"
+    /// first names what is missing (driver, device index, cuBLAS); on a machine that has all of it, it still fails,
+    /// because the CUDA kernels exist but the decoder does not run on them yet.
+    /// </summary>
+    private static string ResolveDevice(string device, ILogger log)
     {
-        "cpu" or "auto" or "" => "cpu",
-        var d when d.StartsWith("cuda", StringComparison.Ordinal) =>
-            throw new NotSupportedException($"Device '{device}' was asked for, but this build has no CUDA backend yet; use \"cpu\" or \"auto\"."),
-        _ => throw new ArgumentException($"Unknown device '{device}': expected \"cpu\", \"auto\", \"cuda\" or \"cuda:N\".", nameof(device)),
-    };
+        var d = device.Trim().ToLowerInvariant();
+        if (d is "cpu") return "cpu";
+        if (d is "auto" or "")
+        {
+            var probe = Compute.Cuda.CudaDevice.Probe(0);
+            log.LogInformation("Device auto: {Probe}; running on the CPU backend (the CUDA decoder is not integrated yet)", probe.Describe());
+            return "cpu";
+        }
+        if (d.StartsWith("cuda", StringComparison.Ordinal))
+        {
+            using var gpu = Compute.Cuda.CudaDevice.Open(d); // throws NotSupportedException naming the missing piece
+            throw new NotSupportedException($"Device '{device}' was found, but this build runs the model on the CPU backend only: the CUDA kernels exist, the decoder does not use them yet. Use \"cpu\" or \"auto\".");
+        }
+        throw new ArgumentException($"Unknown device '{device}': expected \"cpu\", \"auto\", \"cuda\" or \"cuda:N\".", nameof(device));
+    }
 
     /// <summary>Answers one question about zero or more images.</summary>
     public Task<VisionAnswer> AskAsync(string question, ImageInput image, GenerationOptions? generation = null, CancellationToken ct = default)

@@ -158,6 +158,13 @@ public sealed class BadInputTests(PublicModelFixture fx) : IClassFixture<PublicM
     }
 
     [Fact]
+    public void CudaWithoutAGpuNamesWhatIsMissing()
+    {
+        var e = Assert.Throws<NotSupportedException>(() => VisionLanguageModel.Load(TestData.ModelDir, new ModelOptions { Device = "cuda" }));
+        Assert.Matches("driver|device|cublas|CPU backend only", e.Message);
+    }
+
+    [Fact]
     public void UnknownDevice()
     {
         var e = Assert.Throws<ArgumentException>(() => VisionLanguageModel.Load(TestData.ModelDir, new ModelOptions { Device = "tpu" }));
