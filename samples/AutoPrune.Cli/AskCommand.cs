@@ -5,7 +5,7 @@ using System.Text.Json.Serialization;
 namespace AutoPrune.Cli;
 
 /// <summary><c>ask</c>: answer a question about an image.</summary>
-internal static class AskCommand
+public static class AskCommand
 {
     public static Command Create()
     {

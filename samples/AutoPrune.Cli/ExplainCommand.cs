@@ -4,7 +4,7 @@ using AutoPrune.Pruning;
 namespace AutoPrune.Cli;
 
 /// <summary><c>explain</c>: a picture of the patches each layer still looked at.</summary>
-internal static class ExplainCommand
+public static class ExplainCommand
 {
     public static Command Create()
     {

@@ -23,6 +23,8 @@ internal static class Repo
     public static RootCommand Cli()
     {
         var root = new RootCommand("test");
+        root.Subcommands.Add(AskCommand.Create());
+        root.Subcommands.Add(ExplainCommand.Create());
         root.Subcommands.Add(EvalCommand.Create());
         root.Subcommands.Add(BenchCommand.Create());
         return root;
@@ -171,6 +173,28 @@ public class CommandTests
         var png = File.ReadAllBytes(Path.Combine(outDir, "accuracy_vs_flops.png"));
         Assert.True(png.Length > 5000);
         Assert.Equal(new byte[] { 0x89, 0x50, 0x4E, 0x47, 0x0D, 0x0A, 0x1A, 0x0A }, png[..8]);
+    }
+
+    /// <summary>explain in the CLI's own process, where ScottPlot brings SkiaSharp 3.x in place of the runtime's 2.88.</summary>
+    [Fact]
+    public async Task Explain_writes_a_png_with_one_panel_per_layer()
+    {
+        var outFile = Path.Combine(Repo.TempDir(), "explain.png");
+        int rc = await Repo.Cli().Parse(["explain", "--image", Repo.Image(2), "--question", "How many blue objects are there?",
+            "--model", Repo.Model, "--method", "fastv", "--budget", "128", "--layers", "0,1,7", "--out", outFile]).InvokeAsync();
+        Assert.Equal(0, rc);
+        var png = File.ReadAllBytes(outFile);
+        Assert.Equal(new byte[] { 0x89, 0x50, 0x4E, 0x47, 0x0D, 0x0A, 0x1A, 0x0A }, png[..8]);
+        using var bmp = SkiaSharp.SKBitmap.Decode(png);
+        Assert.Equal(3 * 240 + 4 * 8, bmp.Width);
+    }
+
+    [Fact]
+    public async Task Ask_with_an_infeasible_budget_fails_with_one_clear_line()
+    {
+        int rc = await Repo.Cli().Parse(["ask", "--image", Repo.Image(2), "--question", "How many?", "--model", Repo.Model,
+            "--method", "sparsevlm", "--budget", "96", "--json"]).InvokeAsync();
+        Assert.Equal(1, rc);
     }
 
     [Fact]
