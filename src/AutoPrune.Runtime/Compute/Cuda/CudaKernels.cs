@@ -156,13 +156,8 @@ internal static class CudaKernels
         long qo = (long)i * s.QStride + (long)h * hd;
         long kvo = (long)kvh * hd;
         int limit = s.Causal != 0 ? XMath.Min(s.Nk, s.Nk - s.Nq + i + 1) : s.Nk;
-        float max = float.NegativeInfinity;
-        for (int j = 0; j < limit; j++)
-            max = XMath.Max(max, Dot(q, qo, k, (long)j * s.KvStride + kvo, hd) * s.Scale);
-        float sum = 0;
-        for (int j = 0; j < limit; j++)
-            sum += XMath.Exp(Dot(q, qo, k, (long)j * s.KvStride + kvo, hd) * s.Scale - max);
-        float inv = 1f / sum;
+        float max = RowMaxScore(q, qo, k, kvo, s, limit);
+        float inv = 1f / RowSumExp(q, qo, k, kvo, s, limit, max);
         for (int d = 0; d < hd; d++) o[qo + d] = 0f;
         for (int j = 0; j < limit; j++)
         {
@@ -170,6 +165,24 @@ internal static class CudaKernels
             long vo = (long)j * s.KvStride + kvo;
             for (int d = 0; d < hd; d++) o[qo + d] += v[vo + d] * p;
         }
+    }
+
+    /// <summary>Largest scaled score q·k_j over the first <paramref name="limit"/> keys (softmax's shift).</summary>
+    private static float RowMaxScore(ArrayView<float> q, long qo, ArrayView<float> k, long kvo, AttentionShape s, int limit)
+    {
+        float max = float.NegativeInfinity;
+        for (int j = 0; j < limit; j++)
+            max = XMath.Max(max, Dot(q, qo, k, (long)j * s.KvStride + kvo, s.HeadDim) * s.Scale);
+        return max;
+    }
+
+    /// <summary>Softmax denominator: sum of exp(score - max) over the first <paramref name="limit"/> keys.</summary>
+    private static float RowSumExp(ArrayView<float> q, long qo, ArrayView<float> k, long kvo, AttentionShape s, int limit, float max)
+    {
+        float sum = 0;
+        for (int j = 0; j < limit; j++)
+            sum += XMath.Exp(Dot(q, qo, k, (long)j * s.KvStride + kvo, s.HeadDim) * s.Scale - max);
+        return sum;
     }
 
     /// <summary>
@@ -186,13 +199,8 @@ internal static class CudaKernels
         long qo = (long)i * s.QStride + (long)h * hd;
         long kvo = (long)kvh * hd;
         int limit = s.Causal != 0 ? XMath.Min(s.Nk, s.Nk - s.Nq + i + 1) : s.Nk;
-        float max = float.NegativeInfinity;
-        for (int j = 0; j < limit; j++)
-            max = XMath.Max(max, Dot(q, qo, k, (long)j * s.KvStride + kvo, hd) * s.Scale);
-        float sum = 0;
-        for (int j = 0; j < limit; j++)
-            sum += XMath.Exp(Dot(q, qo, k, (long)j * s.KvStride + kvo, hd) * s.Scale - max);
-        float inv = 1f / sum;
+        float max = RowMaxScore(q, qo, k, kvo, s, limit);
+        float inv = 1f / RowSumExp(q, qo, k, kvo, s, limit, max);
         long dst = (long)t.X * cols;
         for (int j = firstKey; j < s.Nk; j++)
             result[dst + j - firstKey] = j < limit ? XMath.Exp(Dot(q, qo, k, (long)j * s.KvStride + kvo, hd) * s.Scale - max) * inv : 0f;
