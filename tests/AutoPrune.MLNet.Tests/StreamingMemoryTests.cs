@@ -44,7 +44,9 @@ public sealed class StreamingMemoryTests(ModelFixture fx, ITestOutputHelper outp
         output.WriteLine($"{rows} rows in {sw.Elapsed.TotalSeconds:F1} s ({sw.Elapsed.TotalMilliseconds / rows:F0} ms/row); managed heap at row {early}: {atEarly / 1e6:F2} MB, at row {rows}: {atEnd / 1e6:F2} MB, growth {growth / 1e6:F3} MB");
         Assert.Equal(total, rows);
         Assert.Equal(total, answered);
-        // Holding every row would cost at least the PNG-sized images or answers; allow 2 MB of noise.
-        Assert.True(growth < 2_000_000, $"managed memory grew by {growth / 1e6:F2} MB from row {early} to row {rows}");
+        // Per row the stage decodes a 336x336 image into 1.35 MB of floats and the tower's output (0.3 MB); holding
+        // anything of even 55 KB per row over 150 rows would pass 8 MB. Below that is GC/pool noise, which measured up
+        // to 2.6 MB when the other test classes run beside this one.
+        Assert.True(growth < 8_000_000, $"managed memory grew by {growth / 1e6:F2} MB from row {early} to row {rows}");
     }
 }
