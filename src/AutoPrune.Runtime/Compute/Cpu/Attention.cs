@@ -14,42 +14,31 @@ internal static class Attention
         int nq, int nk, int qHeads, int kvHeads, int hd, bool causal)
     {
         if (nq >= BlockRows) { MultiHeadBlocked(q, k, v, o, nq, nk, qHeads, kvHeads, hd, causal); return; }
+        // Few query rows (decoding, short prompts): row by row, one task per head, each with its own scratch.
         int group = qHeads / kvHeads;
         int qStride = qHeads * hd, kvStride = kvHeads * hd;
-        // Parallel over (head, query block); each task needs its own scratch.
-        int blocks = Math.Max(1, Math.Min(nq / 64, Environment.ProcessorCount * 2));
-        int work = qHeads * blocks;
         unsafe
         {
             fixed (float* qp = q, kp = k, vp = v, op = o)
             {
                 nint qa = (nint)qp, ka = (nint)kp, va = (nint)vp, oa = (nint)op;
                 int qLen = q.Length, kLen = k.Length, vLen = v.Length, oLen = o.Length;
-                void Run(int w)
+                void Run(int h)
                 {
-                    int h = w / blocks, b = w % blocks;
-                    int start = (int)((long)nq * b / blocks), end = (int)((long)nq * (b + 1) / blocks);
-                    if (end <= start) return;
                     var scratch = ArrayPool<float>.Shared.Rent(nk + hd);
                     try
                     {
-                        var qs = new ReadOnlySpan<float>((float*)qa, qLen);
-                        var ks = new ReadOnlySpan<float>((float*)ka, kLen);
-                        var vs = new ReadOnlySpan<float>((float*)va, vLen);
-                        var os = new Span<float>((float*)oa, oLen);
-                        int kvh = h / group;
-                        // Rows start..end of q, with the causal offset of the full query block.
                         CpuOps.AttentionHead(
-                            qs.Slice(start * qStride), end - start, qStride, h * hd,
-                            ks.Slice(0, Math.Min(nk, causal ? nk - nq + end : nk) * kvStride), vs, Math.Min(nk, causal ? nk - nq + end : nk), kvStride, kvh * hd,
-                            os.Slice(start * qStride), qStride, h * hd, hd, causal, scratch);
+                            new ReadOnlySpan<float>((float*)qa, qLen), nq, qStride, h * hd,
+                            new ReadOnlySpan<float>((float*)ka, kLen), new ReadOnlySpan<float>((float*)va, vLen), nk, kvStride, (h / group) * hd,
+                            new Span<float>((float*)oa, oLen), qStride, h * hd, hd, causal, scratch);
                     }
                     finally { ArrayPool<float>.Shared.Return(scratch); }
                 }
-                if (work == 1 || (long)nq * nk * hd * qHeads < 1_000_000)
-                    for (int w = 0; w < work; w++) Run(w);
+                if ((long)nq * nk * hd * qHeads < 1_000_000)
+                    for (int h = 0; h < qHeads; h++) Run(h);
                 else
-                    Parallel.For(0, work, Run);
+                    Parallel.For(0, qHeads, Run);
             }
         }
     }
