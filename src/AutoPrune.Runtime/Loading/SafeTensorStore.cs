@@ -14,7 +14,7 @@ namespace AutoPrune.Loading;
 /// validated at <see cref="Open"/>; tensors are widened to fp32 on read. Names are canonical (see
 /// <see cref="TensorNames"/>). Thread-safe for concurrent reads.
 /// </summary>
-internal sealed unsafe class SafeTensorStore : IDisposable
+internal sealed unsafe class SafeTensorStore : ITensorSource, IDisposable
 {
     public const string SingleFileName = "model.safetensors";
     public const string IndexFileName = "model.safetensors.index.json";
@@ -76,6 +76,39 @@ internal sealed unsafe class SafeTensorStore : IDisposable
         }
         var result = GC.AllocateUninitializedArray<float>((int)count);
         Convert(shard, entry, result);
+        MarkRead(entry.Name);
+        return result;
+    }
+
+    /// <summary>
+    /// Reads a tensor as fp16 for the GPU backend: F16 is copied bit for bit, BF16 and F32 are rounded to nearest
+    /// even (values beyond ±65504 become ±inf, as in PyTorch's <c>.half()</c>).
+    /// </summary>
+    public Half[] ReadFloat16(string name, params long[] expectedShape)
+    {
+        var (shard, entry) = Find(name);
+        CheckShape(shard, entry, expectedShape);
+        long count = entry.ElementCount;
+        if (count > Array.MaxLength)
+        {
+            throw new ModelLoadException(
+                $"Tensor '{entry.Name}' in file '{shard.Path}' has {count} elements, more than one .NET array can hold ({Array.MaxLength}).",
+                shard.Path, entry.Name);
+        }
+        var result = GC.AllocateUninitializedArray<Half>((int)count);
+        if (entry.DType == DType.F16)
+            new ReadOnlySpan<Half>(shard.DataStart + entry.Begin, (int)count).CopyTo(result);
+        else
+        {
+            var tmp = new float[Math.Min(count, ConvertChunkElements)];
+            for (long done = 0; done < count; done += ConvertChunkElements)
+            {
+                int n = (int)Math.Min(ConvertChunkElements, count - done);
+                var t = tmp.AsSpan(0, n);
+                ConvertRange(shard, entry, done, t);
+                TensorPrimitives.ConvertToHalf(t, result.AsSpan((int)done, n));
+            }
+        }
         MarkRead(entry.Name);
         return result;
     }
@@ -373,28 +406,33 @@ internal sealed unsafe class SafeTensorStore : IDisposable
 
     private static void Convert(Shard shard, Entry entry, Span<float> dest)
     {
-        byte* src = shard.DataStart + entry.Begin;
-        int size = entry.DType.SizeInBytes();
         long total = dest.Length;
         for (long done = 0; done < total; done += ConvertChunkElements)
         {
             int n = (int)Math.Min(ConvertChunkElements, total - done);
-            byte* p = src + done * size;
-            var d = dest.Slice((int)done, n);
-            switch (entry.DType)
-            {
-                case DType.F32:
-                    new ReadOnlySpan<float>(p, n).CopyTo(d);
-                    break;
-                case DType.F16:
-                    TensorPrimitives.ConvertToSingle(new ReadOnlySpan<Half>(p, n), d);
-                    break;
-                case DType.BF16:
-                    WidenBFloat16(new ReadOnlySpan<ushort>(p, n), d);
-                    break;
-                default:
-                    throw new ModelLoadException($"Tensor '{entry.Name}' in file '{shard.Path}' has unsupported dtype {entry.DType}.", shard.Path, entry.Name);
-            }
+            ConvertRange(shard, entry, done, dest.Slice((int)done, n));
+        }
+    }
+
+    /// <summary>Widens elements [first, first + dest.Length) of a tensor to fp32.</summary>
+    private static void ConvertRange(Shard shard, Entry entry, long first, Span<float> d)
+    {
+        int size = entry.DType.SizeInBytes();
+        int n = d.Length;
+        byte* p = shard.DataStart + entry.Begin + first * size;
+        switch (entry.DType)
+        {
+            case DType.F32:
+                new ReadOnlySpan<float>(p, n).CopyTo(d);
+                break;
+            case DType.F16:
+                TensorPrimitives.ConvertToSingle(new ReadOnlySpan<Half>(p, n), d);
+                break;
+            case DType.BF16:
+                WidenBFloat16(new ReadOnlySpan<ushort>(p, n), d);
+                break;
+            default:
+                throw new ModelLoadException($"Tensor '{entry.Name}' in file '{shard.Path}' has unsupported dtype {entry.DType}.", shard.Path, entry.Name);
         }
     }
 

@@ -42,7 +42,7 @@ internal sealed class ClipVisionTower
     public int Patches => Grid * Grid;
     public int OutputTokens => _dropCls ? Patches : Patches + 1;
 
-    public ClipVisionTower(SafeTensorStore store, ClipVisionConfig cfg, int featureLayer, bool dropCls)
+    public ClipVisionTower(ITensorSource store, ClipVisionConfig cfg, int featureLayer, bool dropCls)
     {
         _cfg = cfg;
         _featureLayer = featureLayer;

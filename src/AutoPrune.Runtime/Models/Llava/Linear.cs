@@ -16,7 +16,7 @@ internal sealed class Linear
         Weight = weight; Bias = bias; In = @in; Out = @out;
     }
 
-    public static Linear Load(SafeTensorStore store, string prefix, int @in, int @out, bool bias)
+    public static Linear Load(ITensorSource store, string prefix, int @in, int @out, bool bias)
     {
         var w = store.ReadFloat32(prefix + ".weight", @out, @in);
         var b = bias ? store.ReadFloat32(prefix + ".bias", @out) : null;
@@ -38,9 +38,9 @@ internal sealed class Linear
 /// <summary>A norm's weight (and bias for LayerNorm).</summary>
 internal sealed record NormWeights(float[] Weight, float[]? Bias, float Eps)
 {
-    public static NormWeights LoadLayerNorm(SafeTensorStore store, string prefix, int dim, float eps)
+    public static NormWeights LoadLayerNorm(ITensorSource store, string prefix, int dim, float eps)
         => new(store.ReadFloat32(prefix + ".weight", dim), store.ReadFloat32(prefix + ".bias", dim), eps);
 
-    public static NormWeights LoadRmsNorm(SafeTensorStore store, string prefix, int dim, float eps)
+    public static NormWeights LoadRmsNorm(ITensorSource store, string prefix, int dim, float eps)
         => new(store.ReadFloat32(prefix + ".weight", dim), null, eps);
 }

@@ -82,7 +82,7 @@ internal sealed class LlamaDecoder
     public int Vocab => _cfg.VocabSize;
     public int Intermediate => _cfg.IntermediateSize;
 
-    public LlamaDecoder(SafeTensorStore store, LlamaTextConfig cfg, bool tieEmbeddings, Action<double>? progress = null)
+    public LlamaDecoder(ITensorSource store, LlamaTextConfig cfg, bool tieEmbeddings, Action<double>? progress = null)
     {
         _cfg = cfg;
         HeadDim = cfg.HeadDim;

@@ -9,7 +9,7 @@ internal sealed class MultiModalProjector
     private readonly Linear _l1, _l2;
     private readonly string _act;
 
-    public MultiModalProjector(SafeTensorStore store, int visionHidden, int textHidden, string act, bool bias)
+    public MultiModalProjector(ITensorSource store, int visionHidden, int textHidden, string act, bool bias)
     {
         _l1 = Linear.Load(store, "multi_modal_projector.linear_1", visionHidden, textHidden, bias);
         _l2 = Linear.Load(store, "multi_modal_projector.linear_2", textHidden, textHidden, bias);
@@ -34,7 +34,7 @@ internal sealed class LlavaModel
     public LlamaDecoder Decoder { get; }
     public IReadOnlyList<string> UnusedTensors { get; }
 
-    public LlavaModel(SafeTensorStore store, LlavaConfig config, Action<double>? progress = null)
+    public LlavaModel(ITensorSource store, LlavaConfig config, Action<double>? progress = null)
     {
         Config = config;
         bool dropCls = config.VisionFeatureSelectStrategy == "default";
