@@ -24,7 +24,7 @@ public sealed record ModelInfo(string Directory, string Device, int DecoderLayer
 /// </summary>
 public sealed class VisionLanguageModel : IDisposable
 {
-    private readonly LlavaModel _model;
+    private readonly ILlavaBackend _model;
     private readonly LlavaTokenizer _tokenizer;
     private readonly ImagePreprocessor _images;
     private readonly ModelOptions _options;
@@ -38,15 +38,15 @@ public sealed class VisionLanguageModel : IDisposable
     /// <summary>Decoder and visual-grid shape, as the pruning policies see it.</summary>
     public Pruning.ModelShape Shape { get; }
 
-    private VisionLanguageModel(string dir, LlavaModel model, LlavaTokenizer tokenizer, ImagePreprocessor images, ModelOptions options, ILogger log)
+    private VisionLanguageModel(string dir, ILlavaBackend model, LlavaTokenizer tokenizer, ImagePreprocessor images, ModelOptions options, ILogger log)
     {
         _model = model; _tokenizer = tokenizer; _images = images; _options = options; _log = log;
         _gate = new SemaphoreSlim(Math.Max(1, options.MaxConcurrentRequests));
         _visionCache = new LruCache<string, VisionFeatures>(Math.Max(0, options.VisionCacheSize));
         var t = model.Config.TextConfig;
-        Info = new ModelInfo(dir, "cpu", t.NumHiddenLayers, t.HiddenSize, t.NumAttentionHeads, t.NumKeyValueHeads,
-            model.TokensPerImage, model.Vision.Grid, t.VocabSize, t.MaxPositionEmbeddings);
-        Shape = new Pruning.ModelShape(t.NumHiddenLayers, t.NumAttentionHeads, t.HiddenSize, t.IntermediateSize, model.TokensPerImage, model.Vision.Grid);
+        Info = new ModelInfo(dir, model.Device, t.NumHiddenLayers, t.HiddenSize, t.NumAttentionHeads, t.NumKeyValueHeads,
+            model.TokensPerImage, model.Grid, t.VocabSize, t.MaxPositionEmbeddings);
+        Shape = new Pruning.ModelShape(t.NumHiddenLayers, t.NumAttentionHeads, t.HiddenSize, t.IntermediateSize, model.TokensPerImage, model.Grid);
     }
 
     /// <summary>Loads a LLaVA checkpoint folder (config.json, safetensors, tokenizer, preprocessor_config.json).</summary>
@@ -60,7 +60,6 @@ public sealed class VisionLanguageModel : IDisposable
         var dir = Path.GetFullPath(modelDirectory);
         if (!Directory.Exists(dir))
             throw new ModelLoadException($"Model directory '{dir}' does not exist.", dir);
-        string device = ResolveDevice(options.Device, log);
         var sw = Stopwatch.StartNew();
         progress?.Report(new LoadProgress("config", 0));
         var config = LlavaConfig.Load(dir);
@@ -69,16 +68,28 @@ public sealed class VisionLanguageModel : IDisposable
         var images = ImagePreprocessor.Load(dir);
         images.MaxPixels = options.MaxImagePixels;
         progress?.Report(new LoadProgress("weights", 0.05));
-        LlavaModel model;
-        using (var store = SafeTensorStore.Open(dir))
+        var gpu = OpenDevice(options.Device, log);
+        ILlavaBackend model;
+        try
         {
-            model = new LlavaModel(store, config, f => progress?.Report(new LoadProgress("weights", 0.05 + 0.95 * f)));
-            var unexpected = model.UnusedTensors;
+            using var store = SafeTensorStore.Open(dir);
+            Action<double> weights = f => progress?.Report(new LoadProgress("weights", 0.05 + 0.95 * f));
+            model = gpu is null ? new LlavaModel(store, config, weights) : new Models.Llava.Cuda.CudaLlavaModel(store, config, gpu, weights);
+            gpu = null; // owned by the model now
+            var unexpected = LlavaModel.UnexpectedTensors(store, config);
             if (unexpected.Count > 0)
+            {
+                model.Dispose();
                 throw new ModelLoadException(
                     $"Checkpoint in '{dir}' has {unexpected.Count} tensor(s) the LLaVA model does not use, e.g. {string.Join(", ", unexpected.Take(5))}. " +
                     "It may be a different architecture than config.json says.", dir, unexpected[0]);
+            }
         }
+        finally
+        {
+            gpu?.Dispose();
+        }
+        string device = model.Device;
         progress?.Report(new LoadProgress("ready", 1));
         log.LogInformation("Loaded {Dir} on {Device} in {Ms:F0} ms: {Layers} decoder layers, hidden {Hidden}, {Visual} visual tokens per image",
             dir, device, sw.Elapsed.TotalMilliseconds, config.TextConfig.NumHiddenLayers, config.TextConfig.HiddenSize, model.TokensPerImage);
@@ -90,26 +101,44 @@ public sealed class VisionLanguageModel : IDisposable
         => Task.Run(() => Load(modelDirectory, options, progress), ct);
 
     /// <summary>
-    /// "cpu" and "auto" run on the CPU backend; "auto" also probes for a GPU and logs what it found. "cuda"/"cuda:N"
-    /// first names what is missing (driver, device index, cuBLAS); on a machine that has all of it, it still fails,
-    /// because the CUDA kernels exist but the decoder does not run on them yet.
+    /// The GPU to run on, or null for the CPU backend. "cpu": the CPU. "auto": CUDA device 0 when the driver, a device and
+    /// cuBLAS are all present, else the CPU (the log says which and why). "cuda" / "cuda:N": that GPU, or a
+    /// <see cref="NotSupportedException"/> naming what is missing. "ilgpu-cpu": the GPU code path on ILGPU's CPU
+    /// accelerator with a host GEMM (slow; for checking the GPU path on a machine without one).
     /// </summary>
-    private static string ResolveDevice(string device, ILogger log)
+    private static Compute.Cuda.CudaDevice? OpenDevice(string device, ILogger log)
     {
-        var d = device.Trim().ToLowerInvariant();
-        if (d is "cpu") return "cpu";
-        if (d is "auto" or "")
+        var d = (device ?? "").Trim().ToLowerInvariant();
+        switch (d)
         {
-            var probe = Compute.Cuda.CudaDevice.Probe(0);
-            log.LogInformation("Device auto: {Probe}; running on the CPU backend (the CUDA decoder is not integrated yet)", probe.Describe());
-            return "cpu";
+            case "cpu":
+                return null;
+            case "ilgpu-cpu":
+                return Compute.Cuda.CudaDevice.CreateForTests();
+            case "auto" or "":
+            {
+                var probe = Compute.Cuda.CudaDevice.Probe(0);
+                if (!probe.Usable)
+                {
+                    log.LogInformation("Device auto: {Probe}; running on the CPU", probe.Describe());
+                    return null;
+                }
+                try
+                {
+                    var gpu = Compute.Cuda.CudaDevice.Open("cuda:0");
+                    log.LogInformation("Device auto: running on {Gpu}", gpu.Description);
+                    return gpu;
+                }
+                catch (Exception e)
+                {
+                    log.LogWarning("Device auto: {Probe} could not be opened ({Error}); running on the CPU", probe.Describe(), e.Message);
+                    return null;
+                }
+            }
         }
         if (d.StartsWith("cuda", StringComparison.Ordinal))
-        {
-            using var gpu = Compute.Cuda.CudaDevice.Open(d); // throws NotSupportedException naming the missing piece
-            throw new NotSupportedException($"Device '{device}' was found, but this build runs the model on the CPU backend only: the CUDA kernels exist, the decoder does not use them yet. Use \"cpu\" or \"auto\".");
-        }
-        throw new ArgumentException($"Unknown device '{device}': expected \"cpu\", \"auto\", \"cuda\" or \"cuda:N\".", nameof(device));
+            return Compute.Cuda.CudaDevice.Open(d); // throws NotSupportedException naming the missing piece
+        throw new ArgumentException($"Unknown device '{device}': expected \"cpu\", \"auto\", \"cuda\", \"cuda:N\" or \"ilgpu-cpu\".", nameof(device));
     }
 
     /// <summary>Answers one question about zero or more images.</summary>
@@ -216,7 +245,7 @@ public sealed class VisionLanguageModel : IDisposable
             ? _images.PreprocessFile(img.Path, _options.PadToSquare)
             : _images.Preprocess(img.Bytes.Span, _options.PadToSquare);
         preprocessMs += sw.Elapsed.TotalMilliseconds;
-        var vision = _model.Vision.Forward(pixels);
+        var vision = _model.VisionForward(pixels);
         if (key.Length > 0) _visionCache.Add(key, vision);
         return vision;
     }
@@ -256,20 +285,20 @@ public sealed class VisionLanguageModel : IDisposable
             if (p.Pruning.Method == Pruning.PruningMethod.VisionZip)
             {
                 var zip = ((Pruning.VisionZipPolicy)session.Policy).Select(vision);
-                projected.Add(_model.Projector.Forward(zip.Hidden, zip.Count));
+                projected.Add(_model.Project(zip.Hidden, zip.Count));
                 visualIndices = [[.. zip.Dominant, .. Enumerable.Repeat(-2, zip.ContextualTargets.Length)]];
                 ids = ShortenImageRun(ids, imageToken, zip.Count);
             }
             else
-                projected.Add(_model.ProjectImage(vision));
+                projected.Add(_model.Project(vision.Features, vision.Tokens));
         }
         double visionMs = sw.Elapsed.TotalMilliseconds - preprocessMs;
         // Prefill
         sw.Restart();
-        var state = _model.BuildSequence(ids, projected, visualIndices);
+        var state = SequenceBuilder.Build(_model, ids, projected, visualIndices);
         int textTokens = ids.Length - (Array.LastIndexOf(ids, imageToken) + 1);
-        var cache = new KvCache(_model.Decoder.Layers, p.MaxNew);
-        var logits = _model.Decoder.Prefill(state, cache, session.NeedsDecoderHook ? session : null, ct);
+        using var generation = _model.StartGeneration(p.MaxNew);
+        var logits = generation.Prefill(state, session.NeedsDecoderHook ? session : null, ct);
         var report = session.Finish(state, p.Request.Images.Count == 0 ? ids.Length : textTokens);
         var top = Sampler.TopK(logits, 5);
         double prefillMs = sw.Elapsed.TotalMilliseconds;
@@ -300,7 +329,7 @@ public sealed class VisionLanguageModel : IDisposable
                 break;
             }
             if (piece.Length > 0) emit(new AnswerChunk(piece, next, null));
-            if (step + 1 < p.MaxNew) logits = _model.Decoder.DecodeStep(next, cache);
+            if (step + 1 < p.MaxNew) logits = generation.Step(next);
         }
         double decodeMs = sw.Elapsed.TotalMilliseconds;
         var answer = new VisionAnswer

@@ -128,7 +128,8 @@ public sealed class PrunedEngineTests(PublicModelFixture fx) : IClassFixture<Pub
         public float[]? Q, K;
         public PruneAction? AfterLayer(LayerView view)
         {
-            if (view.Layer == layer) { Q = (float[])view.Queries.Clone(); K = (float[])view.Keys.Clone(); }
+            var cpu = (CpuLayerView)view;
+            if (view.Layer == layer) { Q = (float[])cpu.Queries.Clone(); K = (float[])cpu.Keys.Clone(); }
             return null;
         }
     }

@@ -154,6 +154,19 @@ internal static class CuBlas
             &beta, c, cType, cRowStride, strideC, batch, ComputeType32F, GemmDefaultTensorOp), "cublasGemmStridedBatchedEx");
     }
 
+    /// <summary>Runs one <see cref="GemmCall"/> (fp16 A and B, fp32 compute, fp32 or fp16 C) on the handle's stream.</summary>
+    public static unsafe void GemmStridedBatched(IntPtr handle, in GemmCall c)
+    {
+        float alpha = 1f, beta = c.Beta;
+        if (c.Batch == 1)
+            Check(cublasGemmEx(handle, c.TransA, c.TransB, c.M, c.N, c.K, &alpha, c.A, CudaR16F, c.Lda, c.B, CudaR16F, c.Ldb,
+                &beta, c.C, c.CType, c.Ldc, ComputeType32F, GemmDefaultTensorOp), "cublasGemmEx");
+        else
+            Check(cublasGemmStridedBatchedEx(handle, c.TransA, c.TransB, c.M, c.N, c.K, &alpha,
+                c.A, CudaR16F, c.Lda, c.StrideA, c.B, CudaR16F, c.Ldb, c.StrideB,
+                &beta, c.C, c.CType, c.Ldc, c.StrideC, c.Batch, ComputeType32F, GemmDefaultTensorOp), "cublasGemmStridedBatchedEx");
+    }
+
     private static void Check(int status, string call)
     {
         if (status != StatusSuccess)

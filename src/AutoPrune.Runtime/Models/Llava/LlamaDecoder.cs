@@ -7,13 +7,49 @@ namespace AutoPrune.Models.Llava;
 /// <summary>The token sequence flowing through the decoder during prefill.</summary>
 internal sealed class SequenceState
 {
-    /// <summary>Hidden states [Length, Hidden].</summary>
-    public required float[] Hidden;
+    private float[]? _hidden;
+    private Func<float[]>? _hiddenSource;
+
+    /// <summary>
+    /// Hidden states [Length, Hidden]. On a GPU backend they live on the device; the first read after a layer copies
+    /// them to the host (only policies that need them, e.g. token merging, pay for that).
+    /// </summary>
+    public float[] Hidden
+    {
+        get => _hidden ??= _hiddenSource?.Invoke() ?? throw new InvalidOperationException("The sequence has no hidden states.");
+        set { _hidden = value; _hiddenSource = null; }
+    }
+
+    /// <summary>Marks the host copy stale: the next read of <see cref="Hidden"/> calls <paramref name="download"/>.</summary>
+    public void HiddenOnDevice(Func<float[]> download) { _hidden = null; _hiddenSource = download; }
+
     public required int Length;
     /// <summary>RoPE position id of each row.</summary>
     public required int[] Positions;
     /// <summary>For each row: the original visual token index (0..V-1 within its image, offset by image*V), -1 for text, -2 for a merged token.</summary>
     public required int[] VisualIndex;
+
+    /// <summary>
+    /// Applies a prune to the row bookkeeping (positions, visual indices, length); the caller moves the hidden rows.
+    /// Merged rows take the previous row's position (only renumbering policies merge).
+    /// </summary>
+    public void ApplyRows(PruneAction action)
+    {
+        int n = action.NewRows.Length;
+        var pos = new int[n];
+        var vis = new int[n];
+        for (int i = 0; i < n; i++)
+        {
+            int r = action.NewRows[i];
+            if (r >= 0) { pos[i] = Positions[r]; vis[i] = VisualIndex[r]; }
+            else { pos[i] = i > 0 ? pos[i - 1] : 0; vis[i] = -2; }
+        }
+        if (action.RenumberPositions)
+            for (int i = 0; i < n; i++) pos[i] = i;
+        Positions = pos;
+        VisualIndex = vis;
+        Length = n;
+    }
 }
 
 /// <summary>What a prefill hook (a pruning policy) may do after a layer: keep some rows and add merged ones.</summary>
@@ -25,30 +61,44 @@ internal sealed record PruneAction(
     /// <summary>Renumber positions 0..n-1 (PDrop, AutoPrune) instead of keeping the original ones (FastV, AdaptPrune).</summary>
     bool RenumberPositions);
 
-/// <summary>Gives a hook what a layer computed, so it can ask for just the signals it needs.</summary>
-internal sealed class LayerView
+/// <summary>Gives a hook what a layer computed, so it can ask for just the signals it needs (from any backend).</summary>
+internal abstract class LayerView
 {
-    private readonly LlamaDecoder _decoder;
-    internal LayerView(LlamaDecoder decoder, int layer, SequenceState state, float[] queries, float[] keys)
+    protected LayerView(int layer, SequenceState state, int heads, int kvHeads, int headDim, int layers)
     {
-        _decoder = decoder; Layer = layer; State = state; Queries = queries; Keys = keys;
+        Layer = layer; State = state; Heads = heads; KvHeads = kvHeads; HeadDim = headDim; Layers = layers;
     }
     public int Layer { get; }
     public SequenceState State { get; }
+    public int Heads { get; }
+    public int KvHeads { get; }
+    public int HeadDim { get; }
+    public int Layers { get; }
+
+    /// <summary>This layer's attention probabilities for the given query rows: [heads, rows, n].</summary>
+    public abstract float[] AttentionRows(ReadOnlySpan<int> rows);
+
+    /// <summary>The next layer's queries and keys (with its input norm and, optionally, RoPE) on the current output.</summary>
+    public abstract (float[] Q, float[] K) NextLayerQueryKeys(bool rope = true);
+}
+
+/// <summary>The CPU decoder's view: the layer's queries and keys are host arrays.</summary>
+internal sealed class CpuLayerView : LayerView
+{
+    private readonly LlamaDecoder _decoder;
+    internal CpuLayerView(LlamaDecoder decoder, int layer, SequenceState state, float[] queries, float[] keys)
+        : base(layer, state, decoder.Heads, decoder.KvHeads, decoder.HeadDim, decoder.Layers)
+    {
+        _decoder = decoder; Queries = queries; Keys = keys;
+    }
     /// <summary>The layer's queries and keys after RoPE, [n, heads*hd] and [n, kvHeads*hd].</summary>
     public float[] Queries { get; }
     public float[] Keys { get; }
-    public int Heads => _decoder.Heads;
-    public int KvHeads => _decoder.KvHeads;
-    public int HeadDim => _decoder.HeadDim;
-    public int Layers => _decoder.Layers;
 
-    /// <summary>This layer's attention probabilities for the given query rows: [heads, rows, n].</summary>
-    public float[] AttentionRows(ReadOnlySpan<int> rows)
+    public override float[] AttentionRows(ReadOnlySpan<int> rows)
         => Attention.Rows(Queries, Keys, State.Length, State.Length, Heads, KvHeads, HeadDim, rows, causal: true);
 
-    /// <summary>The next layer's queries and keys (with its input norm and RoPE) on the current output.</summary>
-    public (float[] Q, float[] K) NextLayerQueryKeys(bool rope = true)
+    public override (float[] Q, float[] K) NextLayerQueryKeys(bool rope = true)
         => _decoder.QueryKeys(Layer + 1, State.Hidden, State.Length, State.Positions, rope);
 }
 
@@ -181,7 +231,7 @@ internal sealed class LlamaDecoder
 
             if (hook is not null && li < _layers.Length - 1)
             {
-                var action = hook.AfterLayer(new LayerView(this, li, state, q, k));
+                var action = hook.AfterLayer(new CpuLayerView(this, li, state, q, k));
                 if (action is not null) Apply(state, action);
             }
         }
@@ -192,31 +242,15 @@ internal sealed class LlamaDecoder
     {
         int h = Hidden, n = action.NewRows.Length;
         var hidden = new float[n * h];
-        var pos = new int[n];
-        var vis = new int[n];
+        var old = state.Hidden;
         for (int i = 0; i < n; i++)
         {
             int r = action.NewRows[i];
-            if (r >= 0)
-            {
-                state.Hidden.AsSpan(r * h, h).CopyTo(hidden.AsSpan(i * h, h));
-                pos[i] = state.Positions[r];
-                vis[i] = state.VisualIndex[r];
-            }
-            else
-            {
-                int j = -r - 1;
-                action.ExtraRows!.AsSpan(j * h, h).CopyTo(hidden.AsSpan(i * h, h));
-                pos[i] = i > 0 ? pos[i - 1] : 0; // only renumbering policies merge tokens
-                vis[i] = -2;
-            }
+            var src = r >= 0 ? old.AsSpan(r * h, h) : action.ExtraRows!.AsSpan((-r - 1) * h, h);
+            src.CopyTo(hidden.AsSpan(i * h, h));
         }
-        if (action.RenumberPositions)
-            for (int i = 0; i < n; i++) pos[i] = i;
+        state.ApplyRows(action);
         state.Hidden = hidden;
-        state.Positions = pos;
-        state.VisualIndex = vis;
-        state.Length = n;
     }
 
     /// <summary>Runs one new token through every layer against the cache; returns its logits.</summary>

@@ -26,7 +26,7 @@ internal sealed class MultiModalProjector
 }
 
 /// <summary>LLaVA: CLIP tower + projector + Llama decoder, loaded from a Hugging Face folder.</summary>
-internal sealed class LlavaModel
+internal sealed class LlavaModel : ILlavaBackend
 {
     public LlavaConfig Config { get; }
     public ClipVisionTower Vision { get; }
@@ -44,12 +44,28 @@ internal sealed class LlavaModel
         progress?.Invoke(0.1);
         Decoder = new LlamaDecoder(store, config.TextConfig, config.TieWordEmbeddings || config.TextConfig.TieWordEmbeddings,
             f => progress?.Invoke(0.1 + 0.9 * f));
-        // The tower's post_layernorm and layers past the feature layer are not needed for LLaVA features.
-        UnusedTensors = store.UnusedTensors()
+        UnusedTensors = UnexpectedTensors(store, config);
+    }
+
+    /// <summary>
+    /// Tensors of <paramref name="store"/> nothing read, except those LLaVA never needs: the tower's post_layernorm and
+    /// its layers past the feature layer.
+    /// </summary>
+    internal static IReadOnlyList<string> UnexpectedTensors(ITensorSource store, LlavaConfig config)
+        => store.UnusedTensors()
             .Where(n => !n.StartsWith("vision_tower.vision_model.post_layernorm", StringComparison.Ordinal)
                      && !IsLaterVisionLayer(n, config.ResolvedFeatureLayerIndex))
             .ToList();
-    }
+
+    public string Device => "cpu";
+    public int Grid => Vision.Grid;
+    public int DecoderLayers => Decoder.Layers;
+    public int Hidden => Decoder.Hidden;
+    public VisionFeatures VisionForward(ReadOnlySpan<float> pixels) => Vision.Forward(pixels);
+    public float[] Project(ReadOnlySpan<float> features, int rows) => Projector.Forward(features, rows);
+    public void Embed(ReadOnlySpan<int> ids, Span<float> dst) => Decoder.Embed(ids, dst);
+    public IGeneration StartGeneration(int extraCapacity) => new CpuGeneration(Decoder, extraCapacity);
+    public void Dispose() { }
 
     private static bool IsLaterVisionLayer(string name, int featureLayer)
     {
@@ -66,15 +82,23 @@ internal sealed class LlavaModel
     /// <summary>Projected visual tokens [TokensPerImage, textHidden] for a vision output.</summary>
     public float[] ProjectImage(VisionFeatures f) => Projector.Forward(f.Features, f.Tokens);
 
+    /// <summary>Builds the prefill sequence (see <see cref="SequenceBuilder.Build"/>).</summary>
+    public SequenceState BuildSequence(ReadOnlySpan<int> ids, IReadOnlyList<float[]> projectedImages, IReadOnlyList<int[]>? visualIndices = null)
+        => SequenceBuilder.Build(this, ids, projectedImages, visualIndices);
+}
+
+/// <summary>Builds prefill sequences for any backend.</summary>
+internal static class SequenceBuilder
+{
     /// <summary>
     /// Builds the prefill sequence: token embeddings with each image's projected tokens spliced in at its
     /// placeholder run. Each image's run is as long as its projected rows (VisionZip gives fewer);
     /// <paramref name="visualIndices"/> names each row's original patch (-2 for a merged token), default 0..n-1.
     /// </summary>
-    public SequenceState BuildSequence(ReadOnlySpan<int> ids, IReadOnlyList<float[]> projectedImages, IReadOnlyList<int[]>? visualIndices = null)
+    public static SequenceState Build(ILlavaBackend model, ReadOnlySpan<int> ids, IReadOnlyList<float[]> projectedImages, IReadOnlyList<int[]>? visualIndices = null)
     {
-        int h = Decoder.Hidden, n = ids.Length, imageToken = Config.ImageTokenIndex;
-        int per = projectedImages.Count > 0 ? projectedImages[0].Length / h : TokensPerImage;
+        int h = model.Hidden, n = ids.Length, imageToken = model.Config.ImageTokenIndex;
+        int per = projectedImages.Count > 0 ? projectedImages[0].Length / h : model.TokensPerImage;
         var hidden = new float[n * h];
         var vis = new int[n];
         int image = 0, inImage = 0;
@@ -85,7 +109,7 @@ internal sealed class LlavaModel
                 if (image >= projectedImages.Count)
                     throw new ArgumentException($"The prompt has more <image> tokens than the {projectedImages.Count} image(s) given supply ({per} tokens each).");
                 projectedImages[image].AsSpan(inImage * h, h).CopyTo(hidden.AsSpan(i * h, h));
-                vis[i] = visualIndices is null ? image * TokensPerImage + inImage : visualIndices[image][inImage];
+                vis[i] = visualIndices is null ? image * model.TokensPerImage + inImage : visualIndices[image][inImage];
                 if (++inImage == per)
                 {
                     inImage = 0;
@@ -97,7 +121,7 @@ internal sealed class LlavaModel
             {
                 if (inImage != 0)
                     throw new ArgumentException($"Image {image} has only {inImage} of its {per} <image> tokens in the prompt.");
-                Decoder.Embed(ids.Slice(i, 1), hidden.AsSpan(i * h, h));
+                model.Embed(ids.Slice(i, 1), hidden.AsSpan(i * h, h));
                 vis[i] = -1;
             }
         }

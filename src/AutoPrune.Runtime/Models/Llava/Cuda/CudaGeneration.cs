@@ -1,0 +1,289 @@
+using System.Runtime.InteropServices;
+using AutoPrune.Compute.Cuda;
+using ILGPU;
+using ILGPU.Runtime;
+
+namespace AutoPrune.Models.Llava.Cuda;
+
+/// <summary>
+/// One request's decoding on the GPU: a per-layer fp16 KV cache (each layer holds exactly the tokens that entered it,
+/// so a layer after a prune holds fewer), the hidden states on the device, and scratch buffers reused across layers
+/// and steps. Pruning runs between layers: the policy reads signals through <see cref="CudaLayerView"/>, and the kept
+/// rows are gathered on the device.
+/// </summary>
+internal sealed class CudaGeneration : IGeneration
+{
+    private sealed class LayerCache(DeviceBuffer<ushort> k, DeviceBuffer<ushort> v, int capacity)
+    {
+        public DeviceBuffer<ushort> K { get; } = k;
+        public DeviceBuffer<ushort> V { get; } = v;
+        public int Capacity { get; } = capacity;
+        public int Count;
+        public int NextPosition;
+    }
+
+    private readonly CudaLlavaModel _m;
+    private readonly int _extra;
+    private readonly LayerCache?[] _caches;
+    private readonly Scratch<float> _x, _x2, _q, _k, _v, _gate, _up, _scores, _logits, _extraRows;
+    private readonly Scratch<ushort> _xnH, _qH, _attH, _actH, _probs;
+    private readonly Scratch<int> _positions, _rows;
+    private bool _xIsSecond;
+    private int _version; // bumped whenever the device hidden states change, so stale lazy downloads fail loudly
+    private bool _disposed;
+
+    public CudaGeneration(CudaLlavaModel model, int extraCapacity)
+    {
+        _m = model;
+        _extra = Math.Max(0, extraCapacity);
+        _caches = new LayerCache?[model.DecoderLayers];
+        var mem = model.Memory;
+        _x = new(mem); _x2 = new(mem); _q = new(mem); _k = new(mem); _v = new(mem); _gate = new(mem); _up = new(mem);
+        _scores = new(mem); _logits = new(mem); _extraRows = new(mem);
+        _xnH = new(mem); _qH = new(mem); _attH = new(mem); _actH = new(mem); _probs = new(mem);
+        _positions = new(mem); _rows = new(mem);
+    }
+
+    internal int Heads => _m.Heads;
+    internal int KvHeads => _m.KvHeads;
+    internal int HeadDim => _m.HeadDim;
+    internal int Layers => _m.DecoderLayers;
+
+    private Scratch<float> X => _xIsSecond ? _x2 : _x;
+    private int H => _m.Hidden;
+    private int Qd => _m.Heads * _m.HeadDim;
+    private int Kvd => _m.KvHeads * _m.HeadDim;
+
+    public float[] Prefill(SequenceState state, IPrefillHook? hook, CancellationToken ct)
+    {
+        lock (_m.Sync)
+        {
+            ObjectDisposedException.ThrowIf(_disposed, this);
+            if (_caches[0] is not null) throw new InvalidOperationException("This generation has already run its prefill.");
+            int h = H, n = state.Length;
+            if (n == 0) throw new ArgumentException("The prompt is empty.", nameof(state));
+            CheckPositions(state.Positions, n);
+            var x = X.Get((long)n * h);
+            x.SubView(0, (long)n * h).CopyFromCPU(state.Hidden.AsSpan(0, n * h));
+            _version++;
+            var positions = _positions.Get(n);
+            positions.CopyFromCPU(state.Positions.AsSpan(0, n));
+            for (int li = 0; li < _m.DecoderLayers; li++)
+            {
+                ct.ThrowIfCancellationRequested();
+                n = state.Length;
+                var cache = NewCache(li, n, state.Positions[n - 1] + 1);
+                LayerForward(li, n, _positions.Get(n), cache, causal: true);
+                if (hook is not null && li < _m.DecoderLayers - 1)
+                {
+                    ExposeHidden(state, n);
+                    var action = hook.AfterLayer(new CudaLayerView(this, li, state));
+                    if (action is not null)
+                    {
+                        ApplyOnDevice(state, action);
+                        CheckPositions(state.Positions, state.Length);
+                        _positions.Get(state.Length).CopyFromCPU(state.Positions.AsSpan(0, state.Length));
+                    }
+                }
+            }
+            ExposeHidden(state, state.Length);
+            return Logits(state.Length - 1);
+        }
+    }
+
+    public float[] Step(int tokenId)
+    {
+        lock (_m.Sync)
+        {
+            ObjectDisposedException.ThrowIf(_disposed, this);
+            if (_caches[0] is null) throw new InvalidOperationException("Prefill first.");
+            int h = H;
+            var row = new float[h];
+            _m.Embed([tokenId], row);
+            X.Get(h).CopyFromCPU(row);
+            _version++;
+            var pos = new int[_m.DecoderLayers];
+            for (int li = 0; li < pos.Length; li++)
+            {
+                var c = _caches[li]!;
+                if (c.Count >= c.Capacity)
+                    throw new InvalidOperationException($"KV cache of layer {li} is full ({c.Capacity} tokens).");
+                pos[li] = c.NextPosition;
+            }
+            CheckPositions(pos, pos.Length);
+            var positions = _positions.Get(Math.Max(pos.Length, 1));
+            positions.SubView(0, pos.Length).CopyFromCPU(pos);
+            for (int li = 0; li < _m.DecoderLayers; li++)
+                LayerForward(li, 1, positions.SubView(li, 1), _caches[li]!, causal: false);
+            return Logits(0);
+        }
+    }
+
+    public int[] CachedTokensPerLayer() => _caches.Select(c => c?.Count ?? 0).ToArray();
+
+    private void CheckPositions(int[] positions, int n)
+    {
+        for (int i = 0; i < n; i++)
+            if ((uint)positions[i] >= (uint)_m.MaxPositions)
+                throw new InvalidOperationException($"Position {positions[i]} is outside the model's {_m.MaxPositions} rotary positions.");
+    }
+
+    private LayerCache NewCache(int layer, int rows, int nextPosition)
+    {
+        int cap = rows + _extra;
+        var mem = _m.Memory;
+        var c = new LayerCache(mem.Allocate<ushort>((long)cap * Kvd), mem.Allocate<ushort>((long)cap * Kvd), cap) { NextPosition = nextPosition };
+        _caches[layer] = c;
+        return c;
+    }
+
+    /// <summary>
+    /// One decoder layer on <paramref name="n"/> rows of the hidden states: attention (writing the new keys and values
+    /// into the cache after its <c>Count</c> rows) and the SwiGLU MLP, both added to the residual in place.
+    /// Prefill (<paramref name="causal"/>) sees keys up to each row; a decode step sees the whole cache.
+    /// </summary>
+    private void LayerForward(int li, int n, ArrayView<int> positions, LayerCache cache, bool causal)
+    {
+        var L = _m.Layers[li];
+        var ops = _m.Ops;
+        int h = H, qd = Qd, kvd = Kvd, inter = _m.Intermediate;
+        var x = X.Get((long)n * h);
+        var xnH = _xnH.Get((long)n * h);
+        ops.RmsNormToHalf(x, xnH, n, h, L.InNorm.Weight.View, L.InNorm.Eps);
+        var q = _q.Get((long)n * qd);
+        var k = _k.Get((long)n * kvd);
+        var v = _v.Get((long)n * kvd);
+        _m.Linear(L.Q, xnH, n, q);
+        _m.Linear(L.K, xnH, n, k);
+        _m.Linear(L.V, xnH, n, v);
+        ops.Rope(q, n, _m.Heads, _m.HeadDim, positions, _m.RopeCos.View, _m.RopeSin.View);
+        ops.Rope(k, n, _m.KvHeads, _m.HeadDim, positions, _m.RopeCos.View, _m.RopeSin.View);
+        int start = cache.Count;
+        if (start + n > cache.Capacity)
+            throw new InvalidOperationException($"KV cache of layer {li} is full ({cache.Capacity} tokens).");
+        _m.ToHalf(k, cache.K.Slice((long)start * kvd, (long)n * kvd), (long)n * kvd);
+        _m.ToHalf(v, cache.V.Slice((long)start * kvd, (long)n * kvd), (long)n * kvd);
+        cache.Count = start + n;
+        if (!causal) cache.NextPosition++;
+        var qH = _qH.Get((long)n * qd);
+        _m.ToHalf(q, qH, (long)n * qd);
+        var att = _attH.Get((long)n * qd);
+        _m.Attend(qH, cache.K.View, cache.V.View, att, n, cache.Count, _m.Heads, _m.KvHeads, _m.HeadDim,
+            causal ? cache.Count - n : -1, _scores, _probs);
+        _m.Linear(L.O, att, n, x, accumulate: true);
+        ops.RmsNormToHalf(x, xnH, n, h, L.PostNorm.Weight.View, L.PostNorm.Eps);
+        var gate = _gate.Get((long)n * inter);
+        var up = _up.Get((long)n * inter);
+        _m.Linear(L.Gate, xnH, n, gate);
+        _m.Linear(L.Up, xnH, n, up);
+        var act = _actH.Get((long)n * inter);
+        ops.SiluMulToHalf(gate, up, act);
+        _m.Linear(L.Down, act, n, x, accumulate: true);
+        _version++;
+    }
+
+    /// <summary>Logits of hidden row <paramref name="row"/>: final RMSNorm and the LM head, copied to the host.</summary>
+    private float[] Logits(int row)
+    {
+        int h = H;
+        var xn = _xnH.Get(h);
+        _m.Ops.RmsNormToHalf(X.Get((long)(row + 1) * h).SubView((long)row * h, h), xn, 1, h, _m.FinalNorm.Weight.View, _m.FinalNorm.Eps);
+        var logits = _logits.Get(_m.Vocab);
+        _m.Linear(_m.LmHead, xn, 1, logits);
+        return _logits.Buffer.Download(0, _m.Vocab);
+    }
+
+    /// <summary>Lets host code read the current hidden states (copied on first use, and only while they are current).</summary>
+    private void ExposeHidden(SequenceState state, int n)
+    {
+        int version = _version;
+        var buffer = X;
+        state.HiddenOnDevice(() =>
+        {
+            if (version != _version)
+                throw new InvalidOperationException("The device hidden states changed since this sequence state was current.");
+            return buffer.Buffer.Download(0, (long)n * H).AsSpan().ToArray();
+        });
+    }
+
+    /// <summary>Keeps and merges rows on the device (<see cref="CudaOps.RowGatherMixed"/>) and updates the host bookkeeping.</summary>
+    private void ApplyOnDevice(SequenceState state, PruneAction action)
+    {
+        int h = H, n = action.NewRows.Length;
+        if (n == 0) throw new InvalidOperationException("A pruning policy removed every token.");
+        var src = X.Get((long)state.Length * h);
+        var index = _rows.Get(n);
+        index.CopyFromCPU(action.NewRows);
+        int extraCount = action.ExtraRows is null ? 0 : action.ExtraRows.Length / h;
+        var extra = _extraRows.Get(Math.Max(1, (long)extraCount * h));
+        if (extraCount > 0) extra.SubView(0, (long)extraCount * h).CopyFromCPU(action.ExtraRows.AsSpan(0, extraCount * h));
+        var dst = (_xIsSecond ? _x : _x2).Get((long)n * h);
+        _m.Ops.RowGatherMixed(src, extra, index, dst, h);
+        _xIsSecond = !_xIsSecond;
+        _version++;
+        state.ApplyRows(action);
+        ExposeHidden(state, n);
+    }
+
+    /// <summary>Attention probabilities of the current layer for some query rows: [heads, rows, n] (host).</summary>
+    internal float[] AttentionRows(ReadOnlySpan<int> rows, int n)
+    {
+        if (rows.Length == 0) return [];
+        var index = _rows.Get(rows.Length);
+        index.CopyFromCPU(rows);
+        long size = (long)_m.Heads * rows.Length * n;
+        using var result = _m.Memory.Allocate<float>(size);
+        _m.Ops.AttentionRows(_q.Get((long)n * Qd), _k.Get((long)n * Kvd), index, result.View,
+            AttentionShape.Create(n, n, _m.Heads, _m.KvHeads, _m.HeadDim, causal: true));
+        return result.Download(0, size);
+    }
+
+    /// <summary>Layer <paramref name="layer"/>'s queries and keys (its input norm and optionally RoPE) on the current hidden states.</summary>
+    internal (float[] Q, float[] K) QueryKeys(int layer, int n, bool rope)
+    {
+        var L = _m.Layers[layer];
+        int h = H, qd = Qd, kvd = Kvd;
+        var mem = _m.Memory;
+        using var xn = mem.Allocate<ushort>((long)n * h);
+        using var q = mem.Allocate<float>((long)n * qd);
+        using var k = mem.Allocate<float>((long)n * kvd);
+        _m.Ops.RmsNormToHalf(X.Get((long)n * h), xn.View, n, h, L.InNorm.Weight.View, L.InNorm.Eps);
+        _m.Linear(L.Q, xn.View, n, q.View);
+        _m.Linear(L.K, xn.View, n, k.View);
+        if (rope)
+        {
+            var positions = _positions.Get(n);
+            _m.Ops.Rope(q.View, n, _m.Heads, _m.HeadDim, positions, _m.RopeCos.View, _m.RopeSin.View);
+            _m.Ops.Rope(k.View, n, _m.KvHeads, _m.HeadDim, positions, _m.RopeCos.View, _m.RopeSin.View);
+        }
+        return (q.Download(0, (long)n * qd), k.Download(0, (long)n * kvd));
+    }
+
+    public void Dispose()
+    {
+        lock (_m.Sync)
+        {
+            if (_disposed) return;
+            _disposed = true;
+            foreach (var c in _caches) { c?.K.Dispose(); c?.V.Dispose(); }
+            foreach (var s in new IDisposable[] { _x, _x2, _q, _k, _v, _gate, _up, _scores, _logits, _extraRows, _xnH, _qH, _attH, _actH, _probs, _positions, _rows })
+                s.Dispose();
+        }
+    }
+}
+
+/// <summary>The GPU decoder's view for pruning policies: signals computed on the device, only they come back.</summary>
+internal sealed class CudaLayerView : LayerView
+{
+    private readonly CudaGeneration _gen;
+
+    internal CudaLayerView(CudaGeneration gen, int layer, SequenceState state)
+        : base(layer, state, gen.Heads, gen.KvHeads, gen.HeadDim, gen.Layers)
+    {
+        _gen = gen;
+    }
+
+    public override float[] AttentionRows(ReadOnlySpan<int> rows) => _gen.AttentionRows(rows, State.Length);
+
+    public override (float[] Q, float[] K) NextLayerQueryKeys(bool rope = true) => _gen.QueryKeys(Layer + 1, State.Length, rope);
+}

@@ -1,0 +1,57 @@
+using AutoPrune.Loading;
+
+namespace AutoPrune.Models.Llava;
+
+/// <summary>
+/// A loaded LLaVA model on one compute backend: the CPU (<see cref="LlavaModel"/>) or a CUDA GPU
+/// (CudaLlavaModel). Images, sequences and pruning bookkeeping stay on the host; what a backend
+/// keeps on its device is its own business.
+/// </summary>
+internal interface ILlavaBackend : IDisposable
+{
+    LlavaConfig Config { get; }
+    /// <summary>"cpu", or the GPU it runs on ("cuda:0 NVIDIA H100 ...").</summary>
+    string Device { get; }
+    /// <summary>Visual tokens one image contributes.</summary>
+    int TokensPerImage { get; }
+    /// <summary>Patches per side of the vision grid.</summary>
+    int Grid { get; }
+    int DecoderLayers { get; }
+    int Hidden { get; }
+
+    /// <summary>Runs the vision tower on one preprocessed image ([3, size, size], CHW).</summary>
+    VisionFeatures VisionForward(ReadOnlySpan<float> pixels);
+
+    /// <summary>Projects vision features [rows, visionHidden] into the decoder's space [rows, Hidden].</summary>
+    float[] Project(ReadOnlySpan<float> features, int rows);
+
+    /// <summary>Copies the token embedding of each id into <paramref name="dst"/> ([ids, Hidden]).</summary>
+    void Embed(ReadOnlySpan<int> ids, Span<float> dst);
+
+    /// <summary>Starts one request's decoding: a KV cache with room for <paramref name="extraCapacity"/> generated tokens.</summary>
+    IGeneration StartGeneration(int extraCapacity);
+}
+
+/// <summary>One request's decoder state (its KV cache) on a backend.</summary>
+internal interface IGeneration : IDisposable
+{
+    /// <summary>Runs the prompt through every layer (a hook may shrink it between layers); logits at the last position.</summary>
+    float[] Prefill(SequenceState state, IPrefillHook? hook, CancellationToken ct);
+
+    /// <summary>Runs one generated token through every layer; its logits.</summary>
+    float[] Step(int tokenId);
+
+    /// <summary>Tokens each layer's cache holds.</summary>
+    int[] CachedTokensPerLayer();
+}
+
+/// <summary>The CPU backend's generation: <see cref="LlamaDecoder"/> over a host <see cref="KvCache"/>.</summary>
+internal sealed class CpuGeneration(LlamaDecoder decoder, int extraCapacity) : IGeneration
+{
+    private readonly KvCache _cache = new(decoder.Layers, extraCapacity);
+
+    public float[] Prefill(SequenceState state, IPrefillHook? hook, CancellationToken ct) => decoder.Prefill(state, _cache, hook, ct);
+    public float[] Step(int tokenId) => decoder.DecodeStep(tokenId, _cache);
+    public int[] CachedTokensPerLayer() => _cache.CountsPerLayer();
+    public void Dispose() { }
+}

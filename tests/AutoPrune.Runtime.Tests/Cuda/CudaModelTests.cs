@@ -1,0 +1,138 @@
+using AutoPrune.Compute.Cpu;
+using AutoPrune.Compute.Cuda;
+using AutoPrune.Loading;
+using AutoPrune.Loading.Images;
+using AutoPrune.Models.Llava;
+using AutoPrune.Models.Llava.Cuda;
+using AutoPrune.Pruning;
+using Xunit;
+using Xunit.Abstractions;
+
+namespace AutoPrune.Tests.Cuda;
+
+/// <summary>The fixture model on both backends: the CPU one and the GPU code path on ILGPU's CPU accelerator.</summary>
+public sealed class TwoBackendFixture : IDisposable
+{
+    internal LlavaModel Cpu { get; }
+    internal CudaLlavaModel Gpu { get; }
+    internal ImagePreprocessor Images { get; }
+
+    public TwoBackendFixture()
+    {
+        var config = LlavaConfig.Load(TestData.ModelDir);
+        using var store = SafeTensorStore.Open(TestData.ModelDir);
+        Cpu = new LlavaModel(store, config);
+        Gpu = new CudaLlavaModel(store, config, CudaDevice.CreateForTests());
+        Images = ImagePreprocessor.Load(TestData.ModelDir);
+    }
+
+    internal float[] Pixels(string image) => Images.PreprocessFile(TestData.Image(image), false);
+
+    /// <summary>Prefill logits and <paramref name="steps"/> greedy decode-step logits on one backend.</summary>
+    internal static List<float[]> Run(ILlavaBackend model, int[] ids, float[] pixels, int steps, IPrefillHook? hook = null)
+    {
+        var vision = model.VisionForward(pixels);
+        var state = SequenceBuilder.Build(model, ids, [model.Project(vision.Features, vision.Tokens)]);
+        using var gen = model.StartGeneration(steps);
+        var all = new List<float[]> { gen.Prefill(state, hook, CancellationToken.None) };
+        for (int i = 0; i < steps; i++) all.Add(gen.Step(CpuOps.ArgMax(all[^1])));
+        return all;
+    }
+
+    public void Dispose() => Gpu.Dispose();
+}
+
+/// <summary>
+/// The CUDA backend's model code (fp16 weights and GEMM inputs, fp32 accumulation, kernels, cuBLAS argument mapping)
+/// run on ILGPU's CPU accelerator with the host reference GEMM, against the CPU backend and transformers' logits.
+/// What this cannot show: that the same code runs on a GPU (the cuBLAS and kernel launches there).
+/// </summary>
+public sealed class CudaModelTests(TwoBackendFixture fx, ITestOutputHelper output) : IClassFixture<TwoBackendFixture>
+{
+    private static float MaxAbsDiff(ReadOnlySpan<float> a, ReadOnlySpan<float> b)
+    {
+        Assert.Equal(a.Length, b.Length);
+        float m = 0;
+        for (int i = 0; i < a.Length; i++) m = MathF.Max(m, MathF.Abs(a[i] - b[i]));
+        return m;
+    }
+
+    [Fact]
+    public void VisionTowerAndProjectorMatchTheCpuBackend()
+    {
+        var pixels = fx.Pixels(TestData.Dev[0].Image);
+        var c = fx.Cpu.VisionForward(pixels);
+        var g = fx.Gpu.VisionForward(pixels);
+        Assert.Equal(c.Tokens, g.Tokens);
+        float scale = c.Features.Max(MathF.Abs);
+        float dFeat = MaxAbsDiff(c.Features, g.Features);
+        float dCls = MaxAbsDiff(c.ClsAttention!, g.ClsAttention!);
+        float dKeys = MaxAbsDiff(c.PatchKeys!, g.PatchKeys!);
+        var pc = fx.Cpu.Project(c.Features, c.Tokens);
+        var pg = fx.Gpu.Project(c.Features, c.Tokens);
+        float dProj = MaxAbsDiff(pc, pg);
+        output.WriteLine($"max |features| {scale:F3}; max |Δ| features {dFeat:E2}, CLS attention {dCls:E2}, patch keys {dKeys:E2}, projector {dProj:E2}");
+        Assert.True(dFeat <= 2e-2f * Math.Max(1f, scale), $"features differ by {dFeat}");
+        Assert.True(dCls <= 1e-3f, $"CLS attention differs by {dCls}");
+        Assert.True(dKeys <= 2e-2f * Math.Max(1f, c.PatchKeys!.Max(MathF.Abs)), $"patch keys differ by {dKeys}");
+        Assert.True(dProj <= 2e-2f * Math.Max(1f, pc.Max(MathF.Abs)), $"projector output differs by {dProj}");
+    }
+
+    public static TheoryData<int> ReferenceIds => new(TestData.References.Select(r => r.Id));
+
+    /// <summary>The bar for fp16: last-position logits within 2e-2 of the fp32 paths (CPU and transformers).</summary>
+    [Theory]
+    [MemberData(nameof(ReferenceIds))]
+    public void PrefillAndDecodeLogitsWithin2e2OfCpuAndTransformers(int id)
+    {
+        var reference = TestData.References.Single(r => r.Id == id);
+        var row = TestData.Dev.Single(r => r.Id == id);
+        var pixels = fx.Pixels(row.Image);
+        var cpu = TwoBackendFixture.Run(fx.Cpu, reference.InputIds, pixels, steps: 2);
+        var gpu = TwoBackendFixture.Run(fx.Gpu, reference.InputIds, pixels, steps: 2);
+        float dHf = MaxAbsDiff(reference.LastLogits, gpu[0]);
+        output.WriteLine($"row {id}: max |Δ| vs transformers {dHf:E2}; vs CPU prefill {MaxAbsDiff(cpu[0], gpu[0]):E2}, steps {MaxAbsDiff(cpu[1], gpu[1]):E2} {MaxAbsDiff(cpu[2], gpu[2]):E2}");
+        Assert.True(dHf <= 2e-2f, $"row {id}: logits differ from transformers by {dHf}");
+        for (int s = 0; s < cpu.Count; s++)
+        {
+            float d = MaxAbsDiff(cpu[s], gpu[s]);
+            Assert.True(d <= 2e-2f, $"row {id}, step {s}: logits differ from the CPU backend by {d}");
+            Assert.Equal(CpuOps.ArgMax(cpu[s]), CpuOps.ArgMax(gpu[s]));
+        }
+    }
+
+    [Fact]
+    public void ChunkedAttentionEqualsOneBlock()
+    {
+        var reference = TestData.References[0];
+        var pixels = fx.Pixels(TestData.Dev.Single(r => r.Id == reference.Id).Image);
+        var whole = TwoBackendFixture.Run(fx.Gpu, reference.InputIds, pixels, steps: 1);
+        long saved = fx.Gpu.AttentionBlockElements;
+        try
+        {
+            fx.Gpu.AttentionBlockElements = 4L * 600 * 37; // 37 query rows per block: many uneven chunks
+            var chunked = TwoBackendFixture.Run(fx.Gpu, reference.InputIds, pixels, steps: 1);
+            for (int s = 0; s < whole.Count; s++)
+                Assert.True(MaxAbsDiff(whole[s], chunked[s]) <= 1e-5f, $"step {s}: chunked attention differs by {MaxAbsDiff(whole[s], chunked[s])}");
+        }
+        finally { fx.Gpu.AttentionBlockElements = saved; }
+    }
+
+    [Fact]
+    public void DeviceMemoryIsReturnedWhenAGenerationEnds()
+    {
+        long before = fx.Gpu.Memory.CurrentBytes;
+        var reference = TestData.References[1];
+        var pixels = fx.Pixels(TestData.Dev.Single(r => r.Id == reference.Id).Image);
+        TwoBackendFixture.Run(fx.Gpu, reference.InputIds, pixels, steps: 1);
+        Assert.Equal(before, fx.Gpu.Memory.CurrentBytes);
+        Assert.True(fx.Gpu.Memory.PeakBytes > before, "the peak must include the request's caches and scratch");
+    }
+
+    [Fact]
+    public void AGenerationRejectsMisuse()
+    {
+        using var gen = fx.Gpu.StartGeneration(1);
+        Assert.Throws<InvalidOperationException>(() => gen.Step(1)); // no prefill yet
+    }
+}
