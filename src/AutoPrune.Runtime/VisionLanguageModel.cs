@@ -106,7 +106,7 @@ public sealed class VisionLanguageModel : IDisposable
     /// <see cref="NotSupportedException"/> naming what is missing. "ilgpu-cpu": the GPU code path on ILGPU's CPU
     /// accelerator with a host GEMM (slow; for checking the GPU path on a machine without one).
     /// </summary>
-    private static Compute.Cuda.CudaDevice? OpenDevice(string device, ILogger log)
+    internal static Compute.Cuda.CudaDevice? OpenDevice(string device, ILogger log)
     {
         var d = (device ?? "").Trim().ToLowerInvariant();
         switch (d)

@@ -1,0 +1,208 @@
+using System.Diagnostics;
+using AutoPrune.Compute.Cpu;
+using AutoPrune.Loading;
+using AutoPrune.Models.Llava;
+using AutoPrune.Models.Llava.Cuda;
+using AutoPrune.Pruning;
+
+namespace AutoPrune.Diagnostics;
+
+/// <summary>What <see cref="SpeedBenchmark.Run"/> measures and on what.</summary>
+public sealed record SpeedBenchmarkOptions
+{
+    /// <summary>A checkpoint folder, or null to generate random fp16 weights for <see cref="Architecture"/>.</summary>
+    public string? ModelDirectory { get; init; }
+
+    /// <summary>Architecture for random weights: "llava-1.5-7b", "llava-1.5-13b" or "tiny-test".</summary>
+    public string Architecture { get; init; } = "llava-1.5-7b";
+
+    /// <summary>"auto", "cpu", "cuda", "cuda:N" or "ilgpu-cpu", as <see cref="ModelOptions.Device"/>.</summary>
+    public string Device { get; init; } = "auto";
+
+    /// <summary>Methods timed at every budget; None always runs at the full visual token count as the reference.</summary>
+    public IReadOnlyList<PruningMethod> Methods { get; init; } = [PruningMethod.FastV, PruningMethod.AutoPrune];
+
+    /// <summary>Average visual tokens per layer (processed accounting).</summary>
+    public IReadOnlyList<double> Budgets { get; init; } = [192, 128, 64];
+
+    /// <summary>Text tokens around the image (before: system prompt; after: question); about a LLaVA-1.5 VQA prompt.</summary>
+    public int TextTokensBefore { get; init; } = 35;
+    public int TextTokensAfter { get; init; } = 15;
+
+    public int Repeats { get; init; } = 5;
+    public int Warmup { get; init; } = 1;
+    /// <summary>Tokens generated after an unpruned prefill to time decoding.</summary>
+    public int DecodeTokens { get; init; } = 32;
+    public int Seed { get; init; } = 1;
+}
+
+/// <summary>One prefill configuration's timing (medians over the repeats).</summary>
+public sealed record PrefillTiming(string Method, double Budget, double AvgVisualTokensPerLayer, int PromptTokens,
+    double PrefillMs, double PrefillMsMin, double MsPerLayer, double FlopsRatio, double SpeedupVsUnpruned);
+
+/// <summary>Everything one <see cref="SpeedBenchmark.Run"/> measured, in one run on one device.</summary>
+public sealed record SpeedReport(
+    string Model, string Device, string Weights, int DecoderLayers, int VisualTokens,
+    double LoadSeconds, double VisionTowerMs, double ProjectorMs,
+    IReadOnlyList<PrefillTiming> Prefill,
+    double DecodeMsPerToken, int DecodeTokens,
+    double? PeakDeviceMemoryMb, double? WeightsDeviceMemoryMb, double PeakWorkingSetMb, int Repeats, int Warmup);
+
+/// <summary>
+/// Times the stages of the model on one device with synthetic inputs (random pixels, random token ids): vision tower,
+/// projector, language-model prefill per pruning method and budget (pruning signals and row gathers included), and
+/// greedy decoding. With no checkpoint folder it generates random fp16 weights for a named architecture in memory,
+/// so the LLaVA-1.5-7B shape can be measured without downloading it. Answers are meaningless; timings are not.
+/// </summary>
+public static class SpeedBenchmark
+{
+    public static SpeedReport Run(SpeedBenchmarkOptions o, IProgress<string>? progress = null, CancellationToken ct = default)
+    {
+        ArgumentNullException.ThrowIfNull(o);
+        if (o.Repeats < 1) throw new ArgumentOutOfRangeException(nameof(o), "Repeats must be at least 1.");
+        if (o.Warmup < 0) throw new ArgumentOutOfRangeException(nameof(o), "Warmup must be 0 or more.");
+        if (o.DecodeTokens < 1) throw new ArgumentOutOfRangeException(nameof(o), "DecodeTokens must be at least 1.");
+        if (o.TextTokensBefore < 1 || o.TextTokensAfter < 1) throw new ArgumentOutOfRangeException(nameof(o), "Text token counts must be at least 1.");
+        var sw = Stopwatch.StartNew();
+        var (model, weights, name) = LoadBackend(o, progress);
+        using var _ = model;
+        double loadSeconds = sw.Elapsed.TotalSeconds;
+        double? weightsMb = model is CudaLlavaModel g0 ? g0.Memory.CurrentBytes / 1048576.0 : null;
+        var cfg = model.Config;
+        var t = cfg.TextConfig;
+        var shape = new ModelShape(t.NumHiddenLayers, t.NumAttentionHeads, t.HiddenSize, t.IntermediateSize, model.TokensPerImage, model.Grid);
+        var rng = new Random(o.Seed);
+        var v = cfg.VisionConfig;
+        var pixels = new float[v.NumChannels * v.ImageSize * v.ImageSize];
+        for (int i = 0; i < pixels.Length; i++) pixels[i] = (float)(rng.NextDouble() * 4 - 2);
+        int[] ids = SyntheticPrompt(rng, t.VocabSize, cfg.ImageTokenIndex, o.TextTokensBefore, model.TokensPerImage, o.TextTokensAfter);
+        if (ids.Length + o.DecodeTokens > t.MaxPositionEmbeddings)
+            throw new ArgumentException($"The synthetic prompt ({ids.Length} tokens) plus {o.DecodeTokens} generated tokens exceeds the model's {t.MaxPositionEmbeddings} positions.");
+
+        // Vision tower and projector.
+        progress?.Report("vision tower");
+        VisionFeatures vision = model.VisionForward(pixels);
+        float[] projected = model.Project(vision.Features, vision.Tokens);
+        var visionMs = new List<double>();
+        var projMs = new List<double>();
+        for (int r = 0; r < o.Warmup + o.Repeats; r++)
+        {
+            ct.ThrowIfCancellationRequested();
+            sw.Restart();
+            vision = model.VisionForward(pixels);
+            double vm = sw.Elapsed.TotalMilliseconds;
+            sw.Restart();
+            projected = model.Project(vision.Features, vision.Tokens);
+            double pm = sw.Elapsed.TotalMilliseconds;
+            if (r >= o.Warmup) { visionMs.Add(vm); projMs.Add(pm); }
+        }
+
+        // Prefill: the unpruned reference first, then each method at each budget.
+        var prefill = new List<PrefillTiming>();
+        var combos = new List<(PruningMethod Method, double Budget)> { (PruningMethod.None, model.TokensPerImage) };
+        foreach (var b in o.Budgets)
+            foreach (var m in o.Methods.Where(m => m != PruningMethod.None))
+                combos.Add((m, b));
+        double reference = double.NaN;
+        foreach (var (method, budget) in combos)
+        {
+            progress?.Report($"prefill {method} at {budget}");
+            var options = new PruningOptions { Method = method, Budget = budget };
+            var times = new List<double>();
+            PruningReport? report = null;
+            int promptTokens = 0;
+            for (int r = 0; r < o.Warmup + o.Repeats; r++)
+            {
+                ct.ThrowIfCancellationRequested();
+                var (ms, rep, n) = TimePrefill(model, shape, options, ids, vision, projected);
+                if (r >= o.Warmup) { times.Add(ms); report = rep; promptTokens = n; }
+            }
+            double med = Median(times);
+            if (method == PruningMethod.None) reference = med;
+            prefill.Add(new PrefillTiming(method.ToString(), budget, Math.Round(report!.AvgVisualTokensProcessed, 2), promptTokens,
+                Math.Round(med, 3), Math.Round(times.Min(), 3), Math.Round(med / shape.Layers, 4), Math.Round(report.FlopsRatio, 4),
+                Math.Round(reference / med, 2)));
+        }
+
+        // Decode: greedy steps after an unpruned prefill.
+        progress?.Report("decode");
+        double perToken;
+        {
+            var state = SequenceBuilder.Build(model, ids, [projected]);
+            using var gen = model.StartGeneration(o.DecodeTokens + o.Warmup);
+            var logits = gen.Prefill(state, null, ct);
+            for (int i = 0; i < o.Warmup; i++) logits = gen.Step(CpuOps.ArgMax(logits));
+            sw.Restart();
+            for (int i = 0; i < o.DecodeTokens; i++)
+            {
+                ct.ThrowIfCancellationRequested();
+                logits = gen.Step(CpuOps.ArgMax(logits));
+            }
+            perToken = sw.Elapsed.TotalMilliseconds / o.DecodeTokens;
+        }
+
+        double? peakMb = model is CudaLlavaModel g ? g.Memory.PeakBytes / 1048576.0 : null;
+        return new SpeedReport(name, model.Device, weights, shape.Layers, model.TokensPerImage, Math.Round(loadSeconds, 2),
+            Math.Round(Median(visionMs), 3), Math.Round(Median(projMs), 3), prefill, Math.Round(perToken, 3), o.DecodeTokens,
+            peakMb is double p ? Math.Round(p, 1) : null, weightsMb is double w ? Math.Round(w, 1) : null,
+            Math.Round(Process.GetCurrentProcess().PeakWorkingSet64 / 1048576.0, 1), o.Repeats, o.Warmup);
+    }
+
+    private static (double Ms, PruningReport Report, int PromptTokens) TimePrefill(ILlavaBackend model, ModelShape shape, PruningOptions options,
+        int[] ids, VisionFeatures vision, float[] projected)
+    {
+        int prefix = Array.IndexOf(ids, model.Config.ImageTokenIndex);
+        int textTokens = ids.Length - (Array.LastIndexOf(ids, model.Config.ImageTokenIndex) + 1);
+        var session = new PruningSession(shape, options, prefix);
+        session.SetVision(vision);
+        var sw = Stopwatch.StartNew();
+        var state = SequenceBuilder.Build(model, ids, [projected]);
+        using var gen = model.StartGeneration(1);
+        gen.Prefill(state, session.NeedsDecoderHook ? session : null, CancellationToken.None);
+        double ms = sw.Elapsed.TotalMilliseconds;
+        return (ms, session.Finish(state, textTokens), ids.Length);
+    }
+
+    /// <summary>BOS, random text ids, the image run, random text ids (never the image token).</summary>
+    internal static int[] SyntheticPrompt(Random rng, int vocab, int imageToken, int before, int visual, int after)
+    {
+        int Text() { int id; do id = rng.Next(3, vocab); while (id == imageToken); return id; }
+        var ids = new List<int> { 1 };
+        for (int i = 1; i < before; i++) ids.Add(Text());
+        ids.AddRange(Enumerable.Repeat(imageToken, visual));
+        for (int i = 0; i < after; i++) ids.Add(Text());
+        return ids.ToArray();
+    }
+
+    private static (ILlavaBackend Model, string Weights, string Name) LoadBackend(SpeedBenchmarkOptions o, IProgress<string>? progress)
+    {
+        progress?.Report("loading weights");
+        var gpu = VisionLanguageModel.OpenDevice(o.Device, Microsoft.Extensions.Logging.Abstractions.NullLogger.Instance);
+        try
+        {
+            if (o.ModelDirectory is { } dir)
+            {
+                var config = LlavaConfig.Load(dir);
+                using var store = SafeTensorStore.Open(dir);
+                ILlavaBackend m = gpu is null ? new LlavaModel(store, config) : new CudaLlavaModel(store, config, gpu);
+                gpu = null;
+                return (m, "checkpoint", Path.GetFullPath(dir));
+            }
+            var cfg = LlavaPresets.ByName(o.Architecture);
+            var random = new RandomTensorSource(cfg, o.Seed);
+            ILlavaBackend r = gpu is null ? new LlavaModel(random, cfg) : new CudaLlavaModel(random, cfg, gpu);
+            gpu = null;
+            return (r, $"random fp16 (seed {o.Seed})", o.Architecture);
+        }
+        finally
+        {
+            gpu?.Dispose();
+        }
+    }
+
+    private static double Median(List<double> xs)
+    {
+        var a = xs.OrderBy(x => x).ToArray();
+        return a.Length % 2 == 1 ? a[a.Length / 2] : (a[a.Length / 2 - 1] + a[a.Length / 2]) / 2;
+    }
+}
