@@ -15,7 +15,7 @@ public static class BenchCommand
 {
     public static Command Create()
     {
-        var image = new Option<FileInfo>("--image", "-i") { Description = "Image file.", Required = true };
+        var image = new Option<FileInfo?>("--image", "-i") { Description = "Image file (required unless --speed or --random-weights)." };
         var question = new Option<string>("--question", "-q") { Description = "The question.", DefaultValueFactory = _ => "How many objects are there?" };
         var methods = new Option<string>("--methods") { Description = "Comma-separated methods or 'all'; 'none' (the reference) always runs first.", DefaultValueFactory = _ => "all" };
         var budgets = new Option<string>("--budgets") { Description = "Comma-separated visual-token budgets.", DefaultValueFactory = _ => "96,128,192" };
@@ -26,18 +26,44 @@ public static class BenchCommand
         var model = CommonOptions.Model();
         var device = CommonOptions.Device();
         var outFile = new Option<FileInfo?>("--out", "-o") { Description = "Write the results as JSON to this file." };
+        var speed = new Option<bool>("--speed") { Description = "Time the stages with synthetic inputs (vision tower, projector, prefill per method and budget, decode ms/token, device memory) instead of answering the image." };
+        var random = new Option<string?>("--random-weights") { Description = "With --speed (implied): generate random fp16 weights for this architecture instead of loading --model: llava-1.5-7b, llava-1.5-13b or tiny-test." };
+        var decodeTokens = new Option<int>("--decode-tokens") { Description = "With --speed: tokens generated to time decoding.", DefaultValueFactory = _ => 32 };
 
         var cmd = new Command("bench", "Latency, tokens/s and memory per method and budget on one image, with speed-ups against unpruned.")
         {
-            image, question, methods, budgets, accounting, repeats, warmup, maxTokens, model, device, outFile,
+            image, question, methods, budgets, accounting, repeats, warmup, maxTokens, model, device, outFile, speed, random, decodeTokens,
         };
         cmd.SetAction((parse, ct) => CommonOptions.Guard(async () =>
         {
-            var img = parse.GetValue(image)!;
-            if (!img.Exists) throw new ArgumentException($"Image file '{img.FullName}' does not exist.");
             int reps = parse.GetValue(repeats), warm = parse.GetValue(warmup), maxNew = parse.GetValue(maxTokens);
             if (reps < 1) throw new ArgumentException("--repeats must be at least 1.");
             if (warm < 0) throw new ArgumentException("--warmup must be 0 or more.");
+            if (parse.GetValue(speed) || parse.GetValue(random) is not null)
+            {
+                var methodList = parse.GetResult(methods) is null
+                    ? [PruningMethod.FastV, PruningMethod.AutoPrune]
+                    : EvalCommand.ParseMethods(parse.GetValue(methods)!).Select(CommonOptions.ParseMethod).Where(m => m != PruningMethod.None).ToList();
+                var budgetList = parse.GetResult(budgets) is null ? [192, 128, 64] : EvalCommand.ParseBudgets(parse.GetValue(budgets)!);
+                var options = new AutoPrune.Diagnostics.SpeedBenchmarkOptions
+                {
+                    ModelDirectory = parse.GetValue(random) is null ? parse.GetValue(model) : null,
+                    Architecture = parse.GetValue(random) ?? "",
+                    Device = parse.GetValue(device)!,
+                    Methods = methodList,
+                    Budgets = budgetList,
+                    Repeats = parse.GetResult(repeats) is null ? 5 : reps,
+                    Warmup = parse.GetResult(warmup) is null ? 1 : warm,
+                    DecodeTokens = parse.GetValue(decodeTokens),
+                };
+                var progress = new Progress<string>(m => CommonOptions.Err.MarkupLine(Markup.Escape($"bench: {m}")));
+                var report = await Task.Run(() => AutoPrune.Diagnostics.SpeedBenchmark.Run(options, progress, ct), ct);
+                SpeedPrinter.Print(AnsiConsole.Console, report);
+                WriteJson(parse.GetValue(outFile), report);
+                return 0;
+            }
+            var img = parse.GetValue(image) ?? throw new ArgumentException("--image is required (or use --speed / --random-weights for synthetic timings).");
+            if (!img.Exists) throw new ArgumentException($"Image file '{img.FullName}' does not exist.");
             var acc = parse.GetValue(accounting) == "published" ? BudgetAccounting.Published : BudgetAccounting.Processed;
             using var vlm = await CommonOptions.LoadAsync(parse.GetValue(model)!, new ModelOptions { Device = parse.GetValue(device)!, MaxConcurrentRequests = 1 }, quiet: true);
             var settings = new EvalSettings
@@ -48,15 +74,41 @@ public static class BenchCommand
             var combos = EvalRunner.BuildCombos(settings, vlm.Shape);
             var doc = await BenchRunner.RunAsync(vlm, img.FullName, parse.GetValue(question)!, combos, acc, reps, warm, maxNew, ct);
             BenchRunner.Print(AnsiConsole.Console, doc);
-            if (parse.GetValue(outFile) is { } f)
-            {
-                if (f.Directory is { } dir) Directory.CreateDirectory(dir.FullName);
-                File.WriteAllText(f.FullName, JsonSerializer.Serialize(doc, EvalOutputs.Json) + "\n");
-                CommonOptions.Err.MarkupLine(Markup.Escape($"bench: wrote {f.FullName}"));
-            }
+            WriteJson(parse.GetValue(outFile), doc);
             return 0;
         }));
         return cmd;
+    }
+
+    private static void WriteJson<T>(FileInfo? f, T doc)
+    {
+        if (f is null) return;
+        if (f.Directory is { } dir) Directory.CreateDirectory(dir.FullName);
+        File.WriteAllText(f.FullName, JsonSerializer.Serialize(doc, EvalOutputs.Json) + "\n");
+        CommonOptions.Err.MarkupLine(Markup.Escape($"bench: wrote {f.FullName}"));
+    }
+}
+
+/// <summary>Prints a <see cref="AutoPrune.Diagnostics.SpeedReport"/>.</summary>
+public static class SpeedPrinter
+{
+    public static void Print(IAnsiConsole console, AutoPrune.Diagnostics.SpeedReport r)
+    {
+        static string F(double x, string fmt = "F2") => x.ToString(fmt, CultureInfo.InvariantCulture);
+        if (Console.IsOutputRedirected && console.Profile.Width < 160) console.Profile.Width = 160;
+        console.MarkupLine(Markup.Escape($"{r.Model} ({r.Weights}) on {r.Device}: {r.DecoderLayers} decoder layers, {r.VisualTokens} visual tokens; loaded in {F(r.LoadSeconds, "F1")} s"));
+        var t = new Table().Border(TableBorder.Rounded).AddColumn("Stage").AddColumn("Method");
+        foreach (var h in new[] { "Budget", "Visual tokens/layer", "Prompt tokens", "ms (median)", "ms (min)", "ms/layer", "FLOPs", "Speed-up" })
+            t.AddColumn(new TableColumn(h).RightAligned());
+        t.AddRow("vision tower", "", "", "", "", F(r.VisionTowerMs), "", "", "", "");
+        t.AddRow("projector", "", "", "", "", F(r.ProjectorMs), "", "", "", "");
+        foreach (var p in r.Prefill)
+            t.AddRow("prefill", p.Method, F(p.Budget, "0.###"), F(p.AvgVisualTokensPerLayer, "F1"), p.PromptTokens.ToString(CultureInfo.InvariantCulture),
+                F(p.PrefillMs), F(p.PrefillMsMin), F(p.MsPerLayer, "F3"), F(p.FlopsRatio * 100, "F1") + "%", F(p.SpeedupVsUnpruned) + "×");
+        t.AddRow("decode", "none", "", "", "", F(r.DecodeMsPerToken), "", "", "", $"{F(1000 / r.DecodeMsPerToken, "F0")} tok/s");
+        console.Write(t);
+        string mem = r.PeakDeviceMemoryMb is double pk ? $"peak device memory {F(pk, "F0")} MB (weights {F(r.WeightsDeviceMemoryMb ?? 0, "F0")} MB; our buffers, without the CUDA context and cuBLAS workspace); " : "";
+        console.MarkupLine(Markup.Escape($"Medians over {r.Repeats} runs after {r.Warmup} warm-up; decode over {r.DecodeTokens} tokens; {mem}peak working set {F(r.PeakWorkingSetMb, "F0")} MB."));
     }
 }
 

@@ -28,7 +28,7 @@ internal static class CommonOptions
 
     public static Option<string> Device() => new("--device")
     {
-        Description = "cpu, auto (probes for a GPU, runs on the CPU backend for now) or cuda[:N] (reports what is missing).",
+        Description = "auto (an NVIDIA GPU when the driver, a device and cuBLAS are present, else the CPU), cpu, cuda[:N] (fails naming what is missing) or ilgpu-cpu (the GPU code path emulated on the CPU, for checking).",
         DefaultValueFactory = _ => "auto",
     };
 

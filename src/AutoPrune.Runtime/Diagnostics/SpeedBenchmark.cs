@@ -189,7 +189,8 @@ public static class SpeedBenchmark
                 return (m, "checkpoint", Path.GetFullPath(dir));
             }
             var cfg = LlavaPresets.ByName(o.Architecture);
-            var random = new RandomTensorSource(cfg, o.Seed);
+            CheckMemory(cfg, gpu, o.Architecture);
+            var random = new RandomTensorSource(cfg, (ulong)o.Seed);
             ILlavaBackend r = gpu is null ? new LlavaModel(random, cfg) : new CudaLlavaModel(random, cfg, gpu);
             gpu = null;
             return (r, $"random fp16 (seed {o.Seed})", o.Architecture);
@@ -197,6 +198,24 @@ public static class SpeedBenchmark
         finally
         {
             gpu?.Dispose();
+        }
+    }
+
+    /// <summary>Refuses, before generating anything, an architecture that cannot fit: fp32 in RAM on the CPU, fp16 on the GPU.</summary>
+    private static void CheckMemory(LlavaConfig cfg, Compute.Cuda.CudaDevice? gpu, string name)
+    {
+        long parameters = LlavaTensorManifest.ParameterCount(cfg);
+        if (gpu is null)
+        {
+            long need = parameters * 4, have = GC.GetGCMemoryInfo().TotalAvailableMemoryBytes;
+            if (need > have * 0.9)
+                throw new InvalidOperationException($"{name} has {parameters / 1e9:F2} billion parameters: {need / 1e9:F1} GB as fp32 on the CPU backend, more than the {have / 1e9:F1} GB available. Use --device cuda, or a smaller architecture (tiny-test).");
+        }
+        else if (gpu.IsCuda)
+        {
+            long need = parameters * 2, have = gpu.Accelerator.MemorySize;
+            if (need > have * 0.95)
+                throw new InvalidOperationException($"{name} needs {need / 1e9:F1} GB of fp16 weights but {gpu.Description} has {have / 1e9:F1} GB.");
         }
     }
 
