@@ -24,10 +24,10 @@ public sealed class CudaKernelTests(IlgpuCpuFixture fx) : IClassFixture<IlgpuCpu
     private Accelerator Acc => fx.Device.Accelerator;
     private CudaOps Ops => fx.Ops;
 
-    private static float[] Rand(Random rng, int n, float scale = 1f)
+    internal static float[] Rand(Random rng, int n, float scale = 1f)
         => Enumerable.Range(0, n).Select(_ => (float)(rng.NextDouble() * 2 - 1) * scale).ToArray();
 
-    private static void Close(ReadOnlySpan<float> expected, ReadOnlySpan<float> actual, double rel = 1e-5, double abs = 1e-6)
+    internal static void Close(ReadOnlySpan<float> expected, ReadOnlySpan<float> actual, double rel = 1e-5, double abs = 1e-6)
     {
         Assert.Equal(expected.Length, actual.Length);
         for (int i = 0; i < expected.Length; i++)

@@ -27,7 +27,23 @@ public sealed class PtxCompileTests
     }
 
     [Fact]
-    public void AllSixteenKernelsAreListed() => Assert.Equal(16, Kernels().Count);
+    public void AllTwentyFourKernelsAreListed() => Assert.Equal(24, Kernels().Count);
+
+    /// <summary>Kernels without an index parameter are explicitly grouped (one group per row, shared memory, barriers).</summary>
+    private static bool IsExplicitlyGrouped(MethodInfo m)
+    {
+        var p = m.GetParameters();
+        return p.Length == 0 || p[0].ParameterType != typeof(Index1D);
+    }
+
+    [Fact]
+    public void TheRowKernelsAreExplicitlyGrouped()
+    {
+        var explicitKernels = typeof(CudaKernels).GetMethods(BindingFlags.Static | BindingFlags.NonPublic | BindingFlags.Public)
+            .Where(m => m.Name.EndsWith("Kernel", StringComparison.Ordinal) && IsExplicitlyGrouped(m))
+            .Select(m => m.Name).Order(StringComparer.Ordinal).ToArray();
+        Assert.Equal(new[] { "ArgMaxRowsKernel", "LayerNormToHalfKernel", "RmsNormToHalfKernel", "ScaledMaskedSoftmaxToHalfKernel" }, explicitKernels);
+    }
 
     [Theory]
     [MemberData(nameof(Kernels))]
@@ -37,9 +53,15 @@ public sealed class PtxCompileTests
         using var context = Context.Create(b => b.CPU().EnableAlgorithms());
         var arch = CudaArchitecture.SM_90;
         var backend = new PTXBackend(context, new CudaCapabilityContext(arch), arch, CudaInstructionSet.ISA_80, null);
-        var entry = EntryPointDescription.FromImplicitlyGroupedKernel(method);
+        bool grouped = IsExplicitlyGrouped(method);
+        var entry = grouped ? EntryPointDescription.FromExplicitlyGroupedKernel(method) : EntryPointDescription.FromImplicitlyGroupedKernel(method);
         var compiled = (PTXCompiledKernel)backend.Compile(entry, KernelSpecialization.Empty);
         Assert.Contains(".entry", compiled.PTXAssembly);
         Assert.Contains(".target", compiled.PTXAssembly);
+        if (grouped)
+        {
+            Assert.Contains(".shared", compiled.PTXAssembly);   // the reduction buffers
+            Assert.Contains("bar.sync", compiled.PTXAssembly);  // Group.Barrier
+        }
     }
 }

@@ -29,11 +29,14 @@ internal readonly record struct AttentionShape(int Nq, int Nk, int QHeads, int K
 
 /// <summary>
 /// ILGPU kernels for the non-GEMM operations of the decoder and vision tower (fp32 on the device in this first cut).
-/// Every kernel is deliberately simple (one thread per row, per (head, query row) or per element) and mirrors the
-/// arithmetic order of <see cref="Cpu.CpuOps"/> / <see cref="Cpu.Attention"/> so the CPU backend is the reference.
+/// The first-cut kernels are deliberately simple (one thread per row, per (head, query row) or per element) and mirror
+/// the arithmetic order of <see cref="Cpu.CpuOps"/> / <see cref="Cpu.Attention"/> so the CPU backend is the reference.
+/// The kernels of the fp16 decoder path (RmsNormToHalf, LayerNormToHalf, ScaledMaskedSoftmaxToHalf, ArgMaxRows) run
+/// one group per row with shared-memory reductions instead; their summation order differs from the CPU's (a tree over
+/// the group), which is far below the fp16 rounding of their outputs.
 /// </summary>
 /// <remarks>
-/// Tested only on ILGPU's CPU accelerator. On a GPU they are untested and not tuned: the per-row kernels
+/// Tested only on ILGPU's CPU accelerator. On a GPU they are untested and not tuned: the first-cut per-row kernels
 /// (norms, softmax, argmax, attention) run one thread per row and will need block-level reductions / a tiled
 /// (flash-style) attention to be fast. RoPE takes host-computed cos/sin tables, so no device trigonometry
 /// (PTX sin/cos are approximate for large angles) is involved. In the PTX that ILGPU 1.5.3 emits (see PtxCompileTests),
@@ -233,6 +236,170 @@ internal static class CudaKernels
         result[row] = bi;
     }
 
+    // ---------------------------------------------------------------- element-wise kernels of the fp16 GPU decoder
+
+    /// <summary>x[r, c] += bias[c] for x [rows, cols]; one thread per element.</summary>
+    internal static void AddBiasKernel(Index1D i, ArrayView<float> x, ArrayView<float> bias, int cols)
+    {
+        x[i] += bias[i % cols];
+    }
+
+    /// <summary>x[i] += y[i] (residual add); one thread per element.</summary>
+    internal static void AddKernel(Index1D i, ArrayView<float> x, ArrayView<float> y)
+    {
+        x[i] += y[i];
+    }
+
+    /// <summary>dst = fp16(silu(gate) * up), element-wise (gate and up unchanged).</summary>
+    internal static void SiluMulToHalfKernel(Index1D i, ArrayView<float> gate, ArrayView<float> up, ArrayView<ushort> dst)
+    {
+        float g = gate[i];
+        dst[i] = FloatToHalfBits(g / (1f + XMath.Exp(-g)) * up[i]);
+    }
+
+    /// <summary>
+    /// dst[r, :] = src[index[r], :] when index[r] &gt;= 0, else extra[-index[r] - 1, :] (rows of rowLen); one thread per
+    /// output element. dst must overlap neither src nor extra.
+    /// </summary>
+    internal static void RowGatherMixedKernel(Index1D i, ArrayView<float> src, ArrayView<float> extra, ArrayView<int> index, ArrayView<float> dst, int rowLen)
+    {
+        long r = i / rowLen, c = i % rowLen;
+        int s = index[r];
+        dst[i] = s >= 0 ? src[(long)s * rowLen + c] : extra[(long)(-s - 1) * rowLen + c];
+    }
+
+    // ---------------------------------------------------------------- row kernels: one group per row
+    //
+    // Explicitly grouped: launched with KernelConfig(rows, g), g a power of two ≤ MaxRowGroupSize (CudaOps.RowGroupSize).
+    // Group Grid.IdxX handles one row; thread Group.IdxX visits columns tid, tid + g, ... and the partial results are
+    // combined by a shared-memory tree reduction. Every thread of a group reaches every barrier (loops bounded by the
+    // group size only), so dims smaller than or not a multiple of g just leave threads idle.
+
+    /// <summary>Largest group size the row kernels support (size of their shared-memory reduction buffers).</summary>
+    internal const int MaxRowGroupSize = 256;
+
+    /// <summary>RMSNorm of row Grid.IdxX of src ([rows, dim]) rounded to fp16 into dst: fp16(x / sqrt(mean(x²) + eps) * weight).</summary>
+    internal static void RmsNormToHalfKernel(ArrayView<float> src, ArrayView<ushort> dst, ArrayView<float> weight, int dim, float eps)
+    {
+        var sh = SharedMemory.Allocate<float>(MaxRowGroupSize);
+        long o = (long)Grid.IdxX * dim;
+        int tid = Group.IdxX, step = Group.DimX;
+        float ss = 0;
+        for (int c = tid; c < dim; c += step) { float v = src[o + c]; ss += v * v; }
+        ss = GroupSum(sh, ss);
+        float inv = 1f / XMath.Sqrt(ss / dim + eps);
+        for (int c = tid; c < dim; c += step) dst[o + c] = FloatToHalfBits(src[o + c] * inv * weight[c]);
+    }
+
+    /// <summary>
+    /// LayerNorm of row Grid.IdxX of src ([rows, dim]) rounded to fp16 into dst, two passes as <see cref="Cpu.CpuOps.LayerNorm(Span{float}, int, int, ReadOnlySpan{float}, ReadOnlySpan{float}, float)"/>:
+    /// mean, then the mean of squared deviations.
+    /// </summary>
+    internal static void LayerNormToHalfKernel(ArrayView<float> src, ArrayView<ushort> dst, ArrayView<float> weight, ArrayView<float> bias, int dim, float eps)
+    {
+        var sh = SharedMemory.Allocate<float>(MaxRowGroupSize);
+        long o = (long)Grid.IdxX * dim;
+        int tid = Group.IdxX, step = Group.DimX;
+        float sum = 0;
+        for (int c = tid; c < dim; c += step) sum += src[o + c];
+        float mean = GroupSum(sh, sum) / dim;
+        float ss = 0;
+        for (int c = tid; c < dim; c += step) { float d = src[o + c] - mean; ss += d * d; }
+        float inv = 1f / XMath.Sqrt(GroupSum(sh, ss) / dim + eps);
+        for (int c = tid; c < dim; c += step) dst[o + c] = FloatToHalfBits((src[o + c] - mean) * inv * weight[c] + bias[c]);
+    }
+
+    /// <summary>
+    /// Softmax of row Grid.IdxX of scores ([heads, nq, nk], raw q·k; the row is (head, query i = Grid.IdxX mod nq)):
+    /// s_j = scores_j * scale over the visible keys j ≤ causalOffset + i (all keys when causalOffset &lt; 0), masked keys
+    /// get probability exactly 0. Writes the fp32 probabilities back into scores and their fp16 rounding into probs.
+    /// </summary>
+    internal static void ScaledMaskedSoftmaxToHalfKernel(ArrayView<float> scores, ArrayView<ushort> probs, int nq, int nk, int causalOffset, float scale)
+    {
+        var sh = SharedMemory.Allocate<float>(MaxRowGroupSize);
+        int row = Grid.IdxX;
+        long o = (long)row * nk;
+        int tid = Group.IdxX, step = Group.DimX;
+        int limit = causalOffset >= 0 ? XMath.Min(nk, causalOffset + row % nq + 1) : nk;
+        float max = float.NegativeInfinity;
+        for (int j = tid; j < limit; j += step) max = XMath.Max(max, scores[o + j] * scale);
+        max = GroupMax(sh, max);
+        float sum = 0;
+        for (int j = tid; j < limit; j += step) sum += XMath.Exp(scores[o + j] * scale - max);
+        float inv = 1f / GroupSum(sh, sum);
+        for (int j = tid; j < nk; j += step)
+        {
+            float p = j < limit ? XMath.Exp(scores[o + j] * scale - max) * inv : 0f;
+            scores[o + j] = p;
+            probs[o + j] = FloatToHalfBits(p);
+        }
+    }
+
+    /// <summary>result[Grid.IdxX] = index of the first maximum of that row of x ([rows, cols], cols ≥ 1).</summary>
+    internal static void ArgMaxRowsKernel(ArrayView<float> x, ArrayView<int> result, int cols)
+    {
+        var shv = SharedMemory.Allocate<float>(MaxRowGroupSize);
+        var shi = SharedMemory.Allocate<int>(MaxRowGroupSize);
+        long o = (long)Grid.IdxX * cols;
+        int tid = Group.IdxX, step = Group.DimX;
+        // Threads without a column hold (-inf, int.MaxValue): they lose to any real column, even one holding -inf.
+        float best = float.NegativeInfinity;
+        int bi = int.MaxValue;
+        if (tid < cols) { best = x[o + tid]; bi = tid; }
+        for (int c = tid + step; c < cols; c += step)
+        {
+            float v = x[o + c];
+            if (v > best) { best = v; bi = c; }                               // columns ascend: strict > keeps the first
+        }
+        shv[tid] = best;
+        shi[tid] = bi;
+        Group.Barrier();
+        for (int s = step / 2; s > 0; s >>= 1)
+        {
+            if (tid < s)
+            {
+                float ov = shv[tid + s];
+                int oi = shi[tid + s];
+                float mv = shv[tid];
+                if (ov > mv || (ov == mv && oi < shi[tid])) { shv[tid] = ov; shi[tid] = oi; }
+            }
+            Group.Barrier();
+        }
+        if (tid == 0) result[Grid.IdxX] = shi[0];
+    }
+
+    /// <summary>Sum of <paramref name="v"/> over the group (power-of-two size), returned to every thread; sh is reusable afterwards.</summary>
+    private static float GroupSum(ArrayView<float> sh, float v)
+    {
+        int tid = Group.IdxX;
+        sh[tid] = v;
+        Group.Barrier();
+        for (int s = Group.DimX / 2; s > 0; s >>= 1)
+        {
+            if (tid < s) sh[tid] += sh[tid + s];
+            Group.Barrier();
+        }
+        float r = sh[0];
+        Group.Barrier();                                                      // everyone has read sh[0] before the next use
+        return r;
+    }
+
+    /// <summary>Maximum of <paramref name="v"/> over the group (power-of-two size), returned to every thread.</summary>
+    private static float GroupMax(ArrayView<float> sh, float v)
+    {
+        int tid = Group.IdxX;
+        sh[tid] = v;
+        Group.Barrier();
+        for (int s = Group.DimX / 2; s > 0; s >>= 1)
+        {
+            if (tid < s) sh[tid] = XMath.Max(sh[tid], sh[tid + s]);
+            Group.Barrier();
+        }
+        float r = sh[0];
+        Group.Barrier();
+        return r;
+    }
+
     /// <summary>
     /// fp32 → IEEE fp16 bits with round-to-nearest-even (as System.Half), done with integer operations so the result
     /// is identical on every accelerator (cuBLAS GEMM inputs are fp16).
@@ -342,10 +509,29 @@ internal sealed class CudaOps
     private readonly Lazy<Action<Index1D, ArrayView<float>, ArrayView<int>, int>> _argMax;
     private readonly Lazy<Action<Index1D, ArrayView<float>, ArrayView<ushort>>> _toHalf;
     private readonly Lazy<Action<Index1D, ArrayView<ushort>, ArrayView<float>>> _toFloat;
+    private readonly Lazy<Action<Index1D, ArrayView<float>, ArrayView<float>, int>> _addBias;
+    private readonly Lazy<Action<Index1D, ArrayView<float>, ArrayView<float>>> _add;
+    private readonly Lazy<Action<Index1D, ArrayView<float>, ArrayView<float>, ArrayView<ushort>>> _siluMulToHalf;
+    private readonly Lazy<Action<Index1D, ArrayView<float>, ArrayView<float>, ArrayView<int>, ArrayView<float>, int>> _rowGatherMixed;
+    private readonly Lazy<Action<KernelConfig, ArrayView<float>, ArrayView<ushort>, ArrayView<float>, int, float>> _rmsToHalf;
+    private readonly Lazy<Action<KernelConfig, ArrayView<float>, ArrayView<ushort>, ArrayView<float>, ArrayView<float>, int, float>> _layerNormToHalf;
+    private readonly Lazy<Action<KernelConfig, ArrayView<float>, ArrayView<ushort>, int, int, int, float>> _maskedSoftmaxToHalf;
+    private readonly Lazy<Action<KernelConfig, ArrayView<float>, ArrayView<int>, int>> _argMaxRows;
 
-    public CudaOps(Accelerator accelerator)
+    /// <param name="accelerator">The accelerator the kernels are compiled for.</param>
+    /// <param name="rowGroupSize">
+    /// Threads per group of the one-group-per-row kernels; 0 picks <see cref="DefaultRowGroupSize"/>. Otherwise a power
+    /// of two no larger than <see cref="CudaKernels.MaxRowGroupSize"/> and the accelerator's MaxNumThreadsPerGroup
+    /// (tests use this to exercise the reductions at several sizes).
+    /// </param>
+    public CudaOps(Accelerator accelerator, int rowGroupSize = 0)
     {
         _acc = accelerator;
+        int limit = DefaultRowGroupSize(accelerator);
+        if (rowGroupSize == 0) rowGroupSize = limit;
+        if (rowGroupSize < 1 || rowGroupSize > limit || (rowGroupSize & (rowGroupSize - 1)) != 0)
+            throw new ArgumentOutOfRangeException(nameof(rowGroupSize), rowGroupSize, $"Row group size must be a power of two in 1..{limit} on this accelerator.");
+        RowGroupSize = rowGroupSize;
         _embedding = new(() => _acc.LoadAutoGroupedStreamKernel<Index1D, ArrayView<float>, ArrayView<int>, ArrayView<float>, int>(CudaKernels.EmbeddingGatherKernel));
         _rms = new(() => _acc.LoadAutoGroupedStreamKernel<Index1D, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, float>(CudaKernels.RmsNormKernel));
         _layerNorm = new(() => _acc.LoadAutoGroupedStreamKernel<Index1D, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, float>(CudaKernels.LayerNormKernel));
@@ -362,9 +548,28 @@ internal sealed class CudaOps
         _argMax = new(() => _acc.LoadAutoGroupedStreamKernel<Index1D, ArrayView<float>, ArrayView<int>, int>(CudaKernels.ArgMaxKernel));
         _toHalf = new(() => _acc.LoadAutoGroupedStreamKernel<Index1D, ArrayView<float>, ArrayView<ushort>>(CudaKernels.ToHalfKernel));
         _toFloat = new(() => _acc.LoadAutoGroupedStreamKernel<Index1D, ArrayView<ushort>, ArrayView<float>>(CudaKernels.ToFloatKernel));
+        _addBias = new(() => _acc.LoadAutoGroupedStreamKernel<Index1D, ArrayView<float>, ArrayView<float>, int>(CudaKernels.AddBiasKernel));
+        _add = new(() => _acc.LoadAutoGroupedStreamKernel<Index1D, ArrayView<float>, ArrayView<float>>(CudaKernels.AddKernel));
+        _siluMulToHalf = new(() => _acc.LoadAutoGroupedStreamKernel<Index1D, ArrayView<float>, ArrayView<float>, ArrayView<ushort>>(CudaKernels.SiluMulToHalfKernel));
+        _rowGatherMixed = new(() => _acc.LoadAutoGroupedStreamKernel<Index1D, ArrayView<float>, ArrayView<float>, ArrayView<int>, ArrayView<float>, int>(CudaKernels.RowGatherMixedKernel));
+        _rmsToHalf = new(() => _acc.LoadStreamKernel<ArrayView<float>, ArrayView<ushort>, ArrayView<float>, int, float>(CudaKernels.RmsNormToHalfKernel));
+        _layerNormToHalf = new(() => _acc.LoadStreamKernel<ArrayView<float>, ArrayView<ushort>, ArrayView<float>, ArrayView<float>, int, float>(CudaKernels.LayerNormToHalfKernel));
+        _maskedSoftmaxToHalf = new(() => _acc.LoadStreamKernel<ArrayView<float>, ArrayView<ushort>, int, int, int, float>(CudaKernels.ScaledMaskedSoftmaxToHalfKernel));
+        _argMaxRows = new(() => _acc.LoadStreamKernel<ArrayView<float>, ArrayView<int>, int>(CudaKernels.ArgMaxRowsKernel));
     }
 
     public Accelerator Accelerator => _acc;
+
+    /// <summary>Threads per group of the one-group-per-row kernels (RmsNormToHalf, LayerNormToHalf, ScaledMaskedSoftmaxToHalf, ArgMaxRows).</summary>
+    public int RowGroupSize { get; }
+
+    /// <summary>min(<see cref="CudaKernels.MaxRowGroupSize"/>, MaxNumThreadsPerGroup) rounded down to a power of two (256 on NVIDIA GPUs).</summary>
+    public static int DefaultRowGroupSize(Accelerator accelerator)
+    {
+        int n = Math.Min(CudaKernels.MaxRowGroupSize, accelerator.MaxNumThreadsPerGroup);
+        if (n < 1) throw new NotSupportedException($"Accelerator reports {accelerator.MaxNumThreadsPerGroup} threads per group.");
+        return 1 << (31 - System.Numerics.BitOperations.LeadingZeroCount((uint)n));
+    }
 
     public void EmbeddingGather(ArrayView<float> table, ArrayView<int> ids, ArrayView<float> dst, int dim)
         => Launch(_embedding.Value, ids.Length * dim, table, ids, dst, dim);
@@ -427,6 +632,106 @@ internal sealed class CudaOps
 
     public void ToHalf(ArrayView<float> src, ArrayView<ushort> dst) => Launch(_toHalf.Value, src.Length, src, dst);
     public void ToFloat(ArrayView<ushort> src, ArrayView<float> dst) => Launch(_toFloat.Value, src.Length, src, dst);
+
+    // ---------------------------------------------------------------- fp16 decoder ops
+    // Element-wise ops cover the first view; the other views must be at least as long. Row ops check their views hold
+    // rows × dim elements. rows = 0 (or an empty view) launches nothing.
+
+    /// <summary>x[r, c] += bias[c] for x [rows, cols].</summary>
+    public void AddBias(ArrayView<float> x, int rows, int cols, ArrayView<float> bias)
+    {
+        CheckRows(rows, cols, x.Length, nameof(x));
+        Require(rows == 0 || bias.Length >= cols, $"bias has {bias.Length} elements, fewer than cols {cols}.");
+        Launch(_addBias.Value, (long)rows * cols, x, bias, cols);
+    }
+
+    /// <summary>x[i] += y[i] over x (y at least as long as x).</summary>
+    public void Add(ArrayView<float> x, ArrayView<float> y)
+    {
+        Require(y.Length >= x.Length, $"y has {y.Length} elements, fewer than x ({x.Length}).");
+        Launch(_add.Value, x.Length, x, y);
+    }
+
+    /// <summary>dst[i] = fp16(silu(gate[i]) * up[i]) over gate (up and dst at least as long).</summary>
+    public void SiluMulToHalf(ArrayView<float> gate, ArrayView<float> up, ArrayView<ushort> dst)
+    {
+        Require(up.Length >= gate.Length && dst.Length >= gate.Length,
+            $"up ({up.Length}) and dst ({dst.Length}) must hold at least gate's {gate.Length} elements.");
+        Launch(_siluMulToHalf.Value, gate.Length, gate, up, dst);
+    }
+
+    /// <summary>
+    /// dst row r = src row index[r] when index[r] &gt;= 0, else extra row -index[r] - 1 (rows of rowLen; index.Length
+    /// rows written). extra may be a 1-element dummy view when no index is negative.
+    /// </summary>
+    public void RowGatherMixed(ArrayView<float> src, ArrayView<float> extra, ArrayView<int> index, ArrayView<float> dst, int rowLen)
+    {
+        CheckRows((int)Math.Min(index.Length, int.MaxValue), rowLen, dst.Length, nameof(dst));
+        Launch(_rowGatherMixed.Value, index.Length * rowLen, src, extra, index, dst, rowLen);
+    }
+
+    /// <summary>Llama RMSNorm of each row of src ([rows, dim]), rounded to fp16 into dst; one group per row.</summary>
+    public void RmsNormToHalf(ArrayView<float> src, ArrayView<ushort> dst, int rows, int dim, ArrayView<float> weight, float eps)
+    {
+        CheckRowOp(rows, dim, src.Length, dst.Length, weight.Length);
+        if (rows > 0) _rmsToHalf.Value(RowConfig(rows), src, dst, weight, dim, eps);
+    }
+
+    /// <summary>LayerNorm (two-pass mean / variance) of each row of src ([rows, dim]), rounded to fp16 into dst; one group per row.</summary>
+    public void LayerNormToHalf(ArrayView<float> src, ArrayView<ushort> dst, int rows, int dim, ArrayView<float> weight, ArrayView<float> bias, float eps)
+    {
+        CheckRowOp(rows, dim, src.Length, dst.Length, weight.Length);
+        Require(rows == 0 || bias.Length >= dim, $"bias has {bias.Length} elements, fewer than dim {dim}.");
+        if (rows > 0) _layerNormToHalf.Value(RowConfig(rows), src, dst, weight, bias, dim, eps);
+    }
+
+    /// <summary>
+    /// Softmax of scale · scores for each (head, query) row of scores ([heads, nq, nk], raw q·k). With causalOffset
+    /// &gt;= 0, query i sees keys 0..causalOffset + i only (the rest get probability exactly 0; causalOffset = nk - nq
+    /// for a KV cache); causalOffset &lt; 0 means no mask. fp16 probabilities go to probs (same layout) and the fp32
+    /// probabilities replace scores in place. One group per row.
+    /// </summary>
+    public void ScaledMaskedSoftmaxToHalf(ArrayView<float> scores, ArrayView<ushort> probs, int heads, int nq, int nk, int causalOffset, float scale)
+    {
+        Require(heads >= 0 && nq >= 0, $"heads ({heads}) and nq ({nq}) must not be negative.");
+        long rows = (long)heads * nq;
+        Require(rows <= int.MaxValue, $"{rows} softmax rows exceed a grid of 2^31 - 1 groups.");
+        CheckRows((int)rows, nk, scores.Length, nameof(scores));
+        CheckRows((int)rows, nk, probs.Length, nameof(probs));
+        if (rows > 0 && nk > 0) _maskedSoftmaxToHalf.Value(RowConfig((int)rows), scores, probs, nq, nk, causalOffset, scale);
+    }
+
+    /// <summary>
+    /// result[r] = index of the first maximum of row r of x ([rows, cols], cols ≥ 1); one group per row (ties go to
+    /// the smallest index, as <see cref="ArgMax"/>). Rows containing NaN give an unspecified index.
+    /// </summary>
+    public void ArgMaxRows(ArrayView<float> x, int rows, int cols, ArrayView<int> result)
+    {
+        CheckRows(rows, cols, x.Length, nameof(x));
+        Require(rows == 0 || cols >= 1, $"cols ({cols}) must be at least 1.");
+        Require(result.Length >= rows, $"result has {result.Length} elements, fewer than rows ({rows}).");
+        if (rows > 0) _argMaxRows.Value(RowConfig(rows), x, result, cols);
+    }
+
+    private KernelConfig RowConfig(int rows) => new(rows, RowGroupSize);
+
+    private static void CheckRowOp(int rows, int dim, long srcLength, long dstLength, long weightLength)
+    {
+        CheckRows(rows, dim, srcLength, "src");
+        CheckRows(rows, dim, dstLength, "dst");
+        Require(rows == 0 || weightLength >= dim, $"weight has {weightLength} elements, fewer than dim {dim}.");
+    }
+
+    private static void CheckRows(int rows, int rowLen, long length, string name)
+    {
+        Require(rows >= 0 && rowLen >= 0, $"rows ({rows}) and row length ({rowLen}) must not be negative.");
+        Require((long)rows * rowLen <= length, $"{name} has {length} elements, fewer than {rows} × {rowLen}.");
+    }
+
+    private static void Require(bool condition, string message)
+    {
+        if (!condition) throw new ArgumentException(message);
+    }
 
     private static void Launch<T1>(Action<Index1D, T1> k, long n, T1 a) where T1 : struct
     { if (n > 0) k(Extent(n), a); }
