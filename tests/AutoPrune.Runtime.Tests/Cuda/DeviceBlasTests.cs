@@ -2,6 +2,7 @@ using AutoPrune.Compute.Cuda;
 using ILGPU;
 using ILGPU.Runtime;
 using Xunit;
+using Half = System.Half;
 
 namespace AutoPrune.Tests.Cuda;
 
@@ -119,7 +120,7 @@ public sealed class DeviceBlasTests(IlgpuCpuFixture fx) : IClassFixture<IlgpuCpu
     {
         using var blas = new DeviceBlas(new HostGemmExecutor(Acc));
         using var a = Acc.Allocate1D<ushort>(10);
-        using var w = Acc.Allocate1D<ushort>(12);
+        using var w = Acc.Allocate1D<ushort>(15);
         using var c = Acc.Allocate1D<float>(5);
         var e = Assert.Throws<ArgumentException>(() => blas.Linear(a.View, 2, 5, w.View, 3, c.View));
         Assert.Contains("output", e.Message);

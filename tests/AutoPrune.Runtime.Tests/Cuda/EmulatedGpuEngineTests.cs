@@ -51,7 +51,7 @@ public sealed class EmulatedGpuEngineTests(EmulatedGpuModelFixture gpu, PublicMo
     {
         { PruningMethod.FastV, 128 }, { PruningMethod.PDrop, 128 }, { PruningMethod.SparseVLM, 192 },
         { PruningMethod.VisionZip, 128 }, { PruningMethod.AdaptPrune, 128 }, { PruningMethod.AutoPrune, 128 },
-        { PruningMethod.AutoPrune, 64 },
+        { PruningMethod.AutoPrune, 96 }, { PruningMethod.FastV, 96 },
     };
 
     [Theory]
@@ -76,11 +76,11 @@ public sealed class EmulatedGpuEngineTests(EmulatedGpuModelFixture gpu, PublicMo
         using (var auto = VisionLanguageModel.Load(TestData.ModelDir, new ModelOptions { Device = "auto" }))
         {
             // No NVIDIA driver on the test machines: auto falls back to the CPU (a GPU machine would pick cuda:0).
-            if (!Compute.Cuda.CudaDevice.Probe(0).Usable) Assert.Equal("cpu", auto.Info.Device);
+            if (!AutoPrune.Compute.Cuda.CudaDevice.Probe(0).Usable) Assert.Equal("cpu", auto.Info.Device);
             else Assert.StartsWith("cuda:0", auto.Info.Device);
         }
         Assert.StartsWith("ILGPU CPU accelerator", gpu.Model.Info.Device);
-        if (!Compute.Cuda.CudaDevice.Probe(0).Usable)
+        if (!AutoPrune.Compute.Cuda.CudaDevice.Probe(0).Usable)
         {
             var e = Assert.Throws<NotSupportedException>(() => VisionLanguageModel.Load(TestData.ModelDir, new ModelOptions { Device = "cuda:0" }));
             Assert.Contains("cuda:0", e.Message);

@@ -4,6 +4,13 @@ using ILGPU.Runtime;
 
 namespace AutoPrune.Compute.Cuda;
 
+/// <summary>
+/// Grid-stride range of an element-wise kernel: thread t handles elements t, t + Stride, ... below Count. On a GPU
+/// Stride is the launch size (up to a few million threads, so usually one element each); on ILGPU's CPU accelerator,
+/// where every emulated thread is costly, a few hundred threads each take a long run of elements.
+/// </summary>
+internal readonly record struct ElementRange(long Count, int Stride);
+
 /// <summary>Shapes of an attention launch (passed to the kernel by value).</summary>
 /// <param name="Nq">Query rows in this launch.</param>
 /// <param name="Nk">Valid keys in the KV buffer (the cache length including the new rows).</param>
@@ -48,10 +55,13 @@ internal static class CudaKernels
     // ---------------------------------------------------------------- kernels (device code)
 
     /// <summary>dst[r, :] = table[ids[r], :]; one thread per output element.</summary>
-    internal static void EmbeddingGatherKernel(Index1D i, ArrayView<float> table, ArrayView<int> ids, ArrayView<float> dst, int dim)
+    internal static void EmbeddingGatherKernel(Index1D t, ArrayView<float> table, ArrayView<int> ids, ArrayView<float> dst, int dim, ElementRange range)
     {
-        long r = i / dim, c = i % dim;
-        dst[i] = table[(long)ids[r] * dim + c];
+        for (long i = t; i < range.Count; i += range.Stride)
+        {
+            long r = i / dim, c = i % dim;
+            dst[i] = table[(long)ids[r] * dim + c];
+        }
     }
 
     /// <summary>Llama RMSNorm, one thread per row: dst = (x / sqrt(mean(x²) + eps)) * weight.</summary>
@@ -81,57 +91,72 @@ internal static class CudaKernels
     /// Rotate-half RoPE in place on x ([rows, heads*headDim]); one thread per (row, head, i &lt; headDim/2).
     /// cos/sin: [maxPositions, headDim/2] tables (<see cref="RopeTables"/>), positions: one id per row.
     /// </summary>
-    internal static void RopeKernel(Index1D t, ArrayView<float> x, ArrayView<int> positions, ArrayView<float> cos, ArrayView<float> sin, int heads, int headDim)
+    internal static void RopeKernel(Index1D t0, ArrayView<float> x, ArrayView<int> positions, ArrayView<float> cos, ArrayView<float> sin, int heads, int headDim, ElementRange range)
     {
-        int half = headDim / 2;
-        long perRow = (long)heads * half;
-        long r = t / perRow;
-        long rem = t % perRow;
-        long h = rem / half, i = rem % half;
-        long tab = (long)positions[r] * half + i;
-        float c = cos[tab], s = sin[tab];
-        long b = r * heads * headDim + h * headDim + i;
-        float x1 = x[b], x2 = x[b + half];
-        x[b] = x1 * c - x2 * s;
-        x[b + half] = x2 * c + x1 * s;
+        for (long t = t0; t < range.Count; t += range.Stride)
+        {
+            int half = headDim / 2;
+            long perRow = (long)heads * half;
+            long r = t / perRow;
+            long rem = t % perRow;
+            long h = rem / half, i = rem % half;
+            long tab = (long)positions[r] * half + i;
+            float c = cos[tab], s = sin[tab];
+            long b = r * heads * headDim + h * headDim + i;
+            float x1 = x[b], x2 = x[b + half];
+            x[b] = x1 * c - x2 * s;
+            x[b + half] = x2 * c + x1 * s;
+        }
     }
 
     /// <summary>CLIP quick GELU in place: x * sigmoid(1.702 x).</summary>
-    internal static void QuickGeluKernel(Index1D i, ArrayView<float> x)
+    internal static void QuickGeluKernel(Index1D t, ArrayView<float> x, ElementRange range)
     {
-        float v = x[i];
-        x[i] = v / (1f + XMath.Exp(-1.702f * v));
+        for (long i = t; i < range.Count; i += range.Stride)
+        {
+            float v = x[i];
+            x[i] = v / (1f + XMath.Exp(-1.702f * v));
+        }
     }
 
     /// <summary>
     /// Exact GELU in place, 0.5 x (1 + erf(x/√2)), with the same Chebyshev erfc fit as <see cref="Cpu.CpuOps.Erf"/>,
     /// evaluated in fp32 and in the erfc form so that 1 + erf(x) for negative x has no cancellation.
     /// </summary>
-    internal static void GeluKernel(Index1D i, ArrayView<float> x)
+    internal static void GeluKernel(Index1D t0, ArrayView<float> x, ElementRange range)
     {
-        float v = x[i];
-        float z = XMath.Abs(v * 0.70710678118654752f);
-        float t = 1f / (1f + 0.5f * z);
-        float r = t * XMath.Exp(-z * z - 1.26551223f + t * (1.00002368f + t * (0.37409196f + t * (0.09678418f +
-            t * (-0.18628806f + t * (0.27886807f + t * (-1.13520398f + t * (1.48851587f +
-            t * (-0.82215223f + t * 0.17087277f)))))))));
-        // 1 + erf(y) = 2 - erfc(|y|) for y >= 0, erfc(|y|) for y < 0.
-        float onePlusErf = v >= 0 ? 2f - r : r;
-        x[i] = 0.5f * v * onePlusErf;
+        for (long i = t0; i < range.Count; i += range.Stride)
+        {
+            float v = x[i];
+            float z = XMath.Abs(v * 0.70710678118654752f);
+            float t = 1f / (1f + 0.5f * z);
+            float r = t * XMath.Exp(-z * z - 1.26551223f + t * (1.00002368f + t * (0.37409196f + t * (0.09678418f +
+                t * (-0.18628806f + t * (0.27886807f + t * (-1.13520398f + t * (1.48851587f +
+                t * (-0.82215223f + t * 0.17087277f)))))))));
+            // 1 + erf(y) = 2 - erfc(|y|) for y >= 0, erfc(|y|) for y < 0.
+            float onePlusErf = v >= 0 ? 2f - r : r;
+            x[i] = 0.5f * v * onePlusErf;
+        }
     }
 
     /// <summary>SiLU in place: x * sigmoid(x).</summary>
-    internal static void SiluKernel(Index1D i, ArrayView<float> x)
+    internal static void SiluKernel(Index1D t, ArrayView<float> x, ElementRange range)
     {
-        float v = x[i];
-        x[i] = v / (1f + XMath.Exp(-v));
+        for (long i = t; i < range.Count; i += range.Stride)
+        {
+            float v = x[i];
+            x[i] = v / (1f + XMath.Exp(-v));
+        }
     }
 
     /// <summary>gate = silu(gate) * up, in place in gate.</summary>
-    internal static void SiluMulKernel(Index1D i, ArrayView<float> gate, ArrayView<float> up)
+    internal static void SiluMulKernel(Index1D t, ArrayView<float> gate, ArrayView<float> up, ElementRange range)
     {
-        float g = gate[i];
-        gate[i] = g / (1f + XMath.Exp(-g)) * up[i];
+        for (long i = t; i < range.Count; i += range.Stride)
+        {
+            float g = gate[i];
+            gate[i] = g / (1f + XMath.Exp(-g)) * up[i];
+        }
     }
 
     /// <summary>Numerically stable softmax over each row of x ([rows, cols]) in place; one thread per row.</summary>
@@ -210,16 +235,22 @@ internal static class CudaKernels
     }
 
     /// <summary>dst[r, :] = src[keep[r], :] ([rows, rowLen]); dst must not overlap src.</summary>
-    internal static void RowGatherKernel(Index1D i, ArrayView<float> src, ArrayView<int> keep, ArrayView<float> dst, int rowLen)
+    internal static void RowGatherKernel(Index1D t, ArrayView<float> src, ArrayView<int> keep, ArrayView<float> dst, int rowLen, ElementRange range)
     {
-        long r = i / rowLen, c = i % rowLen;
-        dst[i] = src[(long)keep[r] * rowLen + c];
+        for (long i = t; i < range.Count; i += range.Stride)
+        {
+            long r = i / rowLen, c = i % rowLen;
+            dst[i] = src[(long)keep[r] * rowLen + c];
+        }
     }
 
     /// <summary>cache[startRow + r, :] = src[r, :] (rows of length rowLen).</summary>
-    internal static void KvAppendKernel(Index1D i, ArrayView<float> cache, ArrayView<float> src, int startRow, int rowLen)
+    internal static void KvAppendKernel(Index1D t, ArrayView<float> cache, ArrayView<float> src, int startRow, int rowLen, ElementRange range)
     {
-        cache[(long)startRow * rowLen + i] = src[i];
+        for (long i = t; i < range.Count; i += range.Stride)
+        {
+            cache[(long)startRow * rowLen + i] = src[i];
+        }
     }
 
     /// <summary>result[r] = index of the first maximum of row r of x ([rows, cols]); one thread per row.</summary>
@@ -239,33 +270,45 @@ internal static class CudaKernels
     // ---------------------------------------------------------------- element-wise kernels of the fp16 GPU decoder
 
     /// <summary>x[r, c] += bias[c] for x [rows, cols]; one thread per element.</summary>
-    internal static void AddBiasKernel(Index1D i, ArrayView<float> x, ArrayView<float> bias, int cols)
+    internal static void AddBiasKernel(Index1D t, ArrayView<float> x, ArrayView<float> bias, int cols, ElementRange range)
     {
-        x[i] += bias[i % cols];
+        for (long i = t; i < range.Count; i += range.Stride)
+        {
+            x[i] += bias[i % cols];
+        }
     }
 
     /// <summary>x[i] += y[i] (residual add); one thread per element.</summary>
-    internal static void AddKernel(Index1D i, ArrayView<float> x, ArrayView<float> y)
+    internal static void AddKernel(Index1D t, ArrayView<float> x, ArrayView<float> y, ElementRange range)
     {
-        x[i] += y[i];
+        for (long i = t; i < range.Count; i += range.Stride)
+        {
+            x[i] += y[i];
+        }
     }
 
     /// <summary>dst = fp16(silu(gate) * up), element-wise (gate and up unchanged).</summary>
-    internal static void SiluMulToHalfKernel(Index1D i, ArrayView<float> gate, ArrayView<float> up, ArrayView<ushort> dst)
+    internal static void SiluMulToHalfKernel(Index1D t, ArrayView<float> gate, ArrayView<float> up, ArrayView<ushort> dst, ElementRange range)
     {
-        float g = gate[i];
-        dst[i] = FloatToHalfBits(g / (1f + XMath.Exp(-g)) * up[i]);
+        for (long i = t; i < range.Count; i += range.Stride)
+        {
+            float g = gate[i];
+            dst[i] = FloatToHalfBits(g / (1f + XMath.Exp(-g)) * up[i]);
+        }
     }
 
     /// <summary>
     /// dst[r, :] = src[index[r], :] when index[r] &gt;= 0, else extra[-index[r] - 1, :] (rows of rowLen); one thread per
     /// output element. dst must overlap neither src nor extra.
     /// </summary>
-    internal static void RowGatherMixedKernel(Index1D i, ArrayView<float> src, ArrayView<float> extra, ArrayView<int> index, ArrayView<float> dst, int rowLen)
+    internal static void RowGatherMixedKernel(Index1D t, ArrayView<float> src, ArrayView<float> extra, ArrayView<int> index, ArrayView<float> dst, int rowLen, ElementRange range)
     {
-        long r = i / rowLen, c = i % rowLen;
-        int s = index[r];
-        dst[i] = s >= 0 ? src[(long)s * rowLen + c] : extra[(long)(-s - 1) * rowLen + c];
+        for (long i = t; i < range.Count; i += range.Stride)
+        {
+            long r = i / rowLen, c = i % rowLen;
+            int s = index[r];
+            dst[i] = s >= 0 ? src[(long)s * rowLen + c] : extra[(long)(-s - 1) * rowLen + c];
+        }
     }
 
     // ---------------------------------------------------------------- row kernels: one group per row
@@ -404,10 +447,16 @@ internal static class CudaKernels
     /// fp32 → IEEE fp16 bits with round-to-nearest-even (as System.Half), done with integer operations so the result
     /// is identical on every accelerator (cuBLAS GEMM inputs are fp16).
     /// </summary>
-    internal static void ToHalfKernel(Index1D i, ArrayView<float> src, ArrayView<ushort> dst) => dst[i] = FloatToHalfBits(src[i]);
+    internal static void ToHalfKernel(Index1D t, ArrayView<float> src, ArrayView<ushort> dst, ElementRange range)
+    {
+        for (long i = t; i < range.Count; i += range.Stride) dst[i] = FloatToHalfBits(src[i]);
+    }
 
     /// <summary>IEEE fp16 bits → fp32 (exact).</summary>
-    internal static void ToFloatKernel(Index1D i, ArrayView<ushort> src, ArrayView<float> dst) => dst[i] = HalfBitsToFloat(src[i]);
+    internal static void ToFloatKernel(Index1D t, ArrayView<ushort> src, ArrayView<float> dst, ElementRange range)
+    {
+        for (long i = t; i < range.Count; i += range.Stride) dst[i] = HalfBitsToFloat(src[i]);
+    }
 
     internal static ushort FloatToHalfBits(float x)
     {
@@ -495,24 +544,24 @@ internal static class CudaKernels
 internal sealed class CudaOps
 {
     private readonly Accelerator _acc;
-    private readonly Lazy<Action<Index1D, ArrayView<float>, ArrayView<int>, ArrayView<float>, int>> _embedding;
+    private readonly Lazy<Action<Index1D, ArrayView<float>, ArrayView<int>, ArrayView<float>, int, ElementRange>> _embedding;
     private readonly Lazy<Action<Index1D, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, float>> _rms;
     private readonly Lazy<Action<Index1D, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, float>> _layerNorm;
-    private readonly Lazy<Action<Index1D, ArrayView<float>, ArrayView<int>, ArrayView<float>, ArrayView<float>, int, int>> _rope;
-    private readonly Lazy<Action<Index1D, ArrayView<float>>> _quickGelu, _gelu, _silu;
-    private readonly Lazy<Action<Index1D, ArrayView<float>, ArrayView<float>>> _siluMul;
+    private readonly Lazy<Action<Index1D, ArrayView<float>, ArrayView<int>, ArrayView<float>, ArrayView<float>, int, int, ElementRange>> _rope;
+    private readonly Lazy<Action<Index1D, ArrayView<float>, ElementRange>> _quickGelu, _gelu, _silu;
+    private readonly Lazy<Action<Index1D, ArrayView<float>, ArrayView<float>, ElementRange>> _siluMul;
     private readonly Lazy<Action<Index1D, ArrayView<float>, int>> _softmax;
     private readonly Lazy<Action<Index1D, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, AttentionShape>> _attention;
     private readonly Lazy<Action<Index1D, ArrayView<float>, ArrayView<float>, ArrayView<int>, ArrayView<float>, AttentionShape, int>> _attentionRows;
-    private readonly Lazy<Action<Index1D, ArrayView<float>, ArrayView<int>, ArrayView<float>, int>> _rowGather;
-    private readonly Lazy<Action<Index1D, ArrayView<float>, ArrayView<float>, int, int>> _kvAppend;
+    private readonly Lazy<Action<Index1D, ArrayView<float>, ArrayView<int>, ArrayView<float>, int, ElementRange>> _rowGather;
+    private readonly Lazy<Action<Index1D, ArrayView<float>, ArrayView<float>, int, int, ElementRange>> _kvAppend;
     private readonly Lazy<Action<Index1D, ArrayView<float>, ArrayView<int>, int>> _argMax;
-    private readonly Lazy<Action<Index1D, ArrayView<float>, ArrayView<ushort>>> _toHalf;
-    private readonly Lazy<Action<Index1D, ArrayView<ushort>, ArrayView<float>>> _toFloat;
-    private readonly Lazy<Action<Index1D, ArrayView<float>, ArrayView<float>, int>> _addBias;
-    private readonly Lazy<Action<Index1D, ArrayView<float>, ArrayView<float>>> _add;
-    private readonly Lazy<Action<Index1D, ArrayView<float>, ArrayView<float>, ArrayView<ushort>>> _siluMulToHalf;
-    private readonly Lazy<Action<Index1D, ArrayView<float>, ArrayView<float>, ArrayView<int>, ArrayView<float>, int>> _rowGatherMixed;
+    private readonly Lazy<Action<Index1D, ArrayView<float>, ArrayView<ushort>, ElementRange>> _toHalf;
+    private readonly Lazy<Action<Index1D, ArrayView<ushort>, ArrayView<float>, ElementRange>> _toFloat;
+    private readonly Lazy<Action<Index1D, ArrayView<float>, ArrayView<float>, int, ElementRange>> _addBias;
+    private readonly Lazy<Action<Index1D, ArrayView<float>, ArrayView<float>, ElementRange>> _add;
+    private readonly Lazy<Action<Index1D, ArrayView<float>, ArrayView<float>, ArrayView<ushort>, ElementRange>> _siluMulToHalf;
+    private readonly Lazy<Action<Index1D, ArrayView<float>, ArrayView<float>, ArrayView<int>, ArrayView<float>, int, ElementRange>> _rowGatherMixed;
     private readonly Lazy<Action<KernelConfig, ArrayView<float>, ArrayView<ushort>, ArrayView<float>, int, float>> _rmsToHalf;
     private readonly Lazy<Action<KernelConfig, ArrayView<float>, ArrayView<ushort>, ArrayView<float>, ArrayView<float>, int, float>> _layerNormToHalf;
     private readonly Lazy<Action<KernelConfig, ArrayView<float>, ArrayView<ushort>, int, int, int, float>> _maskedSoftmaxToHalf;
@@ -524,34 +573,37 @@ internal sealed class CudaOps
     /// of two no larger than <see cref="CudaKernels.MaxRowGroupSize"/> and the accelerator's MaxNumThreadsPerGroup
     /// (tests use this to exercise the reductions at several sizes).
     /// </param>
-    public CudaOps(Accelerator accelerator, int rowGroupSize = 0)
+    public CudaOps(Accelerator accelerator, int rowGroupSize = 0, int maxElementThreads = 0)
     {
         _acc = accelerator;
+        if (maxElementThreads < 0) throw new ArgumentOutOfRangeException(nameof(maxElementThreads), maxElementThreads, "Must be positive (0: the accelerator's default).");
+        MaxElementThreads = maxElementThreads > 0 ? maxElementThreads
+            : accelerator.AcceleratorType == AcceleratorType.CPU ? 64 : 1 << 22;
         int limit = DefaultRowGroupSize(accelerator);
         if (rowGroupSize == 0) rowGroupSize = limit;
         if (rowGroupSize < 1 || rowGroupSize > limit || (rowGroupSize & (rowGroupSize - 1)) != 0)
             throw new ArgumentOutOfRangeException(nameof(rowGroupSize), rowGroupSize, $"Row group size must be a power of two in 1..{limit} on this accelerator.");
         RowGroupSize = rowGroupSize;
-        _embedding = new(() => _acc.LoadAutoGroupedStreamKernel<Index1D, ArrayView<float>, ArrayView<int>, ArrayView<float>, int>(CudaKernels.EmbeddingGatherKernel));
+        _embedding = new(() => _acc.LoadAutoGroupedStreamKernel<Index1D, ArrayView<float>, ArrayView<int>, ArrayView<float>, int, ElementRange>(CudaKernels.EmbeddingGatherKernel));
         _rms = new(() => _acc.LoadAutoGroupedStreamKernel<Index1D, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, float>(CudaKernels.RmsNormKernel));
         _layerNorm = new(() => _acc.LoadAutoGroupedStreamKernel<Index1D, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, float>(CudaKernels.LayerNormKernel));
-        _rope = new(() => _acc.LoadAutoGroupedStreamKernel<Index1D, ArrayView<float>, ArrayView<int>, ArrayView<float>, ArrayView<float>, int, int>(CudaKernels.RopeKernel));
-        _quickGelu = new(() => _acc.LoadAutoGroupedStreamKernel<Index1D, ArrayView<float>>(CudaKernels.QuickGeluKernel));
-        _gelu = new(() => _acc.LoadAutoGroupedStreamKernel<Index1D, ArrayView<float>>(CudaKernels.GeluKernel));
-        _silu = new(() => _acc.LoadAutoGroupedStreamKernel<Index1D, ArrayView<float>>(CudaKernels.SiluKernel));
-        _siluMul = new(() => _acc.LoadAutoGroupedStreamKernel<Index1D, ArrayView<float>, ArrayView<float>>(CudaKernels.SiluMulKernel));
+        _rope = new(() => _acc.LoadAutoGroupedStreamKernel<Index1D, ArrayView<float>, ArrayView<int>, ArrayView<float>, ArrayView<float>, int, int, ElementRange>(CudaKernels.RopeKernel));
+        _quickGelu = new(() => _acc.LoadAutoGroupedStreamKernel<Index1D, ArrayView<float>, ElementRange>(CudaKernels.QuickGeluKernel));
+        _gelu = new(() => _acc.LoadAutoGroupedStreamKernel<Index1D, ArrayView<float>, ElementRange>(CudaKernels.GeluKernel));
+        _silu = new(() => _acc.LoadAutoGroupedStreamKernel<Index1D, ArrayView<float>, ElementRange>(CudaKernels.SiluKernel));
+        _siluMul = new(() => _acc.LoadAutoGroupedStreamKernel<Index1D, ArrayView<float>, ArrayView<float>, ElementRange>(CudaKernels.SiluMulKernel));
         _softmax = new(() => _acc.LoadAutoGroupedStreamKernel<Index1D, ArrayView<float>, int>(CudaKernels.SoftmaxKernel));
         _attention = new(() => _acc.LoadAutoGroupedStreamKernel<Index1D, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, AttentionShape>(CudaKernels.AttentionKernel));
         _attentionRows = new(() => _acc.LoadAutoGroupedStreamKernel<Index1D, ArrayView<float>, ArrayView<float>, ArrayView<int>, ArrayView<float>, AttentionShape, int>(CudaKernels.AttentionRowsKernel));
-        _rowGather = new(() => _acc.LoadAutoGroupedStreamKernel<Index1D, ArrayView<float>, ArrayView<int>, ArrayView<float>, int>(CudaKernels.RowGatherKernel));
-        _kvAppend = new(() => _acc.LoadAutoGroupedStreamKernel<Index1D, ArrayView<float>, ArrayView<float>, int, int>(CudaKernels.KvAppendKernel));
+        _rowGather = new(() => _acc.LoadAutoGroupedStreamKernel<Index1D, ArrayView<float>, ArrayView<int>, ArrayView<float>, int, ElementRange>(CudaKernels.RowGatherKernel));
+        _kvAppend = new(() => _acc.LoadAutoGroupedStreamKernel<Index1D, ArrayView<float>, ArrayView<float>, int, int, ElementRange>(CudaKernels.KvAppendKernel));
         _argMax = new(() => _acc.LoadAutoGroupedStreamKernel<Index1D, ArrayView<float>, ArrayView<int>, int>(CudaKernels.ArgMaxKernel));
-        _toHalf = new(() => _acc.LoadAutoGroupedStreamKernel<Index1D, ArrayView<float>, ArrayView<ushort>>(CudaKernels.ToHalfKernel));
-        _toFloat = new(() => _acc.LoadAutoGroupedStreamKernel<Index1D, ArrayView<ushort>, ArrayView<float>>(CudaKernels.ToFloatKernel));
-        _addBias = new(() => _acc.LoadAutoGroupedStreamKernel<Index1D, ArrayView<float>, ArrayView<float>, int>(CudaKernels.AddBiasKernel));
-        _add = new(() => _acc.LoadAutoGroupedStreamKernel<Index1D, ArrayView<float>, ArrayView<float>>(CudaKernels.AddKernel));
-        _siluMulToHalf = new(() => _acc.LoadAutoGroupedStreamKernel<Index1D, ArrayView<float>, ArrayView<float>, ArrayView<ushort>>(CudaKernels.SiluMulToHalfKernel));
-        _rowGatherMixed = new(() => _acc.LoadAutoGroupedStreamKernel<Index1D, ArrayView<float>, ArrayView<float>, ArrayView<int>, ArrayView<float>, int>(CudaKernels.RowGatherMixedKernel));
+        _toHalf = new(() => _acc.LoadAutoGroupedStreamKernel<Index1D, ArrayView<float>, ArrayView<ushort>, ElementRange>(CudaKernels.ToHalfKernel));
+        _toFloat = new(() => _acc.LoadAutoGroupedStreamKernel<Index1D, ArrayView<ushort>, ArrayView<float>, ElementRange>(CudaKernels.ToFloatKernel));
+        _addBias = new(() => _acc.LoadAutoGroupedStreamKernel<Index1D, ArrayView<float>, ArrayView<float>, int, ElementRange>(CudaKernels.AddBiasKernel));
+        _add = new(() => _acc.LoadAutoGroupedStreamKernel<Index1D, ArrayView<float>, ArrayView<float>, ElementRange>(CudaKernels.AddKernel));
+        _siluMulToHalf = new(() => _acc.LoadAutoGroupedStreamKernel<Index1D, ArrayView<float>, ArrayView<float>, ArrayView<ushort>, ElementRange>(CudaKernels.SiluMulToHalfKernel));
+        _rowGatherMixed = new(() => _acc.LoadAutoGroupedStreamKernel<Index1D, ArrayView<float>, ArrayView<float>, ArrayView<int>, ArrayView<float>, int, ElementRange>(CudaKernels.RowGatherMixedKernel));
         _rmsToHalf = new(() => _acc.LoadStreamKernel<ArrayView<float>, ArrayView<ushort>, ArrayView<float>, int, float>(CudaKernels.RmsNormToHalfKernel));
         _layerNormToHalf = new(() => _acc.LoadStreamKernel<ArrayView<float>, ArrayView<ushort>, ArrayView<float>, ArrayView<float>, int, float>(CudaKernels.LayerNormToHalfKernel));
         _maskedSoftmaxToHalf = new(() => _acc.LoadStreamKernel<ArrayView<float>, ArrayView<ushort>, int, int, int, float>(CudaKernels.ScaledMaskedSoftmaxToHalfKernel));
@@ -572,7 +624,7 @@ internal sealed class CudaOps
     }
 
     public void EmbeddingGather(ArrayView<float> table, ArrayView<int> ids, ArrayView<float> dst, int dim)
-        => Launch(_embedding.Value, ids.Length * dim, table, ids, dst, dim);
+        => LaunchElements(_embedding.Value, ids.Length * dim, table, ids, dst, dim);
 
     public void RmsNorm(ArrayView<float> src, ArrayView<float> dst, int rows, int dim, ArrayView<float> weight, float eps)
         => Launch(_rms.Value, rows, src, dst, weight, dim, eps);
@@ -581,12 +633,12 @@ internal sealed class CudaOps
         => Launch(_layerNorm.Value, rows, src, dst, weight, bias, dim, eps);
 
     public void Rope(ArrayView<float> x, int rows, int heads, int headDim, ArrayView<int> positions, ArrayView<float> cos, ArrayView<float> sin)
-        => Launch(_rope.Value, (long)rows * heads * (headDim / 2), x, positions, cos, sin, heads, headDim);
+        => LaunchElements(_rope.Value, (long)rows * heads * (headDim / 2), x, positions, cos, sin, heads, headDim);
 
-    public void QuickGelu(ArrayView<float> x) => Launch(_quickGelu.Value, x.Length, x);
-    public void Gelu(ArrayView<float> x) => Launch(_gelu.Value, x.Length, x);
-    public void Silu(ArrayView<float> x) => Launch(_silu.Value, x.Length, x);
-    public void SiluMul(ArrayView<float> gate, ArrayView<float> up) => Launch(_siluMul.Value, gate.Length, gate, up);
+    public void QuickGelu(ArrayView<float> x) => LaunchElements(_quickGelu.Value, x.Length, x);
+    public void Gelu(ArrayView<float> x) => LaunchElements(_gelu.Value, x.Length, x);
+    public void Silu(ArrayView<float> x) => LaunchElements(_silu.Value, x.Length, x);
+    public void SiluMul(ArrayView<float> gate, ArrayView<float> up) => LaunchElements(_siluMul.Value, gate.Length, gate, up);
 
     /// <summary>The activations the CPU backend supports through the GPU kernels; others throw.</summary>
     public void Activation(string name, ArrayView<float> x)
@@ -618,20 +670,20 @@ internal sealed class CudaOps
 
     /// <summary>dst[r] = src[keep[r]] for rows of rowLen (pruning hidden states, compacting a KV cache into a second buffer).</summary>
     public void RowGather(ArrayView<float> src, ArrayView<int> keep, ArrayView<float> dst, int rowLen)
-        => Launch(_rowGather.Value, keep.Length * rowLen, src, keep, dst, rowLen);
+        => LaunchElements(_rowGather.Value, keep.Length * rowLen, src, keep, dst, rowLen);
 
     /// <summary>Writes the rows of src into cache from row <paramref name="startRow"/> on.</summary>
     public void KvAppend(ArrayView<float> cache, ArrayView<float> src, int startRow, int rowLen)
     {
         if ((startRow + src.Length / rowLen) * (long)rowLen > cache.Length)
             throw new ArgumentException($"KV append of {src.Length / rowLen} rows at row {startRow} overflows a cache of {cache.Length / rowLen} rows.");
-        Launch(_kvAppend.Value, src.Length, cache, src, startRow, rowLen);
+        LaunchElements(_kvAppend.Value, src.Length, cache, src, startRow, rowLen);
     }
 
     public void ArgMax(ArrayView<float> x, int rows, int cols, ArrayView<int> result) => Launch(_argMax.Value, rows, x, result, cols);
 
-    public void ToHalf(ArrayView<float> src, ArrayView<ushort> dst) => Launch(_toHalf.Value, src.Length, src, dst);
-    public void ToFloat(ArrayView<ushort> src, ArrayView<float> dst) => Launch(_toFloat.Value, src.Length, src, dst);
+    public void ToHalf(ArrayView<float> src, ArrayView<ushort> dst) => LaunchElements(_toHalf.Value, src.Length, src, dst);
+    public void ToFloat(ArrayView<ushort> src, ArrayView<float> dst) => LaunchElements(_toFloat.Value, src.Length, src, dst);
 
     // ---------------------------------------------------------------- fp16 decoder ops
     // Element-wise ops cover the first view; the other views must be at least as long. Row ops check their views hold
@@ -642,14 +694,14 @@ internal sealed class CudaOps
     {
         CheckRows(rows, cols, x.Length, nameof(x));
         Require(rows == 0 || bias.Length >= cols, $"bias has {bias.Length} elements, fewer than cols {cols}.");
-        Launch(_addBias.Value, (long)rows * cols, x, bias, cols);
+        LaunchElements(_addBias.Value, (long)rows * cols, x, bias, cols);
     }
 
     /// <summary>x[i] += y[i] over x (y at least as long as x).</summary>
     public void Add(ArrayView<float> x, ArrayView<float> y)
     {
         Require(y.Length >= x.Length, $"y has {y.Length} elements, fewer than x ({x.Length}).");
-        Launch(_add.Value, x.Length, x, y);
+        LaunchElements(_add.Value, x.Length, x, y);
     }
 
     /// <summary>dst[i] = fp16(silu(gate[i]) * up[i]) over gate (up and dst at least as long).</summary>
@@ -657,7 +709,7 @@ internal sealed class CudaOps
     {
         Require(up.Length >= gate.Length && dst.Length >= gate.Length,
             $"up ({up.Length}) and dst ({dst.Length}) must hold at least gate's {gate.Length} elements.");
-        Launch(_siluMulToHalf.Value, gate.Length, gate, up, dst);
+        LaunchElements(_siluMulToHalf.Value, gate.Length, gate, up, dst);
     }
 
     /// <summary>
@@ -667,7 +719,7 @@ internal sealed class CudaOps
     public void RowGatherMixed(ArrayView<float> src, ArrayView<float> extra, ArrayView<int> index, ArrayView<float> dst, int rowLen)
     {
         CheckRows((int)Math.Min(index.Length, int.MaxValue), rowLen, dst.Length, nameof(dst));
-        Launch(_rowGatherMixed.Value, index.Length * rowLen, src, extra, index, dst, rowLen);
+        LaunchElements(_rowGatherMixed.Value, index.Length * rowLen, src, extra, index, dst, rowLen);
     }
 
     /// <summary>Llama RMSNorm of each row of src ([rows, dim]), rounded to fp16 into dst; one group per row.</summary>
@@ -748,6 +800,31 @@ internal sealed class CudaOps
     private static void Launch<T1, T2, T3, T4, T5, T6>(Action<Index1D, T1, T2, T3, T4, T5, T6> k, long n, T1 a, T2 b, T3 c, T4 d, T5 e, T6 f)
         where T1 : struct where T2 : struct where T3 : struct where T4 : struct where T5 : struct where T6 : struct
     { if (n > 0) k(Extent(n), a, b, c, d, e, f); }
+
+    /// <summary>Threads for an element-wise launch of n elements (grid-stride beyond <see cref="MaxElementThreads"/>).</summary>
+    private ElementRange Range(long n) => new(n, (int)Math.Min(n, MaxElementThreads));
+
+    /// <summary>
+    /// Most threads an element-wise kernel is launched with: 4M on a GPU (one element per thread for any tensor here),
+    /// a few per core on ILGPU's CPU accelerator, where each emulated thread costs microseconds.
+    /// </summary>
+    public int MaxElementThreads { get; }
+
+    private void LaunchElements<T1>(Action<Index1D, T1, ElementRange> k, long n, T1 a) where T1 : struct
+    { if (n > 0) { var r = Range(n); k(Extent(r.Stride), a, r); } }
+    private void LaunchElements<T1, T2>(Action<Index1D, T1, T2, ElementRange> k, long n, T1 a, T2 b) where T1 : struct where T2 : struct
+    { if (n > 0) { var r = Range(n); k(Extent(r.Stride), a, b, r); } }
+    private void LaunchElements<T1, T2, T3>(Action<Index1D, T1, T2, T3, ElementRange> k, long n, T1 a, T2 b, T3 c) where T1 : struct where T2 : struct where T3 : struct
+    { if (n > 0) { var r = Range(n); k(Extent(r.Stride), a, b, c, r); } }
+    private void LaunchElements<T1, T2, T3, T4>(Action<Index1D, T1, T2, T3, T4, ElementRange> k, long n, T1 a, T2 b, T3 c, T4 d)
+        where T1 : struct where T2 : struct where T3 : struct where T4 : struct
+    { if (n > 0) { var r = Range(n); k(Extent(r.Stride), a, b, c, d, r); } }
+    private void LaunchElements<T1, T2, T3, T4, T5>(Action<Index1D, T1, T2, T3, T4, T5, ElementRange> k, long n, T1 a, T2 b, T3 c, T4 d, T5 e)
+        where T1 : struct where T2 : struct where T3 : struct where T4 : struct where T5 : struct
+    { if (n > 0) { var r = Range(n); k(Extent(r.Stride), a, b, c, d, e, r); } }
+    private void LaunchElements<T1, T2, T3, T4, T5, T6>(Action<Index1D, T1, T2, T3, T4, T5, T6, ElementRange> k, long n, T1 a, T2 b, T3 c, T4 d, T5 e, T6 f)
+        where T1 : struct where T2 : struct where T3 : struct where T4 : struct where T5 : struct where T6 : struct
+    { if (n > 0) { var r = Range(n); k(Extent(r.Stride), a, b, c, d, e, f, r); } }
 
     private static Index1D Extent(long n)
     {

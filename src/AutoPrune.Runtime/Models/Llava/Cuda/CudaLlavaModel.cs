@@ -120,7 +120,8 @@ internal sealed class CudaLlavaModel : ILlavaBackend
         CpuOps.Activation(_vcfg.HiddenAct, Span<float>.Empty);
         var acc = device.Accelerator;
         Memory = new DeviceArena(acc);
-        Ops = new CudaOps(acc);
+        // On ILGPU's CPU accelerator every emulated thread and barrier costs microseconds: one thread per row group.
+        Ops = new CudaOps(acc, rowGroupSize: device.IsCuda ? 0 : 1);
         try
         {
             Blas = new DeviceBlas(device.IsCuda ? new CuBlasExecutor((CudaAccelerator)acc) : new HostGemmExecutor(acc));
