@@ -163,4 +163,31 @@ public sealed class SecondCheckpointTests : IDisposable
             Assert.True(a.TokenIds.Count > 0);
         }
     }
+
+    /// <summary>
+    /// The GPU code path (Device = "ilgpu-cpu") on the grouped-query bf16 checkpoint: bf16 rounded to fp16 on upload,
+    /// batched attention with 2 query heads per KV head, the "full" strategy and a positive feature layer. Its greedy
+    /// tokens equal the CPU backend's and its top logits are within fp16 tolerance.
+    /// </summary>
+    [Fact]
+    public async Task GqaCheckpointOnTheGpuCodePathAgreesWithTheCpu()
+    {
+        var dir = WriteCheckpoint("gqa-bf16-gpu", gqa: true);
+        using var cpu = VisionLanguageModel.Load(dir, new ModelOptions { Device = "cpu" });
+        using var gpu = VisionLanguageModel.Load(dir, new ModelOptions { Device = "ilgpu-cpu" });
+        foreach (var row in TestData.Dev.Take(2))
+        {
+            var request = VisionRequest.Create(row.Question, ImageInput.FromFile(TestData.Image(row.Image))) with
+            { Generation = new GenerationOptions { MaxNewTokens = 6 } };
+            var a = await gpu.AskAsync(request);
+            var b = await cpu.AskAsync(request);
+            Assert.Equal(b.TokenIds, a.TokenIds);
+            Assert.Equal(b.TopLogits[0].Id, a.TopLogits[0].Id);
+            for (int i = 0; i < 5; i++)
+            {
+                var match = a.TopLogits.Where(t => t.Id == b.TopLogits[i].Id).ToList();
+                if (match.Count == 1) Assert.Equal(b.TopLogits[i].Logit, match[0].Logit, 2e-2);
+            }
+        }
+    }
 }
