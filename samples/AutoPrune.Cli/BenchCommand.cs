@@ -41,10 +41,10 @@ public static class BenchCommand
             if (warm < 0) throw new ArgumentException("--warmup must be 0 or more.");
             if (parse.GetValue(speed) || parse.GetValue(random) is not null)
             {
-                var methodList = parse.GetResult(methods) is null
+                var methodList = !Given(parse, methods)
                     ? [PruningMethod.FastV, PruningMethod.AutoPrune]
                     : EvalCommand.ParseMethods(parse.GetValue(methods)!).Select(CommonOptions.ParseMethod).Where(m => m != PruningMethod.None).ToList();
-                var budgetList = parse.GetResult(budgets) is null ? [192, 128, 64] : EvalCommand.ParseBudgets(parse.GetValue(budgets)!);
+                var budgetList = !Given(parse, budgets) ? [192, 128, 64] : EvalCommand.ParseBudgets(parse.GetValue(budgets)!);
                 var options = new AutoPrune.Diagnostics.SpeedBenchmarkOptions
                 {
                     ModelDirectory = parse.GetValue(random) is null ? parse.GetValue(model) : null,
@@ -52,8 +52,8 @@ public static class BenchCommand
                     Device = parse.GetValue(device)!,
                     Methods = methodList,
                     Budgets = budgetList,
-                    Repeats = parse.GetResult(repeats) is null ? 5 : reps,
-                    Warmup = parse.GetResult(warmup) is null ? 1 : warm,
+                    Repeats = !Given(parse, repeats) ? 5 : reps,
+                    Warmup = !Given(parse, warmup) ? 1 : warm,
                     DecodeTokens = parse.GetValue(decodeTokens),
                 };
                 var progress = new Progress<string>(m => CommonOptions.Err.MarkupLine(Markup.Escape($"bench: {m}")));
@@ -80,6 +80,9 @@ public static class BenchCommand
         return cmd;
     }
 
+    /// <summary>Whether the user typed the option (not just its default).</summary>
+    private static bool Given(ParseResult parse, Option option) => parse.GetResult(option) is { Implicit: false };
+
     private static void WriteJson<T>(FileInfo? f, T doc)
     {
         if (f is null) return;
@@ -102,12 +105,14 @@ public static class SpeedPrinter
             t.AddColumn(new TableColumn(h).RightAligned());
         t.AddRow("vision tower", "", "", "", "", F(r.VisionTowerMs), "", "", "", "");
         t.AddRow("projector", "", "", "", "", F(r.ProjectorMs), "", "", "", "");
-        foreach (var p in r.Prefill)
+        foreach (var p in r.Prefill.Where(p => p.Skipped is null))
             t.AddRow("prefill", p.Method, F(p.Budget, "0.###"), F(p.AvgVisualTokensPerLayer, "F1"), p.PromptTokens.ToString(CultureInfo.InvariantCulture),
                 F(p.PrefillMs), F(p.PrefillMsMin), F(p.MsPerLayer, "F3"), F(p.FlopsRatio * 100, "F1") + "%", F(p.SpeedupVsUnpruned) + "×");
         t.AddRow("decode", "none", "", "", "", F(r.DecodeMsPerToken), "", "", "", $"{F(1000 / r.DecodeMsPerToken, "F0")} tok/s");
         console.Write(t);
         string mem = r.PeakDeviceMemoryMb is double pk ? $"peak device memory {F(pk, "F0")} MB (weights {F(r.WeightsDeviceMemoryMb ?? 0, "F0")} MB; our buffers, without the CUDA context and cuBLAS workspace); " : "";
+        foreach (var p in r.Prefill.Where(p => p.Skipped is not null))
+            console.MarkupLine(Markup.Escape($"skipped {p.Method} at {p.Budget}: {p.Skipped}"));
         console.MarkupLine(Markup.Escape($"Medians over {r.Repeats} runs after {r.Warmup} warm-up; decode over {r.DecodeTokens} tokens; {mem}peak working set {F(r.PeakWorkingSetMb, "F0")} MB."));
     }
 }

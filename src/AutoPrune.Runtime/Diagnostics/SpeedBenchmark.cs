@@ -37,8 +37,9 @@ public sealed record SpeedBenchmarkOptions
 }
 
 /// <summary>One prefill configuration's timing (medians over the repeats).</summary>
+/// <param name="Skipped">Why this method cannot run at this budget on this model (then the timings are NaN).</param>
 public sealed record PrefillTiming(string Method, double Budget, double AvgVisualTokensPerLayer, int PromptTokens,
-    double PrefillMs, double PrefillMsMin, double MsPerLayer, double FlopsRatio, double SpeedupVsUnpruned);
+    double PrefillMs, double PrefillMsMin, double MsPerLayer, double FlopsRatio, double SpeedupVsUnpruned, string? Skipped = null);
 
 /// <summary>Everything one <see cref="SpeedBenchmark.Run"/> measured, in one run on one device.</summary>
 public sealed record SpeedReport(
@@ -65,7 +66,7 @@ public static class SpeedBenchmark
         if (o.TextTokensBefore < 1 || o.TextTokensAfter < 1) throw new ArgumentOutOfRangeException(nameof(o), "Text token counts must be at least 1.");
         var sw = Stopwatch.StartNew();
         var (model, weights, name) = LoadBackend(o, progress);
-        using var _ = model;
+        using var owned = model;
         double loadSeconds = sw.Elapsed.TotalSeconds;
         double? weightsMb = model is CudaLlavaModel g0 ? g0.Memory.CurrentBytes / 1048576.0 : null;
         var cfg = model.Config;
@@ -99,28 +100,52 @@ public static class SpeedBenchmark
 
         // Prefill: the unpruned reference first, then each method at each budget.
         var prefill = new List<PrefillTiming>();
+        // (None at a smaller budget feeds only that many visual tokens: the cost floor of a prompt that short.)
         var combos = new List<(PruningMethod Method, double Budget)> { (PruningMethod.None, model.TokensPerImage) };
         foreach (var b in o.Budgets)
+        {
+            if (b < model.TokensPerImage) combos.Add((PruningMethod.None, b));
             foreach (var m in o.Methods.Where(m => m != PruningMethod.None))
                 combos.Add((m, b));
+        }
         double reference = double.NaN;
         foreach (var (method, budget) in combos)
         {
             progress?.Report($"prefill {method} at {budget}");
             var options = new PruningOptions { Method = method, Budget = budget };
+            var runIds = ids;
+            var runProjected = projected;
+            var runShape = shape;
+            if (method == PruningMethod.None && budget < model.TokensPerImage)
+            {
+                int keep = Math.Max(1, (int)Math.Round(budget));
+                runIds = ShortenImageRun(ids, cfg.ImageTokenIndex, keep);
+                runProjected = projected.AsSpan(0, keep * model.Hidden).ToArray();
+                runShape = shape with { VisualTokens = keep };
+            }
+            try { _ = new PruningSession(shape, options, 1); }
+            catch (InfeasibleBudgetException e)
+            {
+                prefill.Add(new PrefillTiming(method.ToString(), budget, double.NaN, ids.Length, double.NaN, double.NaN, double.NaN, double.NaN, double.NaN, e.Message));
+                continue;
+            }
             var times = new List<double>();
             PruningReport? report = null;
             int promptTokens = 0;
             for (int r = 0; r < o.Warmup + o.Repeats; r++)
             {
                 ct.ThrowIfCancellationRequested();
-                var (ms, rep, n) = TimePrefill(model, shape, options, ids, vision, projected);
+                var (ms, rep, n) = TimePrefill(model, runShape, options, runIds, vision, runProjected);
                 if (r >= o.Warmup) { times.Add(ms); report = rep; promptTokens = n; }
             }
             double med = Median(times);
-            if (method == PruningMethod.None) reference = med;
-            prefill.Add(new PrefillTiming(method.ToString(), budget, Math.Round(report!.AvgVisualTokensProcessed, 2), promptTokens,
-                Math.Round(med, 3), Math.Round(times.Min(), 3), Math.Round(med / shape.Layers, 4), Math.Round(report.FlopsRatio, 4),
+            if (method == PruningMethod.None && runIds == ids) reference = med;
+            double avg = runIds == ids ? report!.AvgVisualTokensProcessed : runIds.Count(t => t == cfg.ImageTokenIndex);
+            int prefix = Array.IndexOf(ids, cfg.ImageTokenIndex), text = ids.Length - prefix - model.TokensPerImage;
+            double flops = runIds == ids ? report!.FlopsRatio
+                : FlopsModel.Ratio(shape, prefix, text, Enumerable.Repeat((int)avg, shape.Layers).ToArray());
+            prefill.Add(new PrefillTiming(runIds == ids ? method.ToString() : "None (input cut)", budget, Math.Round(avg, 2), promptTokens,
+                Math.Round(med, 3), Math.Round(times.Min(), 3), Math.Round(med / shape.Layers, 4), Math.Round(flops, 4),
                 Math.Round(reference / med, 2)));
         }
 
@@ -161,6 +186,13 @@ public static class SpeedBenchmark
         gen.Prefill(state, session.NeedsDecoderHook ? session : null, CancellationToken.None);
         double ms = sw.Elapsed.TotalMilliseconds;
         return (ms, session.Finish(state, textTokens), ids.Length);
+    }
+
+    /// <summary>The prompt with its image run cut to its first <paramref name="count"/> tokens.</summary>
+    private static int[] ShortenImageRun(int[] ids, int imageToken, int count)
+    {
+        int first = Array.IndexOf(ids, imageToken), last = Array.LastIndexOf(ids, imageToken);
+        return [.. ids.AsSpan(0, first), .. Enumerable.Repeat(imageToken, count), .. ids.AsSpan(last + 1)];
     }
 
     /// <summary>BOS, random text ids, the image run, random text ids (never the image token).</summary>
