@@ -97,7 +97,7 @@ public static class SpeedPrinter
 {
     public static void Print(IAnsiConsole console, AutoPrune.Diagnostics.SpeedReport r)
     {
-        static string F(double x, string fmt = "F2") => x.ToString(fmt, CultureInfo.InvariantCulture);
+        static string F(double? x, string fmt = "F2") => x is double v ? v.ToString(fmt, CultureInfo.InvariantCulture) : "–";
         if (Console.IsOutputRedirected && console.Profile.Width < 160) console.Profile.Width = 160;
         console.MarkupLine(Markup.Escape($"{r.Model} ({r.Weights}) on {r.Device}: {r.DecoderLayers} decoder layers, {r.VisualTokens} visual tokens; loaded in {F(r.LoadSeconds, "F1")} s"));
         var t = new Table().Border(TableBorder.Rounded).AddColumn("Stage").AddColumn("Method");

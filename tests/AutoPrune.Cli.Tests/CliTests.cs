@@ -225,4 +225,49 @@ public class CommandTests
         }
         Assert.True(doc.RootElement.GetProperty("vision_ms_uncached").GetDouble() > 0);
     }
+    /// <summary>Synthetic stage timings on generated weights, through the GPU code path on ILGPU's CPU accelerator.</summary>
+    [Fact]
+    public async Task Bench_speed_with_random_weights_times_every_stage_on_the_gpu_code_path()
+    {
+        var outFile = Path.Combine(Repo.TempDir(), "speed.json");
+        int rc = await Repo.Cli().Parse(["bench", "--random-weights", "tiny-test", "--device", "ilgpu-cpu", "--budgets", "192,64",
+            "--repeats", "1", "--warmup", "0", "--decode-tokens", "2", "--out", outFile]).InvokeAsync();
+        Assert.Equal(0, rc);
+        using var doc = JsonDocument.Parse(File.ReadAllText(outFile));
+        var root = doc.RootElement;
+        Assert.StartsWith("ILGPU CPU accelerator", root.GetProperty("device").GetString());
+        Assert.Equal("tiny-test", root.GetProperty("model").GetString());
+        Assert.True(root.GetProperty("vision_tower_ms").GetDouble() > 0);
+        Assert.True(root.GetProperty("decode_ms_per_token").GetDouble() > 0);
+        Assert.True(root.GetProperty("peak_device_memory_mb").GetDouble() > root.GetProperty("weights_device_memory_mb").GetDouble());
+        var rows = root.GetProperty("prefill").EnumerateArray().ToList();
+        Assert.Equal(["None", "None (input cut)", "FastV", "AutoPrune", "None (input cut)", "FastV", "AutoPrune"], rows.Select(r => r.GetProperty("method").GetString()));
+        Assert.Equal(576, rows[0].GetProperty("avg_visual_tokens_per_layer").GetDouble());
+        Assert.Equal(1.0, rows[0].GetProperty("speedup_vs_unpruned").GetDouble());
+        Assert.Equal(192, rows[1].GetProperty("avg_visual_tokens_per_layer").GetDouble());
+        foreach (var r in rows.Skip(2).Take(2))
+        {
+            Assert.InRange(r.GetProperty("avg_visual_tokens_per_layer").GetDouble(), 191, 192);
+            Assert.True(r.GetProperty("prefill_ms").GetDouble() > 0);
+            Assert.InRange(r.GetProperty("flops_ratio").GetDouble(), 0.2, 0.4);
+        }
+        // 64 is below what FastV and AutoPrune can reach on 8 layers: skipped with the reason, not a failure.
+        Assert.Contains("smallest feasible budget", rows[5].GetProperty("skipped").GetString());
+        Assert.Equal(JsonValueKind.Null, rows[6].GetProperty("prefill_ms").ValueKind);
+    }
+
+    [Fact]
+    public async Task Bench_speed_refuses_a_13b_model_on_the_cpu_before_generating_it()
+    {
+        // 13.3 billion parameters are 53 GB as fp32; on a machine with that much memory the refusal does not apply.
+        if (GC.GetGCMemoryInfo().TotalAvailableMemoryBytes * 0.9 > 53.4e9) return;
+        var err = new StringWriter();
+        var old = Console.Error;
+        Console.SetError(err);
+        int rc;
+        try { rc = await Repo.Cli().Parse(["bench", "--random-weights", "llava-1.5-13b", "--device", "cpu"]).InvokeAsync(); }
+        finally { Console.SetError(old); }
+        Assert.Equal(1, rc);
+        Assert.Contains("more than the", err.ToString());
+    }
 }

@@ -37,9 +37,9 @@ public sealed record SpeedBenchmarkOptions
 }
 
 /// <summary>One prefill configuration's timing (medians over the repeats).</summary>
-/// <param name="Skipped">Why this method cannot run at this budget on this model (then the timings are NaN).</param>
-public sealed record PrefillTiming(string Method, double Budget, double AvgVisualTokensPerLayer, int PromptTokens,
-    double PrefillMs, double PrefillMsMin, double MsPerLayer, double FlopsRatio, double SpeedupVsUnpruned, string? Skipped = null);
+/// <param name="Skipped">Why this method cannot run at this budget on this model (then the measurements are null).</param>
+public sealed record PrefillTiming(string Method, double Budget, double? AvgVisualTokensPerLayer, int PromptTokens,
+    double? PrefillMs, double? PrefillMsMin, double? MsPerLayer, double? FlopsRatio, double? SpeedupVsUnpruned, string? Skipped = null);
 
 /// <summary>Everything one <see cref="SpeedBenchmark.Run"/> measured, in one run on one device.</summary>
 public sealed record SpeedReport(
@@ -126,7 +126,7 @@ public static class SpeedBenchmark
             try { _ = new PruningSession(shape, options, 1); }
             catch (InfeasibleBudgetException e)
             {
-                prefill.Add(new PrefillTiming(method.ToString(), budget, double.NaN, ids.Length, double.NaN, double.NaN, double.NaN, double.NaN, double.NaN, e.Message));
+                prefill.Add(new PrefillTiming(method.ToString(), budget, null, ids.Length, null, null, null, null, null, e.Message));
                 continue;
             }
             var times = new List<double>();
