@@ -6,4 +6,5 @@ root.Subcommands.Add(AskCommand.Create());
 root.Subcommands.Add(ExplainCommand.Create());
 root.Subcommands.Add(EvalCommand.Create());
 root.Subcommands.Add(BenchCommand.Create());
+root.Subcommands.Add(VerifyCommand.Create());
 return await root.Parse(args).InvokeAsync();

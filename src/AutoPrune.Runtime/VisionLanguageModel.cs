@@ -154,6 +154,19 @@ public sealed class VisionLanguageModel : IDisposable
         return answer!;
     }
 
+    /// <summary>Answers a request and hands back the full last-position prefill logits (for comparing devices).</summary>
+    internal async Task<(VisionAnswer Answer, float[] PrefillLogits)> AskWithLogitsAsync(VisionRequest request, CancellationToken ct = default)
+    {
+        ObjectDisposedException.ThrowIf(_disposed != 0, this);
+        float[]? captured = null;
+        var prepared = Prepare(request) with { OnPrefillLogits = l => captured = l };
+        VisionAnswer? answer = null;
+        await _gate.WaitAsync(ct).ConfigureAwait(false);
+        try { await Task.Run(() => Run(prepared, c => answer = c.Answer ?? answer, ct), ct).ConfigureAwait(false); }
+        finally { _gate.Release(); }
+        return (answer!, captured!);
+    }
+
     /// <summary>Streams the answer token by token; the last chunk carries the full <see cref="VisionAnswer"/>.</summary>
     public async IAsyncEnumerable<AnswerChunk> StreamAsync(VisionRequest request, [EnumeratorCancellation] CancellationToken ct = default)
     {
@@ -191,7 +204,11 @@ public sealed class VisionLanguageModel : IDisposable
         await producer.ConfigureAwait(false);
     }
 
-    private sealed record Prepared(VisionRequest Request, int[] Ids, int MaxNew, Pruning.PruningOptions Pruning);
+    private sealed record Prepared(VisionRequest Request, int[] Ids, int MaxNew, Pruning.PruningOptions Pruning)
+    {
+        /// <summary>Receives the full last-position prefill logits (device comparisons).</summary>
+        public Action<float[]>? OnPrefillLogits { get; init; }
+    }
 
     private Prepared Prepare(VisionRequest request)
     {
@@ -299,6 +316,7 @@ public sealed class VisionLanguageModel : IDisposable
         int textTokens = ids.Length - (Array.LastIndexOf(ids, imageToken) + 1);
         using var generation = _model.StartGeneration(p.MaxNew);
         var logits = generation.Prefill(state, session.NeedsDecoderHook ? session : null, ct);
+        p.OnPrefillLogits?.Invoke((float[])logits.Clone());
         var report = session.Finish(state, p.Request.Images.Count == 0 ? ids.Length : textTokens);
         var top = Sampler.TopK(logits, 5);
         double prefillMs = sw.Elapsed.TotalMilliseconds;

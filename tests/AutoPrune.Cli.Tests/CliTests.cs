@@ -27,6 +27,7 @@ internal static class Repo
         root.Subcommands.Add(ExplainCommand.Create());
         root.Subcommands.Add(EvalCommand.Create());
         root.Subcommands.Add(BenchCommand.Create());
+root.Subcommands.Add(VerifyCommand.Create());
         return root;
     }
 
@@ -269,5 +270,30 @@ public class CommandTests
         finally { Console.SetError(old); }
         Assert.Equal(1, rc);
         Assert.Contains("more than the", err.ToString());
+    }
+
+    /// <summary>verify: the GPU code path (emulated) against the CPU on dev rows, with a pruning method.</summary>
+    [Fact]
+    public async Task Verify_compares_a_device_with_the_cpu_and_passes_within_the_fp16_tolerance()
+    {
+        var outFile = Path.Combine(Repo.TempDir(), "verify.json");
+        int rc = await Repo.Cli().Parse(["verify", "--device", "ilgpu-cpu", "--data", Path.Combine(Repo.DevDir, "dev.jsonl"), "--limit", "2",
+            "--model", Repo.Model, "--method", "fastv", "--budget", "128", "--max-tokens", "3", "--out", outFile]).InvokeAsync();
+        Assert.Equal(0, rc);
+        using var doc = JsonDocument.Parse(File.ReadAllText(outFile));
+        var r = doc.RootElement;
+        Assert.Equal(2, r.GetProperty("rows").GetInt32());
+        Assert.Equal(2, r.GetProperty("same_answers").GetInt32());
+        Assert.Equal("FastV", r.GetProperty("method").GetString());
+        Assert.InRange(r.GetProperty("max_abs_logit_difference").GetDouble(), 1e-7, 2e-2); // fp16 on one side: never bit-identical
+        Assert.Equal("cpu", r.GetProperty("reference_device").GetString());
+    }
+
+    [Fact]
+    public async Task Verify_with_a_tolerance_no_fp16_device_can_meet_fails_with_exit_code_2()
+    {
+        int rc = await Repo.Cli().Parse(["verify", "--device", "ilgpu-cpu", "--data", Path.Combine(Repo.DevDir, "dev.jsonl"), "--limit", "1",
+            "--model", Repo.Model, "--tolerance", "1e-9", "--max-tokens", "1"]).InvokeAsync();
+        Assert.Equal(2, rc);
     }
 }

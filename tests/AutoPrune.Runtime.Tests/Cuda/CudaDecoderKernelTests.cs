@@ -468,4 +468,27 @@ public abstract class CudaDecoderKernelTests
         Assert.Throws<ArgumentException>(() => Ops.ArgMaxRows(xb.View, 3, 3, ib.View));
         Assert.Throws<ArgumentException>(() => Ops.RowGatherMixed(xb.View, xb.View, ib.View, xb.View, 6));
     }
+
+    /// <summary>The grouped policy-signal kernel equals the CPU's attention rows (any rows, GQA, causal, firstKey).</summary>
+    [Theory]
+    [InlineData(10, 10, 4, 2, 8, true, 0)]
+    [InlineData(10, 10, 4, 2, 8, true, 3)]
+    [InlineData(4, 11, 2, 1, 8, true, 2)]
+    [InlineData(300, 300, 2, 2, 16, true, 0)]
+    [InlineData(37, 37, 3, 3, 8, false, 1)]
+    public void AttentionRowsGroupedMatchesCpu(int nq, int nk, int qHeads, int kvHeads, int hd, bool causal, int firstKey)
+    {
+        var rng = new Random(nq + nk * 7 + firstKey);
+        var q = Rand(rng, nq * qHeads * hd, 2);
+        var k = Rand(rng, nk * kvHeads * hd, 2);
+        int[] rows = nq == 4 ? [3, 0] : [nq - 1, 2, 5, 0];
+        var expected = Attention.Rows(q, k, nq, nk, qHeads, kvHeads, hd, rows, causal, firstKey);
+        using var qb = Acc.Allocate1D(q);
+        using var kb = Acc.Allocate1D(k);
+        using var rb = Acc.Allocate1D(rows);
+        using var res = Acc.Allocate1D<float>(expected.Length);
+        Ops.AttentionRowsGrouped(qb.View, kb.View, rb.View, res.View, AttentionShape.Create(nq, nk, qHeads, kvHeads, hd, causal), firstKey);
+        Acc.Synchronize();
+        Close(expected, res.GetAsArray1D(), 1e-5, 1e-7);
+    }
 }

@@ -129,6 +129,33 @@ public sealed class CudaModelTests(TwoBackendFixture fx, ITestOutputHelper outpu
         Assert.True(fx.Gpu.Memory.PeakBytes > before, "the peak must include the request's caches and scratch");
     }
 
+    /// <summary>
+    /// On CUDA an allocation costs tens of microseconds and a free synchronises the device: a repeated request must be
+    /// served from the pool. Size classes let a slightly different prompt length reuse the same buffers.
+    /// </summary>
+    [Fact]
+    public void RepeatedRequestsAllocateNothingNew()
+    {
+        var reference = TestData.References[2];
+        var pixels = fx.Pixels(TestData.Dev.Single(r => r.Id == reference.Id).Image);
+        TwoBackendFixture.Run(fx.Gpu, reference.InputIds, pixels, steps: 2);
+        long allocations = fx.Gpu.Memory.Allocations;
+        var again = TwoBackendFixture.Run(fx.Gpu, reference.InputIds, pixels, steps: 2);
+        Assert.Equal(allocations, fx.Gpu.Memory.Allocations);
+        int[] longer = [.. reference.InputIds[..^1], reference.InputIds[^2], reference.InputIds[^1]]; // one more text token
+        TwoBackendFixture.Run(fx.Gpu, longer, pixels, steps: 2);
+        Assert.Equal(allocations, fx.Gpu.Memory.Allocations);
+        Assert.Equal(CpuOps.ArgMax(again[0]), CpuOps.ArgMax(TwoBackendFixture.Run(fx.Cpu, reference.InputIds, pixels, steps: 0)[0]));
+    }
+
+    [Theory]
+    [InlineData(1, 256)]
+    [InlineData(257, 512)]
+    [InlineData(1 << 20, 1 << 20)]
+    [InlineData((1 << 20) + 1, 2 << 20)]
+    [InlineData((5 << 20) + 7, 6 << 20)]
+    public void SizeClassesArePowersOfTwoThen2MiBSteps(long bytes, long expected) => Assert.Equal(expected, DeviceArena.ClassBytes(bytes));
+
     [Fact]
     public void AGenerationRejectsMisuse()
     {

@@ -27,7 +27,15 @@ public sealed class PtxCompileTests
     }
 
     [Fact]
-    public void AllTwentyFourKernelsAreListed() => Assert.Equal(24, Kernels().Count);
+    public void AllTwentyFiveKernelsAreListed() => Assert.Equal(25, Kernels().Count);
+
+    /// <summary>CudaOps.CompileAll (run at GPU model load) loads every kernel of CudaKernels, none forgotten.</summary>
+    [Fact]
+    public void CompileAllLoadsEveryKernel()
+    {
+        using var device = AutoPrune.Compute.Cuda.CudaDevice.CreateForTests();
+        Assert.Equal(Kernels().Count, new CudaOps(device.Accelerator).CompileAll());
+    }
 
     /// <summary>Kernels without an index parameter are explicitly grouped (one group per row, shared memory, barriers).</summary>
     private static bool IsExplicitlyGrouped(MethodInfo m)
@@ -42,7 +50,7 @@ public sealed class PtxCompileTests
         var explicitKernels = typeof(CudaKernels).GetMethods(BindingFlags.Static | BindingFlags.NonPublic | BindingFlags.Public)
             .Where(m => m.Name.EndsWith("Kernel", StringComparison.Ordinal) && IsExplicitlyGrouped(m))
             .Select(m => m.Name).Order(StringComparer.Ordinal).ToArray();
-        Assert.Equal(new[] { "ArgMaxRowsKernel", "LayerNormToHalfKernel", "RmsNormToHalfKernel", "ScaledMaskedSoftmaxToHalfKernel" }, explicitKernels);
+        Assert.Equal(new[] { "ArgMaxRowsKernel", "AttentionRowsGroupedKernel", "LayerNormToHalfKernel", "RmsNormToHalfKernel", "ScaledMaskedSoftmaxToHalfKernel" }, explicitKernels);
     }
 
     [Theory]

@@ -378,6 +378,45 @@ internal static class CudaKernels
         }
     }
 
+    /// <summary>
+    /// Attention probabilities of one chosen query row for one head, a group per (head, row) as
+    /// <see cref="AttentionRowsKernel"/> computes them with one thread: group Grid.IdxX = h·rows.Length + r. Threads
+    /// stride over the visible keys; the raw scores are kept in result (keys before firstKey are recomputed), so the
+    /// row costs three passes over result instead of three passes over K. Layout [QHeads, rows, Nk - firstKey].
+    /// </summary>
+    internal static void AttentionRowsGroupedKernel(ArrayView<float> q, ArrayView<float> k, ArrayView<int> rows, ArrayView<float> result, AttentionShape s, int firstKey)
+    {
+        var sh = SharedMemory.Allocate<float>(MaxRowGroupSize);
+        int nRows = (int)rows.Length;
+        int t = Grid.IdxX;
+        int h = t / nRows, r = t % nRows;
+        int i = rows[r];
+        int kvh = h / (s.QHeads / s.KvHeads);
+        int hd = s.HeadDim, cols = s.Nk - firstKey;
+        long qo = (long)i * s.QStride + (long)h * hd;
+        long kvo = (long)kvh * hd;
+        int limit = s.Causal != 0 ? XMath.Min(s.Nk, s.Nk - s.Nq + i + 1) : s.Nk;
+        long dst = (long)t * cols;
+        int tid = Group.IdxX, step = Group.DimX;
+        float max = float.NegativeInfinity;
+        for (int j = tid; j < limit; j += step)
+        {
+            float v = Dot(q, qo, k, (long)j * s.KvStride + kvo, hd) * s.Scale;
+            if (j >= firstKey) result[dst + j - firstKey] = v;
+            max = XMath.Max(max, v);
+        }
+        max = GroupMax(sh, max);
+        float sum = 0;
+        for (int j = tid; j < limit; j += step)
+        {
+            float v = j >= firstKey ? result[dst + j - firstKey] : Dot(q, qo, k, (long)j * s.KvStride + kvo, hd) * s.Scale;
+            sum += XMath.Exp(v - max);
+        }
+        float inv = 1f / GroupSum(sh, sum);
+        for (int j = firstKey + tid; j < s.Nk; j += step)
+            result[dst + j - firstKey] = j < limit ? XMath.Exp(result[dst + j - firstKey] - max) * inv : 0f;
+    }
+
     /// <summary>result[Grid.IdxX] = index of the first maximum of that row of x ([rows, cols], cols ≥ 1).</summary>
     internal static void ArgMaxRowsKernel(ArrayView<float> x, ArrayView<int> result, int cols)
     {
@@ -553,6 +592,7 @@ internal sealed class CudaOps
     private readonly Lazy<Action<Index1D, ArrayView<float>, int>> _softmax;
     private readonly Lazy<Action<Index1D, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, AttentionShape>> _attention;
     private readonly Lazy<Action<Index1D, ArrayView<float>, ArrayView<float>, ArrayView<int>, ArrayView<float>, AttentionShape, int>> _attentionRows;
+    private readonly Lazy<Action<KernelConfig, ArrayView<float>, ArrayView<float>, ArrayView<int>, ArrayView<float>, AttentionShape, int>> _attentionRowsGrouped;
     private readonly Lazy<Action<Index1D, ArrayView<float>, ArrayView<int>, ArrayView<float>, int, ElementRange>> _rowGather;
     private readonly Lazy<Action<Index1D, ArrayView<float>, ArrayView<float>, int, int, ElementRange>> _kvAppend;
     private readonly Lazy<Action<Index1D, ArrayView<float>, ArrayView<int>, int>> _argMax;
@@ -595,6 +635,7 @@ internal sealed class CudaOps
         _softmax = new(() => _acc.LoadAutoGroupedStreamKernel<Index1D, ArrayView<float>, int>(CudaKernels.SoftmaxKernel));
         _attention = new(() => _acc.LoadAutoGroupedStreamKernel<Index1D, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, AttentionShape>(CudaKernels.AttentionKernel));
         _attentionRows = new(() => _acc.LoadAutoGroupedStreamKernel<Index1D, ArrayView<float>, ArrayView<float>, ArrayView<int>, ArrayView<float>, AttentionShape, int>(CudaKernels.AttentionRowsKernel));
+        _attentionRowsGrouped = new(() => _acc.LoadStreamKernel<ArrayView<float>, ArrayView<float>, ArrayView<int>, ArrayView<float>, AttentionShape, int>(CudaKernels.AttentionRowsGroupedKernel));
         _rowGather = new(() => _acc.LoadAutoGroupedStreamKernel<Index1D, ArrayView<float>, ArrayView<int>, ArrayView<float>, int, ElementRange>(CudaKernels.RowGatherKernel));
         _kvAppend = new(() => _acc.LoadAutoGroupedStreamKernel<Index1D, ArrayView<float>, ArrayView<float>, int, int, ElementRange>(CudaKernels.KvAppendKernel));
         _argMax = new(() => _acc.LoadAutoGroupedStreamKernel<Index1D, ArrayView<float>, ArrayView<int>, int>(CudaKernels.ArgMaxKernel));
@@ -608,6 +649,23 @@ internal sealed class CudaOps
         _layerNormToHalf = new(() => _acc.LoadStreamKernel<ArrayView<float>, ArrayView<ushort>, ArrayView<float>, ArrayView<float>, int, float>(CudaKernels.LayerNormToHalfKernel));
         _maskedSoftmaxToHalf = new(() => _acc.LoadStreamKernel<ArrayView<float>, ArrayView<ushort>, int, int, int, float>(CudaKernels.ScaledMaskedSoftmaxToHalfKernel));
         _argMaxRows = new(() => _acc.LoadStreamKernel<ArrayView<float>, ArrayView<int>, int>(CudaKernels.ArgMaxRowsKernel));
+    }
+
+    /// <summary>
+    /// Compiles and loads every kernel now (PTX generation and the driver's JIT take a moment each), so a model's
+    /// first request is not slowed by it and a kernel the device cannot load fails at load time.
+    /// </summary>
+    /// <returns>How many kernels were loaded.</returns>
+    public int CompileAll()
+    {
+        object[] all =
+        [
+            _embedding.Value, _rms.Value, _layerNorm.Value, _rope.Value, _quickGelu.Value, _gelu.Value, _silu.Value, _siluMul.Value,
+            _softmax.Value, _attention.Value, _attentionRows.Value, _attentionRowsGrouped.Value, _rowGather.Value, _kvAppend.Value,
+            _argMax.Value, _toHalf.Value, _toFloat.Value, _addBias.Value, _add.Value, _siluMulToHalf.Value, _rowGatherMixed.Value,
+            _rmsToHalf.Value, _layerNormToHalf.Value, _maskedSoftmaxToHalf.Value, _argMaxRows.Value,
+        ];
+        return all.Count(k => k is not null);
     }
 
     public Accelerator Accelerator => _acc;
@@ -666,6 +724,20 @@ internal sealed class CudaOps
     {
         if (rows.Length == 0) return;
         Launch(_attentionRows.Value, shape.QHeads * rows.Length, q, k, rows, result, shape, firstKey);
+    }
+
+    /// <summary>
+    /// As <see cref="AttentionRows"/>, one group per (head, row) with threads over the keys: the version for a GPU, where
+    /// a single thread walking every key of a long prompt three times is slow.
+    /// </summary>
+    public void AttentionRowsGrouped(ArrayView<float> q, ArrayView<float> k, ArrayView<int> rows, ArrayView<float> result, AttentionShape shape, int firstKey = 0)
+    {
+        if (rows.Length == 0 || shape.QHeads == 0) return;
+        Require(firstKey >= 0 && firstKey <= shape.Nk, $"firstKey ({firstKey}) must be in 0..Nk ({shape.Nk}).");
+        long groups = shape.QHeads * rows.Length;
+        Require(groups <= int.MaxValue, $"{groups} (head, row) pairs exceed a grid of 2^31 - 1 groups.");
+        Require(result.Length >= groups * (shape.Nk - firstKey), $"result has {result.Length} elements, fewer than heads × rows × keys ({groups * (shape.Nk - firstKey)}).");
+        _attentionRowsGrouped.Value(RowConfig((int)groups), q, k, rows, result, shape, firstKey);
     }
 
     /// <summary>dst[r] = src[keep[r]] for rows of rowLen (pruning hidden states, compacting a KV cache into a second buffer).</summary>

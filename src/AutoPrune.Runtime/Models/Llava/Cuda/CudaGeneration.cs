@@ -58,6 +58,7 @@ internal sealed class CudaGeneration : IGeneration
     {
         lock (_m.Sync)
         {
+            using var bind = _m.Accelerator.BindScoped();
             ObjectDisposedException.ThrowIf(_disposed, this);
             if (_caches[0] is not null) throw new InvalidOperationException("This generation has already run its prefill.");
             int h = H, n = state.Length;
@@ -95,6 +96,7 @@ internal sealed class CudaGeneration : IGeneration
     {
         lock (_m.Sync)
         {
+            using var bind = _m.Accelerator.BindScoped();
             ObjectDisposedException.ThrowIf(_disposed, this);
             if (_caches[0] is null) throw new InvalidOperationException("Prefill first.");
             int h = H;
@@ -200,9 +202,13 @@ internal sealed class CudaGeneration : IGeneration
         var buffer = X;
         state.HiddenOnDevice(() =>
         {
-            if (version != _version)
-                throw new InvalidOperationException("The device hidden states changed since this sequence state was current.");
-            return buffer.Buffer.Download(0, (long)n * H).AsSpan().ToArray();
+            lock (_m.Sync)
+            {
+                if (version != _version || _disposed)
+                    throw new InvalidOperationException("The device hidden states changed since this sequence state was current.");
+                using var bind = _m.Accelerator.BindScoped();
+                return buffer.Buffer.Download(0, (long)n * H);
+            }
         });
     }
 
@@ -233,7 +239,7 @@ internal sealed class CudaGeneration : IGeneration
         index.CopyFromCPU(rows);
         long size = (long)_m.Heads * rows.Length * n;
         using var result = _m.Memory.Allocate<float>(size);
-        _m.Ops.AttentionRows(_q.Get((long)n * Qd), _k.Get((long)n * Kvd), index, result.View,
+        _m.Ops.AttentionRowsGrouped(_q.Get((long)n * Qd), _k.Get((long)n * Kvd), index, result.View,
             AttentionShape.Create(n, n, _m.Heads, _m.KvHeads, _m.HeadDim, causal: true));
         return result.Download(0, size);
     }
@@ -263,6 +269,7 @@ internal sealed class CudaGeneration : IGeneration
     {
         lock (_m.Sync)
         {
+            using var bind = _m.Accelerator.BindScoped();
             if (_disposed) return;
             _disposed = true;
             foreach (var c in _caches) { c?.K.Dispose(); c?.V.Dispose(); }

@@ -88,6 +88,7 @@ internal sealed class CudaLlavaModel : ILlavaBackend
     internal readonly DeviceBuffer<float> RopeCos, RopeSin;
 
     internal CudaOps Ops { get; }
+    internal Accelerator Accelerator => _device.Accelerator;
     internal DeviceBlas Blas { get; }
     internal DeviceArena Memory { get; }
 
@@ -119,6 +120,8 @@ internal sealed class CudaLlavaModel : ILlavaBackend
         CpuOps.Activation(config.ProjectorHiddenAct, Span<float>.Empty); // an unsupported activation fails at load
         CpuOps.Activation(_vcfg.HiddenAct, Span<float>.Empty);
         var acc = device.Accelerator;
+        // CUDA calls need the accelerator's context current on the calling thread: every entry point binds it.
+        using var bind = acc.BindScoped();
         Memory = new DeviceArena(acc);
         // On ILGPU's CPU accelerator every emulated thread and barrier costs microseconds: one thread per row group.
         Ops = new CudaOps(acc, rowGroupSize: device.IsCuda ? 0 : 1);
@@ -191,12 +194,14 @@ internal sealed class CudaLlavaModel : ILlavaBackend
             var (cos, sin) = CudaKernels.RopeTables(CpuOps.RopeInvFreq(HeadDim, _tcfg.RopeTheta), MaxPositions);
             RopeCos = Own(mem.Upload<float>(cos));
             RopeSin = Own(mem.Upload<float>(sin));
+            if (device.IsCuda) Ops.CompileAll();
             acc.Synchronize();
             progress?.Invoke(1.0);
         }
         catch
         {
             DisposeOwned();
+            Memory.Dispose();
             Blas?.Dispose();
             throw;
         }
@@ -291,8 +296,9 @@ internal sealed class CudaLlavaModel : ILlavaBackend
             }
         lock (Sync)
         {
+            using var bind = _device.Accelerator.BindScoped();
             var mem = Memory;
-            using var patchesH = mem.Upload(MemoryMarshal.Cast<Half, ushort>(patches.AsSpan()));
+            using var patchesH = mem.UploadScratch(MemoryMarshal.Cast<Half, ushort>(patches.AsSpan()));
             using var x = mem.Allocate<float>((long)n * h);
             using var xnH = mem.Allocate<ushort>((long)n * h);
             using var q = mem.Allocate<float>((long)n * h);
@@ -324,9 +330,9 @@ internal sealed class CudaLlavaModel : ILlavaBackend
                 Attend(qH.View, kH.View, vH.View, attH.View, n, n, heads, heads, hd, -1, scores, probs);
                 if (li == _vlayers.Length - 1)
                 {
-                    using var rows = mem.Upload<int>([0]);
+                    using var rows = mem.UploadScratch<int>([0]);
                     using var result = mem.Allocate<float>((long)heads * (n - 1));
-                    Ops.AttentionRows(q.View, k.View, rows.View, result.View, AttentionShape.Create(n, n, heads, heads, hd, causal: false), firstKey: 1);
+                    Ops.AttentionRowsGrouped(q.View, k.View, rows.View, result.View, AttentionShape.Create(n, n, heads, heads, hd, causal: false), firstKey: 1);
                     cls = result.Download(0, (long)heads * (n - 1));
                 }
                 Linear(L.O, attH.View, n, x.View, accumulate: true);
@@ -359,8 +365,9 @@ internal sealed class CudaLlavaModel : ILlavaBackend
         TensorPrimitives.ConvertToHalf(features, half);
         lock (Sync)
         {
+            using var bind = _device.Accelerator.BindScoped();
             var mem = Memory;
-            using var xH = mem.Upload(MemoryMarshal.Cast<Half, ushort>(half.AsSpan()));
+            using var xH = mem.UploadScratch(MemoryMarshal.Cast<Half, ushort>(half.AsSpan()));
             using var h1 = mem.Allocate<float>((long)rows * th);
             using var h1H = mem.Allocate<ushort>((long)rows * th);
             using var y = mem.Allocate<float>((long)rows * th);
@@ -384,7 +391,9 @@ internal sealed class CudaLlavaModel : ILlavaBackend
     {
         lock (Sync)
         {
+            using var bind = _device.Accelerator.BindScoped();
             DisposeOwned();
+            Memory.Dispose();
             Blas?.Dispose();
             _device.Dispose();
         }

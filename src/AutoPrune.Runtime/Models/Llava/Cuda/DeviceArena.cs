@@ -5,63 +5,164 @@ using ILGPU.Runtime;
 namespace AutoPrune.Models.Llava.Cuda;
 
 /// <summary>
-/// Allocates device buffers and counts their bytes (current and peak), so a run can report the GPU memory its
-/// weights, caches and scratch buffers took. cuBLAS workspaces and the CUDA context are not counted.
+/// Allocates device buffers, counts their bytes, and keeps released scratch buffers for reuse. On CUDA, allocating
+/// costs tens of microseconds and freeing synchronises the whole device, so a request that allocated and freed its
+/// KV caches and scratch buffers would stall the GPU dozens of times; with the pool a repeated request of the same
+/// shape allocates nothing. Scratch sizes are rounded up to size classes (powers of two up to 1 MiB, then 2 MiB
+/// steps) so slightly different prompt lengths share buffers. Weights are allocated exactly and never pooled.
 /// </summary>
-internal sealed class DeviceArena(Accelerator accelerator)
+internal sealed class DeviceArena(Accelerator accelerator) : IDisposable
 {
-    private long _current, _peak;
+    private const long SmallClassLimit = 1 << 20, LargeClassStep = 2 << 20;
+
+    private readonly object _lock = new();
+    private readonly Dictionary<(Type, long), Stack<MemoryBuffer>> _free = [];
+    private readonly LinkedList<(Type Type, long Length, MemoryBuffer Buffer)> _freeOrder = new(); // oldest first, for eviction
+    private long _live, _pooled, _peak, _allocations;
 
     public Accelerator Accelerator => accelerator;
 
-    /// <summary>Bytes held now by buffers from this arena.</summary>
-    public long CurrentBytes => Interlocked.Read(ref _current);
+    /// <summary>Most bytes the pool keeps for reuse; beyond it the oldest released buffers are freed.</summary>
+    public long PoolLimitBytes { get; set; } = 2L << 30;
 
-    /// <summary>Most bytes held at once since creation or the last <see cref="ResetPeak"/>.</summary>
-    public long PeakBytes => Interlocked.Read(ref _peak);
+    /// <summary>Bytes in buffers handed out and not yet released.</summary>
+    public long CurrentBytes { get { lock (_lock) return _live; } }
 
-    public void ResetPeak() => Interlocked.Exchange(ref _peak, CurrentBytes);
+    /// <summary>Bytes kept by the pool for reuse.</summary>
+    public long PooledBytes { get { lock (_lock) return _pooled; } }
 
+    /// <summary>Most bytes held on the device at once (in use + pooled) since creation or <see cref="ResetPeak"/>.</summary>
+    public long PeakBytes { get { lock (_lock) return _peak; } }
+
+    /// <summary>Device allocations made so far (pool hits do not count).</summary>
+    public long Allocations { get { lock (_lock) return _allocations; } }
+
+    public void ResetPeak() { lock (_lock) _peak = _live + _pooled; }
+
+    /// <summary>A scratch buffer of at least <paramref name="length"/> elements, from the pool when one of its size class is free.</summary>
     public DeviceBuffer<T> Allocate<T>(long length) where T : unmanaged
     {
-        long bytes = Math.Max(1, length) * Marshal.SizeOf<T>();
-        var buffer = accelerator.Allocate1D<T>(Math.Max(1, length));
-        Track(bytes);
-        return new DeviceBuffer<T>(this, buffer, length, bytes);
+        int size = Marshal.SizeOf<T>();
+        long classLength = ClassBytes(Math.Max(1, length) * size) / size;
+        lock (_lock)
+        {
+            if (_free.TryGetValue((typeof(T), classLength), out var stack) && stack.Count > 0)
+            {
+                var reused = (MemoryBuffer1D<T, Stride1D.Dense>)stack.Pop();
+                for (var node = _freeOrder.Last; node is not null; node = node.Previous)
+                    if (ReferenceEquals(node.Value.Buffer, reused)) { _freeOrder.Remove(node); break; }
+                long bytes = classLength * size;
+                _pooled -= bytes;
+                _live += bytes;
+                return new DeviceBuffer<T>(this, reused, length, bytes, pooled: true);
+            }
+        }
+        return NewBuffer<T>(classLength, length, pooled: true);
     }
 
-    public DeviceBuffer<T> Upload<T>(ReadOnlySpan<T> data) where T : unmanaged
+    /// <summary>Uploads per-request data into a pooled scratch buffer (returned to the pool when disposed).</summary>
+    public DeviceBuffer<T> UploadScratch<T>(ReadOnlySpan<T> data) where T : unmanaged
     {
         var b = Allocate<T>(data.Length);
-        if (data.Length > 0) b.View.SubView(0, data.Length).CopyFromCPU(data);
+        b.Upload(data);
         return b;
     }
 
-    private void Track(long bytes)
+    /// <summary>Uploads data into an exactly sized buffer that is freed, not pooled, when disposed (weights, constants).</summary>
+    public DeviceBuffer<T> Upload<T>(ReadOnlySpan<T> data) where T : unmanaged
     {
-        long now = Interlocked.Add(ref _current, bytes);
-        long peak;
-        while (now > (peak = Interlocked.Read(ref _peak)) && Interlocked.CompareExchange(ref _peak, now, peak) != peak) { }
+        var b = NewBuffer<T>(Math.Max(1, data.Length), data.Length, pooled: false);
+        if (data.Length > 0) b.View.CopyFromCPU(data);
+        return b;
     }
 
-    internal void Release(long bytes) => Interlocked.Add(ref _current, -bytes);
+    private DeviceBuffer<T> NewBuffer<T>(long allocLength, long length, bool pooled) where T : unmanaged
+    {
+        long bytes = allocLength * Marshal.SizeOf<T>();
+        var buffer = accelerator.Allocate1D<T>(allocLength);
+        lock (_lock)
+        {
+            _allocations++;
+            _live += bytes;
+            _peak = Math.Max(_peak, _live + _pooled);
+        }
+        return new DeviceBuffer<T>(this, buffer, length, bytes, pooled);
+    }
+
+    /// <summary>Size class of a request: the next power of two up to 1 MiB, then the next multiple of 2 MiB.</summary>
+    internal static long ClassBytes(long bytes)
+    {
+        if (bytes <= 256) return 256;
+        if (bytes <= SmallClassLimit) return 1L << (64 - System.Numerics.BitOperations.LeadingZeroCount((ulong)(bytes - 1)));
+        return (bytes + LargeClassStep - 1) / LargeClassStep * LargeClassStep;
+    }
+
+    internal void Release<T>(MemoryBuffer1D<T, Stride1D.Dense> buffer, long bytes, bool pooled) where T : unmanaged
+    {
+        List<MemoryBuffer>? evicted = null;
+        lock (_lock)
+        {
+            _live -= bytes;
+            if (!pooled || bytes > PoolLimitBytes)
+            {
+                evicted = [buffer];
+            }
+            else
+            {
+                var key = (typeof(T), buffer.Length);
+                if (!_free.TryGetValue(key, out var stack)) _free[key] = stack = new Stack<MemoryBuffer>();
+                stack.Push(buffer);
+                _freeOrder.AddLast((typeof(T), buffer.Length, buffer));
+                _pooled += bytes;
+                while (_pooled > PoolLimitBytes && _freeOrder.First is { } oldest)
+                {
+                    _freeOrder.RemoveFirst();
+                    var s = _free[(oldest.Value.Type, oldest.Value.Length)];
+                    var items = s.ToArray().Where(b => !ReferenceEquals(b, oldest.Value.Buffer)).Reverse().ToArray();
+                    s.Clear();
+                    foreach (var b in items) s.Push(b);
+                    _pooled -= oldest.Value.Buffer.LengthInBytes;
+                    (evicted ??= []).Add(oldest.Value.Buffer);
+                }
+            }
+        }
+        if (evicted is not null) foreach (var b in evicted) b.Dispose();
+    }
+
+    /// <summary>Frees every pooled buffer (buffers in use are unaffected).</summary>
+    public void Trim()
+    {
+        List<MemoryBuffer> all;
+        lock (_lock)
+        {
+            all = _freeOrder.Select(f => f.Buffer).ToList();
+            _freeOrder.Clear();
+            _free.Clear();
+            _pooled = 0;
+        }
+        foreach (var b in all) b.Dispose();
+    }
+
+    public void Dispose() => Trim();
 }
 
-/// <summary>A device buffer of <see cref="Length"/> elements owned by a <see cref="DeviceArena"/>.</summary>
+/// <summary>A device buffer of <see cref="Length"/> elements (possibly more allocated) owned by a <see cref="DeviceArena"/>.</summary>
 internal sealed class DeviceBuffer<T> : IDisposable where T : unmanaged
 {
     private readonly DeviceArena _arena;
     private readonly long _bytes;
+    private readonly bool _pooled;
     private MemoryBuffer1D<T, Stride1D.Dense>? _buffer;
 
-    internal DeviceBuffer(DeviceArena arena, MemoryBuffer1D<T, Stride1D.Dense> buffer, long length, long bytes)
+    internal DeviceBuffer(DeviceArena arena, MemoryBuffer1D<T, Stride1D.Dense> buffer, long length, long bytes, bool pooled)
     {
-        _arena = arena; _buffer = buffer; Length = length; _bytes = bytes;
+        _arena = arena; _buffer = buffer; Length = length; _bytes = bytes; _pooled = pooled;
     }
 
     public long Length { get; }
 
-    public ArrayView<T> View => (_buffer ?? throw new ObjectDisposedException(nameof(DeviceBuffer<T>))).View;
+    /// <summary>The first <see cref="Length"/> elements.</summary>
+    public ArrayView<T> View => (_buffer ?? throw new ObjectDisposedException(nameof(DeviceBuffer<T>))).View.SubView(0, Math.Max(1, Length));
 
     public ArrayView<T> Slice(long offset, long length)
     {
@@ -87,12 +188,11 @@ internal sealed class DeviceBuffer<T> : IDisposable where T : unmanaged
         if (data.Length > 0) Slice(offset, data.Length).CopyFromCPU(data);
     }
 
+    /// <summary>Returns the buffer to the arena's pool (scratch) or frees it (weights).</summary>
     public void Dispose()
     {
         var b = Interlocked.Exchange(ref _buffer, null);
-        if (b is null) return;
-        b.Dispose();
-        _arena.Release(_bytes);
+        if (b is not null) _arena.Release(b, _bytes, _pooled);
     }
 }
 

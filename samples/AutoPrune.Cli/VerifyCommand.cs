@@ -1,0 +1,70 @@
+using System.CommandLine;
+using System.Globalization;
+using System.Text.Json;
+using AutoPrune.Diagnostics;
+using Spectre.Console;
+
+namespace AutoPrune.Cli;
+
+/// <summary>
+/// <c>verify</c>: answers VQA rows on the CPU (fp32, the reference) and on another device (a GPU in fp16) and compares
+/// the greedy answers and the full last-position logits. Exit code 0 only when every answer agrees and every logit is
+/// within the tolerance.
+/// </summary>
+public static class VerifyCommand
+{
+    public static Command Create()
+    {
+        var data = new Option<FileInfo>("--data", "-d") { Description = "VQA rows as jsonl (id, image, question, answer), as for eval.", Required = true };
+        var imagesRoot = new Option<DirectoryInfo?>("--images-root") { Description = "Folder the rows' image paths are relative to. Default: the data file's folder." };
+        var limit = new Option<int?>("--limit") { Description = "Use only the first N good rows." };
+        var model = CommonOptions.Model();
+        var device = new Option<string>("--device") { Description = "The device to check against the CPU: cuda, cuda:N or ilgpu-cpu.", DefaultValueFactory = _ => "cuda" };
+        var method = CommonOptions.Method();
+        method.DefaultValueFactory = _ => "none";
+        var budget = CommonOptions.Budget();
+        var tolerance = new Option<double>("--tolerance") { Description = "Largest allowed |logit difference| at the last prompt position.", DefaultValueFactory = _ => 2e-2 };
+        var maxTokens = new Option<int>("--max-tokens") { Description = "Tokens generated per answer.", DefaultValueFactory = _ => 8 };
+        var outFile = new Option<FileInfo?>("--out", "-o") { Description = "Write the comparison as JSON to this file." };
+        var cmd = new Command("verify", "Check a device against the CPU: same greedy answers and last-position logits within a tolerance on VQA rows.")
+        {
+            data, imagesRoot, limit, model, device, method, budget, tolerance, maxTokens, outFile,
+        };
+        cmd.SetAction((parse, ct) => CommonOptions.Guard(async () =>
+        {
+            var file = parse.GetValue(data)!;
+            if (!file.Exists) throw new ArgumentException($"Data file '{file.FullName}' does not exist.");
+            if (parse.GetValue(limit) is < 1) throw new ArgumentException("--limit must be at least 1.");
+            var (rows, bad) = EvalData.Read(file.FullName, parse.GetValue(imagesRoot)?.FullName, parse.GetValue(limit));
+            foreach (var b in bad) CommonOptions.Err.MarkupLine(Markup.Escape($"verify: line {b.Line} skipped: {b.Reason}"));
+            if (rows.Count == 0) throw new ArgumentException($"No usable rows in '{file.FullName}'.");
+            var pruning = CommonOptions.Pruning(parse.GetValue(method)!, parse.GetValue(budget), "processed");
+            var items = rows.Select(r => (r.ImagePath, r.Question)).ToList();
+            Task<DeviceComparisonReport> Compare(IProgress<int>? progress) => DeviceComparison.RunAsync(parse.GetValue(model)!, parse.GetValue(device)!,
+                items, pruning, parse.GetValue(maxTokens), progress: progress, ct: ct);
+            var report = Console.IsErrorRedirected
+                ? await Compare(null)
+                : await CommonOptions.Err.Progress().AutoClear(true).StartAsync(async ctx =>
+                {
+                    var task = ctx.AddTask($"Comparing {parse.GetValue(device)} with the CPU", maxValue: rows.Count);
+                    return await Compare(new Progress<int>(n => task.Value = n));
+                });
+            if (Console.IsOutputRedirected && AnsiConsole.Console.Profile.Width < 200) AnsiConsole.Console.Profile.Width = 200;
+            double tol = parse.GetValue(tolerance);
+            string F(double x) => x.ToString("E2", CultureInfo.InvariantCulture);
+            foreach (var d in report.Details.Where(d => !d.SameAnswer || d.MaxAbsLogitDifference > tol))
+                AnsiConsole.MarkupLine(Markup.Escape($"differs: {Path.GetFileName(d.Image)} \"{d.Question}\": cpu '{d.ReferenceAnswer}', device '{d.DeviceAnswer}', max |Δ logit| {F(d.MaxAbsLogitDifference)}"));
+            bool ok = report.Agrees(tol);
+            AnsiConsole.MarkupLine(Markup.Escape(
+                $"{report.Device} vs {report.ReferenceDevice}, {report.Method}: {report.SameAnswers}/{report.Rows} answers equal, {report.SameTopTokens}/{report.Rows} first tokens equal; " +
+                $"last-position logits max |Δ| {F(report.MaxAbsLogitDifference)} (mean of row maxima {F(report.MeanMaxAbsLogitDifference)}), tolerance {F(tol)}: {(ok ? "PASS" : "FAIL")}"));
+            if (parse.GetValue(outFile) is { } f)
+            {
+                if (f.Directory is { } dir) Directory.CreateDirectory(dir.FullName);
+                File.WriteAllText(f.FullName, JsonSerializer.Serialize(report, EvalOutputs.Json) + "\n");
+            }
+            return ok ? 0 : 2;
+        }));
+        return cmd;
+    }
+}

@@ -1,0 +1,53 @@
+using AutoPrune.Pruning;
+
+namespace AutoPrune.Diagnostics;
+
+/// <summary>One question answered on the reference device and on the device under test.</summary>
+public sealed record DeviceComparisonRow(string Image, string Question, string ReferenceAnswer, string DeviceAnswer,
+    bool SameAnswer, bool SameTopToken, double MaxAbsLogitDifference);
+
+/// <summary>Summary of <see cref="DeviceComparison.Run"/>.</summary>
+public sealed record DeviceComparisonReport(string Model, string ReferenceDevice, string Device, string Method, double Budget,
+    int Rows, int SameAnswers, int SameTopTokens, double MaxAbsLogitDifference, double MeanMaxAbsLogitDifference,
+    IReadOnlyList<DeviceComparisonRow> Details)
+{
+    /// <summary>Every answer equal and every last-position logit within <paramref name="tolerance"/>.</summary>
+    public bool Agrees(double tolerance) => SameAnswers == Rows && MaxAbsLogitDifference <= tolerance;
+}
+
+/// <summary>
+/// Answers the same questions on two devices (by default the CPU as the reference and a GPU) and compares the
+/// greedy answers and the full last-position logits: how to check that a GPU (fp16) gives the CPU's (fp32)
+/// answers on your data.
+/// </summary>
+public static class DeviceComparison
+{
+    public static async Task<DeviceComparisonReport> RunAsync(string modelDirectory, string device, IReadOnlyList<(string Image, string Question)> rows,
+        PruningOptions? pruning = null, int maxNewTokens = 8, string referenceDevice = "cpu", IProgress<int>? progress = null, CancellationToken ct = default)
+    {
+        ArgumentNullException.ThrowIfNull(rows);
+        if (rows.Count == 0) throw new ArgumentException("No rows to compare.", nameof(rows));
+        pruning ??= new PruningOptions { Method = PruningMethod.None };
+        using var reference = VisionLanguageModel.Load(modelDirectory, new ModelOptions { Device = referenceDevice, MaxConcurrentRequests = 1, VisionCacheSize = 0 });
+        using var tested = VisionLanguageModel.Load(modelDirectory, new ModelOptions { Device = device, MaxConcurrentRequests = 1, VisionCacheSize = 0 });
+        var details = new List<DeviceComparisonRow>(rows.Count);
+        foreach (var (image, question) in rows)
+        {
+            ct.ThrowIfCancellationRequested();
+            var request = VisionRequest.Create(question, ImageInput.FromFile(image)) with
+            {
+                Generation = new GenerationOptions { MaxNewTokens = maxNewTokens },
+                Pruning = pruning,
+            };
+            var (a, la) = await reference.AskWithLogitsAsync(request, ct).ConfigureAwait(false);
+            var (b, lb) = await tested.AskWithLogitsAsync(request, ct).ConfigureAwait(false);
+            double max = 0;
+            for (int i = 0; i < la.Length; i++) max = Math.Max(max, Math.Abs(la[i] - lb[i]));
+            details.Add(new DeviceComparisonRow(image, question, a.Text, b.Text, a.Text == b.Text, a.TopLogits[0].Id == b.TopLogits[0].Id, max));
+            progress?.Report(details.Count);
+        }
+        return new DeviceComparisonReport(reference.Info.Directory, reference.Info.Device, tested.Info.Device, pruning.Method.ToString(), pruning.Budget,
+            details.Count, details.Count(d => d.SameAnswer), details.Count(d => d.SameTopToken),
+            details.Max(d => d.MaxAbsLogitDifference), details.Average(d => d.MaxAbsLogitDifference), details);
+    }
+}
