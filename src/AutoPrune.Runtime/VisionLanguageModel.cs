@@ -328,10 +328,11 @@ public sealed class VisionLanguageModel : IDisposable
         var text = new System.Text.StringBuilder();
         var finish = AnswerFinishReason.Length;
         var stops = g.StopSequences?.Where(s => !string.IsNullOrEmpty(s)).ToArray() ?? [];
+        int? greedyNext = null;
         for (int step = 0; step < p.MaxNew; step++)
         {
             ct.ThrowIfCancellationRequested();
-            int next = sampler.Next(logits);
+            int next = greedyNext ?? sampler.Next(logits);
             if (next == _tokenizer.EosId) { finish = AnswerFinishReason.Stop; break; }
             tokens.Add(next);
             string piece = decoder.Push(next);
@@ -347,7 +348,12 @@ public sealed class VisionLanguageModel : IDisposable
                 break;
             }
             if (piece.Length > 0) emit(new AnswerChunk(piece, next, null));
-            if (step + 1 < p.MaxNew) logits = generation.Step(next);
+            if (step + 1 < p.MaxNew)
+            {
+                // Greedy decoding asks the backend for the next id only (a GPU then returns 4 bytes, not the logits).
+                if (sampler.IsGreedy) greedyNext = generation.StepGreedy(next);
+                else logits = generation.Step(next);
+            }
         }
         double decodeMs = sw.Elapsed.TotalMilliseconds;
         var answer = new VisionAnswer

@@ -15,6 +15,9 @@ internal sealed class Sampler
         if (_temperature > 0) _rng = o.Seed is int s ? new Random(s) : new Random();
     }
 
+    /// <summary>Greedy decoding (temperature 0): the next token is the first largest logit.</summary>
+    public bool IsGreedy => _rng is null;
+
     public int Next(ReadOnlySpan<float> logits)
     {
         if (_rng is null) return Compute.Cpu.CpuOps.ArgMax(logits);

@@ -156,6 +156,24 @@ public sealed class CudaModelTests(TwoBackendFixture fx, ITestOutputHelper outpu
     [InlineData((5 << 20) + 7, 6 << 20)]
     public void SizeClassesArePowersOfTwoThen2MiBSteps(long bytes, long expected) => Assert.Equal(expected, DeviceArena.ClassBytes(bytes));
 
+    /// <summary>Greedy steps return only the id, computed on the device: the same token as the host argmax of the logits.</summary>
+    [Fact]
+    public void GreedyStepsEqualTheArgmaxOfTheLogits()
+    {
+        var reference = TestData.References[3];
+        var pixels = fx.Pixels(TestData.Dev.Single(r => r.Id == reference.Id).Image);
+        var withLogits = TwoBackendFixture.Run(fx.Gpu, reference.InputIds, pixels, steps: 3);
+        var vision = fx.Gpu.VisionForward(pixels);
+        var state = SequenceBuilder.Build(fx.Gpu, reference.InputIds, [fx.Gpu.Project(vision.Features, vision.Tokens)]);
+        using var gen = fx.Gpu.StartGeneration(3);
+        int next = CpuOps.ArgMax(gen.Prefill(state, null, CancellationToken.None));
+        for (int s = 1; s <= 3; s++)
+        {
+            next = gen.StepGreedy(next);
+            Assert.Equal(CpuOps.ArgMax(withLogits[s]), next);
+        }
+    }
+
     [Fact]
     public void AGenerationRejectsMisuse()
     {

@@ -41,6 +41,12 @@ internal interface IGeneration : IDisposable
     /// <summary>Runs one generated token through every layer; its logits.</summary>
     float[] Step(int tokenId);
 
+    /// <summary>
+    /// Runs one generated token through every layer and returns the greedy next token (the first largest logit):
+    /// on a GPU only that id comes back, not the vocabulary-sized logits.
+    /// </summary>
+    int StepGreedy(int tokenId);
+
     /// <summary>Tokens each layer's cache holds.</summary>
     int[] CachedTokensPerLayer();
 }
@@ -52,6 +58,7 @@ internal sealed class CpuGeneration(LlamaDecoder decoder, int extraCapacity) : I
 
     public float[] Prefill(SequenceState state, IPrefillHook? hook, CancellationToken ct) => decoder.Prefill(state, _cache, hook, ct);
     public float[] Step(int tokenId) => decoder.DecodeStep(tokenId, _cache);
+    public int StepGreedy(int tokenId) => Compute.Cpu.CpuOps.ArgMax(decoder.DecodeStep(tokenId, _cache));
     public int[] CachedTokensPerLayer() => _cache.CountsPerLayer();
     public void Dispose() { }
 }

@@ -97,28 +97,47 @@ internal sealed class CudaGeneration : IGeneration
         lock (_m.Sync)
         {
             using var bind = _m.Accelerator.BindScoped();
-            ObjectDisposedException.ThrowIf(_disposed, this);
-            if (_caches[0] is null) throw new InvalidOperationException("Prefill first.");
-            int h = H;
-            var row = new float[h];
-            _m.Embed([tokenId], row);
-            X.Get(h).CopyFromCPU(row);
-            _version++;
-            var pos = new int[_m.DecoderLayers];
-            for (int li = 0; li < pos.Length; li++)
-            {
-                var c = _caches[li]!;
-                if (c.Count >= c.Capacity)
-                    throw new InvalidOperationException($"KV cache of layer {li} is full ({c.Capacity} tokens).");
-                pos[li] = c.NextPosition;
-            }
-            CheckPositions(pos, pos.Length);
-            var positions = _positions.Get(Math.Max(pos.Length, 1));
-            positions.SubView(0, pos.Length).CopyFromCPU(pos);
-            for (int li = 0; li < _m.DecoderLayers; li++)
-                LayerForward(li, 1, positions.SubView(li, 1), _caches[li]!, causal: false);
+            StepLayers(tokenId);
             return Logits(0);
         }
+    }
+
+    public int StepGreedy(int tokenId)
+    {
+        lock (_m.Sync)
+        {
+            using var bind = _m.Accelerator.BindScoped();
+            StepLayers(tokenId);
+            ComputeLogits(0);
+            var id = _rows.Get(1);
+            _m.Ops.ArgMaxRows(_logits.Get(_m.Vocab), 1, _m.Vocab, id);
+            return _rows.Buffer.Download(0, 1)[0];
+        }
+    }
+
+    /// <summary>One generated token through every layer (its key and value appended to each layer's cache).</summary>
+    private void StepLayers(int tokenId)
+    {
+        ObjectDisposedException.ThrowIf(_disposed, this);
+        if (_caches[0] is null) throw new InvalidOperationException("Prefill first.");
+        int h = H;
+        var row = new float[h];
+        _m.Embed([tokenId], row);
+        X.Get(h).CopyFromCPU(row);
+        _version++;
+        var pos = new int[_m.DecoderLayers];
+        for (int li = 0; li < pos.Length; li++)
+        {
+            var c = _caches[li]!;
+            if (c.Count >= c.Capacity)
+                throw new InvalidOperationException($"KV cache of layer {li} is full ({c.Capacity} tokens).");
+            pos[li] = c.NextPosition;
+        }
+        CheckPositions(pos, pos.Length);
+        var positions = _positions.Get(Math.Max(pos.Length, 1));
+        positions.SubView(0, pos.Length).CopyFromCPU(pos);
+        for (int li = 0; li < _m.DecoderLayers; li++)
+            LayerForward(li, 1, positions.SubView(li, 1), _caches[li]!, causal: false);
     }
 
     public int[] CachedTokensPerLayer() => _caches.Select(c => c?.Count ?? 0).ToArray();
@@ -187,12 +206,17 @@ internal sealed class CudaGeneration : IGeneration
     /// <summary>Logits of hidden row <paramref name="row"/>: final RMSNorm and the LM head, copied to the host.</summary>
     private float[] Logits(int row)
     {
+        ComputeLogits(row);
+        return _logits.Buffer.Download(0, _m.Vocab);
+    }
+
+    /// <summary>Final RMSNorm and LM head on hidden row <paramref name="row"/> into the logits scratch buffer (on the device).</summary>
+    private void ComputeLogits(int row)
+    {
         int h = H;
         var xn = _xnH.Get(h);
         _m.Ops.RmsNormToHalf(X.Get((long)(row + 1) * h).SubView((long)row * h, h), xn, 1, h, _m.FinalNorm.Weight.View, _m.FinalNorm.Eps);
-        var logits = _logits.Get(_m.Vocab);
-        _m.Linear(_m.LmHead, xn, 1, logits);
-        return _logits.Buffer.Download(0, _m.Vocab);
+        _m.Linear(_m.LmHead, xn, 1, _logits.Get(_m.Vocab));
     }
 
     /// <summary>Lets host code read the current hidden states (copied on first use, and only while they are current).</summary>
