@@ -32,6 +32,8 @@ public sealed class VisionLanguageModel : IDisposable
     private readonly SemaphoreSlim _gate;
     private readonly LruCache<string, VisionFeatures> _visionCache;
     private int _disposed;
+    /// <summary>Cancelled by <see cref="Dispose"/>: ends queued and running requests so the model can be released.</summary>
+    private readonly CancellationTokenSource _shutdown = new();
 
     public ModelInfo Info { get; }
 
@@ -161,9 +163,17 @@ public sealed class VisionLanguageModel : IDisposable
         float[]? captured = null;
         var prepared = Prepare(request) with { OnPrefillLogits = l => captured = l };
         VisionAnswer? answer = null;
-        await _gate.WaitAsync(ct).ConfigureAwait(false);
-        try { await Task.Run(() => Run(prepared, c => answer = c.Answer ?? answer, ct), ct).ConfigureAwait(false); }
-        finally { _gate.Release(); }
+        using var stop = CancellationTokenSource.CreateLinkedTokenSource(ct, _shutdown.Token);
+        try
+        {
+            await _gate.WaitAsync(stop.Token).ConfigureAwait(false);
+            try { await Task.Run(() => Run(prepared, c => answer = c.Answer ?? answer, stop.Token), stop.Token).ConfigureAwait(false); }
+            finally { _gate.Release(); }
+        }
+        catch (Exception e) when (e is OperationCanceledException or ObjectDisposedException && _shutdown.IsCancellationRequested && !ct.IsCancellationRequested)
+        {
+            throw Disposed();
+        }
         return (answer!, captured!);
     }
 
@@ -174,7 +184,7 @@ public sealed class VisionLanguageModel : IDisposable
         var prepared = Prepare(request); // validation errors surface here, before any queueing
         using var timeout = _options.RequestTimeout is TimeSpan t ? new CancellationTokenSource(t) : null;
         // Cancelled by the caller, the timeout, or a reader that stops early (so no compute slot is held for nobody).
-        using var stop = timeout is null ? CancellationTokenSource.CreateLinkedTokenSource(ct) : CancellationTokenSource.CreateLinkedTokenSource(ct, timeout.Token);
+        using var stop = timeout is null ? CancellationTokenSource.CreateLinkedTokenSource(ct, _shutdown.Token) : CancellationTokenSource.CreateLinkedTokenSource(ct, timeout.Token, _shutdown.Token);
         var token = stop.Token;
         var channel = Channel.CreateUnbounded<AnswerChunk>(new UnboundedChannelOptions { SingleReader = true, SingleWriter = true });
         var producer = Task.Run(async () =>
@@ -189,6 +199,10 @@ public sealed class VisionLanguageModel : IDisposable
             catch (OperationCanceledException) when (timeout?.IsCancellationRequested == true && !ct.IsCancellationRequested)
             {
                 channel.Writer.TryComplete(new TimeoutException($"The request did not finish within the {_options.RequestTimeout!.Value.TotalSeconds:0.###} s request timeout."));
+            }
+            catch (Exception e) when (e is OperationCanceledException or ObjectDisposedException && _shutdown.IsCancellationRequested && !ct.IsCancellationRequested)
+            {
+                channel.Writer.TryComplete(Disposed());
             }
             catch (Exception e) { channel.Writer.TryComplete(e); }
         }, CancellationToken.None);
@@ -268,7 +282,7 @@ public sealed class VisionLanguageModel : IDisposable
     }
 
     /// <summary>Replaces the (single) run of image tokens with <paramref name="count"/> of them.</summary>
-    private static int[] ShortenImageRun(int[] ids, int imageToken, int count)
+    internal static int[] ShortenImageRun(int[] ids, int imageToken, int count)
     {
         int first = Array.IndexOf(ids, imageToken), last = Array.LastIndexOf(ids, imageToken);
         return [.. ids.AsSpan(0, first), .. Enumerable.Repeat(imageToken, count), .. ids.AsSpan(last + 1)];
@@ -371,9 +385,23 @@ public sealed class VisionLanguageModel : IDisposable
         emit(new AnswerChunk("", null, answer));
     }
 
+    private ObjectDisposedException Disposed() => new(nameof(VisionLanguageModel), "The model was disposed while this request was queued or running.");
+
+    /// <summary>
+    /// Rejects new requests and ends queued and running ones with an <see cref="ObjectDisposedException"/> (running
+    /// ones stop at the next layer or token), waits for them (up to 30 s), then releases the model (on a GPU, its
+    /// device memory). A request still running after the wait keeps the model alive rather than having it freed under it.
+    /// </summary>
     public void Dispose()
     {
         if (Interlocked.Exchange(ref _disposed, 1) != 0) return;
+        _shutdown.Cancel();
+        int slots = Math.Max(1, _options.MaxConcurrentRequests), held = 0;
+        var deadline = Stopwatch.StartNew();
+        while (held < slots && _gate.Wait(TimeSpan.FromSeconds(Math.Max(0, 30 - deadline.Elapsed.TotalSeconds)))) held++;
+        if (held == slots) _model.Dispose();
+        else _log.LogWarning("Disposed while {Count} request(s) were still computing; the model's memory is not released early.", slots - held);
         _gate.Dispose();
+        _shutdown.Dispose();
     }
 }

@@ -119,7 +119,7 @@ public static class SpeedBenchmark
             if (method == PruningMethod.None && budget < model.TokensPerImage)
             {
                 int keep = Math.Max(1, (int)Math.Round(budget));
-                runIds = ShortenImageRun(ids, cfg.ImageTokenIndex, keep);
+                runIds = VisionLanguageModel.ShortenImageRun(ids, cfg.ImageTokenIndex, keep);
                 runProjected = projected.AsSpan(0, keep * model.Hidden).ToArray();
                 runShape = shape with { VisualTokens = keep };
             }
@@ -186,13 +186,6 @@ public static class SpeedBenchmark
         gen.Prefill(state, session.NeedsDecoderHook ? session : null, CancellationToken.None);
         double ms = sw.Elapsed.TotalMilliseconds;
         return (ms, session.Finish(state, textTokens), ids.Length);
-    }
-
-    /// <summary>The prompt with its image run cut to its first <paramref name="count"/> tokens.</summary>
-    private static int[] ShortenImageRun(int[] ids, int imageToken, int count)
-    {
-        int first = Array.IndexOf(ids, imageToken), last = Array.LastIndexOf(ids, imageToken);
-        return [.. ids.AsSpan(0, first), .. Enumerable.Repeat(imageToken, count), .. ids.AsSpan(last + 1)];
     }
 
     /// <summary>BOS, random text ids, the image run, random text ids (never the image token).</summary>

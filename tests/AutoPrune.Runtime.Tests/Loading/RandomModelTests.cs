@@ -51,7 +51,7 @@ public class RandomModelTests
         var config = LlavaPresets.ByName("tiny-test");
         var source = new RandomTensorSource(config, 123);
         var model = new LlavaModel(source, config);
-        Assert.Empty(model.UnusedTensors);
+        Assert.Empty(LlavaModel.UnexpectedTensors(source, config));
         Assert.Equal(576, model.TokensPerImage);
 
         // The manifest lists exactly what the model read, in order.

@@ -32,7 +32,6 @@ internal sealed class LlavaModel : ILlavaBackend
     public ClipVisionTower Vision { get; }
     public MultiModalProjector Projector { get; }
     public LlamaDecoder Decoder { get; }
-    public IReadOnlyList<string> UnusedTensors { get; }
 
     public LlavaModel(ITensorSource store, LlavaConfig config, Action<double>? progress = null)
     {
@@ -44,7 +43,6 @@ internal sealed class LlavaModel : ILlavaBackend
         progress?.Invoke(0.1);
         Decoder = new LlamaDecoder(store, config.TextConfig, config.TieWordEmbeddings || config.TextConfig.TieWordEmbeddings,
             f => progress?.Invoke(0.1 + 0.9 * f));
-        UnusedTensors = UnexpectedTensors(store, config);
     }
 
     /// <summary>
