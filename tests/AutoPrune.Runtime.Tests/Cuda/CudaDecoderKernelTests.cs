@@ -491,4 +491,74 @@ public abstract class CudaDecoderKernelTests
         Acc.Synchronize();
         Close(expected, res.GetAsArray1D(), 1e-5, 1e-7);
     }
+
+    /// <summary>The fused q|k|v split equals separate RoPE (CpuOps.ApplyRope) on q and k, with fp16 copies and v untouched.</summary>
+    [Theory]
+    [InlineData(5, 4, 4, 8, true)]
+    [InlineData(7, 4, 2, 6, true)]
+    [InlineData(3, 2, 1, 4, false)]
+    public void QkvSplitRopeMatchesSeparateRope(int rows, int heads, int kvHeads, int hd, bool rope)
+    {
+        var rng = new Random(rows * 31 + heads);
+        var shape = new QkvShape(heads, kvHeads, hd, rope ? 1 : 0);
+        var qkv = Rand(rng, rows * shape.Width, 3);
+        int[] positions = Enumerable.Range(0, rows).Select(r => 3 * r + 1).ToArray();
+        var invFreq = CpuOps.RopeInvFreq(hd, 10000);
+        var (cos, sin) = CudaKernels.RopeTables(invFreq, 64);
+        var q = new float[rows * shape.QDim];
+        var k = new float[rows * shape.KvDim];
+        var v = new float[rows * shape.KvDim];
+        for (int r = 0; r < rows; r++)
+        {
+            qkv.AsSpan(r * shape.Width, shape.QDim).CopyTo(q.AsSpan(r * shape.QDim));
+            qkv.AsSpan(r * shape.Width + shape.QDim, shape.KvDim).CopyTo(k.AsSpan(r * shape.KvDim));
+            qkv.AsSpan(r * shape.Width + shape.QDim + shape.KvDim, shape.KvDim).CopyTo(v.AsSpan(r * shape.KvDim));
+        }
+        if (rope)
+        {
+            CpuOps.ApplyRope(q, rows, heads, hd, positions, invFreq);
+            CpuOps.ApplyRope(k, rows, kvHeads, hd, positions, invFreq);
+        }
+        using var dQkv = Acc.Allocate1D(qkv);
+        using var dPos = Acc.Allocate1D(positions);
+        using var dCos = Acc.Allocate1D(cos);
+        using var dSin = Acc.Allocate1D(sin);
+        using var dq = Acc.Allocate1D<float>(q.Length);
+        using var dk = Acc.Allocate1D<float>(k.Length);
+        using var dqh = Acc.Allocate1D<ushort>(q.Length);
+        using var dkh = Acc.Allocate1D<ushort>(k.Length + shape.KvDim); // a cache view that starts one row in
+        using var dvh = Acc.Allocate1D<ushort>(v.Length + shape.KvDim);
+        Ops.QkvSplitRope(dQkv.View, rows, dPos.View, dCos.View, dSin.View, dq.View, dk.View, dqh.View,
+            dkh.View.SubView(shape.KvDim, k.Length), dvh.View.SubView(shape.KvDim, v.Length), shape);
+        Acc.Synchronize();
+        Close(q, dq.GetAsArray1D(), 1e-6, 1e-6);
+        Close(k, dk.GetAsArray1D(), 1e-6, 1e-6);
+        static float[] Widen(ushort[] h) => h.Select(b => (float)BitConverter.UInt16BitsToHalf(b)).ToArray();
+        static float[] Round(float[] x) => x.Select(f => (float)(System.Half)f).ToArray();
+        Close(Round(q), Widen(dqh.GetAsArray1D()), 1e-3, 1e-3);
+        Close(Round(k), Widen(dkh.GetAsArray1D()[shape.KvDim..]), 1e-3, 1e-3);
+        Assert.Equal(Round(v), Widen(dvh.GetAsArray1D()[shape.KvDim..])); // v is not rotated: exact rounding
+    }
+
+    [Fact]
+    public void SiluMulSplitToHalfMatchesSiluMul()
+    {
+        var rng = new Random(77);
+        int rows = 9, inter = 37;
+        var gu = Rand(rng, rows * 2 * inter, 4);
+        var gate = new float[rows * inter];
+        var up = new float[rows * inter];
+        for (int r = 0; r < rows; r++)
+        {
+            gu.AsSpan(r * 2 * inter, inter).CopyTo(gate.AsSpan(r * inter));
+            gu.AsSpan(r * 2 * inter + inter, inter).CopyTo(up.AsSpan(r * inter));
+        }
+        CpuOps.SiluMul(gate, up);
+        using var d = Acc.Allocate1D(gu);
+        using var o = Acc.Allocate1D<ushort>(rows * inter);
+        Ops.SiluMulSplitToHalf(d.View, o.View, rows, inter);
+        Acc.Synchronize();
+        var got = o.GetAsArray1D().Select(b => (float)BitConverter.UInt16BitsToHalf(b)).ToArray();
+        Close(gate.Select(f => (float)(System.Half)f).ToArray(), got, 1e-3, 1e-3);
+    }
 }

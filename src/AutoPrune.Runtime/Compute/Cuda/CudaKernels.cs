@@ -11,6 +11,16 @@ namespace AutoPrune.Compute.Cuda;
 /// </summary>
 internal readonly record struct ElementRange(long Count, int Stride);
 
+/// <summary>Layout of a fused [rows, (Heads + 2·KvHeads)·HeadDim] q|k|v projection for <see cref="CudaKernels.QkvSplitRopeKernel"/>.</summary>
+internal readonly record struct QkvShape(int Heads, int KvHeads, int HeadDim, int Rope)
+{
+    public int QDim => Heads * HeadDim;
+    public int KvDim => KvHeads * HeadDim;
+    public int Width => QDim + 2 * KvDim;
+    /// <summary>Rotation pairs (or value pairs) per row: every head contributes HeadDim / 2.</summary>
+    public int PairsPerRow => (Heads + 2 * KvHeads) * (HeadDim / 2);
+}
+
 /// <summary>Shapes of an attention launch (passed to the kernel by value).</summary>
 /// <param name="Nq">Query rows in this launch.</param>
 /// <param name="Nk">Valid keys in the KV buffer (the cache length including the new rows).</param>
@@ -294,6 +304,66 @@ internal static class CudaKernels
         {
             float g = gate[i];
             dst[i] = FloatToHalfBits(g / (1f + XMath.Exp(-g)) * up[i]);
+        }
+    }
+
+    /// <summary>
+    /// Splits a fused q|k|v projection row by row ([rows, Width]) in one pass: applies rotate-half RoPE (when
+    /// s.Rope != 0) to q and k at each row's position, writes q and k in fp32 (for pruning signals) and q, k, v in fp16
+    /// (q for the score GEMM, k and v into the KV cache views, which start at the cache row the first row goes to).
+    /// One thread per (row, head, i &lt; HeadDim/2) pair, as <see cref="RopeKernel"/>.
+    /// </summary>
+    internal static void QkvSplitRopeKernel(Index1D t0, ArrayView<float> qkv, ArrayView<int> positions, ArrayView<float> cos, ArrayView<float> sin,
+        ArrayView<float> q, ArrayView<float> k, ArrayView<ushort> qHalf, ArrayView<ushort> kHalf, ArrayView<ushort> vHalf, QkvShape s, ElementRange range)
+    {
+        int hd = s.HeadDim, half = hd / 2, pairs = s.PairsPerRow;
+        for (long e = t0; e < range.Count; e += range.Stride)
+        {
+            long r = e / pairs;
+            int p = (int)(e % pairs);
+            int slot = p / half, i = p % half;
+            int section = slot < s.Heads ? 0 : slot < s.Heads + s.KvHeads ? 1 : 2;
+            int h = section == 0 ? slot : section == 1 ? slot - s.Heads : slot - s.Heads - s.KvHeads;
+            long src = r * s.Width + (section == 0 ? 0 : section == 1 ? s.QDim : s.QDim + s.KvDim) + (long)h * hd + i;
+            float x1 = qkv[src], x2 = qkv[src + half];
+            if (section < 2 && s.Rope != 0)
+            {
+                long tab = (long)positions[r] * half + i;
+                float c = cos[tab], sn = sin[tab];
+                float y1 = x1 * c - x2 * sn, y2 = x2 * c + x1 * sn;
+                x1 = y1;
+                x2 = y2;
+            }
+            if (section == 0)
+            {
+                long d = r * s.QDim + (long)h * hd + i;
+                q[d] = x1; q[d + half] = x2;
+                qHalf[d] = FloatToHalfBits(x1); qHalf[d + half] = FloatToHalfBits(x2);
+            }
+            else
+            {
+                long d = r * s.KvDim + (long)h * hd + i;
+                if (section == 1)
+                {
+                    k[d] = x1; k[d + half] = x2;
+                    kHalf[d] = FloatToHalfBits(x1); kHalf[d + half] = FloatToHalfBits(x2);
+                }
+                else
+                {
+                    vHalf[d] = FloatToHalfBits(x1); vHalf[d + half] = FloatToHalfBits(x2);
+                }
+            }
+        }
+    }
+
+    /// <summary>dst[r, c] = fp16(silu(gu[r, c]) · gu[r, inter + c]) for a fused gate|up projection gu ([rows, 2·inter]).</summary>
+    internal static void SiluMulSplitToHalfKernel(Index1D t, ArrayView<float> gateUp, ArrayView<ushort> dst, int inter, ElementRange range)
+    {
+        for (long e = t; e < range.Count; e += range.Stride)
+        {
+            long r = e / inter, c = e % inter;
+            float g = gateUp[r * 2 * inter + c];
+            dst[e] = FloatToHalfBits(g / (1f + XMath.Exp(-g)) * gateUp[r * 2 * inter + inter + c]);
         }
     }
 
@@ -601,6 +671,8 @@ internal sealed class CudaOps
     private readonly Lazy<Action<Index1D, ArrayView<float>, ArrayView<float>, int, ElementRange>> _addBias;
     private readonly Lazy<Action<Index1D, ArrayView<float>, ArrayView<float>, ElementRange>> _add;
     private readonly Lazy<Action<Index1D, ArrayView<float>, ArrayView<float>, ArrayView<ushort>, ElementRange>> _siluMulToHalf;
+    private readonly Lazy<Action<Index1D, ArrayView<float>, ArrayView<int>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<ushort>, ArrayView<ushort>, ArrayView<ushort>, QkvShape, ElementRange>> _qkvSplitRope;
+    private readonly Lazy<Action<Index1D, ArrayView<float>, ArrayView<ushort>, int, ElementRange>> _siluMulSplitToHalf;
     private readonly Lazy<Action<Index1D, ArrayView<float>, ArrayView<float>, ArrayView<int>, ArrayView<float>, int, ElementRange>> _rowGatherMixed;
     private readonly Lazy<Action<KernelConfig, ArrayView<float>, ArrayView<ushort>, ArrayView<float>, int, float>> _rmsToHalf;
     private readonly Lazy<Action<KernelConfig, ArrayView<float>, ArrayView<ushort>, ArrayView<float>, ArrayView<float>, int, float>> _layerNormToHalf;
@@ -644,6 +716,8 @@ internal sealed class CudaOps
         _addBias = new(() => _acc.LoadAutoGroupedStreamKernel<Index1D, ArrayView<float>, ArrayView<float>, int, ElementRange>(CudaKernels.AddBiasKernel));
         _add = new(() => _acc.LoadAutoGroupedStreamKernel<Index1D, ArrayView<float>, ArrayView<float>, ElementRange>(CudaKernels.AddKernel));
         _siluMulToHalf = new(() => _acc.LoadAutoGroupedStreamKernel<Index1D, ArrayView<float>, ArrayView<float>, ArrayView<ushort>, ElementRange>(CudaKernels.SiluMulToHalfKernel));
+        _qkvSplitRope = new(() => _acc.LoadAutoGroupedStreamKernel<Index1D, ArrayView<float>, ArrayView<int>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<ushort>, ArrayView<ushort>, ArrayView<ushort>, QkvShape, ElementRange>(CudaKernels.QkvSplitRopeKernel));
+        _siluMulSplitToHalf = new(() => _acc.LoadAutoGroupedStreamKernel<Index1D, ArrayView<float>, ArrayView<ushort>, int, ElementRange>(CudaKernels.SiluMulSplitToHalfKernel));
         _rowGatherMixed = new(() => _acc.LoadAutoGroupedStreamKernel<Index1D, ArrayView<float>, ArrayView<float>, ArrayView<int>, ArrayView<float>, int, ElementRange>(CudaKernels.RowGatherMixedKernel));
         _rmsToHalf = new(() => _acc.LoadStreamKernel<ArrayView<float>, ArrayView<ushort>, ArrayView<float>, int, float>(CudaKernels.RmsNormToHalfKernel));
         _layerNormToHalf = new(() => _acc.LoadStreamKernel<ArrayView<float>, ArrayView<ushort>, ArrayView<float>, ArrayView<float>, int, float>(CudaKernels.LayerNormToHalfKernel));
@@ -662,7 +736,7 @@ internal sealed class CudaOps
         [
             _embedding.Value, _rms.Value, _layerNorm.Value, _rope.Value, _quickGelu.Value, _gelu.Value, _silu.Value, _siluMul.Value,
             _softmax.Value, _attention.Value, _attentionRows.Value, _attentionRowsGrouped.Value, _rowGather.Value, _kvAppend.Value,
-            _argMax.Value, _toHalf.Value, _toFloat.Value, _addBias.Value, _add.Value, _siluMulToHalf.Value, _rowGatherMixed.Value,
+            _argMax.Value, _toHalf.Value, _toFloat.Value, _addBias.Value, _add.Value, _siluMulToHalf.Value, _rowGatherMixed.Value, _qkvSplitRope.Value, _siluMulSplitToHalf.Value,
             _rmsToHalf.Value, _layerNormToHalf.Value, _maskedSoftmaxToHalf.Value, _argMaxRows.Value,
         ];
         return all.Count(k => k is not null);
@@ -782,6 +856,37 @@ internal sealed class CudaOps
         Require(up.Length >= gate.Length && dst.Length >= gate.Length,
             $"up ({up.Length}) and dst ({dst.Length}) must hold at least gate's {gate.Length} elements.");
         LaunchElements(_siluMulToHalf.Value, gate.Length, gate, up, dst);
+    }
+
+    /// <summary>
+    /// Splits the fused q|k|v projection of <paramref name="rows"/> rows (see <see cref="CudaKernels.QkvSplitRopeKernel"/>):
+    /// q, k fp32 [rows, QDim] / [rows, KvDim]; qHalf [rows, QDim]; kHalf, vHalf [rows, KvDim] (views into a KV cache).
+    /// </summary>
+    public void QkvSplitRope(ArrayView<float> qkv, int rows, ArrayView<int> positions, ArrayView<float> cos, ArrayView<float> sin,
+        ArrayView<float> q, ArrayView<float> k, ArrayView<ushort> qHalf, ArrayView<ushort> kHalf, ArrayView<ushort> vHalf, QkvShape shape)
+    {
+        Require(shape.HeadDim % 2 == 0 && shape.HeadDim > 0, $"Head dimension {shape.HeadDim} must be even.");
+        CheckRows(rows, shape.Width, qkv.Length, nameof(qkv));
+        CheckRows(rows, shape.QDim, q.Length, nameof(q));
+        CheckRows(rows, shape.QDim, qHalf.Length, nameof(qHalf));
+        CheckRows(rows, shape.KvDim, k.Length, nameof(k));
+        CheckRows(rows, shape.KvDim, kHalf.Length, nameof(kHalf));
+        CheckRows(rows, shape.KvDim, vHalf.Length, nameof(vHalf));
+        Require(shape.Rope == 0 || positions.Length >= rows, $"positions has {positions.Length} elements, fewer than rows ({rows}).");
+        long n = (long)rows * shape.PairsPerRow;
+        if (n > 0)
+        {
+            var r = Range(n);
+            _qkvSplitRope.Value(Extent(r.Stride), qkv, positions, cos, sin, q, k, qHalf, kHalf, vHalf, shape, r);
+        }
+    }
+
+    /// <summary>dst [rows, inter] = fp16(silu(gate) · up) from a fused gate|up projection [rows, 2·inter].</summary>
+    public void SiluMulSplitToHalf(ArrayView<float> gateUp, ArrayView<ushort> dst, int rows, int inter)
+    {
+        CheckRows(rows, 2 * inter, gateUp.Length, nameof(gateUp));
+        CheckRows(rows, inter, dst.Length, nameof(dst));
+        LaunchElements(_siluMulSplitToHalf.Value, (long)rows * inter, gateUp, dst, inter);
     }
 
     /// <summary>

@@ -25,7 +25,7 @@ internal sealed class CudaGeneration : IGeneration
     private readonly CudaLlavaModel _m;
     private readonly int _extra;
     private readonly LayerCache?[] _caches;
-    private readonly Scratch<float> _x, _x2, _q, _k, _v, _gate, _up, _scores, _logits, _extraRows;
+    private readonly Scratch<float> _x, _x2, _q, _k, _qkv, _gateUp, _scores, _logits, _extraRows;
     private readonly Scratch<ushort> _xnH, _qH, _attH, _actH, _probs;
     private readonly Scratch<int> _positions, _rows;
     private bool _xIsSecond;
@@ -38,7 +38,7 @@ internal sealed class CudaGeneration : IGeneration
         _extra = Math.Max(0, extraCapacity);
         _caches = new LayerCache?[model.DecoderLayers];
         var mem = model.Memory;
-        _x = new(mem); _x2 = new(mem); _q = new(mem); _k = new(mem); _v = new(mem); _gate = new(mem); _up = new(mem);
+        _x = new(mem); _x2 = new(mem); _q = new(mem); _k = new(mem); _qkv = new(mem); _gateUp = new(mem);
         _scores = new(mem); _logits = new(mem); _extraRows = new(mem);
         _xnH = new(mem); _qH = new(mem); _attH = new(mem); _actH = new(mem); _probs = new(mem);
         _positions = new(mem); _rows = new(mem);
@@ -171,34 +171,29 @@ internal sealed class CudaGeneration : IGeneration
         var x = X.Get((long)n * h);
         var xnH = _xnH.Get((long)n * h);
         ops.RmsNormToHalf(x, xnH, n, h, L.InNorm.Weight.View, L.InNorm.Eps);
-        var q = _q.Get((long)n * qd);
-        var k = _k.Get((long)n * kvd);
-        var v = _v.Get((long)n * kvd);
-        _m.Linear(L.Q, xnH, n, q);
-        _m.Linear(L.K, xnH, n, k);
-        _m.Linear(L.V, xnH, n, v);
-        ops.Rope(q, n, _m.Heads, _m.HeadDim, positions, _m.RopeCos.View, _m.RopeSin.View);
-        ops.Rope(k, n, _m.KvHeads, _m.HeadDim, positions, _m.RopeCos.View, _m.RopeSin.View);
         int start = cache.Count;
         if (start + n > cache.Capacity)
             throw new InvalidOperationException($"KV cache of layer {li} is full ({cache.Capacity} tokens).");
-        _m.ToHalf(k, cache.K.Slice((long)start * kvd, (long)n * kvd), (long)n * kvd);
-        _m.ToHalf(v, cache.V.Slice((long)start * kvd, (long)n * kvd), (long)n * kvd);
+        // One GEMM for q|k|v, one pass for RoPE, the fp32 copies the policies read and the fp16 q and cache rows.
+        var shape = _m.QkvShape(rope: true);
+        var qkv = _qkv.Get((long)n * shape.Width);
+        _m.Linear(L.Qkv, xnH, n, qkv);
+        var q = _q.Get((long)n * qd);
+        var k = _k.Get((long)n * kvd);
+        var qH = _qH.Get((long)n * qd);
+        ops.QkvSplitRope(qkv, n, positions, _m.RopeCos.View, _m.RopeSin.View, q, k, qH,
+            cache.K.Slice((long)start * kvd, (long)n * kvd), cache.V.Slice((long)start * kvd, (long)n * kvd), shape);
         cache.Count = start + n;
         if (!causal) cache.NextPosition++;
-        var qH = _qH.Get((long)n * qd);
-        _m.ToHalf(q, qH, (long)n * qd);
         var att = _attH.Get((long)n * qd);
         _m.Attend(qH, cache.K.View, cache.V.View, att, n, cache.Count, _m.Heads, _m.KvHeads, _m.HeadDim,
             causal ? cache.Count - n : -1, _scores, _probs);
         _m.Linear(L.O, att, n, x, accumulate: true);
         ops.RmsNormToHalf(x, xnH, n, h, L.PostNorm.Weight.View, L.PostNorm.Eps);
-        var gate = _gate.Get((long)n * inter);
-        var up = _up.Get((long)n * inter);
-        _m.Linear(L.Gate, xnH, n, gate);
-        _m.Linear(L.Up, xnH, n, up);
+        var gateUp = _gateUp.Get((long)n * 2 * inter);
+        _m.Linear(L.GateUp, xnH, n, gateUp);
         var act = _actH.Get((long)n * inter);
-        ops.SiluMulToHalf(gate, up, act);
+        ops.SiluMulSplitToHalf(gateUp, act, n, inter);
         _m.Linear(L.Down, act, n, x, accumulate: true);
         _version++;
     }
@@ -274,18 +269,17 @@ internal sealed class CudaGeneration : IGeneration
         var L = _m.Layers[layer];
         int h = H, qd = Qd, kvd = Kvd;
         var mem = _m.Memory;
+        var shape = _m.QkvShape(rope);
         using var xn = mem.Allocate<ushort>((long)n * h);
+        using var qkv = mem.Allocate<float>((long)n * shape.Width);
         using var q = mem.Allocate<float>((long)n * qd);
         using var k = mem.Allocate<float>((long)n * kvd);
+        using var qH = mem.Allocate<ushort>((long)n * qd);
+        using var kH = mem.Allocate<ushort>((long)n * kvd);
+        using var vH = mem.Allocate<ushort>((long)n * kvd);
         _m.Ops.RmsNormToHalf(X.Get((long)n * h), xn.View, n, h, L.InNorm.Weight.View, L.InNorm.Eps);
-        _m.Linear(L.Q, xn.View, n, q.View);
-        _m.Linear(L.K, xn.View, n, k.View);
-        if (rope)
-        {
-            var positions = _positions.Get(n);
-            _m.Ops.Rope(q.View, n, _m.Heads, _m.HeadDim, positions, _m.RopeCos.View, _m.RopeSin.View);
-            _m.Ops.Rope(k.View, n, _m.KvHeads, _m.HeadDim, positions, _m.RopeCos.View, _m.RopeSin.View);
-        }
+        _m.Linear(L.Qkv, xn.View, n, qkv.View);
+        _m.Ops.QkvSplitRope(qkv.View, n, _positions.Get(n), _m.RopeCos.View, _m.RopeSin.View, q.View, k.View, qH.View, kH.View, vH.View, shape);
         return (q.Download(0, (long)n * qd), k.Download(0, (long)n * kvd));
     }
 
@@ -297,7 +291,7 @@ internal sealed class CudaGeneration : IGeneration
             if (_disposed) return;
             _disposed = true;
             foreach (var c in _caches) { c?.K.Dispose(); c?.V.Dispose(); }
-            foreach (var s in new IDisposable[] { _x, _x2, _q, _k, _v, _gate, _up, _scores, _logits, _extraRows, _xnH, _qH, _attH, _actH, _probs, _positions, _rows })
+            foreach (var s in new IDisposable[] { _x, _x2, _q, _k, _qkv, _gateUp, _scores, _logits, _extraRows, _xnH, _qH, _attH, _actH, _probs, _positions, _rows })
                 s.Dispose();
         }
     }

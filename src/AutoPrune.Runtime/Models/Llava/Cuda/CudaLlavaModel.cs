@@ -20,10 +20,25 @@ internal sealed class DeviceLinear(DeviceBuffer<ushort> weight, DeviceBuffer<flo
     public int Out { get; } = @out;
 
     public static DeviceLinear Load(DeviceArena mem, ITensorSource store, string prefix, int @in, int @out, bool bias)
+        => LoadStacked(mem, store, [(prefix, @out)], @in, bias);
+
+    /// <summary>
+    /// Several linear layers on the same input stacked into one ([Σ out, in], biases likewise), so one GEMM computes
+    /// them all: q|k|v, or gate|up. Fewer, larger GEMMs launch less often and read the input once.
+    /// </summary>
+    public static DeviceLinear LoadStacked(DeviceArena mem, ITensorSource store, IReadOnlyList<(string Prefix, int Out)> parts, int @in, bool bias)
     {
-        var w = mem.Upload(MemoryMarshal.Cast<Half, ushort>(store.ReadFloat16(prefix + ".weight", @out, @in).AsSpan()));
-        var b = bias ? mem.Upload<float>(store.ReadFloat32(prefix + ".bias", @out)) : null;
-        return new DeviceLinear(w, b, @in, @out);
+        int total = parts.Sum(p => p.Out);
+        var w = new Half[(long)total * @in];
+        var b = bias ? new float[total] : null;
+        int row = 0;
+        foreach (var (prefix, @out) in parts)
+        {
+            store.ReadFloat16(prefix + ".weight", @out, @in).CopyTo(w, (long)row * @in);
+            if (b is not null) store.ReadFloat32(prefix + ".bias", @out).CopyTo(b, row);
+            row += @out;
+        }
+        return new DeviceLinear(mem.Upload(MemoryMarshal.Cast<Half, ushort>(w.AsSpan())), b is null ? null : mem.Upload<float>(b), @in, total);
     }
 
     public void Dispose() { Weight.Dispose(); Bias?.Dispose(); }
@@ -62,7 +77,8 @@ internal sealed class CudaLlavaModel : ILlavaBackend
     internal sealed class DecoderLayer
     {
         public required DeviceNorm InNorm, PostNorm;
-        public required DeviceLinear Q, K, V, O, Gate, Up, Down;
+        /// <summary>q|k|v stacked ([heads·hd + 2·kvHeads·hd, hidden]) and gate|up stacked ([2·intermediate, hidden]).</summary>
+        public required DeviceLinear Qkv, O, GateUp, Down;
     }
 
     private readonly CudaDevice _device;
@@ -108,6 +124,7 @@ internal sealed class CudaLlavaModel : ILlavaBackend
     internal int Intermediate => _tcfg.IntermediateSize;
     internal int Vocab => _tcfg.VocabSize;
     internal int MaxPositions { get; }
+    internal QkvShape QkvShape(bool rope) => new(Heads, KvHeads, HeadDim, rope ? 1 : 0);
 
     /// <summary>Uploads the weights of <paramref name="store"/> to <paramref name="device"/>, which the model then owns.</summary>
     public CudaLlavaModel(ITensorSource store, LlavaConfig config, CudaDevice device, Action<double>? progress = null)
@@ -175,12 +192,11 @@ internal sealed class CudaLlavaModel : ILlavaBackend
                 {
                     InNorm = Own(DeviceNorm.Load(mem, store, lp + ".input_layernorm", th, eps, bias: false)),
                     PostNorm = Own(DeviceNorm.Load(mem, store, lp + ".post_attention_layernorm", th, eps, bias: false)),
-                    Q = Own(DeviceLinear.Load(mem, store, lp + ".self_attn.q_proj", th, qd, _tcfg.AttentionBias)),
-                    K = Own(DeviceLinear.Load(mem, store, lp + ".self_attn.k_proj", th, kvd, _tcfg.AttentionBias)),
-                    V = Own(DeviceLinear.Load(mem, store, lp + ".self_attn.v_proj", th, kvd, _tcfg.AttentionBias)),
+                    Qkv = Own(DeviceLinear.LoadStacked(mem, store,
+                        [(lp + ".self_attn.q_proj", qd), (lp + ".self_attn.k_proj", kvd), (lp + ".self_attn.v_proj", kvd)], th, _tcfg.AttentionBias)),
                     O = Own(DeviceLinear.Load(mem, store, lp + ".self_attn.o_proj", qd, th, _tcfg.AttentionBias)),
-                    Gate = Own(DeviceLinear.Load(mem, store, lp + ".mlp.gate_proj", th, Intermediate, _tcfg.MlpBias)),
-                    Up = Own(DeviceLinear.Load(mem, store, lp + ".mlp.up_proj", th, Intermediate, _tcfg.MlpBias)),
+                    GateUp = Own(DeviceLinear.LoadStacked(mem, store,
+                        [(lp + ".mlp.gate_proj", Intermediate), (lp + ".mlp.up_proj", Intermediate)], th, _tcfg.MlpBias)),
                     Down = Own(DeviceLinear.Load(mem, store, lp + ".mlp.down_proj", Intermediate, th, _tcfg.MlpBias)),
                 };
                 progress?.Invoke(0.1 + 0.85 * (i + 1.0) / Layers.Length);
