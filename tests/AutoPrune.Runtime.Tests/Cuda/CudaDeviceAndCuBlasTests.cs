@@ -92,26 +92,31 @@ public sealed class CuBlasMappingTests
             }
     }
 
+    /// <summary>The mappings of <see cref="DeviceBlas"/>, checked with an independent column-major GEMM as cuBLAS defines it.</summary>
     [Theory]
     [InlineData(1, 8, 5)]
     [InlineData(7, 3, 4)]
     [InlineData(4, 16, 1)]
-    public void RowMajorTransBMapsToColumnMajorCall(int m, int k, int n)
+    public void RowMajorGemmsMapToColumnMajorCalls(int m, int k, int n)
     {
         var rng = new Random(m * 100 + k * 10 + n);
         var a = Enumerable.Range(0, m * k).Select(_ => (float)rng.NextDouble() - 0.5f).ToArray(); // row-major [m, k]
         var w = Enumerable.Range(0, n * k).Select(_ => (float)rng.NextDouble() - 0.5f).ToArray(); // row-major [n, k]
-        var g = CuBlas.MapGemmTransB(m, k, n);
-        Assert.True(g.FirstIsW);
+        var b = Enumerable.Range(0, k * n).Select(_ => (float)rng.NextDouble() - 0.5f).ToArray(); // row-major [k, n]
+        var t = DeviceBlas.MapTransB(m, k, n, aRowStride: k, wRowStride: k, cRowStride: n);
         var c = new float[m * n];
-        ColumnMajorGemm(g.TransA, g.TransB, g.M, g.N, g.K, w, g.Lda, a, g.Ldb, c, g.Ldc); // first operand = W, second = A
+        ColumnMajorGemm(t.TransA, t.TransB, t.M, t.N, t.K, w, t.Lda, a, t.Ldb, c, t.Ldc); // cuBLAS "A" = W, "B" = A
+        var nn = DeviceBlas.MapNN(m, k, n, aRowStride: k, bRowStride: n, cRowStride: n);
+        var c2 = new float[m * n];
+        ColumnMajorGemm(nn.TransA, nn.TransB, nn.M, nn.N, nn.K, b, nn.Lda, a, nn.Ldb, c2, nn.Ldc); // cuBLAS "A" = B, "B" = A
         for (int i = 0; i < m; i++)
             for (int j = 0; j < n; j++)
             {
-                double expected = 0;
-                for (int p = 0; p < k; p++) expected += (double)a[i * k + p] * w[j * k + p];
+                double expected = 0, expected2 = 0;
+                for (int p = 0; p < k; p++) { expected += (double)a[i * k + p] * w[j * k + p]; expected2 += (double)a[i * k + p] * b[p * n + j]; }
                 Assert.Equal(expected, c[i * n + j], 5); // read back as row-major [m, n]
+                Assert.Equal(expected2, c2[i * n + j], 5);
             }
-        Assert.Throws<ArgumentOutOfRangeException>(() => CuBlas.MapGemmTransB(0, k, n));
+        Assert.Throws<ArgumentOutOfRangeException>(() => DeviceBlas.MapTransB(0, k, n, k, k, n));
     }
 }

@@ -12,7 +12,8 @@ namespace AutoPrune.Compute.Cuda;
 /// ever run. What is tested without a GPU is the library-name resolution (<see cref="ResolveLibraryName"/>) and the
 /// row-major → column-major argument mapping (<see cref="MapGemmTransB"/>, checked against a column-major reference
 /// GEMM in the tests). The enum values are those of cublas_api.h / library_types.h (CUDA 11+);
-/// CUBLAS_GEMM_DEFAULT_TENSOR_OP (99) is deprecated since CUDA 11 but still accepted (tensor cores are used for
+/// CUBLAS_GEMM_DEFAULT (-1) lets cuBLAS choose; with fp16 inputs and CUBLAS_COMPUTE_32F it uses tensor cores (the
+/// older CUBLAS_GEMM_DEFAULT_TENSOR_OP is deprecated since CUDA 11; tensor cores are used for
 /// fp16 inputs by default).
 /// </remarks>
 internal static class CuBlas
@@ -30,7 +31,7 @@ internal static class CuBlas
     // cublasComputeType_t
     public const int ComputeType32F = 68;
     // cublasGemmAlgo_t
-    public const int GemmDefaultTensorOp = 99;
+    public const int GemmDefault = -1;
     // cublasStatus_t
     public const int StatusSuccess = 0;
 
@@ -111,60 +112,17 @@ internal static class CuBlas
     /// <summary>Binds the handle to a CUDA stream (e.g. ILGPU's <c>CudaStream.StreamPtr</c>) so GEMMs order with the kernels.</summary>
     public static void SetStream(IntPtr handle, IntPtr stream) => Check(cublasSetStream_v2(handle, stream), "cublasSetStream_v2");
 
-    /// <summary>Arguments of one column-major cublasGemmEx call. <see cref="FirstIsW"/>: the "A" operand is the weight.</summary>
-    internal readonly record struct GemmArgs(int TransA, int TransB, int M, int N, int K, int Lda, int Ldb, int Ldc, bool FirstIsW);
-
-    /// <summary>
-    /// Row-major C[m, n] = A[m, k] · W[n, k]ᵀ expressed for column-major cuBLAS. A row-major [r, c] matrix is the
-    /// column-major [c, r] matrix with leading dimension c, so Cᵀ (n × m, ld n) = W(as k × n)ᵀ · A(as k × m):
-    /// cublas(transa = T on W with lda = k, transb = N on A with ldb = k, m' = n, n' = m, k' = k, ldc = n).
-    /// Pure, for tests.
-    /// </summary>
-    internal static GemmArgs MapGemmTransB(int m, int k, int n)
-    {
-        if (m <= 0 || k <= 0 || n <= 0) throw new ArgumentOutOfRangeException(nameof(m), $"GEMM sizes must be positive: m {m}, k {k}, n {n}.");
-        return new GemmArgs(OpT, OpN, n, m, k, Lda: k, Ldb: k, Ldc: n, FirstIsW: true);
-    }
-
-    /// <summary>
-    /// C = A · Wᵀ, row-major: a [m, k] fp16, w [n, k] fp16, c [m, n] (fp32 by default, <paramref name="cType"/> =
-    /// <see cref="CudaR16F"/> for fp16), fp32 accumulation on tensor cores. Device pointers. Untested on a GPU.
-    /// </summary>
-    public static unsafe void GemmTransB(IntPtr handle, int m, int k, int n, IntPtr a, IntPtr w, IntPtr c, int cType = CudaR32F, float beta = 0f)
-    {
-        var g = MapGemmTransB(m, k, n);
-        float alpha = 1f;
-        Check(cublasGemmEx(handle, g.TransA, g.TransB, g.M, g.N, g.K, &alpha, w, CudaR16F, g.Lda, a, CudaR16F, g.Ldb,
-            &beta, c, cType, g.Ldc, ComputeType32F, GemmDefaultTensorOp), "cublasGemmEx");
-    }
-
-    /// <summary>
-    /// Batched row-major C_b = A_b · W_bᵀ (e.g. per-head Q·Kᵀ), with element strides between batches. Same mapping as
-    /// <see cref="GemmTransB"/>; lda/ldb/ldc here are the row strides of the row-major operands (≥ k, k, n).
-    /// Untested on a GPU.
-    /// </summary>
-    public static unsafe void GemmTransBStridedBatched(IntPtr handle, int m, int k, int n,
-        IntPtr a, int aRowStride, long strideA, IntPtr w, int wRowStride, long strideW, IntPtr c, int cRowStride, long strideC,
-        int batch, int cType = CudaR32F)
-    {
-        var g = MapGemmTransB(m, k, n);
-        float alpha = 1f, beta = 0f;
-        Check(cublasGemmStridedBatchedEx(handle, g.TransA, g.TransB, g.M, g.N, g.K, &alpha,
-            w, CudaR16F, wRowStride, strideW, a, CudaR16F, aRowStride, strideA,
-            &beta, c, cType, cRowStride, strideC, batch, ComputeType32F, GemmDefaultTensorOp), "cublasGemmStridedBatchedEx");
-    }
-
     /// <summary>Runs one <see cref="GemmCall"/> (fp16 A and B, fp32 compute, fp32 or fp16 C) on the handle's stream.</summary>
     public static unsafe void GemmStridedBatched(IntPtr handle, in GemmCall c)
     {
         float alpha = 1f, beta = c.Beta;
         if (c.Batch == 1)
             Check(cublasGemmEx(handle, c.TransA, c.TransB, c.M, c.N, c.K, &alpha, c.A, CudaR16F, c.Lda, c.B, CudaR16F, c.Ldb,
-                &beta, c.C, c.CType, c.Ldc, ComputeType32F, GemmDefaultTensorOp), "cublasGemmEx");
+                &beta, c.C, c.CType, c.Ldc, ComputeType32F, GemmDefault), "cublasGemmEx");
         else
             Check(cublasGemmStridedBatchedEx(handle, c.TransA, c.TransB, c.M, c.N, c.K, &alpha,
                 c.A, CudaR16F, c.Lda, c.StrideA, c.B, CudaR16F, c.Ldb, c.StrideB,
-                &beta, c.C, c.CType, c.Ldc, c.StrideC, c.Batch, ComputeType32F, GemmDefaultTensorOp), "cublasGemmStridedBatchedEx");
+                &beta, c.C, c.CType, c.Ldc, c.StrideC, c.Batch, ComputeType32F, GemmDefault), "cublasGemmStridedBatchedEx");
     }
 
     private static void Check(int status, string call)
