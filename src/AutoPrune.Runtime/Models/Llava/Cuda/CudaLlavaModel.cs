@@ -71,7 +71,8 @@ internal sealed class CudaLlavaModel : ILlavaBackend
     private sealed class VisionLayer
     {
         public required DeviceNorm Ln1, Ln2;
-        public required DeviceLinear Q, K, V, O, Fc1, Fc2;
+        /// <summary>q|k|v stacked ([3·hidden, hidden], biases likewise).</summary>
+        public required DeviceLinear Qkv, O, Fc1, Fc2;
     }
 
     internal sealed class DecoderLayer
@@ -165,9 +166,8 @@ internal sealed class CudaLlavaModel : ILlavaBackend
                 {
                     Ln1 = Own(DeviceNorm.Load(mem, store, lp + ".layer_norm1", vh, veps, bias: true)),
                     Ln2 = Own(DeviceNorm.Load(mem, store, lp + ".layer_norm2", vh, veps, bias: true)),
-                    Q = Own(DeviceLinear.Load(mem, store, lp + ".self_attn.q_proj", vh, vh, true)),
-                    K = Own(DeviceLinear.Load(mem, store, lp + ".self_attn.k_proj", vh, vh, true)),
-                    V = Own(DeviceLinear.Load(mem, store, lp + ".self_attn.v_proj", vh, vh, true)),
+                    Qkv = Own(DeviceLinear.LoadStacked(mem, store,
+                        [(lp + ".self_attn.q_proj", vh), (lp + ".self_attn.k_proj", vh), (lp + ".self_attn.v_proj", vh)], vh, true)),
                     O = Own(DeviceLinear.Load(mem, store, lp + ".self_attn.out_proj", vh, vh, true)),
                     Fc1 = Own(DeviceLinear.Load(mem, store, lp + ".mlp.fc1", vh, _vcfg.IntermediateSize, true)),
                     Fc2 = Own(DeviceLinear.Load(mem, store, lp + ".mlp.fc2", _vcfg.IntermediateSize, vh, true)),
@@ -317,9 +317,11 @@ internal sealed class CudaLlavaModel : ILlavaBackend
             using var patchesH = mem.UploadScratch(MemoryMarshal.Cast<Half, ushort>(patches.AsSpan()));
             using var x = mem.Allocate<float>((long)n * h);
             using var xnH = mem.Allocate<ushort>((long)n * h);
+            var split = new QkvShape(heads, heads, hd, Rope: 0); // no RoPE in CLIP: positions are not read
+            using var noPositions = mem.UploadScratch<int>([0]);
+            using var qkv = mem.Allocate<float>((long)n * split.Width);
             using var q = mem.Allocate<float>((long)n * h);
             using var k = mem.Allocate<float>((long)n * h);
-            using var v = mem.Allocate<float>((long)n * h);
             using var qH = mem.Allocate<ushort>((long)n * h);
             using var kH = mem.Allocate<ushort>((long)n * h);
             using var vH = mem.Allocate<ushort>((long)n * h);
@@ -337,12 +339,8 @@ internal sealed class CudaLlavaModel : ILlavaBackend
             {
                 var L = _vlayers[li];
                 Ops.LayerNormToHalf(x.View, xnH.View, n, h, L.Ln1.Weight.View, L.Ln1.Bias!.View, L.Ln1.Eps);
-                Linear(L.Q, xnH.View, n, q.View);
-                Linear(L.K, xnH.View, n, k.View);
-                Linear(L.V, xnH.View, n, v.View);
-                ToHalf(q.View, qH.View, (long)n * h);
-                ToHalf(k.View, kH.View, (long)n * h);
-                ToHalf(v.View, vH.View, (long)n * h);
+                Linear(L.Qkv, xnH.View, n, qkv.View);
+                Ops.QkvSplitRope(qkv.View, n, noPositions.View, RopeCos.View, RopeSin.View, q.View, k.View, qH.View, kH.View, vH.View, split);
                 Attend(qH.View, kH.View, vH.View, attH.View, n, n, heads, heads, hd, -1, scores, probs);
                 if (li == _vlayers.Length - 1)
                 {
