@@ -76,8 +76,9 @@ public sealed class VisionLanguageModel : IDisposable
         {
             using var store = SafeTensorStore.Open(dir);
             Action<double> weights = f => progress?.Report(new LoadProgress("weights", 0.05 + 0.95 * f));
-            model = gpu is null ? new LlavaModel(store, config, weights) : new Models.Llava.Cuda.CudaLlavaModel(store, config, gpu, weights);
-            gpu = null; // owned by the model now
+            bool auto = (options.Device ?? "").Trim().ToLowerInvariant() is "auto" or "";
+            model = CreateBackend(store, config, gpu, auto, log, weights);
+            gpu = null; // owned by the model now (or disposed by the fallback)
             var unexpected = LlavaModel.UnexpectedTensors(store, config);
             if (unexpected.Count > 0)
             {
@@ -96,6 +97,35 @@ public sealed class VisionLanguageModel : IDisposable
         log.LogInformation("Loaded {Dir} on {Device} in {Ms:F0} ms: {Layers} decoder layers, hidden {Hidden}, {Visual} visual tokens per image",
             dir, device, sw.Elapsed.TotalMilliseconds, config.TextConfig.NumHiddenLayers, config.TextConfig.HiddenSize, model.TokensPerImage);
         return new VisionLanguageModel(dir, model, tokenizer, images, options, log);
+    }
+
+    /// <summary>
+    /// The CPU model, or the GPU model on <paramref name="gpu"/> (which it then owns). With <paramref name="auto"/>, a GPU
+    /// model that fails to start (kernels the driver rejects, cuBLAS that will not initialise) falls back to the CPU
+    /// with a warning and <paramref name="gpu"/> is disposed; a device asked for by name fails instead. Checkpoint
+    /// errors (<see cref="ModelLoadException"/>) are never masked.
+    /// </summary>
+    internal static ILlavaBackend CreateBackend(ITensorSource store, LlavaConfig config, Compute.Cuda.CudaDevice? gpu, bool auto, ILogger log,
+        Action<double>? progress = null, Func<ITensorSource, LlavaConfig, Compute.Cuda.CudaDevice, Action<double>?, ILlavaBackend>? gpuFactory = null)
+    {
+        if (gpu is null) return new LlavaModel(store, config, progress);
+        gpuFactory ??= static (s, c, d, p) => new Models.Llava.Cuda.CudaLlavaModel(s, c, d, p);
+        try
+        {
+            return gpuFactory(store, config, gpu, progress);
+        }
+        catch (Exception e) when (auto && e is not ModelLoadException)
+        {
+            log.LogWarning("Device auto: the GPU backend could not start on {Gpu} ({Error}: {Message}); running on the CPU",
+                gpu.Description, e.GetType().Name, e.Message);
+            gpu.Dispose();
+            return new LlavaModel(store, config, progress);
+        }
+        catch
+        {
+            gpu.Dispose();
+            throw;
+        }
     }
 
     /// <summary>Loads on a worker thread.</summary>

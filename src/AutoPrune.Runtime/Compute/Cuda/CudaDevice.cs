@@ -183,8 +183,12 @@ internal sealed class CudaDevice : IDisposable
         return false;
     }
 
+    private int _disposed;
+
+    /// <summary>Releases the accelerator and the context (once; later calls do nothing).</summary>
     public void Dispose()
     {
+        if (Interlocked.Exchange(ref _disposed, 1) != 0) return;
         Accelerator.Dispose();
         Context.Dispose();
     }
