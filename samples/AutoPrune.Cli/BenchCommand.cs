@@ -111,6 +111,7 @@ public static class SpeedPrinter
         t.AddRow("decode", "none", "", "", "", F(r.DecodeMsPerToken), "", "", "", $"{F(1000 / r.DecodeMsPerToken, "F0")} tok/s");
         console.Write(t);
         string mem = r.PeakDeviceMemoryMb is double pk ? $"peak device memory {F(pk, "F0")} MB (weights {F(r.WeightsDeviceMemoryMb ?? 0, "F0")} MB; our buffers, without the CUDA context and cuBLAS workspace); " : "";
+        if (r.DeviceUsedMb is double du) mem += $"GPU memory in use at most {F(du, "F0")} MB (driver's count, whole device); ";
         foreach (var p in r.Prefill.Where(p => p.Skipped is not null))
             console.MarkupLine(Markup.Escape($"skipped {p.Method} at {p.Budget}: {p.Skipped}"));
         console.MarkupLine(Markup.Escape($"Medians over {r.Repeats} runs after {r.Warmup} warm-up; decode over {r.DecodeTokens} tokens; {mem}peak working set {F(r.PeakWorkingSetMb, "F0")} MB."));

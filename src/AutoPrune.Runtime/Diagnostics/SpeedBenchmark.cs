@@ -42,12 +42,18 @@ public sealed record PrefillTiming(string Method, double Budget, double? AvgVisu
     double? PrefillMs, double? PrefillMsMin, double? MsPerLayer, double? FlopsRatio, double? SpeedupVsUnpruned, string? Skipped = null);
 
 /// <summary>Everything one <see cref="SpeedBenchmark.Run"/> measured, in one run on one device.</summary>
+/// <remarks>
+/// <c>PeakDeviceMemoryMb</c> counts AutoPrune's own device buffers (weights, caches, scratch, pool); <c>DeviceUsedMb</c>
+/// is the most the CUDA driver reported in use on the whole GPU at the end of any stage (CUDA context, cuBLAS
+/// workspace and other processes included); null on the CPU.
+/// </remarks>
 public sealed record SpeedReport(
     string Model, string Device, string Weights, int DecoderLayers, int VisualTokens,
     double LoadSeconds, double VisionTowerMs, double ProjectorMs,
     IReadOnlyList<PrefillTiming> Prefill,
     double DecodeMsPerToken, int DecodeTokens,
-    double? PeakDeviceMemoryMb, double? WeightsDeviceMemoryMb, double PeakWorkingSetMb, int Repeats, int Warmup);
+    double? PeakDeviceMemoryMb, double? WeightsDeviceMemoryMb, double PeakWorkingSetMb, int Repeats, int Warmup,
+    double? DeviceUsedMb = null);
 
 /// <summary>
 /// Times the stages of the model on one device with synthetic inputs (random pixels, random token ids): vision tower,
@@ -69,6 +75,18 @@ public static class SpeedBenchmark
         using var owned = model;
         double loadSeconds = sw.Elapsed.TotalSeconds;
         double? weightsMb = model is CudaLlavaModel g0 ? g0.Memory.CurrentBytes / 1048576.0 : null;
+        double? deviceUsed = null;
+        void SampleDevice()
+        {
+            if (model is CudaLlavaModel { Accelerator: ILGPU.Runtime.Cuda.CudaAccelerator cuda })
+            {
+                using var bind = cuda.BindScoped();
+                cuda.Synchronize();
+                double used = (cuda.MemorySize - cuda.GetFreeMemory()) / 1048576.0;
+                deviceUsed = Math.Max(deviceUsed ?? 0, used);
+            }
+        }
+        SampleDevice();
         var cfg = model.Config;
         var t = cfg.TextConfig;
         var shape = new ModelShape(t.NumHiddenLayers, t.NumAttentionHeads, t.HiddenSize, t.IntermediateSize, model.TokensPerImage, model.Grid);
@@ -97,6 +115,7 @@ public static class SpeedBenchmark
             double pm = sw.Elapsed.TotalMilliseconds;
             if (r >= o.Warmup) { visionMs.Add(vm); projMs.Add(pm); }
         }
+        SampleDevice();
 
         // Prefill: the unpruned reference first, then each method at each budget.
         var prefill = new List<PrefillTiming>();
@@ -138,6 +157,7 @@ public static class SpeedBenchmark
                 var (ms, rep, n) = TimePrefill(model, runShape, options, runIds, vision, runProjected);
                 if (r >= o.Warmup) { times.Add(ms); report = rep; promptTokens = n; }
             }
+            SampleDevice();
             double med = Median(times);
             if (method == PruningMethod.None && runIds == ids) reference = med;
             double avg = runIds == ids ? report!.AvgVisualTokensProcessed : runIds.Count(t => t == cfg.ImageTokenIndex);
@@ -164,13 +184,15 @@ public static class SpeedBenchmark
                 logits = gen.Step(CpuOps.ArgMax(logits));
             }
             perToken = sw.Elapsed.TotalMilliseconds / o.DecodeTokens;
+            SampleDevice();
         }
 
         double? peakMb = model is CudaLlavaModel g ? g.Memory.PeakBytes / 1048576.0 : null;
         return new SpeedReport(name, model.Device, weights, shape.Layers, model.TokensPerImage, Math.Round(loadSeconds, 2),
             Math.Round(Median(visionMs), 3), Math.Round(Median(projMs), 3), prefill, Math.Round(perToken, 3), o.DecodeTokens,
             peakMb is double p ? Math.Round(p, 1) : null, weightsMb is double w ? Math.Round(w, 1) : null,
-            Math.Round(Process.GetCurrentProcess().PeakWorkingSet64 / 1048576.0, 1), o.Repeats, o.Warmup);
+            Math.Round(Process.GetCurrentProcess().PeakWorkingSet64 / 1048576.0, 1), o.Repeats, o.Warmup,
+            deviceUsed is double du ? Math.Round(du, 1) : null);
     }
 
     private static (double Ms, PruningReport Report, int PromptTokens) TimePrefill(ILlavaBackend model, ModelShape shape, PruningOptions options,
