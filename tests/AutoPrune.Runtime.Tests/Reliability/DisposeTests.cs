@@ -17,9 +17,10 @@ public sealed class DisposeTests
         {
             Generation = new GenerationOptions { MaxNewTokens = 64, StopSequences = ["never appears"] },
         };
-        // One computing, three queued behind the single slot.
-        var tasks = Enumerable.Range(0, 4).Select(_ => Task.Run(() => model.AskAsync(request))).ToArray();
-        await Task.Delay(200);
+        // One computing, the rest queued behind the single slot: far more work than the 100 ms before the dispose,
+        // even on a much faster machine (each request runs the vision tower and a prefill).
+        var tasks = Enumerable.Range(0, 20).Select(_ => Task.Run(() => model.AskAsync(request))).ToArray();
+        await Task.Delay(100);
         var sw = Stopwatch.StartNew();
         model.Dispose();
         var all = Task.WhenAll(tasks);
