@@ -65,16 +65,8 @@ internal sealed unsafe class SafeTensorStore : ITensorSource, IDisposable
     /// </summary>
     public float[] ReadFloat32(string name, params long[] expectedShape)
     {
-        var (shard, entry) = Find(name);
-        CheckShape(shard, entry, expectedShape);
-        long count = entry.ElementCount;
-        if (count > Array.MaxLength)
-        {
-            throw new ModelLoadException(
-                $"Tensor '{entry.Name}' in file '{shard.Path}' has {count} elements, more than one .NET array can hold ({Array.MaxLength}); read it in parts instead.",
-                shard.Path, entry.Name);
-        }
-        var result = GC.AllocateUninitializedArray<float>((int)count);
+        var (shard, entry, count) = FindForArray(name, expectedShape);
+        var result = GC.AllocateUninitializedArray<float>(count);
         Convert(shard, entry, result);
         MarkRead(entry.Name);
         return result;
@@ -86,16 +78,8 @@ internal sealed unsafe class SafeTensorStore : ITensorSource, IDisposable
     /// </summary>
     public Half[] ReadFloat16(string name, params long[] expectedShape)
     {
-        var (shard, entry) = Find(name);
-        CheckShape(shard, entry, expectedShape);
-        long count = entry.ElementCount;
-        if (count > Array.MaxLength)
-        {
-            throw new ModelLoadException(
-                $"Tensor '{entry.Name}' in file '{shard.Path}' has {count} elements, more than one .NET array can hold ({Array.MaxLength}).",
-                shard.Path, entry.Name);
-        }
-        var result = GC.AllocateUninitializedArray<Half>((int)count);
+        var (shard, entry, count) = FindForArray(name, expectedShape);
+        var result = GC.AllocateUninitializedArray<Half>(count);
         if (entry.DType == DType.F16)
             new ReadOnlySpan<Half>(shard.DataStart + entry.Begin, (int)count).CopyTo(result);
         else
@@ -111,6 +95,21 @@ internal sealed unsafe class SafeTensorStore : ITensorSource, IDisposable
         }
         MarkRead(entry.Name);
         return result;
+    }
+
+    /// <summary>The tensor, checked against <paramref name="expectedShape"/>, and its element count, which must fit one .NET array.</summary>
+    private (Shard Shard, Entry Entry, int Count) FindForArray(string name, long[] expectedShape)
+    {
+        var (shard, entry) = Find(name);
+        CheckShape(shard, entry, expectedShape);
+        long count = entry.ElementCount;
+        if (count > Array.MaxLength)
+        {
+            throw new ModelLoadException(
+                $"Tensor '{entry.Name}' in file '{shard.Path}' has {count} elements, more than one .NET array can hold ({Array.MaxLength}); read it in parts instead.",
+                shard.Path, entry.Name);
+        }
+        return (shard, entry, (int)count);
     }
 
     /// <summary>Like <see cref="ReadFloat32"/> but into a caller-provided buffer of exactly the tensor's element count.</summary>

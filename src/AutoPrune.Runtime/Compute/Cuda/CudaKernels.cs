@@ -205,6 +205,23 @@ internal static class CudaKernels
         }
     }
 
+    /// <summary>
+    /// Where the (head, row) pair number <paramref name="t"/> = h·rows.Length + r of an attention-rows launch reads and
+    /// writes: its query offset, its KV head's offset within a key row, the number of keys it sees, and the start of its
+    /// output row in [QHeads, rows, Nk - firstKey].
+    /// </summary>
+    private static (long Qo, long Kvo, int Limit, long Dst) AttentionRowAt(int t, ArrayView<int> rows, AttentionShape s, int firstKey)
+    {
+        int nRows = (int)rows.Length;
+        int h = t / nRows, r = t % nRows;
+        int i = rows[r];
+        int kvh = h / (s.QHeads / s.KvHeads);
+        long qo = (long)i * s.QStride + (long)h * s.HeadDim;
+        long kvo = (long)kvh * s.HeadDim;
+        int limit = s.Causal != 0 ? XMath.Min(s.Nk, s.Nk - s.Nq + i + 1) : s.Nk;
+        return (qo, kvo, limit, (long)t * (s.Nk - firstKey));
+    }
+
     /// <summary>Largest scaled score q·k_j over the first <paramref name="limit"/> keys (softmax's shift).</summary>
     private static float RowMaxScore(ArrayView<float> q, long qo, ArrayView<float> k, long kvo, AttentionShape s, int limit)
     {
@@ -229,17 +246,10 @@ internal static class CudaKernels
     /// </summary>
     internal static void AttentionRowsKernel(Index1D t, ArrayView<float> q, ArrayView<float> k, ArrayView<int> rows, ArrayView<float> result, AttentionShape s, int firstKey)
     {
-        int nRows = (int)rows.Length;
-        int h = t / nRows, r = t % nRows;
-        int i = rows[r];
-        int kvh = h / (s.QHeads / s.KvHeads);
-        int hd = s.HeadDim, cols = s.Nk - firstKey;
-        long qo = (long)i * s.QStride + (long)h * hd;
-        long kvo = (long)kvh * hd;
-        int limit = s.Causal != 0 ? XMath.Min(s.Nk, s.Nk - s.Nq + i + 1) : s.Nk;
+        var (qo, kvo, limit, dst) = AttentionRowAt(t, rows, s, firstKey);
+        int hd = s.HeadDim;
         float max = RowMaxScore(q, qo, k, kvo, s, limit);
         float inv = 1f / RowSumExp(q, qo, k, kvo, s, limit, max);
-        long dst = (long)t.X * cols;
         for (int j = firstKey; j < s.Nk; j++)
             result[dst + j - firstKey] = j < limit ? XMath.Exp(Dot(q, qo, k, (long)j * s.KvStride + kvo, hd) * s.Scale - max) * inv : 0f;
     }
@@ -457,16 +467,8 @@ internal static class CudaKernels
     internal static void AttentionRowsGroupedKernel(ArrayView<float> q, ArrayView<float> k, ArrayView<int> rows, ArrayView<float> result, AttentionShape s, int firstKey)
     {
         var sh = SharedMemory.Allocate<float>(MaxRowGroupSize);
-        int nRows = (int)rows.Length;
-        int t = Grid.IdxX;
-        int h = t / nRows, r = t % nRows;
-        int i = rows[r];
-        int kvh = h / (s.QHeads / s.KvHeads);
-        int hd = s.HeadDim, cols = s.Nk - firstKey;
-        long qo = (long)i * s.QStride + (long)h * hd;
-        long kvo = (long)kvh * hd;
-        int limit = s.Causal != 0 ? XMath.Min(s.Nk, s.Nk - s.Nq + i + 1) : s.Nk;
-        long dst = (long)t * cols;
+        var (qo, kvo, limit, dst) = AttentionRowAt(Grid.IdxX, rows, s, firstKey);
+        int hd = s.HeadDim;
         int tid = Group.IdxX, step = Group.DimX;
         float max = float.NegativeInfinity;
         for (int j = tid; j < limit; j += step)

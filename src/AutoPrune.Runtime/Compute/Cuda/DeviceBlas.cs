@@ -181,13 +181,9 @@ internal sealed class DeviceBlas : IDisposable
         if (m == 0 || n == 0 || batch == 0) return;
         var g = MapTransB(m, k, n, aRowStride, wRowStride, cRowStride) with
         {
-            StrideA = wBatchStride, StrideB = aBatchStride, StrideC = cBatchStride, Batch = batch,
-            A = Ptr(w), B = Ptr(a), C = Ptr(c), CType = CuBlas.CudaR32F,
+            StrideA = wBatchStride, StrideB = aBatchStride, StrideC = cBatchStride, Batch = batch, CType = CuBlas.CudaR32F,
         };
-        Check(w, g.ExtentA, "batched W");
-        Check(a, g.ExtentB, "batched A");
-        Check(c, g.ExtentC, "batched C");
-        _exec.Run(g);
+        RunBatched(g, w, "W", a, "A", c);
     }
 
     /// <summary>
@@ -201,13 +197,22 @@ internal sealed class DeviceBlas : IDisposable
         if (m == 0 || n == 0 || batch == 0) return;
         var g = MapNN(m, k, n, aRowStride, bRowStride, cRowStride) with
         {
-            StrideA = bBatchStride, StrideB = aBatchStride, StrideC = cBatchStride, Batch = batch,
-            A = Ptr(b), B = Ptr(a), C = Ptr(c), CType = CuBlas.CudaR16F,
+            StrideA = bBatchStride, StrideB = aBatchStride, StrideC = cBatchStride, Batch = batch, CType = CuBlas.CudaR16F,
         };
-        Check(b, g.ExtentA, "batched B");
-        Check(a, g.ExtentB, "batched A");
+        RunBatched(g, b, "B", a, "A", c);
+    }
+
+    /// <summary>
+    /// Checks that the views hold everything the call reaches, fills in the pointers (cuBLAS "A" is the second row-major
+    /// operand, cuBLAS "B" the first) and runs it.
+    /// </summary>
+    private void RunBatched<TC>(GemmCall g, ArrayView<ushort> cublasA, string nameA, ArrayView<ushort> cublasB, string nameB, ArrayView<TC> c)
+        where TC : unmanaged
+    {
+        Check(cublasA, g.ExtentA, "batched " + nameA);
+        Check(cublasB, g.ExtentB, "batched " + nameB);
         Check(c, g.ExtentC, "batched C");
-        _exec.Run(g);
+        _exec.Run(g with { A = Ptr(cublasA), B = Ptr(cublasB), C = Ptr(c) });
     }
 
     /// <summary>
