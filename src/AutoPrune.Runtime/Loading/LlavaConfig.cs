@@ -4,11 +4,12 @@ using System.Text.Json.Serialization;
 namespace AutoPrune.Loading;
 
 /// <summary>
-/// <c>config.json</c> of a LLaVA checkpoint (Hugging Face <c>LlavaConfig</c>). Missing fields take the
-/// Hugging Face defaults. Use <see cref="Load"/>, which also validates; <see cref="Validate"/> checks a
+/// <c>config.json</c> of a LLaVA checkpoint: Hugging Face <c>LlavaConfig</c> (<c>model_type: llava</c>, LLaVA-1.5) or
+/// <c>LlavaNextConfig</c> (<c>llava_next</c>, LLaVA-1.6 "anyres"; its own fields are in LlavaConfig.Next.cs). Missing
+/// fields take the Hugging Face defaults. Use <see cref="Load"/>, which also validates; <see cref="Validate"/> checks a
 /// config built in code.
 /// </summary>
-public sealed class LlavaConfig
+public sealed partial class LlavaConfig
 {
     public const string FileName = "config.json";
     public const string SupportedModelType = "llava";
@@ -123,10 +124,11 @@ public sealed class LlavaConfig
         VisionConfig ??= ClipVisionConfig.CreateLlavaDefault();
         var v = new ConfigValidator(src);
 
-        if (ModelType != SupportedModelType)
+        if (ModelType is not (SupportedModelType or NextModelType))
         {
             throw new ModelLoadException(
-                $"Config '{src}': model_type is {ConfigValidator.Show(ModelType)}; only '{SupportedModelType}' (LlavaForConditionalGeneration, e.g. llava-hf/llava-1.5-7b-hf) is supported.",
+                $"Config '{src}': model_type is {ConfigValidator.Show(ModelType)}; supported are '{SupportedModelType}' (LlavaForConditionalGeneration, e.g. llava-hf/llava-1.5-7b-hf) " +
+                $"and '{NextModelType}' (LlavaNextForConditionalGeneration, e.g. llava-hf/llava-v1.6-mistral-7b-hf).",
                 src);
         }
 
@@ -145,6 +147,7 @@ public sealed class LlavaConfig
         // image positions are replaced by projected features before any embedding lookup.
         v.Range("image_token_index", ImageTokenIndex, 0, int.MaxValue);
         v.Range("image_seq_length", ImageSeqLength, 1, 1 << 20);
+        if (IsAnyRes) ValidateNext(v);
     }
 
     private static string FirstSentence(string message)
@@ -154,19 +157,45 @@ public sealed class LlavaConfig
     }
 }
 
-/// <summary><c>text_config</c> of a LLaVA checkpoint (Hugging Face <c>LlamaConfig</c> defaults).</summary>
+/// <summary>
+/// <c>text_config</c> of a LLaVA checkpoint: a Llama (<c>model_type: llama</c>, Hugging Face <c>LlamaConfig</c> defaults)
+/// or Mistral (<c>mistral</c>, <c>MistralConfig</c> defaults) decoder. The two are the same network (RMSNorm, RoPE,
+/// grouped-query attention, SwiGLU), run by the same decoder; Mistral adds a sliding attention window, and its
+/// defaults differ for the fields that leave the file: intermediate_size 14336, num_key_value_heads 8,
+/// max_position_embeddings 131072 and sliding_window 4096.
+/// </summary>
 public sealed class LlamaTextConfig
 {
     internal static readonly string[] SupportedRopeTypes = { "default" };
+    internal static readonly string[] SupportedModelTypes = { "llama", "mistral" };
+    public const string MistralModelType = "mistral";
+
+    private int? _intermediateSize, _maxPositionEmbeddings, _slidingWindow;
+    private bool _slidingWindowSet;
 
     [JsonPropertyName("model_type")] public string? ModelType { get; set; } = "llama";
     [JsonPropertyName("hidden_size")] public int HiddenSize { get; set; } = 4096;
-    [JsonPropertyName("intermediate_size")] public int IntermediateSize { get; set; } = 11008;
+
+    [JsonPropertyName("intermediate_size")]
+    public int IntermediateSize { get => _intermediateSize ?? (IsMistral ? 14336 : 11008); set => _intermediateSize = value; }
+
     [JsonPropertyName("num_hidden_layers")] public int NumHiddenLayers { get; set; } = 32;
     [JsonPropertyName("num_attention_heads")] public int NumAttentionHeads { get; set; } = 32;
 
-    /// <summary>As written in the file; null means "same as num_attention_heads" (see <see cref="NumKeyValueHeads"/>).</summary>
+    /// <summary>As written in the file; null means "same as num_attention_heads" for Llama, 8 for Mistral (see <see cref="NumKeyValueHeads"/>).</summary>
     [JsonPropertyName("num_key_value_heads")] public int? ExplicitNumKeyValueHeads { get; set; }
+
+    /// <summary>
+    /// Mistral's sliding attention window: a token attends to the <c>sliding_window</c> tokens up to and including
+    /// itself. As written in the file (null: no window); absent, Mistral's default 4096. Always null for Llama, which
+    /// has no window. The runtime refuses prompts longer than the window (see VisionLanguageModel).
+    /// </summary>
+    [JsonPropertyName("sliding_window")]
+    public int? SlidingWindow
+    {
+        get => !IsMistral ? null : _slidingWindowSet ? _slidingWindow : 4096;
+        set { _slidingWindow = value; _slidingWindowSet = true; }
+    }
 
     /// <summary>As written in the file; null means hidden_size / num_attention_heads (see <see cref="HeadDim"/>).</summary>
     [JsonPropertyName("head_dim")] public int? ExplicitHeadDim { get; set; }
@@ -182,7 +211,8 @@ public sealed class LlamaTextConfig
     /// <summary>Older layout for rope scaling; only null or type "default" is supported.</summary>
     [JsonPropertyName("rope_scaling")] public RopeParameters? RopeScaling { get; set; }
 
-    [JsonPropertyName("max_position_embeddings")] public int MaxPositionEmbeddings { get; set; } = 2048;
+    [JsonPropertyName("max_position_embeddings")]
+    public int MaxPositionEmbeddings { get => _maxPositionEmbeddings ?? (IsMistral ? 4096 * 32 : 2048); set => _maxPositionEmbeddings = value; }
     [JsonPropertyName("vocab_size")] public int VocabSize { get; set; } = 32000;
     [JsonPropertyName("bos_token_id")] public int? BosTokenId { get; set; } = 1;
 
@@ -200,7 +230,9 @@ public sealed class LlamaTextConfig
     /// <summary>Top-level llava <c>rope_theta</c>, if any (set by <see cref="LlavaConfig.Validate"/>).</summary>
     [JsonIgnore] internal double? InheritedRopeTheta { get; set; }
 
-    [JsonIgnore] public int NumKeyValueHeads => ExplicitNumKeyValueHeads ?? NumAttentionHeads;
+    [JsonIgnore] public bool IsMistral => ModelType == MistralModelType;
+
+    [JsonIgnore] public int NumKeyValueHeads => ExplicitNumKeyValueHeads ?? (IsMistral ? 8 : NumAttentionHeads);
     [JsonIgnore] public int HeadDim => ExplicitHeadDim ?? (NumAttentionHeads > 0 ? HiddenSize / NumAttentionHeads : 0);
 
     /// <summary>Attention heads per key/value head (1 without grouped-query attention).</summary>
@@ -215,8 +247,8 @@ public sealed class LlamaTextConfig
     {
         string F(string name) => prefix + "." + name;
 
-        if (ModelType is not (null or "llama"))
-            v.Fail(F("model_type"), ModelType, "'llama' (only Llama-family language models are supported)");
+        if (ModelType is not null && !SupportedModelTypes.Contains(ModelType))
+            v.Fail(F("model_type"), ModelType, "'llama' or 'mistral' (Llama-family language models)");
         v.Range(F("hidden_size"), HiddenSize, 1, 65536);
         v.Range(F("intermediate_size"), IntermediateSize, 1, 1 << 20);
         v.Range(F("num_hidden_layers"), NumHiddenLayers, 1, 1024);
@@ -236,12 +268,15 @@ public sealed class LlamaTextConfig
             if (HeadDim % 2 != 0)
                 v.Fail(F("num_attention_heads"), NumAttentionHeads, $"a value giving an even head_dim (hidden_size / heads = {HeadDim})");
         }
-        if (ExplicitNumKeyValueHeads is int kv)
+        if (ExplicitNumKeyValueHeads is not null || NumKeyValueHeads != NumAttentionHeads)
         {
+            int kv = NumKeyValueHeads;
             v.Range(F("num_key_value_heads"), kv, 1, NumAttentionHeads);
             if (NumAttentionHeads % kv != 0)
                 v.Fail(F("num_key_value_heads"), kv, $"a divisor of num_attention_heads ({NumAttentionHeads})");
         }
+        if (SlidingWindow is int window)
+            v.Range(F("sliding_window"), window, 1, int.MaxValue);
         v.Range(F("vocab_size"), VocabSize, 1, 10_000_000);
         v.Range(F("max_position_embeddings"), MaxPositionEmbeddings, 1, 1 << 24);
         v.PositiveSmall(F("rms_norm_eps"), RmsNormEps);

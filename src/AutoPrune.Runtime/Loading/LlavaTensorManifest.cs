@@ -2,7 +2,7 @@ namespace AutoPrune.Loading;
 
 /// <summary>
 /// The tensors (canonical name and shape) a LLaVA model of a given config reads, in the order
-/// <c>LlavaModel</c> reads them, so sizes can be worked out without building the model (a 7B model needs
+/// <c>LlavaModel</c> reads them (then, for LLaVA-NeXT, <c>image_newline</c>), so sizes can be worked out without building the model (a 7B model needs
 /// 28 GB as fp32). A test checks the list against what the model actually requests.
 /// </summary>
 internal static class LlavaTensorManifest
@@ -72,6 +72,8 @@ internal static class LlavaTensorManifest
         Add($"{tp}.norm.weight", th);
         if (!(config.TieWordEmbeddings || t.TieWordEmbeddings))
             Add("language_model.lm_head.weight", t.VocabSize, th);
+        // LLaVA-NeXT: read after the backend by the (backend-independent) anyres assembly.
+        if (config.IsAnyRes) Add(Models.Llava.AnyResAssembler.ImageNewlineTensor, th);
 
         if (checkpoint)
         {

@@ -6,7 +6,8 @@ namespace AutoPrune.Loading;
 /// <c>language_model.model...</c>, <c>language_model.lm_head...</c>); newer checkpoints
 /// (transformers >= 4.52) use a <c>model.</c> prefix and a top-level <c>lm_head</c>, and
 /// transformers 5 saves the CLIP tower without its <c>vision_model.</c> level
-/// (<c>vision_tower.encoder...</c>, as in samples/models/shapes-llava-tiny); all map here.
+/// (<c>vision_tower.encoder...</c>, as in samples/models/shapes-llava-tiny); all map here. LLaVA-NeXT adds one
+/// tensor, <c>image_newline</c> (newer layout: <c>model.image_newline</c>).
 /// </summary>
 internal static class TensorNames
 {
@@ -16,6 +17,7 @@ internal static class TensorNames
         ("model.multi_modal_projector.", "multi_modal_projector."),
         ("model.language_model.", "language_model.model."),
         ("lm_head.", "language_model.lm_head."),
+        ("model.image_newline", "image_newline"),
     };
 
     /// <summary>Maps a checkpoint key (legacy or newer layout) to its canonical name.</summary>

@@ -282,10 +282,10 @@ public class LlavaConfigTests
     }
 
     [Theory]
-    [InlineData("llava_next")]
+    [InlineData("llava_onevision")]
     [InlineData("llama")]
     public void Wrong_model_type_says_what_is_supported(string type)
-        => FailsWith(x => x["model_type"] = type, $"'{type}'", "'llava'");
+        => FailsWith(x => x["model_type"] = type, $"'{type}'", "'llava'", "'llava_next'");
 
     [Fact]
     public void Missing_model_type()
@@ -335,7 +335,7 @@ public class LlavaConfigTests
         FailsWith(x => x["projector_hidden_act"] = "tanh", "projector_hidden_act", "'tanh'");
         FailsWith(x => Vision(x)["hidden_act"] = "relu", "vision_config.hidden_act", "'relu'");
         FailsWith(x => Text(x)["hidden_act"] = "gelu", "text_config.hidden_act", "'gelu'", "'silu'");
-        FailsWith(x => Text(x)["model_type"] = "qwen2", "text_config.model_type", "'qwen2'");
+        FailsWith(x => Text(x)["model_type"] = "qwen2", "text_config.model_type", "'qwen2'", "'mistral'");
         FailsWith(x => Vision(x)["model_type"] = "siglip_vision_model", "vision_config.model_type", "siglip");
     }
 

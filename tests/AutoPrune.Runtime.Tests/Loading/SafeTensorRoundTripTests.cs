@@ -140,6 +140,8 @@ public class SafeTensorRoundTripTests
     [InlineData("lm_head.weight", "language_model.lm_head.weight")]
     [InlineData("language_model.lm_head.weight", "language_model.lm_head.weight")]
     [InlineData("language_model.model.layers.3.mlp.up_proj.weight", "language_model.model.layers.3.mlp.up_proj.weight")]
+    [InlineData("model.image_newline", "image_newline")]
+    [InlineData("image_newline", "image_newline")]
     [InlineData("something.else", "something.else")]
     public void Mapping_is_canonical_and_idempotent(string raw, string canonical)
     {

@@ -39,6 +39,9 @@ public sealed class ClipPreprocessorConfig
 
     [JsonPropertyName("do_convert_rgb")] public bool DoConvertRgb { get; set; } = true;
 
+    /// <summary>LLaVA-NeXT's processor (<c>LlavaNextImageProcessor</c>) repeats the model's tiling resolutions here, as [height, width] pairs.</summary>
+    [JsonPropertyName("image_grid_pinpoints")] public int[][]? ImageGridPinpoints { get; set; }
+
     /// <summary>A size in <c>preprocessor_config.json</c>: <c>shortest_edge</c>, or <c>height</c> and <c>width</c>.</summary>
     public sealed class ImageSizeSpec
     {

@@ -284,14 +284,9 @@ internal sealed class ImagePreprocessor
     {
         if (encoded.IsEmpty) throw new ImageDecodeException("The image data is empty (0 bytes).", path);
         using var data = SKData.CreateCopy(encoded);
-        using var codec = SKCodec.Create(data);
-        if (codec is null)
-            throw new ImageDecodeException($"The image data ({encoded.Length} bytes) is not in a format SkiaSharp can decode (PNG, JPEG, WebP, GIF, BMP, ICO, WBMP, HEIF where available) or its header is corrupt.", path);
+        using var codec = OpenCodec(SKCodec.Create(data), encoded.Length, maxPixels, path);
         var info = codec.Info;
         int w = info.Width, h = info.Height;
-        if (w <= 0 || h <= 0) throw new ImageDecodeException($"The {codec.EncodedFormat} image has a zero size ({w}x{h}).", path);
-        if ((long)w * h > maxPixels)
-            throw new ImageDecodeException($"The {codec.EncodedFormat} image declares {w}x{h} = {(long)w * h:N0} pixels, more than the limit of {maxPixels:N0} (MaxPixels).", path);
 
         var alpha = info.AlphaType == SKAlphaType.Opaque ? SKAlphaType.Opaque : SKAlphaType.Unpremul;
         var dstInfo = new SKImageInfo(w, h, SKColorType.Rgba8888, alpha); // no colour space: no ICC conversion, like PIL
@@ -314,5 +309,45 @@ internal sealed class ImagePreprocessor
             rgb[j] = rgba[i]; rgb[j + 1] = rgba[i + 1]; rgb[j + 2] = rgba[i + 2];
         }
         return (rgb, w, h);
+    }
+
+    /// <summary>The width and height an encoded image's header declares, checked as <see cref="DecodeRgb"/> checks them; no pixel is decoded.</summary>
+    internal static (int Width, int Height) ReadSize(ReadOnlySpan<byte> encoded, long maxPixels, string? path)
+    {
+        if (encoded.IsEmpty) throw new ImageDecodeException("The image data is empty (0 bytes).", path);
+        using var data = SKData.CreateCopy(encoded);
+        using var codec = OpenCodec(SKCodec.Create(data), encoded.Length, maxPixels, path);
+        return (codec.Info.Width, codec.Info.Height);
+    }
+
+    /// <summary>An image file's declared width and height, reading only as much of the file as its header needs.</summary>
+    internal static (int Width, int Height) ReadSizeFile(string path, long maxPixels)
+    {
+        FileStream file;
+        try { file = File.OpenRead(path); }
+        catch (Exception ex) when (ex is IOException or UnauthorizedAccessException)
+        {
+            throw new ImageDecodeException($"The image file cannot be read: {ex.Message}", path, ex);
+        }
+        long length = file.Length;
+        if (length == 0) { file.Dispose(); throw new ImageDecodeException("The image data is empty (0 bytes).", path); }
+        using var stream = new SKManagedStream(file, disposeManagedStream: true);
+        using var codec = OpenCodec(SKCodec.Create(stream), length, maxPixels, path);
+        return (codec.Info.Width, codec.Info.Height);
+    }
+
+    /// <summary>Refuses a codec SkiaSharp could not create, a zero size, or more declared pixels than <paramref name="maxPixels"/>.</summary>
+    private static SKCodec OpenCodec(SKCodec? codec, long encodedLength, long maxPixels, string? path)
+    {
+        if (codec is null)
+            throw new ImageDecodeException($"The image data ({encodedLength} bytes) is not in a format SkiaSharp can decode (PNG, JPEG, WebP, GIF, BMP, ICO, WBMP, HEIF where available) or its header is corrupt.", path);
+        var info = codec.Info;
+        int w = info.Width, h = info.Height;
+        string? why = w <= 0 || h <= 0 ? $"The {codec.EncodedFormat} image has a zero size ({w}x{h})."
+            : (long)w * h > maxPixels ? $"The {codec.EncodedFormat} image declares {w}x{h} = {(long)w * h:N0} pixels, more than the limit of {maxPixels:N0} (MaxPixels)."
+            : null;
+        if (why is null) return codec;
+        codec.Dispose();
+        throw new ImageDecodeException(why, path);
     }
 }

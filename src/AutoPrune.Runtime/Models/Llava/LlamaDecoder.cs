@@ -26,8 +26,19 @@ internal sealed class SequenceState
     public required int Length;
     /// <summary>RoPE position id of each row.</summary>
     public required int[] Positions;
-    /// <summary>For each row: the original visual token index (0..V-1 within its image, offset by image*V), -1 for text, -2 for a merged token.</summary>
+    /// <summary>
+    /// For each row: the original visual token index (&gt;= 0: 0..V-1 within its image, offset by the earlier images'
+    /// counts; for LLaVA-NeXT an index into the image's <see cref="AnyResTokenMap.Patches"/>), <see cref="TextRow"/>,
+    /// <see cref="MergedRow"/> or <see cref="NewlineRow"/>.
+    /// </summary>
     public required int[] VisualIndex;
+
+    /// <summary><see cref="VisualIndex"/> of a text token.</summary>
+    public const int TextRow = -1;
+    /// <summary><see cref="VisualIndex"/> of a token merged from several visual tokens (recycling, VisionZip's contextual tokens).</summary>
+    public const int MergedRow = -2;
+    /// <summary><see cref="VisualIndex"/> of a LLaVA-NeXT <c>image_newline</c> token: part of the image's run, but no patch.</summary>
+    public const int NewlineRow = -3;
 
     /// <summary>
     /// Applies a prune to the row bookkeeping (positions, visual indices, length); the caller moves the hidden rows.
