@@ -9,8 +9,14 @@ public sealed record ModelOptions
     /// <summary>"cpu" or "auto" (the CUDA backend is not part of this build yet, so "auto" means the CPU).</summary>
     public string Device { get; init; } = "auto";
 
-    /// <summary>LLaVA-1.5's original "pad to square with the mean colour" preprocessing; off by default, as in Hugging Face's processor.</summary>
+    /// <summary>LLaVA-1.5's original "pad to square with the mean colour" preprocessing; off by default, as in Hugging Face's processor. LLaVA-NeXT models tile the image instead and ignore it.</summary>
     public bool PadToSquare { get; init; }
+
+    /// <summary>
+    /// How conversations are written into the prompt. <see cref="PromptFormat.Auto"/> (the default) takes it from the
+    /// checkpoint: its chat template when one names a format, else its text model (llama: Vicuna, mistral: Mistral).
+    /// </summary>
+    public PromptFormat PromptFormat { get; init; } = PromptFormat.Auto;
 
     /// <summary>Largest decoded image, in pixels (width × height), checked before decoding.</summary>
     public long MaxImagePixels { get; init; } = 50_000_000;

@@ -15,8 +15,18 @@ namespace AutoPrune;
 public readonly record struct LoadProgress(string Stage, double Fraction);
 
 /// <summary>Facts about a loaded model.</summary>
+/// <param name="VisualTokensPerImage">Visual tokens one image takes; for LLaVA-NeXT, where it depends on the image's size, the most it can be.</param>
+/// <param name="GridSize">Patches per side of the vision tower's grid (of each view, for LLaVA-NeXT).</param>
 public sealed record ModelInfo(string Directory, string Device, int DecoderLayers, int HiddenSize, int Heads, int KvHeads,
-    int VisualTokensPerImage, int GridSize, int VocabSize, int ContextLength);
+    int VisualTokensPerImage, int GridSize, int VocabSize, int ContextLength)
+{
+    /// <summary>config.json's model_type: "llava" (LLaVA-1.5) or "llava_next" (LLaVA-1.6, anyres).</summary>
+    public string ModelType { get; init; } = Loading.LlavaConfig.SupportedModelType;
+    /// <summary>The text model's type: "llama" or "mistral".</summary>
+    public string TextModelType { get; init; } = "llama";
+    /// <summary>The prompt format conversations are written in.</summary>
+    public PromptFormat PromptFormat { get; init; } = PromptFormat.Vicuna;
+}
 
 /// <summary>
 /// A LLaVA-family vision-language model loaded from a Hugging Face folder. Thread-safe: any number of
@@ -27,10 +37,13 @@ public sealed class VisionLanguageModel : IDisposable
     private readonly ILlavaBackend _model;
     private readonly LlavaTokenizer _tokenizer;
     private readonly ImagePreprocessor _images;
+    /// <summary>LLaVA-NeXT's image path (null for LLaVA-1.5).</summary>
+    private readonly AnyResPipeline? _anyRes;
+    private readonly PromptFormat _promptFormat;
     private readonly ModelOptions _options;
     private readonly ILogger _log;
     private readonly SemaphoreSlim _gate;
-    private readonly LruCache<string, VisionFeatures> _visionCache;
+    private readonly LruCache<string, EncodedImage> _visionCache;
     private int _disposed;
     /// <summary>Cancelled by <see cref="Dispose"/>: ends queued and running requests so the model can be released.</summary>
     private readonly CancellationTokenSource _shutdown = new();
@@ -40,18 +53,24 @@ public sealed class VisionLanguageModel : IDisposable
     /// <summary>Decoder and visual-grid shape, as the pruning policies see it.</summary>
     public Pruning.ModelShape Shape { get; }
 
-    private VisionLanguageModel(string dir, ILlavaBackend model, LlavaTokenizer tokenizer, ImagePreprocessor images, ModelOptions options, ILogger log)
+    private VisionLanguageModel(string dir, ILlavaBackend model, LlavaTokenizer tokenizer, ImagePreprocessor images, AnyResPipeline? anyRes,
+        PromptFormat promptFormat, ModelOptions options, ILogger log)
     {
-        _model = model; _tokenizer = tokenizer; _images = images; _options = options; _log = log;
+        _model = model; _tokenizer = tokenizer; _images = images; _anyRes = anyRes; _promptFormat = promptFormat; _options = options; _log = log;
         _gate = new SemaphoreSlim(Math.Max(1, options.MaxConcurrentRequests));
-        _visionCache = new LruCache<string, VisionFeatures>(Math.Max(0, options.VisionCacheSize));
+        _visionCache = new LruCache<string, EncodedImage>(Math.Max(0, options.VisionCacheSize));
         var t = model.Config.TextConfig;
+        int perImage = anyRes?.MaxTokenCount ?? model.TokensPerImage;
         Info = new ModelInfo(dir, model.Device, t.NumHiddenLayers, t.HiddenSize, t.NumAttentionHeads, t.NumKeyValueHeads,
-            model.TokensPerImage, model.Grid, t.VocabSize, t.MaxPositionEmbeddings);
-        Shape = new Pruning.ModelShape(t.NumHiddenLayers, t.NumAttentionHeads, t.HiddenSize, t.IntermediateSize, model.TokensPerImage, model.Grid);
+            perImage, model.Grid, t.VocabSize, t.MaxPositionEmbeddings)
+        { ModelType = model.Config.ModelType!, TextModelType = t.ModelType ?? "llama", PromptFormat = promptFormat };
+        Shape = new Pruning.ModelShape(t.NumHiddenLayers, t.NumAttentionHeads, t.HiddenSize, t.IntermediateSize, perImage, model.Grid);
     }
 
-    /// <summary>Loads a LLaVA checkpoint folder (config.json, safetensors, tokenizer, preprocessor_config.json).</summary>
+    /// <summary>
+    /// Loads a LLaVA (<c>llava</c>) or LLaVA-NeXT (<c>llava_next</c>) checkpoint folder (config.json, safetensors,
+    /// tokenizer, preprocessor_config.json).
+    /// </summary>
     /// <exception cref="ModelLoadException">Anything missing, malformed or inconsistent, named with its file and tensor.</exception>
     public static VisionLanguageModel Load(string modelDirectory, ModelOptions? options = null, IProgress<LoadProgress>? progress = null)
     {
@@ -67,8 +86,11 @@ public sealed class VisionLanguageModel : IDisposable
         var config = LlavaConfig.Load(dir);
         progress?.Report(new LoadProgress("tokenizer", 0.02));
         var tokenizer = LlavaTokenizer.Load(dir, config.ImageTokenIndex);
+        var promptFormat = options.PromptFormat == PromptFormat.Auto ? PromptFormats.Detect(dir, config) : options.PromptFormat;
         var images = ImagePreprocessor.Load(dir);
         images.MaxPixels = options.MaxImagePixels;
+        var anyResImages = config.IsAnyRes ? AnyResImageProcessor.Load(dir, config, images) : null;
+        AnyResPipeline? anyRes = null;
         progress?.Report(new LoadProgress("weights", 0.05));
         var gpu = OpenDevice(options.Device, log);
         ILlavaBackend model;
@@ -79,6 +101,11 @@ public sealed class VisionLanguageModel : IDisposable
             bool auto = (options.Device ?? "").Trim().ToLowerInvariant() is "auto" or "";
             model = CreateBackend(store, config, gpu, auto, log, weights);
             gpu = null; // owned by the model now (or disposed by the fallback)
+            if (anyResImages is not null)
+            {
+                try { anyRes = new AnyResPipeline(anyResImages, new AnyResAssembler(store, config.TextConfig.HiddenSize)); }
+                catch { model.Dispose(); throw; }
+            }
             var unexpected = LlavaModel.UnexpectedTensors(store, config);
             if (unexpected.Count > 0)
             {
@@ -96,7 +123,7 @@ public sealed class VisionLanguageModel : IDisposable
         progress?.Report(new LoadProgress("ready", 1));
         log.LogInformation("Loaded {Dir} on {Device} in {Ms:F0} ms: {Layers} decoder layers, hidden {Hidden}, {Visual} visual tokens per image",
             dir, device, sw.Elapsed.TotalMilliseconds, config.TextConfig.NumHiddenLayers, config.TextConfig.HiddenSize, model.TokensPerImage);
-        return new VisionLanguageModel(dir, model, tokenizer, images, options, log);
+        return new VisionLanguageModel(dir, model, tokenizer, images, anyRes, promptFormat, options, log);
     }
 
     /// <summary>
@@ -207,6 +234,9 @@ public sealed class VisionLanguageModel : IDisposable
         return (answer!, captured!);
     }
 
+    /// <summary>The prompt ids a request is run with (image placeholders expanded), for tests.</summary>
+    internal int[] PromptIds(VisionRequest request) => Prepare(request).Ids;
+
     /// <summary>Streams the answer token by token; the last chunk carries the full <see cref="VisionAnswer"/>.</summary>
     public async IAsyncEnumerable<AnswerChunk> StreamAsync(VisionRequest request, [EnumeratorCancellation] CancellationToken ct = default)
     {
@@ -248,7 +278,9 @@ public sealed class VisionLanguageModel : IDisposable
         await producer.ConfigureAwait(false);
     }
 
-    private sealed record Prepared(VisionRequest Request, int[] Ids, int MaxNew, Pruning.PruningOptions Pruning)
+    /// <param name="ImageTokens">Visual tokens of each image in the prompt.</param>
+    /// <param name="PruningNote">Why the pruning that runs is not the one the defaults named (LLaVA-NeXT), or null.</param>
+    private sealed record Prepared(VisionRequest Request, int[] Ids, int MaxNew, Pruning.PruningOptions Pruning, int[] ImageTokens, string? PruningNote)
     {
         /// <summary>Receives the full last-position prefill logits (device comparisons).</summary>
         public Action<float[]>? OnPrefillLogits { get; init; }
@@ -271,26 +303,35 @@ public sealed class VisionLanguageModel : IDisposable
         if (g.MaxNewTokens < 1 || g.MaxNewTokens > _options.MaxNewTokensLimit)
             throw new ArgumentOutOfRangeException(nameof(request), $"MaxNewTokens must be between 1 and {_options.MaxNewTokensLimit} (got {g.MaxNewTokens}).");
         _ = new Sampler(g); // validates temperature and top-p
-        string prompt = LlavaTokenizer.FormatConversation(request.Turns.Select(t => (t.Role.ToString().ToLowerInvariant(), t.Text)).ToList(), imageCount: 0);
-        var ids = _tokenizer.EncodePrompt(prompt, _model.TokensPerImage);
+        string prompt = PromptFormats.Format(_promptFormat, request.Turns.Select(t => (t.Role.ToString().ToLowerInvariant(), t.Text)).ToList());
+        // LLaVA-NeXT: an image's token count follows from its size, read from its header here, before queueing.
+        int[] imageTokens = request.Images.Select(img => _anyRes?.TokenCount(img) ?? _model.TokensPerImage).ToArray();
+        var ids = _tokenizer.EncodePrompt(prompt, imageTokens);
         int context = Info.ContextLength, maxPrompt = Math.Min(context, _options.MaxPromptTokens ?? context);
         if (ids.Length > maxPrompt)
-            throw new ArgumentException($"The prompt is {ids.Length} tokens long ({request.Images.Count} image(s) × {_model.TokensPerImage} visual tokens + text); the limit is {maxPrompt}.", nameof(request));
+            throw new ArgumentException($"The prompt is {ids.Length} tokens long ({request.Images.Count} image(s), {imageTokens.Sum()} visual tokens, and text); the limit is {maxPrompt}.", nameof(request));
+        if (_model.Config.TextConfig.SlidingWindow is int window)
+        {
+            // Attention over the whole cache equals Mistral's windowed attention while the sequence fits the window.
+            if (ids.Length > window)
+                throw new ArgumentException($"The prompt is {ids.Length} tokens long but the text model attends within a sliding window of {window} tokens (text_config.sliding_window); prompts longer than the window are not supported.", nameof(request));
+            context = Math.Min(context, window);
+        }
         int maxNew = Math.Min(g.MaxNewTokens, context - ids.Length);
         if (maxNew < 1)
             throw new ArgumentException($"The prompt ({ids.Length} tokens) leaves no room to answer in the model's context of {context} tokens.", nameof(request));
-        var pruning = request.Pruning ?? _options.DefaultPruning ?? new Pruning.PruningOptions();
+        var (pruning, note) = Pruning.AnyResPruningGate.Resolve(_model.Config, request.Pruning, _options.DefaultPruning);
         if (pruning.Method != Pruning.PruningMethod.None)
         {
             if (request.Images.Count != 1)
                 throw new ArgumentException($"Pruning method {pruning.Method} works on exactly one image per request (got {request.Images.Count}); use method None for several images.", nameof(request));
             _ = new Pruning.PruningSession(Shape, pruning, 0); // an infeasible budget fails here, before queueing
         }
-        return new Prepared(request with { Generation = g }, ids, maxNew, pruning);
+        return new Prepared(request with { Generation = g }, ids, maxNew, pruning, imageTokens, note);
     }
 
-    /// <summary>Preprocesses an image and runs the vision tower, or takes both from the small cache of recent images.</summary>
-    private VisionFeatures VisionFor(ImageInput img, ref double preprocessMs)
+    /// <summary>Preprocesses an image and runs the vision tower (on every view, for LLaVA-NeXT), or takes both from the small cache of recent images.</summary>
+    private EncodedImage VisionFor(ImageInput img, ref double preprocessMs)
     {
         string key;
         if (img.Path is not null)
@@ -301,12 +342,18 @@ public sealed class VisionLanguageModel : IDisposable
         else
             key = $"bytes:{Convert.ToHexString(System.Security.Cryptography.SHA256.HashData(img.Bytes.Span))}|{_options.PadToSquare}";
         if (key.Length > 0 && _visionCache.TryGet(key, out var cached)) return cached;
-        var sw = Stopwatch.StartNew();
-        var pixels = img.Path is not null
-            ? _images.PreprocessFile(img.Path, _options.PadToSquare)
-            : _images.Preprocess(img.Bytes.Span, _options.PadToSquare);
-        preprocessMs += sw.Elapsed.TotalMilliseconds;
-        var vision = _model.VisionForward(pixels);
+        EncodedImage vision;
+        if (_anyRes is not null)
+            vision = _anyRes.Encode(_model, img, ref preprocessMs);
+        else
+        {
+            var sw = Stopwatch.StartNew();
+            var pixels = img.Path is not null
+                ? _images.PreprocessFile(img.Path, _options.PadToSquare)
+                : _images.Preprocess(img.Bytes.Span, _options.PadToSquare);
+            preprocessMs += sw.Elapsed.TotalMilliseconds;
+            vision = new EncodedImage([_model.VisionForward(pixels)], null);
+        }
         if (key.Length > 0) _visionCache.Add(key, vision);
         return vision;
     }
@@ -333,15 +380,28 @@ public sealed class VisionLanguageModel : IDisposable
         var sw = Stopwatch.StartNew();
         int imageToken = _model.Config.ImageTokenIndex;
         int prefix = Math.Max(0, Array.IndexOf(p.Ids, imageToken));
-        var session = new Pruning.PruningSession(Shape, p.Pruning, prefix);
+        // The image run the pruning session sees first is the first image's (for LLaVA-NeXT its size decides how long).
+        var shape = p.ImageTokens.Length > 0 ? Shape with { VisualTokens = p.ImageTokens[0] } : Shape;
+        var session = new Pruning.PruningSession(shape, p.Pruning, prefix);
         var ids = p.Ids;
         var projected = new List<float[]>(p.Request.Images.Count);
-        List<int[]>? visualIndices = null;
+        List<int[]>? visualIndices = _anyRes is null ? null : [];
         double preprocessMs = 0;
         foreach (var img in p.Request.Images)
         {
             ct.ThrowIfCancellationRequested();
-            var vision = VisionFor(img, ref preprocessMs);
+            var encoded = VisionFor(img, ref preprocessMs);
+            if (_anyRes is not null)
+            {
+                var (imageRows, map) = _anyRes.Assemble(_model, encoded);
+                session.TokenMap ??= map;
+                // Visual indices stay unique across images: each image's patches follow the earlier images' patches.
+                int offset = visualIndices!.Sum(v => v.Count(i => i >= 0));
+                visualIndices.Add(map.Sequence.Select(i => i >= 0 ? i + offset : i).ToArray());
+                projected.Add(imageRows);
+                continue;
+            }
+            var vision = encoded.Views[0];
             session.SetVision(vision);
             if (p.Pruning.Method == Pruning.PruningMethod.VisionZip)
             {
@@ -362,6 +422,7 @@ public sealed class VisionLanguageModel : IDisposable
         var logits = generation.Prefill(state, session.NeedsDecoderHook ? session : null, ct);
         p.OnPrefillLogits?.Invoke((float[])logits.Clone());
         var report = session.Finish(state, p.Request.Images.Count == 0 ? ids.Length : textTokens);
+        if (p.PruningNote is not null) report = report with { Notes = [.. report.Notes, p.PruningNote] };
         var top = Sampler.TopK(logits, 5);
         double prefillMs = sw.Elapsed.TotalMilliseconds;
         // Decode
@@ -406,7 +467,7 @@ public sealed class VisionLanguageModel : IDisposable
             TokenIds = tokens,
             FinishReason = finish,
             PromptTokens = p.Ids.Length,
-            VisualTokens = projected.Count * _model.TokensPerImage,
+            VisualTokens = p.ImageTokens.Sum(),
             TopLogits = top,
             Timings = new AnswerTimings(preprocessMs, visionMs, prefillMs, decodeMs, total.Elapsed.TotalMilliseconds),
             Device = Info.Device,

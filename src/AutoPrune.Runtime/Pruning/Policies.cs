@@ -37,6 +37,13 @@ internal sealed class PruneContext
     public required ModelShape Shape { get; init; }
     public required PruningOptions Options { get; init; }
 
+    /// <summary>
+    /// LLaVA-NeXT only (null otherwise): where each visual patch of the image came from (view, row, column, area in
+    /// the original image), which of the image's rows are image_newline tokens, and each view's [CLS] attention.
+    /// Rows of the sequence name their patch through <see cref="SequenceState.VisualIndex"/>.
+    /// </summary>
+    public AnyResTokenMap? TokenMap { get; init; }
+
     public int TextCount => State.Length - Prefix - VisualCount;
     public int[] VisualRows => Enumerable.Range(Prefix, VisualCount).ToArray();
     public int[] TextRows => Enumerable.Range(Prefix + VisualCount, TextCount).ToArray();

@@ -32,10 +32,13 @@ internal sealed class PruningSession : IPrefillHook
 
     public void SetVision(VisionFeatures vision) => Policy.OnVision(vision);
 
+    /// <summary>A LLaVA-NeXT image's token map (views, patch origins, newline rows), handed to the policy in every <see cref="PruneContext"/>.</summary>
+    public AnyResTokenMap? TokenMap { get; set; }
+
     public PruneAction? AfterLayer(LayerView view)
     {
         Record(view.Layer, view.State);
-        var ctx = new PruneContext { State = view.State, Prefix = _prefix, VisualCount = CountVisual(view.State), Shape = _shape, Options = _options };
+        var ctx = new PruneContext { State = view.State, Prefix = _prefix, VisualCount = CountVisual(view.State), Shape = _shape, Options = _options, TokenMap = TokenMap };
         return Policy.AfterLayer(view, ctx);
     }
 

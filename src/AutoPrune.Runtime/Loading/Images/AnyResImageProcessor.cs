@@ -51,10 +51,10 @@ internal sealed class AnyResImageProcessor
     /// <c>image_grid_pinpoints</c>, which must equal config.json's) and the config's pinpoints, tile and patch size.
     /// </summary>
     /// <exception cref="ModelLoadException">Unusable or inconsistent settings, named with their file and field.</exception>
-    public static AnyResImageProcessor Load(string folder, LlavaConfig config)
+    public static AnyResImageProcessor Load(string folder, LlavaConfig config, ImagePreprocessor? clip = null)
     {
         ArgumentNullException.ThrowIfNull(config);
-        var clip = ImagePreprocessor.Load(folder);
+        clip ??= ImagePreprocessor.Load(folder);
         string path = Path.Combine(folder, "preprocessor_config.json");
         var grid = new AnyResGrid(config.GridPinpoints, config.VisionConfig.ImageSize, config.VisionConfig.PatchSize);
         if (clip.Config.ImageGridPinpoints is { } own)

@@ -140,19 +140,20 @@ internal sealed class ImagePreprocessor
     }
 
     /// <summary>Preprocesses an image file; errors name the file.</summary>
-    public float[] PreprocessFile(string path, bool padToSquare = false)
+    public float[] PreprocessFile(string path, bool padToSquare = false) => Preprocess(ReadFile(path), padToSquare, path);
+
+    /// <summary>An image file's bytes; a file that cannot be read is an <see cref="ImageDecodeException"/> naming it.</summary>
+    internal static byte[] ReadFile(string path)
     {
         ArgumentNullException.ThrowIfNull(path);
-        byte[] data;
         try
         {
-            data = File.ReadAllBytes(path);
+            return File.ReadAllBytes(path);
         }
         catch (Exception ex) when (ex is IOException or UnauthorizedAccessException)
         {
             throw new ImageDecodeException($"The image file cannot be read: {ex.Message}", path, ex);
         }
-        return Preprocess(data, padToSquare, path);
     }
 
     /// <summary>

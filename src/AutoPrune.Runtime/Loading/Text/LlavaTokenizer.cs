@@ -230,9 +230,26 @@ internal sealed class LlavaTokenizer
     /// </summary>
     public int[] EncodePrompt(string prompt, int imageTokenCount)
     {
-        ArgumentNullException.ThrowIfNull(prompt);
         ArgumentOutOfRangeException.ThrowIfNegative(imageTokenCount);
-        var ids = new List<int>(prompt.Length + imageTokenCount + 1);
+        return EncodePrompt(prompt, _ => imageTokenCount);
+    }
+
+    /// <summary>
+    /// As <see cref="EncodePrompt(string, int)"/>, with the k-th <c>&lt;image&gt;</c> placeholder expanded to
+    /// <c>imageTokenCounts[k]</c> image tokens (LLaVA-NeXT: the count depends on each image's size).
+    /// </summary>
+    public int[] EncodePrompt(string prompt, IReadOnlyList<int> imageTokenCounts)
+    {
+        ArgumentNullException.ThrowIfNull(imageTokenCounts);
+        return EncodePrompt(prompt, k => k < imageTokenCounts.Count ? imageTokenCounts[k]
+            : throw new ArgumentException($"The prompt has more {ImageToken} placeholders than the {imageTokenCounts.Count} image token count(s) given.", nameof(imageTokenCounts)));
+    }
+
+    private int[] EncodePrompt(string prompt, Func<int, int> tokensOfImage)
+    {
+        ArgumentNullException.ThrowIfNull(prompt);
+        var ids = new List<int>(prompt.Length + 1);
+        int image = 0;
         if (_addBos) ids.Add(BosId);
         int pos = 0;
         while (pos <= prompt.Length)
@@ -241,7 +258,7 @@ internal sealed class LlavaTokenizer
             if (next > pos) EncodeText(prompt.AsSpan(pos, next - pos), atStart: pos == 0, ids);
             if (tokenText is null) break;
             if (tokenId == ImageTokenId)
-                for (int i = 0; i < imageTokenCount; i++) ids.Add(ImageTokenId);
+                ids.AddRange(Enumerable.Repeat(ImageTokenId, tokensOfImage(image++)));
             else
                 ids.Add(tokenId);
             pos = next + tokenText.Length;

@@ -136,3 +136,45 @@ internal sealed class AnyResAssembler
         return (tokens, map);
     }
 }
+
+/// <summary>
+/// What the vision tower made of one image (cached per image): one view for LLaVA-1.5; for LLaVA-NeXT the base view
+/// and the tiles, with the layout they were cut by.
+/// </summary>
+internal sealed record EncodedImage(IReadOnlyList<VisionFeatures> Views, AnyResLayout? Layout);
+
+/// <summary>
+/// A loaded LLaVA-NeXT model's image path: preprocessing and token counts on the host, the tower per view on the
+/// backend, the assembly into prompt tokens on the host again.
+/// </summary>
+internal sealed class AnyResPipeline(AnyResImageProcessor images, AnyResAssembler assembler)
+{
+    public AnyResImageProcessor Images { get; } = images;
+
+    /// <summary>The most image tokens one image can take.</summary>
+    public int MaxTokenCount => Images.Grid.MaxTokenCount;
+
+    /// <summary>The image's token count, from its header alone (no pixel is decoded).</summary>
+    public int TokenCount(ImageInput image)
+    {
+        var (w, h) = image.Path is not null
+            ? ImagePreprocessor.ReadSizeFile(image.Path, Images.MaxPixels)
+            : Images.ReadSize(image.Bytes.Span);
+        return Images.Plan(w, h).TokenCount;
+    }
+
+    /// <summary>Preprocesses the image (timed into <paramref name="preprocessMs"/>) and runs every view through the tower.</summary>
+    public EncodedImage Encode(ILlavaBackend model, ImageInput image, ref double preprocessMs)
+    {
+        var sw = System.Diagnostics.Stopwatch.StartNew();
+        var pixels = image.Path is not null
+            ? Images.Preprocess(ImagePreprocessor.ReadFile(image.Path), image.Path)
+            : Images.Preprocess(image.Bytes.Span);
+        preprocessMs += sw.Elapsed.TotalMilliseconds;
+        return new EncodedImage(AnyResAssembler.Encode(model, pixels), pixels.Layout);
+    }
+
+    /// <summary>The image's prompt tokens [TokenCount, Hidden] and their map.</summary>
+    public (float[] Tokens, AnyResTokenMap Map) Assemble(ILlavaBackend model, EncodedImage image)
+        => assembler.Assemble(model, image.Layout ?? throw new ArgumentException("The image was not encoded for LLaVA-NeXT.", nameof(image)), image.Views);
+}

@@ -1,0 +1,130 @@
+using System.Text;
+using System.Text.Json;
+
+namespace AutoPrune
+{
+    /// <summary>How a conversation is written into the prompt text (the checkpoint family's chat format).</summary>
+    public enum PromptFormat
+    {
+        /// <summary>Chosen from the checkpoint: its chat template, else its text model type (llama: Vicuna, mistral: Mistral).</summary>
+        Auto,
+
+        /// <summary>LLaVA-1.5 and LLaVA-1.6 Vicuna: <c>USER: &lt;image&gt;\n{q} ASSISTANT: {a}&lt;/s&gt;USER: {q2} ASSISTANT:</c>.</summary>
+        Vicuna,
+
+        /// <summary>LLaVA-1.6 Mistral: <c>[INST] &lt;image&gt;\n{q} [/INST] {a}&lt;/s&gt;[INST] {q2} [/INST]</c>.</summary>
+        Mistral,
+    }
+}
+
+namespace AutoPrune.Loading.Text
+{
+    /// <summary>Writes conversations in a <see cref="PromptFormat"/>, and finds a checkpoint's format.</summary>
+    internal static class PromptFormats
+    {
+        /// <summary>Files that may hold a chat template, in the order they are read.</summary>
+        internal static readonly string[] TemplateFiles = ["chat_template.json", "chat_template.jinja", "processor_config.json", "tokenizer_config.json"];
+
+        /// <summary>Chat formats recognised in a template but not written here (llava-v1.6-34b is ChatML, llama3-llava-next Llama 3).</summary>
+        private static readonly (string Marker, string Name)[] UnsupportedTemplates = [("<|im_start|>", "ChatML"), ("<|start_header_id|>", "the Llama 3 format")];
+
+        /// <summary>
+        /// The prompt text of a conversation. Roles: <c>system</c> (first only), <c>user</c>, <c>assistant</c>. When the
+        /// last turn is the user's, the text ends where the model's answer starts.
+        /// </summary>
+        public static string Format(PromptFormat format, IReadOnlyList<(string Role, string Text)> turns, string eosToken = "</s>") => format switch
+        {
+            PromptFormat.Vicuna => LlavaTokenizer.FormatConversation(turns, imageCount: 0, eosToken: eosToken),
+            PromptFormat.Mistral => Mistral(turns, eosToken),
+            _ => throw new ArgumentOutOfRangeException(nameof(format), format, "A concrete prompt format is needed (Vicuna or Mistral)."),
+        };
+
+        /// <summary>
+        /// Mistral-Instruct's format as LLaVA-1.6 Mistral uses it: each user turn is <c>[INST] {text} [/INST]</c>, each
+        /// assistant turn <c> {text}&lt;/s&gt;</c>. A system text goes first inside the first <c>[INST]</c>, followed by
+        /// a blank line (Mistral has no system role). The single-turn case is exactly <c>[INST] &lt;image&gt;\n{q} [/INST]</c>.
+        /// </summary>
+        public static string Mistral(IReadOnlyList<(string Role, string Text)> turns, string eosToken = "</s>")
+        {
+            ArgumentNullException.ThrowIfNull(turns);
+            var sb = new StringBuilder();
+            string? system = null;
+            int start = 0;
+            if (turns.Count > 0 && string.Equals(turns[0].Role, "system", StringComparison.OrdinalIgnoreCase))
+            {
+                system = turns[0].Text;
+                start = 1;
+            }
+            for (int i = start; i < turns.Count; i++)
+            {
+                var (role, text) = turns[i];
+                if (string.Equals(role, "user", StringComparison.OrdinalIgnoreCase))
+                {
+                    sb.Append("[INST] ");
+                    if (!string.IsNullOrEmpty(system)) { sb.Append(system).Append("\n\n"); system = null; }
+                    sb.Append(text).Append(" [/INST]");
+                }
+                else if (string.Equals(role, "assistant", StringComparison.OrdinalIgnoreCase))
+                {
+                    sb.Append(' ').Append(text).Append(eosToken);
+                }
+                else
+                {
+                    throw new ArgumentException($"Unknown role '{role}' at turn {i}: expected user or assistant (system only first).", nameof(turns));
+                }
+            }
+            return sb.ToString();
+        }
+
+        /// <summary>
+        /// The format of a checkpoint folder: from its chat template when one names a format (<c>[INST]</c> is Mistral's),
+        /// else from the text model type (llama: Vicuna, mistral: Mistral).
+        /// </summary>
+        /// <exception cref="ModelLoadException">A chat template in a format this runtime does not write (ChatML, as in
+        /// llava-v1.6-34b); <see cref="ModelOptions.PromptFormat"/> overrides the detection.</exception>
+        public static PromptFormat Detect(string folder, LlavaConfig config)
+        {
+            ArgumentNullException.ThrowIfNull(config);
+            foreach (var file in TemplateFiles)
+            {
+                string path = Path.Combine(folder, file);
+                if (ReadTemplate(path) is not { } template) continue;
+                if (template.Contains("[INST]", StringComparison.Ordinal)) return PromptFormat.Mistral;
+                foreach (var (marker, name) in UnsupportedTemplates)
+                    if (template.Contains(marker, StringComparison.Ordinal))
+                        throw new ModelLoadException(
+                            $"The chat template in '{path}' is {name} ({marker}), which this runtime does not write; supported are the Vicuna and Mistral formats. " +
+                            "Set ModelOptions.PromptFormat to use one of them anyway.", path);
+                // Vicuna: written out, or as llava-hf writes it (role.upper() + ': ').
+                if (template.Contains("USER:", StringComparison.Ordinal) || template.Contains(".upper()", StringComparison.Ordinal))
+                    return PromptFormat.Vicuna;
+            }
+            return config.TextConfig.IsMistral ? PromptFormat.Mistral : PromptFormat.Vicuna;
+        }
+
+        /// <summary>The chat template a file holds (a .jinja file's text, or a JSON file's <c>chat_template</c>: a string or named templates), or null.</summary>
+        private static string? ReadTemplate(string path)
+        {
+            if (!File.Exists(path)) return null;
+            try
+            {
+                if (new FileInfo(path).Length > 16 * 1024 * 1024) return null;
+                if (path.EndsWith(".jinja", StringComparison.Ordinal)) return File.ReadAllText(path);
+                using var doc = JsonDocument.Parse(File.ReadAllBytes(path));
+                if (doc.RootElement.ValueKind != JsonValueKind.Object || !doc.RootElement.TryGetProperty("chat_template", out var t)) return null;
+                return t.ValueKind switch
+                {
+                    JsonValueKind.String => t.GetString(),
+                    JsonValueKind.Array => string.Join("\n", t.EnumerateArray()
+                        .Where(e => e.ValueKind == JsonValueKind.Object && e.TryGetProperty("template", out var x) && x.ValueKind == JsonValueKind.String)
+                        .Select(e => e.GetProperty("template").GetString())),
+                    _ => null,
+                };
+            }
+            catch (Exception e) when (e is JsonException or IOException or UnauthorizedAccessException)
+            {
+                return null; // such a file is reported (or not needed) by the loader that owns it
+            }
+        }
+    }
+}
