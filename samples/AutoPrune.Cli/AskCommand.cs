@@ -34,8 +34,11 @@ public static class AskCommand
             foreach (var f in images)
                 if (!f.Exists) throw new ArgumentException($"Image file '{f.FullName}' does not exist.");
             bool asJson = parse.GetValue(json);
+            var pruning = CommonOptions.Pruning(parse.GetValue(method)!, parse.GetValue(budget), parse.GetValue(accounting)!);
+            // Without --method the pruning is a default, which a model that cannot run it may set aside (LLaVA-NeXT: with a note).
+            bool methodGiven = CommonOptions.Given(parse, method);
             using var vlm = await CommonOptions.LoadAsync(parse.GetValue(model)!,
-                new ModelOptions { Device = parse.GetValue(device)!, PadToSquare = parse.GetValue(pad) }, quiet: asJson);
+                new ModelOptions { Device = parse.GetValue(device)!, PadToSquare = parse.GetValue(pad), DefaultPruning = methodGiven ? null : pruning }, quiet: asJson);
             var request = VisionRequest.Create(parse.GetValue(question)!, images.Select(f => ImageInput.FromFile(f.FullName)).ToArray()) with
             {
                 Generation = new GenerationOptions
@@ -45,7 +48,7 @@ public static class AskCommand
                     TopP = parse.GetValue(topP),
                     Seed = parse.GetValue(seed),
                 },
-                Pruning = CommonOptions.Pruning(parse.GetValue(method)!, parse.GetValue(budget), parse.GetValue(accounting)!),
+                Pruning = methodGiven ? pruning : null,
             };
             VisionAnswer? answer = null;
             bool streaming = parse.GetValue(stream) && !asJson;

@@ -41,10 +41,10 @@ public static class BenchCommand
             if (warm < 0) throw new ArgumentException("--warmup must be 0 or more.");
             if (parse.GetValue(speed) || parse.GetValue(random) is not null)
             {
-                var methodList = !Given(parse, methods)
+                var methodList = !CommonOptions.Given(parse, methods)
                     ? [PruningMethod.FastV, PruningMethod.AutoPrune]
                     : EvalCommand.ParseMethods(parse.GetValue(methods)!).Select(CommonOptions.ParseMethod).Where(m => m != PruningMethod.None).ToList();
-                var budgetList = !Given(parse, budgets) ? [192, 128, 64] : EvalCommand.ParseBudgets(parse.GetValue(budgets)!);
+                var budgetList = !CommonOptions.Given(parse, budgets) ? [192, 128, 64] : EvalCommand.ParseBudgets(parse.GetValue(budgets)!);
                 var options = new AutoPrune.Diagnostics.SpeedBenchmarkOptions
                 {
                     ModelDirectory = parse.GetValue(random) is null ? parse.GetValue(model) : null,
@@ -52,8 +52,8 @@ public static class BenchCommand
                     Device = parse.GetValue(device)!,
                     Methods = methodList,
                     Budgets = budgetList,
-                    Repeats = !Given(parse, repeats) ? 5 : reps,
-                    Warmup = !Given(parse, warmup) ? 1 : warm,
+                    Repeats = !CommonOptions.Given(parse, repeats) ? 5 : reps,
+                    Warmup = !CommonOptions.Given(parse, warmup) ? 1 : warm,
                     DecodeTokens = parse.GetValue(decodeTokens),
                 };
                 var progress = new Progress<string>(m => CommonOptions.Err.MarkupLine(Markup.Escape($"bench: {m}")));
@@ -79,9 +79,6 @@ public static class BenchCommand
         }));
         return cmd;
     }
-
-    /// <summary>Whether the user typed the option (not just its default).</summary>
-    private static bool Given(ParseResult parse, Option option) => parse.GetResult(option) is { Implicit: false };
 
     private static void WriteJson<T>(FileInfo? f, T doc)
     {

@@ -54,6 +54,9 @@ internal static class CommonOptions
         return o;
     }
 
+    /// <summary>Whether the user typed the option (not just its default).</summary>
+    public static bool Given(ParseResult parse, Option option) => parse.GetResult(option) is { Implicit: false };
+
     public static AutoPrune.Pruning.PruningOptions Pruning(string method, double budget, string accounting) => new()
     {
         Method = ParseMethod(method),

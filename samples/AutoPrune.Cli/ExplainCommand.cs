@@ -26,6 +26,8 @@ public static class ExplainCommand
             var img = parse.GetValue(image)!;
             if (!img.Exists) throw new ArgumentException($"Image file '{img.FullName}' does not exist.");
             using var vlm = await CommonOptions.LoadAsync(parse.GetValue(model)!, new ModelOptions { Device = parse.GetValue(device)! }, quiet: false);
+            if (vlm.Info.ModelType == AutoPrune.Loading.LlavaConfig.NextModelType)
+                throw new NotSupportedException("explain does not draw LLaVA-NeXT (anyres) images yet: their patches come from a base view and tiles, and pruning does not run on them yet.");
             var request = VisionRequest.Create(parse.GetValue(question)!, ImageInput.FromFile(img.FullName)) with
             {
                 Pruning = CommonOptions.Pruning(parse.GetValue(method)!, parse.GetValue(budget), parse.GetValue(accounting)!),

@@ -1,0 +1,47 @@
+using System.Text.Json;
+using Xunit;
+
+namespace AutoPrune.Cli.Tests;
+
+/// <summary>The CLI on a LLaVA-NeXT checkpoint folder, unchanged (tests/data/llava-next-tiny).</summary>
+public class LlavaNextCliTests
+{
+    private static string NextModel(string variant) => Path.Combine(Repo.Root, "tests", "data", "llava-next-tiny", $"llava-next-tiny-{variant}");
+    private static string NextImage(string name) => Path.Combine(Repo.Root, "tests", "data", "llava-next-tiny", "images", name);
+
+    private static async Task<(int Rc, string Out, string Err)> Run(params string[] args)
+    {
+        var (oldOut, oldErr) = (Console.Out, Console.Error);
+        var (o, e) = (new StringWriter(), new StringWriter());
+        Console.SetOut(o);
+        Console.SetError(e);
+        try { return (await Repo.Cli().Parse(args).InvokeAsync(), o.ToString(), e.ToString()); }
+        finally { Console.SetOut(oldOut); Console.SetError(oldErr); }
+    }
+
+    [Fact]
+    public async Task Ask_answers_on_a_llava_next_folder_and_the_default_method_falls_back_to_none()
+    {
+        var (rc, stdout, _) = await Run("ask", "--image", NextImage("06_50x60.png"), "--question", "How many circles are there?",
+            "--model", NextModel("mistral"), "--device", "cpu", "--max-tokens", "2", "--json");
+        Assert.Equal(0, rc);
+        // Other tests may print at the same time: take the line that is this command's JSON.
+        var line = stdout.Split('\n').Single(l => l.StartsWith("{\"answer\"", StringComparison.Ordinal));
+        var j = JsonDocument.Parse(line).RootElement;
+        Assert.Equal("none", j.GetProperty("method").GetString());
+        Assert.Equal(1080, j.GetProperty("visual_tokens").GetInt32());
+        Assert.Equal(1103, j.GetProperty("prompt_tokens").GetInt32());
+        Assert.Equal(2, j.GetProperty("generated_tokens").GetInt32());
+        Assert.Equal(264, j.GetProperty("top_logits")[0].GetProperty("id").GetInt32()); // transformers' greedy first token
+        Assert.Contains(j.GetProperty("notes").EnumerateArray(), n => n.GetString()!.Contains("unpruned"));
+    }
+
+    [Fact]
+    public async Task Ask_with_a_pruning_method_on_a_llava_next_folder_fails_with_one_clear_line()
+    {
+        var (rc, _, stderr) = await Run("ask", "--image", NextImage("06_50x60.png"), "--question", "How many?",
+            "--model", NextModel("llama"), "--device", "cpu", "--method", "fastv", "--max-tokens", "1");
+        Assert.Equal(1, rc);
+        Assert.Contains("error: Pruning method FastV does not run on LLaVA-NeXT", stderr);
+    }
+}

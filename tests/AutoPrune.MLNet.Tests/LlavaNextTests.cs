@@ -1,0 +1,39 @@
+using AutoPrune.MLNet;
+using Microsoft.ML;
+
+namespace AutoPrune.MLNet.Tests;
+
+/// <summary>The ML.NET transform over a LLaVA-NeXT checkpoint folder, unchanged, with image paths and with loaded images.</summary>
+public sealed class LlavaNextTests
+{
+    private static readonly string Next = Path.Combine(RepoPaths.Root, "tests", "data", "llava-next-tiny");
+
+    [Fact]
+    public async Task Paths_and_loaded_images_answer_as_the_library_does()
+    {
+        var ml = new MLContext(seed: 1);
+        string dir = Path.Combine(Next, "llava-next-tiny-llama");
+        var options = new VisualQuestionOptions
+        {
+            Generation = new GenerationOptions { MaxNewTokens = 3 },
+            ModelOptions = new ModelOptions { Device = "cpu" },
+            ImageFolder = Next,
+        };
+        var rows = new[] { new VqaInput { ImagePath = "images/06_50x60.png", Question = "How many circles are there?" } };
+        var data = ml.Data.LoadFromEnumerable(rows);
+        using var byPath = ml.Transforms.AnswerVisualQuestion("Answer", "ImagePath", "Question", dir, options).Fit(data);
+        var answered = Assert.Single(ml.Data.CreateEnumerable<VqaOutput>(byPath.Transform(data), reuseRowObject: false));
+        Assert.Equal("", answered.Error);
+
+        using var model = VisionLanguageModel.Load(dir, new ModelOptions { Device = "cpu" });
+        var direct = await model.AskAsync(VisionRequest.Create(rows[0].Question, ImageInput.FromFile(Path.Combine(Next, rows[0].ImagePath))) with { Generation = options.Generation });
+        Assert.Equal(direct.Text.Trim(), answered.Answer);
+        Assert.Equal(1080f, answered.KeptVisualTokens); // unpruned: every image token of a 50x60 image
+
+        var loaded = ml.Transforms.LoadImages("Image", Next, "ImagePath").Fit(data).Transform(data);
+        using var byImage = ml.Transforms.AnswerVisualQuestion("Answer", "Image", "Question", model, options).Fit(loaded);
+        var fromImage = Assert.Single(ml.Data.CreateEnumerable<VqaOutput>(byImage.Transform(loaded), reuseRowObject: false));
+        Assert.Equal("", fromImage.Error);
+        Assert.Equal(1080f, fromImage.KeptVisualTokens);
+    }
+}
