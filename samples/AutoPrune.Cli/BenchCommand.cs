@@ -27,7 +27,7 @@ public static class BenchCommand
         var device = CommonOptions.Device();
         var outFile = new Option<FileInfo?>("--out", "-o") { Description = "Write the results as JSON to this file." };
         var speed = new Option<bool>("--speed") { Description = "Time the stages with synthetic inputs (vision tower, projector, prefill per method and budget, decode ms/token, device memory) instead of answering the image." };
-        var random = new Option<string?>("--random-weights") { Description = "With --speed (implied): generate random fp16 weights for this architecture instead of loading --model: llava-1.5-7b, llava-1.5-13b or tiny-test." };
+        var random = new Option<string?>("--random-weights") { Description = "With --speed (implied): generate random fp16 weights for this architecture instead of loading --model: llava-1.5-7b, llava-1.5-13b, llava-1.6-vicuna-7b, llava-1.6-mistral-7b (LLaVA-1.6 on a 672x672 image: 2,928 visual tokens), tiny-test or tiny-next-test." };
         var decodeTokens = new Option<int>("--decode-tokens") { Description = "With --speed: tokens generated to time decoding.", DefaultValueFactory = _ => 32 };
 
         var cmd = new Command("bench", "Latency, tokens/s and memory per method and budget on one image, with speed-ups against unpruned.")
@@ -96,7 +96,7 @@ public static class SpeedPrinter
     {
         static string F(double? x, string fmt = "F2") => x is double v ? v.ToString(fmt, CultureInfo.InvariantCulture) : "–";
         if (Console.IsOutputRedirected && console.Profile.Width < 160) console.Profile.Width = 160;
-        console.MarkupLine(Markup.Escape($"{r.Model} ({r.Weights}) on {r.Device}: {r.DecoderLayers} decoder layers, {r.VisualTokens} visual tokens; loaded in {F(r.LoadSeconds, "F1")} s"));
+        console.MarkupLine(Markup.Escape($"{r.Model} ({r.Weights}) on {r.Device}: {r.DecoderLayers} decoder layers, {r.VisualTokens} visual tokens{(r.ImageViews > 1 ? $" from {r.ImageViews} views" : "")}; loaded in {F(r.LoadSeconds, "F1")} s"));
         var t = new Table().Border(TableBorder.Rounded).AddColumn("Stage").AddColumn("Method");
         foreach (var h in new[] { "Budget", "Visual tokens/layer", "Prompt tokens", "ms (median)", "ms (min)", "ms/layer", "FLOPs", "Speed-up" })
             t.AddColumn(new TableColumn(h).RightAligned());

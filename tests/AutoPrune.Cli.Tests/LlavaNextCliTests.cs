@@ -44,4 +44,28 @@ public class LlavaNextCliTests
         Assert.Equal(1, rc);
         Assert.Contains("error: Pruning method FastV does not run on LLaVA-NeXT", stderr);
     }
+
+    /// <summary>Synthetic stage timings for a LLaVA-NeXT architecture (the tiny one; the 7B presets take a GPU): a 672x672 image's 5 views.</summary>
+    [Fact]
+    public async Task Bench_speed_with_random_weights_runs_a_llava_next_architecture()
+    {
+        var outFile = Path.Combine(Repo.TempDir(), "speed.json");
+        var (rc, _, _) = await Run("bench", "--random-weights", "tiny-next-test", "--device", "cpu", "--methods", "fastv", "--budgets", "192",
+            "--repeats", "1", "--warmup", "0", "--decode-tokens", "2", "--out", outFile);
+        Assert.Equal(0, rc);
+        using var doc = JsonDocument.Parse(File.ReadAllText(outFile));
+        var root = doc.RootElement;
+        Assert.Equal("tiny-next-test", root.GetProperty("model").GetString());
+        Assert.Equal(2928, root.GetProperty("visual_tokens").GetInt32());
+        Assert.Equal(5, root.GetProperty("image_views").GetInt32());
+        Assert.True(root.GetProperty("vision_tower_ms").GetDouble() > 0);
+        Assert.True(root.GetProperty("projector_ms").GetDouble() > 0);
+        var rows = root.GetProperty("prefill").EnumerateArray().ToList();
+        Assert.Equal(["None", "None (input cut)", "FastV"], rows.Select(r => r.GetProperty("method").GetString()));
+        Assert.Equal(2928, rows[0].GetProperty("avg_visual_tokens_per_layer").GetDouble());
+        Assert.Equal(2928 + 50, rows[0].GetProperty("prompt_tokens").GetInt32());
+        Assert.True(rows[0].GetProperty("prefill_ms").GetDouble() > 0);
+        Assert.Equal(192, rows[1].GetProperty("avg_visual_tokens_per_layer").GetDouble());
+        Assert.Contains("LLaVA-NeXT", rows[2].GetProperty("skipped").GetString()); // pruning on anyres: not yet
+    }
 }

@@ -13,7 +13,10 @@ public sealed record SpeedBenchmarkOptions
     /// <summary>A checkpoint folder, or null to generate random fp16 weights for <see cref="Architecture"/>.</summary>
     public string? ModelDirectory { get; init; }
 
-    /// <summary>Architecture for random weights: "llava-1.5-7b", "llava-1.5-13b" or "tiny-test".</summary>
+    /// <summary>
+    /// Architecture for random weights: "llava-1.5-7b", "llava-1.5-13b", "llava-1.6-vicuna-7b", "llava-1.6-mistral-7b",
+    /// "tiny-test" or "tiny-next-test". LLaVA-NeXT ones are measured on a 672x672 image: a base view and 2x2 tiles, 2,928 visual tokens.
+    /// </summary>
     public string Architecture { get; init; } = "llava-1.5-7b";
 
     /// <summary>"auto", "cpu", "cuda", "cuda:N" or "ilgpu-cpu", as <see cref="ModelOptions.Device"/>.</summary>
@@ -53,7 +56,7 @@ public sealed record SpeedReport(
     IReadOnlyList<PrefillTiming> Prefill,
     double DecodeMsPerToken, int DecodeTokens,
     double? PeakDeviceMemoryMb, double? WeightsDeviceMemoryMb, double PeakWorkingSetMb, int Repeats, int Warmup,
-    double? DeviceUsedMb = null);
+    double? DeviceUsedMb = null, int ImageViews = 1);
 
 /// <summary>
 /// Times the stages of the model on one device with synthetic inputs (random pixels, random token ids): vision tower,
@@ -71,7 +74,7 @@ public static class SpeedBenchmark
         if (o.DecodeTokens < 1) throw new ArgumentOutOfRangeException(nameof(o), "DecodeTokens must be at least 1.");
         if (o.TextTokensBefore < 1 || o.TextTokensAfter < 1) throw new ArgumentOutOfRangeException(nameof(o), "Text token counts must be at least 1.");
         var sw = Stopwatch.StartNew();
-        var (model, weights, name) = LoadBackend(o, progress);
+        var (model, anyRes, weights, name) = LoadBackend(o, progress);
         using var owned = model;
         double loadSeconds = sw.Elapsed.TotalSeconds;
         double? weightsMb = model is CudaLlavaModel g0 ? g0.Memory.CurrentBytes / 1048576.0 : null;
@@ -89,29 +92,36 @@ public static class SpeedBenchmark
         SampleDevice();
         var cfg = model.Config;
         var t = cfg.TextConfig;
-        var shape = new ModelShape(t.NumHiddenLayers, t.NumAttentionHeads, t.HiddenSize, t.IntermediateSize, model.TokensPerImage, model.Grid);
-        var rng = new Random(o.Seed);
         var v = cfg.VisionConfig;
+        // LLaVA-NeXT: a typical image's views (base + tiles) through the tower, then stitched, unpadded, projected, with newlines.
+        var layout = anyRes is null ? null
+            : new Loading.Images.AnyResGrid(cfg.GridPinpoints, v.ImageSize, v.PatchSize).Plan(LlavaPresets.TypicalNextImageSize, LlavaPresets.TypicalNextImageSize);
+        int visual = layout?.TokenCount ?? model.TokensPerImage, views = layout?.Views ?? 1;
+        var shape = new ModelShape(t.NumHiddenLayers, t.NumAttentionHeads, t.HiddenSize, t.IntermediateSize, visual, model.Grid);
+        var rng = new Random(o.Seed);
         var pixels = new float[v.NumChannels * v.ImageSize * v.ImageSize];
         for (int i = 0; i < pixels.Length; i++) pixels[i] = (float)(rng.NextDouble() * 4 - 2);
-        int[] ids = SyntheticPrompt(rng, t.VocabSize, cfg.ImageTokenIndex, o.TextTokensBefore, model.TokensPerImage, o.TextTokensAfter);
+        int[] ids = SyntheticPrompt(rng, t.VocabSize, cfg.ImageTokenIndex, o.TextTokensBefore, visual, o.TextTokensAfter);
         if (ids.Length + o.DecodeTokens > t.MaxPositionEmbeddings)
             throw new ArgumentException($"The synthetic prompt ({ids.Length} tokens) plus {o.DecodeTokens} generated tokens exceeds the model's {t.MaxPositionEmbeddings} positions.");
 
         // Vision tower and projector.
         progress?.Report("vision tower");
-        VisionFeatures vision = model.VisionForward(pixels);
-        float[] projected = model.Project(vision.Features, vision.Tokens);
+        VisionFeatures[] Tower() => Enumerable.Range(0, views).Select(_ => model.VisionForward(pixels)).ToArray();
+        float[] Projector(VisionFeatures[] f) => layout is null ? model.Project(f[0].Features, f[0].Tokens) : anyRes!.Assemble(model, layout, f).Tokens;
+        var towerOut = Tower();
+        VisionFeatures vision = towerOut[0];
+        float[] projected = Projector(towerOut);
         var visionMs = new List<double>();
         var projMs = new List<double>();
         for (int r = 0; r < o.Warmup + o.Repeats; r++)
         {
             ct.ThrowIfCancellationRequested();
             sw.Restart();
-            vision = model.VisionForward(pixels);
+            towerOut = Tower();
             double vm = sw.Elapsed.TotalMilliseconds;
             sw.Restart();
-            projected = model.Project(vision.Features, vision.Tokens);
+            projected = Projector(towerOut);
             double pm = sw.Elapsed.TotalMilliseconds;
             if (r >= o.Warmup) { visionMs.Add(vm); projMs.Add(pm); }
         }
@@ -120,10 +130,10 @@ public static class SpeedBenchmark
         // Prefill: the unpruned reference first, then each method at each budget.
         var prefill = new List<PrefillTiming>();
         // (None at a smaller budget feeds only that many visual tokens: the cost floor of a prompt that short.)
-        var combos = new List<(PruningMethod Method, double Budget)> { (PruningMethod.None, model.TokensPerImage) };
+        var combos = new List<(PruningMethod Method, double Budget)> { (PruningMethod.None, visual) };
         foreach (var b in o.Budgets)
         {
-            if (b < model.TokensPerImage) combos.Add((PruningMethod.None, b));
+            if (b < visual) combos.Add((PruningMethod.None, b));
             foreach (var m in o.Methods.Where(m => m != PruningMethod.None))
                 combos.Add((m, b));
         }
@@ -135,15 +145,19 @@ public static class SpeedBenchmark
             var runIds = ids;
             var runProjected = projected;
             var runShape = shape;
-            if (method == PruningMethod.None && budget < model.TokensPerImage)
+            if (method == PruningMethod.None && budget < visual)
             {
                 int keep = Math.Max(1, (int)Math.Round(budget));
                 runIds = VisionLanguageModel.ShortenImageRun(ids, cfg.ImageTokenIndex, keep);
                 runProjected = projected.AsSpan(0, keep * model.Hidden).ToArray();
                 runShape = shape with { VisualTokens = keep };
             }
-            try { _ = new PruningSession(shape, options, 1); }
-            catch (InfeasibleBudgetException e)
+            try
+            {
+                _ = AnyResPruningGate.Resolve(cfg, options, null);
+                _ = new PruningSession(shape, options, 1);
+            }
+            catch (Exception e) when (e is InfeasibleBudgetException or NotSupportedException)
             {
                 prefill.Add(new PrefillTiming(method.ToString(), budget, null, ids.Length, null, null, null, null, null, e.Message));
                 continue;
@@ -161,7 +175,7 @@ public static class SpeedBenchmark
             double med = Median(times);
             if (method == PruningMethod.None && runIds == ids) reference = med;
             double avg = runIds == ids ? report!.AvgVisualTokensProcessed : runIds.Count(t => t == cfg.ImageTokenIndex);
-            int prefix = Array.IndexOf(ids, cfg.ImageTokenIndex), text = ids.Length - prefix - model.TokensPerImage;
+            int prefix = Array.IndexOf(ids, cfg.ImageTokenIndex), text = ids.Length - prefix - visual;
             double flops = runIds == ids ? report!.FlopsRatio
                 : FlopsModel.Ratio(shape, prefix, text, Enumerable.Repeat((int)avg, shape.Layers).ToArray());
             prefill.Add(new PrefillTiming(runIds == ids ? method.ToString() : "None (input cut)", budget, Math.Round(avg, 2), promptTokens,
@@ -188,11 +202,11 @@ public static class SpeedBenchmark
         }
 
         double? peakMb = model is CudaLlavaModel g ? g.Memory.PeakBytes / 1048576.0 : null;
-        return new SpeedReport(name, model.Device, weights, shape.Layers, model.TokensPerImage, Math.Round(loadSeconds, 2),
+        return new SpeedReport(name, model.Device, weights, shape.Layers, visual, Math.Round(loadSeconds, 2),
             Math.Round(Median(visionMs), 3), Math.Round(Median(projMs), 3), prefill, Math.Round(perToken, 3), o.DecodeTokens,
             peakMb is double p ? Math.Round(p, 1) : null, weightsMb is double w ? Math.Round(w, 1) : null,
             Math.Round(Process.GetCurrentProcess().PeakWorkingSet64 / 1048576.0, 1), o.Repeats, o.Warmup,
-            deviceUsed is double du ? Math.Round(du, 1) : null);
+            deviceUsed is double du ? Math.Round(du, 1) : null, views);
     }
 
     private static (double Ms, PruningReport Report, int PromptTokens) TimePrefill(ILlavaBackend model, ModelShape shape, PruningOptions options,
@@ -221,7 +235,7 @@ public static class SpeedBenchmark
         return ids.ToArray();
     }
 
-    private static (ILlavaBackend Model, string Weights, string Name) LoadBackend(SpeedBenchmarkOptions o, IProgress<string>? progress)
+    private static (ILlavaBackend Model, AnyResAssembler? AnyRes, string Weights, string Name) LoadBackend(SpeedBenchmarkOptions o, IProgress<string>? progress)
     {
         progress?.Report("loading weights");
         var gpu = VisionLanguageModel.OpenDevice(o.Device, Microsoft.Extensions.Logging.Abstractions.NullLogger.Instance);
@@ -233,14 +247,15 @@ public static class SpeedBenchmark
                 using var store = SafeTensorStore.Open(dir);
                 ILlavaBackend m = gpu is null ? new LlavaModel(store, config) : new CudaLlavaModel(store, config, gpu);
                 gpu = null;
-                return (m, "checkpoint", Path.GetFullPath(dir));
+                try { return (m, config.IsAnyRes ? new AnyResAssembler(store, config.TextConfig.HiddenSize) : null, "checkpoint", Path.GetFullPath(dir)); }
+                catch { m.Dispose(); throw; }
             }
             var cfg = LlavaPresets.ByName(o.Architecture);
             CheckMemory(cfg, gpu, o.Architecture);
             var random = new RandomTensorSource(cfg, (ulong)o.Seed);
             ILlavaBackend r = gpu is null ? new LlavaModel(random, cfg) : new CudaLlavaModel(random, cfg, gpu);
             gpu = null;
-            return (r, $"random fp16 (seed {o.Seed})", o.Architecture);
+            return (r, cfg.IsAnyRes ? new AnyResAssembler(random, cfg.TextConfig.HiddenSize) : null, $"random fp16 (seed {o.Seed})", o.Architecture);
         }
         finally
         {

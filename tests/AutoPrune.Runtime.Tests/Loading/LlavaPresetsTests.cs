@@ -116,4 +116,37 @@ public class LlavaPresetsTests(ITestOutputHelper output)
         output.WriteLine($"llava-1.5-13b: {used13:N0} parameters read by the model");
         Assert.InRange(used13, 13.35e9 * 0.99, 13.35e9 * 1.01);
     }
+
+    [Fact]
+    public void Tiny_next_test_preset_equals_the_llava_next_fixture_config()
+    {
+        var fixture = LlavaConfig.Load(Path.Combine(TestData.RepoRoot, "tests", "data", "llava-next-tiny", "llava-next-tiny-mistral"));
+        Assert.Equal(Json(fixture), Json(LlavaPresets.TinyNextTest()));
+        Assert.Equal(Json(fixture), Json(LlavaPresets.ByName("Tiny-Next-Test")));
+    }
+
+    [Fact]
+    public void Llava16_presets_are_the_llava_hf_configs()
+    {
+        var vicuna = LlavaPresets.ByName("llava-1.6-vicuna-7b");
+        var mistral = LlavaPresets.ByName("llava-1.6-mistral-7b");
+        foreach (var c in new[] { vicuna, mistral })
+        {
+            Assert.Equal("llava_next", c.ModelType);
+            Assert.Equal([(336, 672), (672, 336), (672, 672), (1008, 336), (336, 1008)], c.GridPinpoints);
+            Assert.Equal((32000, 23, 1024, 336, 14), (c.ImageTokenIndex, c.ResolvedFeatureLayerIndex, c.VisionConfig.HiddenSize, c.VisionConfig.ImageSize, c.VisionConfig.PatchSize));
+        }
+        var v = vicuna.TextConfig;
+        Assert.Equal(("llama", 4096, 11008, 32, 32, 32, 32064, 4096, 10000.0), (v.ModelType, v.HiddenSize, v.IntermediateSize, v.NumHiddenLayers, v.NumAttentionHeads, v.NumKeyValueHeads, v.VocabSize, v.MaxPositionEmbeddings, v.RopeTheta));
+        Assert.Null(v.SlidingWindow);
+        var m = mistral.TextConfig;
+        Assert.Equal(("mistral", 4096, 14336, 32, 32, 8, 32064, 32768, 1e6), (m.ModelType, m.HiddenSize, m.IntermediateSize, m.NumHiddenLayers, m.NumAttentionHeads, m.NumKeyValueHeads, m.VocabSize, m.MaxPositionEmbeddings, m.RopeTheta));
+        Assert.Null(m.SlidingWindow); // Mistral-7B-Instruct v0.2 has none
+
+        // LLaVA-1.6 Vicuna is LLaVA-1.5's parameters plus the image_newline vector; Mistral's MLP is larger, its K/V smaller.
+        long v16 = LlavaTensorManifest.ParameterCount(vicuna), m16 = LlavaTensorManifest.ParameterCount(mistral);
+        output.WriteLine($"llava-1.6-vicuna-7b: {v16:N0} parameters read, llava-1.6-mistral-7b: {m16:N0}");
+        Assert.Equal(LlavaTensorManifest.ParameterCount(LlavaPresets.Llava15_7B()) + 4096, v16);
+        Assert.InRange(m16, 7.56e9 * 0.995, 7.56e9 * 1.005);
+    }
 }

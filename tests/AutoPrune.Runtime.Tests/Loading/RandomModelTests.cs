@@ -89,4 +89,18 @@ public class RandomModelTests
         var (prefill, _) = Run(model, RandomPixels(config, 3));
         AssertUsableLogits(prefill, config.TextConfig.VocabSize);
     }
+
+    [Fact]
+    public void Tiny_llava_next_manifest_lists_what_the_model_and_the_anyres_assembly_read()
+    {
+        var config = LlavaPresets.TinyNextTest();
+        var source = new RandomTensorSource(config, 7);
+        var model = new LlavaModel(source, config);
+        _ = new AnyResAssembler(source, config.TextConfig.HiddenSize);
+        Assert.Empty(LlavaModel.UnexpectedTensors(source, config));
+        var manifest = LlavaTensorManifest.Tensors(config);
+        Assert.Equal("image_newline", manifest[^1].Name);
+        Assert.Equal(manifest.Select(t => t.Name), source.Requests.Select(r => r.Name));
+        Assert.Equal(manifest.Select(t => t.Shape), source.Requests.Select(r => r.Shape));
+    }
 }
