@@ -121,8 +121,8 @@ public sealed class VisionLanguageModel : IDisposable
         }
         string device = model.Device;
         progress?.Report(new LoadProgress("ready", 1));
-        log.LogInformation("Loaded {Dir} on {Device} in {Ms:F0} ms: {Layers} decoder layers, hidden {Hidden}, {Visual} visual tokens per image",
-            dir, device, sw.Elapsed.TotalMilliseconds, config.TextConfig.NumHiddenLayers, config.TextConfig.HiddenSize, model.TokensPerImage);
+        log.LogInformation("Loaded {Dir} on {Device} in {Ms:F0} ms: {Layers} decoder layers, hidden {Hidden}, up to {Visual} visual tokens per image",
+            dir, device, sw.Elapsed.TotalMilliseconds, config.TextConfig.NumHiddenLayers, config.TextConfig.HiddenSize, anyRes?.MaxTokenCount ?? model.TokensPerImage);
         return new VisionLanguageModel(dir, model, tokenizer, images, anyRes, promptFormat, options, log);
     }
 
@@ -394,6 +394,8 @@ public sealed class VisionLanguageModel : IDisposable
             if (_anyRes is not null)
             {
                 var (imageRows, map) = _anyRes.Assemble(_model, encoded);
+                if (map.Sequence.Count != p.ImageTokens[projected.Count])
+                    throw new ImageDecodeException($"The image {img.Name} is {map.Layout.ImageWidth}x{map.Layout.ImageHeight} ({map.Sequence.Count} tokens) now, not what its header said when the request was queued ({p.ImageTokens[projected.Count]} tokens); it changed in between.");
                 session.TokenMap ??= map;
                 // Visual indices stay unique across images: each image's patches follow the earlier images' patches.
                 int offset = visualIndices!.Sum(v => v.Count(i => i >= 0));
