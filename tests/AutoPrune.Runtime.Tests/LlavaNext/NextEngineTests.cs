@@ -165,6 +165,27 @@ public class NextEngineTests(NextModelsFixture fx) : IClassFixture<NextModelsFix
         Assert.Contains("model.safetensors", ex.Message);
     }
 
+    [Fact]
+    public async Task Bad_images_fail_before_queueing_from_their_header()
+    {
+        using var dir = new TempDir();
+        File.WriteAllText(dir.File("not.png"), "not an image");
+        var png = File.ReadAllBytes(NextFixture.Image("images/01_640x480.png"));
+        File.WriteAllBytes(dir.File("header-only.png"), png[..200]);
+        Assert.Equal((640, 480), AutoPrune.Loading.Images.ImagePreprocessor.ReadSizeFile(dir.File("header-only.png"), 1_000_000));
+
+        var ex = Assert.Throws<AutoPrune.Loading.Images.ImageDecodeException>(() => fx.Llama.PromptIds(VisionRequest.Create("q", ImageInput.FromFile(dir.File("not.png")))));
+        Assert.Contains("not.png", ex.Message);
+        Assert.Throws<AutoPrune.Loading.Images.ImageDecodeException>(() => fx.Llama.PromptIds(VisionRequest.Create("q", ImageInput.FromFile(dir.File("missing.png")))));
+        // The header is all there is: the token count is known, decoding then fails cleanly.
+        await Assert.ThrowsAsync<AutoPrune.Loading.Images.ImageDecodeException>(() =>
+            fx.Llama.AskAsync(VisionRequest.Create("q", ImageInput.FromFile(dir.File("header-only.png")))));
+
+        using var small = VisionLanguageModel.Load(NextFixture.Model("llama"), new ModelOptions { Device = "cpu", MaxImagePixels = 1000 });
+        var big = Assert.Throws<AutoPrune.Loading.Images.ImageDecodeException>(() => small.PromptIds(VisionRequest.Create("q", ImageInput.FromBytes(png))));
+        Assert.Contains("MaxPixels", big.Message);
+    }
+
     private static TempDir CopyOf(string variant)
     {
         var dir = new TempDir();
