@@ -39,6 +39,9 @@ public sealed record ModelOptions
     /// <summary>Pruning used by requests that do not set their own; null means no pruning.</summary>
     public PruningOptions? DefaultPruning { get; init; }
 
+    /// <summary>Largest file of each kind the runtime reads (config, tokenizer, index, image files); see <see cref="InputFileLimits"/>.</summary>
+    public InputFileLimits FileLimits { get; init; } = new();
+
     /// <summary>Logger factory for load and request logs; null logs nothing.</summary>
     public ILoggerFactory? LoggerFactory { get; init; }
 }
@@ -77,7 +80,7 @@ public sealed class ImageInput
     /// <summary>What error messages call the image.</summary>
     public string Name { get; }
 
-    public static ImageInput FromFile(string path) => new(path, default, path);
+    public static ImageInput FromFile(string path) => new(path ?? throw new ArgumentNullException(nameof(path)), default, path);
     public static ImageInput FromBytes(ReadOnlyMemory<byte> bytes, string? name = null) => new(null, bytes, name ?? $"<{bytes.Length} bytes>");
 }
 
@@ -93,7 +96,9 @@ public sealed record VisionRequest
     /// <summary>A single question about zero or more images (each image placed before the question).</summary>
     public static VisionRequest Create(string question, params ImageInput[] images) => new()
     {
-        Turns = [new ConversationTurn(TurnRole.User, string.Concat(Enumerable.Repeat(Prompting.ImagePlaceholder + "\n", images.Length)) + question)],
+        // Null question or image list: ArgumentNullException here; a null image in the list: when the request is asked.
+        Turns = [new ConversationTurn(TurnRole.User, string.Concat(Enumerable.Repeat(Prompting.ImagePlaceholder + "\n", (images ?? throw new ArgumentNullException(nameof(images))).Length))
+            + (question ?? throw new ArgumentNullException(nameof(question))))],
         Images = images,
     };
 }

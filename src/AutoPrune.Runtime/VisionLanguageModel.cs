@@ -45,6 +45,8 @@ public sealed class VisionLanguageModel : IDisposable
     private readonly SemaphoreSlim _gate;
     private readonly LruCache<string, EncodedImage> _visionCache;
     private int _disposed;
+    private readonly int _maxPromptTokens;
+    private readonly long _maxPromptChars;
     /// <summary>Cancelled by <see cref="Dispose"/>: ends queued and running requests so the model can be released.</summary>
     private readonly CancellationTokenSource _shutdown = new();
 
@@ -58,6 +60,8 @@ public sealed class VisionLanguageModel : IDisposable
     {
         _model = model; _tokenizer = tokenizer; _images = images; _anyRes = anyRes; _promptFormat = promptFormat; _options = options; _log = log;
         _gate = new SemaphoreSlim(Math.Max(1, options.MaxConcurrentRequests));
+        _maxPromptTokens = Math.Min(model.Config.TextConfig.MaxPositionEmbeddings, options.MaxPromptTokens ?? int.MaxValue);
+        _maxPromptChars = RequestValidator.MaxPromptChars(_maxPromptTokens, tokenizer.LongestTokenChars);
         _visionCache = new LruCache<string, EncodedImage>(Math.Max(0, options.VisionCacheSize));
         var t = model.Config.TextConfig;
         int perImage = anyRes?.MaxTokenCount ?? model.TokensPerImage;
@@ -81,13 +85,17 @@ public sealed class VisionLanguageModel : IDisposable
         var dir = Path.GetFullPath(modelDirectory);
         if (!Directory.Exists(dir))
             throw new ModelLoadException($"Model directory '{dir}' does not exist.", dir);
+        var limits = options.FileLimits ?? throw new ArgumentNullException(nameof(options), "ModelOptions.FileLimits is null.");
+        limits.Validate();
+        if (options.MaxImagePixels < 1 || options.MaxImagePixels > ImageSizePlan.MaxBufferPixels)
+            throw new ArgumentOutOfRangeException(nameof(options), options.MaxImagePixels, $"MaxImagePixels must be between 1 and {ImageSizePlan.MaxBufferPixels:N0}.");
         var sw = Stopwatch.StartNew();
         progress?.Report(new LoadProgress("config", 0));
-        var config = LlavaConfig.Load(dir);
+        var config = LlavaConfig.Load(dir, limits);
         progress?.Report(new LoadProgress("tokenizer", 0.02));
-        var tokenizer = LlavaTokenizer.Load(dir, config.ImageTokenIndex);
-        var promptFormat = options.PromptFormat == PromptFormat.Auto ? PromptFormats.Detect(dir, config) : options.PromptFormat;
-        var images = ImagePreprocessor.Load(dir);
+        var tokenizer = LlavaTokenizer.Load(dir, config.ImageTokenIndex, limits, config.TextConfig.VocabSize);
+        var promptFormat = options.PromptFormat == PromptFormat.Auto ? PromptFormats.Detect(dir, config, limits) : options.PromptFormat;
+        var images = ImagePreprocessor.Load(dir, limits, config.VisionConfig.ImageSize);
         images.MaxPixels = options.MaxImagePixels;
         var anyResImages = config.IsAnyRes ? AnyResImageProcessor.Load(dir, config, images) : null;
         AnyResPipeline? anyRes = null;
@@ -96,7 +104,7 @@ public sealed class VisionLanguageModel : IDisposable
         ILlavaBackend model;
         try
         {
-            using var store = SafeTensorStore.Open(dir);
+            using var store = SafeTensorStore.Open(dir, limits);
             Action<double> weights = f => progress?.Report(new LoadProgress("weights", 0.05 + 0.95 * f));
             bool auto = (options.Device ?? "").Trim().ToLowerInvariant() is "auto" or "";
             model = CreateBackend(store, config, gpu, auto, log, weights);
@@ -224,7 +232,7 @@ public sealed class VisionLanguageModel : IDisposable
         try
         {
             await _gate.WaitAsync(stop.Token).ConfigureAwait(false);
-            try { await Task.Run(() => Run(prepared, c => answer = c.Answer ?? answer, stop.Token), stop.Token).ConfigureAwait(false); }
+            try { await ComputeThread.Run(() => Run(prepared, c => answer = c.Answer ?? answer, stop.Token)).ConfigureAwait(false); }
             finally { _gate.Release(); }
         }
         catch (Exception e) when (e is OperationCanceledException or ObjectDisposedException && _shutdown.IsCancellationRequested && !ct.IsCancellationRequested)
@@ -252,13 +260,13 @@ public sealed class VisionLanguageModel : IDisposable
             try
             {
                 await _gate.WaitAsync(token).ConfigureAwait(false);
-                try { Run(prepared, c => channel.Writer.TryWrite(c), token); }
+                try { await ComputeThread.Run(() => Run(prepared, c => channel.Writer.TryWrite(c), token)).ConfigureAwait(false); }
                 finally { _gate.Release(); }
                 channel.Writer.TryComplete();
             }
             catch (OperationCanceledException) when (timeout?.IsCancellationRequested == true && !ct.IsCancellationRequested)
             {
-                channel.Writer.TryComplete(new TimeoutException($"The request did not finish within the {_options.RequestTimeout!.Value.TotalSeconds:0.###} s request timeout."));
+                channel.Writer.TryComplete(TimedOut());
             }
             catch (Exception e) when (e is OperationCanceledException or ObjectDisposedException && _shutdown.IsCancellationRequested && !ct.IsCancellationRequested)
             {
@@ -266,10 +274,30 @@ public sealed class VisionLanguageModel : IDisposable
             }
             catch (Exception e) { channel.Writer.TryComplete(e); }
         }, CancellationToken.None);
+        // The caller's cancellation, the timeout and a dispose end the enumeration at once, checked before every chunk;
+        // the compute thread stops at its next layer or token and then frees its slot.
+        void ThrowIfStopped()
+        {
+            if (ct.IsCancellationRequested) throw new OperationCanceledException("The request was cancelled.", null, ct);
+            if (timeout?.IsCancellationRequested == true) throw TimedOut();
+            if (_shutdown.IsCancellationRequested) throw Disposed();
+        }
         try
         {
-            await foreach (var chunk in channel.Reader.ReadAllAsync(CancellationToken.None).ConfigureAwait(false))
-                yield return chunk;
+            var reader = channel.Reader;
+            while (true)
+            {
+                ThrowIfStopped();
+                bool more;
+                try { more = await reader.WaitToReadAsync(token).ConfigureAwait(false); }
+                catch (OperationCanceledException) when (token.IsCancellationRequested) { ThrowIfStopped(); throw; }
+                if (!more) break;
+                while (reader.TryRead(out var chunk))
+                {
+                    ThrowIfStopped();
+                    yield return chunk;
+                }
+            }
         }
         finally
         {
@@ -277,6 +305,8 @@ public sealed class VisionLanguageModel : IDisposable
         }
         await producer.ConfigureAwait(false);
     }
+
+    private TimeoutException TimedOut() => new($"The request did not finish within the {_options.RequestTimeout!.Value.TotalSeconds:0.###} s request timeout.");
 
     /// <param name="ImageTokens">Visual tokens of each image in the prompt.</param>
     /// <param name="PruningNote">Why the pruning that runs is not the one the defaults named (LLaVA-NeXT), or null.</param>
@@ -288,26 +318,13 @@ public sealed class VisionLanguageModel : IDisposable
 
     private Prepared Prepare(VisionRequest request)
     {
-        ArgumentNullException.ThrowIfNull(request);
-        if (request.Turns is null || request.Turns.Count == 0)
-            throw new ArgumentException("The request has no conversation turns.", nameof(request));
-        var last = request.Turns[^1];
-        if (last.Role != TurnRole.User)
-            throw new ArgumentException($"The last turn must be the user's (got {last.Role}).", nameof(request));
-        if (string.IsNullOrWhiteSpace(last.Text.Replace(Prompting.ImagePlaceholder, "")))
-            throw new ArgumentException("The question is empty.", nameof(request));
-        int placeholders = request.Turns.Sum(t => CountPlaceholders(t.Text));
-        if (placeholders != request.Images.Count)
-            throw new ArgumentException($"The conversation has {placeholders} {Prompting.ImagePlaceholder} placeholder(s) but {request.Images.Count} image(s) were given.", nameof(request));
-        var g = request.Generation ?? new GenerationOptions();
-        if (g.MaxNewTokens < 1 || g.MaxNewTokens > _options.MaxNewTokensLimit)
-            throw new ArgumentOutOfRangeException(nameof(request), $"MaxNewTokens must be between 1 and {_options.MaxNewTokensLimit} (got {g.MaxNewTokens}).");
-        _ = new Sampler(g); // validates temperature and top-p
+        // Null parts, shape, length in characters, sampling and pruning values: all before tokenising or reading an image.
+        var g = RequestValidator.Validate(request, _options, _maxPromptChars, _maxPromptTokens);
         string prompt = PromptFormats.Format(_promptFormat, request.Turns.Select(t => (t.Role.ToString().ToLowerInvariant(), t.Text)).ToList());
         // LLaVA-NeXT: an image's token count follows from its size, read from its header here, before queueing.
         int[] imageTokens = request.Images.Select(img => _anyRes?.TokenCount(img) ?? _model.TokensPerImage).ToArray();
         var ids = _tokenizer.EncodePrompt(prompt, imageTokens);
-        int context = Info.ContextLength, maxPrompt = Math.Min(context, _options.MaxPromptTokens ?? context);
+        int context = Info.ContextLength, maxPrompt = _maxPromptTokens;
         if (ids.Length > maxPrompt)
             throw new ArgumentException($"The prompt is {ids.Length} tokens long ({request.Images.Count} image(s), {imageTokens.Sum()} visual tokens, and text); the limit is {maxPrompt}.", nameof(request));
         if (_model.Config.TextConfig.SlidingWindow is int window)
@@ -330,31 +347,29 @@ public sealed class VisionLanguageModel : IDisposable
         return new Prepared(request with { Generation = g }, ids, maxNew, pruning, imageTokens, note);
     }
 
-    /// <summary>Preprocesses an image and runs the vision tower (on every view, for LLaVA-NeXT), or takes both from the small cache of recent images.</summary>
-    private EncodedImage VisionFor(ImageInput img, ref double preprocessMs)
+    /// <summary>
+    /// Preprocesses an image and runs the vision tower (on every view, for LLaVA-NeXT), or takes both from the small cache of
+    /// recent images. The cache is keyed by the image's content (SHA-256 of its bytes, read once and within
+    /// <see cref="InputFileLimits.ImageBytes"/>), so a file rewritten in place is never answered from it.
+    /// </summary>
+    private EncodedImage VisionFor(ImageInput img, ref double preprocessMs, CancellationToken ct)
     {
-        string key;
-        if (img.Path is not null)
-        {
-            var fi = new FileInfo(img.Path);
-            key = fi.Exists ? $"file:{fi.FullName}|{fi.Length}|{fi.LastWriteTimeUtc.Ticks}|{_options.PadToSquare}" : "";
-        }
-        else
-            key = $"bytes:{Convert.ToHexString(System.Security.Cryptography.SHA256.HashData(img.Bytes.Span))}|{_options.PadToSquare}";
-        if (key.Length > 0 && _visionCache.TryGet(key, out var cached)) return cached;
+        var sw = Stopwatch.StartNew();
+        ReadOnlyMemory<byte> encoded = img.Path is not null ? ImagePreprocessor.ReadFile(img.Path, _images.MaxFileBytes) : img.Bytes;
+        string key = $"{Convert.ToHexString(System.Security.Cryptography.SHA256.HashData(encoded.Span))}|{_options.PadToSquare}";
+        if (_visionCache.TryGet(key, out var cached)) return cached;
+        preprocessMs += sw.Elapsed.TotalMilliseconds;
         EncodedImage vision;
         if (_anyRes is not null)
-            vision = _anyRes.Encode(_model, img, ref preprocessMs);
+            vision = _anyRes.Encode(_model, encoded.Span, img.Path, ref preprocessMs, ct);
         else
         {
-            var sw = Stopwatch.StartNew();
-            var pixels = img.Path is not null
-                ? _images.PreprocessFile(img.Path, _options.PadToSquare)
-                : _images.Preprocess(img.Bytes.Span, _options.PadToSquare);
+            sw.Restart();
+            var pixels = _images.Preprocess(encoded.Span, _options.PadToSquare, img.Path);
             preprocessMs += sw.Elapsed.TotalMilliseconds;
-            vision = new EncodedImage([_model.VisionForward(pixels)], null);
+            vision = new EncodedImage([_model.VisionForward(pixels, ct)], null);
         }
-        if (key.Length > 0) _visionCache.Add(key, vision);
+        _visionCache.Add(key, vision);
         return vision;
     }
 
@@ -363,13 +378,6 @@ public sealed class VisionLanguageModel : IDisposable
     {
         int first = Array.IndexOf(ids, imageToken), last = Array.LastIndexOf(ids, imageToken);
         return [.. ids.AsSpan(0, first), .. Enumerable.Repeat(imageToken, count), .. ids.AsSpan(last + 1)];
-    }
-
-    private static int CountPlaceholders(string s)
-    {
-        int c = 0, i = 0;
-        while ((i = s.IndexOf(Prompting.ImagePlaceholder, i, StringComparison.Ordinal)) >= 0) { c++; i += Prompting.ImagePlaceholder.Length; }
-        return c;
     }
 
     private void Run(Prepared p, Action<AnswerChunk> emit, CancellationToken ct)
@@ -390,7 +398,7 @@ public sealed class VisionLanguageModel : IDisposable
         foreach (var img in p.Request.Images)
         {
             ct.ThrowIfCancellationRequested();
-            var encoded = VisionFor(img, ref preprocessMs);
+            var encoded = VisionFor(img, ref preprocessMs, ct);
             if (_anyRes is not null)
             {
                 var (imageRows, map) = _anyRes.Assemble(_model, encoded);
@@ -422,6 +430,7 @@ public sealed class VisionLanguageModel : IDisposable
         int textTokens = ids.Length - (Array.LastIndexOf(ids, imageToken) + 1);
         using var generation = _model.StartGeneration(p.MaxNew);
         var logits = generation.Prefill(state, session.NeedsDecoderHook ? session : null, ct);
+        NonFiniteLogitsException.ThrowIfAny(logits, "the last prompt position");
         p.OnPrefillLogits?.Invoke((float[])logits.Clone());
         var report = session.Finish(state, p.Request.Images.Count == 0 ? ids.Length : textTokens);
         if (p.PruningNote is not null) report = report with { Notes = [.. report.Notes, p.PruningNote] };
@@ -459,7 +468,7 @@ public sealed class VisionLanguageModel : IDisposable
             {
                 // Greedy decoding asks the backend for the next id only (a GPU then returns 4 bytes, not the logits).
                 if (sampler.IsGreedy) greedyNext = generation.StepGreedy(next);
-                else logits = generation.Step(next);
+                else NonFiniteLogitsException.ThrowIfAny(logits = generation.Step(next), $"decoding step {step + 1}");
             }
         }
         double decodeMs = sw.Elapsed.TotalMilliseconds;

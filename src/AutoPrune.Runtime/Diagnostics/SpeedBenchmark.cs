@@ -66,11 +66,14 @@ public sealed record SpeedReport(
 /// </summary>
 public static class SpeedBenchmark
 {
+    /// <summary>Most measured (or warm-up) runs per stage: a number from a command line never sizes anything past it.</summary>
+    public const int MaxRepeats = 10_000;
+
     public static SpeedReport Run(SpeedBenchmarkOptions o, IProgress<string>? progress = null, CancellationToken ct = default)
     {
         ArgumentNullException.ThrowIfNull(o);
-        if (o.Repeats < 1) throw new ArgumentOutOfRangeException(nameof(o), "Repeats must be at least 1.");
-        if (o.Warmup < 0) throw new ArgumentOutOfRangeException(nameof(o), "Warmup must be 0 or more.");
+        if (o.Repeats is < 1 or > MaxRepeats) throw new ArgumentOutOfRangeException(nameof(o), $"Repeats must be between 1 and {MaxRepeats:N0} (got {o.Repeats:N0}).");
+        if (o.Warmup is < 0 or > MaxRepeats) throw new ArgumentOutOfRangeException(nameof(o), $"Warmup must be between 0 and {MaxRepeats:N0} (got {o.Warmup:N0}).");
         if (o.DecodeTokens < 1) throw new ArgumentOutOfRangeException(nameof(o), "DecodeTokens must be at least 1.");
         if (o.TextTokensBefore < 1 || o.TextTokensAfter < 1) throw new ArgumentOutOfRangeException(nameof(o), "Text token counts must be at least 1.");
         var sw = Stopwatch.StartNew();
@@ -102,8 +105,8 @@ public static class SpeedBenchmark
         var pixels = new float[v.NumChannels * v.ImageSize * v.ImageSize];
         for (int i = 0; i < pixels.Length; i++) pixels[i] = (float)(rng.NextDouble() * 4 - 2);
         int[] ids = SyntheticPrompt(rng, t.VocabSize, cfg.ImageTokenIndex, o.TextTokensBefore, visual, o.TextTokensAfter);
-        if (ids.Length + o.DecodeTokens > t.MaxPositionEmbeddings)
-            throw new ArgumentException($"The synthetic prompt ({ids.Length} tokens) plus {o.DecodeTokens} generated tokens exceeds the model's {t.MaxPositionEmbeddings} positions.");
+        if ((long)ids.Length + o.DecodeTokens + o.Warmup > t.MaxPositionEmbeddings)
+            throw new ArgumentException($"The synthetic prompt ({ids.Length} tokens) plus {o.DecodeTokens} generated and {o.Warmup} warm-up tokens exceeds the model's {t.MaxPositionEmbeddings} positions.");
 
         // Vision tower and projector.
         progress?.Report("vision tower");

@@ -6,10 +6,24 @@ internal sealed class Sampler
     private readonly float _temperature, _topP;
     private readonly Random? _rng;
 
+    /// <summary>Largest temperature accepted; above a few the distribution is already close to uniform.</summary>
+    public const float MaxTemperature = 100;
+    public const int MaxStopSequences = 64;
+    public const int MaxStopSequenceChars = 4096;
+
     public Sampler(GenerationOptions o)
     {
-        if (float.IsNaN(o.Temperature) || o.Temperature < 0) throw new ArgumentOutOfRangeException(nameof(o), $"Temperature must be >= 0 (got {o.Temperature}).");
+        if (!(o.Temperature >= 0 && o.Temperature <= MaxTemperature))
+            throw new ArgumentOutOfRangeException(nameof(o), $"Temperature must be a number in [0, {MaxTemperature}] (got {o.Temperature.ToString(System.Globalization.CultureInfo.InvariantCulture)}).");
         if (float.IsNaN(o.TopP) || o.TopP <= 0 || o.TopP > 1) throw new ArgumentOutOfRangeException(nameof(o), $"TopP must be in (0, 1] (got {o.TopP}).");
+        if (o.StopSequences is { } stops)
+        {
+            if (stops.Count > MaxStopSequences)
+                throw new ArgumentOutOfRangeException(nameof(o), $"At most {MaxStopSequences} stop sequences are accepted (got {stops.Count}).");
+            foreach (var s in stops)
+                if (s is { Length: > MaxStopSequenceChars })
+                    throw new ArgumentOutOfRangeException(nameof(o), $"A stop sequence is {s.Length:N0} characters long; at most {MaxStopSequenceChars} are accepted.");
+        }
         _temperature = o.Temperature;
         _topP = o.TopP;
         if (_temperature > 0) _rng = o.Seed is int s ? new Random(s) : new Random();

@@ -66,7 +66,7 @@ public sealed partial class LlavaConfig
     };
 
     /// <summary>Reads, defaults and validates <c>config.json</c> from a checkpoint folder.</summary>
-    public static LlavaConfig Load(string folder)
+    public static LlavaConfig Load(string folder, InputFileLimits? limits = null)
     {
         if (string.IsNullOrWhiteSpace(folder))
             throw new ModelLoadException("The checkpoint folder path is empty.", folder);
@@ -80,17 +80,7 @@ public sealed partial class LlavaConfig
                 $"'{FileName}' not found in '{fullFolder}'. Files present: {SafeTensorStore.ListFolder(fullFolder)}.", path);
         }
 
-        string json;
-        try
-        {
-            if (new FileInfo(path).Length > 16 * 1024 * 1024)
-                throw new ModelLoadException($"Config '{path}' is larger than 16 MiB; that is not a config.json.", path);
-            json = File.ReadAllText(path);
-        }
-        catch (Exception ex) when (ex is IOException or UnauthorizedAccessException)
-        {
-            throw new ModelLoadException($"Cannot read config '{path}': {ex.Message}", path, null, ex);
-        }
+        string json = ModelFiles.ReadText(path, (limits ?? new()).ConfigBytes, "ModelOptions.FileLimits.ConfigBytes");
         return Parse(json, path);
     }
 
@@ -132,8 +122,7 @@ public sealed partial class LlavaConfig
                 src);
         }
 
-        if (RopeTheta is double t && !(double.IsFinite(t) && t > 0))
-            v.Fail("rope_theta", t, "a positive finite number");
+        if (RopeTheta is double t) v.RopeTheta("rope_theta", t);
         TextConfig.InheritedRopeTheta = RopeTheta;
         TextConfig.Validate(v, "text_config");
         VisionConfig.Validate(v, "vision_config");
@@ -280,15 +269,16 @@ public sealed class LlamaTextConfig
         v.Range(F("vocab_size"), VocabSize, 1, 10_000_000);
         v.Range(F("max_position_embeddings"), MaxPositionEmbeddings, 1, 1 << 24);
         v.PositiveSmall(F("rms_norm_eps"), RmsNormEps);
+        // Generation stops at EOS: an id outside the vocabulary could never be produced, a negative one is a typo.
+        foreach (int id in EosTokenIds) v.Range(F("eos_token_id"), id, 0, VocabSize - 1, $"an id of the {VocabSize}-token vocabulary");
+        if (BosTokenId is int bos) v.Range(F("bos_token_id"), bos, 0, VocabSize - 1, $"an id of the {VocabSize}-token vocabulary");
         if (HiddenAct != "silu")
             v.Fail(F("hidden_act"), HiddenAct, "'silu' (Llama SwiGLU MLP)");
 
-        if (ExplicitRopeTheta is double rt && !(double.IsFinite(rt) && rt > 0))
-            v.Fail(F("rope_theta"), rt, "a positive finite number");
+        if (ExplicitRopeTheta is double rt) v.RopeTheta(F("rope_theta"), rt);
         if (RopeParameters is not null)
         {
-            if (RopeParameters.RopeTheta is double pt && !(double.IsFinite(pt) && pt > 0))
-                v.Fail(F("rope_parameters.rope_theta"), pt, "a positive finite number");
+            if (RopeParameters.RopeTheta is double pt) v.RopeTheta(F("rope_parameters.rope_theta"), pt);
             string? type = RopeParameters.Type;
             if (type is not null && !SupportedRopeTypes.Contains(type))
                 v.Fail(F("rope_parameters.rope_type"), type, "'default' (scaled RoPE variants are not supported)");
@@ -401,6 +391,13 @@ internal sealed class ConfigValidator
     {
         if (value < min || value > max)
             Fail(field, value, $"a value in [{min}, {max}]" + (why is null ? "" : $" ({why})"));
+    }
+
+    /// <summary>RoPE's base: inverse frequencies are theta^(-2i/d), so a base below 1 grows them exponentially and 1e-300 overflows.</summary>
+    public void RopeTheta(string field, double value)
+    {
+        if (!(double.IsFinite(value) && value >= 1 && value <= 1e12))
+            Fail(field, value, "a number in [1, 1E+12] (10000 for Llama 2, 500000 for Llama 3)");
     }
 
     public void PositiveSmall(string field, double value)

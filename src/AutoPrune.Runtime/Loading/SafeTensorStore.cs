@@ -22,9 +22,6 @@ internal sealed unsafe class SafeTensorStore : ITensorSource, IDisposable
     /// <summary>Largest accepted safetensors JSON header (the Rust reference implementation uses the same limit).</summary>
     public const long MaxHeaderBytes = 100_000_000;
 
-    /// <summary>Largest accepted index file.</summary>
-    public const long MaxIndexBytes = 100_000_000;
-
     private const int ConvertChunkElements = 1 << 20;
 
     private readonly string _folder;
@@ -143,7 +140,7 @@ internal sealed unsafe class SafeTensorStore : ITensorSource, IDisposable
 
     // ------------------------------------------------------------------ opening
 
-    public static SafeTensorStore Open(string folder)
+    public static SafeTensorStore Open(string folder, InputFileLimits? limits = null)
     {
         if (string.IsNullOrWhiteSpace(folder))
             throw new ModelLoadException("The checkpoint folder path is empty.", folder);
@@ -165,7 +162,7 @@ internal sealed unsafe class SafeTensorStore : ITensorSource, IDisposable
         string indexPath = Path.Combine(full, IndexFileName);
         string singlePath = Path.Combine(full, SingleFileName);
         if (File.Exists(indexPath))
-            return OpenSharded(full, indexPath);
+            return OpenSharded(full, indexPath, (limits ?? new()).IndexBytes);
         if (File.Exists(singlePath))
             return OpenSingle(full, singlePath);
 
@@ -191,9 +188,9 @@ internal sealed unsafe class SafeTensorStore : ITensorSource, IDisposable
         }
     }
 
-    private static SafeTensorStore OpenSharded(string folder, string indexPath)
+    private static SafeTensorStore OpenSharded(string folder, string indexPath, long maxIndexBytes)
     {
-        var weightMap = ReadIndex(folder, indexPath);
+        var weightMap = ReadIndex(indexPath, maxIndexBytes);
         var shards = new List<Shard>();
         var shardByRel = new Dictionary<string, Shard>(StringComparer.Ordinal);
         try
@@ -222,6 +219,7 @@ internal sealed unsafe class SafeTensorStore : ITensorSource, IDisposable
                 }
                 AddCanonical(tensors, shard, entry, indexPath);
             }
+            RefuseUnlisted(indexPath, weightMap, shardByRel);
             return new SafeTensorStore(folder, shards, tensors);
         }
         catch
@@ -229,6 +227,25 @@ internal sealed unsafe class SafeTensorStore : ITensorSource, IDisposable
             foreach (var s in shards) s.Dispose();
             throw;
         }
+    }
+
+    /// <summary>
+    /// Every tensor a shard's header holds must be listed by the index for that shard: a tensor only in a header would be
+    /// silently ignored, and one in two shards would be loaded from whichever the index happens to name.
+    /// </summary>
+    private static void RefuseUnlisted(string indexPath, List<(string RawName, string Shard)> weightMap, Dictionary<string, Shard> shardByRel)
+    {
+        var listedIn = weightMap.ToDictionary(w => w.RawName, w => w.Shard, StringComparer.Ordinal);
+        foreach (var (rel, shard) in shardByRel)
+            foreach (var raw in shard.Entries.Keys.Order(StringComparer.Ordinal))
+            {
+                if (!listedIn.TryGetValue(raw, out var listed))
+                    throw new ModelLoadException(
+                        $"Shard '{shard.Path}' holds tensor '{raw}', which index '{indexPath}' does not list; the index and the shards disagree.", shard.Path, raw);
+                if (listed != rel)
+                    throw new ModelLoadException(
+                        $"Tensor '{raw}' is in two shards: '{rel}' and '{listed}' (where index '{indexPath}' puts it); a checkpoint holds each tensor once.", shard.Path, raw);
+            }
     }
 
     private static void AddCanonical(Dictionary<string, (Shard, Entry)> tensors, Shard shard, Entry entry, string sourcePath)
@@ -242,20 +259,9 @@ internal sealed unsafe class SafeTensorStore : ITensorSource, IDisposable
         tensors.Add(entry.Name, (shard, entry));
     }
 
-    private static List<(string RawName, string Shard)> ReadIndex(string folder, string indexPath)
+    private static List<(string RawName, string Shard)> ReadIndex(string indexPath, long maxIndexBytes)
     {
-        byte[] bytes;
-        try
-        {
-            var len = new FileInfo(indexPath).Length;
-            if (len > MaxIndexBytes)
-                throw new ModelLoadException($"Index '{indexPath}' is {len} bytes, above the {MaxIndexBytes}-byte limit.", indexPath);
-            bytes = File.ReadAllBytes(indexPath);
-        }
-        catch (Exception ex) when (ex is IOException or UnauthorizedAccessException)
-        {
-            throw new ModelLoadException($"Cannot read index '{indexPath}': {ex.Message}", indexPath, null, ex);
-        }
+        byte[] bytes = ModelFiles.ReadBytes(indexPath, maxIndexBytes, "ModelOptions.FileLimits.IndexBytes");
 
         if (!System.Text.Unicode.Utf8.IsValid(bytes))
             throw new ModelLoadException($"Index '{indexPath}' is not valid UTF-8 text.", indexPath);
@@ -501,7 +507,7 @@ internal sealed unsafe class SafeTensorStore : ITensorSource, IDisposable
         {
             try
             {
-                var fs = new FileStream(Path, FileMode.Open, FileAccess.Read, FileShare.Read);
+                var fs = ModelFiles.OpenRegular(Path); // a FIFO or a device is refused without blocking
                 FileLength = fs.Length;
                 if (FileLength < 8)
                 {

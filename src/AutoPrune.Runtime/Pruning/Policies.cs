@@ -81,6 +81,14 @@ internal sealed class PruneContext
         return Build(keep, merged, renumber: true);
     }
 
+    /// <summary>Local indices (into the visual rows) of the [CLS] tokens ("full" strategy) and of the other visual tokens.</summary>
+    public (int[] Cls, int[] Others) SplitCls()
+    {
+        var vis = State.VisualIndex;
+        var rows = Enumerable.Range(0, VisualCount);
+        return (rows.Where(i => vis[Prefix + i] == SequenceState.ClsToken).ToArray(), rows.Where(i => vis[Prefix + i] != SequenceState.ClsToken).ToArray());
+    }
+
     /// <summary>Head-averaged attention of the last prompt token over the visual tokens at this layer.</summary>
     public float[] LastTokenVisualAttention(LayerView view)
         => AttentionScores.MeanOverHeadsAndRows(view.AttentionRows([LastRow]), view.Heads, 1, State.Length, VisualRows);
@@ -138,7 +146,15 @@ internal sealed class AdaptPrunePolicy(ModelShape shape, PruningOptions options)
             float norm = MathF.Sqrt(TensorPrimitives.SumOfSquares<float>(src));
             TensorPrimitives.Multiply(src, norm > 0 ? 1f / norm : 0f, features.AsSpan(i * kd, kd));
         }
-        return ctx.Build(AdaptiveNms.Select(attention, features, ctx.Shape.GridSize, step.Kept, Options), null, renumber: false);
+        // The grid prior and the spatial NMS need a patch per token: a [CLS] token ("full") has none and is kept.
+        var (cls, patches) = ctx.SplitCls();
+        if (cls.Length == 0)
+            return ctx.Build(AdaptiveNms.Select(attention, features, ctx.Shape.GridSize, step.Kept, Options), null, renumber: false);
+        var patchAttention = patches.Select(i => attention[i]).ToArray();
+        var patchFeatures = new float[patches.Length * kd];
+        for (int j = 0; j < patches.Length; j++) features.AsSpan(patches[j] * kd, kd).CopyTo(patchFeatures.AsSpan(j * kd, kd));
+        var chosen = AdaptiveNms.Select(patchAttention, patchFeatures, ctx.Shape.GridSize, step.Kept - cls.Length, Options);
+        return ctx.Build([.. cls.Concat(chosen.Select(j => patches[j])).Order()], null, renumber: false);
     }
 }
 
@@ -186,9 +202,16 @@ internal sealed class VisionZipPolicy(ModelShape shape, PruningOptions options) 
         var step = Schedule!.Steps.Single(s => s.AfterLayer == -1);
         if (vision.ClsAttention is null || vision.PatchKeys is null)
             throw new NotSupportedException("VisionZip needs the vision tower's attention at the feature layer, but this model's feature layer is the embedding layer.");
-        if (vision.Tokens != vision.Patches)
-            throw new NotSupportedException("VisionZip needs the 'default' feature strategy (patch tokens without [CLS]).");
-        return VisionZipSelector.Select(vision.ClsAttention, vision.Heads, vision.PatchKeys, vision.Features, vision.Hidden, step.Kept, step.Recycled);
+        if (vision.Tokens == vision.Patches)
+            return VisionZipSelector.Select(vision.ClsAttention, vision.Heads, vision.PatchKeys, vision.Features, vision.Hidden, step.Kept, step.Recycled);
+        // "full": the [CLS] row comes first and is kept as a dominant token; the patches are chosen with the rest of the budget.
+        int d = vision.Hidden;
+        var patches = VisionZipSelector.Select(vision.ClsAttention, vision.Heads, vision.PatchKeys, vision.Features.AsSpan(d), d, step.Kept - 1, step.Recycled);
+        return patches with
+        {
+            Dominant = [SequenceState.ClsToken, .. patches.Dominant],
+            Hidden = [.. vision.Features.AsSpan(0, d), .. patches.Hidden],
+        };
     }
 }
 
@@ -241,7 +264,12 @@ internal sealed class AutoPrunePolicy : IPruningPolicy
             _signals["mi0"] = mi0;
             int n0 = AutoPruneSchedule.InitialKeep(_shape, _budget, _options.Accounting, _options);
             var cls = new float[ctx.VisualCount];
-            for (int i = 0; i < cls.Length; i++) cls[i] = _clsMean![ctx.State.VisualIndex[ctx.Prefix + i]];
+            for (int i = 0; i < cls.Length; i++)
+            {
+                // The [CLS] token itself ("full" strategy) has no [CLS] attention: it is always pre-selected.
+                int patch = ctx.State.VisualIndex[ctx.Prefix + i];
+                cls[i] = patch == SequenceState.ClsToken ? float.PositiveInfinity : _clsMean![patch];
+            }
             var scores = AttentionScores.AutoPrunePreselection(cls, textMean, (float)mi0, _options);
             return ctx.Build(TopK.SelectInOrder(scores, n0), null, renumber: true);
         }

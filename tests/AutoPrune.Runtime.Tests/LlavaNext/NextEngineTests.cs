@@ -172,7 +172,7 @@ public class NextEngineTests(NextModelsFixture fx) : IClassFixture<NextModelsFix
         File.WriteAllText(dir.File("not.png"), "not an image");
         var png = File.ReadAllBytes(NextFixture.Image("images/01_640x480.png"));
         File.WriteAllBytes(dir.File("header-only.png"), png[..200]);
-        Assert.Equal((640, 480), AutoPrune.Loading.Images.ImagePreprocessor.ReadSizeFile(dir.File("header-only.png"), 1_000_000));
+        Assert.Equal((640, 480), AutoPrune.Loading.Images.ImagePreprocessor.ReadSizeFile(dir.File("header-only.png"), 1_000_000, new InputFileLimits().ImageBytes));
 
         var ex = Assert.Throws<AutoPrune.Loading.Images.ImageDecodeException>(() => fx.Llama.PromptIds(VisionRequest.Create("q", ImageInput.FromFile(dir.File("not.png")))));
         Assert.Contains("not.png", ex.Message);

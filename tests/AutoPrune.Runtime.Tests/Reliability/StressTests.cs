@@ -55,8 +55,8 @@ public sealed class StressTests(StressModelFixture fx, ITestOutputHelper output)
 
     /// <summary>
     /// 80 requests at once on one model: 56 ordinary ones (8 unique method/budget mixes × 4 images, some
-    /// repeated), 16 cancelled (8 by CancelAfter while queued or computing, 8 after their first streamed
-    /// token), 8 with bad input (undecodable image bytes, an empty question, an infeasible budget, too many
+    /// repeated), 16 cancelled (8 by CancelAfter while queued or computing, which may also finish first, and 8 by their
+    /// reader after their first streamed token, which always ends in OperationCanceledException), 8 with bad input (undecodable image bytes, an empty question, an infeasible budget, too many
     /// tokens). Every request that was not cancelled matches its serial run bit for bit; bad ones fail
     /// with their own exception; the model answers correctly afterwards; managed memory returns to baseline.
     /// </summary>
@@ -160,6 +160,9 @@ public sealed class StressTests(StressModelFixture fx, ITestOutputHelper output)
                     Assert.NotEqual("ok", kind);
                     cancelled++;
                     break;
+                case ("cancel-streaming", _):
+                    Assert.Fail($"streaming request {key} was cancelled by its reader but ended with {outcome}");
+                    break;
                 case (_, VisionAnswer a):
                     completed++;
                     AssertSame(serial[key], a, $"{kind} request {key}");
@@ -192,7 +195,8 @@ public sealed class StressTests(StressModelFixture fx, ITestOutputHelper output)
         output.WriteLine($"{total} requests in {wallMs:0} ms (max {maxActive} in flight, {maxOverlap:0.00} computing on average): " +
                          $"{completed} completed identical to serial, {cancelled} cancelled, {bad} bad inputs refused; " +
                          $"managed memory {baseline:N0} B before, {after:N0} B after (Δ {after - baseline:N0} B, tolerance {tolerance:N0} B)");
-        Assert.True(cancelled >= 4, $"only {cancelled} requests were really cancelled");
+        // The 8 readers that cancel are cancelled whatever the timing (the stream checks the caller's token before every chunk).
+        Assert.True(cancelled >= 8, $"only {cancelled} requests were really cancelled");
         Assert.Equal(8, bad);
         Assert.Equal(total - cancelled - bad, completed);
         Assert.True(maxActive >= 64, $"only {maxActive} requests were in flight at once");

@@ -46,6 +46,9 @@ internal sealed class AnyResImageProcessor
     /// <summary>Largest declared image accepted (see <see cref="ImagePreprocessor.MaxPixels"/>).</summary>
     public long MaxPixels { get => _clip.MaxPixels; set => _clip.MaxPixels = value; }
 
+    /// <summary>Largest image file read (see <see cref="ImagePreprocessor.MaxFileBytes"/>).</summary>
+    public long MaxFileBytes { get => _clip.MaxFileBytes; set => _clip.MaxFileBytes = value; }
+
     /// <summary>
     /// Loads a LLaVA-NeXT checkpoint's processor: <c>preprocessor_config.json</c> (CLIP settings and, if present,
     /// <c>image_grid_pinpoints</c>, which must equal config.json's) and the config's pinpoints, tile and patch size.

@@ -42,15 +42,11 @@ internal sealed class ImagePreprocessor
     {
         ArgumentNullException.ThrowIfNull(config);
         Config = config;
-        if (config.ImageMean is not { Length: 3 } || config.ImageStd is not { Length: 3 })
-            throw new ArgumentException("image_mean and image_std must have 3 values (RGB).", nameof(config));
-        if (config.ImageStd.Any(s => !(s > 0) || float.IsInfinity(s)))
-            throw new ArgumentException("image_std values must be positive.", nameof(config));
+        PreprocessorConfigChecks.Validate(config);
         _mean = config.ImageMean;
         _std = config.ImageStd;
         (OutputHeight, OutputWidth) = ComputeOutputSize(config);
-        if (config.Resample is < 0 or > 5)
-            throw new ArgumentException($"resample {config.Resample} is not a PIL filter (0..5).", nameof(config));
+        _lut = BuildLut();
     }
 
     public ClipPreprocessorConfig Config { get; }
@@ -64,6 +60,9 @@ internal sealed class ImagePreprocessor
     /// <summary>Images whose header declares more pixels than this are refused before decoding (decompression bombs).</summary>
     public long MaxPixels { get; set; } = DefaultMaxPixels;
 
+    /// <summary>Largest image file read by <see cref="PreprocessFile"/> / <see cref="ReadFile"/>.</summary>
+    public long MaxFileBytes { get; set; } = new InputFileLimits().ImageBytes;
+
     /// <summary>
     /// The LLaVA-1.5 <c>expand2square</c> background: <c>int(mean * 255)</c> per channel, truncated as
     /// LLaVA's <c>tuple(int(x*255) for x in image_processor.image_mean)</c> does ((122, 116, 104) for CLIP).
@@ -76,16 +75,19 @@ internal sealed class ImagePreprocessor
     /// defaults, with size and crop taken from <c>config.json</c>'s <c>vision_config.image_size</c> when present.
     /// </summary>
     /// <exception cref="ModelLoadException">The file is not valid JSON or has unusable values.</exception>
-    public static ImagePreprocessor Load(string folder)
+    /// <param name="visionImageSize">The vision tower's <c>image_size</c>: the preprocessing must produce exactly that square.</param>
+    public static ImagePreprocessor Load(string folder, InputFileLimits? limits = null, int? visionImageSize = null)
     {
         ArgumentNullException.ThrowIfNull(folder);
+        limits ??= new InputFileLimits();
         string path = Path.Combine(folder, "preprocessor_config.json");
         ClipPreprocessorConfig config;
         if (File.Exists(path))
         {
+            var bytes = ModelFiles.ReadBytes(path, limits.ConfigBytes, "ModelOptions.FileLimits.ConfigBytes");
             try
             {
-                config = JsonSerializer.Deserialize<ClipPreprocessorConfig>(File.ReadAllBytes(path))
+                config = JsonSerializer.Deserialize<ClipPreprocessorConfig>(bytes)
                          ?? throw new JsonException("the file holds null");
             }
             catch (JsonException ex)
@@ -96,29 +98,32 @@ internal sealed class ImagePreprocessor
         else
         {
             config = new ClipPreprocessorConfig();
-            int? imageSize = ReadVisionImageSize(Path.Combine(folder, "config.json"));
+            int? imageSize = visionImageSize ?? ReadVisionImageSize(Path.Combine(folder, "config.json"), limits.ConfigBytes);
             if (imageSize is int s and > 0)
             {
                 config.Size = new() { ShortestEdge = s };
                 config.CropSize = new() { Height = s, Width = s };
             }
         }
+        ImagePreprocessor result;
         try
         {
-            return new ImagePreprocessor(config);
+            result = new ImagePreprocessor(config) { MaxFileBytes = limits.ImageBytes };
         }
         catch (ArgumentException ex)
         {
             throw new ModelLoadException($"preprocessor_config.json: {ex.Message}", path, inner: ex);
         }
+        if (visionImageSize is int side) PreprocessorConfigChecks.MatchVisionTower(result, side, path);
+        return result;
     }
 
-    private static int? ReadVisionImageSize(string configPath)
+    private static int? ReadVisionImageSize(string configPath, long maxBytes)
     {
         if (!File.Exists(configPath)) return null;
         try
         {
-            using var doc = JsonDocument.Parse(File.ReadAllBytes(configPath));
+            using var doc = JsonDocument.Parse(ModelFiles.ReadBytes(configPath, maxBytes, "ModelOptions.FileLimits.ConfigBytes"));
             return doc.RootElement.TryGetProperty("vision_config", out var vc) && vc.TryGetProperty("image_size", out var s) && s.TryGetInt32(out int v) ? v : null;
         }
         catch (JsonException)
@@ -140,20 +145,35 @@ internal sealed class ImagePreprocessor
     }
 
     /// <summary>Preprocesses an image file; errors name the file.</summary>
-    public float[] PreprocessFile(string path, bool padToSquare = false) => Preprocess(ReadFile(path), padToSquare, path);
+    public float[] PreprocessFile(string path, bool padToSquare = false) => Preprocess(ReadFile(path, MaxFileBytes), padToSquare, path);
 
-    /// <summary>An image file's bytes; a file that cannot be read is an <see cref="ImageDecodeException"/> naming it.</summary>
-    internal static byte[] ReadFile(string path)
+    /// <summary>
+    /// Reads an image file: a regular file of at most <paramref name="maxBytes"/> bytes (checked before and while reading),
+    /// read once; decoding then works on these bytes without another copy.
+    /// </summary>
+    /// <exception cref="ImageDecodeException">Missing, not a regular file, too large or unreadable, naming it.</exception>
+    internal static byte[] ReadFile(string path, long maxBytes)
     {
         ArgumentNullException.ThrowIfNull(path);
         try
         {
-            return File.ReadAllBytes(path);
+            return InputFile.ReadAllBytes(path, maxBytes, "Image file", "ModelOptions.FileLimits.ImageBytes");
+        }
+        catch (InputFileException ex)
+        {
+            throw new ImageDecodeException(ex.Message, null, ex);
         }
         catch (Exception ex) when (ex is IOException or UnauthorizedAccessException)
         {
             throw new ImageDecodeException($"The image file cannot be read: {ex.Message}", path, ex);
         }
+    }
+
+    /// <summary>Preprocesses encoded image bytes; <paramref name="path"/> (may be null) names the image in errors.</summary>
+    public float[] Preprocess(ReadOnlySpan<byte> encodedImage, bool padToSquare, string? path)
+    {
+        var (rgb, w, h) = DecodeRgb(encodedImage, MaxPixels, path, (w, h) => ImageSizePlan.Create(w, h, padToSquare, Config, MaxPixels, path));
+        return PreprocessRgb(rgb, w, h, padToSquare);
     }
 
     /// <summary>
@@ -164,31 +184,21 @@ internal sealed class ImagePreprocessor
     public float[] Preprocess(ReadOnlySpan<byte> encodedImage, bool padToSquare = false) =>
         Preprocess(encodedImage, padToSquare, null);
 
-    private float[] Preprocess(ReadOnlySpan<byte> encodedImage, bool padToSquare, string? path)
-    {
-        var (rgb, w, h) = DecodeRgb(encodedImage, MaxPixels, path);
-        return PreprocessRgb(rgb, w, h, padToSquare);
-    }
-
     /// <summary>Preprocesses already decoded interleaved RGB bytes (HWC, 3 bytes a pixel).</summary>
     public float[] PreprocessRgb(byte[] rgb, int width, int height, bool padToSquare = false)
     {
         ArgumentNullException.ThrowIfNull(rgb);
         if (width <= 0 || height <= 0) throw new ImageDecodeException($"The image has a zero size ({width}x{height}).");
-        if (rgb.Length != checked(width * height * 3)) throw new ArgumentException($"Expected {width * height * 3} RGB bytes, got {rgb.Length}.", nameof(rgb));
+        if (rgb.LongLength != 3L * width * height) throw new ArgumentException($"Expected {3L * width * height} RGB bytes, got {rgb.Length}.", nameof(rgb));
         var c = Config;
-        if (padToSquare && width != height) (rgb, width, height) = ExpandToSquare(rgb, width, height, PadColor);
+        // Every stage's size is checked against MaxPixels before any of its buffers exists.
+        var plan = ImageSizePlan.Create(width, height, padToSquare, c, MaxPixels);
+        if (plan.PaddedSide > 0) (rgb, width, height) = ExpandToSquare(rgb, width, height, PadColor);
 
         if (c.DoResize)
         {
-            var (nh, nw) = ResizeOutputSize(height, width, c);
-            // An extreme aspect ratio (e.g. 1x200000) resized to the shortest edge would need far more memory than
-            // MaxPixels allows (the horizontal pass runs first, so its nw x height buffer counts too).
-            long resized = Math.Max((long)nw * nh, (long)nw * height);
-            if (resized > MaxPixels)
-                throw new ImageDecodeException($"The {width}x{height} image's aspect ratio is too extreme: resizing it to {nw}x{nh} needs {resized:N0} pixels, more than the limit of {MaxPixels:N0} (MaxPixels).");
-            rgb = PilResampler.Resize(rgb, width, height, nw, nh, c.Resample);
-            (width, height) = (nw, nh);
+            rgb = PilResampler.Resize(rgb, width, height, plan.ResizedWidth, plan.ResizedHeight, c.Resample);
+            (width, height) = (plan.ResizedWidth, plan.ResizedHeight);
         }
         if (c.DoCenterCrop)
             (rgb, width, height) = CenterCrop(rgb, width, height, c.CropSize.Height!.Value, c.CropSize.Width!.Value);
@@ -199,16 +209,8 @@ internal sealed class ImagePreprocessor
     // transformers.image_transforms.get_resize_output_image_size(default_to_square=False) / fixed size.
     internal static (int H, int W) ResizeOutputSize(int height, int width, ClipPreprocessorConfig c)
     {
-        if (c.Size?.ShortestEdge is int s)
-        {
-            if (s <= 0) throw new ArgumentException($"size.shortest_edge must be positive (got {s}).");
-            bool wIsShort = width <= height;
-            int shortSide = wIsShort ? width : height, longSide = wIsShort ? height : width;
-            int newLong = (int)((double)((long)s * longSide) / shortSide);
-            return wIsShort ? (newLong, s) : (s, newLong);
-        }
-        if (c.Size?.Height is int h && c.Size.Width is int w && h > 0 && w > 0) return (h, w);
-        throw new ArgumentException($"size must have shortest_edge or height and width (got {c.Size}).");
+        var (h, w) = ImageSizePlan.ResizeOutputSizeLong(height, width, c);
+        return (checked((int)h), checked((int)w));
     }
 
     // LLaVA: expand2square(pil_img, background_color): paste at ((W-w)//2, 0) or (0, (H-h)//2).
@@ -249,14 +251,12 @@ internal sealed class ImagePreprocessor
         return (dst, cropW, cropH);
     }
 
-    private static int FloorDiv(int a, int b) => (int)Math.Floor((double)a / b);
+    private readonly float[][] _lut;
 
-    private float[] ToChwFloat(byte[] rgb, int w, int h)
+    /// <summary>Byte value → normalised float per channel; every entry must be finite and of a sane size.</summary>
+    private float[][] BuildLut()
     {
         var c = Config;
-        int plane = w * h;
-        var result = new float[3 * plane];
-        // numpy: image.astype(float64) * scale -> float32; then (x - mean) / std in float32.
         var lut = new float[3][];
         for (int ch = 0; ch < 3; ch++)
         {
@@ -268,6 +268,19 @@ internal sealed class ImagePreprocessor
                 lut[ch][v] = x;
             }
         }
+        PreprocessorConfigChecks.CheckPixelValues(lut);
+        return lut;
+    }
+
+    private static int FloorDiv(int a, int b) => (int)Math.Floor((double)a / b);
+
+    private float[] ToChwFloat(byte[] rgb, int w, int h)
+    {
+        var c = Config;
+        int plane = w * h;
+        var result = new float[3 * plane];
+        // numpy: image.astype(float64) * scale -> float32; then (x - mean) / std in float32.
+        var lut = _lut;
         for (int i = 0; i < plane; i++)
         {
             result[i] = lut[0][rgb[i * 3]];
@@ -281,13 +294,23 @@ internal sealed class ImagePreprocessor
     /// Decodes an encoded image with SkiaSharp to interleaved RGB bytes, refusing sizes over
     /// <paramref name="maxPixels"/> from the header before any pixel is decoded.
     /// </summary>
-    internal static unsafe (byte[] Rgb, int Width, int Height) DecodeRgb(ReadOnlySpan<byte> encoded, long maxPixels, string? path)
+    internal static unsafe (byte[] Rgb, int Width, int Height) DecodeRgb(ReadOnlySpan<byte> encoded, long maxPixels, string? path, Action<int, int>? checkStages = null)
     {
         if (encoded.IsEmpty) throw new ImageDecodeException("The image data is empty (0 bytes).", path);
-        using var data = SKData.CreateCopy(encoded);
-        using var codec = OpenCodec(SKCodec.Create(data), encoded.Length, maxPixels, path);
+        fixed (byte* src = encoded)
+        {
+            // The codec reads the caller's bytes in place (pinned for the duration), not a native copy of them.
+            using var data = SKData.Create((IntPtr)src, encoded.Length);
+            return DecodeRgb(data, encoded.Length, maxPixels, path, checkStages);
+        }
+    }
+
+    private static unsafe (byte[] Rgb, int Width, int Height) DecodeRgb(SKData data, int length, long maxPixels, string? path, Action<int, int>? checkStages)
+    {
+        using var codec = OpenCodec(SKCodec.Create(data), length, Math.Min(maxPixels, ImageSizePlan.MaxBufferPixels), path);
         var info = codec.Info;
         int w = info.Width, h = info.Height;
+        checkStages?.Invoke(w, h); // pad, resize and crop sizes, from the header, before decoding
 
         var alpha = info.AlphaType == SKAlphaType.Opaque ? SKAlphaType.Opaque : SKAlphaType.Unpremul;
         var dstInfo = new SKImageInfo(w, h, SKColorType.Rgba8888, alpha); // no colour space: no ICC conversion, like PIL
@@ -322,10 +345,11 @@ internal sealed class ImagePreprocessor
     }
 
     /// <summary>An image file's declared width and height, reading only as much of the file as its header needs.</summary>
-    internal static (int Width, int Height) ReadSizeFile(string path, long maxPixels)
+    internal static (int Width, int Height) ReadSizeFile(string path, long maxPixels, long maxBytes)
     {
-        FileStream file;
-        try { file = File.OpenRead(path); }
+        Stream file;
+        try { file = InputFile.OpenRead(path, maxBytes, "Image file", "ModelOptions.FileLimits.ImageBytes"); }
+        catch (InputFileException ex) { throw new ImageDecodeException(ex.Message, null, ex); }
         catch (Exception ex) when (ex is IOException or UnauthorizedAccessException)
         {
             throw new ImageDecodeException($"The image file cannot be read: {ex.Message}", path, ex);

@@ -71,6 +71,7 @@ internal sealed class LlavaTokenizer
         _addedContent.TryAdd(imageTokenId, imageToken);
         _splitTokens = split.Select(kv => (kv.Key, kv.Value)).OrderByDescending(t => t.Key.Length).ThenBy(t => t.Key, StringComparer.Ordinal).ToArray();
 
+        LongestTokenChars = Math.Max(sp.Vocabulary.Keys.Select(k => k.Length).DefaultIfEmpty(1).Max(), _splitTokens.Max(t => t.Text.Length));
         int maxId = Math.Max(_spVocabSize - 1, split.Values.Max());
         VocabSize = maxId + 1;
         PadId = added.TryGetValue("<pad>", out var pad) ? pad.Id : null;
@@ -83,6 +84,8 @@ internal sealed class LlavaTokenizer
     public int ImageTokenId { get; }
     /// <summary>The placeholder text of the image token in prompts, <c>&lt;image&gt;</c>.</summary>
     public string ImageToken { get; }
+    /// <summary>Characters of the longest piece or special token: no token of a prompt covers more of its text.</summary>
+    public int LongestTokenChars { get; }
     /// <summary>Number of ids: the SentencePiece pieces plus the added tokens (402 for the fixture).</summary>
     public int VocabSize { get; }
 
@@ -92,9 +95,13 @@ internal sealed class LlavaTokenizer
     /// (<c>added_tokens_decoder</c>) and <c>tokenizer.json</c> (<c>added_tokens</c>).
     /// </summary>
     /// <exception cref="ModelLoadException">No tokenizer file, or one that cannot be read.</exception>
-    public static LlavaTokenizer Load(string folder, int imageTokenId)
+    /// <param name="modelVocabSize">The model's <c>vocab_size</c>: every id the tokenizer can produce (but the image token) must
+    /// be below it; ids from there up to it decode to no text (Hugging Face pads embeddings, e.g. 32064 for 32002 tokens).</param>
+    public static LlavaTokenizer Load(string folder, int imageTokenId, InputFileLimits? limits = null, int? modelVocabSize = null)
     {
         ArgumentNullException.ThrowIfNull(folder);
+        limits ??= new InputFileLimits();
+        const string configLimit = "ModelOptions.FileLimits.ConfigBytes", tokenizerLimit = "ModelOptions.FileLimits.TokenizerBytes";
         if (!Directory.Exists(folder))
             throw new ModelLoadException($"Model folder '{folder}' does not exist.", folder);
 
@@ -113,7 +120,7 @@ internal sealed class LlavaTokenizer
         {
             try
             {
-                using var doc = JsonDocument.Parse(File.ReadAllBytes(configPath));
+                using var doc = JsonDocument.Parse(ModelFiles.ReadBytes(configPath, limits.ConfigBytes, configLimit));
                 var root = doc.RootElement;
                 if (root.TryGetProperty("add_bos_token", out var ab) && ab.ValueKind is JsonValueKind.True or JsonValueKind.False) addBos = ab.GetBoolean();
                 // HF defaults legacy to true when unset (and warns); llava-1.5-hf checkpoints all say false.
@@ -141,7 +148,7 @@ internal sealed class LlavaTokenizer
         {
             try
             {
-                var map = JsonSerializer.Deserialize<Dictionary<string, int>>(File.ReadAllBytes(addedPath))
+                var map = JsonSerializer.Deserialize<Dictionary<string, int>>(ModelFiles.ReadBytes(addedPath, limits.ConfigBytes, configLimit))
                           ?? throw new JsonException("null");
                 foreach (var (content, id) in map)
                     if (!added.ContainsKey(content)) added[content] = (id, true);
@@ -155,10 +162,11 @@ internal sealed class LlavaTokenizer
         SentencePieceTokenizer sp;
         if (File.Exists(modelPath))
         {
+            var bytes = ModelFiles.ReadBytes(modelPath, limits.TokenizerBytes, tokenizerLimit);
             try
             {
-                using var fs = File.OpenRead(modelPath);
-                sp = SentencePieceTokenizer.Create(fs, false, false);
+                using var ms = new MemoryStream(bytes, writable: false);
+                sp = SentencePieceTokenizer.Create(ms, false, false);
             }
             catch (Exception ex) when (ex is not OutOfMemoryException)
             {
@@ -170,7 +178,7 @@ internal sealed class LlavaTokenizer
             TokenizerJsonConverter.Result converted;
             try
             {
-                converted = TokenizerJsonConverter.Convert(File.ReadAllBytes(jsonPath));
+                converted = TokenizerJsonConverter.Convert(ModelFiles.ReadBytes(jsonPath, limits.TokenizerBytes, tokenizerLimit));
             }
             catch (Exception ex) when (ex is JsonException or FormatException or InvalidOperationException or KeyNotFoundException or NotSupportedException)
             {
@@ -204,7 +212,35 @@ internal sealed class LlavaTokenizer
             throw new ModelLoadException($"image_token_index {imageTokenId} is not an added token of the tokenizer.", configPath);
         added[imageToken] = (imageTokenId, true);
 
-        return new LlavaTokenizer(sp, imageTokenId, imageToken, added, bosToken, eosToken, addBos, legacy);
+        var tokenizer = new LlavaTokenizer(sp, imageTokenId, imageToken, added, bosToken, eosToken, addBos, legacy);
+        tokenizer.CheckAgainstModel(modelVocabSize, configPath);
+        return tokenizer;
+    }
+
+    /// <summary>Ids past the tokenizer's own, up to the model's <c>vocab_size</c>: padding rows that decode to no text.</summary>
+    private int _decodableLimit;
+
+    /// <summary>
+    /// BOS and EOS must be real tokens, not the image token; every id the tokenizer can produce (but the image token, whose
+    /// positions take the projected image features) needs an embedding row, so <c>vocab_size</c> may be larger than the
+    /// tokenizer (llava-hf pads 32002 tokens to 32064 rows) but not smaller.
+    /// </summary>
+    private void CheckAgainstModel(int? modelVocabSize, string configPath)
+    {
+        _decodableLimit = VocabSize;
+        foreach (var (name, id) in new[] { ("bos_token", BosId), ("eos_token", EosId) })
+            if (id == ImageTokenId)
+                throw new ModelLoadException($"The tokenizer's {name} is the image token '{ImageToken}' (id {id}); {name} must be a text token.", configPath);
+        if (modelVocabSize is not int vocab) return;
+        int largest = _splitTokens.Where(t => t.Id != ImageTokenId).Select(t => t.Id).Append(_spVocabSize - 1).Max();
+        if (largest >= vocab)
+        {
+            string which = largest < _spVocabSize ? $"its SentencePiece model has {_spVocabSize} pieces" : $"token '{_addedContent.GetValueOrDefault(largest) ?? IdToPiece(largest)}' has id {largest}";
+            throw new ModelLoadException(
+                $"config.json says text_config.vocab_size = {vocab}, but the tokenizer can produce id {largest} ({which}): every id the tokenizer produces needs an embedding row, so vocab_size must be at least {largest + 1}.",
+                configPath);
+        }
+        _decodableLimit = Math.Max(VocabSize, vocab);
     }
 
     private static string? TokenContent(JsonElement root, string name)
@@ -314,7 +350,8 @@ internal sealed class LlavaTokenizer
         int nBytes = 0;
         foreach (int id in ids)
         {
-            if ((uint)id >= (uint)VocabSize) throw new ArgumentOutOfRangeException(nameof(ids), $"Token id {id} is outside the vocabulary (0..{VocabSize - 1}).");
+            if ((uint)id >= (uint)Math.Max(VocabSize, _decodableLimit)) throw new ArgumentOutOfRangeException(nameof(ids), $"Token id {id} is outside the vocabulary (0..{Math.Max(VocabSize, _decodableLimit) - 1}).");
+            if (id >= VocabSize) continue; // an embedding row past the tokenizer's ids (vocab_size padding): no text
             if (_skipOnDecode.Contains(id)) continue;
             if (id < _spVocabSize && _byteValue![id] >= 0) { bytes[nBytes++] = (byte)_byteValue[id]; continue; }
             if (nBytes > 0) { sb.Append(Encoding.UTF8.GetString(bytes[..nBytes])); nBytes = 0; }

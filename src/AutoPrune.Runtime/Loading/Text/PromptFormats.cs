@@ -82,13 +82,13 @@ namespace AutoPrune.Loading.Text
         /// </summary>
         /// <exception cref="ModelLoadException">A chat template in a format this runtime does not write (ChatML, as in
         /// llava-v1.6-34b); <see cref="ModelOptions.PromptFormat"/> overrides the detection.</exception>
-        public static PromptFormat Detect(string folder, LlavaConfig config)
+        public static PromptFormat Detect(string folder, LlavaConfig config, InputFileLimits? limits = null)
         {
             ArgumentNullException.ThrowIfNull(config);
             foreach (var file in TemplateFiles)
             {
                 string path = Path.Combine(folder, file);
-                if (ReadTemplate(path) is not { } template) continue;
+                if (ReadTemplate(path, limits) is not { } template) continue;
                 if (template.Contains("[INST]", StringComparison.Ordinal)) return PromptFormat.Mistral;
                 foreach (var (marker, name) in UnsupportedTemplates)
                     if (template.Contains(marker, StringComparison.Ordinal))
@@ -103,14 +103,15 @@ namespace AutoPrune.Loading.Text
         }
 
         /// <summary>The chat template a file holds (a .jinja file's text, or a JSON file's <c>chat_template</c>: a string or named templates), or null.</summary>
-        private static string? ReadTemplate(string path)
+        private static string? ReadTemplate(string path, InputFileLimits? limits)
         {
             if (!File.Exists(path)) return null;
+            // A FIFO, a device or a file over the limit is a ModelLoadException naming it, not a silent fallback.
+            var bytes = AutoPrune.Loading.ModelFiles.ReadBytes(path, (limits ?? new()).ConfigBytes, "ModelOptions.FileLimits.ConfigBytes");
             try
             {
-                if (new FileInfo(path).Length > 16 * 1024 * 1024) return null;
-                if (path.EndsWith(".jinja", StringComparison.Ordinal)) return File.ReadAllText(path);
-                using var doc = JsonDocument.Parse(File.ReadAllBytes(path));
+                if (path.EndsWith(".jinja", StringComparison.Ordinal)) return new UTF8Encoding(false).GetString(bytes.AsSpan(bytes.AsSpan().StartsWith(Encoding.UTF8.Preamble) ? 3 : 0));
+                using var doc = JsonDocument.Parse(bytes);
                 if (doc.RootElement.ValueKind != JsonValueKind.Object || !doc.RootElement.TryGetProperty("chat_template", out var t)) return null;
                 return t.ValueKind switch
                 {

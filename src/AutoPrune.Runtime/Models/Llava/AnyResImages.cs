@@ -105,10 +105,10 @@ internal sealed class AnyResAssembler
     public int Hidden => _newline.Length;
 
     /// <summary>Runs every view of a preprocessed image through the backend's vision tower.</summary>
-    public static VisionFeatures[] Encode(ILlavaBackend model, AnyResPixels pixels)
+    public static VisionFeatures[] Encode(ILlavaBackend model, AnyResPixels pixels, CancellationToken ct = default)
     {
         var views = new VisionFeatures[pixels.Layout.Views];
-        for (int v = 0; v < views.Length; v++) views[v] = model.VisionForward(pixels.View(v));
+        for (int v = 0; v < views.Length; v++) views[v] = model.VisionForward(pixels.View(v), ct);
         return views;
     }
 
@@ -158,20 +158,21 @@ internal sealed class AnyResPipeline(AnyResImageProcessor images, AnyResAssemble
     public int TokenCount(ImageInput image)
     {
         var (w, h) = image.Path is not null
-            ? ImagePreprocessor.ReadSizeFile(image.Path, Images.MaxPixels)
+            ? ImagePreprocessor.ReadSizeFile(image.Path, Images.MaxPixels, Images.MaxFileBytes)
             : Images.ReadSize(image.Bytes.Span);
         return Images.Plan(w, h).TokenCount;
     }
 
-    /// <summary>Preprocesses the image (timed into <paramref name="preprocessMs"/>) and runs every view through the tower.</summary>
-    public EncodedImage Encode(ILlavaBackend model, ImageInput image, ref double preprocessMs)
+    /// <summary>
+    /// Preprocesses an image from its encoded bytes (timed into <paramref name="preprocessMs"/>) and runs every view through
+    /// the tower; <paramref name="ct"/> is checked between views and tower layers.
+    /// </summary>
+    public EncodedImage Encode(ILlavaBackend model, ReadOnlySpan<byte> encoded, string? path, ref double preprocessMs, CancellationToken ct = default)
     {
         var sw = System.Diagnostics.Stopwatch.StartNew();
-        var pixels = image.Path is not null
-            ? Images.Preprocess(ImagePreprocessor.ReadFile(image.Path), image.Path)
-            : Images.Preprocess(image.Bytes.Span);
+        var pixels = Images.Preprocess(encoded, path);
         preprocessMs += sw.Elapsed.TotalMilliseconds;
-        return new EncodedImage(AnyResAssembler.Encode(model, pixels), pixels.Layout);
+        return new EncodedImage(AnyResAssembler.Encode(model, pixels, ct), pixels.Layout);
     }
 
     /// <summary>The image's prompt tokens [TokenCount, Hidden] and their map.</summary>

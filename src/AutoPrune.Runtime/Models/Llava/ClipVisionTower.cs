@@ -72,7 +72,7 @@ internal sealed class ClipVisionTower
     }
 
     /// <summary>Runs the tower on one preprocessed image ([3, size, size], CHW).</summary>
-    public VisionFeatures Forward(ReadOnlySpan<float> pixels)
+    public VisionFeatures Forward(ReadOnlySpan<float> pixels, CancellationToken ct = default)
     {
         int h = _cfg.HiddenSize, ps = _cfg.PatchSize, c = _cfg.NumChannels, g = Grid, size = _cfg.ImageSize;
         int n = Patches + 1, heads = _cfg.NumAttentionHeads, hd = h / heads;
@@ -109,6 +109,7 @@ internal sealed class ClipVisionTower
         float[]? clsAttention = null;
         for (int li = 0; li < _layers.Length; li++)
         {
+            ct.ThrowIfCancellationRequested();
             var L = _layers[li];
             CpuOps.LayerNorm(x, xn, n, h, L.LayerNorm1.Weight, L.LayerNorm1.Bias, L.LayerNorm1.Eps);
             L.QProj.Forward(xn, n, q);

@@ -19,8 +19,8 @@ internal interface ILlavaBackend : IDisposable
     int DecoderLayers { get; }
     int Hidden { get; }
 
-    /// <summary>Runs the vision tower on one preprocessed image ([3, size, size], CHW).</summary>
-    VisionFeatures VisionForward(ReadOnlySpan<float> pixels);
+    /// <summary>Runs the vision tower on one preprocessed image ([3, size, size], CHW); <paramref name="ct"/> is checked between layers.</summary>
+    VisionFeatures VisionForward(ReadOnlySpan<float> pixels, CancellationToken ct = default);
 
     /// <summary>Projects vision features [rows, visionHidden] into the decoder's space [rows, Hidden].</summary>
     float[] Project(ReadOnlySpan<float> features, int rows);
@@ -58,7 +58,12 @@ internal sealed class CpuGeneration(LlamaDecoder decoder, int extraCapacity) : I
 
     public float[] Prefill(SequenceState state, IPrefillHook? hook, CancellationToken ct) => decoder.Prefill(state, _cache, hook, ct);
     public float[] Step(int tokenId) => decoder.DecodeStep(tokenId, _cache);
-    public int StepGreedy(int tokenId) => Compute.Cpu.CpuOps.ArgMax(decoder.DecodeStep(tokenId, _cache));
+    public int StepGreedy(int tokenId)
+    {
+        var logits = decoder.DecodeStep(tokenId, _cache);
+        Generation.NonFiniteLogitsException.ThrowIfAny(logits, "a decoding step");
+        return Compute.Cpu.CpuOps.ArgMax(logits);
+    }
     public int[] CachedTokensPerLayer() => _cache.CountsPerLayer();
     public void Dispose() { }
 }

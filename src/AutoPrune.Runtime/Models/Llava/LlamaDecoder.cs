@@ -29,7 +29,7 @@ internal sealed class SequenceState
     /// <summary>
     /// For each row: the original visual token index (&gt;= 0: 0..V-1 within its image, offset by the earlier images'
     /// counts; for LLaVA-NeXT an index into the image's <see cref="AnyResTokenMap.Patches"/>), <see cref="TextRow"/>,
-    /// <see cref="MergedRow"/> or <see cref="NewlineRow"/>.
+    /// <see cref="MergedRow"/>, <see cref="NewlineRow"/> or <see cref="ClsToken"/>.
     /// </summary>
     public required int[] VisualIndex;
 
@@ -39,6 +39,8 @@ internal sealed class SequenceState
     public const int MergedRow = -2;
     /// <summary><see cref="VisualIndex"/> of a LLaVA-NeXT <c>image_newline</c> token: part of the image's run, but no patch.</summary>
     public const int NewlineRow = -3;
+    /// <summary><see cref="VisualIndex"/> of the vision tower's [CLS] token (kept by <c>vision_feature_select_strategy: "full"</c>): a visual token with no patch of its own.</summary>
+    public const int ClsToken = -4;
 
     /// <summary>
     /// Applies a prune to the row bookkeeping (positions, visual indices, length); the caller moves the hidden rows.

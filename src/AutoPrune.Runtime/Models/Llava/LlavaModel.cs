@@ -59,7 +59,7 @@ internal sealed class LlavaModel : ILlavaBackend
     public int Grid => Vision.Grid;
     public int DecoderLayers => Decoder.Layers;
     public int Hidden => Decoder.Hidden;
-    public VisionFeatures VisionForward(ReadOnlySpan<float> pixels) => Vision.Forward(pixels);
+    public VisionFeatures VisionForward(ReadOnlySpan<float> pixels, CancellationToken ct = default) => Vision.Forward(pixels, ct);
     public float[] Project(ReadOnlySpan<float> features, int rows) => Projector.Forward(features, rows);
     public void Embed(ReadOnlySpan<int> ids, Span<float> dst) => Decoder.Embed(ids, dst);
     public IGeneration StartGeneration(int extraCapacity) => new CpuGeneration(Decoder, extraCapacity);
@@ -97,6 +97,8 @@ internal static class SequenceBuilder
     {
         int h = model.Hidden, n = ids.Length, imageToken = model.Config.ImageTokenIndex;
         int per = projectedImages.Count > 0 ? projectedImages[0].Length / h : model.TokensPerImage;
+        // "full": each image's tokens start with the vision tower's [CLS]; the patches follow in grid order.
+        int cls = model.Config.DropClsToken ? 0 : 1, patches = model.TokensPerImage - cls;
         var hidden = new float[n * h];
         var vis = new int[n];
         int image = 0, inImage = 0;
@@ -107,7 +109,8 @@ internal static class SequenceBuilder
                 if (image >= projectedImages.Count)
                     throw new ArgumentException($"The prompt has more <image> tokens than the {projectedImages.Count} image(s) given supply ({per} tokens each).");
                 projectedImages[image].AsSpan(inImage * h, h).CopyTo(hidden.AsSpan(i * h, h));
-                vis[i] = visualIndices is null ? image * model.TokensPerImage + inImage : visualIndices[image][inImage];
+                vis[i] = visualIndices is not null ? visualIndices[image][inImage]
+                    : inImage < cls ? SequenceState.ClsToken : image * patches + inImage - cls;
                 if (++inImage == per)
                 {
                     inImage = 0;

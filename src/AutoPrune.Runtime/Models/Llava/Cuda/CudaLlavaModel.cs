@@ -292,7 +292,7 @@ internal sealed class CudaLlavaModel : ILlavaBackend
         }
     }
 
-    public VisionFeatures VisionForward(ReadOnlySpan<float> pixels)
+    public VisionFeatures VisionForward(ReadOnlySpan<float> pixels, CancellationToken ct = default)
     {
         int h = _vcfg.HiddenSize, ps = _vcfg.PatchSize, c = _vcfg.NumChannels, g = Grid, size = _vcfg.ImageSize;
         int n = Patches + 1, heads = _vcfg.NumAttentionHeads, hd = h / heads, inter = _vcfg.IntermediateSize;
@@ -337,6 +337,7 @@ internal sealed class CudaLlavaModel : ILlavaBackend
             float[]? cls = null;
             for (int li = 0; li < _vlayers.Length; li++)
             {
+                ct.ThrowIfCancellationRequested();
                 var L = _vlayers[li];
                 Ops.LayerNormToHalf(x.View, xnH.View, n, h, L.Ln1.Weight.View, L.Ln1.Bias!.View, L.Ln1.Eps);
                 Linear(L.Qkv, xnH.View, n, qkv.View);
