@@ -36,9 +36,12 @@ public static class BenchCommand
         };
         cmd.SetAction((parse, ct) => CommonOptions.Guard(async () =>
         {
-            int reps = parse.GetValue(repeats), warm = parse.GetValue(warmup), maxNew = parse.GetValue(maxTokens);
-            if (reps < 1) throw new ArgumentException("--repeats must be at least 1.");
-            if (warm < 0) throw new ArgumentException("--warmup must be 0 or more.");
+            const int maxRuns = AutoPrune.Diagnostics.SpeedBenchmark.MaxRepeats;
+            int reps = CommonOptions.InRange(parse.GetValue(repeats), 1, maxRuns, "--repeats");
+            int warm = CommonOptions.InRange(parse.GetValue(warmup), 0, maxRuns, "--warmup");
+            int maxNew = CommonOptions.InRange(parse.GetValue(maxTokens), 1, new ModelOptions().MaxNewTokensLimit, "--max-tokens");
+            CommonOptions.InRange(parse.GetValue(decodeTokens), 1, 1 << 20, "--decode-tokens");
+            if (parse.GetValue(outFile) is { } target) CommonOptions.OutputFile(target, "--out");
             if (parse.GetValue(speed) || parse.GetValue(random) is not null)
             {
                 var methodList = !CommonOptions.Given(parse, methods)
@@ -164,7 +167,7 @@ public static class BenchRunner
                 continue;
             }
             for (int i = 0; i < warmup; i++) await vlm.AskAsync(Req(c), ct);
-            var answers = new List<VisionAnswer>(repeats);
+            var answers = new List<VisionAnswer>(); // grows with the runs: never sized from a number on the command line
             long alloc0 = GC.GetTotalAllocatedBytes(precise: true);
             for (int i = 0; i < repeats; i++) answers.Add(await vlm.AskAsync(Req(c), ct));
             long alloc = GC.GetTotalAllocatedBytes(precise: true) - alloc0;

@@ -104,14 +104,45 @@ internal static class CommonOptions
         return model!;
     }
 
-    /// <summary>Runs a command body, turning expected failures into one clear line and exit code 1.</summary>
+    /// <summary>
+    /// Runs a command body: every failure ends in one line on stderr and exit code 1, never a stack trace. Expected failures
+    /// (bad files, bad values, a model that cannot load) print their message; anything else also names its type.
+    /// Cancellation (Ctrl+C) is left to System.CommandLine.
+    /// </summary>
     public static async Task<int> Guard(Func<Task<int>> body)
     {
         try { return await body(); }
-        catch (Exception e) when (e is ModelLoadException or ArgumentException or NotSupportedException or IOException or InvalidOperationException)
+        catch (OperationCanceledException) { throw; }
+        catch (Exception e)
         {
-            Console.Error.WriteLine($"error: {e.Message}");
+            bool expected = e is ModelLoadException or ArgumentException or NotSupportedException or IOException or InvalidOperationException
+                or UnauthorizedAccessException or TimeoutException or FormatException;
+            string message = string.Join(' ', e.Message.Split(['\r', '\n'], StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries));
+            Console.Error.WriteLine(expected ? $"error: {message}" : $"error: {e.GetType().Name}: {message}");
             return 1;
         }
+    }
+
+    /// <summary>An integer option within [min, max]; user numbers never size anything before this check.</summary>
+    public static int InRange(int value, int min, int max, string option)
+        => value >= min && value <= max ? value : throw new ArgumentException($"{option} must be between {min:N0} and {max:N0} (got {value:N0}).");
+
+    /// <summary>An output file path: not an existing directory, and its folder exists or can be made. Checked before any work.</summary>
+    public static FileInfo OutputFile(FileInfo file, string option)
+    {
+        if (Directory.Exists(file.FullName))
+            throw new ArgumentException($"{option} '{file.FullName}' is a directory; give the path of a file to write.");
+        var parent = file.Directory;
+        if (parent is not null && File.Exists(parent.FullName))
+            throw new ArgumentException($"{option} '{file.FullName}': '{parent.FullName}' is a file, not a folder.");
+        return file;
+    }
+
+    /// <summary>An output folder path: not an existing file. Checked before any work.</summary>
+    public static DirectoryInfo OutputFolder(DirectoryInfo dir, string option)
+    {
+        if (File.Exists(dir.FullName))
+            throw new ArgumentException($"{option} '{dir.FullName}' is a file; give the path of a folder to write into.");
+        return dir;
     }
 }

@@ -16,7 +16,8 @@ public static class EvalCommand
     public static Command Create()
     {
         var data = new Option<FileInfo>("--data", "-d") { Description = "VQA rows as jsonl: id, image (relative to --images-root), question, answer, optional type.", Required = true };
-        var imagesRoot = new Option<DirectoryInfo?>("--images-root") { Description = "Folder the rows' image paths are relative to. Default: the data file's folder." };
+        var imagesRoot = new Option<DirectoryInfo?>("--images-root") { Description = "Folder the rows' image paths are relative to (they may not leave it). Default: the data file's folder." };
+        var allowAbsolute = new Option<bool>("--allow-absolute-image-paths") { Description = "Also accept rows whose image path is absolute (refused by default)." };
         var methods = new Option<string>("--methods") { Description = "Comma-separated methods: " + string.Join(",", CommonOptions.Methods) + " or 'all'. 'none' (the unpruned reference for retention) always runs.", DefaultValueFactory = _ => "all" };
         var budgets = new Option<string>("--budgets") { Description = "Comma-separated visual-token budgets (counts, or fractions in (0,1)).", DefaultValueFactory = _ => "96,128,192" };
         var accounting = CommonOptions.Accounting();
@@ -31,7 +32,7 @@ public static class EvalCommand
 
         var cmd = new Command("eval", "Accuracy against compute: every method at every budget on a VQA jsonl file, with a table, a plot and per-answer reports.")
         {
-            data, imagesRoot, methods, budgets, accounting, limit, model, device, outDir, maxTokens, parallel, keepIndices, pad,
+            data, imagesRoot, allowAbsolute, methods, budgets, accounting, limit, model, device, outDir, maxTokens, parallel, keepIndices, pad,
         };
         cmd.SetAction((parse, ct) => CommonOptions.Guard(async () =>
         {
@@ -39,21 +40,22 @@ public static class EvalCommand
             {
                 Data = parse.GetValue(data)!.FullName,
                 ImagesRoot = parse.GetValue(imagesRoot)?.FullName,
+                AllowAbsoluteImagePaths = parse.GetValue(allowAbsolute),
                 Methods = ParseMethods(parse.GetValue(methods)!),
                 Budgets = ParseBudgets(parse.GetValue(budgets)!),
                 Accounting = parse.GetValue(accounting) == "published" ? BudgetAccounting.Published : BudgetAccounting.Processed,
                 Limit = parse.GetValue(limit),
                 Model = parse.GetValue(model)!,
                 Device = parse.GetValue(device)!,
-                OutDir = parse.GetValue(outDir)!.FullName,
+                OutDir = CommonOptions.OutputFolder(parse.GetValue(outDir)!, "--out").FullName,
                 MaxNewTokens = parse.GetValue(maxTokens),
                 Parallel = parse.GetValue(parallel),
                 KeepIndices = parse.GetValue(keepIndices),
                 PadToSquare = parse.GetValue(pad),
                 CommandLine = "autoprune " + string.Join(' ', parse.Tokens.Select(t => t.Value.Contains(' ') ? $"\"{t.Value}\"" : t.Value)),
             };
-            if (settings.Parallel < 1) throw new ArgumentException("--parallel must be at least 1.");
-            if (settings.MaxNewTokens < 1) throw new ArgumentException("--max-tokens must be at least 1.");
+            CommonOptions.InRange(settings.Parallel, 1, MaxParallel, "--parallel");
+            CommonOptions.InRange(settings.MaxNewTokens, 1, new ModelOptions().MaxNewTokensLimit, "--max-tokens");
             if (settings.Limit is < 1) throw new ArgumentException("--limit must be at least 1.");
             var run = await EvalRunner.RunAsync(settings, ct);
             EvalOutputs.PrintTable(AnsiConsole.Console, run);
@@ -61,6 +63,9 @@ public static class EvalCommand
         }));
         return cmd;
     }
+
+    /// <summary>Most rows in flight at once.</summary>
+    public const int MaxParallel = 256;
 
     public static IReadOnlyList<string> ParseMethods(string s)
     {
@@ -90,6 +95,7 @@ public sealed record EvalSettings
 {
     public required string Data { get; init; }
     public string? ImagesRoot { get; init; }
+    public bool AllowAbsoluteImagePaths { get; init; }
     public required IReadOnlyList<string> Methods { get; init; }
     public required IReadOnlyList<double> Budgets { get; init; }
     public BudgetAccounting Accounting { get; init; } = BudgetAccounting.Processed;
@@ -127,7 +133,7 @@ public static class EvalRunner
     {
         var started = DateTime.UtcNow;
         var wall = Stopwatch.StartNew();
-        var (rows, bad) = EvalData.Read(s.Data, s.ImagesRoot, s.Limit);
+        var (rows, bad) = EvalData.Read(s.Data, s.ImagesRoot, s.Limit, s.AllowAbsoluteImagePaths);
         foreach (var b in bad) CommonOptions.Err.MarkupLine($"[yellow]warning:[/] {Markup.Escape($"{Path.GetFileName(s.Data)} line {b.Line}: {b.Reason}; row skipped")}");
         Directory.CreateDirectory(s.OutDir);
 

@@ -1,4 +1,5 @@
 using System.Text.Json;
+using AutoPrune.Loading;
 
 namespace AutoPrune.Cli;
 
@@ -18,22 +19,39 @@ public static class EvalData
 
     public static bool IsCorrect(string prediction, string answer) => Normalize(prediction) == Normalize(answer);
 
+    /// <summary>Largest data file read (it is streamed line by line, never held whole).</summary>
+    public const long MaxDataBytes = 1L << 30;
+    /// <summary>Longest line kept; a longer one is a bad row, skipped without being held in memory.</summary>
+    public const int MaxLineChars = 1 << 20;
+    /// <summary>Most non-blank lines read; a larger file is refused (split it, or use --limit).</summary>
+    public const int MaxRows = 1_000_000;
+
     /// <summary>
-    /// Parses <paramref name="path"/>. Blank lines are ignored; a malformed JSON line, a missing or empty required field,
-    /// or an image file that does not exist makes a <see cref="BadRow"/>. <paramref name="limit"/> caps the number of good rows.
+    /// Parses <paramref name="path"/>, a regular file streamed line by line. Blank lines are ignored; a malformed JSON line,
+    /// a line longer than <see cref="MaxLineChars"/>, a missing or empty required field, an image path that leaves the
+    /// images root (or is absolute, unless <paramref name="allowAbsolutePaths"/>), or an image file that does not exist
+    /// makes a <see cref="BadRow"/>; the message of a path outside the root never says whether it exists.
+    /// <paramref name="limit"/> caps the number of good rows.
     /// </summary>
-    public static (List<EvalRow> Rows, List<BadRow> Bad) Read(string path, string? imagesRoot, int? limit = null)
+    public static (List<EvalRow> Rows, List<BadRow> Bad) Read(string path, string? imagesRoot, int? limit = null, bool allowAbsolutePaths = false)
     {
-        if (!File.Exists(path)) throw new ArgumentException($"Data file '{Path.GetFullPath(path)}' does not exist.");
-        string root = imagesRoot ?? Path.GetDirectoryName(Path.GetFullPath(path))!;
+        string full = Path.GetFullPath(path);
+        var lines = InputFile.ReadLines(full, MaxDataBytes, MaxLineChars, "Data file"); // a FIFO, a device or a folder fails here
+        string root = Path.TrimEndingDirectorySeparator(Path.GetFullPath(imagesRoot ?? Path.GetDirectoryName(full)!));
         var rows = new List<EvalRow>();
         var bad = new List<BadRow>();
-        int lineNo = 0;
-        foreach (var raw in File.ReadLines(path))
+        int seen = 0;
+        foreach (var (lineNo, raw) in lines)
         {
-            lineNo++;
             if (limit is int n && rows.Count >= n) break;
-            if (string.IsNullOrWhiteSpace(raw)) continue;
+            if (raw is not null && string.IsNullOrWhiteSpace(raw)) continue;
+            if (++seen > MaxRows)
+                throw new ArgumentException($"Data file '{full}' has more than {MaxRows:N0} rows; split it, or use --limit.");
+            if (raw is null)
+            {
+                bad.Add(new BadRow(lineNo, $"line is longer than {MaxLineChars:N0} characters"));
+                continue;
+            }
             JsonDocument doc;
             try { doc = JsonDocument.Parse(raw); }
             catch (JsonException e)
@@ -56,18 +74,60 @@ public static class EvalData
                     continue;
                 }
                 string image = Scalar(o.GetProperty("image"));
-                string full = Path.GetFullPath(Path.IsPathRooted(image) ? image : Path.Combine(root, image));
-                if (!File.Exists(full))
+                if (ResolveImage(image, root, allowAbsolutePaths, out string? reason) is not string imagePath)
                 {
-                    bad.Add(new BadRow(lineNo, $"image file '{image}' not found (looked at {full})"));
+                    bad.Add(new BadRow(lineNo, reason!));
                     continue;
                 }
                 string? type = o.TryGetProperty("type", out var t) && t.ValueKind != JsonValueKind.Null ? Scalar(t) : null;
-                rows.Add(new EvalRow(lineNo, Scalar(o.GetProperty("id")), full, Scalar(o.GetProperty("question")), Scalar(o.GetProperty("answer")),
+                rows.Add(new EvalRow(lineNo, Scalar(o.GetProperty("id")), imagePath, Scalar(o.GetProperty("question")), Scalar(o.GetProperty("answer")),
                     string.IsNullOrEmpty(type) ? null : type));
             }
         }
         return (rows, bad);
+    }
+
+    /// <summary>
+    /// The full path of a row's image: relative paths must stay inside <paramref name="root"/> (checked on the path, before
+    /// the file system is asked anything), absolute ones only when allowed. Null with the reason otherwise.
+    /// </summary>
+    private static string? ResolveImage(string image, string root, bool allowAbsolute, out string? reason)
+    {
+        reason = null;
+        string full;
+        try
+        {
+            if (image.IndexOf('\0') >= 0) { reason = "image path contains a NUL character"; return null; }
+            if (Path.IsPathRooted(image))
+            {
+                if (!allowAbsolute)
+                {
+                    reason = $"image path '{image}' is absolute; image paths are relative to the images root (--allow-absolute-image-paths allows absolute ones)";
+                    return null;
+                }
+                full = Path.GetFullPath(image);
+            }
+            else
+            {
+                full = Path.GetFullPath(Path.Combine(root, image));
+                if (!full.StartsWith(root + Path.DirectorySeparatorChar, StringComparison.Ordinal))
+                {
+                    reason = $"image path '{image}' leaves the images root";
+                    return null;
+                }
+            }
+        }
+        catch (Exception e) when (e is ArgumentException or NotSupportedException or PathTooLongException)
+        {
+            reason = $"image path '{image}' is not a valid path";
+            return null;
+        }
+        if (!File.Exists(full))
+        {
+            reason = Path.IsPathRooted(image) ? $"image file '{image}' not found" : $"image file '{image}' not found under the images root";
+            return null;
+        }
+        return full;
     }
 
     private static string Scalar(JsonElement e) => e.ValueKind switch

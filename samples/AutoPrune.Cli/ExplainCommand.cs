@@ -25,6 +25,7 @@ public static class ExplainCommand
         {
             var img = parse.GetValue(image)!;
             if (!img.Exists) throw new ArgumentException($"Image file '{img.FullName}' does not exist.");
+            var outFile = CommonOptions.OutputFile(parse.GetValue(output)!, "--out");
             using var vlm = await CommonOptions.LoadAsync(parse.GetValue(model)!, new ModelOptions { Device = parse.GetValue(device)! }, quiet: false);
             if (vlm.Info.ModelType == AutoPrune.Loading.LlavaConfig.NextModelType)
                 throw new NotSupportedException("explain does not draw LLaVA-NeXT (anyres) images yet: their patches come from a base view and tiles, and pruning does not run on them yet.");
@@ -37,8 +38,9 @@ public static class ExplainCommand
                 ? s.Split(',', StringSplitOptions.TrimEntries | StringSplitOptions.RemoveEmptyEntries).Select(x =>
                     int.TryParse(x, out int l) ? l : throw new ArgumentException($"--layers: '{x}' is not a layer number.")).ToArray()
                 : null;
-            var png = PruningVisualizer.RenderPng(await File.ReadAllBytesAsync(img.FullName, ct), answer.Report, vlm.Info.GridSize, chosen);
-            var outFile = parse.GetValue(output)!;
+            // The same file the model just read, with the same limits (a regular file of at most FileLimits.ImageBytes).
+            var bytes = AutoPrune.Loading.InputFile.ReadAllBytes(img.FullName, new InputFileLimits().ImageBytes, "Image file", "ModelOptions.FileLimits.ImageBytes");
+            var png = PruningVisualizer.RenderPng(bytes, answer.Report, vlm.Info.GridSize, chosen);
             await File.WriteAllBytesAsync(outFile.FullName, png, ct);
             Console.WriteLine(answer.Text.Trim());
             Console.Error.WriteLine(CommonOptions.Summary(answer));

@@ -16,7 +16,8 @@ public static class VerifyCommand
     public static Command Create()
     {
         var data = new Option<FileInfo>("--data", "-d") { Description = "VQA rows as jsonl (id, image, question, answer), as for eval.", Required = true };
-        var imagesRoot = new Option<DirectoryInfo?>("--images-root") { Description = "Folder the rows' image paths are relative to. Default: the data file's folder." };
+        var imagesRoot = new Option<DirectoryInfo?>("--images-root") { Description = "Folder the rows' image paths are relative to (they may not leave it). Default: the data file's folder." };
+        var allowAbsolute = new Option<bool>("--allow-absolute-image-paths") { Description = "Also accept rows whose image path is absolute (refused by default)." };
         var limit = new Option<int?>("--limit") { Description = "Use only the first N good rows." };
         var model = CommonOptions.Model();
         var device = new Option<string>("--device") { Description = "The device to check against the CPU: cuda, cuda:N or ilgpu-cpu.", DefaultValueFactory = _ => "cuda" };
@@ -28,14 +29,16 @@ public static class VerifyCommand
         var outFile = new Option<FileInfo?>("--out", "-o") { Description = "Write the comparison as JSON to this file." };
         var cmd = new Command("verify", "Check a device against the CPU: same greedy answers and last-position logits within a tolerance on VQA rows.")
         {
-            data, imagesRoot, limit, model, device, method, budget, tolerance, maxTokens, outFile,
+            data, imagesRoot, allowAbsolute, limit, model, device, method, budget, tolerance, maxTokens, outFile,
         };
         cmd.SetAction((parse, ct) => CommonOptions.Guard(async () =>
         {
             var file = parse.GetValue(data)!;
-            if (!file.Exists) throw new ArgumentException($"Data file '{file.FullName}' does not exist.");
             if (parse.GetValue(limit) is < 1) throw new ArgumentException("--limit must be at least 1.");
-            var (rows, bad) = EvalData.Read(file.FullName, parse.GetValue(imagesRoot)?.FullName, parse.GetValue(limit));
+            if (!(parse.GetValue(tolerance) is var tol0 && double.IsFinite(tol0) && tol0 >= 0)) throw new ArgumentException("--tolerance must be a finite number of at least 0.");
+            CommonOptions.InRange(parse.GetValue(maxTokens), 1, new ModelOptions().MaxNewTokensLimit, "--max-tokens");
+            if (parse.GetValue(outFile) is { } target) CommonOptions.OutputFile(target, "--out");
+            var (rows, bad) = EvalData.Read(file.FullName, parse.GetValue(imagesRoot)?.FullName, parse.GetValue(limit), parse.GetValue(allowAbsolute));
             foreach (var b in bad) CommonOptions.Err.MarkupLine(Markup.Escape($"verify: line {b.Line} skipped: {b.Reason}"));
             if (rows.Count == 0) throw new ArgumentException($"No usable rows in '{file.FullName}'.");
             var pruning = CommonOptions.Pruning(parse.GetValue(method)!, parse.GetValue(budget), "processed");

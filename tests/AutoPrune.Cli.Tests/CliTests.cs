@@ -57,7 +57,7 @@ public class EvalDataTests
             "[1, 2]",
             $$"""{"id": "five", "image": "{{Repo.Image(2)}}", "question": "How many?", "answer": 3}""",
         ]);
-        var (rows, bad) = EvalData.Read(data, imagesRoot: null);
+        var (rows, bad) = EvalData.Read(data, imagesRoot: null, allowAbsolutePaths: true);
         Assert.Equal([1, 7], rows.Select(r => r.Line));
         Assert.Equal("five", rows[1].Id);
         Assert.Equal("3", rows[1].Answer);
@@ -68,7 +68,7 @@ public class EvalDataTests
         Assert.Contains("malformed JSON", bad[2].Reason);
         Assert.Contains("JSON object", bad[3].Reason);
 
-        var (limited, _) = EvalData.Read(data, null, limit: 1);
+        var (limited, _) = EvalData.Read(data, null, limit: 1, allowAbsolutePaths: true);
         Assert.Single(limited);
     }
 
