@@ -2,6 +2,7 @@ using AutoPrune.Generation;
 using AutoPrune.Loading;
 using AutoPrune.Loading.Images;
 using Xunit;
+using Xunit.Abstractions;
 
 namespace AutoPrune.Tests.Reliability;
 
@@ -17,7 +18,7 @@ public sealed class HostileFileFixture : IDisposable
 /// values that would allocate before a check. Each is refused with a specific error and a bounded allocation.
 /// </summary>
 [Collection(SerialReliability.Name)]
-public sealed class HostileFileTests(HostileFileFixture fx) : IClassFixture<HostileFileFixture>, IDisposable
+public sealed class HostileFileTests(HostileFileFixture fx, ITestOutputHelper output) : IClassFixture<HostileFileFixture>, IDisposable
 {
     private const long FewMb = 4L << 20;
     private readonly string _tmp = Directory.CreateDirectory(Path.Combine(Path.GetTempPath(), "autoprune-hostile-" + Guid.NewGuid().ToString("N"))).FullName;
@@ -41,6 +42,7 @@ public sealed class HostileFileTests(HostileFileFixture fx) : IClassFixture<Host
         var (bytes, error) = await SpecialFiles.AllocatedAsync(() => fx.Model.AskAsync(Ask(ImageInput.FromFile("/dev/zero"))));
         var e = Assert.IsType<ImageDecodeException>(error);
         Assert.Contains("'/dev/zero' is a character device, not a regular file", e.Message);
+        output.WriteLine($"ask /dev/zero: {bytes:N0} bytes allocated (all threads)");
         Assert.True(bytes < FewMb, $"the refused request allocated {bytes:N0} bytes");
     }
 
@@ -57,6 +59,7 @@ public sealed class HostileFileTests(HostileFileFixture fx) : IClassFixture<Host
             most = Math.Max(most, bytes);
         }
         long kept = Settled() - baseline;
+        output.WriteLine($"20 refused requests: at most {most:N0} bytes allocated each, {kept:N0} bytes kept");
         Assert.True(most < FewMb, $"one refused request allocated {most:N0} bytes");
         Assert.True(kept < FewMb, $"20 refused requests left {kept:N0} bytes of managed memory behind");
 
@@ -105,6 +108,7 @@ public sealed class HostileFileTests(HostileFileFixture fx) : IClassFixture<Host
         var e = Assert.IsType<ModelLoadException>(error);
         Assert.Contains(file, e.Message);
         Assert.Contains("is a character device, not a regular file", e.Message);
+        output.WriteLine($"{file} -> /dev/zero: {bytes:N0} bytes allocated");
         Assert.True(bytes < FewMb, $"the refused load allocated {bytes:N0} bytes");
     }
 
@@ -128,6 +132,7 @@ public sealed class HostileFileTests(HostileFileFixture fx) : IClassFixture<Host
         var reference = await fx.Model.AskAsync(Ask(ImageInput.FromFile(TestData.Image(Row.Image))));
         Assert.Equal(reference.TopLogits, answer!.TopLogits);
         long extra = paddedBytes - plainBytes;
+        output.WriteLine($"1.9 GB image refused with {bytes:N0} bytes allocated; plain image {plainBytes:N0} bytes, +24 MB padding {paddedBytes:N0} bytes");
         Assert.True(extra < (24L << 20) * 5 / 4, $"24 MB of padding cost {extra:N0} more bytes than the plain image");
 
         // A smaller limit in ModelOptions applies to the same file.
@@ -147,6 +152,7 @@ public sealed class HostileFileTests(HostileFileFixture fx) : IClassFixture<Host
         var (bytes, error) = await SpecialFiles.AllocatedAsync(() => padding.AskAsync(Ask(ImageInput.FromBytes(png))));
         var e = Assert.IsType<ImageDecodeException>(error);
         Assert.Contains($"Padding the 1x{height} image to a square (PadToSquare) needs {height}x{height}", e.Message);
+        output.WriteLine($"1x{height} with PadToSquare: {bytes:N0} bytes allocated");
         Assert.True(bytes < FewMb, $"the refused request allocated {bytes:N0} bytes");
     }
 

@@ -1,12 +1,13 @@
 using AutoPrune.Pruning;
 using AutoPrune.Tests.Engine;
 using Xunit;
+using Xunit.Abstractions;
 
 namespace AutoPrune.Tests.Reliability;
 
 /// <summary>Issue 16, rows 16, 18 and 19: requests refused before anything is tokenised, decoded or queued.</summary>
 [Collection(SerialReliability.Name)]
-public sealed class RequestValidationTests(PublicModelFixture fx) : IClassFixture<PublicModelFixture>
+public sealed class RequestValidationTests(PublicModelFixture fx, ITestOutputHelper output) : IClassFixture<PublicModelFixture>
 {
     private static readonly TestData.DevRow Row = TestData.Dev[0];
     private static VisionRequest Good => VisionRequest.Create(Row.Question, ImageInput.FromFile(TestData.Image(Row.Image))) with { Generation = new() { MaxNewTokens = 2 } };
@@ -16,6 +17,7 @@ public sealed class RequestValidationTests(PublicModelFixture fx) : IClassFixtur
         var (bytes, error) = await SpecialFiles.AllocatedAsync(() => fx.Model.AskAsync(request));
         var e = Assert.IsAssignableFrom<T>(error);
         Assert.Contains(expected, e.Message);
+        output.WriteLine($"{e.GetType().Name}: {bytes:N0} bytes allocated");
         Assert.True(bytes < (1L << 20), $"the refused request allocated {bytes:N0} bytes");
         return (T)error!;
     }
