@@ -36,6 +36,16 @@ public sealed class HostileFileTests(HostileFileFixture fx, ITestOutputHelper ou
         return e!;
     }
 
+    /// <summary>The load fails with <see cref="ModelLoadException"/> having allocated a few kilobytes on this thread.</summary>
+    private ModelLoadException LoadRefusedWithAFewKilobytes(ModelFolder model, string what)
+    {
+        var (bytes, error) = SpecialFiles.Allocated(() => VisionLanguageModel.Load(model.Path, new ModelOptions { Device = "cpu" }));
+        var e = Assert.IsType<ModelLoadException>(error);
+        output.WriteLine($"{what}: {bytes:N0} bytes allocated");
+        Assert.True(bytes < FewMb, $"{what}: the refused load allocated {bytes:N0} bytes");
+        return e;
+    }
+
     [Fact]
     public async Task Row1_an_image_that_is_dev_zero_is_refused_before_reading_with_a_few_kilobytes()
     {
@@ -104,12 +114,9 @@ public sealed class HostileFileTests(HostileFileFixture fx, ITestOutputHelper ou
     public void Row4_a_model_file_linked_to_dev_zero_is_refused_with_a_few_kilobytes(string file)
     {
         using var model = new ModelFolder().LinkTo(file, "/dev/zero");
-        var (bytes, error) = SpecialFiles.Allocated(() => VisionLanguageModel.Load(model.Path, new ModelOptions { Device = "cpu" }));
-        var e = Assert.IsType<ModelLoadException>(error);
+        var e = LoadRefusedWithAFewKilobytes(model, $"{file} -> /dev/zero");
         Assert.Contains(file, e.Message);
         Assert.Contains("is a character device, not a regular file", e.Message);
-        output.WriteLine($"{file} -> /dev/zero: {bytes:N0} bytes allocated");
-        Assert.True(bytes < FewMb, $"the refused load allocated {bytes:N0} bytes");
     }
 
     [Fact]
@@ -171,11 +178,9 @@ public sealed class HostileFileTests(HostileFileFixture fx, ITestOutputHelper ou
     public void Row7_a_crop_size_out_of_range_or_unlike_the_vision_tower_fails_at_load(int crop, string expected)
     {
         using var model = new ModelFolder().EditJson("preprocessor_config.json", p => p["crop_size"] = new System.Text.Json.Nodes.JsonObject { ["height"] = crop, ["width"] = crop });
-        var (bytes, error) = SpecialFiles.Allocated(() => VisionLanguageModel.Load(model.Path, new ModelOptions { Device = "cpu" }));
-        var e = Assert.IsType<ModelLoadException>(error);
+        var e = LoadRefusedWithAFewKilobytes(model, $"crop_size {crop}");
         Assert.Contains(expected, e.Message);
         Assert.EndsWith("preprocessor_config.json", e.FilePath);
-        Assert.True(bytes < FewMb, $"the refused load allocated {bytes:N0} bytes");
     }
 
     [Fact]
