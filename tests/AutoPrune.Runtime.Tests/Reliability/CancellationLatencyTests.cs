@@ -156,7 +156,8 @@ public sealed class CancellationLatencyTests(ITestOutputHelper output) : IDispos
         model.Dispose();
         double disposeMs = disposing.Elapsed.TotalMilliseconds;
         output.WriteLine($"timeout {timeout.TotalMilliseconds} ms; requests ended after (ms): {Show(elapsed)}; dispose {disposeMs:0.0} ms");
-        Assert.All(elapsed, ms => Assert.True(ms >= timeout.TotalMilliseconds - 1, $"a request timed out early, after {ms:0} ms"));
+        // Never early, up to the timer's clock: .NET timers count coarse milliseconds (a few ms per tick on Linux).
+        Assert.All(elapsed, ms => Assert.True(ms >= timeout.TotalMilliseconds - 10, $"a request timed out early, after {ms:0} ms"));
         Assert.True(Median(elapsed) <= timeout.TotalMilliseconds * 1.1, $"the timeout fired at {Median(elapsed):0} ms (median), more than 10% late: {Show(elapsed)}");
         Assert.True(disposeMs < 3000, $"the dispose waited {disposeMs:0} ms for a request still computing after its timeout");
     }
