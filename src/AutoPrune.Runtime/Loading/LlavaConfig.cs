@@ -15,7 +15,6 @@ public sealed partial class LlavaConfig
     public const string SupportedModelType = "llava";
 
     internal static readonly string[] SupportedSelectStrategies = { "default", "full" };
-    internal static readonly string[] SupportedProjectorActivations = { "gelu", "quick_gelu" };
 
     [JsonPropertyName("model_type")] public string? ModelType { get; set; }
     [JsonPropertyName("image_token_index")] public int ImageTokenIndex { get; set; } = 32000;
@@ -27,6 +26,7 @@ public sealed partial class LlavaConfig
     /// <summary><c>"default"</c> drops the CLS token, <c>"full"</c> keeps it.</summary>
     [JsonPropertyName("vision_feature_select_strategy")] public string? VisionFeatureSelectStrategy { get; set; } = "default";
     [JsonPropertyName("projector_hidden_act")] public string? ProjectorHiddenAct { get; set; } = "gelu";
+    [JsonIgnore] internal Compute.ActivationFunction ProjectorActivation => Compute.ActivationFunctions.Parse(ProjectorHiddenAct, "projector_hidden_act");
     [JsonPropertyName("multimodal_projector_bias")] public bool MultimodalProjectorBias { get; set; } = true;
     [JsonPropertyName("tie_word_embeddings")] public bool TieWordEmbeddings { get; set; }
     [JsonPropertyName("image_seq_length")] public int ImageSeqLength { get; set; } = 576;
@@ -128,7 +128,7 @@ public sealed partial class LlavaConfig
         VisionConfig.Validate(v, "vision_config");
 
         v.OneOf("vision_feature_select_strategy", VisionFeatureSelectStrategy, SupportedSelectStrategies);
-        v.OneOf("projector_hidden_act", ProjectorHiddenAct, SupportedProjectorActivations);
+        v.OneOf("projector_hidden_act", ProjectorHiddenAct, Compute.ActivationFunctions.Names);
         int layers = VisionConfig.NumHiddenLayers;
         v.Range("vision_feature_layer", VisionFeatureLayer, -(layers + 1), layers,
             $"vision_config has {layers} layers, so hidden_states has {layers + 1} entries");
@@ -313,8 +313,6 @@ public sealed class RopeParameters
 /// <summary><c>vision_config</c> of a LLaVA checkpoint (Hugging Face <c>CLIPVisionConfig</c> defaults).</summary>
 public sealed class ClipVisionConfig
 {
-    internal static readonly string[] SupportedActivations = { "quick_gelu", "gelu" };
-
     [JsonPropertyName("model_type")] public string? ModelType { get; set; } = "clip_vision_model";
     [JsonPropertyName("hidden_size")] public int HiddenSize { get; set; } = 768;
     [JsonPropertyName("intermediate_size")] public int IntermediateSize { get; set; } = 3072;
@@ -326,6 +324,7 @@ public sealed class ClipVisionConfig
     [JsonPropertyName("patch_size")] public int PatchSize { get; set; } = 32;
     [JsonPropertyName("layer_norm_eps")] public double LayerNormEps { get; set; } = 1e-5;
     [JsonPropertyName("hidden_act")] public string? HiddenAct { get; set; } = "quick_gelu";
+    [JsonIgnore] internal Compute.ActivationFunction Activation => Compute.ActivationFunctions.Parse(HiddenAct, "vision_config.hidden_act");
 
     [JsonIgnore] public int HeadDim => NumAttentionHeads > 0 ? HiddenSize / NumAttentionHeads : 0;
     [JsonIgnore] public int GridSize => PatchSize > 0 ? ImageSize / PatchSize : 0;
@@ -364,7 +363,7 @@ public sealed class ClipVisionConfig
         if (ImageSize % PatchSize != 0)
             v.Fail(F("image_size"), ImageSize, $"a multiple of patch_size ({PatchSize})");
         v.PositiveSmall(F("layer_norm_eps"), LayerNormEps);
-        v.OneOf(F("hidden_act"), HiddenAct, SupportedActivations);
+        v.OneOf(F("hidden_act"), HiddenAct, Compute.ActivationFunctions.Names);
     }
 }
 

@@ -73,28 +73,14 @@ internal static class CpuOps
         }
     }
 
-    /// <summary>Applies the activation named in a config to <paramref name="x"/> in place.</summary>
-    public static void Activation(string name, Span<float> x)
+    /// <summary>Applies <paramref name="activation"/> to <paramref name="x"/> in place.</summary>
+    public static void Activation(ActivationFunction activation, Span<float> x)
     {
-        switch (name)
+        switch (activation)
         {
-            case "quick_gelu": QuickGelu(x); break;
-            case "gelu": Gelu(x); break;
-            case "gelu_pytorch_tanh":
-            case "gelu_new":
-                for (int i = 0; i < x.Length; i++)
-                {
-                    float v = x[i];
-                    x[i] = 0.5f * v * (1f + MathF.Tanh(0.7978845608f * (v + 0.044715f * v * v * v)));
-                }
-                break;
-            case "silu":
-                for (int i = 0; i < x.Length; i++) x[i] = x[i] / (1f + MathF.Exp(-x[i]));
-                break;
-            case "relu":
-                for (int i = 0; i < x.Length; i++) x[i] = MathF.Max(0, x[i]);
-                break;
-            default: throw new NotSupportedException($"Activation '{name}' is not supported (supported: quick_gelu, gelu, gelu_pytorch_tanh, silu, relu).");
+            case ActivationFunction.QuickGelu: QuickGelu(x); break;
+            case ActivationFunction.Gelu: Gelu(x); break;
+            default: throw new ArgumentOutOfRangeException(nameof(activation), activation, "Unknown activation.");
         }
     }
 

@@ -149,16 +149,6 @@ internal static class CudaKernels
         }
     }
 
-    /// <summary>SiLU in place: x * sigmoid(x).</summary>
-    internal static void SiluKernel(Index1D t, ArrayView<float> x, ElementRange range)
-    {
-        for (long i = t; i < range.Count; i += range.Stride)
-        {
-            float v = x[i];
-            x[i] = v / (1f + XMath.Exp(-v));
-        }
-    }
-
     /// <summary>gate = silu(gate) * up, in place in gate.</summary>
     internal static void SiluMulKernel(Index1D t, ArrayView<float> gate, ArrayView<float> up, ElementRange range)
     {
@@ -659,7 +649,7 @@ internal sealed class CudaOps
     private readonly Lazy<Action<Index1D, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, float>> _rms;
     private readonly Lazy<Action<Index1D, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, float>> _layerNorm;
     private readonly Lazy<Action<Index1D, ArrayView<float>, ArrayView<int>, ArrayView<float>, ArrayView<float>, int, int, ElementRange>> _rope;
-    private readonly Lazy<Action<Index1D, ArrayView<float>, ElementRange>> _quickGelu, _gelu, _silu;
+    private readonly Lazy<Action<Index1D, ArrayView<float>, ElementRange>> _quickGelu, _gelu;
     private readonly Lazy<Action<Index1D, ArrayView<float>, ArrayView<float>, ElementRange>> _siluMul;
     private readonly Lazy<Action<Index1D, ArrayView<float>, int>> _softmax;
     private readonly Lazy<Action<Index1D, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, AttentionShape>> _attention;
@@ -704,7 +694,6 @@ internal sealed class CudaOps
         _rope = new(() => _acc.LoadAutoGroupedStreamKernel<Index1D, ArrayView<float>, ArrayView<int>, ArrayView<float>, ArrayView<float>, int, int, ElementRange>(CudaKernels.RopeKernel));
         _quickGelu = new(() => _acc.LoadAutoGroupedStreamKernel<Index1D, ArrayView<float>, ElementRange>(CudaKernels.QuickGeluKernel));
         _gelu = new(() => _acc.LoadAutoGroupedStreamKernel<Index1D, ArrayView<float>, ElementRange>(CudaKernels.GeluKernel));
-        _silu = new(() => _acc.LoadAutoGroupedStreamKernel<Index1D, ArrayView<float>, ElementRange>(CudaKernels.SiluKernel));
         _siluMul = new(() => _acc.LoadAutoGroupedStreamKernel<Index1D, ArrayView<float>, ArrayView<float>, ElementRange>(CudaKernels.SiluMulKernel));
         _softmax = new(() => _acc.LoadAutoGroupedStreamKernel<Index1D, ArrayView<float>, int>(CudaKernels.SoftmaxKernel));
         _attention = new(() => _acc.LoadAutoGroupedStreamKernel<Index1D, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, AttentionShape>(CudaKernels.AttentionKernel));
@@ -736,7 +725,7 @@ internal sealed class CudaOps
     {
         object[] all =
         [
-            _embedding.Value, _rms.Value, _layerNorm.Value, _rope.Value, _quickGelu.Value, _gelu.Value, _silu.Value, _siluMul.Value,
+            _embedding.Value, _rms.Value, _layerNorm.Value, _rope.Value, _quickGelu.Value, _gelu.Value, _siluMul.Value,
             _softmax.Value, _attention.Value, _attentionRows.Value, _attentionRowsGrouped.Value, _rowGather.Value, _kvAppend.Value,
             _argMax.Value, _toHalf.Value, _toFloat.Value, _addBias.Value, _add.Value, _siluMulToHalf.Value, _rowGatherMixed.Value, _qkvSplitRope.Value, _siluMulSplitToHalf.Value,
             _rmsToHalf.Value, _layerNormToHalf.Value, _maskedSoftmaxToHalf.Value, _argMaxRows.Value,
@@ -771,18 +760,16 @@ internal sealed class CudaOps
 
     public void QuickGelu(ArrayView<float> x) => LaunchElements(_quickGelu.Value, x.Length, x);
     public void Gelu(ArrayView<float> x) => LaunchElements(_gelu.Value, x.Length, x);
-    public void Silu(ArrayView<float> x) => LaunchElements(_silu.Value, x.Length, x);
     public void SiluMul(ArrayView<float> gate, ArrayView<float> up) => LaunchElements(_siluMul.Value, gate.Length, gate, up);
 
-    /// <summary>The activations the CPU backend supports through the GPU kernels; others throw.</summary>
-    public void Activation(string name, ArrayView<float> x)
+    /// <summary>Applies <paramref name="activation"/> to <paramref name="x"/> in place.</summary>
+    public void Activation(ActivationFunction activation, ArrayView<float> x)
     {
-        switch (name)
+        switch (activation)
         {
-            case "quick_gelu": QuickGelu(x); break;
-            case "gelu": Gelu(x); break;
-            case "silu": Silu(x); break;
-            default: throw new NotSupportedException($"Activation '{name}' has no CUDA kernel yet (supported: quick_gelu, gelu, silu).");
+            case ActivationFunction.QuickGelu: QuickGelu(x); break;
+            case ActivationFunction.Gelu: Gelu(x); break;
+            default: throw new ArgumentOutOfRangeException(nameof(activation), activation, "Unknown activation.");
         }
     }
 

@@ -1,4 +1,5 @@
 using System.Numerics.Tensors;
+using AutoPrune.Compute;
 using AutoPrune.Compute.Cpu;
 using AutoPrune.Loading;
 
@@ -36,6 +37,7 @@ internal sealed class ClipVisionTower
     private readonly Layer[] _layers; // only the layers needed to reach the feature layer
     private readonly int _featureLayer; // index into hidden_states (0 = embeddings)
     private readonly bool _dropCls;
+    private readonly ActivationFunction _act;
 
     public int Hidden => _cfg.HiddenSize;
     public int Grid => _cfg.ImageSize / _cfg.PatchSize;
@@ -47,6 +49,7 @@ internal sealed class ClipVisionTower
         _cfg = cfg;
         _featureLayer = featureLayer;
         _dropCls = dropCls;
+        _act = cfg.Activation;
         const string p = "vision_tower.vision_model";
         int h = cfg.HiddenSize, ps = cfg.PatchSize, c = cfg.NumChannels;
         _patchWeight = store.ReadFloat32($"{p}.embeddings.patch_embedding.weight", h, c, ps, ps);
@@ -121,7 +124,7 @@ internal sealed class ClipVisionTower
             L.OutProj.Forward(att, n, x, accumulate: true);
             CpuOps.LayerNorm(x, xn, n, h, L.LayerNorm2.Weight, L.LayerNorm2.Bias, L.LayerNorm2.Eps);
             L.Fc1.Forward(xn, n, mlp);
-            CpuOps.Activation(_cfg.HiddenAct, mlp);
+            CpuOps.Activation(_act, mlp);
             L.Fc2.Forward(mlp, n, x, accumulate: true);
         }
 

@@ -1,3 +1,4 @@
+using AutoPrune.Compute;
 using AutoPrune.Compute.Cpu;
 using AutoPrune.Loading;
 
@@ -7,14 +8,13 @@ namespace AutoPrune.Models.Llava;
 internal sealed class MultiModalProjector
 {
     private readonly Linear _l1, _l2;
-    private readonly string _act;
+    private readonly ActivationFunction _act;
 
-    public MultiModalProjector(ITensorSource store, int visionHidden, int textHidden, string act, bool bias)
+    public MultiModalProjector(ITensorSource store, int visionHidden, int textHidden, ActivationFunction act, bool bias)
     {
         _l1 = Linear.Load(store, "multi_modal_projector.linear_1", visionHidden, textHidden, bias);
         _l2 = Linear.Load(store, "multi_modal_projector.linear_2", textHidden, textHidden, bias);
         _act = act;
-        CpuOps.Activation(act, Span<float>.Empty); // fail at load on an unsupported activation
     }
 
     public float[] Forward(ReadOnlySpan<float> x, int rows)
@@ -39,7 +39,7 @@ internal sealed class LlavaModel : ILlavaBackend
         bool dropCls = config.VisionFeatureSelectStrategy == "default";
         Vision = new ClipVisionTower(store, config.VisionConfig, config.ResolvedFeatureLayerIndex, dropCls);
         Projector = new MultiModalProjector(store, config.VisionConfig.HiddenSize, config.TextConfig.HiddenSize,
-            config.ProjectorHiddenAct, config.MultimodalProjectorBias);
+            config.ProjectorActivation, config.MultimodalProjectorBias);
         progress?.Invoke(0.1);
         Decoder = new LlamaDecoder(store, config.TextConfig, config.TieWordEmbeddings || config.TextConfig.TieWordEmbeddings,
             f => progress?.Invoke(0.1 + 0.9 * f));

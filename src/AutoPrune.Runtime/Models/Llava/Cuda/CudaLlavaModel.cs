@@ -1,5 +1,6 @@
 using System.Numerics.Tensors;
 using System.Runtime.InteropServices;
+using AutoPrune.Compute;
 using AutoPrune.Compute.Cpu;
 using AutoPrune.Compute.Cuda;
 using AutoPrune.Loading;
@@ -95,7 +96,7 @@ internal sealed class CudaLlavaModel : ILlavaBackend
     private readonly VisionLayer[] _vlayers;
     // projector
     private readonly DeviceLinear _proj1, _proj2;
-    private readonly string _projAct;
+    private readonly ActivationFunction _projAct, _visionAct;
     // decoder
     private readonly LlamaTextConfig _tcfg;
     internal readonly DecoderLayer[] Layers;
@@ -135,8 +136,8 @@ internal sealed class CudaLlavaModel : ILlavaBackend
         _vcfg = config.VisionConfig;
         _tcfg = config.TextConfig;
         _dropCls = config.VisionFeatureSelectStrategy == "default";
-        CpuOps.Activation(config.ProjectorHiddenAct, Span<float>.Empty); // an unsupported activation fails at load
-        CpuOps.Activation(_vcfg.HiddenAct, Span<float>.Empty);
+        _projAct = config.ProjectorActivation; // an unsupported activation fails at load
+        _visionAct = _vcfg.Activation;
         var acc = device.Accelerator;
         // CUDA calls need the accelerator's context current on the calling thread: every entry point binds it.
         using var bind = acc.BindScoped();
@@ -177,7 +178,6 @@ internal sealed class CudaLlavaModel : ILlavaBackend
             int th = _tcfg.HiddenSize;
             _proj1 = Own(DeviceLinear.Load(mem, store, "multi_modal_projector.linear_1", vh, th, config.MultimodalProjectorBias));
             _proj2 = Own(DeviceLinear.Load(mem, store, "multi_modal_projector.linear_2", th, th, config.MultimodalProjectorBias));
-            _projAct = config.ProjectorHiddenAct;
             progress?.Invoke(0.1);
             // Decoder.
             const string p = "language_model.model";
@@ -353,7 +353,7 @@ internal sealed class CudaLlavaModel : ILlavaBackend
                 Linear(L.O, attH.View, n, x.View, accumulate: true);
                 Ops.LayerNormToHalf(x.View, xnH.View, n, h, L.Ln2.Weight.View, L.Ln2.Bias!.View, L.Ln2.Eps);
                 Linear(L.Fc1, xnH.View, n, mlp.View);
-                Ops.Activation(_vcfg.HiddenAct, mlp.View);
+                Ops.Activation(_visionAct, mlp.View);
                 ToHalf(mlp.View, mlpH.View, (long)n * inter);
                 Linear(L.Fc2, mlpH.View, n, x.View, accumulate: true);
             }

@@ -1,1 +1,0 @@
-namespace AutoPrune; internal static class Placeholder {}
