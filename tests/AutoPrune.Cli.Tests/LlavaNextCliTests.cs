@@ -42,7 +42,7 @@ public class LlavaNextCliTests
         var (rc, _, stderr) = await Run("ask", "--image", NextImage("06_50x60.png"), "--question", "How many?",
             "--model", NextModel("llama"), "--device", "cpu", "--method", "fastv", "--max-tokens", "1");
         Assert.Equal(1, rc);
-        Assert.Contains("error: Pruning method FastV does not run on LLaVA-NeXT", stderr);
+        Assert.Contains("error: Pruning method 'fastv' cannot serve this request: it does not run on LLaVA-NeXT", stderr);
     }
 
     /// <summary>Synthetic stage timings for a LLaVA-NeXT architecture (the tiny one; the 7B presets take a GPU): a 672x672 image's 5 views.</summary>

@@ -1,5 +1,6 @@
 using System.Diagnostics;
 using AutoPrune.Compute.Cpu;
+using AutoPrune.Generation;
 using AutoPrune.Loading;
 using AutoPrune.Models.Llava;
 using AutoPrune.Models.Llava.Cuda;
@@ -151,13 +152,13 @@ public static class SpeedBenchmark
             if (method == PruningMethod.None && budget < visual)
             {
                 int keep = Math.Max(1, (int)Math.Round(budget));
-                runIds = VisionLanguageModel.ShortenImageRun(ids, cfg.ImageTokenIndex, keep);
+                runIds = InferencePipeline.ShortenImageRun(ids, cfg.ImageTokenIndex, keep);
                 runProjected = projected.AsSpan(0, keep * model.Hidden).ToArray();
                 runShape = shape with { VisualTokens = keep };
             }
             try
             {
-                _ = AnyResPruningGate.Resolve(cfg, options, null);
+                _ = PruningCapabilities.Resolve(options, null, new PruningRequestShape(1, cfg.IsAnyRes));
                 _ = new PruningSession(shape, options, 1);
             }
             catch (Exception e) when (e is InfeasibleBudgetException or NotSupportedException)
@@ -241,7 +242,7 @@ public static class SpeedBenchmark
     private static (ILlavaBackend Model, AnyResAssembler? AnyRes, string Weights, string Name) LoadBackend(SpeedBenchmarkOptions o, IProgress<string>? progress)
     {
         progress?.Report("loading weights");
-        var gpu = VisionLanguageModel.OpenDevice(o.Device, Microsoft.Extensions.Logging.Abstractions.NullLogger.Instance);
+        var gpu = Compute.DeviceSelector.Open(o.Device, Microsoft.Extensions.Logging.Abstractions.NullLogger.Instance);
         try
         {
             if (o.ModelDirectory is { } dir)

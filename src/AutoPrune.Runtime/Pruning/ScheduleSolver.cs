@@ -8,8 +8,8 @@ internal static class ScheduleSolver
     {
         ArgumentNullException.ThrowIfNull(shape);
         ArgumentNullException.ThrowIfNull(options);
+        if (options.Method == PruningMethod.None) return Unpruned(shape, options); // any number of visual tokens, 0 included
         shape.Validate();
-        if (options.Method == PruningMethod.None) return Unpruned(shape, options);
         double budget = Budget.Resolve(options.Budget, shape.VisualTokens);
         return options.Method switch
         {

@@ -1,3 +1,4 @@
+using AutoPrune.Compute;
 using AutoPrune.Compute.Cuda;
 using AutoPrune.Loading;
 using AutoPrune.Models.Llava;
@@ -31,7 +32,7 @@ public sealed class BackendSelectionTests
         using var store = SafeTensorStore.Open(TestData.ModelDir);
         var log = new ListLogger();
         var gpu = CudaDevice.CreateForTests();
-        using var model = VisionLanguageModel.CreateBackend(store, config, gpu, auto: true, log, gpuFactory: Failing);
+        using var model = DeviceSelector.CreateBackend(store, config, gpu, auto: true, log, gpuFactory: Failing);
         Assert.IsType<LlavaModel>(model);
         Assert.Equal("cpu", model.Device);
         var warning = Assert.Single(log.Entries, e => e.Level == LogLevel.Warning);
@@ -46,7 +47,7 @@ public sealed class BackendSelectionTests
         var config = LlavaConfig.Load(TestData.ModelDir);
         using var store = SafeTensorStore.Open(TestData.ModelDir);
         var gpu = CudaDevice.CreateForTests();
-        var e = Assert.Throws<InvalidOperationException>(() => VisionLanguageModel.CreateBackend(store, config, gpu, auto: false, new ListLogger(), gpuFactory: Failing));
+        var e = Assert.Throws<InvalidOperationException>(() => DeviceSelector.CreateBackend(store, config, gpu, auto: false, new ListLogger(), gpuFactory: Failing));
         Assert.Contains("cublasCreate_v2", e.Message);
         gpu.Dispose(); // a second dispose is harmless
     }
@@ -57,7 +58,7 @@ public sealed class BackendSelectionTests
         var config = LlavaConfig.Load(TestData.ModelDir);
         using var store = SafeTensorStore.Open(TestData.ModelDir);
         var gpu = CudaDevice.CreateForTests();
-        Assert.Throws<ModelLoadException>(() => VisionLanguageModel.CreateBackend(store, config, gpu, auto: true, new ListLogger(),
+        Assert.Throws<ModelLoadException>(() => DeviceSelector.CreateBackend(store, config, gpu, auto: true, new ListLogger(),
             gpuFactory: (s, c, d, p) => throw new ModelLoadException("Tensor 'x' in file 'y' has shape [1] but [2] was expected.", "y", "x")));
     }
 }

@@ -1,0 +1,4 @@
+namespace AutoPrune;
+
+/// <summary>Why generation ended.</summary>
+public enum AnswerFinishReason { Stop, Length, StopSequence }

@@ -1,0 +1,105 @@
+using AutoPrune.Compute.Cuda;
+using AutoPrune.Loading;
+using AutoPrune.Models.Llava;
+using Microsoft.Extensions.Logging;
+
+namespace AutoPrune.Compute;
+
+/// <summary>
+/// Turns a device name into a backend: "cpu"; "auto" (CUDA device 0 when the driver, a device and cuBLAS are all
+/// present, else the CPU, the log says which and why); "cuda" / "cuda:N" (that GPU, or an error naming what is
+/// missing); "ilgpu-cpu" (the GPU code path on ILGPU's CPU accelerator with a host GEMM: slow, for checking the GPU
+/// path on a machine without one).
+/// </summary>
+internal static class DeviceSelector
+{
+    public const string ExpectedNames = "\"cpu\", \"auto\", \"cuda\", \"cuda:N\" or \"ilgpu-cpu\"";
+
+    /// <summary>Whether <paramref name="device"/> names "auto" (the default).</summary>
+    public static bool IsAuto(string? device) => Normalise(device) is "auto" or "";
+
+    /// <summary>
+    /// Why <paramref name="device"/> cannot be used on this machine, without opening it (null when it can). "auto" can
+    /// always be used (it falls back to the CPU); a named GPU needs the driver, the device and cuBLAS.
+    /// </summary>
+    public static string? Problem(string? device)
+    {
+        var d = Normalise(device);
+        if (d is "cpu" or "auto" or "" or "ilgpu-cpu") return null;
+        if (!d.StartsWith("cuda", StringComparison.Ordinal)) return $"Unknown device '{device}': expected {ExpectedNames}.";
+        int index;
+        try { index = CudaDevice.ParseIndex(d); }
+        catch (ArgumentException e) { return e.Message; }
+        var probe = CudaDevice.Probe(index);
+        return probe.Usable ? null : $"Device '{device}' was asked for, but it cannot be used: {probe.Problem}.";
+    }
+
+    /// <summary>The GPU to run on, or null for the CPU backend.</summary>
+    /// <exception cref="NotSupportedException">A named GPU that cannot be used (the message names what is missing).</exception>
+    /// <exception cref="ArgumentException">An unknown device name.</exception>
+    public static CudaDevice? Open(string? device, ILogger log)
+    {
+        var d = Normalise(device);
+        switch (d)
+        {
+            case "cpu":
+                return null;
+            case "ilgpu-cpu":
+                return CudaDevice.CreateForTests();
+            case "auto" or "":
+            {
+                var probe = CudaDevice.Probe(0);
+                if (!probe.Usable)
+                {
+                    log.LogInformation("Device auto: {Probe}; running on the CPU", probe.Describe());
+                    return null;
+                }
+                try
+                {
+                    var gpu = CudaDevice.Open("cuda:0");
+                    log.LogInformation("Device auto: running on {Gpu}", gpu.Description);
+                    return gpu;
+                }
+                catch (Exception e)
+                {
+                    log.LogWarning("Device auto: {Probe} could not be opened ({Error}); running on the CPU", probe.Describe(), e.Message);
+                    return null;
+                }
+            }
+        }
+        if (d.StartsWith("cuda", StringComparison.Ordinal))
+            return CudaDevice.Open(d); // throws NotSupportedException naming the missing piece
+        throw new ArgumentException($"Unknown device '{device}': expected {ExpectedNames}.", nameof(device));
+    }
+
+    /// <summary>
+    /// The CPU model, or the GPU model on <paramref name="gpu"/> (which it then owns). With <paramref name="auto"/>, a GPU
+    /// model that fails to start (kernels the driver rejects, cuBLAS that will not initialise) falls back to the CPU
+    /// with a warning and <paramref name="gpu"/> is disposed; a device asked for by name fails instead. Checkpoint
+    /// errors (<see cref="ModelLoadException"/>) are never masked.
+    /// </summary>
+    public static ILlavaBackend CreateBackend(ITensorSource store, LlavaConfig config, CudaDevice? gpu, bool auto, ILogger log,
+        Action<double>? progress = null, Func<ITensorSource, LlavaConfig, CudaDevice, Action<double>?, ILlavaBackend>? gpuFactory = null)
+    {
+        if (gpu is null) return new LlavaModel(store, config, progress);
+        gpuFactory ??= static (s, c, d, p) => new Models.Llava.Cuda.CudaLlavaModel(s, c, d, p);
+        try
+        {
+            return gpuFactory(store, config, gpu, progress);
+        }
+        catch (Exception e) when (auto && e is not ModelLoadException)
+        {
+            log.LogWarning("Device auto: the GPU backend could not start on {Gpu} ({Error}: {Message}); running on the CPU",
+                gpu.Description, e.GetType().Name, e.Message);
+            gpu.Dispose();
+            return new LlavaModel(store, config, progress);
+        }
+        catch
+        {
+            gpu.Dispose();
+            throw;
+        }
+    }
+
+    private static string Normalise(string? device) => (device ?? "").Trim().ToLowerInvariant();
+}

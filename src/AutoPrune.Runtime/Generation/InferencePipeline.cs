@@ -1,0 +1,206 @@
+using System.Diagnostics;
+using System.Text;
+using AutoPrune.Diagnostics;
+using AutoPrune.Loading.Images;
+using AutoPrune.Loading.Text;
+using AutoPrune.Models.Llava;
+using AutoPrune.Pruning;
+
+namespace AutoPrune.Generation;
+
+/// <summary>
+/// One request through a loaded model, in its three stages: <see cref="EncodeImages"/> (preprocessing, vision tower,
+/// projector, LLaVA-NeXT's tile assembly and VisionZip's selection), <see cref="Prefill"/> (the prompt through the
+/// decoder with the pruning session between layers) and <see cref="Decode"/> (the generation loop). Stateless between
+/// requests except for the vision cache; thread-safe.
+/// </summary>
+/// <param name="anyRes">LLaVA-NeXT's image path; null for LLaVA-1.5.</param>
+internal sealed class InferencePipeline(ILlavaBackend model, LlavaTokenizer tokenizer, ImagePreprocessor images, AnyResPipeline? anyRes,
+    ModelShape shape, LruCache<string, EncodedImage> visionCache, bool padToSquare)
+{
+    /// <summary>The projected visual tokens of each image and the prompt ids they go into.</summary>
+    internal sealed record EncodedImages(int[] Ids, List<float[]> Projected, List<int[]>? VisualIndices, PruningSession Session, double PreprocessMs, double VisionMs);
+
+    /// <summary>The decoder state after the prompt, with the logits at its last position and what pruning did.</summary>
+    internal sealed record PrefilledPrompt(IGeneration Generation, float[] Logits, PruningReport Report, double PrefillMs);
+
+    public void Run(PreparedRequest p, RequestTelemetry telemetry, Action<AnswerChunk> emit, CancellationToken ct)
+    {
+        var total = Stopwatch.StartNew();
+        var encoded = EncodeImages(p, telemetry, ct);
+        var prefilled = Prefill(p, encoded, telemetry, ct);
+        using var generation = prefilled.Generation;
+        var answer = Decode(p, prefilled, telemetry, emit, ct);
+        emit(new AnswerChunk("", null, answer with
+        {
+            VisualTokens = p.ImageTokens.Sum(),
+            Timings = answer.Timings with { PreprocessMs = encoded.PreprocessMs, VisionMs = encoded.VisionMs, TotalMs = total.Elapsed.TotalMilliseconds },
+        }));
+    }
+
+    /// <summary>Preprocessing, vision tower and projector for each image (VisionZip selects its tokens here; LLaVA-NeXT assembles its views).</summary>
+    public EncodedImages EncodeImages(PreparedRequest p, RequestTelemetry telemetry, CancellationToken ct)
+    {
+        var sw = Stopwatch.StartNew();
+        int imageToken = model.Config.ImageTokenIndex;
+        int prefix = Math.Max(0, Array.IndexOf(p.Ids, imageToken));
+        // A pruning method sees the first image's run (for LLaVA-NeXT its size decides how long); None counts them all.
+        var sessionShape = p.ImageTokens.Length > 0 ? shape with { VisualTokens = p.ImageTokens[0] } : shape;
+        var session = new PruningSession(sessionShape, p.Pruning, prefix, p.ImageTokens.Sum(), p.PruningNotes);
+        var ids = p.Ids;
+        var projected = new List<float[]>(p.Request.Images.Count);
+        List<int[]>? visualIndices = anyRes is null ? null : [];
+        double preprocessMs = 0;
+        for (int i = 0; i < p.Request.Images.Count; i++)
+        {
+            ct.ThrowIfCancellationRequested();
+            var image = p.Request.Images[i];
+            // The cache is keyed by the image's content (SHA-256 of its bytes, read once and within the file limit), so a
+            // file rewritten in place is never answered from it.
+            var clock = Stopwatch.StartNew();
+            ReadOnlyMemory<byte> bytes = image.Path is not null ? ImagePreprocessor.ReadFile(image.Path, images.MaxFileBytes) : image.Bytes;
+            string key = $"{Convert.ToHexString(System.Security.Cryptography.SHA256.HashData(bytes.Span))}|{padToSquare}";
+            EncodedImage? encoded = visionCache.TryGet(key, out var cached) ? cached : null;
+            bool hit = encoded is not null;
+            if (!hit) preprocessMs += clock.Elapsed.TotalMilliseconds; // reading and hashing count as preprocessing on a miss; a hit reports 0
+            float[]? pixels = hit || anyRes is not null ? null : Preprocess(image, bytes.Span, i, telemetry, ref preprocessMs);
+            using var span = telemetry.Stage(AutoPruneTelemetry.Spans.Vision);
+            span?.SetTag(AutoPruneTelemetry.Tags.ImageIndex, i);
+            span?.SetTag(AutoPruneTelemetry.Tags.VisionCached, hit);
+            if (encoded is null)
+            {
+                // LLaVA-NeXT preprocesses its views inside the vision span (the tiles are cut as they are encoded).
+                encoded = anyRes is not null
+                    ? anyRes.Encode(model, bytes.Span, image.Path, ref preprocessMs, ct)
+                    : new EncodedImage([model.VisionForward(pixels, ct)], null);
+                visionCache.Add(key, encoded);
+            }
+            if (anyRes is not null)
+            {
+                var (imageRows, map) = anyRes.Assemble(model, encoded);
+                if (map.Sequence.Count != p.ImageTokens[i])
+                    throw new ImageDecodeException($"The image {image.Name} is {map.Layout.ImageWidth}x{map.Layout.ImageHeight} ({map.Sequence.Count} tokens) now, not what its header said when the request was queued ({p.ImageTokens[i]} tokens); it changed in between.");
+                session.TokenMap ??= map;
+                // Visual indices stay unique across images: each image's patches follow the earlier images' patches.
+                int offset = visualIndices!.Sum(v => v.Count(x => x >= 0));
+                visualIndices!.Add(map.Sequence.Select(x => x >= 0 ? x + offset : x).ToArray());
+                projected.Add(imageRows);
+                continue;
+            }
+            var vision = encoded.Views[0];
+            session.SetVision(vision);
+            if (p.Pruning.Method == PruningMethod.VisionZip)
+            {
+                var zip = ((VisionZipPolicy)session.Policy).Select(vision);
+                projected.Add(model.Project(zip.Hidden, zip.Count));
+                visualIndices = [[.. zip.Dominant, .. Enumerable.Repeat(SequenceState.MergedRow, zip.ContextualTargets.Length)]];
+                ids = ShortenImageRun(ids, imageToken, zip.Count);
+            }
+            else
+                projected.Add(model.Project(vision.Features, vision.Tokens));
+        }
+        return new EncodedImages(ids, projected, visualIndices, session, preprocessMs, sw.Elapsed.TotalMilliseconds - preprocessMs);
+    }
+
+    /// <summary>Decodes and resizes a LLaVA-1.5 image (its own span, timed into <paramref name="preprocessMs"/>).</summary>
+    private float[] Preprocess(ImageInput image, ReadOnlySpan<byte> bytes, int index, RequestTelemetry telemetry, ref double preprocessMs)
+    {
+        using var span = telemetry.Stage(AutoPruneTelemetry.Spans.Preprocess);
+        span?.SetTag(AutoPruneTelemetry.Tags.ImageIndex, index);
+        var clock = Stopwatch.StartNew();
+        var pixels = images.Preprocess(bytes, padToSquare, image.Path);
+        preprocessMs += clock.Elapsed.TotalMilliseconds;
+        return pixels;
+    }
+
+    /// <summary>Builds the prompt's embeddings and runs them through every decoder layer, pruning between layers.</summary>
+    public PrefilledPrompt Prefill(PreparedRequest p, EncodedImages encoded, RequestTelemetry telemetry, CancellationToken ct)
+    {
+        using var span = telemetry.Stage(AutoPruneTelemetry.Spans.Prefill);
+        var sw = Stopwatch.StartNew();
+        var ids = encoded.Ids;
+        var state = SequenceBuilder.Build(model, ids, encoded.Projected, encoded.VisualIndices);
+        int visualInPrompt = ids.Count(t => t == model.Config.ImageTokenIndex);
+        int prefix = Math.Max(0, Array.IndexOf(ids, model.Config.ImageTokenIndex));
+        var generation = model.StartGeneration(p.MaxNew);
+        try
+        {
+            var session = encoded.Session;
+            var logits = generation.Prefill(state, session.NeedsDecoderHook ? session : null, ct);
+            NonFiniteLogitsException.ThrowIfAny(logits, "the last prompt position");
+            p.OnPrefillLogits?.Invoke((float[])logits.Clone());
+            var report = session.Finish(state, ids.Length - prefix - visualInPrompt);
+            span?.SetTag(AutoPruneTelemetry.Tags.VisualTokensKept, report.AvgVisualTokensProcessed);
+            span?.SetTag(AutoPruneTelemetry.Tags.FlopsRatio, report.FlopsRatio);
+            return new PrefilledPrompt(generation, logits, report, sw.Elapsed.TotalMilliseconds);
+        }
+        catch
+        {
+            generation.Dispose();
+            throw;
+        }
+    }
+
+    /// <summary>Generates the answer token by token, emitting each piece of text as it is decoded.</summary>
+    public VisionAnswer Decode(PreparedRequest p, PrefilledPrompt prefilled, RequestTelemetry telemetry, Action<AnswerChunk> emit, CancellationToken ct)
+    {
+        using var span = telemetry.Stage(AutoPruneTelemetry.Spans.Decode);
+        var sw = Stopwatch.StartNew();
+        var g = p.Request.Generation;
+        var logits = prefilled.Logits;
+        var sampler = new Sampler(g);
+        var decoder = tokenizer.CreateStreamingDecoder();
+        var tokens = new List<int>();
+        var text = new StringBuilder();
+        var finish = AnswerFinishReason.Length;
+        var stops = g.StopSequences?.Where(s => !string.IsNullOrEmpty(s)).ToArray() ?? [];
+        int? greedyNext = null;
+        for (int step = 0; step < p.MaxNew; step++)
+        {
+            ct.ThrowIfCancellationRequested();
+            int next = greedyNext ?? sampler.Next(logits);
+            telemetry.FirstToken();
+            if (next == tokenizer.EosId) { finish = AnswerFinishReason.Stop; break; }
+            tokens.Add(next);
+            string piece = decoder.Push(next);
+            text.Append(piece);
+            string? stop = stops.FirstOrDefault(s => text.ToString().EndsWith(s, StringComparison.Ordinal));
+            if (stop is not null)
+            {
+                int keepLen = text.Length - stop.Length;
+                int alreadyEmitted = text.Length - piece.Length;
+                if (keepLen > alreadyEmitted) emit(new AnswerChunk(text.ToString(alreadyEmitted, keepLen - alreadyEmitted), next, null));
+                text.Length = keepLen;
+                finish = AnswerFinishReason.StopSequence;
+                break;
+            }
+            if (piece.Length > 0) emit(new AnswerChunk(piece, next, null));
+            if (step + 1 < p.MaxNew)
+            {
+                // Greedy decoding asks the backend for the next id only (a GPU then returns 4 bytes, not the logits).
+                if (sampler.IsGreedy) greedyNext = prefilled.Generation.StepGreedy(next);
+                else NonFiniteLogitsException.ThrowIfAny(logits = prefilled.Generation.Step(next), $"decoding step {step + 1}");
+            }
+        }
+        span?.SetTag(AutoPruneTelemetry.Tags.OutputTokens, tokens.Count);
+        return new VisionAnswer
+        {
+            Text = text.ToString(),
+            TokenIds = tokens,
+            FinishReason = finish,
+            PromptTokens = p.Ids.Length,
+            VisualTokens = 0,
+            TopLogits = Sampler.TopK(prefilled.Logits, 5),
+            Timings = new AnswerTimings(0, 0, prefilled.PrefillMs, sw.Elapsed.TotalMilliseconds, 0),
+            Device = model.Device,
+            Report = prefilled.Report,
+        };
+    }
+
+    /// <summary>Replaces the (single) run of image tokens with <paramref name="count"/> of them.</summary>
+    internal static int[] ShortenImageRun(int[] ids, int imageToken, int count)
+    {
+        int first = Array.IndexOf(ids, imageToken), last = Array.LastIndexOf(ids, imageToken);
+        return [.. ids.AsSpan(0, first), .. Enumerable.Repeat(imageToken, count), .. ids.AsSpan(last + 1)];
+    }
+}

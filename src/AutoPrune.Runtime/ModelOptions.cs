@@ -1,0 +1,55 @@
+using AutoPrune.Pruning;
+using Microsoft.Extensions.Logging;
+
+namespace AutoPrune;
+
+/// <summary>Runtime knobs for loading a model (kept apart from the checkpoint's own config).</summary>
+public sealed record ModelOptions
+{
+    /// <summary>
+    /// "auto" (CUDA device 0 when the NVIDIA driver, a device and cuBLAS are present, else the CPU), "cpu", "cuda" or
+    /// "cuda:N" (that GPU; loading fails naming what is missing), or "ilgpu-cpu" (the GPU code path emulated on the CPU,
+    /// for checking it on a machine without a GPU).
+    /// </summary>
+    public string Device { get; init; } = "auto";
+
+    /// <summary>LLaVA-1.5's original "pad to square with the mean colour" preprocessing; off by default, as in Hugging Face's processor. LLaVA-NeXT models tile the image instead and ignore it.</summary>
+    public bool PadToSquare { get; init; }
+
+    /// <summary>
+    /// How conversations are written into the prompt. <see cref="PromptFormat.Auto"/> (the default) takes it from the
+    /// checkpoint: its chat template when one names a format, else its text model (llama: Vicuna, mistral: Mistral).
+    /// </summary>
+    public PromptFormat PromptFormat { get; init; } = PromptFormat.Auto;
+
+    /// <summary>Largest decoded image, in pixels (width × height), checked before decoding.</summary>
+    public long MaxImagePixels { get; init; } = 50_000_000;
+
+    /// <summary>Requests that compute at once; further requests wait in a queue.</summary>
+    public int MaxConcurrentRequests { get; init; } = 2;
+
+    /// <summary>Upper bound on <see cref="GenerationOptions.MaxNewTokens"/> a request may ask for.</summary>
+    public int MaxNewTokensLimit { get; init; } = 1024;
+
+    /// <summary>Longest prompt accepted, in tokens; null means the model's context length.</summary>
+    public int? MaxPromptTokens { get; init; }
+
+    /// <summary>Longest time one request may take, queueing included; null means no limit. Past it the request fails with <see cref="TimeoutException"/>.</summary>
+    public TimeSpan? RequestTimeout { get; init; }
+
+    /// <summary>Recent images whose vision-tower output is kept, so asking again about the same image skips the tower.</summary>
+    public int VisionCacheSize { get; init; } = 4;
+
+    /// <summary>
+    /// Pruning used by requests that set neither <see cref="VisionRequest.Pruning"/> nor <see cref="VisionRequest.DefaultPruning"/>;
+    /// null means no pruning. Its budget is checked against the model at <see cref="VisionLanguageModel.Load"/>; a request it
+    /// cannot serve (no image, several images) runs unpruned and the report says why.
+    /// </summary>
+    public PruningOptions? DefaultPruning { get; init; }
+
+    /// <summary>Largest file of each kind the runtime reads (config, tokenizer, index, image files); see <see cref="InputFileLimits"/>.</summary>
+    public InputFileLimits FileLimits { get; init; } = new();
+
+    /// <summary>Logger factory for load and request logs; null logs nothing.</summary>
+    public ILoggerFactory? LoggerFactory { get; init; }
+}

@@ -1,0 +1,8 @@
+namespace AutoPrune.Models.Llava;
+
+/// <summary>Called by the decoder between layers during prefill (a pruning session).</summary>
+internal interface IPrefillHook
+{
+    /// <summary>Called after decoder layer <c>view.Layer</c> ran on all tokens that entered it.</summary>
+    PruneAction? AfterLayer(LayerView view);
+}

@@ -1,0 +1,22 @@
+namespace AutoPrune.Models.Llava;
+
+/// <summary>Gives a hook what a layer computed, so it can ask for just the signals it needs (from any backend).</summary>
+internal abstract class LayerView
+{
+    protected LayerView(int layer, SequenceState state, int heads, int kvHeads, int headDim, int layers)
+    {
+        Layer = layer; State = state; Heads = heads; KvHeads = kvHeads; HeadDim = headDim; Layers = layers;
+    }
+    public int Layer { get; }
+    public SequenceState State { get; }
+    public int Heads { get; }
+    public int KvHeads { get; }
+    public int HeadDim { get; }
+    public int Layers { get; }
+
+    /// <summary>This layer's attention probabilities for the given query rows: [heads, rows, n].</summary>
+    public abstract float[] AttentionRows(ReadOnlySpan<int> rows);
+
+    /// <summary>The next layer's queries and keys (with its input norm and, optionally, RoPE) on the current output.</summary>
+    public abstract (float[] Q, float[] K) NextLayerQueryKeys(bool rope = true);
+}

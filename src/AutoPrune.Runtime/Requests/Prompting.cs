@@ -1,0 +1,7 @@
+namespace AutoPrune;
+
+/// <summary>Prompt conventions shared by every surface.</summary>
+public static class Prompting
+{
+    public const string ImagePlaceholder = "<image>";
+}

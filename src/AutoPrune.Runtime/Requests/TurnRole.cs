@@ -1,0 +1,4 @@
+namespace AutoPrune;
+
+/// <summary>Roles of a conversation turn.</summary>
+public enum TurnRole { System, User, Assistant }
