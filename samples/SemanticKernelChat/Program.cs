@@ -1,5 +1,6 @@
 // A Semantic Kernel chat about an image, answered by the local model and streamed token by token.
 //   dotnet run --project samples/SemanticKernelChat [-- IMAGE [QUESTION...]] [--model DIR] [--method NAME] [--budget N]
+using AutoPrune.Extensions.AI;
 using AutoPrune.Pruning;
 using AutoPrune.SemanticKernel;
 using Microsoft.Extensions.DependencyInjection;
@@ -40,7 +41,7 @@ history.AddUserMessage([new ImageContent(await File.ReadAllBytesAsync(image), "i
 var settings = new AutoPrunePromptExecutionSettings
 {
     MaxTokens = 32,
-    PruningMethod = PruningKnobs.ParseMethod(method),
+    PruningMethod = PruningMethods.Parse(method, "--method"),
     Budget = budget,
 };
 
@@ -51,11 +52,11 @@ PruningReport? report = null;
 await foreach (var chunk in chat.GetStreamingChatMessageContentsAsync(history, settings, kernel))
 {
     Console.Write(chunk.Content);
-    if (chunk.Metadata?.TryGetValue(PruningKnobs.ReportKey, out var r) == true) report = r as PruningReport;
+    if (chunk.InnerContent is Microsoft.Extensions.AI.ChatResponseUpdate update) report = update.GetPruningReport() ?? report;
 }
 Console.WriteLine();
 if (report is not null)
-    Console.WriteLine($"pruning:  {PruningKnobs.Name(report.Method)}, {report.AvgVisualTokensProcessed:F0} visual tokens per layer on average, {report.FlopsRatio:P0} of the unpruned prefill FLOPs");
+    Console.WriteLine($"pruning:  {PruningMethods.Name(report.Method)}, {report.AvgVisualTokensProcessed:F0} visual tokens per layer on average, {report.FlopsRatio:P0} of the unpruned prefill FLOPs");
 
 static string FindRepoRoot()
 {

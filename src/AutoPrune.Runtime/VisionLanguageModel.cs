@@ -102,6 +102,17 @@ public sealed class VisionLanguageModel : IDisposable
         return problems;
     }
 
+    /// <summary>
+    /// Throws what a request with <paramref name="pruning"/> would throw because of it (an infeasible budget, naming the
+    /// smallest feasible one), without running a request; adapters call it when they are configured.
+    /// </summary>
+    /// <exception cref="ArgumentException">The budget cannot be met by the method on this model.</exception>
+    public void ValidatePruning(Pruning.PruningOptions pruning)
+    {
+        ArgumentNullException.ThrowIfNull(pruning);
+        if (CheckPruning(Shape, pruning) is { } problem) throw new ArgumentException(problem, nameof(pruning));
+    }
+
     /// <summary>Why <paramref name="pruning"/> cannot run on a model of <paramref name="shape"/> (an infeasible budget), or null.</summary>
     private static string? CheckPruning(Pruning.ModelShape shape, Pruning.PruningOptions? pruning)
     {

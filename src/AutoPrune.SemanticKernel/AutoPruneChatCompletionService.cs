@@ -1,4 +1,5 @@
 using System.Runtime.CompilerServices;
+using AutoPrune.Extensions.AI;
 using Microsoft.Extensions.AI;
 using Microsoft.SemanticKernel;
 using Microsoft.SemanticKernel.ChatCompletion;
@@ -9,7 +10,9 @@ namespace AutoPrune.SemanticKernel;
 /// <summary>
 /// Semantic Kernel <see cref="IChatCompletionService"/> derived from an <see cref="IChatClient"/> (normally an
 /// <see cref="AutoPruneChatClient"/>): <see cref="ImageContent"/> in the <see cref="ChatHistory"/> (bytes or data URI)
-/// becomes image <see cref="DataContent"/>; settings go through <see cref="AutoPrunePromptExecutionSettings"/>.
+/// becomes image <see cref="DataContent"/>; a history without images is a text question (so <c>InvokePromptAsync</c> works);
+/// settings go through <see cref="AutoPrunePromptExecutionSettings"/>. <see cref="PromptExecutionSettings.FunctionChoiceBehavior"/>
+/// is rejected with a <see cref="NotSupportedException"/> (the local model has no function calling).
 /// </summary>
 public sealed class AutoPruneChatCompletionService : IChatCompletionService, IDisposable
 {
@@ -35,7 +38,7 @@ public sealed class AutoPruneChatCompletionService : IChatCompletionService, IDi
         Kernel? kernel = null, CancellationToken cancellationToken = default)
     {
         ArgumentNullException.ThrowIfNull(chatHistory);
-        var options = AutoPrunePromptExecutionSettings.FromExecutionSettings(executionSettings).ToChatOptions();
+        var options = ToChatOptions(executionSettings);
         var response = await _client.GetResponseAsync(ToMessages(chatHistory), options, cancellationToken).ConfigureAwait(false);
         var message = response.Messages.LastOrDefault() ?? new ChatMessage(ChatRole.Assistant, response.Text);
         var content = new ChatMessageContent(AuthorRole.Assistant, message.Text, response.ModelId ?? options.ModelId, response, metadata: Metadata(response.ResponseId,
@@ -47,13 +50,22 @@ public sealed class AutoPruneChatCompletionService : IChatCompletionService, IDi
         PromptExecutionSettings? executionSettings = null, Kernel? kernel = null, [EnumeratorCancellation] CancellationToken cancellationToken = default)
     {
         ArgumentNullException.ThrowIfNull(chatHistory);
-        var options = AutoPrunePromptExecutionSettings.FromExecutionSettings(executionSettings).ToChatOptions();
+        var options = ToChatOptions(executionSettings);
         await foreach (var update in _client.GetStreamingResponseAsync(ToMessages(chatHistory), options, cancellationToken).ConfigureAwait(false))
         {
             var usage = update.Contents.OfType<UsageContent>().FirstOrDefault()?.Details;
             yield return new StreamingChatMessageContent(AuthorRole.Assistant, update.Text, update, modelId: update.ModelId ?? options.ModelId,
                 metadata: Metadata(update.ResponseId, update.FinishReason, usage, update.AdditionalProperties));
         }
+    }
+
+    private static ChatOptions ToChatOptions(PromptExecutionSettings? executionSettings)
+    {
+        var settings = AutoPrunePromptExecutionSettings.FromExecutionSettings(executionSettings);
+        if (settings.FunctionChoiceBehavior is { } behavior)
+            throw new NotSupportedException(
+                $"PromptExecutionSettings.FunctionChoiceBehavior ({behavior.GetType().Name}) is not supported by the AutoPrune chat completion service: the local model has no function calling. Leave it unset.");
+        return settings.ToChatOptions();
     }
 
     private static List<ChatMessage> ToMessages(ChatHistory history)

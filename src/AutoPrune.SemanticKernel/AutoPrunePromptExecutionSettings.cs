@@ -1,5 +1,6 @@
 using System.Text.Json;
 using System.Text.Json.Serialization;
+using AutoPrune.Extensions.AI;
 using AutoPrune.Pruning;
 using Microsoft.Extensions.AI;
 using Microsoft.SemanticKernel;
@@ -40,7 +41,7 @@ public sealed class AutoPrunePromptExecutionSettings : PromptExecutionSettings
     [JsonPropertyName("stop_sequences")]
     public IList<string>? StopSequences { get => _stopSequences; set { ThrowIfFrozen(); _stopSequences = value; } }
 
-    /// <summary>Visual-token pruning method ("none", "fastv", "pdrop", "sparsevlm", "visionzip", "adaptprune", "autoprune").</summary>
+    /// <summary>Visual-token pruning method (see <see cref="PruningMethods.Names"/>); unset uses the service's configured default.</summary>
     [JsonPropertyName("pruning_method")]
     [JsonConverter(typeof(PruningMethodJsonConverter))]
     public PruningMethod? PruningMethod { get => _pruningMethod; set { ThrowIfFrozen(); _pruningMethod = value; } }
@@ -116,7 +117,11 @@ public sealed class AutoPrunePromptExecutionSettings : PromptExecutionSettings
 
     private static JsonElement ToJson(object value) => value as JsonElement? ?? JsonSerializer.SerializeToElement(value, value.GetType(), Json);
 
-    /// <summary>The <see cref="ChatOptions"/> the AutoPrune <see cref="IChatClient"/> reads (pruning knobs in AdditionalProperties).</summary>
+    /// <summary>
+    /// The <see cref="ChatOptions"/> the AutoPrune <see cref="IChatClient"/> reads (pruning knobs in AdditionalProperties).
+    /// <see cref="PromptExecutionSettings.ExtensionData"/> keys these settings do not know are passed on as
+    /// AdditionalProperties, where the client logs each as ignored.
+    /// </summary>
     public ChatOptions ToChatOptions()
     {
         var options = new ChatOptions
@@ -128,30 +133,35 @@ public sealed class AutoPrunePromptExecutionSettings : PromptExecutionSettings
             Seed = Seed,
             StopSequences = StopSequences?.ToList(),
         };
-        if (PruningMethod is not null || Budget is not null)
-        {
-            options.AdditionalProperties = new();
-            if (PruningMethod is { } pm) options.AdditionalProperties[PruningKnobs.MethodKey] = PruningKnobs.Name(pm);
-            if (Budget is double b) options.AdditionalProperties[PruningKnobs.BudgetKey] = b;
-        }
+        var extra = new AdditionalPropertiesDictionary();
+        if (PruningMethod is { } pm) extra[PruningKnobs.MethodKey] = PruningMethods.Name(pm);
+        if (Budget is double b) extra[PruningKnobs.BudgetKey] = b;
+        if (ExtensionData is not null)
+            foreach (var (key, value) in ExtensionData)
+                if (!IsKnownKey(key)) extra[key] = value;
+        if (extra.Count > 0) options.AdditionalProperties = extra;
         return options;
     }
+
+    /// <summary>The JSON names these settings read (their properties and aliases).</summary>
+    private static bool IsKnownKey(string key) => key is "max_tokens" or "max_output_tokens" or "temperature" or "top_p" or "seed" or "stop_sequences"
+        or "pruning_method" or "budget" or PruningKnobs.MethodKey or "service_id" or "model_id" or "function_choice_behavior";
 }
 
-/// <summary>Writes a pruning method as its lower-case name; reads any spelling <see cref="PruningKnobs.ParseMethod"/> accepts.</summary>
+/// <summary>Writes a pruning method as its lower-case name; reads any spelling <see cref="PruningMethods.Parse"/> accepts.</summary>
 internal sealed class PruningMethodJsonConverter : JsonConverter<PruningMethod?>
 {
     public override PruningMethod? Read(ref Utf8JsonReader reader, Type typeToConvert, JsonSerializerOptions options) => reader.TokenType switch
     {
         JsonTokenType.Null => null,
-        JsonTokenType.String => PruningKnobs.ParseMethod(reader.GetString(), "pruning_method"),
+        JsonTokenType.String => PruningMethods.Parse(reader.GetString(), "'pruning_method'"),
         JsonTokenType.Number when reader.TryGetInt32(out var i) && Enum.IsDefined((PruningMethod)i) => (PruningMethod)i,
         _ => throw new JsonException($"'pruning_method' must be a method name such as \"autoprune\" (got {reader.TokenType})."),
     };
 
     public override void Write(Utf8JsonWriter writer, PruningMethod? value, JsonSerializerOptions options)
     {
-        if (value is { } m) writer.WriteStringValue(PruningKnobs.Name(m));
+        if (value is { } m) writer.WriteStringValue(PruningMethods.Name(m));
         else writer.WriteNullValue();
     }
 

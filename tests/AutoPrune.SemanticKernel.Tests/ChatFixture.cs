@@ -1,4 +1,5 @@
 using System.Collections.Concurrent;
+using AutoPrune.Extensions.AI;
 using Microsoft.Extensions.AI;
 using Microsoft.Extensions.Configuration;
 using Microsoft.Extensions.DependencyInjection;

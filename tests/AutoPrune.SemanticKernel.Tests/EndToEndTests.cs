@@ -1,6 +1,7 @@
 using System.Diagnostics;
 using System.Text;
 using System.Text.Json;
+using AutoPrune.Extensions.AI;
 using AutoPrune.Pruning;
 using Microsoft.Extensions.AI;
 using Microsoft.Extensions.DependencyInjection;

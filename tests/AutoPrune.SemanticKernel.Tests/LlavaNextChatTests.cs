@@ -1,3 +1,4 @@
+using AutoPrune.Extensions.AI;
 using Microsoft.Extensions.AI;
 using Microsoft.SemanticKernel;
 using Microsoft.SemanticKernel.ChatCompletion;

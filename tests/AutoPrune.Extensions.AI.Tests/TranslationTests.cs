@@ -1,22 +1,17 @@
 using System.Text.Json;
 using AutoPrune.Pruning;
 using Microsoft.Extensions.AI;
-using Microsoft.SemanticKernel;
-using Microsoft.SemanticKernel.ChatCompletion;
-using Xunit;
-using FunctionCallContent = Microsoft.Extensions.AI.FunctionCallContent;
-using SkText = Microsoft.SemanticKernel.TextContent;
-using TextContent = Microsoft.Extensions.AI.TextContent;
+using Microsoft.Extensions.Logging;
 
-namespace AutoPrune.SemanticKernel.Tests;
+namespace AutoPrune.Extensions.AI.Tests;
 
-/// <summary>The adapters' translation in isolation: no model is loaded (the client loads lazily).</summary>
+/// <summary>The client's translation in isolation: no model is loaded (the client loads lazily).</summary>
 public sealed class TranslationTests
 {
     private static readonly byte[] Png = [0x89, 0x50, 0x4E, 0x47, 1, 2, 3];
 
     private static AutoPruneChatClient Client(Action<AutoPruneChatClientOptions>? configure = null)
-        => new(Path.Combine(Path.GetTempPath(), "autoprune-never-loaded"), configure);
+        => new(TestData.ModelDir, o => { o.Device = "cpu"; configure?.Invoke(o); });
 
     [Fact]
     public void ImageThenQuestion_RendersLikeTheCli()
@@ -87,10 +82,16 @@ public sealed class TranslationTests
     {
         using var client = Client(o => { o.Method = "visionzip"; o.Budget = 192; o.MaxOutputTokens = 5; });
         var req = client.CreateRequest([new ChatMessage(ChatRole.User, "hi")]);
-        Assert.Equal(new PruningOptions { Method = PruningMethod.VisionZip, Budget = 192 }, req.Pruning);
+        // The configured method is a default: a request it cannot serve runs unpruned instead of failing.
+        Assert.Null(req.Pruning);
+        Assert.Equal(new PruningOptions { Method = PruningMethod.VisionZip, Budget = 192 }, req.DefaultPruning);
         Assert.Equal(5, req.Generation.MaxNewTokens);
-        req = client.CreateRequest([new ChatMessage(ChatRole.User, "hi")], new ChatOptions { AdditionalProperties = new() { ["method"] = "none" } });
-        Assert.Equal(PruningMethod.None, req.Pruning!.Method);
+        // A method in the request is explicit (and keeps the configured budget).
+        req = client.CreateRequest([new ChatMessage(ChatRole.User, "hi")], new ChatOptions { AdditionalProperties = new() { ["method"] = "fastv" } });
+        Assert.Equal(new PruningOptions { Method = PruningMethod.FastV, Budget = 192 }, req.Pruning);
+        Assert.Null(req.DefaultPruning);
+        req = client.CreateRequest([new ChatMessage(ChatRole.User, "hi")], new ChatOptions { AdditionalProperties = new() { ["budget"] = 64 } });
+        Assert.Equal(new PruningOptions { Method = PruningMethod.VisionZip, Budget = 64 }, req.DefaultPruning);
     }
 
     [Fact]
@@ -123,60 +124,84 @@ public sealed class TranslationTests
         Assert.Throws<ArgumentException>(() => client.CreateRequest([new ChatMessage(ChatRole.User, "q"), new ChatMessage(ChatRole.Assistant, "a")]));
     }
 
-    /// <summary>The SK service over a recording client: ImageContent (bytes, data URI) reaches the client as image DataContent,
-    /// and SK settings (typed or generic from JSON) reach it as ChatOptions with the pruning knobs.</summary>
     [Fact]
-    public async Task SemanticKernelService_TranslatesHistoryAndSettings()
+    public void A_chat_without_images_is_a_text_question_and_instructions_become_a_system_turn()
     {
-        using var real = Client();
-        var recorder = new RecordingChatClient(real);
-        var service = new AutoPruneChatCompletionService(recorder);
-        var history = new ChatHistory("Be brief.");
-        history.AddUserMessage([new ImageContent(Png, "image/png"), new SkText("How many?")]);
-        history.AddAssistantMessage("1");
-        history.AddUserMessage([new ImageContent("data:image/png;base64," + Convert.ToBase64String(Png)), new SkText("And now?")]);
-
-        var settings = new AutoPrunePromptExecutionSettings { MaxTokens = 9, PruningMethod = PruningMethod.PDrop, Budget = 0.5 };
-        var result = await service.GetChatMessageContentsAsync(history, settings);
-        Assert.Equal("ok", result[0].Content);
-        var req = recorder.LastRequest!;
-        Assert.Equal(["Be brief.", "<image>\nHow many?", "1", "<image>\nAnd now?"], req.Turns.Select(t => t.Text));
-        Assert.Equal(2, req.Images.Count);
-        Assert.All(req.Images, i => Assert.Equal(Png, i.Bytes.ToArray()));
-        Assert.Equal(9, req.Generation.MaxNewTokens);
-        Assert.Equal(new PruningOptions { Method = PruningMethod.PDrop, Budget = 0.5 }, req.Pruning);
-
-        var generic = JsonSerializer.Deserialize<PromptExecutionSettings>("""{"max_tokens": 3, "pruning_method": "AdaptPrune", "budget": 96}""")!;
-        await foreach (var _ in service.GetStreamingChatMessageContentsAsync(history, generic)) { }
-        req = recorder.LastRequest!;
-        Assert.Equal(3, req.Generation.MaxNewTokens);
-        Assert.Equal(new PruningOptions { Method = PruningMethod.AdaptPrune, Budget = 96 }, req.Pruning);
-
-        var bad = new ChatHistory();
-        bad.AddUserMessage([new ImageContent(new Uri("https://example.com/x.png")), new SkText("q")]);
-        await Assert.ThrowsAsync<NotSupportedException>(() => service.GetChatMessageContentsAsync(bad));
+        using var client = Client();
+        var req = client.CreateRequest([new ChatMessage(ChatRole.System, "Be brief."), new ChatMessage(ChatRole.User, "What is a triangle?")],
+            new ChatOptions { Instructions = "Answer in one word." });
+        Assert.Empty(req.Images);
+        Assert.Equal([new ConversationTurn(TurnRole.System, "Be brief.\nAnswer in one word."), new ConversationTurn(TurnRole.User, "What is a triangle?")], req.Turns);
     }
 
-    /// <summary>Translates with the real client's translator and answers "ok" without a model.</summary>
-    private sealed class RecordingChatClient(AutoPruneChatClient inner) : IChatClient
+    public static TheoryData<string, ChatOptions> RejectedOptions => new()
     {
-        public VisionRequest? LastRequest { get; private set; }
+        { nameof(ChatOptions.Tools), new ChatOptions { Tools = [AIFunctionFactory.Create(() => 1, "one")] } },
+        { nameof(ChatOptions.ToolMode), new ChatOptions { ToolMode = ChatToolMode.RequireAny } },
+        { nameof(ChatOptions.ResponseFormat), new ChatOptions { ResponseFormat = ChatResponseFormat.Json } },
+        { nameof(ChatOptions.ModelId), new ChatOptions { ModelId = "gpt-4o" } },
+        { nameof(ChatOptions.TopK), new ChatOptions { TopK = 5 } },
+        { nameof(ChatOptions.FrequencyPenalty), new ChatOptions { FrequencyPenalty = 0.5f } },
+        { nameof(ChatOptions.PresencePenalty), new ChatOptions { PresencePenalty = 0.5f } },
+        { nameof(ChatOptions.ConversationId), new ChatOptions { ConversationId = "c1" } },
+        { nameof(ChatOptions.AllowBackgroundResponses), new ChatOptions { AllowBackgroundResponses = true } },
+    };
 
-        public Task<ChatResponse> GetResponseAsync(IEnumerable<ChatMessage> messages, ChatOptions? options = null, CancellationToken cancellationToken = default)
+    [Theory]
+    [MemberData(nameof(RejectedOptions))]
+    public void Options_the_model_cannot_honour_are_rejected_naming_the_option(string option, ChatOptions options)
+    {
+        using var client = Client();
+        var e = Assert.Throws<NotSupportedException>(() => client.CreateRequest([new ChatMessage(ChatRole.User, "q")], options));
+        Assert.Contains($"ChatOptions.{option}", e.Message);
+        Assert.NotEqual(ChatOptionSupport.Ignored, ChatOptionsSupport.Table[option]);
+    }
+
+    [Fact]
+    public void Supported_values_of_the_partly_supported_options_pass()
+    {
+        using var client = Client();
+        var ok = new ChatOptions
         {
-            LastRequest = inner.CreateRequest(messages, options);
-            return Task.FromResult(new ChatResponse(new ChatMessage(ChatRole.Assistant, "ok")) { ResponseId = "r1", FinishReason = ChatFinishReason.Stop });
-        }
+            ToolMode = ChatToolMode.Auto,
+            Tools = [],
+            ResponseFormat = ChatResponseFormat.Text,
+            ModelId = "shapes-llava-tiny",
+            AllowBackgroundResponses = false,
+        };
+        Assert.Single(client.CreateRequest([new ChatMessage(ChatRole.User, "q")], ok).Turns);
+    }
 
-        public async IAsyncEnumerable<ChatResponseUpdate> GetStreamingResponseAsync(IEnumerable<ChatMessage> messages, ChatOptions? options = null,
-            [System.Runtime.CompilerServices.EnumeratorCancellation] CancellationToken cancellationToken = default)
+    [Fact]
+    public void Ignored_options_are_logged_as_warnings_naming_them()
+    {
+        var log = new ListLoggerProvider();
+        using var factory = LoggerFactory.Create(b => b.AddProvider(log));
+        using var client = new AutoPruneChatClient(TestData.ModelDir, o =>
         {
-            LastRequest = inner.CreateRequest(messages, options);
-            await Task.Yield();
-            yield return new ChatResponseUpdate(ChatRole.Assistant, "ok") { ResponseId = "r1" };
-        }
+            o.Device = "cpu";
+            o.ModelOptions = new ModelOptions { LoggerFactory = factory };
+        });
+        var options = new ChatOptions
+        {
+            AllowMultipleToolCalls = true,
+            RawRepresentationFactory = _ => new object(),
+            AdditionalProperties = new() { ["method"] = "none", ["user_tier"] = "gold" },
+        };
+        client.CreateRequest([new ChatMessage(ChatRole.User, "q")], options);
+        var warnings = log.Messages.Where(m => m.Level == LogLevel.Warning).Select(m => m.Text).ToList();
+        Assert.Equal(3, warnings.Count);
+        Assert.Contains(warnings, w => w.Contains("ChatOptions.AllowMultipleToolCalls is ignored", StringComparison.Ordinal));
+        Assert.Contains(warnings, w => w.Contains("ChatOptions.RawRepresentationFactory is ignored", StringComparison.Ordinal));
+        Assert.Contains(warnings, w => w.Contains("ChatOptions.AdditionalProperties[\"user_tier\"] is ignored", StringComparison.Ordinal));
+    }
 
-        public object? GetService(Type serviceType, object? serviceKey = null) => inner.GetService(serviceType, serviceKey);
-        public void Dispose() { }
+    /// <summary>Every public ChatOptions property has a row in the table, so a new one in a later Microsoft.Extensions.AI is a decision, not an accident.</summary>
+    [Fact]
+    public void Every_chat_option_is_classified()
+    {
+        var properties = typeof(ChatOptions).GetProperties(System.Reflection.BindingFlags.Public | System.Reflection.BindingFlags.Instance)
+            .Where(p => p.CanWrite).Select(p => p.Name).Order().ToList();
+        Assert.Equal(properties, ChatOptionsSupport.Table.Keys.Order().ToList());
     }
 }

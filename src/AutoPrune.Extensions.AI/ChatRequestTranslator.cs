@@ -2,7 +2,7 @@ using System.Text;
 using AutoPrune.Pruning;
 using Microsoft.Extensions.AI;
 
-namespace AutoPrune.SemanticKernel;
+namespace AutoPrune.Extensions.AI;
 
 /// <summary>Translates Microsoft.Extensions.AI messages and options into a <see cref="VisionRequest"/> (and nothing else).</summary>
 internal static class ChatRequestTranslator
@@ -28,17 +28,20 @@ internal static class ChatRequestTranslator
                 throw new NotSupportedException($"Message {index} has role '{role}'; the AutoPrune chat client supports system, user and assistant messages only.");
             index++;
         }
+        if (options?.Instructions is { Length: > 0 } instructions) system.Add(instructions);
         if (system.Count > 0)
             turns.Insert(0, new ConversationTurn(TurnRole.System, string.Join("\n", system)));
         if (turns.Count == 0 || turns[^1].Role != TurnRole.User)
             throw new ArgumentException("The chat must end with a user message (the question).", nameof(messages));
 
+        var (pruning, defaultPruning) = ToPruning(options, defaults);
         return new VisionRequest
         {
             Turns = turns,
             Images = images,
             Generation = ToGeneration(options, defaults),
-            Pruning = ToPruning(options, defaults),
+            Pruning = pruning,
+            DefaultPruning = defaultPruning,
         };
     }
 
@@ -59,9 +62,14 @@ internal static class ChatRequestTranslator
         return g;
     }
 
-    internal static PruningOptions? ToPruning(ChatOptions? o, AutoPruneChatClientOptions defaults)
+    /// <summary>
+    /// The request's pruning: a method named in the chat options is explicit (it must serve the request); without one,
+    /// the client's configured method and budget are a default (a request it cannot serve runs unpruned, and the report
+    /// says why). Neither leaves both null, so the model's own default applies.
+    /// </summary>
+    internal static (PruningOptions? Explicit, PruningOptions? Default) ToPruning(ChatOptions? o, AutoPruneChatClientOptions defaults)
     {
-        PruningMethod? method = defaults.DefaultMethod;
+        PruningMethod? method = null;
         double? budget = defaults.Budget;
         if (budget is double db) PruningKnobs.CheckBudget(db, nameof(AutoPruneChatClientOptions.Budget));
         var extra = o?.AdditionalProperties;
@@ -72,9 +80,15 @@ internal static class ChatRequestTranslator
             if (extra.TryGetValue(PruningKnobs.BudgetKey, out var b) && b is not null)
                 budget = PruningKnobs.ReadBudget(b, PruningKnobs.BudgetKey);
         }
-        if (method is null && budget is null) return null; // the model's DefaultPruning applies
-        var p = new PruningOptions { Method = method ?? PruningMethod.None };
-        return budget is double bb ? p with { Budget = bb } : p;
+        if (method is PruningMethod asked)
+        {
+            var p = new PruningOptions { Method = asked };
+            return (budget is double bb ? p with { Budget = bb } : p, null);
+        }
+        var fallback = defaults.DefaultMethod;
+        if (fallback is null && budget is null) return (null, null); // the model's DefaultPruning applies
+        var d = new PruningOptions { Method = fallback ?? PruningMethod.None };
+        return (null, budget is double fb ? d with { Budget = fb } : d);
     }
 
     private static string RenderText(ChatMessage message, int index)

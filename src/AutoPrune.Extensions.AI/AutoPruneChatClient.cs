@@ -1,14 +1,16 @@
 using System.Runtime.CompilerServices;
 using Microsoft.Extensions.AI;
+using Microsoft.Extensions.Logging;
+using Microsoft.Extensions.Logging.Abstractions;
 
-namespace AutoPrune.SemanticKernel;
+namespace AutoPrune.Extensions.AI;
 
 /// <summary>
 /// <see cref="IChatClient"/> over a local <see cref="VisionLanguageModel"/>: images arrive as image <see cref="DataContent"/>
-/// (bytes or a data URI) or <see cref="UriContent"/> with a <c>file:</c> URI; pruning knobs as
-/// <c>ChatOptions.AdditionalProperties["method"]</c> / <c>["budget"]</c>; every response carries its
-/// <see cref="Pruning.PruningReport"/> in <c>AdditionalProperties["autoprune.report"]</c>.
-/// Thread-safe; the model is loaded on first use when the client was created from options.
+/// (bytes or a data URI) or <see cref="UriContent"/> with a <c>file:</c> URI; a chat without images is a text question;
+/// pruning knobs as <c>ChatOptions.AdditionalProperties["method"]</c> / <c>["budget"]</c>; every answer carries its
+/// <see cref="Pruning.PruningReport"/> (read it with <see cref="PruningReportExtensions.GetPruningReport(ChatResponse)"/>).
+/// Options the model cannot honour are rejected (see <see cref="ChatOptionsSupport"/>). Thread-safe.
 /// </summary>
 public sealed class AutoPruneChatClient : IChatClient
 {
@@ -16,6 +18,7 @@ public sealed class AutoPruneChatClient : IChatClient
     private readonly bool _ownsModel;
     private readonly AutoPruneChatClientOptions _options;
     private readonly ChatClientMetadata _metadata;
+    private readonly ILogger _log;
     private int _disposed;
 
     /// <summary>Wraps a model the caller owns (it is not disposed with the client).</summary>
@@ -24,30 +27,54 @@ public sealed class AutoPruneChatClient : IChatClient
         ArgumentNullException.ThrowIfNull(model);
         _options = options?.Clone() ?? new AutoPruneChatClientOptions();
         _options.ModelDirectory ??= model.Info.Directory;
+        _ = _options.DefaultMethod; // an unknown method fails here
+        if (_options.Budget is double b) PruningKnobs.CheckBudget(b, nameof(AutoPruneChatClientOptions.Budget));
         _model = new Lazy<VisionLanguageModel>(model);
         _ownsModel = false;
-        _metadata = CreateMetadata();
-        _ = _options.DefaultMethod; // validate eagerly
+        _metadata = CreateMetadata(_options);
+        _log = Logger(_options);
     }
 
-    /// <summary>Creates a client that loads <see cref="AutoPruneChatClientOptions.ModelDirectory"/> on its first request and disposes the model with itself.</summary>
+    /// <summary>
+    /// Creates a client that loads <see cref="AutoPruneChatClientOptions.ModelDirectory"/> on its first request and disposes
+    /// the model with itself. The settings are checked here (<see cref="AutoPruneChatClientOptions.Validate"/>).
+    /// </summary>
+    /// <exception cref="ArgumentException">The settings cannot work; the message lists every problem.</exception>
     public AutoPruneChatClient(AutoPruneChatClientOptions options)
-    {
-        ArgumentNullException.ThrowIfNull(options);
-        if (string.IsNullOrWhiteSpace(options.ModelDirectory))
-            throw new ArgumentException("AutoPruneChatClientOptions.ModelDirectory is required (configuration key 'AutoPrune:ModelDirectory').", nameof(options));
-        _options = options.Clone();
-        _ = _options.DefaultMethod;
-        var modelOptions = _options.ToModelOptions();
-        var dir = _options.ModelDirectory!;
-        _model = new Lazy<VisionLanguageModel>(() => VisionLanguageModel.Load(dir, modelOptions), LazyThreadSafetyMode.ExecutionAndPublication);
-        _ownsModel = true;
-        _metadata = CreateMetadata();
-    }
+        : this(ValidOrThrow(options), static o => LoadLazily(o), ownsModel: true) { }
 
     /// <summary>Creates a client that loads <paramref name="modelDirectory"/> on its first request.</summary>
+    /// <exception cref="ArgumentException">The settings cannot work; the message lists every problem.</exception>
     public AutoPruneChatClient(string modelDirectory, Action<AutoPruneChatClientOptions>? configure = null)
         : this(Configure(modelDirectory, configure)) { }
+
+    /// <summary>A client over a model shared with other clients (dependency injection); the model is not disposed with it.</summary>
+    internal AutoPruneChatClient(AutoPruneChatClientOptions options, Lazy<VisionLanguageModel> model)
+        : this(options, _ => model, ownsModel: false) { }
+
+    private AutoPruneChatClient(AutoPruneChatClientOptions options, Func<AutoPruneChatClientOptions, Lazy<VisionLanguageModel>> model, bool ownsModel)
+    {
+        _options = options.Clone();
+        _model = model(_options);
+        _ownsModel = ownsModel;
+        _metadata = CreateMetadata(_options);
+        _log = Logger(_options);
+    }
+
+    private static AutoPruneChatClientOptions ValidOrThrow(AutoPruneChatClientOptions options)
+    {
+        ArgumentNullException.ThrowIfNull(options);
+        var problems = options.Validate();
+        if (problems.Count > 0) throw new ArgumentException(string.Join(" ", problems), nameof(options));
+        return options;
+    }
+
+    private static Lazy<VisionLanguageModel> LoadLazily(AutoPruneChatClientOptions o)
+    {
+        var dir = o.ModelDirectory!;
+        var modelOptions = o.ToModelOptions();
+        return new Lazy<VisionLanguageModel>(() => VisionLanguageModel.Load(dir, modelOptions), LazyThreadSafetyMode.ExecutionAndPublication);
+    }
 
     private static AutoPruneChatClientOptions Configure(string modelDirectory, Action<AutoPruneChatClientOptions>? configure)
     {
@@ -56,8 +83,11 @@ public sealed class AutoPruneChatClient : IChatClient
         return o;
     }
 
-    private ChatClientMetadata CreateMetadata() =>
-        new("autoprune", _options.ModelDirectory is { } d ? new Uri(Path.GetFullPath(d) + Path.DirectorySeparatorChar) : null, _options.ResolveModelId());
+    // No provider URI: the model is local, and a file: URI would make OpenTelemetry middleware report server.port = -1.
+    private static ChatClientMetadata CreateMetadata(AutoPruneChatClientOptions o) => new("autoprune", providerUri: null, o.ResolveModelId());
+
+    private static ILogger Logger(AutoPruneChatClientOptions o) =>
+        o.ModelOptions?.LoggerFactory?.CreateLogger<AutoPruneChatClient>() ?? (ILogger)NullLogger.Instance;
 
     /// <summary>The model (loading it now if it has not been loaded yet).</summary>
     public VisionLanguageModel Model
@@ -79,9 +109,16 @@ public sealed class AutoPruneChatClient : IChatClient
     /// <summary>The client's settings (a copy).</summary>
     public AutoPruneChatClientOptions Options => _options.Clone();
 
-    /// <summary>Translates a chat into the runtime request this client would run (no model needed).</summary>
+    /// <summary>
+    /// Translates a chat into the runtime request this client would run (no model needed). Options the model cannot
+    /// honour throw <see cref="NotSupportedException"/>; ignored ones are logged as warnings.
+    /// </summary>
     public VisionRequest CreateRequest(IEnumerable<ChatMessage> messages, ChatOptions? options = null)
-        => ChatRequestTranslator.ToVisionRequest(messages, options, _options);
+    {
+        foreach (var ignored in ChatOptionsSupport.Check(options, _metadata.DefaultModelId!))
+            _log.LogWarning("ChatOptions.{Option} is ignored by the AutoPrune chat client (the local model has no use for it)", ignored);
+        return ChatRequestTranslator.ToVisionRequest(messages, options, _options);
+    }
 
     public async Task<ChatResponse> GetResponseAsync(IEnumerable<ChatMessage> messages, ChatOptions? options = null, CancellationToken cancellationToken = default)
     {
@@ -94,6 +131,7 @@ public sealed class AutoPruneChatClient : IChatClient
         {
             MessageId = responseId,
             CreatedAt = created,
+            AdditionalProperties = ToProperties(answer),
         };
         return new ChatResponse(message)
         {
