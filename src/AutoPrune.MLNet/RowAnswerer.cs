@@ -6,7 +6,7 @@ namespace AutoPrune.MLNet;
 /// <summary>
 /// Per-cursor state: reads the current row's image and question, asks the model once per row position (only when an
 /// output column is read), and serves the answer and report columns. A failed row yields an empty answer, NaN report
-/// values and the reason in the error column; the cursor goes on.
+/// values and the reason in the error column; the cursor goes on. A model that cannot be loaded fails the cursor.
 /// </summary>
 internal sealed class RowAnswerer
 {
@@ -89,6 +89,7 @@ internal sealed class RowAnswerer
 
     private Result Answer(long position)
     {
+        var model = _parent.GetModelForRow(); // a model that cannot load fails the cursor, not each row
         try
         {
             ReadOnlyMemory<char> q = default;
@@ -99,7 +100,7 @@ internal sealed class RowAnswerer
                 Generation = _parent.Options.Generation,
                 Pruning = _parent.Options.Pruning,
             };
-            var answer = _parent.GetModelForRow().AskAsync(request).GetAwaiter().GetResult();
+            var answer = model.AskAsync(request).GetAwaiter().GetResult();
             var report = answer.Report;
             return new Result(answer.Text, (float)report.AvgVisualTokensProcessed, (float)report.FlopsRatio, (float)answer.Timings.PrefillMs, "");
         }

@@ -3,8 +3,9 @@ using Microsoft.ML;
 namespace AutoPrune.MLNet;
 
 /// <summary>
-/// Estimator of the visual-question stage. Nothing is trained: <see cref="Fit"/> validates the schema and returns the
-/// transformer at once (the model is loaded on the first answered row when a directory was given).
+/// Estimator of the visual-question stage. Nothing is trained: <see cref="Fit"/> validates the schema and the
+/// configuration (model folder and config.json, device, the pruning budget on that model) and returns the transformer;
+/// a model given by directory is loaded on the first answered row.
 /// </summary>
 public sealed class VisualQuestionEstimator : IEstimator<VisualQuestionTransformer>
 {
@@ -34,16 +35,22 @@ public sealed class VisualQuestionEstimator : IEstimator<VisualQuestionTransform
         return SchemaChecks.Append(inputSchema, _output);
     }
 
+    /// <exception cref="ArgumentOutOfRangeException">A column is missing or has the wrong type.</exception>
+    /// <exception cref="ArgumentException">The model folder, its config.json, the device or the pruning budget cannot work (all problems listed).</exception>
     public VisualQuestionTransformer Fit(IDataView input)
     {
         ArgumentNullException.ThrowIfNull(input);
         SchemaChecks.Check(input.Schema, _image, _question);
         if (_model is not null)
-            return new VisualQuestionTransformer(_output, _image, _question, new Lazy<VisionLanguageModel>(_model), ownsModel: false, null, _options);
+        {
+            if (_options.Pruning is { } pruning) _model.ValidatePruning(pruning);
+            return new VisualQuestionTransformer(_output, _image, _question, new ModelHandle(_model), null, _options);
+        }
         string dir = _modelDirectory!;
-        var modelOptions = _options.ModelOptions;
-        return new VisualQuestionTransformer(_output, _image, _question,
-            new Lazy<VisionLanguageModel>(() => VisionLanguageModel.Load(dir, modelOptions), LazyThreadSafetyMode.ExecutionAndPublication),
-            ownsModel: true, dir, _options);
+        var modelOptions = _options.ModelOptions ?? new ModelOptions();
+        var problems = VisionLanguageModel.Validate(dir, modelOptions with { DefaultPruning = _options.Pruning ?? modelOptions.DefaultPruning });
+        if (problems.Count > 0)
+            throw new ArgumentException($"AnswerVisualQuestion cannot use the model in '{dir}': {string.Join(" ", problems)}", "modelDirectory");
+        return new VisualQuestionTransformer(_output, _image, _question, new ModelHandle(dir, modelOptions), dir, _options);
     }
 }

@@ -6,19 +6,18 @@ namespace AutoPrune.MLNet;
 /// <summary>
 /// Answers a question about an image on every row, lazily: nothing is computed until a cursor reads one of the
 /// output columns, and only the current row's image is held. Thread-safe; parallel cursors share the model.
-/// Disposing it disposes the model only when the stage loaded the model itself (from a directory).
+/// <see cref="Dispose"/> releases the model only when the stage loaded it itself (from a directory), and the stage stays
+/// usable (it loads the model again if it is used again), because ML.NET's PredictionEngine disposes its transformer.
 /// </summary>
 public sealed class VisualQuestionTransformer : ITransformer, IDisposable
 {
-    private readonly Lazy<VisionLanguageModel> _model;
-    private readonly bool _ownsModel;
-    private int _disposed;
+    private readonly ModelHandle _model;
 
     internal VisualQuestionTransformer(string outputColumnName, string imageColumnName, string questionColumnName,
-        Lazy<VisionLanguageModel> model, bool ownsModel, string? modelDirectory, VisualQuestionOptions options)
+        ModelHandle model, string? modelDirectory, VisualQuestionOptions options)
     {
         OutputColumnName = outputColumnName; ImageColumnName = imageColumnName; QuestionColumnName = questionColumnName;
-        _model = model; _ownsModel = ownsModel; ModelDirectory = modelDirectory; Options = options;
+        _model = model; ModelDirectory = modelDirectory; Options = options;
     }
 
     public string OutputColumnName { get; }
@@ -29,10 +28,7 @@ public sealed class VisualQuestionTransformer : ITransformer, IDisposable
     public VisualQuestionOptions Options { get; }
 
     /// <summary>The model (loaded on first use when the stage was given a directory).</summary>
-    public VisionLanguageModel Model
-    {
-        get { ObjectDisposedException.ThrowIf(_disposed != 0, this); return _model.Value; }
-    }
+    public VisionLanguageModel Model => _model.Get();
 
     public bool IsRowToRowMapper => true;
 
@@ -47,7 +43,6 @@ public sealed class VisualQuestionTransformer : ITransformer, IDisposable
     public IDataView Transform(IDataView input)
     {
         ArgumentNullException.ThrowIfNull(input);
-        ObjectDisposedException.ThrowIf(_disposed != 0, this);
         var kind = SchemaChecks.Check(input.Schema, ImageColumnName, QuestionColumnName);
         return new VisualQuestionDataView(this, input, kind);
     }
@@ -55,7 +50,6 @@ public sealed class VisualQuestionTransformer : ITransformer, IDisposable
     public IRowToRowMapper GetRowToRowMapper(DataViewSchema inputSchema)
     {
         ArgumentNullException.ThrowIfNull(inputSchema);
-        ObjectDisposedException.ThrowIf(_disposed != 0, this);
         var kind = SchemaChecks.Check(inputSchema, ImageColumnName, QuestionColumnName);
         return new VisualQuestionRowMapper(this, inputSchema, kind);
     }
@@ -76,11 +70,8 @@ public sealed class VisualQuestionTransformer : ITransformer, IDisposable
     internal VisionLanguageModel GetModelForRow() => Model;
 
     /// <summary>Whether the model has been loaded (or was given); false until the first row is answered.</summary>
-    internal bool IsModelLoaded => _model.IsValueCreated;
+    internal bool IsModelLoaded => _model.IsLoaded;
 
-    public void Dispose()
-    {
-        if (Interlocked.Exchange(ref _disposed, 1) != 0) return;
-        if (_ownsModel && _model.IsValueCreated) _model.Value.Dispose();
-    }
+    /// <summary>Releases the model if the stage loaded it (a model you passed in is yours to dispose); the stage stays usable.</summary>
+    public void Dispose() => _model.Release();
 }

@@ -1,4 +1,3 @@
-using System.Diagnostics;
 using AutoPrune.MLNet;
 using Microsoft.ML;
 using Microsoft.ML.Data;
@@ -68,17 +67,50 @@ public sealed class StageTests(ModelFixture fx)
     }
 
     [Fact]
-    public void FitAndTransform_AreInstantAndLazy()
+    public void FitAndTransform_AreLazy()
     {
         var many = _ml.Data.LoadFromEnumerable(Enumerable.Range(0, 10_000).Select(i => new VqaInput { ImagePath = $"images/{i}.png", Question = "q" }));
-        var sw = Stopwatch.StartNew();
         using var t = Estimator().Fit(many);
         var view = t.Transform(many);
         Assert.Equal(many.GetRowCount(), view.GetRowCount());
         // Reading only input columns never touches the model.
         Assert.Equal(10_000, view.GetColumn<string>("ImagePath").Count());
-        Assert.True(sw.ElapsedMilliseconds < 3000, $"took {sw.ElapsedMilliseconds} ms");
         Assert.False(t.IsModelLoaded);
+    }
+
+    [Fact]
+    public void Fit_fails_on_a_model_folder_that_cannot_work_instead_of_failing_every_row()
+    {
+        var missing = Path.Combine(Path.GetTempPath(), "autoprune-no-such-model");
+        var e = Assert.Throws<ArgumentException>(() => _ml.Transforms.AnswerVisualQuestion("Answer", "ImagePath", "Question", missing).Fit(Good));
+        Assert.Contains(missing, e.Message);
+
+        var cuda = new VisualQuestionOptions { ModelOptions = new ModelOptions { Device = "cuda" } };
+        var device = Assert.Throws<ArgumentException>(() => _ml.Transforms.AnswerVisualQuestion("Answer", "ImagePath", "Question", RepoPaths.TinyModel, cuda).Fit(Good));
+        Assert.Contains("'cuda'", device.Message);
+
+        // SparseVLM cannot average fewer than 148 visual tokens on the fixture's 8 layers.
+        var infeasible = ModelFixture.Options() with { Pruning = new Pruning.PruningOptions { Method = Pruning.PruningMethod.SparseVLM, Budget = 96 } };
+        var budget = Assert.Throws<ArgumentException>(() => _ml.Transforms.AnswerVisualQuestion("Answer", "ImagePath", "Question", RepoPaths.TinyModel, infeasible).Fit(Good));
+        Assert.Contains("smallest feasible budget", budget.Message);
+        var givenModel = Assert.Throws<ArgumentException>(() => _ml.Transforms.AnswerVisualQuestion("Answer", "ImagePath", "Question", fx.Model, infeasible).Fit(Good));
+        Assert.Contains("smallest feasible budget", givenModel.Message);
+    }
+
+    [Fact]
+    public void A_checkpoint_that_cannot_load_fails_the_cursor_not_each_row()
+    {
+        var dir = Path.Combine(Path.GetTempPath(), "autoprune-broken-" + Guid.NewGuid().ToString("N"));
+        Directory.CreateDirectory(dir);
+        try
+        {
+            foreach (var f in Directory.GetFiles(RepoPaths.TinyModel)) File.Copy(f, Path.Combine(dir, Path.GetFileName(f)));
+            File.Delete(Path.Combine(dir, "model-00002-of-00002.safetensors")); // config.json is fine, so Fit passes
+            using var t = _ml.Transforms.AnswerVisualQuestion("Answer", "ImagePath", "Question", dir, ModelFixture.Options()).Fit(Good);
+            var e = Assert.Throws<Loading.ModelLoadException>(() => t.Transform(Good).GetColumn<string>("Answer").ToList());
+            Assert.Contains("model-00002-of-00002.safetensors", e.Message);
+        }
+        finally { Directory.Delete(dir, true); }
     }
 
     [Fact]
@@ -99,16 +131,37 @@ public sealed class StageTests(ModelFixture fx)
     }
 
     [Fact]
-    public async Task Dispose_OwnedModelOnly()
+    public async Task Dispose_releases_only_a_model_the_stage_loaded_and_the_stage_stays_usable()
     {
         var owned = Estimator().Fit(Good);
+        Assert.Equal("0", owned.Transform(Good).GetColumn<string>("Answer").Single());
+        var first = owned.Model;
         owned.Dispose();
-        Assert.Throws<ObjectDisposedException>(() => owned.Transform(Good));
+        Assert.False(owned.IsModelLoaded);
+        await Assert.ThrowsAsync<ObjectDisposedException>(() => first.AskAsync(VisionRequest.Create("q")));
+        Assert.Equal("0", owned.Transform(Good).GetColumn<string>("Answer").Single()); // loaded again
+        Assert.NotSame(first, owned.Model);
+        owned.Dispose();
 
-        var borrowed = _ml.Transforms.AnswerVisualQuestion("Answer", "ImagePath", "Question", fx.Model).Fit(Good);
+        var borrowed = _ml.Transforms.AnswerVisualQuestion("Answer", "ImagePath", "Question", fx.Model, ModelFixture.Options()).Fit(Good);
         borrowed.Dispose();
         // The caller's model is still usable: an empty question is rejected as invalid, not as disposed.
         var e = await Assert.ThrowsAnyAsync<Exception>(() => fx.Model.AskAsync(VisionRequest.Create(" ")));
         Assert.IsNotType<ObjectDisposedException>(e);
+        Assert.Equal("0", borrowed.Transform(Good).GetColumn<string>("Answer").Single());
+    }
+
+    [Fact]
+    public void Disposing_a_PredictionEngine_leaves_its_stage_usable()
+    {
+        foreach (var stage in new[] { _ml.Transforms.AnswerVisualQuestion("Answer", "ImagePath", "Question", fx.Model, ModelFixture.Options()).Fit(Good), Estimator().Fit(Good) })
+        {
+            using (var engine = _ml.Model.CreatePredictionEngine<VqaInput, VqaOutput>(stage))
+                Assert.Equal("0", engine.Predict(new VqaInput { ImagePath = "images/0002.png", Question = "How many blue objects are there?" }).Answer);
+            Assert.Equal("0", stage.Transform(Good).GetColumn<string>("Answer").Single());
+            using var again = _ml.Model.CreatePredictionEngine<VqaInput, VqaOutput>(stage);
+            Assert.Equal("0", again.Predict(new VqaInput { ImagePath = "images/0002.png", Question = "How many blue objects are there?" }).Answer);
+            stage.Dispose();
+        }
     }
 }
