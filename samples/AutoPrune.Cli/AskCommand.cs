@@ -9,7 +9,7 @@ public static class AskCommand
 {
     public static Command Create()
     {
-        var image = new Option<FileInfo[]>("--image", "-i") { Description = "Image file (PNG, JPEG, WebP). Repeat for several images.", Required = true, AllowMultipleArgumentsPerToken = false };
+        var image = new Option<FileInfo[]>("--image", "-i") { Description = "Image file (PNG, JPEG, WebP). Repeat for several images; leave out for a question without an image.", AllowMultipleArgumentsPerToken = false };
         var question = new Option<string>("--question", "-q") { Description = "The question.", Required = true };
         var model = CommonOptions.Model();
         var device = CommonOptions.Device();
@@ -24,22 +24,19 @@ public static class AskCommand
         var json = new Option<bool>("--json") { Description = "Print one JSON object instead of text." };
         var stream = new Option<bool>("--stream") { Description = "Print tokens as they are generated." };
 
-        var cmd = new Command("ask", "Answer a question about one or more images.")
+        var cmd = new Command("ask", "Answer a question about one or more images, or without one.")
         {
             image, question, model, device, method, budget, accounting, maxTokens, temperature, topP, seed, pad, json, stream,
         };
         cmd.SetAction((parse, ct) => CommonOptions.Guard(async () =>
         {
-            var images = parse.GetValue(image)!;
+            var images = parse.GetValue(image) ?? [];
             foreach (var f in images)
                 if (!f.Exists) throw new ArgumentException($"Image file '{f.FullName}' does not exist.");
             bool asJson = parse.GetValue(json);
-            var pruning = CommonOptions.Pruning(parse.GetValue(method)!, parse.GetValue(budget), parse.GetValue(accounting)!);
-            // Without --method the pruning is a default, which a model that cannot run it may set aside (LLaVA-NeXT: with a note).
-            bool methodGiven = CommonOptions.Given(parse, method);
             using var vlm = await CommonOptions.LoadAsync(parse.GetValue(model)!,
-                new ModelOptions { Device = parse.GetValue(device)!, PadToSquare = parse.GetValue(pad), DefaultPruning = methodGiven ? null : pruning }, quiet: asJson);
-            var request = VisionRequest.Create(parse.GetValue(question)!, images.Select(f => ImageInput.FromFile(f.FullName)).ToArray()) with
+                new ModelOptions { Device = parse.GetValue(device)!, PadToSquare = parse.GetValue(pad) }, quiet: asJson);
+            var request = CommonOptions.WithPruning(VisionRequest.Create(parse.GetValue(question)!, images.Select(f => ImageInput.FromFile(f.FullName)).ToArray()) with
             {
                 Generation = new GenerationOptions
                 {
@@ -48,8 +45,7 @@ public static class AskCommand
                     TopP = parse.GetValue(topP),
                     Seed = parse.GetValue(seed),
                 },
-                Pruning = methodGiven ? pruning : null,
-            };
+            }, parse, method, budget, accounting);
             VisionAnswer? answer = null;
             bool streaming = parse.GetValue(stream) && !asJson;
             await foreach (var chunk in vlm.StreamAsync(request, ct))
@@ -88,7 +84,7 @@ internal sealed record AskJson(
     };
 
     public static AskJson From(VisionAnswer a) => new(
-        a.Text.Trim(), a.Report.Method.ToString().ToLowerInvariant(), a.Report.BudgetAsked, a.Report.Accounting.ToString().ToLowerInvariant(),
+        a.Text.Trim(), Pruning.PruningMethods.Name(a.Report.Method), a.Report.BudgetAsked, a.Report.Accounting.ToString().ToLowerInvariant(),
         a.FinishReason.ToString().ToLowerInvariant(), a.PromptTokens, a.VisualTokens, a.TokenIds.Count,
         Math.Round(a.Report.AvgVisualTokensProcessed, 3), Math.Round(a.Report.AvgVisualTokensPublished, 3), a.Report.VisualTokensPerLayer,
         Math.Round(a.Report.FlopsRatio, 5), a.Report.PrefillFlops, a.Report.Signals, a.Report.Notes,

@@ -46,7 +46,7 @@ public static class BenchCommand
             {
                 var methodList = !CommonOptions.Given(parse, methods)
                     ? [PruningMethod.FastV, PruningMethod.AutoPrune]
-                    : EvalCommand.ParseMethods(parse.GetValue(methods)!).Select(CommonOptions.ParseMethod).Where(m => m != PruningMethod.None).ToList();
+                    : EvalCommand.ParseMethods(parse.GetValue(methods)!).Select(m => PruningMethods.Parse(m)).Where(m => m != PruningMethod.None).ToList();
                 var budgetList = !CommonOptions.Given(parse, budgets) ? [192, 128, 64] : EvalCommand.ParseBudgets(parse.GetValue(budgets)!);
                 var options = new AutoPrune.Diagnostics.SpeedBenchmarkOptions
                 {
@@ -151,7 +151,7 @@ public static class BenchRunner
         VisionRequest Req(EvalCombo c) => VisionRequest.Create(question, ImageInput.FromFile(image)) with
         {
             Generation = new GenerationOptions { MaxNewTokens = maxNew },
-            Pruning = new PruningOptions { Method = CommonOptions.ParseMethod(c.Method), Budget = c.Budget, Accounting = accounting },
+            Pruning = new PruningOptions { Method = PruningMethods.Parse(c.Method), Budget = c.Budget, Accounting = accounting },
         };
         // The first request computes the vision tower; the cache serves every later one, so the table is about the LLM.
         var first = await vlm.AskAsync(Req(combos[0]), ct);

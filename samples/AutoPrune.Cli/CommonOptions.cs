@@ -1,5 +1,6 @@
 using System.CommandLine;
 using AutoPrune.Loading;
+using AutoPrune.Pruning;
 using Spectre.Console;
 
 namespace AutoPrune.Cli;
@@ -32,14 +33,25 @@ internal static class CommonOptions
         DefaultValueFactory = _ => "auto",
     };
 
-    public static readonly string[] Methods = ["none", "fastv", "pdrop", "sparsevlm", "visionzip", "adaptprune", "autoprune"];
-
+    /// <summary>--method: any name <see cref="PruningMethods.Parse"/> accepts (case, '-' and '_' ignored).</summary>
     public static Option<string> Method()
     {
-        var o = new Option<string>("--method") { Description = "Pruning method: " + string.Join(", ", Methods) + ".", DefaultValueFactory = _ => "autoprune" };
-        o.AcceptOnlyFromAmong(Methods);
+        var o = new Option<string>("--method")
+        {
+            Description = "Pruning method: " + string.Join(", ", PruningMethods.Names) + ". Default: autoprune (a default falls back to none, with a note, on a request it cannot serve, e.g. without an image).",
+            DefaultValueFactory = _ => "autoprune",
+        };
+        o.Validators.Add(r =>
+        {
+            var value = r.GetValueOrDefault<string>();
+            if (!PruningMethods.TryParse(value, out _))
+                r.AddError($"Unknown pruning method '{value}' for --method: expected one of {string.Join(", ", PruningMethods.Names)}.");
+        });
         return o;
     }
+
+    /// <summary>Whether the user gave <paramref name="option"/> on the command line (not its default).</summary>
+    public static bool Given(ParseResult parse, Option option) => parse.GetResult(option) is { Implicit: false };
 
     public static Option<double> Budget() => new("--budget", "-b")
     {
@@ -54,35 +66,31 @@ internal static class CommonOptions
         return o;
     }
 
-    /// <summary>Whether the user typed the option (not just its default).</summary>
-    public static bool Given(ParseResult parse, Option option) => parse.GetResult(option) is { Implicit: false };
-
-    public static AutoPrune.Pruning.PruningOptions Pruning(string method, double budget, string accounting) => new()
+    public static PruningOptions Pruning(string method, double budget, string accounting) => new()
     {
-        Method = ParseMethod(method),
+        Method = PruningMethods.Parse(method, "--method"),
         Budget = budget,
-        Accounting = accounting == "published" ? AutoPrune.Pruning.BudgetAccounting.Published : AutoPrune.Pruning.BudgetAccounting.Processed,
+        Accounting = accounting == "published" ? BudgetAccounting.Published : BudgetAccounting.Processed,
     };
 
-    public static AutoPrune.Pruning.PruningMethod ParseMethod(string method) => method.ToLowerInvariant() switch
+    /// <summary>
+    /// The request's pruning from --method/--budget: a method given on the command line is explicit (a request it cannot
+    /// serve is an error); the default method falls back to none on such a request, and the report's notes say why.
+    /// </summary>
+    public static VisionRequest WithPruning(VisionRequest request, ParseResult parse, Option<string> method, Option<double> budget, Option<string> accounting)
     {
-        "none" => AutoPrune.Pruning.PruningMethod.None,
-        "fastv" => AutoPrune.Pruning.PruningMethod.FastV,
-        "pdrop" => AutoPrune.Pruning.PruningMethod.PDrop,
-        "sparsevlm" => AutoPrune.Pruning.PruningMethod.SparseVLM,
-        "visionzip" => AutoPrune.Pruning.PruningMethod.VisionZip,
-        "adaptprune" => AutoPrune.Pruning.PruningMethod.AdaptPrune,
-        "autoprune" => AutoPrune.Pruning.PruningMethod.AutoPrune,
-        _ => throw new ArgumentException($"Unknown pruning method '{method}': expected one of {string.Join(", ", Methods)}."),
-    };
+        var pruning = Pruning(parse.GetValue(method)!, parse.GetValue(budget), parse.GetValue(accounting)!);
+        return Given(parse, method) ? request with { Pruning = pruning } : request with { DefaultPruning = pruning };
+    }
 
     /// <summary>One line on what pruning did and what it cost, for humans.</summary>
     public static string Summary(VisionAnswer a)
     {
         var r = a.Report;
-        return $"[{r.Method}] {r.AvgVisualTokensProcessed:F1} of {a.VisualTokens} visual tokens per layer, " +
+        var line = $"[{r.Method}] {r.AvgVisualTokensProcessed:F1} of {a.VisualTokens} visual tokens per layer, " +
             $"{r.FlopsRatio:P1} of unpruned prefill FLOPs; vision {a.Timings.VisionMs:F0} ms, prefill {a.Timings.PrefillMs:F0} ms, " +
             $"total {a.Timings.TotalMs:F0} ms on {a.Device}";
+        return r.Notes.Count == 0 ? line : line + Environment.NewLine + string.Join(Environment.NewLine, r.Notes.Select(n => "note: " + n));
     }
 
     /// <summary>Writes to stderr so --json output on stdout stays clean.</summary>

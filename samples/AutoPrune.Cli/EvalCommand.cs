@@ -18,7 +18,7 @@ public static class EvalCommand
         var data = new Option<FileInfo>("--data", "-d") { Description = "VQA rows as jsonl: id, image (relative to --images-root), question, answer, optional type.", Required = true };
         var imagesRoot = new Option<DirectoryInfo?>("--images-root") { Description = "Folder the rows' image paths are relative to (they may not leave it). Default: the data file's folder." };
         var allowAbsolute = new Option<bool>("--allow-absolute-image-paths") { Description = "Also accept rows whose image path is absolute (refused by default)." };
-        var methods = new Option<string>("--methods") { Description = "Comma-separated methods: " + string.Join(",", CommonOptions.Methods) + " or 'all'. 'none' (the unpruned reference for retention) always runs.", DefaultValueFactory = _ => "all" };
+        var methods = new Option<string>("--methods") { Description = "Comma-separated methods: " + string.Join(",", PruningMethods.Names) + " or 'all'. 'none' (the unpruned reference for retention) always runs.", DefaultValueFactory = _ => "all" };
         var budgets = new Option<string>("--budgets") { Description = "Comma-separated visual-token budgets (counts, or fractions in (0,1)).", DefaultValueFactory = _ => "96,128,192" };
         var accounting = CommonOptions.Accounting();
         var limit = new Option<int?>("--limit") { Description = "Use only the first N good rows." };
@@ -69,10 +69,9 @@ public static class EvalCommand
 
     public static IReadOnlyList<string> ParseMethods(string s)
     {
-        var list = s.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries).Select(m => m.ToLowerInvariant()).ToList();
-        if (list.Contains("all")) return CommonOptions.Methods;
-        foreach (var m in list)
-            if (!CommonOptions.Methods.Contains(m)) throw new ArgumentException($"Unknown method '{m}' in --methods: expected {string.Join(", ", CommonOptions.Methods)} or all.");
+        var parts = s.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries);
+        if (parts.Any(m => m.Equals("all", StringComparison.OrdinalIgnoreCase))) return PruningMethods.Names;
+        var list = parts.Select(m => PruningMethods.Name(PruningMethods.Parse(m, "--methods"))).ToList();
         if (list.Count == 0) throw new ArgumentException("--methods is empty.");
         return ["none", .. list.Where(m => m != "none").Distinct()];
     }
@@ -166,7 +165,7 @@ public static class EvalRunner
                 var request = VisionRequest.Create(row.Question, ImageInput.FromFile(row.ImagePath)) with
                 {
                     Generation = new GenerationOptions { MaxNewTokens = s.MaxNewTokens },
-                    Pruning = new PruningOptions { Method = CommonOptions.ParseMethod(c.Method), Budget = c.Budget, Accounting = s.Accounting },
+                    Pruning = new PruningOptions { Method = PruningMethods.Parse(c.Method), Budget = c.Budget, Accounting = s.Accounting },
                 };
                 try
                 {
@@ -257,7 +256,7 @@ public static class EvalRunner
                 try
                 {
                     double tokens = AutoPrune.Pruning.Budget.Resolve(b, shape.VisualTokens);
-                    double min = AutoPrune.Pruning.Budget.MinimumFeasible(CommonOptions.ParseMethod(m), s.Accounting, shape);
+                    double min = AutoPrune.Pruning.Budget.MinimumFeasible(PruningMethods.Parse(m), s.Accounting, shape);
                     if (tokens + 1e-9 < min)
                         skip = $"infeasible: {m} cannot average fewer than {min.ToString("0.#", CultureInfo.InvariantCulture)} {s.Accounting.ToString().ToLowerInvariant()} visual tokens per layer on this {shape.Layers}-layer model (smallest feasible budget {Math.Ceiling(min - 1e-9)})";
                 }
