@@ -1,0 +1,12 @@
+// Runs the README's C# blocks from the repository root: dotnet run --project samples/ReadmeSnippets -- all
+using ReadmeSnippets;
+
+var which = args.Length > 0 ? args[0] : "all";
+bool all = which == "all";
+if (all || which == "library") await Library.RunAsync();
+if (all || which == "chat") await ChatClient.RunAsync();
+if (all || which == "sk") await SemanticKernel.RunAsync();
+if (all || which == "di") await DependencyInjection.RunAsync(["--AutoPrune:ModelDirectory=samples/models/shapes-llava-tiny", "--AutoPrune:Method=autoprune"]);
+if (all || which == "telemetry") Telemetry.Run([]);
+if (all || which == "mlnet") MLNet.Run();
+return 0;
