@@ -6,7 +6,7 @@ namespace AutoPrune.Diagnostics;
 public sealed record DeviceComparisonRow(string Image, string Question, string ReferenceAnswer, string DeviceAnswer,
     bool SameAnswer, bool SameTopToken, double MaxAbsLogitDifference);
 
-/// <summary>Summary of <see cref="DeviceComparison.Run"/>.</summary>
+/// <summary>Summary of <see cref="DeviceComparison.RunAsync"/>.</summary>
 public sealed record DeviceComparisonReport(string Model, string ReferenceDevice, string Device, string Method, double Budget,
     int Rows, int SameAnswers, int SameTopTokens, double MaxAbsLogitDifference, double MeanMaxAbsLogitDifference,
     IReadOnlyList<DeviceComparisonRow> Details)

@@ -79,7 +79,7 @@ internal sealed class PruningSession : IPrefillHook
                 throw new InvalidOperationException(
                     $"Pruning bug: layer {l} processed {_processedCounts[l]} visual tokens, the {schedule.Method} schedule says {schedule.Processed[l]}.");
         double asked = _options.Method == PruningMethod.None ? _shape.VisualTokens : Budget.Resolve(_options.Budget, _shape.VisualTokens);
-        var notes = _shape.VisualTokens == 0 ? _notes.Append("The request has no image: there were no visual tokens to prune.") : _notes;
+        var notes = _shape.VisualTokens == 0 && _notes.Count == 0 ? _notes.Append("The request has no image: there were no visual tokens to prune.") : _notes;
         return PruningReports.Create(schedule, _shape, _prefix, textTokens, asked, _processedIndices, Policy.RuntimeSignals, notes);
     }
 }

@@ -10,7 +10,7 @@ namespace AutoPrune.Compute.Cuda;
 /// <remarks>
 /// NOT EXECUTED: the machine this was written on has no GPU and no cuBLAS, so none of the native calls below has
 /// ever run. What is tested without a GPU is the library-name resolution (<see cref="ResolveLibraryName"/>) and the
-/// row-major → column-major argument mapping (<see cref="MapGemmTransB"/>, checked against a column-major reference
+/// row-major → column-major argument mapping (<see cref="DeviceBlas.MapTransB"/> and <see cref="DeviceBlas.MapNN"/>, checked against a column-major reference
 /// GEMM in the tests). The enum values are those of cublas_api.h / library_types.h (CUDA 11+);
 /// CUBLAS_GEMM_DEFAULT (-1) lets cuBLAS choose; with fp16 inputs and CUBLAS_COMPUTE_32F it uses tensor cores (the
 /// older CUBLAS_GEMM_DEFAULT_TENSOR_OP is deprecated since CUDA 11; tensor cores are used for

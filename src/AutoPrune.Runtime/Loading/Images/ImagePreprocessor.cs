@@ -335,7 +335,7 @@ internal sealed class ImagePreprocessor
         return (rgb, w, h);
     }
 
-    /// <summary>The width and height an encoded image's header declares, checked as <see cref="DecodeRgb"/> checks them; no pixel is decoded.</summary>
+    /// <summary>The width and height an encoded image's header declares, checked as <see cref="DecodeRgb(ReadOnlySpan{byte}, long, string?, Action{int, int}?)"/> checks them; no pixel is decoded.</summary>
     internal static (int Width, int Height) ReadSize(ReadOnlySpan<byte> encoded, long maxPixels, string? path)
     {
         if (encoded.IsEmpty) throw new ImageDecodeException("The image data is empty (0 bytes).", path);
