@@ -23,8 +23,9 @@ public sealed class TinyModelFixture
     internal float[] PrefillLogits(int[] ids, string imagePath)
     {
         var pixels = Images.PreprocessFile(imagePath, false);
-        var projected = Model.ProjectImage(Model.Vision.Forward(pixels));
-        var state = Model.BuildSequence(ids, [projected]);
+        var vision = Model.Vision.Forward(pixels);
+        var projected = Model.Project(vision.Features, vision.Tokens);
+        var state = SequenceBuilder.Build(Model, ids, [projected]);
         return Model.Decoder.Prefill(state, new KvCache(Model.Decoder.Layers, 4), null, CancellationToken.None);
     }
 }

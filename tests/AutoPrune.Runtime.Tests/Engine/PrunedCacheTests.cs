@@ -25,7 +25,7 @@ public sealed class PrunedCacheTests(TinyModelFixture fx) : IClassFixture<TinyMo
         var vision = model.Vision.Forward(fx.Images.PreprocessFile(TestData.Image(row.Image), false));
         var session = new PruningSession(Shape, new PruningOptions { Method = method, Budget = 192 }, prefix);
         session.SetVision(vision);
-        var state = model.BuildSequence(ids, [model.ProjectImage(vision)]);
+        var state = SequenceBuilder.Build(model, ids, [model.Project(vision.Features, vision.Tokens)]);
         var cache = new KvCache(model.Decoder.Layers, 3);
         model.Decoder.Prefill(state, cache, session, CancellationToken.None);
         var report = session.Finish(state, text);

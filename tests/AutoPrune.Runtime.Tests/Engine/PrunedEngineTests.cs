@@ -99,7 +99,8 @@ public sealed class PrunedEngineTests(PublicModelFixture fx) : IClassFixture<Pub
             // Independent: run unpruned, capture layer K-1's Q and K, compute the last row's softmax in double.
             var capture = new CaptureHook(K - 1);
             var pixels = fx2.Images.PreprocessFile(TestData.Image(row.Image), false);
-            var state = model.BuildSequence(reference.InputIds, [model.ProjectImage(model.Vision.Forward(pixels))]);
+            var vision = model.Vision.Forward(pixels);
+            var state = SequenceBuilder.Build(model, reference.InputIds, [model.Project(vision.Features, vision.Tokens)]);
             model.Decoder.Prefill(state, new KvCache(model.Decoder.Layers, 1), capture, CancellationToken.None);
             int n = reference.InputIds.Length, heads = model.Decoder.Heads, kvHeads = model.Decoder.KvHeads, hd = model.Decoder.HeadDim;
             int prefix = Array.IndexOf(reference.InputIds, 400);

@@ -64,26 +64,6 @@ internal static class CudaKernels
 {
     // ---------------------------------------------------------------- kernels (device code)
 
-    /// <summary>dst[r, :] = table[ids[r], :]; one thread per output element.</summary>
-    internal static void EmbeddingGatherKernel(Index1D t, ArrayView<float> table, ArrayView<int> ids, ArrayView<float> dst, int dim, ElementRange range)
-    {
-        for (long i = t; i < range.Count; i += range.Stride)
-        {
-            long r = i / dim, c = i % dim;
-            dst[i] = table[(long)ids[r] * dim + c];
-        }
-    }
-
-    /// <summary>Llama RMSNorm, one thread per row: dst = (x / sqrt(mean(x²) + eps)) * weight.</summary>
-    internal static void RmsNormKernel(Index1D row, ArrayView<float> src, ArrayView<float> dst, ArrayView<float> weight, int dim, float eps)
-    {
-        long o = (long)row.X * dim;
-        float ss = 0;
-        for (int c = 0; c < dim; c++) { float v = src[o + c]; ss += v * v; }
-        float inv = 1f / XMath.Sqrt(ss / dim + eps);
-        for (int c = 0; c < dim; c++) dst[o + c] = src[o + c] * inv * weight[c];
-    }
-
     /// <summary>LayerNorm, one thread per row (src may equal dst).</summary>
     internal static void LayerNormKernel(Index1D row, ArrayView<float> src, ArrayView<float> dst, ArrayView<float> weight, ArrayView<float> bias, int dim, float eps)
     {
@@ -95,28 +75,6 @@ internal static class CudaKernels
         for (int c = 0; c < dim; c++) { float d = src[o + c] - mean; ss += d * d; }
         float inv = 1f / XMath.Sqrt(ss / dim + eps);
         for (int c = 0; c < dim; c++) dst[o + c] = (src[o + c] - mean) * inv * weight[c] + bias[c];
-    }
-
-    /// <summary>
-    /// Rotate-half RoPE in place on x ([rows, heads*headDim]); one thread per (row, head, i &lt; headDim/2).
-    /// cos/sin: [maxPositions, headDim/2] tables (<see cref="RopeTables"/>), positions: one id per row.
-    /// </summary>
-    internal static void RopeKernel(Index1D t0, ArrayView<float> x, ArrayView<int> positions, ArrayView<float> cos, ArrayView<float> sin, int heads, int headDim, ElementRange range)
-    {
-        for (long t = t0; t < range.Count; t += range.Stride)
-        {
-            int half = headDim / 2;
-            long perRow = (long)heads * half;
-            long r = t / perRow;
-            long rem = t % perRow;
-            long h = rem / half, i = rem % half;
-            long tab = (long)positions[r] * half + i;
-            float c = cos[tab], s = sin[tab];
-            long b = r * heads * headDim + h * headDim + i;
-            float x1 = x[b], x2 = x[b + half];
-            x[b] = x1 * c - x2 * s;
-            x[b + half] = x2 * c + x1 * s;
-        }
     }
 
     /// <summary>CLIP quick GELU in place: x * sigmoid(1.702 x).</summary>
@@ -149,52 +107,6 @@ internal static class CudaKernels
         }
     }
 
-    /// <summary>gate = silu(gate) * up, in place in gate.</summary>
-    internal static void SiluMulKernel(Index1D t, ArrayView<float> gate, ArrayView<float> up, ElementRange range)
-    {
-        for (long i = t; i < range.Count; i += range.Stride)
-        {
-            float g = gate[i];
-            gate[i] = g / (1f + XMath.Exp(-g)) * up[i];
-        }
-    }
-
-    /// <summary>Numerically stable softmax over each row of x ([rows, cols]) in place; one thread per row.</summary>
-    internal static void SoftmaxKernel(Index1D row, ArrayView<float> x, int cols)
-    {
-        long o = (long)row.X * cols;
-        float max = float.NegativeInfinity;
-        for (int c = 0; c < cols; c++) max = XMath.Max(max, x[o + c]);
-        float sum = 0;
-        for (int c = 0; c < cols; c++) { float e = XMath.Exp(x[o + c] - max); x[o + c] = e; sum += e; }
-        float inv = 1f / sum;
-        for (int c = 0; c < cols; c++) x[o + c] *= inv;
-    }
-
-    /// <summary>
-    /// o = softmax(q kᵀ · scale) v with causal mask and GQA; one thread per (head, query row), three passes over the
-    /// visible keys (max, sum, weighted sum of v written straight into o). q, o: [Nq, QHeads*HeadDim]; k, v: rows
-    /// 0..Nk-1 of a [capacity, KvHeads*HeadDim] buffer.
-    /// </summary>
-    internal static void AttentionKernel(Index1D t, ArrayView<float> q, ArrayView<float> k, ArrayView<float> v, ArrayView<float> o, AttentionShape s)
-    {
-        int h = t / s.Nq, i = t % s.Nq;
-        int kvh = h / (s.QHeads / s.KvHeads);
-        int hd = s.HeadDim;
-        long qo = (long)i * s.QStride + (long)h * hd;
-        long kvo = (long)kvh * hd;
-        int limit = s.Causal != 0 ? XMath.Min(s.Nk, s.Nk - s.Nq + i + 1) : s.Nk;
-        float max = RowMaxScore(q, qo, k, kvo, s, limit);
-        float inv = 1f / RowSumExp(q, qo, k, kvo, s, limit, max);
-        for (int d = 0; d < hd; d++) o[qo + d] = 0f;
-        for (int j = 0; j < limit; j++)
-        {
-            float p = XMath.Exp(Dot(q, qo, k, (long)j * s.KvStride + kvo, hd) * s.Scale - max) * inv;
-            long vo = (long)j * s.KvStride + kvo;
-            for (int d = 0; d < hd; d++) o[qo + d] += v[vo + d] * p;
-        }
-    }
-
     /// <summary>
     /// Where the (head, row) pair number <paramref name="t"/> = h·rows.Length + r of an attention-rows launch reads and
     /// writes: its query offset, its KV head's offset within a key row, the number of keys it sees, and the start of its
@@ -210,57 +122,6 @@ internal static class CudaKernels
         long kvo = (long)kvh * s.HeadDim;
         int limit = s.Causal != 0 ? XMath.Min(s.Nk, s.Nk - s.Nq + i + 1) : s.Nk;
         return (qo, kvo, limit, (long)t * (s.Nk - firstKey));
-    }
-
-    /// <summary>Largest scaled score q·k_j over the first <paramref name="limit"/> keys (softmax's shift).</summary>
-    private static float RowMaxScore(ArrayView<float> q, long qo, ArrayView<float> k, long kvo, AttentionShape s, int limit)
-    {
-        float max = float.NegativeInfinity;
-        for (int j = 0; j < limit; j++)
-            max = XMath.Max(max, Dot(q, qo, k, (long)j * s.KvStride + kvo, s.HeadDim) * s.Scale);
-        return max;
-    }
-
-    /// <summary>Softmax denominator: sum of exp(score - max) over the first <paramref name="limit"/> keys.</summary>
-    private static float RowSumExp(ArrayView<float> q, long qo, ArrayView<float> k, long kvo, AttentionShape s, int limit, float max)
-    {
-        float sum = 0;
-        for (int j = 0; j < limit; j++)
-            sum += XMath.Exp(Dot(q, qo, k, (long)j * s.KvStride + kvo, s.HeadDim) * s.Scale - max);
-        return sum;
-    }
-
-    /// <summary>
-    /// Attention probabilities of chosen query rows (as <see cref="Cpu.Attention.Rows"/>): result
-    /// [QHeads, rows.Length, Nk - firstKey], softmax over all visible keys, masked keys 0. One thread per (head, row).
-    /// </summary>
-    internal static void AttentionRowsKernel(Index1D t, ArrayView<float> q, ArrayView<float> k, ArrayView<int> rows, ArrayView<float> result, AttentionShape s, int firstKey)
-    {
-        var (qo, kvo, limit, dst) = AttentionRowAt(t, rows, s, firstKey);
-        int hd = s.HeadDim;
-        float max = RowMaxScore(q, qo, k, kvo, s, limit);
-        float inv = 1f / RowSumExp(q, qo, k, kvo, s, limit, max);
-        for (int j = firstKey; j < s.Nk; j++)
-            result[dst + j - firstKey] = j < limit ? XMath.Exp(Dot(q, qo, k, (long)j * s.KvStride + kvo, hd) * s.Scale - max) * inv : 0f;
-    }
-
-    /// <summary>dst[r, :] = src[keep[r], :] ([rows, rowLen]); dst must not overlap src.</summary>
-    internal static void RowGatherKernel(Index1D t, ArrayView<float> src, ArrayView<int> keep, ArrayView<float> dst, int rowLen, ElementRange range)
-    {
-        for (long i = t; i < range.Count; i += range.Stride)
-        {
-            long r = i / rowLen, c = i % rowLen;
-            dst[i] = src[(long)keep[r] * rowLen + c];
-        }
-    }
-
-    /// <summary>cache[startRow + r, :] = src[r, :] (rows of length rowLen).</summary>
-    internal static void KvAppendKernel(Index1D t, ArrayView<float> cache, ArrayView<float> src, int startRow, int rowLen, ElementRange range)
-    {
-        for (long i = t; i < range.Count; i += range.Stride)
-        {
-            cache[(long)startRow * rowLen + i] = src[i];
-        }
     }
 
     /// <summary>result[r] = index of the first maximum of row r of x ([rows, cols]); one thread per row.</summary>
@@ -297,21 +158,11 @@ internal static class CudaKernels
         }
     }
 
-    /// <summary>dst = fp16(silu(gate) * up), element-wise (gate and up unchanged).</summary>
-    internal static void SiluMulToHalfKernel(Index1D t, ArrayView<float> gate, ArrayView<float> up, ArrayView<ushort> dst, ElementRange range)
-    {
-        for (long i = t; i < range.Count; i += range.Stride)
-        {
-            float g = gate[i];
-            dst[i] = FloatToHalfBits(g / (1f + XMath.Exp(-g)) * up[i]);
-        }
-    }
-
     /// <summary>
     /// Splits a fused q|k|v projection row by row ([rows, Width]) in one pass: applies rotate-half RoPE (when
     /// s.Rope != 0) to q and k at each row's position, writes q and k in fp32 (for pruning signals) and q, k, v in fp16
     /// (q for the score GEMM, k and v into the KV cache views, which start at the cache row the first row goes to).
-    /// One thread per (row, head, i &lt; HeadDim/2) pair, as <see cref="RopeKernel"/>.
+    /// One thread per (row, head, i &lt; HeadDim/2) pair.
     /// </summary>
     internal static void QkvSplitRopeKernel(Index1D t0, ArrayView<float> qkv, ArrayView<int> positions, ArrayView<float> cos, ArrayView<float> sin,
         ArrayView<float> q, ArrayView<float> k, ArrayView<ushort> qHalf, ArrayView<ushort> kHalf, ArrayView<ushort> vHalf, QkvShape s, ElementRange range)
@@ -449,8 +300,8 @@ internal static class CudaKernels
     }
 
     /// <summary>
-    /// Attention probabilities of one chosen query row for one head, a group per (head, row) as
-    /// <see cref="AttentionRowsKernel"/> computes them with one thread: group Grid.IdxX = h·rows.Length + r. Threads
+    /// Attention probabilities (causal softmax of the scaled scores) of one chosen query row for one head, a group per
+    /// (head, row): group Grid.IdxX = h·rows.Length + r. Threads
     /// stride over the visible keys; the raw scores are kept in result (keys before firstKey are recomputed), so the
     /// row costs three passes over result instead of three passes over K. Layout [QHeads, rows, Nk - firstKey].
     /// </summary>
@@ -553,12 +404,6 @@ internal static class CudaKernels
         for (long i = t; i < range.Count; i += range.Stride) dst[i] = FloatToHalfBits(src[i]);
     }
 
-    /// <summary>IEEE fp16 bits → fp32 (exact).</summary>
-    internal static void ToFloatKernel(Index1D t, ArrayView<ushort> src, ArrayView<float> dst, ElementRange range)
-    {
-        for (long i = t; i < range.Count; i += range.Stride) dst[i] = HalfBitsToFloat(src[i]);
-    }
-
     internal static ushort FloatToHalfBits(float x)
     {
         uint f = Interop.FloatAsInt(x);
@@ -593,21 +438,6 @@ internal static class CudaKernels
         return (ushort)(sign | h);
     }
 
-    internal static float HalfBitsToFloat(ushort bits)
-    {
-        uint hb = bits;
-        uint s = (hb & 0x8000u) << 16;
-        uint e = (hb >> 10) & 0x1Fu;
-        uint m = hb & 0x3FFu;
-        if (e == 0)
-        {
-            float v = m * 5.9604644775390625e-8f;                                    // m · 2^-24, exact
-            return s != 0 ? -v : v;
-        }
-        if (e == 31) return Interop.IntAsFloat(s | 0x7F800000u | (m << 13));
-        return Interop.IntAsFloat(s | ((e + 112u) << 23) | (m << 13));
-    }
-
     private static float Dot(ArrayView<float> a, long ao, ArrayView<float> b, long bo, int n)
     {
         float s = 0;
@@ -618,7 +448,7 @@ internal static class CudaKernels
     // ---------------------------------------------------------------- host helpers
 
     /// <summary>
-    /// cos/sin tables [maxPositions, headDim/2] for <see cref="RopeKernel"/>, computed on the host exactly as
+    /// cos/sin tables [maxPositions, headDim/2] for <see cref="QkvSplitRopeKernel"/>, computed on the host exactly as
     /// <see cref="Cpu.CpuOps.ApplyRope"/> does (fp32 angle = position * invFreq).
     /// </summary>
     public static (float[] Cos, float[] Sin) RopeTables(ReadOnlySpan<float> invFreq, int maxPositions)
@@ -645,24 +475,13 @@ internal static class CudaKernels
 internal sealed class CudaOps
 {
     private readonly Accelerator _acc;
-    private readonly Lazy<Action<Index1D, ArrayView<float>, ArrayView<int>, ArrayView<float>, int, ElementRange>> _embedding;
-    private readonly Lazy<Action<Index1D, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, float>> _rms;
     private readonly Lazy<Action<Index1D, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, float>> _layerNorm;
-    private readonly Lazy<Action<Index1D, ArrayView<float>, ArrayView<int>, ArrayView<float>, ArrayView<float>, int, int, ElementRange>> _rope;
     private readonly Lazy<Action<Index1D, ArrayView<float>, ElementRange>> _quickGelu, _gelu;
-    private readonly Lazy<Action<Index1D, ArrayView<float>, ArrayView<float>, ElementRange>> _siluMul;
-    private readonly Lazy<Action<Index1D, ArrayView<float>, int>> _softmax;
-    private readonly Lazy<Action<Index1D, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, AttentionShape>> _attention;
-    private readonly Lazy<Action<Index1D, ArrayView<float>, ArrayView<float>, ArrayView<int>, ArrayView<float>, AttentionShape, int>> _attentionRows;
     private readonly Lazy<Action<KernelConfig, ArrayView<float>, ArrayView<float>, ArrayView<int>, ArrayView<float>, AttentionShape, int>> _attentionRowsGrouped;
-    private readonly Lazy<Action<Index1D, ArrayView<float>, ArrayView<int>, ArrayView<float>, int, ElementRange>> _rowGather;
-    private readonly Lazy<Action<Index1D, ArrayView<float>, ArrayView<float>, int, int, ElementRange>> _kvAppend;
     private readonly Lazy<Action<Index1D, ArrayView<float>, ArrayView<int>, int>> _argMax;
     private readonly Lazy<Action<Index1D, ArrayView<float>, ArrayView<ushort>, ElementRange>> _toHalf;
-    private readonly Lazy<Action<Index1D, ArrayView<ushort>, ArrayView<float>, ElementRange>> _toFloat;
     private readonly Lazy<Action<Index1D, ArrayView<float>, ArrayView<float>, int, ElementRange>> _addBias;
     private readonly Lazy<Action<Index1D, ArrayView<float>, ArrayView<float>, ElementRange>> _add;
-    private readonly Lazy<Action<Index1D, ArrayView<float>, ArrayView<float>, ArrayView<ushort>, ElementRange>> _siluMulToHalf;
     private readonly Lazy<Action<Index1D, ArrayView<float>, ArrayView<int>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<ushort>, ArrayView<ushort>, ArrayView<ushort>, QkvShape, ElementRange>> _qkvSplitRope;
     private readonly Lazy<Action<Index1D, ArrayView<float>, ArrayView<ushort>, int, ElementRange>> _siluMulSplitToHalf;
     private readonly Lazy<Action<Index1D, ArrayView<float>, ArrayView<float>, ArrayView<int>, ArrayView<float>, int, ElementRange>> _rowGatherMixed;
@@ -688,25 +507,14 @@ internal sealed class CudaOps
         if (rowGroupSize < 1 || rowGroupSize > limit || (rowGroupSize & (rowGroupSize - 1)) != 0)
             throw new ArgumentOutOfRangeException(nameof(rowGroupSize), rowGroupSize, $"Row group size must be a power of two in 1..{limit} on this accelerator.");
         RowGroupSize = rowGroupSize;
-        _embedding = new(() => _acc.LoadAutoGroupedStreamKernel<Index1D, ArrayView<float>, ArrayView<int>, ArrayView<float>, int, ElementRange>(CudaKernels.EmbeddingGatherKernel));
-        _rms = new(() => _acc.LoadAutoGroupedStreamKernel<Index1D, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, float>(CudaKernels.RmsNormKernel));
         _layerNorm = new(() => _acc.LoadAutoGroupedStreamKernel<Index1D, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, float>(CudaKernels.LayerNormKernel));
-        _rope = new(() => _acc.LoadAutoGroupedStreamKernel<Index1D, ArrayView<float>, ArrayView<int>, ArrayView<float>, ArrayView<float>, int, int, ElementRange>(CudaKernels.RopeKernel));
         _quickGelu = new(() => _acc.LoadAutoGroupedStreamKernel<Index1D, ArrayView<float>, ElementRange>(CudaKernels.QuickGeluKernel));
         _gelu = new(() => _acc.LoadAutoGroupedStreamKernel<Index1D, ArrayView<float>, ElementRange>(CudaKernels.GeluKernel));
-        _siluMul = new(() => _acc.LoadAutoGroupedStreamKernel<Index1D, ArrayView<float>, ArrayView<float>, ElementRange>(CudaKernels.SiluMulKernel));
-        _softmax = new(() => _acc.LoadAutoGroupedStreamKernel<Index1D, ArrayView<float>, int>(CudaKernels.SoftmaxKernel));
-        _attention = new(() => _acc.LoadAutoGroupedStreamKernel<Index1D, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, AttentionShape>(CudaKernels.AttentionKernel));
-        _attentionRows = new(() => _acc.LoadAutoGroupedStreamKernel<Index1D, ArrayView<float>, ArrayView<float>, ArrayView<int>, ArrayView<float>, AttentionShape, int>(CudaKernels.AttentionRowsKernel));
         _attentionRowsGrouped = new(() => _acc.LoadStreamKernel<ArrayView<float>, ArrayView<float>, ArrayView<int>, ArrayView<float>, AttentionShape, int>(CudaKernels.AttentionRowsGroupedKernel));
-        _rowGather = new(() => _acc.LoadAutoGroupedStreamKernel<Index1D, ArrayView<float>, ArrayView<int>, ArrayView<float>, int, ElementRange>(CudaKernels.RowGatherKernel));
-        _kvAppend = new(() => _acc.LoadAutoGroupedStreamKernel<Index1D, ArrayView<float>, ArrayView<float>, int, int, ElementRange>(CudaKernels.KvAppendKernel));
         _argMax = new(() => _acc.LoadAutoGroupedStreamKernel<Index1D, ArrayView<float>, ArrayView<int>, int>(CudaKernels.ArgMaxKernel));
         _toHalf = new(() => _acc.LoadAutoGroupedStreamKernel<Index1D, ArrayView<float>, ArrayView<ushort>, ElementRange>(CudaKernels.ToHalfKernel));
-        _toFloat = new(() => _acc.LoadAutoGroupedStreamKernel<Index1D, ArrayView<ushort>, ArrayView<float>, ElementRange>(CudaKernels.ToFloatKernel));
         _addBias = new(() => _acc.LoadAutoGroupedStreamKernel<Index1D, ArrayView<float>, ArrayView<float>, int, ElementRange>(CudaKernels.AddBiasKernel));
         _add = new(() => _acc.LoadAutoGroupedStreamKernel<Index1D, ArrayView<float>, ArrayView<float>, ElementRange>(CudaKernels.AddKernel));
-        _siluMulToHalf = new(() => _acc.LoadAutoGroupedStreamKernel<Index1D, ArrayView<float>, ArrayView<float>, ArrayView<ushort>, ElementRange>(CudaKernels.SiluMulToHalfKernel));
         _qkvSplitRope = new(() => _acc.LoadAutoGroupedStreamKernel<Index1D, ArrayView<float>, ArrayView<int>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<ushort>, ArrayView<ushort>, ArrayView<ushort>, QkvShape, ElementRange>(CudaKernels.QkvSplitRopeKernel));
         _siluMulSplitToHalf = new(() => _acc.LoadAutoGroupedStreamKernel<Index1D, ArrayView<float>, ArrayView<ushort>, int, ElementRange>(CudaKernels.SiluMulSplitToHalfKernel));
         _rowGatherMixed = new(() => _acc.LoadAutoGroupedStreamKernel<Index1D, ArrayView<float>, ArrayView<float>, ArrayView<int>, ArrayView<float>, int, ElementRange>(CudaKernels.RowGatherMixedKernel));
@@ -725,9 +533,7 @@ internal sealed class CudaOps
     {
         object[] all =
         [
-            _embedding.Value, _rms.Value, _layerNorm.Value, _rope.Value, _quickGelu.Value, _gelu.Value, _siluMul.Value,
-            _softmax.Value, _attention.Value, _attentionRows.Value, _attentionRowsGrouped.Value, _rowGather.Value, _kvAppend.Value,
-            _argMax.Value, _toHalf.Value, _toFloat.Value, _addBias.Value, _add.Value, _siluMulToHalf.Value, _rowGatherMixed.Value, _qkvSplitRope.Value, _siluMulSplitToHalf.Value,
+            _layerNorm.Value, _quickGelu.Value, _gelu.Value, _attentionRowsGrouped.Value, _argMax.Value, _toHalf.Value, _addBias.Value, _add.Value, _rowGatherMixed.Value, _qkvSplitRope.Value, _siluMulSplitToHalf.Value,
             _rmsToHalf.Value, _layerNormToHalf.Value, _maskedSoftmaxToHalf.Value, _argMaxRows.Value,
         ];
         return all.Count(k => k is not null);
@@ -746,21 +552,11 @@ internal sealed class CudaOps
         return 1 << (31 - System.Numerics.BitOperations.LeadingZeroCount((uint)n));
     }
 
-    public void EmbeddingGather(ArrayView<float> table, ArrayView<int> ids, ArrayView<float> dst, int dim)
-        => LaunchElements(_embedding.Value, ids.Length * dim, table, ids, dst, dim);
-
-    public void RmsNorm(ArrayView<float> src, ArrayView<float> dst, int rows, int dim, ArrayView<float> weight, float eps)
-        => Launch(_rms.Value, rows, src, dst, weight, dim, eps);
-
     public void LayerNorm(ArrayView<float> src, ArrayView<float> dst, int rows, int dim, ArrayView<float> weight, ArrayView<float> bias, float eps)
         => Launch(_layerNorm.Value, rows, src, dst, weight, bias, dim, eps);
 
-    public void Rope(ArrayView<float> x, int rows, int heads, int headDim, ArrayView<int> positions, ArrayView<float> cos, ArrayView<float> sin)
-        => LaunchElements(_rope.Value, (long)rows * heads * (headDim / 2), x, positions, cos, sin, heads, headDim);
-
     public void QuickGelu(ArrayView<float> x) => LaunchElements(_quickGelu.Value, x.Length, x);
     public void Gelu(ArrayView<float> x) => LaunchElements(_gelu.Value, x.Length, x);
-    public void SiluMul(ArrayView<float> gate, ArrayView<float> up) => LaunchElements(_siluMul.Value, gate.Length, gate, up);
 
     /// <summary>Applies <paramref name="activation"/> to <paramref name="x"/> in place.</summary>
     public void Activation(ActivationFunction activation, ArrayView<float> x)
@@ -773,25 +569,9 @@ internal sealed class CudaOps
         }
     }
 
-    public void Softmax(ArrayView<float> x, int rows, int cols) => Launch(_softmax.Value, rows, x, cols);
-
-    /// <summary>Attention of a block of queries against rows 0..Nk-1 of the K/V buffers (see <see cref="CudaKernels.AttentionKernel"/>).</summary>
-    public void Attention(ArrayView<float> q, ArrayView<float> k, ArrayView<float> v, ArrayView<float> o, AttentionShape shape)
-    {
-        if (shape.Nq == 0) return;
-        Launch(_attention.Value, (long)shape.QHeads * shape.Nq, q, k, v, o, shape);
-    }
-
-    /// <summary>Probabilities of query rows <paramref name="rows"/> into result ([QHeads, rows, Nk - firstKey]).</summary>
-    public void AttentionRows(ArrayView<float> q, ArrayView<float> k, ArrayView<int> rows, ArrayView<float> result, AttentionShape shape, int firstKey = 0)
-    {
-        if (rows.Length == 0) return;
-        Launch(_attentionRows.Value, shape.QHeads * rows.Length, q, k, rows, result, shape, firstKey);
-    }
-
     /// <summary>
-    /// As <see cref="AttentionRows"/>, one group per (head, row) with threads over the keys: the version for a GPU, where
-    /// a single thread walking every key of a long prompt three times is slow.
+    /// The attention probabilities of the chosen query <paramref name="rows"/> ([QHeads, rows, Nk - firstKey]), one group
+    /// per (head, row) with threads over the keys (a single thread walking every key of a long prompt three times is slow).
     /// </summary>
     public void AttentionRowsGrouped(ArrayView<float> q, ArrayView<float> k, ArrayView<int> rows, ArrayView<float> result, AttentionShape shape, int firstKey = 0)
     {
@@ -803,22 +583,9 @@ internal sealed class CudaOps
         _attentionRowsGrouped.Value(RowConfig((int)groups), q, k, rows, result, shape, firstKey);
     }
 
-    /// <summary>dst[r] = src[keep[r]] for rows of rowLen (pruning hidden states, compacting a KV cache into a second buffer).</summary>
-    public void RowGather(ArrayView<float> src, ArrayView<int> keep, ArrayView<float> dst, int rowLen)
-        => LaunchElements(_rowGather.Value, keep.Length * rowLen, src, keep, dst, rowLen);
-
-    /// <summary>Writes the rows of src into cache from row <paramref name="startRow"/> on.</summary>
-    public void KvAppend(ArrayView<float> cache, ArrayView<float> src, int startRow, int rowLen)
-    {
-        if ((startRow + src.Length / rowLen) * (long)rowLen > cache.Length)
-            throw new ArgumentException($"KV append of {src.Length / rowLen} rows at row {startRow} overflows a cache of {cache.Length / rowLen} rows.");
-        LaunchElements(_kvAppend.Value, src.Length, cache, src, startRow, rowLen);
-    }
-
     public void ArgMax(ArrayView<float> x, int rows, int cols, ArrayView<int> result) => Launch(_argMax.Value, rows, x, result, cols);
 
     public void ToHalf(ArrayView<float> src, ArrayView<ushort> dst) => LaunchElements(_toHalf.Value, src.Length, src, dst);
-    public void ToFloat(ArrayView<ushort> src, ArrayView<float> dst) => LaunchElements(_toFloat.Value, src.Length, src, dst);
 
     // ---------------------------------------------------------------- fp16 decoder ops
     // Element-wise ops cover the first view; the other views must be at least as long. Row ops check their views hold
@@ -837,14 +604,6 @@ internal sealed class CudaOps
     {
         Require(y.Length >= x.Length, $"y has {y.Length} elements, fewer than x ({x.Length}).");
         LaunchElements(_add.Value, x.Length, x, y);
-    }
-
-    /// <summary>dst[i] = fp16(silu(gate[i]) * up[i]) over gate (up and dst at least as long).</summary>
-    public void SiluMulToHalf(ArrayView<float> gate, ArrayView<float> up, ArrayView<ushort> dst)
-    {
-        Require(up.Length >= gate.Length && dst.Length >= gate.Length,
-            $"up ({up.Length}) and dst ({dst.Length}) must hold at least gate's {gate.Length} elements.");
-        LaunchElements(_siluMulToHalf.Value, gate.Length, gate, up, dst);
     }
 
     /// <summary>

@@ -76,13 +76,6 @@ internal sealed class LlavaModel : ILlavaBackend
 
     /// <summary>Number of visual tokens one image contributes.</summary>
     public int TokensPerImage => Vision.OutputTokens;
-
-    /// <summary>Projected visual tokens [TokensPerImage, textHidden] for a vision output.</summary>
-    public float[] ProjectImage(VisionFeatures f) => Projector.Forward(f.Features, f.Tokens);
-
-    /// <summary>Builds the prefill sequence (see <see cref="SequenceBuilder.Build"/>).</summary>
-    public SequenceState BuildSequence(ReadOnlySpan<int> ids, IReadOnlyList<float[]> projectedImages, IReadOnlyList<int[]>? visualIndices = null)
-        => SequenceBuilder.Build(this, ids, projectedImages, visualIndices);
 }
 
 /// <summary>Builds prefill sequences for any backend.</summary>
