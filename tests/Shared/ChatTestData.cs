@@ -1,6 +1,7 @@
-namespace AutoPrune.SemanticKernel.Tests;
+namespace AutoPrune.Tests.Shared;
 
 /// <summary>Paths to the repository's own model and dev images.</summary>
+/// <remarks>Linked into the Extensions.AI and Semantic Kernel test projects.</remarks>
 internal static class TestData
 {
     public static string RepoRoot { get; } = FindRoot();
