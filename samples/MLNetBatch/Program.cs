@@ -192,7 +192,7 @@ internal sealed record BatchOptions(string Input, string Model, string Output, i
           --out FILE            CSV to write (default: mlnet-answers.csv)
           --limit N             first N rows only, 0 for all (default: 20)
           --max-new-tokens N    (default: 16)
-          --method M            pruning method: None, FastV, PDrop, SparseVLM, ... (default: None)
+          --method M            pruning method: none, fastv, pdrop, sparsevlm, ... (default: none)
           --budget B            visual-token budget, tokens (>= 1) or a fraction (default: 128)
           --mlimage             load images into an MLImage column with LoadImages instead of passing paths
           --table-rows N        rows shown in the table (default: 50)
@@ -220,7 +220,7 @@ internal sealed record BatchOptions(string Input, string Model, string Output, i
                     case "--out": output = Next(); break;
                     case "--limit": limit = int.Parse(Next(), CultureInfo.InvariantCulture); break;
                     case "--max-new-tokens": maxNew = int.Parse(Next(), CultureInfo.InvariantCulture); break;
-                    case "--method": method = Enum.Parse<PruningMethod>(Next(), ignoreCase: true); break;
+                    case "--method": method = PruningMethods.Parse(Next(), "--method"); break;
                     case "--budget": budget = double.Parse(Next(), CultureInfo.InvariantCulture); break;
                     case "--mlimage": mlImage = true; break;
                     case "--table-rows": tableRows = int.Parse(Next(), CultureInfo.InvariantCulture); break;
