@@ -14,7 +14,7 @@ public sealed class TranslationTests
         => new(TestData.ModelDir, o => { o.Device = "cpu"; configure?.Invoke(o); });
 
     [Fact]
-    public void ImageThenQuestion_RendersLikeTheCli()
+    public void Image_then_question_renders_like_the_CLI()
     {
         using var client = Client();
         var req = client.CreateRequest([new ChatMessage(ChatRole.User, [new DataContent(Png, "image/png"), new TextContent("How many?")])]);
@@ -27,7 +27,7 @@ public sealed class TranslationTests
     }
 
     [Fact]
-    public void MultiTurnHistoryWithTwoImages_KeepsOrderAndRoles()
+    public void Multi_turn_history_with_two_images_keeps_order_and_roles()
     {
         using var client = Client();
         var dataUri = "data:image/png;base64," + Convert.ToBase64String(Png);
@@ -52,7 +52,7 @@ public sealed class TranslationTests
     }
 
     [Fact]
-    public void ChatOptions_AreHonoured_AndPruningKnobsPassThrough()
+    public void Chat_options_are_honoured_and_pruning_knobs_pass_through()
     {
         using var client = Client();
         var options = new ChatOptions
@@ -78,7 +78,7 @@ public sealed class TranslationTests
     }
 
     [Fact]
-    public void ClientDefaults_ApplyWhenTheRequestSaysNothing()
+    public void Client_defaults_apply_when_the_request_says_nothing()
     {
         using var client = Client(o => { o.Method = "visionzip"; o.Budget = 192; o.MaxOutputTokens = 5; });
         var req = client.CreateRequest([new ChatMessage(ChatRole.User, "hi")]);
@@ -95,7 +95,7 @@ public sealed class TranslationTests
     }
 
     [Fact]
-    public void BadParts_GiveClearErrorsNamingThePart()
+    public void Bad_parts_give_clear_errors_naming_the_part()
     {
         using var client = Client();
         var e1 = Assert.Throws<ArgumentException>(() => client.CreateRequest(

@@ -26,7 +26,7 @@ public sealed class AnswerTests(ModelFixture fx, ITestOutputHelper output)
     }
 
     [Fact]
-    public void KnownPair_PathColumn_AnswersZero_WithReportColumns()
+    public void Known_pair_path_column_answers_zero_with_report_columns()
     {
         var sw = Stopwatch.StartNew();
         var rows = RunPathPipeline([new VqaInput { ImagePath = "images/0002.png", Question = "How many blue objects are there?" }], ModelFixture.Options());
@@ -40,7 +40,7 @@ public sealed class AnswerTests(ModelFixture fx, ITestOutputHelper output)
     }
 
     [Fact]
-    public async Task PruningOptions_ReachTheEngine_AndTheReportColumns()
+    public async Task Pruning_options_reach_the_engine_and_the_report_columns()
     {
         var options = ModelFixture.Options() with { Pruning = new AutoPrune.Pruning.PruningOptions { Method = AutoPrune.Pruning.PruningMethod.AutoPrune, Budget = 128 } };
         var input = new VqaInput { ImagePath = "images/0002.png", Question = "How many blue objects are there?" };
@@ -58,7 +58,7 @@ public sealed class AnswerTests(ModelFixture fx, ITestOutputHelper output)
     }
 
     [Fact]
-    public void KnownPair_MLImageColumn_AnswersZero()
+    public void Known_pair_MLImage_column_answers_zero()
     {
         var data = _ml.Data.LoadFromEnumerable(new[] { new VqaInput { ImagePath = "images/0002.png", Question = "How many blue objects are there?" } });
         var view = ImagePipeline(data, ModelFixture.Options(), out var vqa);
@@ -72,7 +72,7 @@ public sealed class AnswerTests(ModelFixture fx, ITestOutputHelper output)
     }
 
     [Fact]
-    public async Task PipelineAnswers_EqualAskAsync_ForPathAndImageColumns()
+    public async Task Pipeline_answers_equal_AskAsync_for_path_and_image_columns()
     {
         var options = ModelFixture.Options(maxNewTokens: 8);
         var dev = fx.Rows.Take(4).ToList();
@@ -97,7 +97,7 @@ public sealed class AnswerTests(ModelFixture fx, ITestOutputHelper output)
     }
 
     [Fact]
-    public void MissingOrCorruptImages_GiveEmptyAnswerAndError_RestAnswered()
+    public void Missing_or_corrupt_images_give_empty_answer_and_error_rest_answered()
     {
         string tmp = Directory.CreateTempSubdirectory("autoprune-mlnet-").FullName;
         try
@@ -137,7 +137,7 @@ public sealed class AnswerTests(ModelFixture fx, ITestOutputHelper output)
     }
 
     [Fact]
-    public void Preview_ShowsAnswers()
+    public void Preview_shows_answers()
     {
         var data = _ml.Data.LoadFromEnumerable(fx.Rows.Skip(2).Take(1).Select(ModelFixture.Input).ToList());
         using var t = _ml.Transforms.AnswerVisualQuestion("Answer", "ImagePath", "Question", fx.Model, ModelFixture.Options()).Fit(data);
@@ -149,7 +149,7 @@ public sealed class AnswerTests(ModelFixture fx, ITestOutputHelper output)
     }
 
     [Fact]
-    public async Task ParallelCursors_GiveTheSameAnswersAsOneCursor()
+    public async Task Parallel_cursors_give_the_same_answers_as_one_cursor()
     {
         var options = ModelFixture.Options(maxNewTokens: 4);
         var dev = fx.Rows.Skip(2).Take(3).ToList();
@@ -179,7 +179,7 @@ public sealed class AnswerTests(ModelFixture fx, ITestOutputHelper output)
     }
 
     [Fact]
-    public void PredictionEngine_AnswersEachCall()
+    public void PredictionEngine_answers_each_call()
     {
         var data = _ml.Data.LoadFromEnumerable(new List<VqaInput>());
         using var t = _ml.Transforms.AnswerVisualQuestion("Answer", "ImagePath", "Question", fx.Model, ModelFixture.Options()).Fit(data);

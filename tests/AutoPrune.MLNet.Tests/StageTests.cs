@@ -22,7 +22,7 @@ public sealed class StageTests(ModelFixture fx)
         _ml.Transforms.AnswerVisualQuestion("Answer", image, question, RepoPaths.TinyModel, ModelFixture.Options());
 
     [Fact]
-    public void MissingColumn_IsNamedInTheError()
+    public void Missing_column_is_named_in_the_error()
     {
         var e = Assert.Throws<ArgumentOutOfRangeException>(() => Estimator(question: "Prompt").Fit(Good));
         Assert.Contains("'Prompt'", e.Message);
@@ -34,7 +34,7 @@ public sealed class StageTests(ModelFixture fx)
     }
 
     [Fact]
-    public void WrongColumnType_NamesColumnExpectedAndActual()
+    public void Wrong_column_type_names_column_expected_and_actual()
     {
         var data = _ml.Data.LoadFromEnumerable(new[] { new FloatQuestion { ImagePath = "images/0002.png", Question = 1 } });
         var e = Assert.Throws<ArgumentOutOfRangeException>(() => Estimator().Fit(data));
@@ -53,7 +53,7 @@ public sealed class StageTests(ModelFixture fx)
     }
 
     [Fact]
-    public void OutputSchema_HasAnswerAndReportColumns()
+    public void Output_schema_has_answer_and_report_columns()
     {
         var shape = Estimator().GetOutputSchema(SchemaChecks.ShapeOf(Good.Schema));
         Assert.Equal(["ImagePath", "Question", "Answer", "Answer_KeptVisualTokens", "Answer_FlopsRatio", "Answer_PrefillMs", "Answer_Error"], shape.Select(c => c.Name));
@@ -67,7 +67,7 @@ public sealed class StageTests(ModelFixture fx)
     }
 
     [Fact]
-    public void FitAndTransform_AreLazy()
+    public void Fit_and_transform_are_lazy()
     {
         var many = _ml.Data.LoadFromEnumerable(Enumerable.Range(0, 10_000).Select(i => new VqaInput { ImagePath = $"images/{i}.png", Question = "q" }));
         using var t = Estimator().Fit(many);
@@ -114,7 +114,7 @@ public sealed class StageTests(ModelFixture fx)
     }
 
     [Fact]
-    public void Save_ThrowsNotSupported_WithTheAlternative()
+    public void Save_throws_not_supported_with_the_alternative()
     {
         using var t = Estimator().Fit(Good);
         using var stream = new MemoryStream();

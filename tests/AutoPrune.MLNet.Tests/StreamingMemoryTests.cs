@@ -13,7 +13,7 @@ public sealed class StreamingMemoryTests(ModelFixture fx, ITestOutputHelper outp
     /// grew by -4.0 MB and -2.0 MB in two runs.
     /// </summary>
     [Fact]
-    public void DevRows_StreamWithoutMemoryGrowth()
+    public void Dev_rows_stream_without_memory_growth()
     {
         int total = int.TryParse(Environment.GetEnvironmentVariable("AUTOPRUNE_MLNET_STREAM_ROWS"), out var n) ? n : 200;
         int early = Math.Max(5, total / 4);

@@ -19,7 +19,7 @@ public sealed class EndToEndTests(ChatFixture fx) : IClassFixture<ChatFixture>
     private const string Image = TestData.KnownImage, Question = TestData.KnownQuestion;
 
     [Fact]
-    public async Task SameAnswer_ThroughCli_ChatClient_SemanticKernel_AndDependencyInjection()
+    public async Task Same_answer_through_the_CLI_chat_client_Semantic_Kernel_and_dependency_injection()
     {
         var reference = await fx.ReferenceAsync(Image, Question);
         Assert.Equal("0", reference.Text.Trim());
@@ -64,7 +64,7 @@ public sealed class EndToEndTests(ChatFixture fx) : IClassFixture<ChatFixture>
     }
 
     [Fact]
-    public async Task Streaming_ConcatenatesToTheAnswer_WithOneResponseId()
+    public async Task Streaming_concatenates_to_the_answer_with_one_response_id()
     {
         var reference = await fx.ReferenceAsync("0006.png", "What shape is the green object?");
         var updates = new List<ChatResponseUpdate>();
@@ -87,7 +87,7 @@ public sealed class EndToEndTests(ChatFixture fx) : IClassFixture<ChatFixture>
     }
 
     [Fact]
-    public async Task CancellationMidStream_StopsWithinOneToken_AndLeavesTheModelUsable()
+    public async Task Cancellation_mid_stream_stops_within_one_token_and_leaves_the_model_usable()
     {
         // The fixture model ends its answers after a token or two; very hot sampling with this seed gives 13 tokens.
         var options = new ChatOptions { Temperature = 5f, Seed = 3, MaxOutputTokens = 30 };
@@ -114,7 +114,7 @@ public sealed class EndToEndTests(ChatFixture fx) : IClassFixture<ChatFixture>
     }
 
     [Fact]
-    public async Task SeveralTurns_UseTheConversationFormat()
+    public async Task Several_turns_use_the_conversation_format()
     {
         // The fixture's 1024-token context holds one image (576 visual tokens), so the multi-turn test uses one;
         // two-image histories are covered by the translation tests and by the runtime's own length error below.
@@ -154,7 +154,7 @@ public sealed class EndToEndTests(ChatFixture fx) : IClassFixture<ChatFixture>
     /// the engine's for the same conversation, and the prompt holds both images.
     /// </summary>
     [Fact]
-    public async Task TwoImagesAndSeveralTurns_OnALongerContextCopy()
+    public async Task Two_images_and_several_turns_on_a_longer_context_copy()
     {
         var dir = Path.Combine(Path.GetTempPath(), "autoprune-sk-2048-" + Guid.NewGuid().ToString("N"));
         Directory.CreateDirectory(dir);
@@ -197,7 +197,7 @@ public sealed class EndToEndTests(ChatFixture fx) : IClassFixture<ChatFixture>
     }
 
     [Fact]
-    public async Task SixteenConcurrentRequests_ThroughOneRegisteredClient_MatchOneAtATime()
+    public async Task Sixteen_concurrent_requests_through_one_registered_client_match_one_at_a_time()
     {
         var client = fx.Services.GetRequiredService<IChatClient>();
         (string Image, string Question)[] pairs =

@@ -19,7 +19,7 @@ public sealed class ServiceTranslationTests
     /// <summary>The SK service over a recording client: ImageContent (bytes, data URI) reaches the client as image DataContent,
     /// and SK settings (typed or generic from JSON) reach it as ChatOptions with the pruning knobs.</summary>
     [Fact]
-    public async Task SemanticKernelService_TranslatesHistoryAndSettings()
+    public async Task Semantic_Kernel_service_translates_history_and_settings()
     {
         using var real = Client();
         var recorder = new RecordingChatClient(real);

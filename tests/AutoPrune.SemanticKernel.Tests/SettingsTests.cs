@@ -8,7 +8,7 @@ namespace AutoPrune.SemanticKernel.Tests;
 public sealed class SettingsTests
 {
     [Fact]
-    public void Settings_RoundTripThroughJson_WithSnakeCaseNames()
+    public void Settings_round_trip_through_JSON_with_snake_case_names()
     {
         var s = new AutoPrunePromptExecutionSettings
         {
@@ -39,7 +39,7 @@ public sealed class SettingsTests
     }
 
     [Fact]
-    public void CloneAndFreeze()
+    public void Clone_and_freeze()
     {
         var s = new AutoPrunePromptExecutionSettings { MaxTokens = 4, PruningMethod = PruningMethod.VisionZip, Budget = 64, StopSequences = ["x"] };
         var c = (AutoPrunePromptExecutionSettings)s.Clone();
@@ -57,7 +57,7 @@ public sealed class SettingsTests
     }
 
     [Fact]
-    public void ToChatOptions_CarriesThePruningKnobs()
+    public void ToChatOptions_carries_the_pruning_knobs()
     {
         var o = new AutoPrunePromptExecutionSettings { MaxTokens = 3, PruningMethod = PruningMethod.SparseVLM, Budget = 0.5 }.ToChatOptions();
         Assert.Equal(3, o.MaxOutputTokens);
