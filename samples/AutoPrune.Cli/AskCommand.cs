@@ -72,7 +72,8 @@ internal sealed record AskJson(
     double AvgVisualTokensPerLayer, double AvgVisualTokensPublished, int[] VisualTokensPerLayer, double FlopsRatio, double PrefillFlops,
     IReadOnlyDictionary<string, double> Signals, IReadOnlyList<string> Notes,
     double PreprocessMs, double VisionMs, double PrefillMs, double DecodeMs, double TotalMs,
-    IReadOnlyList<AskJson.Logit> TopLogits, string Device)
+    IReadOnlyList<AskJson.Logit> TopLogits, string Device,
+    [property: JsonIgnore(Condition = JsonIgnoreCondition.WhenWritingNull)] AutoPrune.Diagnostics.RequestDeviceCounters? Counters)
 {
     public sealed record Logit(int Id, [property: JsonPropertyName("logit")] float Value);
 
@@ -89,7 +90,7 @@ internal sealed record AskJson(
         Math.Round(a.Report.AvgVisualTokensProcessed, 3), Math.Round(a.Report.AvgVisualTokensPublished, 3), a.Report.VisualTokensPerLayer,
         Math.Round(a.Report.FlopsRatio, 5), a.Report.PrefillFlops, a.Report.Signals, a.Report.Notes,
         Round(a.Timings.PreprocessMs), Round(a.Timings.VisionMs), Round(a.Timings.PrefillMs), Round(a.Timings.DecodeMs), Round(a.Timings.TotalMs),
-        a.TopLogits.Select(t => new Logit(t.Id, t.Logit)).ToList(), a.Device);
+        a.TopLogits.Select(t => new Logit(t.Id, t.Logit)).ToList(), a.Device, a.DeviceCounters);
 
     private static double Round(double ms) => Math.Round(ms, 2);
 }

@@ -27,7 +27,7 @@ public static class BenchCommand
         var device = CommonOptions.Device();
         var outFile = new Option<FileInfo?>("--out", "-o") { Description = "Write the results as JSON to this file." };
         var speed = new Option<bool>("--speed") { Description = "Time the stages with synthetic inputs (vision tower, projector, prefill per method and budget, decode ms/token, device memory) instead of answering the image." };
-        var random = new Option<string?>("--random-weights") { Description = "With --speed (implied): generate random fp16 weights for this architecture instead of loading --model: llava-1.5-7b, llava-1.5-13b, llava-1.6-vicuna-7b, llava-1.6-mistral-7b (LLaVA-1.6 on a 672x672 image: 2,928 visual tokens), tiny-test or tiny-next-test." };
+        var random = new Option<string?>("--random-weights") { Description = "With --speed (implied): generate random fp16 weights for this architecture instead of loading --model: llava-1.5-7b, llava-1.5-13b, llava-1.6-vicuna-7b, llava-1.6-mistral-7b (LLaVA-1.6 on a 672x672 image: 2,928 visual tokens), tiny-test, tiny-next-test or tiny-32-layers (the fixture's sizes with 32 decoder layers: the GPU counters of the 7B layer count)." };
         var decodeTokens = new Option<int>("--decode-tokens") { Description = "With --speed: tokens generated to time decoding.", DefaultValueFactory = _ => 32 };
 
         var cmd = new Command("bench", "Latency, tokens/s and memory per method and budget on one image, with speed-ups against unpruned.")
@@ -114,6 +114,11 @@ public static class SpeedPrinter
         if (r.DeviceUsedMb is double du) mem += $"GPU memory in use at most {F(du, "F0")} MB (driver's count, whole device); ";
         foreach (var p in r.Prefill.Where(p => p.Skipped is not null))
             console.MarkupLine(Markup.Escape($"skipped {p.Method} at {p.Budget}: {p.Skipped}"));
+        if (r.VisionCounters is { } vc) console.MarkupLine(Markup.Escape($"device counters, vision tower: {vc}"));
+        if (r.ProjectorCounters is { } pc) console.MarkupLine(Markup.Escape($"device counters, projector: {pc}"));
+        foreach (var p in r.Prefill.Where(p => p.Counters is not null))
+            console.MarkupLine(Markup.Escape($"device counters, prefill {p.Method} at {F(p.Budget, "0.###")}: {p.Counters}"));
+        if (r.DecodeCountersPerToken is { } dc) console.MarkupLine(Markup.Escape($"device counters, one decode token: {dc}"));
         console.MarkupLine(Markup.Escape($"Medians over {r.Repeats} runs after {r.Warmup} warm-up; decode over {r.DecodeTokens} tokens; {mem}peak working set {F(r.PeakWorkingSetMb, "F0")} MB."));
     }
 }

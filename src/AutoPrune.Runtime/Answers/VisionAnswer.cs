@@ -17,4 +17,6 @@ public sealed record VisionAnswer
     public required string Device { get; init; }
     /// <summary>What pruning did (always present; method None when the model ran unpruned).</summary>
     public required PruningReport Report { get; init; }
+    /// <summary>What the request asked of the GPU, by stage (host syncs, launches, copies, ...); null on the CPU backend.</summary>
+    public Diagnostics.RequestDeviceCounters? DeviceCounters { get; init; }
 }

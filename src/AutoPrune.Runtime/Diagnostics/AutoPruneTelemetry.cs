@@ -69,6 +69,8 @@ public static class AutoPruneTelemetry
         public const string ImageIndex = "autoprune.image.index";
         /// <summary>On a vision span: true when the vision cache answered.</summary>
         public const string VisionCached = "autoprune.vision.cached";
+        /// <summary>On the device counters: the request's stage ("vision", "prefill", "decode").</summary>
+        public const string Stage = "autoprune.stage";
     }
 
     /// <summary>Instrument names of the <see cref="MeterName"/> meter.</summary>
@@ -90,6 +92,22 @@ public static class AutoPruneTelemetry
         public const string Errors = "autoprune.errors";
         /// <summary>Counter ({request}): requests cancelled by the caller, a reader that stopped early, or a timeout.</summary>
         public const string Cancellations = "autoprune.cancellations";
+        /// <summary>Counter ({sync}), GPU backends, by <c>autoprune.stage</c>: times the host waited for the device.</summary>
+        public const string DeviceHostSyncs = "autoprune.device.host_syncs";
+        /// <summary>Counter ({launch}): kernel launches (device copies and CUDA graph launches included).</summary>
+        public const string DeviceLaunches = "autoprune.device.launches";
+        /// <summary>Counter ({call}): cuBLAS calls.</summary>
+        public const string DeviceBlasCalls = "autoprune.device.blas_calls";
+        /// <summary>Counter (By): bytes copied from the host to the device.</summary>
+        public const string DeviceH2DBytes = "autoprune.device.h2d_bytes";
+        /// <summary>Counter (By): bytes copied from the device to the host.</summary>
+        public const string DeviceD2HBytes = "autoprune.device.d2h_bytes";
+        /// <summary>Counter ({copy}): copies from the host to the device.</summary>
+        public const string DeviceH2DCopies = "autoprune.device.h2d_copies";
+        /// <summary>Counter ({copy}): copies from the device to the host.</summary>
+        public const string DeviceD2HCopies = "autoprune.device.d2h_copies";
+        /// <summary>Counter ({allocation}): device allocations (pool hits are not allocations).</summary>
+        public const string DeviceAllocations = "autoprune.device.allocations";
     }
 
     internal static readonly ActivitySource Source = new(SourceName, typeof(AutoPruneTelemetry).Assembly.GetName().Version?.ToString());

@@ -42,8 +42,10 @@ public sealed record SpeedBenchmarkOptions
 
 /// <summary>One prefill configuration's timing (medians over the repeats).</summary>
 /// <param name="Skipped">Why this method cannot run at this budget on this model (then the measurements are null).</param>
+/// <param name="Counters">What one prefill (the last repeat) asked of the GPU; null on the CPU.</param>
 public sealed record PrefillTiming(string Method, double Budget, double? AvgVisualTokensPerLayer, int PromptTokens,
-    double? PrefillMs, double? PrefillMsMin, double? MsPerLayer, double? FlopsRatio, double? SpeedupVsUnpruned, string? Skipped = null);
+    double? PrefillMs, double? PrefillMsMin, double? MsPerLayer, double? FlopsRatio, double? SpeedupVsUnpruned, string? Skipped = null,
+    DeviceCounters? Counters = null);
 
 /// <summary>Everything one <see cref="SpeedBenchmark.Run"/> measured, in one run on one device.</summary>
 /// <remarks>
@@ -57,7 +59,15 @@ public sealed record SpeedReport(
     IReadOnlyList<PrefillTiming> Prefill,
     double DecodeMsPerToken, int DecodeTokens,
     double? PeakDeviceMemoryMb, double? WeightsDeviceMemoryMb, double PeakWorkingSetMb, int Repeats, int Warmup,
-    double? DeviceUsedMb = null, int ImageViews = 1);
+    double? DeviceUsedMb = null, int ImageViews = 1)
+{
+    /// <summary>What one greedy decode step asked of the GPU (the last timed step); null on the CPU.</summary>
+    public DeviceCounters? DecodeCountersPerToken { get; init; }
+    /// <summary>What the vision tower asked of the GPU for one image (all its views); null on the CPU.</summary>
+    public DeviceCounters? VisionCounters { get; init; }
+    /// <summary>What the projector asked of the GPU for one image; null on the CPU.</summary>
+    public DeviceCounters? ProjectorCounters { get; init; }
+}
 
 /// <summary>
 /// Times the stages of the model on one device with synthetic inputs (random pixels, random token ids): vision tower,
@@ -113,9 +123,11 @@ public static class SpeedBenchmark
         progress?.Report("vision tower");
         VisionFeatures[] Tower() => Enumerable.Range(0, views).Select(_ => model.VisionForward(pixels)).ToArray();
         float[] Projector(VisionFeatures[] f) => layout is null ? model.Project(f[0].Features, f[0].Tokens) : anyRes!.Assemble(model, layout, f).Tokens;
-        var towerOut = Tower();
+        VisionFeatures[] towerOut = [];
+        var visionCounters = Count(model, () => towerOut = Tower());
         VisionFeatures vision = towerOut[0];
-        float[] projected = Projector(towerOut);
+        float[] projected = [];
+        var projectorCounters = Count(model, () => projected = Projector(towerOut));
         var visionMs = new List<double>();
         var projMs = new List<double>();
         for (int r = 0; r < o.Warmup + o.Repeats; r++)
@@ -169,11 +181,15 @@ public static class SpeedBenchmark
             var times = new List<double>();
             PruningReport? report = null;
             int promptTokens = 0;
+            DeviceCounters? counters = null;
             for (int r = 0; r < o.Warmup + o.Repeats; r++)
             {
                 ct.ThrowIfCancellationRequested();
-                var (ms, rep, n) = TimePrefill(model, runShape, options, runIds, vision, runProjected);
-                if (r >= o.Warmup) { times.Add(ms); report = rep; promptTokens = n; }
+                double ms = 0;
+                PruningReport? rep = null;
+                int n = 0;
+                var c = Count(model, () => (ms, rep, n) = TimePrefill(model, runShape, options, runIds, vision, runProjected));
+                if (r >= o.Warmup) { times.Add(ms); report = rep; promptTokens = n; counters = c; }
             }
             SampleDevice();
             double med = Median(times);
@@ -184,22 +200,26 @@ public static class SpeedBenchmark
                 : FlopsModel.Ratio(shape, prefix, text, Enumerable.Repeat((int)avg, shape.Layers).ToArray());
             prefill.Add(new PrefillTiming(runIds == ids ? method.ToString() : "None (input cut)", budget, Math.Round(avg, 2), promptTokens,
                 Math.Round(med, 3), Math.Round(times.Min(), 3), Math.Round(med / shape.Layers, 4), Math.Round(flops, 4),
-                Math.Round(reference / med, 2)));
+                Math.Round(reference / med, 2), Counters: counters));
         }
 
         // Decode: greedy steps after an unpruned prefill.
         progress?.Report("decode");
         double perToken;
+        DeviceCounters? decodeCounters = null;
         {
             var state = SequenceBuilder.Build(model, ids, [projected]);
             using var gen = model.StartGeneration(o.DecodeTokens + o.Warmup);
             var logits = gen.Prefill(state, null, ct);
-            for (int i = 0; i < o.Warmup; i++) logits = gen.Step(CpuOps.ArgMax(logits));
+            // Greedy decoding as a request does it: only the next id comes back from a GPU.
+            int next = CpuOps.ArgMax(logits);
+            for (int i = 0; i < o.Warmup; i++) next = gen.StepGreedy(next);
             sw.Restart();
             for (int i = 0; i < o.DecodeTokens; i++)
             {
                 ct.ThrowIfCancellationRequested();
-                logits = gen.Step(CpuOps.ArgMax(logits));
+                if (i < o.DecodeTokens - 1) next = gen.StepGreedy(next);
+                else decodeCounters = Count(model, () => next = gen.StepGreedy(next));
             }
             perToken = sw.Elapsed.TotalMilliseconds / o.DecodeTokens;
             SampleDevice();
@@ -210,7 +230,19 @@ public static class SpeedBenchmark
             Math.Round(Median(visionMs), 3), Math.Round(Median(projMs), 3), prefill, Math.Round(perToken, 3), o.DecodeTokens,
             peakMb is double p ? Math.Round(p, 1) : null, weightsMb is double w ? Math.Round(w, 1) : null,
             Math.Round(Process.GetCurrentProcess().PeakWorkingSet64 / 1048576.0, 1), o.Repeats, o.Warmup,
-            deviceUsed is double du ? Math.Round(du, 1) : null, views);
+            deviceUsed is double du ? Math.Round(du, 1) : null, views)
+        {
+            DecodeCountersPerToken = decodeCounters, VisionCounters = visionCounters, ProjectorCounters = projectorCounters,
+        };
+    }
+
+    /// <summary>Runs <paramref name="work"/> and returns what it asked of the device (null on the CPU backend).</summary>
+    private static DeviceCounters? Count(ILlavaBackend model, Action work)
+    {
+        if (model.Counters is null) { work(); return null; }
+        var set = new DeviceCounterSet();
+        using (DeviceCounterSet.BeginRequest(set)) work();
+        return set.Snapshot();
     }
 
     private static (double Ms, PruningReport Report, int PromptTokens) TimePrefill(ILlavaBackend model, ModelShape shape, PruningOptions options,

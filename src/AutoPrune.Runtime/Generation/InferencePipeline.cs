@@ -24,17 +24,42 @@ internal sealed class InferencePipeline(ILlavaBackend model, LlavaTokenizer toke
     /// <summary>The decoder state after the prompt, with the logits at its last position and what pruning did.</summary>
     internal sealed record PrefilledPrompt(IGeneration Generation, float[] Logits, PruningReport Report, double PrefillMs);
 
+    /// <summary>Decode steps run and what the last one asked of the device (for the per-token counters).</summary>
+    internal sealed class DecodeCounting(DeviceCounterSet counters)
+    {
+        public int Steps { get; private set; }
+        public DeviceCounters? LastStep { get; private set; }
+        private DeviceCounters? _start;
+        public void Begin() => _start = counters.Snapshot();
+        public void End() { LastStep = counters.Snapshot() - _start!; Steps++; }
+    }
+
     public void Run(PreparedRequest p, RequestTelemetry telemetry, Action<AnswerChunk> emit, CancellationToken ct)
     {
         var total = Stopwatch.StartNew();
+        // GPU backends: everything this request makes the device do, by stage (exact even with concurrent requests).
+        var counters = model.Counters is null ? null : new DeviceCounterSet();
+        using var counting = counters is null ? null : DeviceCounterSet.BeginRequest(counters);
         var encoded = EncodeImages(p, telemetry, ct);
+        var afterVision = counters?.Snapshot();
         var prefilled = Prefill(p, encoded, telemetry, ct);
+        var afterPrefill = counters?.Snapshot();
         using var generation = prefilled.Generation;
-        var answer = Decode(p, prefilled, telemetry, emit, ct);
+        var steps = counters is null ? null : new DecodeCounting(counters);
+        var answer = Decode(p, prefilled, telemetry, emit, ct, steps);
+        RequestDeviceCounters? device = null;
+        if (counters is not null)
+        {
+            device = new RequestDeviceCounters(afterVision!, afterPrefill! - afterVision!, counters.Snapshot() - afterPrefill!, steps!.Steps, steps.LastStep);
+            DeviceCounterMetrics.Record("vision", device.Vision);
+            DeviceCounterMetrics.Record("prefill", device.Prefill);
+            DeviceCounterMetrics.Record("decode", device.Decode);
+        }
         emit(new AnswerChunk("", null, answer with
         {
             VisualTokens = p.ImageTokens.Sum(),
             Timings = answer.Timings with { PreprocessMs = encoded.PreprocessMs, VisionMs = encoded.VisionMs, TotalMs = total.Elapsed.TotalMilliseconds },
+            DeviceCounters = device,
         }));
     }
 
@@ -142,7 +167,8 @@ internal sealed class InferencePipeline(ILlavaBackend model, LlavaTokenizer toke
     }
 
     /// <summary>Generates the answer token by token, emitting each piece of text as it is decoded.</summary>
-    public VisionAnswer Decode(PreparedRequest p, PrefilledPrompt prefilled, RequestTelemetry telemetry, Action<AnswerChunk> emit, CancellationToken ct)
+    public VisionAnswer Decode(PreparedRequest p, PrefilledPrompt prefilled, RequestTelemetry telemetry, Action<AnswerChunk> emit, CancellationToken ct,
+        DecodeCounting? counting = null)
     {
         using var span = telemetry.Stage(AutoPruneTelemetry.Spans.Decode);
         var sw = Stopwatch.StartNew();
@@ -178,8 +204,10 @@ internal sealed class InferencePipeline(ILlavaBackend model, LlavaTokenizer toke
             if (step + 1 < p.MaxNew)
             {
                 // Greedy decoding asks the backend for the next id only (a GPU then returns 4 bytes, not the logits).
+                counting?.Begin();
                 if (sampler.IsGreedy) greedyNext = prefilled.Generation.StepGreedy(next);
                 else NonFiniteLogitsException.ThrowIfAny(logits = prefilled.Generation.Step(next), $"decoding step {step + 1}");
+                counting?.End();
             }
         }
         span?.SetTag(AutoPruneTelemetry.Tags.OutputTokens, tokens.Count);

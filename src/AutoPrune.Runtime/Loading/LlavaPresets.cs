@@ -16,10 +16,11 @@ internal static class LlavaPresets
     public const string Llava16Vicuna7BName = "llava-1.6-vicuna-7b";
     public const string Llava16Mistral7BName = "llava-1.6-mistral-7b";
     public const string TinyNextTestName = "tiny-next-test";
+    public const string Tiny32LayersName = "tiny-32-layers";
 
     /// <summary>The names <see cref="ByName"/> accepts.</summary>
     public static IReadOnlyList<string> Names { get; } =
-        [Llava15_7BName, Llava15_13BName, Llava16Vicuna7BName, Llava16Mistral7BName, TinyTestName, TinyNextTestName];
+        [Llava15_7BName, Llava15_13BName, Llava16Vicuna7BName, Llava16Mistral7BName, TinyTestName, TinyNextTestName, Tiny32LayersName];
 
     /// <summary>For LLaVA-NeXT presets, the image size a speed measurement uses: 672x672 fills the 2x2-tile pinpoint (2,928 visual tokens).</summary>
     public const int TypicalNextImageSize = 672;
@@ -66,6 +67,13 @@ internal static class LlavaPresets
     /// <summary>The repository's fixture model (samples/models/shapes-llava-tiny/config.json).</summary>
     public static LlavaConfig TinyTest() => LlavaConfig.Parse(TinyTestJson, "preset " + TinyTestName);
 
+    /// <summary>
+    /// The fixture's dimensions with LLaVA-1.5-7B's 32 decoder layers (and its 576 visual tokens): what the GPU code path's
+    /// counters (host syncs, launches, copies per layer) are measured on without a GPU.
+    /// </summary>
+    public static LlavaConfig Tiny32Layers()
+        => LlavaConfig.Parse(TinyTestJson.Replace("\"num_hidden_layers\": 8,", "\"num_hidden_layers\": 32,", StringComparison.Ordinal), "preset " + Tiny32LayersName);
+
     /// <summary>A preset by name (case-insensitive), one of <see cref="Names"/>.</summary>
     public static LlavaConfig ByName(string name)
     {
@@ -77,6 +85,7 @@ internal static class LlavaPresets
             case Llava16Vicuna7BName: return Llava16Vicuna7B();
             case Llava16Mistral7BName: return Llava16Mistral7B();
             case TinyNextTestName: return TinyNextTest();
+            case Tiny32LayersName: return Tiny32Layers();
             default:
                 throw new ArgumentException(
                     $"Unknown model preset '{name}'. Known presets: {string.Join(", ", Names)}.", nameof(name));

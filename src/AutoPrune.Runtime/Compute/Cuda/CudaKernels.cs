@@ -496,9 +496,10 @@ internal sealed class CudaOps
     /// of two no larger than <see cref="CudaKernels.MaxRowGroupSize"/> and the accelerator's MaxNumThreadsPerGroup
     /// (tests use this to exercise the reductions at several sizes).
     /// </param>
-    public CudaOps(Accelerator accelerator, int rowGroupSize = 0, int maxElementThreads = 0)
+    public CudaOps(Accelerator accelerator, int rowGroupSize = 0, int maxElementThreads = 0, Diagnostics.DeviceCounterSet? counters = null)
     {
         _acc = accelerator;
+        Counters = counters ?? new Diagnostics.DeviceCounterSet();
         if (maxElementThreads < 0) throw new ArgumentOutOfRangeException(nameof(maxElementThreads), maxElementThreads, "Must be positive (0: the accelerator's default).");
         MaxElementThreads = maxElementThreads > 0 ? maxElementThreads
             : accelerator.AcceleratorType == AcceleratorType.CPU ? 64 : 1 << 22;
@@ -541,6 +542,9 @@ internal sealed class CudaOps
 
     public Accelerator Accelerator => _acc;
 
+    /// <summary>Where launches are counted (the model's counters).</summary>
+    public Diagnostics.DeviceCounterSet Counters { get; }
+
     /// <summary>Threads per group of the one-group-per-row kernels (RmsNormToHalf, LayerNormToHalf, ScaledMaskedSoftmaxToHalf, ArgMaxRows).</summary>
     public int RowGroupSize { get; }
 
@@ -580,6 +584,7 @@ internal sealed class CudaOps
         long groups = shape.QHeads * rows.Length;
         Require(groups <= int.MaxValue, $"{groups} (head, row) pairs exceed a grid of 2^31 - 1 groups.");
         Require(result.Length >= groups * (shape.Nk - firstKey), $"result has {result.Length} elements, fewer than heads × rows × keys ({groups * (shape.Nk - firstKey)}).");
+        Counters.Launch();
         _attentionRowsGrouped.Value(RowConfig((int)groups), q, k, rows, result, shape, firstKey);
     }
 
@@ -625,6 +630,7 @@ internal sealed class CudaOps
         if (n > 0)
         {
             var r = Range(n);
+            Counters.Launch();
             _qkvSplitRope.Value(Extent(r.Stride), qkv, positions, cos, sin, q, k, qHalf, kHalf, vHalf, shape, r);
         }
     }
@@ -651,7 +657,7 @@ internal sealed class CudaOps
     public void RmsNormToHalf(ArrayView<float> src, ArrayView<ushort> dst, int rows, int dim, ArrayView<float> weight, float eps)
     {
         CheckRowOp(rows, dim, src.Length, dst.Length, weight.Length);
-        if (rows > 0) _rmsToHalf.Value(RowConfig(rows), src, dst, weight, dim, eps);
+        if (rows > 0) { Counters.Launch(); _rmsToHalf.Value(RowConfig(rows), src, dst, weight, dim, eps); }
     }
 
     /// <summary>LayerNorm (two-pass mean / variance) of each row of src ([rows, dim]), rounded to fp16 into dst; one group per row.</summary>
@@ -659,7 +665,7 @@ internal sealed class CudaOps
     {
         CheckRowOp(rows, dim, src.Length, dst.Length, weight.Length);
         Require(rows == 0 || bias.Length >= dim, $"bias has {bias.Length} elements, fewer than dim {dim}.");
-        if (rows > 0) _layerNormToHalf.Value(RowConfig(rows), src, dst, weight, bias, dim, eps);
+        if (rows > 0) { Counters.Launch(); _layerNormToHalf.Value(RowConfig(rows), src, dst, weight, bias, dim, eps); }
     }
 
     /// <summary>
@@ -675,7 +681,7 @@ internal sealed class CudaOps
         Require(rows <= int.MaxValue, $"{rows} softmax rows exceed a grid of 2^31 - 1 groups.");
         CheckRows((int)rows, nk, scores.Length, nameof(scores));
         CheckRows((int)rows, nk, probs.Length, nameof(probs));
-        if (rows > 0 && nk > 0) _maskedSoftmaxToHalf.Value(RowConfig((int)rows), scores, probs, nq, nk, causalOffset, scale);
+        if (rows > 0 && nk > 0) { Counters.Launch(); _maskedSoftmaxToHalf.Value(RowConfig((int)rows), scores, probs, nq, nk, causalOffset, scale); }
     }
 
     /// <summary>
@@ -687,7 +693,7 @@ internal sealed class CudaOps
         CheckRows(rows, cols, x.Length, nameof(x));
         Require(rows == 0 || cols >= 1, $"cols ({cols}) must be at least 1.");
         Require(result.Length >= rows, $"result has {result.Length} elements, fewer than rows ({rows}).");
-        if (rows > 0) _argMaxRows.Value(RowConfig(rows), x, result, cols);
+        if (rows > 0) { Counters.Launch(); _argMaxRows.Value(RowConfig(rows), x, result, cols); }
     }
 
     private KernelConfig RowConfig(int rows) => new(rows, RowGroupSize);
@@ -710,21 +716,21 @@ internal sealed class CudaOps
         if (!condition) throw new ArgumentException(message);
     }
 
-    private static void Launch<T1>(Action<Index1D, T1> k, long n, T1 a) where T1 : struct
-    { if (n > 0) k(Extent(n), a); }
-    private static void Launch<T1, T2>(Action<Index1D, T1, T2> k, long n, T1 a, T2 b) where T1 : struct where T2 : struct
-    { if (n > 0) k(Extent(n), a, b); }
-    private static void Launch<T1, T2, T3>(Action<Index1D, T1, T2, T3> k, long n, T1 a, T2 b, T3 c) where T1 : struct where T2 : struct where T3 : struct
-    { if (n > 0) k(Extent(n), a, b, c); }
-    private static void Launch<T1, T2, T3, T4>(Action<Index1D, T1, T2, T3, T4> k, long n, T1 a, T2 b, T3 c, T4 d)
+    private void Launch<T1>(Action<Index1D, T1> k, long n, T1 a) where T1 : struct
+    { if (n > 0) { Counters.Launch(); k(Extent(n), a); } }
+    private void Launch<T1, T2>(Action<Index1D, T1, T2> k, long n, T1 a, T2 b) where T1 : struct where T2 : struct
+    { if (n > 0) { Counters.Launch(); k(Extent(n), a, b); } }
+    private void Launch<T1, T2, T3>(Action<Index1D, T1, T2, T3> k, long n, T1 a, T2 b, T3 c) where T1 : struct where T2 : struct where T3 : struct
+    { if (n > 0) { Counters.Launch(); k(Extent(n), a, b, c); } }
+    private void Launch<T1, T2, T3, T4>(Action<Index1D, T1, T2, T3, T4> k, long n, T1 a, T2 b, T3 c, T4 d)
         where T1 : struct where T2 : struct where T3 : struct where T4 : struct
-    { if (n > 0) k(Extent(n), a, b, c, d); }
-    private static void Launch<T1, T2, T3, T4, T5>(Action<Index1D, T1, T2, T3, T4, T5> k, long n, T1 a, T2 b, T3 c, T4 d, T5 e)
+    { if (n > 0) { Counters.Launch(); k(Extent(n), a, b, c, d); } }
+    private void Launch<T1, T2, T3, T4, T5>(Action<Index1D, T1, T2, T3, T4, T5> k, long n, T1 a, T2 b, T3 c, T4 d, T5 e)
         where T1 : struct where T2 : struct where T3 : struct where T4 : struct where T5 : struct
-    { if (n > 0) k(Extent(n), a, b, c, d, e); }
-    private static void Launch<T1, T2, T3, T4, T5, T6>(Action<Index1D, T1, T2, T3, T4, T5, T6> k, long n, T1 a, T2 b, T3 c, T4 d, T5 e, T6 f)
+    { if (n > 0) { Counters.Launch(); k(Extent(n), a, b, c, d, e); } }
+    private void Launch<T1, T2, T3, T4, T5, T6>(Action<Index1D, T1, T2, T3, T4, T5, T6> k, long n, T1 a, T2 b, T3 c, T4 d, T5 e, T6 f)
         where T1 : struct where T2 : struct where T3 : struct where T4 : struct where T5 : struct where T6 : struct
-    { if (n > 0) k(Extent(n), a, b, c, d, e, f); }
+    { if (n > 0) { Counters.Launch(); k(Extent(n), a, b, c, d, e, f); } }
 
     /// <summary>Threads for an element-wise launch of n elements (grid-stride beyond <see cref="MaxElementThreads"/>).</summary>
     private ElementRange Range(long n) => new(n, (int)Math.Min(n, MaxElementThreads));
@@ -736,20 +742,20 @@ internal sealed class CudaOps
     public int MaxElementThreads { get; }
 
     private void LaunchElements<T1>(Action<Index1D, T1, ElementRange> k, long n, T1 a) where T1 : struct
-    { if (n > 0) { var r = Range(n); k(Extent(r.Stride), a, r); } }
+    { if (n > 0) { Counters.Launch(); var r = Range(n); k(Extent(r.Stride), a, r); } }
     private void LaunchElements<T1, T2>(Action<Index1D, T1, T2, ElementRange> k, long n, T1 a, T2 b) where T1 : struct where T2 : struct
-    { if (n > 0) { var r = Range(n); k(Extent(r.Stride), a, b, r); } }
+    { if (n > 0) { Counters.Launch(); var r = Range(n); k(Extent(r.Stride), a, b, r); } }
     private void LaunchElements<T1, T2, T3>(Action<Index1D, T1, T2, T3, ElementRange> k, long n, T1 a, T2 b, T3 c) where T1 : struct where T2 : struct where T3 : struct
-    { if (n > 0) { var r = Range(n); k(Extent(r.Stride), a, b, c, r); } }
+    { if (n > 0) { Counters.Launch(); var r = Range(n); k(Extent(r.Stride), a, b, c, r); } }
     private void LaunchElements<T1, T2, T3, T4>(Action<Index1D, T1, T2, T3, T4, ElementRange> k, long n, T1 a, T2 b, T3 c, T4 d)
         where T1 : struct where T2 : struct where T3 : struct where T4 : struct
-    { if (n > 0) { var r = Range(n); k(Extent(r.Stride), a, b, c, d, r); } }
+    { if (n > 0) { Counters.Launch(); var r = Range(n); k(Extent(r.Stride), a, b, c, d, r); } }
     private void LaunchElements<T1, T2, T3, T4, T5>(Action<Index1D, T1, T2, T3, T4, T5, ElementRange> k, long n, T1 a, T2 b, T3 c, T4 d, T5 e)
         where T1 : struct where T2 : struct where T3 : struct where T4 : struct where T5 : struct
-    { if (n > 0) { var r = Range(n); k(Extent(r.Stride), a, b, c, d, e, r); } }
+    { if (n > 0) { Counters.Launch(); var r = Range(n); k(Extent(r.Stride), a, b, c, d, e, r); } }
     private void LaunchElements<T1, T2, T3, T4, T5, T6>(Action<Index1D, T1, T2, T3, T4, T5, T6, ElementRange> k, long n, T1 a, T2 b, T3 c, T4 d, T5 e, T6 f)
         where T1 : struct where T2 : struct where T3 : struct where T4 : struct where T5 : struct where T6 : struct
-    { if (n > 0) { var r = Range(n); k(Extent(r.Stride), a, b, c, d, e, f, r); } }
+    { if (n > 0) { Counters.Launch(); var r = Range(n); k(Extent(r.Stride), a, b, c, d, e, f, r); } }
 
     private static Index1D Extent(long n)
     {

@@ -154,7 +154,14 @@ internal sealed class DeviceBlas : IDisposable
 {
     private readonly IGemmExecutor _exec;
 
-    public DeviceBlas(IGemmExecutor executor) => _exec = executor;
+    public DeviceBlas(IGemmExecutor executor, Diagnostics.DeviceCounterSet? counters = null)
+    {
+        _exec = executor;
+        Counters = counters ?? new Diagnostics.DeviceCounterSet();
+    }
+
+    /// <summary>Where cuBLAS calls are counted.</summary>
+    public Diagnostics.DeviceCounterSet Counters { get; }
 
     public string Name => _exec.Name;
 
@@ -166,6 +173,7 @@ internal sealed class DeviceBlas : IDisposable
         Check(w, (long)n * k, "weight");
         Check(c, (long)m * n, "output");
         var g = MapTransB(m, k, n, aRowStride: k, wRowStride: k, cRowStride: n);
+        Counters.Blas();
         _exec.Run(g with { A = Ptr(w), B = Ptr(a), C = Ptr(c), CType = CuBlas.CudaR32F, Beta = accumulate ? 1f : 0f });
     }
 
@@ -212,6 +220,7 @@ internal sealed class DeviceBlas : IDisposable
         Check(cublasA, g.ExtentA, "batched " + nameA);
         Check(cublasB, g.ExtentB, "batched " + nameB);
         Check(c, g.ExtentC, "batched C");
+        Counters.Blas();
         _exec.Run(g with { A = Ptr(cublasA), B = Ptr(cublasB), C = Ptr(c) });
     }
 

@@ -19,6 +19,9 @@ internal interface ILlavaBackend : IDisposable
     int DecoderLayers { get; }
     int Hidden { get; }
 
+    /// <summary>The device's counters (host syncs, launches, copies, ...); null on the CPU backend.</summary>
+    Diagnostics.DeviceCounterSet? Counters => null;
+
     /// <summary>Runs the vision tower on one preprocessed image ([3, size, size], CHW); <paramref name="ct"/> is checked between layers.</summary>
     VisionFeatures VisionForward(ReadOnlySpan<float> pixels, CancellationToken ct = default);
 

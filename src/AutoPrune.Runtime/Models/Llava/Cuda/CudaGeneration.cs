@@ -65,10 +65,10 @@ internal sealed class CudaGeneration : IGeneration
             if (n == 0) throw new ArgumentException("The prompt is empty.", nameof(state));
             CheckPositions(state.Positions, n);
             var x = X.Get((long)n * h);
-            x.SubView(0, (long)n * h).CopyFromCPU(state.Hidden.AsSpan(0, n * h));
+            UploadBlocking(x.SubView(0, (long)n * h), state.Hidden.AsSpan(0, n * h));
             _version++;
             var positions = _positions.Get(n);
-            positions.CopyFromCPU(state.Positions.AsSpan(0, n));
+            UploadBlocking(positions, state.Positions.AsSpan(0, n));
             for (int li = 0; li < _m.DecoderLayers; li++)
             {
                 ct.ThrowIfCancellationRequested();
@@ -83,7 +83,7 @@ internal sealed class CudaGeneration : IGeneration
                     {
                         ApplyOnDevice(state, action);
                         CheckPositions(state.Positions, state.Length);
-                        _positions.Get(state.Length).CopyFromCPU(state.Positions.AsSpan(0, state.Length));
+                        UploadBlocking(_positions.Get(state.Length), state.Positions.AsSpan(0, state.Length));
                     }
                 }
             }
@@ -123,7 +123,7 @@ internal sealed class CudaGeneration : IGeneration
         int h = H;
         var row = new float[h];
         _m.Embed([tokenId], row);
-        X.Get(h).CopyFromCPU(row);
+        UploadBlocking(X.Get(h), row);
         _version++;
         var pos = new int[_m.DecoderLayers];
         for (int li = 0; li < pos.Length; li++)
@@ -135,9 +135,18 @@ internal sealed class CudaGeneration : IGeneration
         }
         CheckPositions(pos, pos.Length);
         var positions = _positions.Get(Math.Max(pos.Length, 1));
-        positions.SubView(0, pos.Length).CopyFromCPU(pos);
+        UploadBlocking(positions.SubView(0, pos.Length), pos);
         for (int li = 0; li < _m.DecoderLayers; li++)
             LayerForward(li, 1, positions.SubView(li, 1), _caches[li]!, causal: false);
+    }
+
+    /// <summary>ILGPU's CopyFromCPU: the copy, then a wait for the stream (counted as a host sync).</summary>
+    private void UploadBlocking<T>(ArrayView<T> dst, ReadOnlySpan<T> src) where T : unmanaged
+    {
+        if (src.Length == 0) return;
+        dst.SubView(0, src.Length).CopyFromCPU(src);
+        _m.Counters.Sync();
+        _m.Counters.HostToDevice((long)src.Length * Marshal.SizeOf<T>());
     }
 
     public int[] CachedTokensPerLayer() => _caches.Select(c => c?.Count ?? 0).ToArray();
@@ -238,10 +247,10 @@ internal sealed class CudaGeneration : IGeneration
         if (n == 0) throw new InvalidOperationException("A pruning policy removed every token.");
         var src = X.Get((long)state.Length * h);
         var index = _rows.Get(n);
-        index.CopyFromCPU(action.NewRows);
+        UploadBlocking(index, action.NewRows);
         int extraCount = action.ExtraRows is null ? 0 : action.ExtraRows.Length / h;
         var extra = _extraRows.Get(Math.Max(1, (long)extraCount * h));
-        if (extraCount > 0) extra.SubView(0, (long)extraCount * h).CopyFromCPU(action.ExtraRows.AsSpan(0, extraCount * h));
+        if (extraCount > 0) UploadBlocking(extra.SubView(0, (long)extraCount * h), action.ExtraRows.AsSpan(0, extraCount * h));
         var dst = (_xIsSecond ? _x : _x2).Get((long)n * h);
         _m.Ops.RowGatherMixed(src, extra, index, dst, h);
         _xIsSecond = !_xIsSecond;
@@ -255,7 +264,7 @@ internal sealed class CudaGeneration : IGeneration
     {
         if (rows.Length == 0) return [];
         var index = _rows.Get(rows.Length);
-        index.CopyFromCPU(rows);
+        UploadBlocking(index, rows);
         long size = (long)_m.Heads * rows.Length * n;
         using var result = _m.Memory.Allocate<float>(size);
         _m.Ops.AttentionRowsGrouped(_q.Get((long)n * Qd), _k.Get((long)n * Kvd), index, result.View,

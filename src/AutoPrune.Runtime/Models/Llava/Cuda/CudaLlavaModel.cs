@@ -106,6 +106,8 @@ internal sealed class CudaLlavaModel : ILlavaBackend
     internal readonly DeviceBuffer<float> RopeCos, RopeSin;
 
     internal CudaOps Ops { get; }
+    /// <summary>Host syncs, launches, cuBLAS calls, copies and allocations of everything this model does on its device.</summary>
+    public Diagnostics.DeviceCounterSet Counters { get; } = new();
     internal Accelerator Accelerator => _device.Accelerator;
     internal DeviceBlas Blas { get; }
     internal DeviceArena Memory { get; }
@@ -141,12 +143,12 @@ internal sealed class CudaLlavaModel : ILlavaBackend
         var acc = device.Accelerator;
         // CUDA calls need the accelerator's context current on the calling thread: every entry point binds it.
         using var bind = acc.BindScoped();
-        Memory = new DeviceArena(acc);
+        Memory = new DeviceArena(acc, Counters);
         // On ILGPU's CPU accelerator every emulated thread and barrier costs microseconds: one thread per row group.
-        Ops = new CudaOps(acc, rowGroupSize: device.IsCuda ? 0 : 1);
+        Ops = new CudaOps(acc, rowGroupSize: device.IsCuda ? 0 : 1, counters: Counters);
         try
         {
-            Blas = new DeviceBlas(device.IsCuda ? new CuBlasExecutor((CudaAccelerator)acc) : new HostGemmExecutor(acc));
+            Blas = new DeviceBlas(device.IsCuda ? new CuBlasExecutor((CudaAccelerator)acc) : new HostGemmExecutor(acc), Counters);
             var mem = Memory;
             // Vision tower (only the layers up to the feature layer).
             const string vp = "vision_tower.vision_model";
@@ -331,6 +333,7 @@ internal sealed class CudaLlavaModel : ILlavaBackend
             using var scores = new Scratch<float>(mem);
             using var probs = new Scratch<ushort>(mem);
             _classEmbedding.View.CopyTo(x.Slice(0, h));
+            Counters.Launch();
             Blas.Linear(patchesH.View, Patches, pk, _patch.Weight.View, h, x.Slice(h, (long)Patches * h));
             Ops.Add(x.View, _positionEmbedding.View);
             Ops.LayerNorm(x.View, x.View, n, h, _preLayerNorm.Weight.View, _preLayerNorm.Bias!.View, _preLayerNorm.Eps);

@@ -11,7 +11,7 @@ namespace AutoPrune.Models.Llava.Cuda;
 /// shape allocates nothing. Scratch sizes are rounded up to size classes (powers of two up to 1 MiB, then 2 MiB
 /// steps) so slightly different prompt lengths share buffers. Weights are allocated exactly and never pooled.
 /// </summary>
-internal sealed class DeviceArena(Accelerator accelerator) : IDisposable
+internal sealed class DeviceArena(Accelerator accelerator, Diagnostics.DeviceCounterSet? counters = null) : IDisposable
 {
     private const long SmallClassLimit = 1 << 20, LargeClassStep = 2 << 20;
 
@@ -21,6 +21,9 @@ internal sealed class DeviceArena(Accelerator accelerator) : IDisposable
     private long _live, _pooled, _peak, _allocations;
 
     public Accelerator Accelerator => accelerator;
+
+    /// <summary>Where allocations and copies are counted.</summary>
+    public Diagnostics.DeviceCounterSet Counters { get; } = counters ?? new Diagnostics.DeviceCounterSet();
 
     /// <summary>Most bytes the pool keeps for reuse; beyond it the oldest released buffers are freed.</summary>
     public long PoolLimitBytes { get; set; } = 2L << 30;
@@ -72,7 +75,7 @@ internal sealed class DeviceArena(Accelerator accelerator) : IDisposable
     public DeviceBuffer<T> Upload<T>(ReadOnlySpan<T> data) where T : unmanaged
     {
         var b = NewBuffer<T>(Math.Max(1, data.Length), data.Length, pooled: false);
-        if (data.Length > 0) b.View.CopyFromCPU(data);
+        b.Upload(data);
         return b;
     }
 
@@ -80,6 +83,7 @@ internal sealed class DeviceArena(Accelerator accelerator) : IDisposable
     {
         long bytes = allocLength * Marshal.SizeOf<T>();
         var buffer = accelerator.Allocate1D<T>(allocLength);
+        Counters.Allocation();
         lock (_lock)
         {
             _allocations++;
@@ -179,13 +183,19 @@ internal sealed class DeviceBuffer<T> : IDisposable where T : unmanaged
         {
             _arena.Accelerator.Synchronize();
             Slice(offset, length).CopyToCPU(result.AsSpan());
+            _arena.Counters.Sync(); // the accelerator synchronisation
+            _arena.Counters.Sync(); // CopyToCPU waits for the stream again
+            _arena.Counters.DeviceToHost(length * Marshal.SizeOf<T>());
         }
         return result;
     }
 
     public void Upload(ReadOnlySpan<T> data, long offset = 0)
     {
-        if (data.Length > 0) Slice(offset, data.Length).CopyFromCPU(data);
+        if (data.Length == 0) return;
+        Slice(offset, data.Length).CopyFromCPU(data);
+        _arena.Counters.Sync(); // CopyFromCPU waits for the stream
+        _arena.Counters.HostToDevice((long)data.Length * Marshal.SizeOf<T>());
     }
 
     /// <summary>Returns the buffer to the arena's pool (scratch) or frees it (weights).</summary>
