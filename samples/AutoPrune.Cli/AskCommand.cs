@@ -23,10 +23,11 @@ public static class AskCommand
         var pad = new Option<bool>("--pad-to-square") { Description = "LLaVA-1.5's pad-to-square preprocessing." };
         var json = new Option<bool>("--json") { Description = "Print one JSON object instead of text." };
         var stream = new Option<bool>("--stream") { Description = "Print tokens as they are generated." };
+        var cudaGraphs = CommonOptions.CudaGraphs();
 
         var cmd = new Command("ask", "Answer a question about one or more images, or without one.")
         {
-            image, question, model, device, method, budget, accounting, maxTokens, temperature, topP, seed, pad, json, stream,
+            image, question, model, device, method, budget, accounting, maxTokens, temperature, topP, seed, pad, json, stream, cudaGraphs,
         };
         cmd.SetAction((parse, ct) => CommonOptions.Guard(async () =>
         {
@@ -35,7 +36,7 @@ public static class AskCommand
                 if (!f.Exists) throw new ArgumentException($"Image file '{f.FullName}' does not exist.");
             bool asJson = parse.GetValue(json);
             using var vlm = await CommonOptions.LoadAsync(parse.GetValue(model)!,
-                new ModelOptions { Device = parse.GetValue(device)!, PadToSquare = parse.GetValue(pad) }, quiet: asJson);
+                new ModelOptions { Device = parse.GetValue(device)!, PadToSquare = parse.GetValue(pad), CudaGraphs = parse.GetValue(cudaGraphs) }, quiet: asJson);
             var request = CommonOptions.WithPruning(VisionRequest.Create(parse.GetValue(question)!, images.Select(f => ImageInput.FromFile(f.FullName)).ToArray()) with
             {
                 Generation = new GenerationOptions

@@ -29,10 +29,11 @@ public static class BenchCommand
         var speed = new Option<bool>("--speed") { Description = "Time the stages with synthetic inputs (vision tower, projector, prefill per method and budget, decode ms/token, device memory) instead of answering the image." };
         var random = new Option<string?>("--random-weights") { Description = "With --speed (implied): generate random fp16 weights for this architecture instead of loading --model: llava-1.5-7b, llava-1.5-13b, llava-1.6-vicuna-7b, llava-1.6-mistral-7b (LLaVA-1.6 on a 672x672 image: 2,928 visual tokens), tiny-test, tiny-next-test or tiny-32-layers (the fixture's sizes with 32 decoder layers: the GPU counters of the 7B layer count)." };
         var decodeTokens = new Option<int>("--decode-tokens") { Description = "With --speed: tokens generated to time decoding.", DefaultValueFactory = _ => 32 };
+        var cudaGraphs = CommonOptions.CudaGraphs();
 
         var cmd = new Command("bench", "Latency, tokens/s and memory per method and budget on one image, with speed-ups against unpruned.")
         {
-            image, question, methods, budgets, accounting, repeats, warmup, maxTokens, model, device, outFile, speed, random, decodeTokens,
+            image, question, methods, budgets, accounting, repeats, warmup, maxTokens, model, device, outFile, speed, random, decodeTokens, cudaGraphs,
         };
         cmd.SetAction((parse, ct) => CommonOptions.Guard(async () =>
         {
@@ -58,6 +59,7 @@ public static class BenchCommand
                     Repeats = !CommonOptions.Given(parse, repeats) ? 5 : reps,
                     Warmup = !CommonOptions.Given(parse, warmup) ? 1 : warm,
                     DecodeTokens = parse.GetValue(decodeTokens),
+                    CudaGraphs = parse.GetValue(cudaGraphs),
                 };
                 var progress = new Progress<string>(m => CommonOptions.Err.MarkupLine(Markup.Escape($"bench: {m}")));
                 var report = await Task.Run(() => AutoPrune.Diagnostics.SpeedBenchmark.Run(options, progress, ct), ct);
@@ -68,7 +70,7 @@ public static class BenchCommand
             var img = parse.GetValue(image) ?? throw new ArgumentException("--image is required (or use --speed / --random-weights for synthetic timings).");
             if (!img.Exists) throw new ArgumentException($"Image file '{img.FullName}' does not exist.");
             var acc = parse.GetValue(accounting) == "published" ? BudgetAccounting.Published : BudgetAccounting.Processed;
-            using var vlm = await CommonOptions.LoadAsync(parse.GetValue(model)!, new ModelOptions { Device = parse.GetValue(device)!, MaxConcurrentRequests = 1 }, quiet: true);
+            using var vlm = await CommonOptions.LoadAsync(parse.GetValue(model)!, new ModelOptions { Device = parse.GetValue(device)!, MaxConcurrentRequests = 1, CudaGraphs = parse.GetValue(cudaGraphs) }, quiet: true);
             var settings = new EvalSettings
             {
                 Data = "", Model = "", OutDir = "", Accounting = acc,

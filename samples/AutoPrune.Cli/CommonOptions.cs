@@ -33,6 +33,11 @@ internal static class CommonOptions
         DefaultValueFactory = _ => "auto",
     };
 
+    public static Option<bool> CudaGraphs() => new("--cuda-graphs")
+    {
+        Description = "On a CUDA GPU, replay decode steps and the vision tower as CUDA graphs (off by default until it has run on a GPU; other devices refuse it).",
+    };
+
     /// <summary>--method: any name <see cref="PruningMethods.Parse"/> accepts (case, '-' and '_' ignored).</summary>
     public static Option<string> Method()
     {

@@ -1,7 +1,11 @@
 namespace AutoPrune;
 
-/// <summary>A small thread-safe least-recently-used cache.</summary>
-internal sealed class LruCache<TKey, TValue>(int capacity) where TKey : notnull
+/// <summary>
+/// A small thread-safe least-recently-used cache. <paramref name="onHit"/> runs on each value handed out and
+/// <paramref name="onEvict"/> on each value dropped (evicted, replaced or cleared), both under the cache's lock, so a
+/// hit can take a reference before an eviction could release it.
+/// </summary>
+internal sealed class LruCache<TKey, TValue>(int capacity, Action<TValue>? onHit = null, Action<TValue>? onEvict = null) where TKey : notnull
 {
     private readonly LinkedList<(TKey Key, TValue Value)> _order = new();
     private readonly Dictionary<TKey, LinkedListNode<(TKey Key, TValue Value)>> _map = new();
@@ -16,6 +20,7 @@ internal sealed class LruCache<TKey, TValue>(int capacity) where TKey : notnull
                 _order.Remove(node);
                 _order.AddFirst(node);
                 value = node.Value.Value;
+                onHit?.Invoke(value);
                 return true;
             }
         }
@@ -23,19 +28,37 @@ internal sealed class LruCache<TKey, TValue>(int capacity) where TKey : notnull
         return false;
     }
 
-    public void Add(TKey key, TValue value)
+    /// <summary>Adds <paramref name="value"/>; false (and nothing kept) when the cache holds nothing.</summary>
+    public bool Add(TKey key, TValue value)
     {
-        if (capacity <= 0) return;
+        if (capacity <= 0) return false;
         lock (_lock)
         {
-            if (_map.Remove(key, out var old)) _order.Remove(old);
+            if (_map.Remove(key, out var old))
+            {
+                _order.Remove(old);
+                onEvict?.Invoke(old.Value.Value);
+            }
             _map[key] = _order.AddFirst((key, value));
             while (_map.Count > capacity)
             {
                 var last = _order.Last!;
                 _order.RemoveLast();
                 _map.Remove(last.Value.Key);
+                onEvict?.Invoke(last.Value.Value);
             }
+        }
+        return true;
+    }
+
+    /// <summary>Drops every value.</summary>
+    public void Clear()
+    {
+        lock (_lock)
+        {
+            foreach (var (_, v) in _order) onEvict?.Invoke(v);
+            _order.Clear();
+            _map.Clear();
         }
     }
 

@@ -50,6 +50,13 @@ public sealed record ModelOptions
     /// <summary>Largest file of each kind the runtime reads (config, tokenizer, index, image files); see <see cref="InputFileLimits"/>.</summary>
     public InputFileLimits FileLimits { get; init; } = new();
 
+    /// <summary>
+    /// On a CUDA GPU, replay each decode step and the vision tower as a CUDA graph (captured on their second run): one
+    /// launch instead of hundreds. Off by default until it has run on a GPU. Needs a CUDA GPU: on any other device
+    /// (cpu, ilgpu-cpu) loading fails with a <see cref="NotSupportedException"/> saying so.
+    /// </summary>
+    public bool CudaGraphs { get; init; }
+
     /// <summary>Logger factory for load and request logs; null logs nothing.</summary>
     public ILoggerFactory? LoggerFactory { get; init; }
 }

@@ -29,6 +29,7 @@ public sealed class VisionLanguageModel : IDisposable
     private readonly ILogger _log;
     private readonly SemaphoreSlim _gate;
     private readonly InferencePipeline _pipeline;
+    private readonly LruCache<string, EncodedImage> _visionCache;
     private readonly string _modelName;
     private readonly int _maxPromptTokens;
     private readonly long _maxPromptChars;
@@ -56,8 +57,9 @@ public sealed class VisionLanguageModel : IDisposable
         { ModelType = model.Config.ModelType!, TextModelType = t.ModelType ?? "llama", PromptFormat = promptFormat };
         Shape = ShapeOf(model.Config, perImage, model.Grid);
         _modelName = Path.GetFileName(Path.TrimEndingDirectorySeparator(dir));
-        _pipeline = new InferencePipeline(model, tokenizer, images, anyRes, Shape,
-            new LruCache<string, EncodedImage>(Math.Max(0, options.VisionCacheSize)), options.PadToSquare);
+        // A GPU's cached vision features live on the device: the cache and each request using them hold a reference.
+        _visionCache = new LruCache<string, EncodedImage>(Math.Max(0, options.VisionCacheSize), onHit: e => e.Retain(), onEvict: e => e.Release());
+        _pipeline = new InferencePipeline(model, tokenizer, images, anyRes, Shape, _visionCache, options.PadToSquare);
     }
 
     private static Pruning.ModelShape ShapeOf(LlavaConfig config, int tokensPerImage, int grid)
@@ -165,7 +167,9 @@ public sealed class VisionLanguageModel : IDisposable
         {
             using var store = SafeTensorStore.Open(dir, limits);
             Action<double> weights = f => progress?.Report(new LoadProgress("weights", 0.05 + 0.95 * f));
-            model = DeviceSelector.CreateBackend(store, config, gpu, DeviceSelector.IsAuto(options.Device), log, weights);
+            if (options.CudaGraphs && gpu is not { IsCuda: true })
+                throw new NotSupportedException(Models.Llava.Cuda.CudaGraph.NeedsCuda.Replace("ILGPU's CPU accelerator (device ilgpu-cpu)", gpu is null ? "the CPU backend" : "ILGPU's CPU accelerator (device ilgpu-cpu)", StringComparison.Ordinal));
+            model = DeviceSelector.CreateBackend(store, config, gpu, DeviceSelector.IsAuto(options.Device), log, weights, cudaGraphs: options.CudaGraphs);
             gpu = null; // owned by the model now (or disposed by the fallback)
             if (anyResImages is not null)
             {
@@ -373,7 +377,11 @@ public sealed class VisionLanguageModel : IDisposable
         int slots = Math.Max(1, _options.MaxConcurrentRequests), held = 0;
         var deadline = Stopwatch.StartNew();
         while (held < slots && _gate.Wait(TimeSpan.FromSeconds(Math.Max(0, 30 - deadline.Elapsed.TotalSeconds)))) held++;
-        if (held == slots) _model.Dispose();
+        if (held == slots)
+        {
+            _visionCache.Clear(); // the cached images' device buffers go back before the device does
+            _model.Dispose();
+        }
         else _log.LogWarning("Disposed while {Count} request(s) were still computing; the model's memory is not released early.", slots - held);
         _gate.Dispose();
         _shutdown.Dispose();

@@ -79,10 +79,11 @@ internal static class DeviceSelector
     /// errors (<see cref="ModelLoadException"/>) are never masked.
     /// </summary>
     public static ILlavaBackend CreateBackend(ITensorSource store, LlavaConfig config, CudaDevice? gpu, bool auto, ILogger log,
-        Action<double>? progress = null, Func<ITensorSource, LlavaConfig, CudaDevice, Action<double>?, ILlavaBackend>? gpuFactory = null)
+        Action<double>? progress = null, Func<ITensorSource, LlavaConfig, CudaDevice, Action<double>?, ILlavaBackend>? gpuFactory = null,
+        bool cudaGraphs = false)
     {
         if (gpu is null) return new LlavaModel(store, config, progress);
-        gpuFactory ??= static (s, c, d, p) => new Models.Llava.Cuda.CudaLlavaModel(s, c, d, p);
+        gpuFactory ??= (s, c, d, p) => new Models.Llava.Cuda.CudaLlavaModel(s, c, d, p, cudaGraphs);
         try
         {
             return gpuFactory(store, config, gpu, progress);

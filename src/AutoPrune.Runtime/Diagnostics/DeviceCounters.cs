@@ -96,8 +96,12 @@ internal sealed class DeviceCounterSet
         Add(D2HCopies, 1);
     }
 
+    /// <summary>While true nothing is counted (work recorded into a CUDA graph is not launched; the graph's launch counts).</summary>
+    public bool Paused { get; set; }
+
     private void Add(int kind, long n)
     {
+        if (Paused) return;
         Interlocked.Add(ref _c[kind], n);
         if (s_request.Value is { } r && !ReferenceEquals(r, this)) Interlocked.Add(ref r._c[kind], n);
     }

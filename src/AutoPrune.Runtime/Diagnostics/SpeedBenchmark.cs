@@ -38,6 +38,9 @@ public sealed record SpeedBenchmarkOptions
     /// <summary>Tokens generated after an unpruned prefill to time decoding.</summary>
     public int DecodeTokens { get; init; } = 32;
     public int Seed { get; init; } = 1;
+
+    /// <summary>Replay decode steps and the vision tower as CUDA graphs (<see cref="ModelOptions.CudaGraphs"/>; needs a CUDA GPU).</summary>
+    public bool CudaGraphs { get; init; }
 }
 
 /// <summary>One prefill configuration's timing (medians over the repeats).</summary>
@@ -88,6 +91,8 @@ public static class SpeedBenchmark
         if (o.DecodeTokens < 1) throw new ArgumentOutOfRangeException(nameof(o), "DecodeTokens must be at least 1.");
         if (o.TextTokensBefore < 1 || o.TextTokensAfter < 1) throw new ArgumentOutOfRangeException(nameof(o), "Text token counts must be at least 1.");
         var sw = Stopwatch.StartNew();
+        if (o.CudaGraphs && (o.Device ?? "").Trim().ToLowerInvariant() is "cpu" or "ilgpu-cpu")
+            throw new NotSupportedException(CudaGraph.NeedsCuda);
         var (model, anyRes, weights, name) = LoadBackend(o, progress);
         using var owned = model;
         double loadSeconds = sw.Elapsed.TotalSeconds;
@@ -122,11 +127,11 @@ public static class SpeedBenchmark
         // Vision tower and projector.
         progress?.Report("vision tower");
         VisionFeatures[] Tower() => Enumerable.Range(0, views).Select(_ => model.VisionForward(pixels)).ToArray();
-        float[] Projector(VisionFeatures[] f) => layout is null ? model.Project(f[0].Features, f[0].Tokens) : anyRes!.Assemble(model, layout, f).Tokens;
+        ImageRows Projector(VisionFeatures[] f) => layout is null ? model.ProjectImage(f[0]) : ImageRows.OnHost(anyRes!.Assemble(model, layout, f).Tokens, model.Hidden);
+        void Release(VisionFeatures[] f) { foreach (var v in f) v.Device?.Release(); }
         VisionFeatures[] towerOut = [];
         var visionCounters = Count(model, () => towerOut = Tower());
-        VisionFeatures vision = towerOut[0];
-        float[] projected = [];
+        ImageRows? projected = null;
         var projectorCounters = Count(model, () => projected = Projector(towerOut));
         var visionMs = new List<double>();
         var projMs = new List<double>();
@@ -134,13 +139,17 @@ public static class SpeedBenchmark
         {
             ct.ThrowIfCancellationRequested();
             sw.Restart();
-            towerOut = Tower();
+            var again = Tower();
             double vm = sw.Elapsed.TotalMilliseconds;
             sw.Restart();
-            projected = Projector(towerOut);
+            var rows = Projector(again);
             double pm = sw.Elapsed.TotalMilliseconds;
+            rows.Dispose();
+            Release(again);
             if (r >= o.Warmup) { visionMs.Add(vm); projMs.Add(pm); }
         }
+        VisionFeatures vision = towerOut[0];
+        using var projectedRows = projected!;
         SampleDevice();
 
         // Prefill: the unpruned reference first, then each method at each budget.
@@ -159,13 +168,13 @@ public static class SpeedBenchmark
             progress?.Report($"prefill {method} at {budget}");
             var options = new PruningOptions { Method = method, Budget = budget };
             var runIds = ids;
-            var runProjected = projected;
+            var runProjected = projectedRows;
             var runShape = shape;
             if (method == PruningMethod.None && budget < visual)
             {
                 int keep = Math.Max(1, (int)Math.Round(budget));
                 runIds = InferencePipeline.ShortenImageRun(ids, cfg.ImageTokenIndex, keep);
-                runProjected = projected.AsSpan(0, keep * model.Hidden).ToArray();
+                runProjected = projectedRows.FirstRows(keep);
                 runShape = shape with { VisualTokens = keep };
             }
             try
@@ -208,7 +217,7 @@ public static class SpeedBenchmark
         double perToken;
         DeviceCounters? decodeCounters = null;
         {
-            var state = SequenceBuilder.Build(model, ids, [projected]);
+            var state = model.BuildSequence(ids, [projectedRows]);
             using var gen = model.StartGeneration(o.DecodeTokens + o.Warmup);
             var logits = gen.Prefill(state, null, ct);
             // Greedy decoding as a request does it: only the next id comes back from a GPU.
@@ -225,6 +234,7 @@ public static class SpeedBenchmark
             SampleDevice();
         }
 
+        Release(towerOut);
         double? peakMb = model is CudaLlavaModel g ? g.Memory.PeakBytes / 1048576.0 : null;
         return new SpeedReport(name, model.Device, weights, shape.Layers, visual, Math.Round(loadSeconds, 2),
             Math.Round(Median(visionMs), 3), Math.Round(Median(projMs), 3), prefill, Math.Round(perToken, 3), o.DecodeTokens,
@@ -246,14 +256,28 @@ public static class SpeedBenchmark
     }
 
     private static (double Ms, PruningReport Report, int PromptTokens) TimePrefill(ILlavaBackend model, ModelShape shape, PruningOptions options,
-        int[] ids, VisionFeatures vision, float[] projected)
+        int[] ids, VisionFeatures vision, ImageRows projected)
     {
         int prefix = Array.IndexOf(ids, model.Config.ImageTokenIndex);
-        int textTokens = ids.Length - (Array.LastIndexOf(ids, model.Config.ImageTokenIndex) + 1);
         var session = new PruningSession(shape, options, prefix);
         session.SetVision(vision);
         var sw = Stopwatch.StartNew();
-        var state = SequenceBuilder.Build(model, ids, [projected]);
+        ImageRows? zipped = null;
+        if (options.Method == PruningMethod.VisionZip)
+        {
+            // VisionZip chooses before the LLM: its selection and the shorter projection are part of its prefill.
+            var policy = (VisionZipPolicy)session.Policy;
+            if (vision.Device is not null && model is CudaLlavaModel gpu && vision.Tokens == vision.Patches) zipped = Pruning.Device.VisionZipOnDevice.Select(gpu, policy, vision);
+            else
+            {
+                var zip = policy.Select(vision);
+                zipped = ImageRows.OnHost(model.Project(zip.Hidden, zip.Count), model.Hidden);
+            }
+            ids = InferencePipeline.ShortenImageRun(ids, model.Config.ImageTokenIndex, zipped.Rows);
+        }
+        int textTokens = ids.Length - (Array.LastIndexOf(ids, model.Config.ImageTokenIndex) + 1);
+        var state = model.BuildSequence(ids, [zipped ?? projected]);
+        zipped?.Dispose();
         using var gen = model.StartGeneration(1);
         gen.Prefill(state, session.NeedsDecoderHook ? session : null, CancellationToken.None);
         double ms = sw.Elapsed.TotalMilliseconds;
@@ -281,7 +305,7 @@ public static class SpeedBenchmark
             {
                 var config = LlavaConfig.Load(dir);
                 using var store = SafeTensorStore.Open(dir);
-                ILlavaBackend m = gpu is null ? new LlavaModel(store, config) : new CudaLlavaModel(store, config, gpu);
+                ILlavaBackend m = gpu is null ? new LlavaModel(store, config) : new CudaLlavaModel(store, config, gpu, null, o.CudaGraphs);
                 gpu = null;
                 try { return (m, config.IsAnyRes ? new AnyResAssembler(store, config.TextConfig.HiddenSize) : null, "checkpoint", Path.GetFullPath(dir)); }
                 catch { m.Dispose(); throw; }
@@ -289,7 +313,7 @@ public static class SpeedBenchmark
             var cfg = LlavaPresets.ByName(o.Architecture);
             CheckMemory(cfg, gpu, o.Architecture);
             var random = new RandomTensorSource(cfg, (ulong)o.Seed);
-            ILlavaBackend r = gpu is null ? new LlavaModel(random, cfg) : new CudaLlavaModel(random, cfg, gpu);
+            ILlavaBackend r = gpu is null ? new LlavaModel(random, cfg) : new CudaLlavaModel(random, cfg, gpu, null, o.CudaGraphs);
             gpu = null;
             return (r, cfg.IsAnyRes ? new AnyResAssembler(random, cfg.TextConfig.HiddenSize) : null, $"random fp16 (seed {o.Seed})", o.Architecture);
         }

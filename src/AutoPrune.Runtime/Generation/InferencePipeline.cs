@@ -18,8 +18,11 @@ namespace AutoPrune.Generation;
 internal sealed class InferencePipeline(ILlavaBackend model, LlavaTokenizer tokenizer, ImagePreprocessor images, AnyResPipeline? anyRes,
     ModelShape shape, LruCache<string, EncodedImage> visionCache, bool padToSquare)
 {
-    /// <summary>The projected visual tokens of each image and the prompt ids they go into.</summary>
-    internal sealed record EncodedImages(int[] Ids, List<float[]> Projected, List<int[]>? VisualIndices, PruningSession Session, double PreprocessMs, double VisionMs);
+    /// <summary>
+    /// The projected visual tokens of each image (on a GPU they stay on the device; <see cref="Prefill"/> builds the prompt
+    /// from them and releases them) and the prompt ids they go into.
+    /// </summary>
+    internal sealed record EncodedImages(int[] Ids, List<ImageRows> Projected, List<int[]>? VisualIndices, PruningSession Session, double PreprocessMs, double VisionMs);
 
     /// <summary>The decoder state after the prompt, with the logits at its last position and what pruning did.</summary>
     internal sealed record PrefilledPrompt(IGeneration Generation, float[] Logits, PruningReport Report, double PrefillMs);
@@ -73,56 +76,80 @@ internal sealed class InferencePipeline(ILlavaBackend model, LlavaTokenizer toke
         var sessionShape = p.ImageTokens.Length > 0 ? shape with { VisualTokens = p.ImageTokens[0] } : shape;
         var session = new PruningSession(sessionShape, p.Pruning, prefix, p.ImageTokens.Sum(), p.PruningNotes);
         var ids = p.Ids;
-        var projected = new List<float[]>(p.Request.Images.Count);
+        var projected = new List<ImageRows>(p.Request.Images.Count);
+        var held = new List<EncodedImage>(p.Request.Images.Count);
         List<int[]>? visualIndices = anyRes is null ? null : [];
         double preprocessMs = 0;
-        for (int i = 0; i < p.Request.Images.Count; i++)
+        try
         {
-            ct.ThrowIfCancellationRequested();
-            var image = p.Request.Images[i];
-            // The cache is keyed by the image's content (SHA-256 of its bytes, read once and within the file limit), so a
-            // file rewritten in place is never answered from it.
-            var clock = Stopwatch.StartNew();
-            ReadOnlyMemory<byte> bytes = image.Path is not null ? ImagePreprocessor.ReadFile(image.Path, images.MaxFileBytes) : image.Bytes;
-            string key = $"{Convert.ToHexString(System.Security.Cryptography.SHA256.HashData(bytes.Span))}|{padToSquare}";
-            EncodedImage? encoded = visionCache.TryGet(key, out var cached) ? cached : null;
-            bool hit = encoded is not null;
-            if (!hit) preprocessMs += clock.Elapsed.TotalMilliseconds; // reading and hashing count as preprocessing on a miss; a hit reports 0
-            float[]? pixels = hit || anyRes is not null ? null : Preprocess(image, bytes.Span, i, telemetry, ref preprocessMs);
-            using var span = telemetry.Stage(AutoPruneTelemetry.Spans.Vision);
-            span?.SetTag(AutoPruneTelemetry.Tags.ImageIndex, i);
-            span?.SetTag(AutoPruneTelemetry.Tags.VisionCached, hit);
-            if (encoded is null)
+            for (int i = 0; i < p.Request.Images.Count; i++)
             {
-                // LLaVA-NeXT preprocesses its views inside the vision span (the tiles are cut as they are encoded).
-                encoded = anyRes is not null
-                    ? anyRes.Encode(model, bytes.Span, image.Path, ref preprocessMs, ct)
-                    : new EncodedImage([model.VisionForward(pixels, ct)], null);
-                visionCache.Add(key, encoded);
+                ct.ThrowIfCancellationRequested();
+                var image = p.Request.Images[i];
+                // The cache is keyed by the image's content (SHA-256 of its bytes, read once and within the file limit), so a
+                // file rewritten in place is never answered from it.
+                var clock = Stopwatch.StartNew();
+                ReadOnlyMemory<byte> bytes = image.Path is not null ? ImagePreprocessor.ReadFile(image.Path, images.MaxFileBytes) : image.Bytes;
+                string key = $"{Convert.ToHexString(System.Security.Cryptography.SHA256.HashData(bytes.Span))}|{padToSquare}";
+                // A hit takes a reference to the (GPU's device) features before the cache could drop them.
+                EncodedImage? encoded = visionCache.TryGet(key, out var cached) ? cached : null;
+                bool hit = encoded is not null;
+                if (!hit) preprocessMs += clock.Elapsed.TotalMilliseconds; // reading and hashing count as preprocessing on a miss; a hit reports 0
+                float[]? pixels = hit || anyRes is not null ? null : Preprocess(image, bytes.Span, i, telemetry, ref preprocessMs);
+                using var span = telemetry.Stage(AutoPruneTelemetry.Spans.Vision);
+                span?.SetTag(AutoPruneTelemetry.Tags.ImageIndex, i);
+                span?.SetTag(AutoPruneTelemetry.Tags.VisionCached, hit);
+                if (encoded is null)
+                {
+                    // LLaVA-NeXT preprocesses its views inside the vision span (the tiles are cut as they are encoded).
+                    encoded = anyRes is not null
+                        ? anyRes.Encode(model, bytes.Span, image.Path, ref preprocessMs, ct)
+                        : new EncodedImage([model.VisionForward(pixels, ct)], null);
+                    encoded.Retain(); // the cache's own reference
+                    if (!visionCache.Add(key, encoded)) encoded.Release();
+                }
+                held.Add(encoded);
+                if (anyRes is not null)
+                {
+                    var (imageRows, map) = anyRes.Assemble(model, encoded);
+                    if (map.Sequence.Count != p.ImageTokens[i])
+                        throw new ImageDecodeException($"The image {image.Name} is {map.Layout.ImageWidth}x{map.Layout.ImageHeight} ({map.Sequence.Count} tokens) now, not what its header said when the request was queued ({p.ImageTokens[i]} tokens); it changed in between.");
+                    session.TokenMap ??= map;
+                    // Visual indices stay unique across images: each image's patches follow the earlier images' patches.
+                    int offset = visualIndices!.Sum(v => v.Count(x => x >= 0));
+                    visualIndices!.Add(map.Sequence.Select(x => x >= 0 ? x + offset : x).ToArray());
+                    projected.Add(ImageRows.OnHost(imageRows, model.Hidden));
+                    continue;
+                }
+                var vision = encoded.Views[0];
+                session.SetVision(vision);
+                if (p.Pruning.Method == PruningMethod.VisionZip)
+                {
+                    var policy = (VisionZipPolicy)session.Policy;
+                    ImageRows rows;
+                    if (vision.Device is not null && model is Models.Llava.Cuda.CudaLlavaModel gpu && vision.Tokens == vision.Patches)
+                        rows = Pruning.Device.VisionZipOnDevice.Select(gpu, policy, vision); // the kept patches stay on the device
+                    else
+                    {
+                        var zip = policy.Select(vision);
+                        rows = ImageRows.OnHost(model.Project(zip.Hidden, zip.Count), model.Hidden);
+                        visualIndices = [[.. zip.Dominant, .. Enumerable.Repeat(SequenceState.MergedRow, zip.ContextualTargets.Length)]];
+                    }
+                    projected.Add(rows);
+                    ids = ShortenImageRun(ids, imageToken, rows.Rows);
+                }
+                else
+                    projected.Add(model.ProjectImage(vision));
             }
-            if (anyRes is not null)
-            {
-                var (imageRows, map) = anyRes.Assemble(model, encoded);
-                if (map.Sequence.Count != p.ImageTokens[i])
-                    throw new ImageDecodeException($"The image {image.Name} is {map.Layout.ImageWidth}x{map.Layout.ImageHeight} ({map.Sequence.Count} tokens) now, not what its header said when the request was queued ({p.ImageTokens[i]} tokens); it changed in between.");
-                session.TokenMap ??= map;
-                // Visual indices stay unique across images: each image's patches follow the earlier images' patches.
-                int offset = visualIndices!.Sum(v => v.Count(x => x >= 0));
-                visualIndices!.Add(map.Sequence.Select(x => x >= 0 ? x + offset : x).ToArray());
-                projected.Add(imageRows);
-                continue;
-            }
-            var vision = encoded.Views[0];
-            session.SetVision(vision);
-            if (p.Pruning.Method == PruningMethod.VisionZip)
-            {
-                var zip = ((VisionZipPolicy)session.Policy).Select(vision);
-                projected.Add(model.Project(zip.Hidden, zip.Count));
-                visualIndices = [[.. zip.Dominant, .. Enumerable.Repeat(SequenceState.MergedRow, zip.ContextualTargets.Length)]];
-                ids = ShortenImageRun(ids, imageToken, zip.Count);
-            }
-            else
-                projected.Add(model.Project(vision.Features, vision.Tokens));
+        }
+        catch
+        {
+            foreach (var rows in projected) rows.Dispose();
+            throw;
+        }
+        finally
+        {
+            foreach (var e in held) e.Release();
         }
         return new EncodedImages(ids, projected, visualIndices, session, preprocessMs, sw.Elapsed.TotalMilliseconds - preprocessMs);
     }
@@ -144,7 +171,9 @@ internal sealed class InferencePipeline(ILlavaBackend model, LlavaTokenizer toke
         using var span = telemetry.Stage(AutoPruneTelemetry.Spans.Prefill);
         var sw = Stopwatch.StartNew();
         var ids = encoded.Ids;
-        var state = SequenceBuilder.Build(model, ids, encoded.Projected, encoded.VisualIndices);
+        SequenceState state;
+        try { state = model.BuildSequence(ids, encoded.Projected, encoded.VisualIndices); }
+        finally { foreach (var rows in encoded.Projected) rows.Dispose(); }
         int visualInPrompt = ids.Count(t => t == model.Config.ImageTokenIndex);
         int prefix = Math.Max(0, Array.IndexOf(ids, model.Config.ImageTokenIndex));
         var generation = model.StartGeneration(p.MaxNew);

@@ -13,7 +13,9 @@ internal sealed class PruningSession : IPrefillHook
     private readonly int _prefix; // tokens before the first image (never pruned)
     private readonly int[][] _processedIndices;
     private readonly int[] _processedCounts;
+    private readonly int[] _versions;
     private readonly IReadOnlyList<string> _notes;
+    private readonly Device.IDevicePruner? _device;
 
     /// <summary>Creates the policy: an infeasible budget fails here, before any work.</summary>
     /// <param name="shape">The model's shape (<see cref="ModelShape.VisualTokens"/> is one image's).</param>
@@ -24,15 +26,22 @@ internal sealed class PruningSession : IPrefillHook
     /// null means one image. Only method None runs on other than one image (see <see cref="PruningCapabilities"/>).
     /// </param>
     /// <param name="notes">Notes added to the report (e.g. why a default method fell back to None).</param>
-    public PruningSession(ModelShape shape, PruningOptions options, int prefixTokens, int? visualTokens = null, IReadOnlyList<string>? notes = null)
+    /// <param name="deviceSelection">
+    /// On a GPU, run the method's selection on the device when it has been moved there (the default); false keeps the
+    /// host code (to check the two against each other).
+    /// </param>
+    public PruningSession(ModelShape shape, PruningOptions options, int prefixTokens, int? visualTokens = null, IReadOnlyList<string>? notes = null,
+        bool deviceSelection = true)
     {
         _shape = visualTokens is int v && options.Method == PruningMethod.None ? shape with { VisualTokens = v } : shape;
         _options = options;
         _prefix = prefixTokens;
         _notes = notes ?? [];
         Policy = PruningPolicies.Create(_shape, options);
+        _device = deviceSelection ? Device.DevicePruners.For(Policy, options) : null;
         _processedIndices = new int[shape.Layers][];
         _processedCounts = new int[shape.Layers];
+        _versions = new int[shape.Layers];
     }
 
     public IPruningPolicy Policy { get; }
@@ -45,26 +54,34 @@ internal sealed class PruningSession : IPrefillHook
     /// <summary>A LLaVA-NeXT image's token map (views, patch origins, newline rows), handed to the policy in every <see cref="PruneContext"/>.</summary>
     public AnyResTokenMap? TokenMap { get; set; }
 
+    /// <summary>
+    /// On a GPU, methods whose selection runs on the device (<see cref="Device.DevicePruners"/>) announce the layers whose
+    /// attention they read; policies still on the host read every layer's.
+    /// </summary>
+    public bool ReadsAttention(int layer) => _device?.ReadsAttention(layer) ?? true;
+
     public PruneAction? AfterLayer(LayerView view)
     {
         Record(view.Layer, view.State);
-        var ctx = new PruneContext { State = view.State, Prefix = _prefix, VisualCount = CountVisual(view.State), Shape = _shape, Options = _options, TokenMap = TokenMap };
+        var ctx = new PruneContext { State = view.State, Prefix = _prefix, VisualCount = view.State.VisualRows(_prefix), Shape = _shape, Options = _options, TokenMap = TokenMap };
+        if (_device is not null && view.Device is { } dev && _device.Handles(ctx))
+        {
+            foreach (var step in Policy.Schedule!.Steps)
+                if (step.AfterLayer == view.Layer) return _device.AfterLayer(dev, ctx, step);
+            return null;
+        }
         return Policy.AfterLayer(view, ctx);
     }
 
-    /// <summary>Visual rows (kept or merged) anywhere after the prefix: one run per image.</summary>
-    private int CountVisual(SequenceState st)
-    {
-        int c = 0;
-        for (int i = _prefix; i < st.Length; i++)
-            if (st.VisualIndex[i] != -1) c++;
-        return c;
-    }
-
+    /// <summary>
+    /// What layer <paramref name="layer"/> processed: the visual rows (kept or merged) after the prefix now, and the
+    /// sequence's version, by which the report finds their indices at the end (on a GPU they may only be on the device
+    /// until the prefill's final readback).
+    /// </summary>
     private void Record(int layer, SequenceState st)
     {
-        _processedCounts[layer] = CountVisual(st);
-        _processedIndices[layer] = st.VisualIndex.AsSpan(_prefix, st.Length - _prefix).ToArray().Where(v => v >= 0).ToArray();
+        _processedCounts[layer] = st.VisualRows(_prefix);
+        _versions[layer] = st.Version;
     }
 
     /// <summary>Records the last layer (which no hook sees) and builds the report, checking reality against the schedule.</summary>
@@ -73,6 +90,8 @@ internal sealed class PruningSession : IPrefillHook
     {
         if (NeedsDecoderHook) Record(_shape.Layers - 1, finalState);
         else for (int l = 0; l < _shape.Layers; l++) Record(l, finalState); // nothing changes inside the decoder
+        for (int l = 0; l < _shape.Layers; l++)
+            _processedIndices[l] = finalState.VisualIndexAt(_versions[l]).AsSpan(_prefix).ToArray().Where(v => v >= 0).ToArray();
         var schedule = Policy.Schedule ?? throw new InvalidOperationException($"{Policy.Method} produced no schedule (the prompt has too few decoder layers to run it).");
         for (int l = 0; l < _shape.Layers; l++)
             if (_processedCounts[l] != schedule.Processed[l])
@@ -80,6 +99,8 @@ internal sealed class PruningSession : IPrefillHook
                     $"Pruning bug: layer {l} processed {_processedCounts[l]} visual tokens, the {schedule.Method} schedule says {schedule.Processed[l]}.");
         double asked = _options.Method == PruningMethod.None ? _shape.VisualTokens : Budget.Resolve(_options.Budget, _shape.VisualTokens);
         var notes = _shape.VisualTokens == 0 && _notes.Count == 0 ? _notes.Append("The request has no image: there were no visual tokens to prune.") : _notes;
-        return PruningReports.Create(schedule, _shape, _prefix, textTokens, asked, _processedIndices, Policy.RuntimeSignals, notes);
+        var signals = _device is null || _device.Signals.Count == 0 ? Policy.RuntimeSignals
+            : Policy.RuntimeSignals.Concat(_device.Signals).ToDictionary(kv => kv.Key, kv => kv.Value, StringComparer.Ordinal);
+        return PruningReports.Create(schedule, _shape, _prefix, textTokens, asked, _processedIndices, signals, notes);
     }
 }

@@ -227,21 +227,47 @@ public abstract class CudaDecoderKernelTests
         using var sb = Acc.Allocate1D(scores);
         using var pb = Acc.Allocate1D<ushort>(scores.Length);
         Ops.ScaledMaskedSoftmaxToHalf(sb.View, pb.View, heads, nq, nk, causal ? nk - nq : -1, 1f / MathF.Sqrt(hd));
-        var p32 = Read(sb);
+        Assert.Equal(scores, Read(sb)); // the raw scores are left alone: nothing reads probabilities in fp32
         var p16 = pb.GetAsArray1D();
-        Close(expected, p32, rel: 1e-5, abs: 1e-7);
         HalfClose(expected, p16);
         for (int h = 0; h < heads; h++)
             for (int i = 0; i < nq; i++)
             {
                 int row = (h * nq + i) * nk, visible = causal ? nk - nq + i + 1 : nk;
-                for (int j = visible; j < nk; j++)
-                {
-                    Assert.Equal(0f, p32[row + j]);
-                    Assert.Equal(0, p16[row + j]);
-                }
-                Assert.Equal(1.0, p32.AsSpan(row, nk).ToArray().Sum(v => (double)v), 1e-5);
+                for (int j = visible; j < nk; j++) Assert.Equal(0, p16[row + j]);
             }
+    }
+
+    /// <summary>Score rows padded to a multiple of 8 (the GEMMs' leading dimension): the padding is neither read nor written.</summary>
+    [Theory]
+    [InlineData(2, 13, true)]
+    [InlineData(3, 626, false)]
+    public void ScaledMaskedSoftmaxToHalfReadsPaddedRows(int nq, int nk, bool causal)
+    {
+        int heads = 2, ld = (nk + 7) & ~7;
+        var rng = new Random(nq * 7 + nk);
+        var dense = Rand(rng, heads * nq * nk, 4);
+        var padded = new float[heads * nq * ld];
+        for (int r = 0; r < heads * nq; r++)
+        {
+            dense.AsSpan(r * nk, nk).CopyTo(padded.AsSpan(r * ld));
+            padded.AsSpan(r * ld + nk, ld - nk).Fill(float.NaN);
+        }
+        using var db = Acc.Allocate1D(dense);
+        using var dp = Acc.Allocate1D<ushort>(dense.Length);
+        using var pb = Acc.Allocate1D(padded);
+        using var pp = Acc.Allocate1D<ushort>(padded.Length);
+        ushort sentinel = 0x7777;
+        pp.CopyFromCPU(Enumerable.Repeat(sentinel, padded.Length).ToArray());
+        Ops.ScaledMaskedSoftmaxToHalf(db.View, dp.View, heads, nq, nk, causal ? nk - nq : -1, 0.25f);
+        Ops.ScaledMaskedSoftmaxToHalf(pb.View, pp.View, heads, nq, nk, causal ? nk - nq : -1, 0.25f, ld);
+        var a = dp.GetAsArray1D();
+        var b = Read(pp);
+        for (int r = 0; r < heads * nq; r++)
+        {
+            Assert.Equal(a.AsSpan(r * nk, nk).ToArray(), b.AsSpan(r * ld, nk).ToArray());
+            for (int j = nk; j < ld; j++) Assert.Equal(sentinel, b[r * ld + j]);
+        }
     }
 
     [Fact]
@@ -263,12 +289,11 @@ public abstract class CudaDecoderKernelTests
         using var sb = Acc.Allocate1D(scores);
         using var pb = Acc.Allocate1D<ushort>(scores.Length);
         Ops.ScaledMaskedSoftmaxToHalf(sb.View, pb.View, heads, nq, nk, offset, scale);
-        var p32 = Read(sb);
-        Close(expected, p32, rel: 1e-5, abs: 1e-7);
-        HalfClose(expected, pb.GetAsArray1D());
-        Assert.Equal(0f, p32[0 * nk + 3]);
-        Assert.Equal(0f, p32[1 * nk + 4]);
-        Assert.NotEqual(0f, p32[2 * nk + 4]);
+        var p16 = pb.GetAsArray1D();
+        HalfClose(expected, p16);
+        Assert.Equal(0, p16[0 * nk + 3]);
+        Assert.Equal(0, p16[1 * nk + 4]);
+        Assert.NotEqual(0, p16[2 * nk + 4]);
     }
 
     [Fact]
@@ -395,15 +420,12 @@ public abstract class CudaDecoderKernelTests
             ops.LayerNormToHalf(xb.View, hb.View, rows, dim, wb.View, bb.View, 1e-6f);
             HalfClose(ln, Read(hb));
             ops.ScaledMaskedSoftmaxToHalf(xb.View, hb.View, 1, rows, dim, -1, 1f);
-            Close(soft, Read(xb), rel: 1e-5, abs: 1e-7);
             HalfClose(soft, Read(hb));
-            xb.CopyFromCPU(x);
             ops.ScaledMaskedSoftmaxToHalf(xb.View, hb.View, 1, rows, dim, offset, 1f);
-            var pc = Read(xb);
-            Close(causal, pc, rel: 1e-5, abs: 1e-7);
-            HalfClose(causal, hb.GetAsArray1D());
+            var pc = Read(hb);
+            HalfClose(causal, pc);
             for (int r = 0; r < rows; r++)
-                for (int j = offset + r + 1; j < dim; j++) Assert.Equal(0f, pc[r * dim + j]);
+                for (int j = offset + r + 1; j < dim; j++) Assert.Equal(0, pc[r * dim + j]);
             using var ab = Acc.Allocate1D(xArg);
             using var rb = Acc.Allocate1D<int>(rows);
             ops.ArgMaxRows(ab.View, rows, dim, rb.View);

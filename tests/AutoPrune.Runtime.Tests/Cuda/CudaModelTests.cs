@@ -32,7 +32,9 @@ public sealed class TwoBackendFixture : IDisposable
     internal static List<float[]> Run(ILlavaBackend model, int[] ids, float[] pixels, int steps, IPrefillHook? hook = null)
     {
         var vision = model.VisionForward(pixels);
-        var state = SequenceBuilder.Build(model, ids, [model.Project(vision.Features, vision.Tokens)]);
+        SequenceState state;
+        using (var rows = model.ProjectImage(vision)) state = model.BuildSequence(ids, [rows]);
+        vision.Device?.Release();
         using var gen = model.StartGeneration(steps);
         var all = new List<float[]> { gen.Prefill(state, hook, CancellationToken.None) };
         for (int i = 0; i < steps; i++) all.Add(gen.Step(CpuOps.ArgMax(all[^1])));
@@ -71,6 +73,9 @@ public sealed class CudaModelTests(TwoBackendFixture fx, ITestOutputHelper outpu
         var pc = fx.Cpu.Project(c.Features, c.Tokens);
         var pg = fx.Gpu.Project(c.Features, c.Tokens);
         float dProj = MaxAbsDiff(pc, pg);
+        // The request path: the tower's output projected where it is, on the device.
+        using (var onDevice = fx.Gpu.ProjectImage(g)) Assert.True(MaxAbsDiff(pc, onDevice.ToHost()) <= 2e-2f * Math.Max(1f, pc.Max(MathF.Abs)));
+        g.Device!.Release();
         output.WriteLine($"max |features| {scale:F3}; max |Δ| features {dFeat:E2}, CLS attention {dCls:E2}, patch keys {dKeys:E2}, projector {dProj:E2}");
         Assert.True(dFeat <= 2e-2f * Math.Max(1f, scale), $"features differ by {dFeat}");
         Assert.True(dCls <= 1e-3f, $"CLS attention differs by {dCls}");
@@ -164,7 +169,9 @@ public sealed class CudaModelTests(TwoBackendFixture fx, ITestOutputHelper outpu
         var pixels = fx.Pixels(TestData.Dev.Single(r => r.Id == reference.Id).Image);
         var withLogits = TwoBackendFixture.Run(fx.Gpu, reference.InputIds, pixels, steps: 3);
         var vision = fx.Gpu.VisionForward(pixels);
-        var state = SequenceBuilder.Build(fx.Gpu, reference.InputIds, [fx.Gpu.Project(vision.Features, vision.Tokens)]);
+        SequenceState state;
+        using (var rows = fx.Gpu.ProjectImage(vision)) state = fx.Gpu.BuildSequence(reference.InputIds, [rows]);
+        vision.Device!.Release();
         using var gen = fx.Gpu.StartGeneration(3);
         int next = CpuOps.ArgMax(gen.Prefill(state, null, CancellationToken.None));
         for (int s = 1; s <= 3; s++)

@@ -24,11 +24,11 @@ public class RandomModelTests
         var vision = model.Vision.Forward(pixels);
         Assert.Equal(model.TokensPerImage, vision.Tokens);
         Assert.All(vision.Features, v => Assert.True(float.IsFinite(v)));
-        var projected = model.Project(vision.Features, vision.Tokens);
-        Assert.Equal(model.TokensPerImage * model.Decoder.Hidden, projected.Length);
+        var projected = model.ProjectImage(vision);
+        Assert.Equal(model.TokensPerImage * model.Decoder.Hidden, projected.ToHost().Length);
 
         var ids = Prompt(model);
-        var state = SequenceBuilder.Build(model, ids, [projected]);
+        var state = model.BuildSequence(ids, [projected]);
         var cache = new KvCache(model.Decoder.Layers, 4);
         var logits = model.Decoder.Prefill(state, cache, null, CancellationToken.None);
         Assert.Equal(ids.Length, cache.CountsPerLayer()[^1]);

@@ -86,6 +86,9 @@ internal static class CuBlas
     [DllImport(Lib, EntryPoint = "cublasSetStream_v2")]
     private static extern int cublasSetStream_v2(IntPtr handle, IntPtr stream);
 
+    [DllImport(Lib, EntryPoint = "cublasSetWorkspace_v2")]
+    private static extern int cublasSetWorkspace_v2(IntPtr handle, IntPtr workspace, nuint bytes);
+
     [DllImport(Lib, EntryPoint = "cublasGemmEx")]
     private static extern unsafe int cublasGemmEx(IntPtr handle, int transa, int transb, int m, int n, int k,
         float* alpha, IntPtr a, int aType, int lda, IntPtr b, int bType, int ldb,
@@ -111,6 +114,19 @@ internal static class CuBlas
 
     /// <summary>Binds the handle to a CUDA stream (e.g. ILGPU's <c>CudaStream.StreamPtr</c>) so GEMMs order with the kernels.</summary>
     public static void SetStream(IntPtr handle, IntPtr stream) => Check(cublasSetStream_v2(handle, stream), "cublasSetStream_v2");
+
+    /// <summary>
+    /// Gives the handle a fixed device workspace, so cuBLAS never allocates one itself (it must not while a CUDA graph is
+    /// being captured). Throws <see cref="NotSupportedException"/> when this cuBLAS (before 11.2) lacks the call.
+    /// </summary>
+    public static void SetWorkspace(IntPtr handle, IntPtr workspace, long bytes)
+    {
+        try { Check(cublasSetWorkspace_v2(handle, workspace, (nuint)bytes), "cublasSetWorkspace_v2"); }
+        catch (EntryPointNotFoundException e)
+        {
+            throw new NotSupportedException($"{LoadedLibrary} has no cublasSetWorkspace_v2 (cuBLAS 11.2 or newer is needed).", e);
+        }
+    }
 
     /// <summary>Runs one <see cref="GemmCall"/> (fp16 A and B, fp32 compute, fp32 or fp16 C) on the handle's stream.</summary>
     public static unsafe void GemmStridedBatched(IntPtr handle, in GemmCall c)

@@ -12,7 +12,9 @@ namespace AutoPrune.Compute.Cuda;
 internal readonly record struct ElementRange(long Count, int Stride);
 
 /// <summary>Layout of a fused [rows, (Heads + 2·KvHeads)·HeadDim] q|k|v projection for <see cref="CudaKernels.QkvSplitRopeKernel"/>.</summary>
-internal readonly record struct QkvShape(int Heads, int KvHeads, int HeadDim, int Rope)
+/// <param name="Signals">1: also write q and k in fp32 (a pruning policy reads this layer's attention); 0: fp16 only.</param>
+/// <param name="StateSlot">&gt;= 0: a prefill layer; its KV cache length (<paramref name="CacheCount"/>) and next position go to that slot of the decode state.</param>
+internal readonly record struct QkvShape(int Heads, int KvHeads, int HeadDim, int Rope, int Signals = 1, int StateSlot = -1, int CacheCount = 0)
 {
     public int QDim => Heads * HeadDim;
     public int KvDim => KvHeads * HeadDim;
@@ -165,9 +167,17 @@ internal static class CudaKernels
     /// One thread per (row, head, i &lt; HeadDim/2) pair.
     /// </summary>
     internal static void QkvSplitRopeKernel(Index1D t0, ArrayView<float> qkv, ArrayView<int> positions, ArrayView<float> cos, ArrayView<float> sin,
-        ArrayView<float> q, ArrayView<float> k, ArrayView<ushort> qHalf, ArrayView<ushort> kHalf, ArrayView<ushort> vHalf, QkvShape s, ElementRange range)
+        ArrayView<float> q, ArrayView<float> k, ArrayView<ushort> qHalf, ArrayView<ushort> kHalf, ArrayView<ushort> vHalf, QkvShape s, ElementRange range,
+        ArrayView<int> layerState)
     {
         int hd = s.HeadDim, half = hd / 2, pairs = s.PairsPerRow;
+        // A prefill layer leaves its KV cache's length and next position on the device for decoding (stateSlot >= 0).
+        if (t0 == 0 && s.StateSlot >= 0)
+        {
+            long rows = range.Count / pairs;
+            layerState[2 * s.StateSlot] = s.CacheCount;
+            layerState[2 * s.StateSlot + 1] = positions[rows - 1] + 1;
+        }
         for (long e = t0; e < range.Count; e += range.Stride)
         {
             long r = e / pairs;
@@ -188,7 +198,7 @@ internal static class CudaKernels
             if (section == 0)
             {
                 long d = r * s.QDim + (long)h * hd + i;
-                q[d] = x1; q[d + half] = x2;
+                if (s.Signals != 0) { q[d] = x1; q[d + half] = x2; }
                 qHalf[d] = FloatToHalfBits(x1); qHalf[d + half] = FloatToHalfBits(x2);
             }
             else
@@ -196,7 +206,7 @@ internal static class CudaKernels
                 long d = r * s.KvDim + (long)h * hd + i;
                 if (section == 1)
                 {
-                    k[d] = x1; k[d + half] = x2;
+                    if (s.Signals != 0) { k[d] = x1; k[d + half] = x2; }
                     kHalf[d] = FloatToHalfBits(x1); kHalf[d + half] = FloatToHalfBits(x2);
                 }
                 else
@@ -274,15 +284,16 @@ internal static class CudaKernels
     }
 
     /// <summary>
-    /// Softmax of row Grid.IdxX of scores ([heads, nq, nk], raw q·k; the row is (head, query i = Grid.IdxX mod nq)):
-    /// s_j = scores_j * scale over the visible keys j ≤ causalOffset + i (all keys when causalOffset &lt; 0), masked keys
-    /// get probability exactly 0. Writes the fp32 probabilities back into scores and their fp16 rounding into probs.
+    /// Softmax of row Grid.IdxX of scores ([heads, nq, ld], raw q·k in the first nk columns; the row is (head, query
+    /// i = Grid.IdxX mod nq)): s_j = scores_j * scale over the visible keys j ≤ causalOffset + i (all keys when
+    /// causalOffset &lt; 0), masked keys get probability exactly 0. Writes fp16 probabilities into probs (same layout);
+    /// the fp32 scores are left as they were (nothing reads probabilities in fp32).
     /// </summary>
-    internal static void ScaledMaskedSoftmaxToHalfKernel(ArrayView<float> scores, ArrayView<ushort> probs, int nq, int nk, int causalOffset, float scale)
+    internal static void ScaledMaskedSoftmaxToHalfKernel(ArrayView<float> scores, ArrayView<ushort> probs, int nq, int nk, int ld, int causalOffset, float scale)
     {
         var sh = SharedMemory.Allocate<float>(MaxRowGroupSize);
         int row = Grid.IdxX;
-        long o = (long)row * nk;
+        long o = (long)row * ld;
         int tid = Group.IdxX, step = Group.DimX;
         int limit = causalOffset >= 0 ? XMath.Min(nk, causalOffset + row % nq + 1) : nk;
         float max = float.NegativeInfinity;
@@ -292,11 +303,7 @@ internal static class CudaKernels
         for (int j = tid; j < limit; j += step) sum += XMath.Exp(scores[o + j] * scale - max);
         float inv = 1f / GroupSum(sh, sum);
         for (int j = tid; j < nk; j += step)
-        {
-            float p = j < limit ? XMath.Exp(scores[o + j] * scale - max) * inv : 0f;
-            scores[o + j] = p;
-            probs[o + j] = FloatToHalfBits(p);
-        }
+            probs[o + j] = FloatToHalfBits(j < limit ? XMath.Exp(scores[o + j] * scale - max) * inv : 0f);
     }
 
     /// <summary>
@@ -364,7 +371,7 @@ internal static class CudaKernels
     }
 
     /// <summary>Sum of <paramref name="v"/> over the group (power-of-two size), returned to every thread; sh is reusable afterwards.</summary>
-    private static float GroupSum(ArrayView<float> sh, float v)
+    internal static float GroupSum(ArrayView<float> sh, float v)
     {
         int tid = Group.IdxX;
         sh[tid] = v;
@@ -380,7 +387,7 @@ internal static class CudaKernels
     }
 
     /// <summary>Maximum of <paramref name="v"/> over the group (power-of-two size), returned to every thread.</summary>
-    private static float GroupMax(ArrayView<float> sh, float v)
+    internal static float GroupMax(ArrayView<float> sh, float v)
     {
         int tid = Group.IdxX;
         sh[tid] = v;
@@ -438,6 +445,22 @@ internal static class CudaKernels
         return (ushort)(sign | h);
     }
 
+    /// <summary>IEEE fp16 bits → fp32 (exact).</summary>
+    internal static float HalfBitsToFloat(ushort bits)
+    {
+        uint hb = bits;
+        uint s = (hb & 0x8000u) << 16;
+        uint e = (hb >> 10) & 0x1Fu;
+        uint m = hb & 0x3FFu;
+        if (e == 0)
+        {
+            float v = m * 5.9604644775390625e-8f;                                    // m · 2^-24, exact
+            return s != 0 ? -v : v;
+        }
+        if (e == 31) return Interop.IntAsFloat(s | 0x7F800000u | (m << 13));
+        return Interop.IntAsFloat(s | ((e + 112u) << 23) | (m << 13));
+    }
+
     private static float Dot(ArrayView<float> a, long ao, ArrayView<float> b, long bo, int n)
     {
         float s = 0;
@@ -472,23 +495,23 @@ internal static class CudaKernels
 /// compute the extents. Launches are asynchronous on the accelerator's default stream; call
 /// <c>Accelerator.Synchronize()</c> before reading results on the host.
 /// </summary>
-internal sealed class CudaOps
+internal sealed partial class CudaOps
 {
     private readonly Accelerator _acc;
-    private readonly Lazy<Action<Index1D, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, float>> _layerNorm;
-    private readonly Lazy<Action<Index1D, ArrayView<float>, ElementRange>> _quickGelu, _gelu;
-    private readonly Lazy<Action<KernelConfig, ArrayView<float>, ArrayView<float>, ArrayView<int>, ArrayView<float>, AttentionShape, int>> _attentionRowsGrouped;
-    private readonly Lazy<Action<Index1D, ArrayView<float>, ArrayView<int>, int>> _argMax;
-    private readonly Lazy<Action<Index1D, ArrayView<float>, ArrayView<ushort>, ElementRange>> _toHalf;
-    private readonly Lazy<Action<Index1D, ArrayView<float>, ArrayView<float>, int, ElementRange>> _addBias;
-    private readonly Lazy<Action<Index1D, ArrayView<float>, ArrayView<float>, ElementRange>> _add;
-    private readonly Lazy<Action<Index1D, ArrayView<float>, ArrayView<int>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<ushort>, ArrayView<ushort>, ArrayView<ushort>, QkvShape, ElementRange>> _qkvSplitRope;
-    private readonly Lazy<Action<Index1D, ArrayView<float>, ArrayView<ushort>, int, ElementRange>> _siluMulSplitToHalf;
-    private readonly Lazy<Action<Index1D, ArrayView<float>, ArrayView<float>, ArrayView<int>, ArrayView<float>, int, ElementRange>> _rowGatherMixed;
-    private readonly Lazy<Action<KernelConfig, ArrayView<float>, ArrayView<ushort>, ArrayView<float>, int, float>> _rmsToHalf;
-    private readonly Lazy<Action<KernelConfig, ArrayView<float>, ArrayView<ushort>, ArrayView<float>, ArrayView<float>, int, float>> _layerNormToHalf;
-    private readonly Lazy<Action<KernelConfig, ArrayView<float>, ArrayView<ushort>, int, int, int, float>> _maskedSoftmaxToHalf;
-    private readonly Lazy<Action<KernelConfig, ArrayView<float>, ArrayView<int>, int>> _argMaxRows;
+    private readonly Lazy<Action<AcceleratorStream, Index1D, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, float>> _layerNorm;
+    private readonly Lazy<Action<AcceleratorStream, Index1D, ArrayView<float>, ElementRange>> _quickGelu, _gelu;
+    private readonly Lazy<Action<AcceleratorStream, KernelConfig, ArrayView<float>, ArrayView<float>, ArrayView<int>, ArrayView<float>, AttentionShape, int>> _attentionRowsGrouped;
+    private readonly Lazy<Action<AcceleratorStream, Index1D, ArrayView<float>, ArrayView<int>, int>> _argMax;
+    private readonly Lazy<Action<AcceleratorStream, Index1D, ArrayView<float>, ArrayView<ushort>, ElementRange>> _toHalf;
+    private readonly Lazy<Action<AcceleratorStream, Index1D, ArrayView<float>, ArrayView<float>, int, ElementRange>> _addBias;
+    private readonly Lazy<Action<AcceleratorStream, Index1D, ArrayView<float>, ArrayView<float>, ElementRange>> _add;
+    private readonly Lazy<Action<AcceleratorStream, Index1D, ArrayView<float>, ArrayView<int>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<ushort>, ArrayView<ushort>, ArrayView<ushort>, QkvShape, ElementRange, ArrayView<int>>> _qkvSplitRope;
+    private readonly Lazy<Action<AcceleratorStream, Index1D, ArrayView<float>, ArrayView<ushort>, int, ElementRange>> _siluMulSplitToHalf;
+    private readonly Lazy<Action<AcceleratorStream, Index1D, ArrayView<float>, ArrayView<float>, ArrayView<int>, ArrayView<float>, int, ElementRange>> _rowGatherMixed;
+    private readonly Lazy<Action<AcceleratorStream, KernelConfig, ArrayView<float>, ArrayView<ushort>, ArrayView<float>, int, float>> _rmsToHalf;
+    private readonly Lazy<Action<AcceleratorStream, KernelConfig, ArrayView<float>, ArrayView<ushort>, ArrayView<float>, ArrayView<float>, int, float>> _layerNormToHalf;
+    private readonly Lazy<Action<AcceleratorStream, KernelConfig, ArrayView<float>, ArrayView<ushort>, int, int, int, int, float>> _maskedSoftmaxToHalf;
+    private readonly Lazy<Action<AcceleratorStream, KernelConfig, ArrayView<float>, ArrayView<int>, int>> _argMaxRows;
 
     /// <param name="accelerator">The accelerator the kernels are compiled for.</param>
     /// <param name="rowGroupSize">
@@ -496,10 +519,10 @@ internal sealed class CudaOps
     /// of two no larger than <see cref="CudaKernels.MaxRowGroupSize"/> and the accelerator's MaxNumThreadsPerGroup
     /// (tests use this to exercise the reductions at several sizes).
     /// </param>
-    public CudaOps(Accelerator accelerator, int rowGroupSize = 0, int maxElementThreads = 0, Diagnostics.DeviceCounterSet? counters = null)
+    public CudaOps(Accelerator accelerator, int rowGroupSize = 0, int maxElementThreads = 0, DeviceQueue? queue = null)
     {
         _acc = accelerator;
-        Counters = counters ?? new Diagnostics.DeviceCounterSet();
+        Queue = queue ?? new DeviceQueue(accelerator);
         if (maxElementThreads < 0) throw new ArgumentOutOfRangeException(nameof(maxElementThreads), maxElementThreads, "Must be positive (0: the accelerator's default).");
         MaxElementThreads = maxElementThreads > 0 ? maxElementThreads
             : accelerator.AcceleratorType == AcceleratorType.CPU ? 64 : 1 << 22;
@@ -508,21 +531,21 @@ internal sealed class CudaOps
         if (rowGroupSize < 1 || rowGroupSize > limit || (rowGroupSize & (rowGroupSize - 1)) != 0)
             throw new ArgumentOutOfRangeException(nameof(rowGroupSize), rowGroupSize, $"Row group size must be a power of two in 1..{limit} on this accelerator.");
         RowGroupSize = rowGroupSize;
-        _layerNorm = new(() => _acc.LoadAutoGroupedStreamKernel<Index1D, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, float>(CudaKernels.LayerNormKernel));
-        _quickGelu = new(() => _acc.LoadAutoGroupedStreamKernel<Index1D, ArrayView<float>, ElementRange>(CudaKernels.QuickGeluKernel));
-        _gelu = new(() => _acc.LoadAutoGroupedStreamKernel<Index1D, ArrayView<float>, ElementRange>(CudaKernels.GeluKernel));
-        _attentionRowsGrouped = new(() => _acc.LoadStreamKernel<ArrayView<float>, ArrayView<float>, ArrayView<int>, ArrayView<float>, AttentionShape, int>(CudaKernels.AttentionRowsGroupedKernel));
-        _argMax = new(() => _acc.LoadAutoGroupedStreamKernel<Index1D, ArrayView<float>, ArrayView<int>, int>(CudaKernels.ArgMaxKernel));
-        _toHalf = new(() => _acc.LoadAutoGroupedStreamKernel<Index1D, ArrayView<float>, ArrayView<ushort>, ElementRange>(CudaKernels.ToHalfKernel));
-        _addBias = new(() => _acc.LoadAutoGroupedStreamKernel<Index1D, ArrayView<float>, ArrayView<float>, int, ElementRange>(CudaKernels.AddBiasKernel));
-        _add = new(() => _acc.LoadAutoGroupedStreamKernel<Index1D, ArrayView<float>, ArrayView<float>, ElementRange>(CudaKernels.AddKernel));
-        _qkvSplitRope = new(() => _acc.LoadAutoGroupedStreamKernel<Index1D, ArrayView<float>, ArrayView<int>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<ushort>, ArrayView<ushort>, ArrayView<ushort>, QkvShape, ElementRange>(CudaKernels.QkvSplitRopeKernel));
-        _siluMulSplitToHalf = new(() => _acc.LoadAutoGroupedStreamKernel<Index1D, ArrayView<float>, ArrayView<ushort>, int, ElementRange>(CudaKernels.SiluMulSplitToHalfKernel));
-        _rowGatherMixed = new(() => _acc.LoadAutoGroupedStreamKernel<Index1D, ArrayView<float>, ArrayView<float>, ArrayView<int>, ArrayView<float>, int, ElementRange>(CudaKernels.RowGatherMixedKernel));
-        _rmsToHalf = new(() => _acc.LoadStreamKernel<ArrayView<float>, ArrayView<ushort>, ArrayView<float>, int, float>(CudaKernels.RmsNormToHalfKernel));
-        _layerNormToHalf = new(() => _acc.LoadStreamKernel<ArrayView<float>, ArrayView<ushort>, ArrayView<float>, ArrayView<float>, int, float>(CudaKernels.LayerNormToHalfKernel));
-        _maskedSoftmaxToHalf = new(() => _acc.LoadStreamKernel<ArrayView<float>, ArrayView<ushort>, int, int, int, float>(CudaKernels.ScaledMaskedSoftmaxToHalfKernel));
-        _argMaxRows = new(() => _acc.LoadStreamKernel<ArrayView<float>, ArrayView<int>, int>(CudaKernels.ArgMaxRowsKernel));
+        _layerNorm = new(() => _acc.LoadAutoGroupedKernel<Index1D, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, float>(CudaKernels.LayerNormKernel));
+        _quickGelu = new(() => _acc.LoadAutoGroupedKernel<Index1D, ArrayView<float>, ElementRange>(CudaKernels.QuickGeluKernel));
+        _gelu = new(() => _acc.LoadAutoGroupedKernel<Index1D, ArrayView<float>, ElementRange>(CudaKernels.GeluKernel));
+        _attentionRowsGrouped = new(() => _acc.LoadKernel<ArrayView<float>, ArrayView<float>, ArrayView<int>, ArrayView<float>, AttentionShape, int>(CudaKernels.AttentionRowsGroupedKernel));
+        _argMax = new(() => _acc.LoadAutoGroupedKernel<Index1D, ArrayView<float>, ArrayView<int>, int>(CudaKernels.ArgMaxKernel));
+        _toHalf = new(() => _acc.LoadAutoGroupedKernel<Index1D, ArrayView<float>, ArrayView<ushort>, ElementRange>(CudaKernels.ToHalfKernel));
+        _addBias = new(() => _acc.LoadAutoGroupedKernel<Index1D, ArrayView<float>, ArrayView<float>, int, ElementRange>(CudaKernels.AddBiasKernel));
+        _add = new(() => _acc.LoadAutoGroupedKernel<Index1D, ArrayView<float>, ArrayView<float>, ElementRange>(CudaKernels.AddKernel));
+        _qkvSplitRope = new(() => _acc.LoadAutoGroupedKernel<Index1D, ArrayView<float>, ArrayView<int>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<ushort>, ArrayView<ushort>, ArrayView<ushort>, QkvShape, ElementRange, ArrayView<int>>(CudaKernels.QkvSplitRopeKernel));
+        _siluMulSplitToHalf = new(() => _acc.LoadAutoGroupedKernel<Index1D, ArrayView<float>, ArrayView<ushort>, int, ElementRange>(CudaKernels.SiluMulSplitToHalfKernel));
+        _rowGatherMixed = new(() => _acc.LoadAutoGroupedKernel<Index1D, ArrayView<float>, ArrayView<float>, ArrayView<int>, ArrayView<float>, int, ElementRange>(CudaKernels.RowGatherMixedKernel));
+        _rmsToHalf = new(() => _acc.LoadKernel<ArrayView<float>, ArrayView<ushort>, ArrayView<float>, int, float>(CudaKernels.RmsNormToHalfKernel));
+        _layerNormToHalf = new(() => _acc.LoadKernel<ArrayView<float>, ArrayView<ushort>, ArrayView<float>, ArrayView<float>, int, float>(CudaKernels.LayerNormToHalfKernel));
+        _maskedSoftmaxToHalf = new(() => _acc.LoadKernel<ArrayView<float>, ArrayView<ushort>, int, int, int, int, float>(CudaKernels.ScaledMaskedSoftmaxToHalfKernel));
+        _argMaxRows = new(() => _acc.LoadKernel<ArrayView<float>, ArrayView<int>, int>(CudaKernels.ArgMaxRowsKernel));
     }
 
     /// <summary>
@@ -536,14 +559,17 @@ internal sealed class CudaOps
         [
             _layerNorm.Value, _quickGelu.Value, _gelu.Value, _attentionRowsGrouped.Value, _argMax.Value, _toHalf.Value, _addBias.Value, _add.Value, _rowGatherMixed.Value, _qkvSplitRope.Value, _siluMulSplitToHalf.Value,
             _rmsToHalf.Value, _layerNormToHalf.Value, _maskedSoftmaxToHalf.Value, _argMaxRows.Value,
+            .. SequenceKernelsLoaded(), .. DecodeKernelsLoaded(), .. HalfMlpKernelsLoaded(), .. SignalKernelsLoaded(),
         ];
         return all.Count(k => k is not null);
     }
 
     public Accelerator Accelerator => _acc;
 
-    /// <summary>Where launches are counted (the model's counters).</summary>
-    public Diagnostics.DeviceCounterSet Counters { get; }
+    /// <summary>The stream every kernel is launched on, and where launches are counted.</summary>
+    public DeviceQueue Queue { get; }
+    public Diagnostics.DeviceCounterSet Counters => Queue.Counters;
+    private AcceleratorStream Stream => Queue.Stream;
 
     /// <summary>Threads per group of the one-group-per-row kernels (RmsNormToHalf, LayerNormToHalf, ScaledMaskedSoftmaxToHalf, ArgMaxRows).</summary>
     public int RowGroupSize { get; }
@@ -585,7 +611,7 @@ internal sealed class CudaOps
         Require(groups <= int.MaxValue, $"{groups} (head, row) pairs exceed a grid of 2^31 - 1 groups.");
         Require(result.Length >= groups * (shape.Nk - firstKey), $"result has {result.Length} elements, fewer than heads × rows × keys ({groups * (shape.Nk - firstKey)}).");
         Counters.Launch();
-        _attentionRowsGrouped.Value(RowConfig((int)groups), q, k, rows, result, shape, firstKey);
+        _attentionRowsGrouped.Value(Stream, RowConfig((int)groups), q, k, rows, result, shape, firstKey);
     }
 
     public void ArgMax(ArrayView<float> x, int rows, int cols, ArrayView<int> result) => Launch(_argMax.Value, rows, x, result, cols);
@@ -616,13 +642,20 @@ internal sealed class CudaOps
     /// q, k fp32 [rows, QDim] / [rows, KvDim]; qHalf [rows, QDim]; kHalf, vHalf [rows, KvDim] (views into a KV cache).
     /// </summary>
     public void QkvSplitRope(ArrayView<float> qkv, int rows, ArrayView<int> positions, ArrayView<float> cos, ArrayView<float> sin,
-        ArrayView<float> q, ArrayView<float> k, ArrayView<ushort> qHalf, ArrayView<ushort> kHalf, ArrayView<ushort> vHalf, QkvShape shape)
+        ArrayView<float> q, ArrayView<float> k, ArrayView<ushort> qHalf, ArrayView<ushort> kHalf, ArrayView<ushort> vHalf, QkvShape shape,
+        ArrayView<int> layerState = default)
     {
         Require(shape.HeadDim % 2 == 0 && shape.HeadDim > 0, $"Head dimension {shape.HeadDim} must be even.");
         CheckRows(rows, shape.Width, qkv.Length, nameof(qkv));
-        CheckRows(rows, shape.QDim, q.Length, nameof(q));
         CheckRows(rows, shape.QDim, qHalf.Length, nameof(qHalf));
-        CheckRows(rows, shape.KvDim, k.Length, nameof(k));
+        if (shape.Signals != 0)
+        {
+            CheckRows(rows, shape.QDim, q.Length, nameof(q));
+            CheckRows(rows, shape.KvDim, k.Length, nameof(k));
+        }
+        Require(shape.StateSlot < 0 || (layerState.Length >= 2 * shape.StateSlot + 2 && positions.Length >= rows),
+            $"layer state ({layerState.Length}) must hold slot {shape.StateSlot} and positions ({positions.Length}) every row.");
+        if (shape.StateSlot < 0 && layerState.Length == 0) layerState = positions; // never written
         CheckRows(rows, shape.KvDim, kHalf.Length, nameof(kHalf));
         CheckRows(rows, shape.KvDim, vHalf.Length, nameof(vHalf));
         Require(shape.Rope == 0 || positions.Length >= rows, $"positions has {positions.Length} elements, fewer than rows ({rows}).");
@@ -631,7 +664,7 @@ internal sealed class CudaOps
         {
             var r = Range(n);
             Counters.Launch();
-            _qkvSplitRope.Value(Extent(r.Stride), qkv, positions, cos, sin, q, k, qHalf, kHalf, vHalf, shape, r);
+            _qkvSplitRope.Value(Stream, Extent(r.Stride), qkv, positions, cos, sin, q, k, qHalf, kHalf, vHalf, shape, r, layerState);
         }
     }
 
@@ -657,7 +690,7 @@ internal sealed class CudaOps
     public void RmsNormToHalf(ArrayView<float> src, ArrayView<ushort> dst, int rows, int dim, ArrayView<float> weight, float eps)
     {
         CheckRowOp(rows, dim, src.Length, dst.Length, weight.Length);
-        if (rows > 0) { Counters.Launch(); _rmsToHalf.Value(RowConfig(rows), src, dst, weight, dim, eps); }
+        if (rows > 0) { Counters.Launch(); _rmsToHalf.Value(Stream, RowConfig(rows), src, dst, weight, dim, eps); }
     }
 
     /// <summary>LayerNorm (two-pass mean / variance) of each row of src ([rows, dim]), rounded to fp16 into dst; one group per row.</summary>
@@ -665,23 +698,24 @@ internal sealed class CudaOps
     {
         CheckRowOp(rows, dim, src.Length, dst.Length, weight.Length);
         Require(rows == 0 || bias.Length >= dim, $"bias has {bias.Length} elements, fewer than dim {dim}.");
-        if (rows > 0) { Counters.Launch(); _layerNormToHalf.Value(RowConfig(rows), src, dst, weight, bias, dim, eps); }
+        if (rows > 0) { Counters.Launch(); _layerNormToHalf.Value(Stream, RowConfig(rows), src, dst, weight, bias, dim, eps); }
     }
 
     /// <summary>
-    /// Softmax of scale · scores for each (head, query) row of scores ([heads, nq, nk], raw q·k). With causalOffset
-    /// &gt;= 0, query i sees keys 0..causalOffset + i only (the rest get probability exactly 0; causalOffset = nk - nq
-    /// for a KV cache); causalOffset &lt; 0 means no mask. fp16 probabilities go to probs (same layout) and the fp32
-    /// probabilities replace scores in place. One group per row.
+    /// Softmax of scale · scores for each (head, query) row of scores ([heads, nq, ld], raw q·k in the first nk columns;
+    /// ld ≥ nk, a multiple of 8 keeps the GEMMs on tensor cores). With causalOffset &gt;= 0, query i sees keys
+    /// 0..causalOffset + i only (the rest get probability exactly 0; causalOffset = nk - nq for a KV cache);
+    /// causalOffset &lt; 0 means no mask. fp16 probabilities go to probs (same layout). One group per row.
     /// </summary>
-    public void ScaledMaskedSoftmaxToHalf(ArrayView<float> scores, ArrayView<ushort> probs, int heads, int nq, int nk, int causalOffset, float scale)
+    public void ScaledMaskedSoftmaxToHalf(ArrayView<float> scores, ArrayView<ushort> probs, int heads, int nq, int nk, int causalOffset, float scale, int ld = 0)
     {
-        Require(heads >= 0 && nq >= 0, $"heads ({heads}) and nq ({nq}) must not be negative.");
+        if (ld == 0) ld = nk;
+        Require(heads >= 0 && nq >= 0 && ld >= nk, $"heads ({heads}) and nq ({nq}) must not be negative and ld ({ld}) at least nk ({nk}).");
         long rows = (long)heads * nq;
         Require(rows <= int.MaxValue, $"{rows} softmax rows exceed a grid of 2^31 - 1 groups.");
-        CheckRows((int)rows, nk, scores.Length, nameof(scores));
-        CheckRows((int)rows, nk, probs.Length, nameof(probs));
-        if (rows > 0 && nk > 0) { Counters.Launch(); _maskedSoftmaxToHalf.Value(RowConfig((int)rows), scores, probs, nq, nk, causalOffset, scale); }
+        CheckRows((int)rows, ld, scores.Length + ld - nk, nameof(scores));
+        CheckRows((int)rows, ld, probs.Length + ld - nk, nameof(probs));
+        if (rows > 0 && nk > 0) { Counters.Launch(); _maskedSoftmaxToHalf.Value(Stream, RowConfig((int)rows), scores, probs, nq, nk, ld, causalOffset, scale); }
     }
 
     /// <summary>
@@ -693,7 +727,7 @@ internal sealed class CudaOps
         CheckRows(rows, cols, x.Length, nameof(x));
         Require(rows == 0 || cols >= 1, $"cols ({cols}) must be at least 1.");
         Require(result.Length >= rows, $"result has {result.Length} elements, fewer than rows ({rows}).");
-        if (rows > 0) { Counters.Launch(); _argMaxRows.Value(RowConfig(rows), x, result, cols); }
+        if (rows > 0) { Counters.Launch(); _argMaxRows.Value(Stream, RowConfig(rows), x, result, cols); }
     }
 
     private KernelConfig RowConfig(int rows) => new(rows, RowGroupSize);
@@ -716,21 +750,21 @@ internal sealed class CudaOps
         if (!condition) throw new ArgumentException(message);
     }
 
-    private void Launch<T1>(Action<Index1D, T1> k, long n, T1 a) where T1 : struct
-    { if (n > 0) { Counters.Launch(); k(Extent(n), a); } }
-    private void Launch<T1, T2>(Action<Index1D, T1, T2> k, long n, T1 a, T2 b) where T1 : struct where T2 : struct
-    { if (n > 0) { Counters.Launch(); k(Extent(n), a, b); } }
-    private void Launch<T1, T2, T3>(Action<Index1D, T1, T2, T3> k, long n, T1 a, T2 b, T3 c) where T1 : struct where T2 : struct where T3 : struct
-    { if (n > 0) { Counters.Launch(); k(Extent(n), a, b, c); } }
-    private void Launch<T1, T2, T3, T4>(Action<Index1D, T1, T2, T3, T4> k, long n, T1 a, T2 b, T3 c, T4 d)
+    private void Launch<T1>(Action<AcceleratorStream, Index1D, T1> k, long n, T1 a) where T1 : struct
+    { if (n > 0) { Counters.Launch(); k(Stream, Extent(n), a); } }
+    private void Launch<T1, T2>(Action<AcceleratorStream, Index1D, T1, T2> k, long n, T1 a, T2 b) where T1 : struct where T2 : struct
+    { if (n > 0) { Counters.Launch(); k(Stream, Extent(n), a, b); } }
+    private void Launch<T1, T2, T3>(Action<AcceleratorStream, Index1D, T1, T2, T3> k, long n, T1 a, T2 b, T3 c) where T1 : struct where T2 : struct where T3 : struct
+    { if (n > 0) { Counters.Launch(); k(Stream, Extent(n), a, b, c); } }
+    private void Launch<T1, T2, T3, T4>(Action<AcceleratorStream, Index1D, T1, T2, T3, T4> k, long n, T1 a, T2 b, T3 c, T4 d)
         where T1 : struct where T2 : struct where T3 : struct where T4 : struct
-    { if (n > 0) { Counters.Launch(); k(Extent(n), a, b, c, d); } }
-    private void Launch<T1, T2, T3, T4, T5>(Action<Index1D, T1, T2, T3, T4, T5> k, long n, T1 a, T2 b, T3 c, T4 d, T5 e)
+    { if (n > 0) { Counters.Launch(); k(Stream, Extent(n), a, b, c, d); } }
+    private void Launch<T1, T2, T3, T4, T5>(Action<AcceleratorStream, Index1D, T1, T2, T3, T4, T5> k, long n, T1 a, T2 b, T3 c, T4 d, T5 e)
         where T1 : struct where T2 : struct where T3 : struct where T4 : struct where T5 : struct
-    { if (n > 0) { Counters.Launch(); k(Extent(n), a, b, c, d, e); } }
-    private void Launch<T1, T2, T3, T4, T5, T6>(Action<Index1D, T1, T2, T3, T4, T5, T6> k, long n, T1 a, T2 b, T3 c, T4 d, T5 e, T6 f)
+    { if (n > 0) { Counters.Launch(); k(Stream, Extent(n), a, b, c, d, e); } }
+    private void Launch<T1, T2, T3, T4, T5, T6>(Action<AcceleratorStream, Index1D, T1, T2, T3, T4, T5, T6> k, long n, T1 a, T2 b, T3 c, T4 d, T5 e, T6 f)
         where T1 : struct where T2 : struct where T3 : struct where T4 : struct where T5 : struct where T6 : struct
-    { if (n > 0) { Counters.Launch(); k(Extent(n), a, b, c, d, e, f); } }
+    { if (n > 0) { Counters.Launch(); k(Stream, Extent(n), a, b, c, d, e, f); } }
 
     /// <summary>Threads for an element-wise launch of n elements (grid-stride beyond <see cref="MaxElementThreads"/>).</summary>
     private ElementRange Range(long n) => new(n, (int)Math.Min(n, MaxElementThreads));
@@ -741,21 +775,21 @@ internal sealed class CudaOps
     /// </summary>
     public int MaxElementThreads { get; }
 
-    private void LaunchElements<T1>(Action<Index1D, T1, ElementRange> k, long n, T1 a) where T1 : struct
-    { if (n > 0) { Counters.Launch(); var r = Range(n); k(Extent(r.Stride), a, r); } }
-    private void LaunchElements<T1, T2>(Action<Index1D, T1, T2, ElementRange> k, long n, T1 a, T2 b) where T1 : struct where T2 : struct
-    { if (n > 0) { Counters.Launch(); var r = Range(n); k(Extent(r.Stride), a, b, r); } }
-    private void LaunchElements<T1, T2, T3>(Action<Index1D, T1, T2, T3, ElementRange> k, long n, T1 a, T2 b, T3 c) where T1 : struct where T2 : struct where T3 : struct
-    { if (n > 0) { Counters.Launch(); var r = Range(n); k(Extent(r.Stride), a, b, c, r); } }
-    private void LaunchElements<T1, T2, T3, T4>(Action<Index1D, T1, T2, T3, T4, ElementRange> k, long n, T1 a, T2 b, T3 c, T4 d)
+    private void LaunchElements<T1>(Action<AcceleratorStream, Index1D, T1, ElementRange> k, long n, T1 a) where T1 : struct
+    { if (n > 0) { Counters.Launch(); var r = Range(n); k(Stream, Extent(r.Stride), a, r); } }
+    private void LaunchElements<T1, T2>(Action<AcceleratorStream, Index1D, T1, T2, ElementRange> k, long n, T1 a, T2 b) where T1 : struct where T2 : struct
+    { if (n > 0) { Counters.Launch(); var r = Range(n); k(Stream, Extent(r.Stride), a, b, r); } }
+    private void LaunchElements<T1, T2, T3>(Action<AcceleratorStream, Index1D, T1, T2, T3, ElementRange> k, long n, T1 a, T2 b, T3 c) where T1 : struct where T2 : struct where T3 : struct
+    { if (n > 0) { Counters.Launch(); var r = Range(n); k(Stream, Extent(r.Stride), a, b, c, r); } }
+    private void LaunchElements<T1, T2, T3, T4>(Action<AcceleratorStream, Index1D, T1, T2, T3, T4, ElementRange> k, long n, T1 a, T2 b, T3 c, T4 d)
         where T1 : struct where T2 : struct where T3 : struct where T4 : struct
-    { if (n > 0) { Counters.Launch(); var r = Range(n); k(Extent(r.Stride), a, b, c, d, r); } }
-    private void LaunchElements<T1, T2, T3, T4, T5>(Action<Index1D, T1, T2, T3, T4, T5, ElementRange> k, long n, T1 a, T2 b, T3 c, T4 d, T5 e)
+    { if (n > 0) { Counters.Launch(); var r = Range(n); k(Stream, Extent(r.Stride), a, b, c, d, r); } }
+    private void LaunchElements<T1, T2, T3, T4, T5>(Action<AcceleratorStream, Index1D, T1, T2, T3, T4, T5, ElementRange> k, long n, T1 a, T2 b, T3 c, T4 d, T5 e)
         where T1 : struct where T2 : struct where T3 : struct where T4 : struct where T5 : struct
-    { if (n > 0) { Counters.Launch(); var r = Range(n); k(Extent(r.Stride), a, b, c, d, e, r); } }
-    private void LaunchElements<T1, T2, T3, T4, T5, T6>(Action<Index1D, T1, T2, T3, T4, T5, T6, ElementRange> k, long n, T1 a, T2 b, T3 c, T4 d, T5 e, T6 f)
+    { if (n > 0) { Counters.Launch(); var r = Range(n); k(Stream, Extent(r.Stride), a, b, c, d, e, r); } }
+    private void LaunchElements<T1, T2, T3, T4, T5, T6>(Action<AcceleratorStream, Index1D, T1, T2, T3, T4, T5, T6, ElementRange> k, long n, T1 a, T2 b, T3 c, T4 d, T5 e, T6 f)
         where T1 : struct where T2 : struct where T3 : struct where T4 : struct where T5 : struct where T6 : struct
-    { if (n > 0) { Counters.Launch(); var r = Range(n); k(Extent(r.Stride), a, b, c, d, e, f, r); } }
+    { if (n > 0) { Counters.Launch(); var r = Range(n); k(Stream, Extent(r.Stride), a, b, c, d, e, f, r); } }
 
     private static Index1D Extent(long n)
     {

@@ -2,7 +2,6 @@ using System.Numerics.Tensors;
 using System.Runtime.CompilerServices;
 using ILGPU;
 using ILGPU.Runtime;
-using ILGPU.Runtime.Cuda;
 
 namespace AutoPrune.Compute.Cuda;
 
@@ -36,16 +35,32 @@ internal interface IGemmExecutor : IDisposable
     string Name { get; }
 }
 
-/// <summary>cuBLAS on the accelerator's stream (so GEMMs and ILGPU kernels stay ordered without host synchronisation).</summary>
+/// <summary>
+/// cuBLAS on the model's stream (so GEMMs and ILGPU kernels stay ordered without host synchronisation), with a fixed
+/// workspace (<see cref="WorkspaceBytes"/>), so that no call allocates and the calls can be captured into a CUDA graph.
+/// </summary>
 internal sealed class CuBlasExecutor : IGemmExecutor
 {
+    /// <summary>Workspace given to cuBLAS: 32 MiB, what NVIDIA recommends for Hopper.</summary>
+    public const long WorkspaceBytes = 32L << 20;
+
     private IntPtr _handle;
 
-    public CuBlasExecutor(CudaAccelerator accelerator)
+    /// <param name="stream">The native CUDA stream (<see cref="DeviceQueue.NativeStream"/>).</param>
+    /// <param name="workspace">A device buffer of <see cref="WorkspaceBytes"/> bytes that lives as long as the executor.</param>
+    public CuBlasExecutor(IntPtr stream, IntPtr workspace)
     {
         _handle = CuBlas.Create();
-        var stream = (CudaStream)accelerator.DefaultStream;
-        CuBlas.SetStream(_handle, stream.StreamPtr);
+        try
+        {
+            CuBlas.SetStream(_handle, stream);
+            CuBlas.SetWorkspace(_handle, workspace, WorkspaceBytes);
+        }
+        catch
+        {
+            CuBlas.Destroy(_handle);
+            throw;
+        }
         Name = $"cuBLAS ({CuBlas.LoadedLibrary})";
     }
 
@@ -175,6 +190,18 @@ internal sealed class DeviceBlas : IDisposable
         var g = MapTransB(m, k, n, aRowStride: k, wRowStride: k, cRowStride: n);
         Counters.Blas();
         _exec.Run(g with { A = Ptr(w), B = Ptr(a), C = Ptr(c), CType = CuBlas.CudaR32F, Beta = accumulate ? 1f : 0f });
+    }
+
+    /// <summary>c[m, n] = a[m, k] · w[n, k]ᵀ rounded to fp16 (for an output the next kernel reads in fp16).</summary>
+    public void LinearToHalf(ArrayView<ushort> a, int m, int k, ArrayView<ushort> w, int n, ArrayView<ushort> c)
+    {
+        if (m == 0) return;
+        Check(a, (long)m * k, "input");
+        Check(w, (long)n * k, "weight");
+        Check(c, (long)m * n, "output");
+        var g = MapTransB(m, k, n, aRowStride: k, wRowStride: k, cRowStride: n);
+        Counters.Blas();
+        _exec.Run(g with { A = Ptr(w), B = Ptr(a), C = Ptr(c), CType = CuBlas.CudaR16F, Beta = 0f });
     }
 
     /// <summary>

@@ -141,7 +141,20 @@ internal sealed class AnyResAssembler
 /// What the vision tower made of one image (cached per image): one view for LLaVA-1.5; for LLaVA-NeXT the base view
 /// and the tiles, with the layout they were cut by.
 /// </summary>
-internal sealed record EncodedImage(IReadOnlyList<VisionFeatures> Views, AnyResLayout? Layout);
+internal sealed record EncodedImage(IReadOnlyList<VisionFeatures> Views, AnyResLayout? Layout)
+{
+    /// <summary>One more holder of the views' device buffers (a GPU backend's; nothing on the CPU).</summary>
+    public void Retain()
+    {
+        foreach (var v in Views) v.Device?.Retain();
+    }
+
+    /// <summary>A holder is done with the views' device buffers; the last returns them to the pool.</summary>
+    public void Release()
+    {
+        foreach (var v in Views) v.Device?.Release();
+    }
+}
 
 /// <summary>
 /// A loaded LLaVA-NeXT model's image path: preprocessing and token counts on the host, the tower per view on the

@@ -5,19 +5,45 @@ using AutoPrune.Loading;
 
 namespace AutoPrune.Models.Llava;
 
-/// <summary>What the vision tower hands to the projector and to the pruning policies.</summary>
+/// <summary>
+/// What the vision tower hands to the projector and to the pruning policies. On a GPU backend it stays on the device
+/// (<see cref="Device"/>); reading <see cref="Features"/>, <see cref="ClsAttention"/> or <see cref="PatchKeys"/> then
+/// copies that array to the host (a counted download), which only host-side code (LLaVA-NeXT's assembly, policies not
+/// yet moved to the device, tests) does.
+/// </summary>
 internal sealed class VisionFeatures
 {
+    private float[]? _features, _cls, _keys;
+
     /// <summary>Selected patch features [Tokens, Hidden] at the configured feature layer.</summary>
-    public required float[] Features { get; init; }
+    public float[] Features
+    {
+        get => _features ??= Device?.CopyFeaturesToHost() ?? throw new InvalidOperationException("These vision features hold no data.");
+        init => _features = value;
+    }
+
     public required int Tokens { get; init; }
     public required int Hidden { get; init; }
+
     /// <summary>[CLS]→patch attention at the feature layer, per head: [Heads, Patches]; null when the feature layer is the embeddings.</summary>
-    public float[]? ClsAttention { get; init; }
+    public float[]? ClsAttention
+    {
+        get => _cls ??= Device?.CopyClsToHost();
+        init => _cls = value;
+    }
+
     /// <summary>Key projections of the patches at the feature layer: [Patches, Hidden]; null as above.</summary>
-    public float[]? PatchKeys { get; init; }
+    public float[]? PatchKeys
+    {
+        get => _keys ??= Device?.CopyKeysToHost();
+        init => _keys = value;
+    }
+
     public int Heads { get; init; }
     public int Patches { get; init; }
+
+    /// <summary>The same data on a GPU (null on the CPU backend).</summary>
+    public Cuda.DeviceVisionFeatures? Device { get; init; }
 }
 
 /// <summary>CLIP ViT vision tower (checkpoint prefix <c>vision_tower.vision_model</c>).</summary>

@@ -28,6 +28,15 @@ internal interface ILlavaBackend : IDisposable
     /// <summary>Projects vision features [rows, visionHidden] into the decoder's space [rows, Hidden].</summary>
     float[] Project(ReadOnlySpan<float> features, int rows);
 
+    /// <summary>Projects one image's vision features into decoder rows, kept where the backend computes (host or device).</summary>
+    ImageRows ProjectImage(VisionFeatures vision);
+
+    /// <summary>
+    /// The prefill sequence: token embeddings with each image's rows spliced in at its placeholder run (a GPU builds it
+    /// on the device from the token ids). <paramref name="visualIndices"/> names each image row's patch (default 0..n-1).
+    /// </summary>
+    SequenceState BuildSequence(ReadOnlySpan<int> ids, IReadOnlyList<ImageRows> images, IReadOnlyList<int[]>? visualIndices = null);
+
     /// <summary>Copies the token embedding of each id into <paramref name="dst"/> ([ids, Hidden]).</summary>
     void Embed(ReadOnlySpan<int> ids, Span<float> dst);
 

@@ -14,9 +14,15 @@ internal abstract class LayerView
     public int HeadDim { get; }
     public int Layers { get; }
 
-    /// <summary>This layer's attention probabilities for the given query rows: [heads, rows, n].</summary>
+    /// <summary>This layer's attention probabilities for the given query rows: [heads, rows, n] (on the host).</summary>
     public abstract float[] AttentionRows(ReadOnlySpan<int> rows);
 
-    /// <summary>The next layer's queries and keys (with its input norm and, optionally, RoPE) on the current output.</summary>
+    /// <summary>The next layer's queries and keys (with its input norm and, optionally, RoPE) on the current output (on the host).</summary>
     public abstract (float[] Q, float[] K) NextLayerQueryKeys(bool rope = true);
+
+    /// <summary>
+    /// The same signals computed and kept on the device, for policies that run there (null on the CPU backend): nothing
+    /// comes back to the host unless the policy asks.
+    /// </summary>
+    public virtual Cuda.DeviceLayerSignals? Device => null;
 }

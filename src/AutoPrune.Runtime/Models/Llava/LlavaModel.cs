@@ -76,6 +76,13 @@ internal sealed class LlavaModel : ILlavaBackend
 
     /// <summary>Number of visual tokens one image contributes.</summary>
     public int TokensPerImage => Vision.OutputTokens;
+
+    /// <summary>Projected visual tokens [TokensPerImage, textHidden] for a vision output.</summary>
+    public ImageRows ProjectImage(VisionFeatures f) => ImageRows.OnHost(Projector.Forward(f.Features, f.Tokens), Hidden);
+
+    /// <summary>Builds the prefill sequence (see <see cref="SequenceBuilder.Build"/>).</summary>
+    public SequenceState BuildSequence(ReadOnlySpan<int> ids, IReadOnlyList<ImageRows> images, IReadOnlyList<int[]>? visualIndices = null)
+        => SequenceBuilder.Build(this, ids, images.Select(i => i.ToHost()).ToList(), visualIndices);
 }
 
 /// <summary>Builds prefill sequences for any backend.</summary>
@@ -88,41 +95,72 @@ internal static class SequenceBuilder
     /// </summary>
     public static SequenceState Build(ILlavaBackend model, ReadOnlySpan<int> ids, IReadOnlyList<float[]> projectedImages, IReadOnlyList<int[]>? visualIndices = null)
     {
-        int h = model.Hidden, n = ids.Length, imageToken = model.Config.ImageTokenIndex;
-        int per = projectedImages.Count > 0 ? projectedImages[0].Length / h : model.TokensPerImage;
+        int h = model.Hidden, n = ids.Length;
+        var (source, vis) = Map(model, ids, projectedImages.Select(p => p.Length / h).ToArray(), visualIndices);
+        var rowsOf = new List<(int Image, int Row)>();
+        for (int i = 0; i < projectedImages.Count; i++)
+            for (int r = 0; r < projectedImages[i].Length / h; r++) rowsOf.Add((i, r));
+        var hidden = new float[n * h];
+        for (int i = 0; i < n; i++)
+        {
+            if (source[i] >= 0) model.Embed(ids.Slice(i, 1), hidden.AsSpan(i * h, h));
+            else
+            {
+                var (image, row) = rowsOf[-source[i] - 1];
+                projectedImages[image].AsSpan(row * h, h).CopyTo(hidden.AsSpan(i * h, h));
+            }
+        }
+        var pos = new int[n];
+        for (int i = 0; i < n; i++) pos[i] = i;
+        return new SequenceState { Hidden = hidden, Length = n, Positions = pos, VisualIndex = vis! };
+    }
+
+    /// <summary>
+    /// Where each prompt row comes from: source[i] &gt;= 0 is the token id to embed, source[i] = -r - 1 takes row r of the
+    /// images' rows laid end to end; and each row's visual index (-1 for text; null when <paramref name="imageRows"/>'s
+    /// visual indices are given by <paramref name="visualIndices"/> = null for an image whose indices only the device knows).
+    /// Checks that the image-token runs match the images' row counts.
+    /// </summary>
+    public static (int[] Source, int[]? Visual) Map(ILlavaBackend model, ReadOnlySpan<int> ids, IReadOnlyList<int> imageRows, IReadOnlyList<int[]?>? visualIndices = null)
+    {
+        int n = ids.Length, imageToken = model.Config.ImageTokenIndex;
+        int per = imageRows.Count > 0 ? imageRows[0] : model.TokensPerImage;
         // "full": each image's tokens start with the vision tower's [CLS]; the patches follow in grid order.
         int cls = model.Config.DropClsToken ? 0 : 1, patches = model.TokensPerImage - cls;
-        var hidden = new float[n * h];
+        var source = new int[n];
         var vis = new int[n];
-        int image = 0, inImage = 0;
+        bool visKnown = true;
+        int image = 0, inImage = 0, rowBase = 0;
         for (int i = 0; i < n; i++)
         {
             if (ids[i] == imageToken)
             {
-                if (image >= projectedImages.Count)
-                    throw new ArgumentException($"The prompt has more <image> tokens than the {projectedImages.Count} image(s) given supply ({per} tokens each).");
-                projectedImages[image].AsSpan(inImage * h, h).CopyTo(hidden.AsSpan(i * h, h));
-                vis[i] = visualIndices is not null ? visualIndices[image][inImage]
-                    : inImage < cls ? SequenceState.ClsToken : image * patches + inImage - cls;
+                if (image >= imageRows.Count)
+                    throw new ArgumentException($"The prompt has more <image> tokens than the {imageRows.Count} image(s) given supply ({per} tokens each).");
+                source[i] = -(rowBase + inImage) - 1;
+                if (visualIndices is null) vis[i] = inImage < cls ? SequenceState.ClsToken : image * patches + inImage - cls;
+                else if (visualIndices[image] is { } v) vis[i] = v[inImage];
+                else visKnown = false;
                 if (++inImage == per)
                 {
+                    rowBase += per;
                     inImage = 0;
                     image++;
-                    if (image < projectedImages.Count) per = projectedImages[image].Length / h;
+                    if (image < imageRows.Count) per = imageRows[image];
                 }
             }
             else
             {
                 if (inImage != 0)
                     throw new ArgumentException($"Image {image} has only {inImage} of its {per} <image> tokens in the prompt.");
-                model.Embed(ids.Slice(i, 1), hidden.AsSpan(i * h, h));
+                if ((uint)ids[i] >= (uint)model.Config.TextConfig.VocabSize)
+                    throw new ArgumentOutOfRangeException(nameof(ids), $"Token id {ids[i]} is outside the vocabulary (size {model.Config.TextConfig.VocabSize}).");
+                source[i] = ids[i];
                 vis[i] = -1;
             }
         }
-        if (inImage != 0 || image != projectedImages.Count)
-            throw new ArgumentException($"The prompt holds {image} image(s)' worth of <image> tokens but {projectedImages.Count} image(s) were given.");
-        var pos = new int[n];
-        for (int i = 0; i < n; i++) pos[i] = i;
-        return new SequenceState { Hidden = hidden, Length = n, Positions = pos, VisualIndex = vis };
+        if (inImage != 0 || image != imageRows.Count)
+            throw new ArgumentException($"The prompt holds {image} image(s)' worth of <image> tokens but {imageRows.Count} image(s) were given.");
+        return (source, visKnown ? vis : null);
     }
 }

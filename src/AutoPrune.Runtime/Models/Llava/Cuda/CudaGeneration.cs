@@ -1,4 +1,4 @@
-using System.Runtime.InteropServices;
+using AutoPrune.Compute.Cpu;
 using AutoPrune.Compute.Cuda;
 using ILGPU;
 using ILGPU.Runtime;
@@ -7,10 +7,17 @@ namespace AutoPrune.Models.Llava.Cuda;
 
 /// <summary>
 /// One request's decoding on the GPU: a per-layer fp16 KV cache (each layer holds exactly the tokens that entered it,
-/// so a layer after a prune holds fewer), the hidden states on the device, and scratch buffers reused across layers
-/// and steps. Pruning runs between layers: the policy reads signals through <see cref="CudaLayerView"/>, and the kept
-/// rows are gathered on the device.
+/// so a layer after a prune holds fewer), the sequence (hidden states, positions, visual indices) on the device, and
+/// scratch buffers reused across layers and steps. Pruning runs between layers: a policy reads signals through
+/// <see cref="CudaLayerView"/> (on the host) or <see cref="DeviceLayerSignals"/> (kept on the device), and the kept rows
+/// are gathered on the device.
 /// </summary>
+/// <remarks>
+/// Host synchronisations: a prefill waits once, at its end, for the last position's logits, the greedy token and the
+/// pruning report's visual indices together (policies still on the host wait where they read). A greedy decode step
+/// waits once, for the 4-byte id. Decoding reads each layer's cache length and position from device memory (the
+/// decode state), so a step is the same launches every time and can be replayed as a CUDA graph.
+/// </remarks>
 internal sealed class CudaGeneration : IGeneration
 {
     private sealed class LayerCache(DeviceBuffer<ushort> k, DeviceBuffer<ushort> v, int capacity)
@@ -18,41 +25,73 @@ internal sealed class CudaGeneration : IGeneration
         public DeviceBuffer<ushort> K { get; } = k;
         public DeviceBuffer<ushort> V { get; } = v;
         public int Capacity { get; } = capacity;
+        /// <summary>Rows held (the host's mirror of the decode state's length).</summary>
         public int Count;
-        public int NextPosition;
+    }
+
+    /// <summary>One of the two sets of sequence buffers prunes alternate between.</summary>
+    private sealed class SequenceBuffers(DeviceArena mem)
+    {
+        public readonly Scratch<float> X = new(mem);
+        public readonly Scratch<int> Positions = new(mem), Visual = new(mem);
+        public void Dispose() { X.Dispose(); Positions.Dispose(); Visual.Dispose(); }
     }
 
     private readonly CudaLlavaModel _m;
+    private readonly CudaLlamaDecoder _d;
     private readonly int _extra;
     private readonly LayerCache?[] _caches;
-    private readonly Scratch<float> _x, _x2, _q, _k, _qkv, _gateUp, _scores, _logits, _extraRows;
-    private readonly Scratch<ushort> _xnH, _qH, _attH, _actH, _probs;
-    private readonly Scratch<int> _positions, _rows;
-    private bool _xIsSecond;
+    private readonly SequenceBuffers[] _sets;
+    private int _current; // which set holds the sequence; -1: the DeviceSequence the prompt was built in
+    private DeviceSequence? _built;
+    private readonly Scratch<float> _qkv, _q, _k, _scores, _extraRows;
+    private readonly Scratch<ushort> _xnH, _qH, _attH, _gateUpH, _actH, _probs;
+    private readonly Scratch<float> _gateUp;
+    private readonly Scratch<int> _state, _plan, _history;
+    // Decode: fixed buffers, so a captured graph's pointers stay valid.
+    private readonly Scratch<float> _dx, _dqkv, _dgateUp, _dscores, _logits;
+    private readonly Scratch<ushort> _dxnH, _dqH, _dattH, _dgateUpH, _dactH;
+    private readonly Scratch<int> _token;
+    private readonly List<IDisposable> _layerScratch = [];
+    private readonly List<(int Version, long Offset, int Length)> _snapshots = [];
+    private readonly List<Action<DeviceQueue.Readback>> _atEnd = [];
+    private long _historyUsed;
+    private int _signalsLayer = -1;
+    private int? _deviceToken;
+    private CudaGraph? _decodeGraph;
+    private int _decodeSteps;
     private int _version; // bumped whenever the device hidden states change, so stale lazy downloads fail loudly
     private bool _disposed;
 
     public CudaGeneration(CudaLlavaModel model, int extraCapacity)
     {
         _m = model;
+        _d = model.Decoder;
         _extra = Math.Max(0, extraCapacity);
         _caches = new LayerCache?[model.DecoderLayers];
         var mem = model.Memory;
-        _x = new(mem); _x2 = new(mem); _q = new(mem); _k = new(mem); _qkv = new(mem); _gateUp = new(mem);
-        _scores = new(mem); _logits = new(mem); _extraRows = new(mem);
-        _xnH = new(mem); _qH = new(mem); _attH = new(mem); _actH = new(mem); _probs = new(mem);
-        _positions = new(mem); _rows = new(mem);
+        _sets = [new SequenceBuffers(mem), new SequenceBuffers(mem)];
+        _qkv = new(mem); _q = new(mem); _k = new(mem); _scores = new(mem); _extraRows = new(mem); _gateUp = new(mem);
+        _xnH = new(mem); _qH = new(mem); _attH = new(mem); _gateUpH = new(mem); _actH = new(mem); _probs = new(mem);
+        _state = new(mem); _plan = new(mem); _history = new(mem);
+        _dx = new(mem); _dqkv = new(mem); _dgateUp = new(mem); _dscores = new(mem); _logits = new(mem);
+        _dxnH = new(mem); _dqH = new(mem); _dattH = new(mem); _dgateUpH = new(mem); _dactH = new(mem);
+        _token = new(mem);
     }
 
+    internal CudaLlavaModel Model => _m;
     internal int Heads => _m.Heads;
     internal int KvHeads => _m.KvHeads;
     internal int HeadDim => _m.HeadDim;
     internal int Layers => _m.DecoderLayers;
-
-    private Scratch<float> X => _xIsSecond ? _x2 : _x;
     private int H => _m.Hidden;
-    private int Qd => _m.Heads * _m.HeadDim;
-    private int Kvd => _m.KvHeads * _m.HeadDim;
+    private int Qd => _d.QDim;
+    private int Kvd => _d.KvDim;
+
+    /// <summary>The current sequence's hidden states [n, Hidden].</summary>
+    internal ArrayView<float> X(int n) => _current < 0 ? _built!.Hidden.Slice(0, (long)n * H) : _sets[_current].X.Get((long)n * H);
+    internal ArrayView<int> Positions(int n) => _current < 0 ? _built!.Positions.Slice(0, n) : _sets[_current].Positions.Get(n);
+    internal ArrayView<int> Visual(int n) => _current < 0 ? _built!.Visual.Slice(0, n) : _sets[_current].Visual.Get(n);
 
     public float[] Prefill(SequenceState state, IPrefillHook? hook, CancellationToken ct)
     {
@@ -63,33 +102,80 @@ internal sealed class CudaGeneration : IGeneration
             if (_caches[0] is not null) throw new InvalidOperationException("This generation has already run its prefill.");
             int h = H, n = state.Length;
             if (n == 0) throw new ArgumentException("The prompt is empty.", nameof(state));
-            CheckPositions(state.Positions, n);
-            var x = X.Get((long)n * h);
-            UploadBlocking(x.SubView(0, (long)n * h), state.Hidden.AsSpan(0, n * h));
+            if (state.Device is { } built)
+            {
+                // Built on the device: take it over (its rows are positions 0..n-1).
+                if (built.Rows != n) throw new ArgumentException($"The device sequence has {built.Rows} rows but the state {n}.", nameof(state));
+                CheckPositions(n - 1 + _extra);
+                _built = built;
+                state.Device = null;
+                _current = -1;
+            }
+            else
+            {
+                // Built on the host (tests, tools): its rows go up.
+                var positions = state.Positions;
+                for (int i = 0; i < n; i++) CheckPositions(positions[i] + _extra);
+                _current = 0;
+                _m.Queue.Upload(X(n), state.Hidden.AsSpan(0, n * h));
+                _m.Queue.Upload(Positions(n), positions.AsSpan(0, n));
+                _m.Queue.Upload(Visual(n), state.VisualIndex.AsSpan(0, n));
+            }
             _version++;
-            var positions = _positions.Get(n);
-            UploadBlocking(positions, state.Positions.AsSpan(0, n));
+            var decodeState = _state.Get(2L * _m.DecoderLayers);
+            _history.Get(Math.Max(1, (long)_m.DecoderLayers * n));
             for (int li = 0; li < _m.DecoderLayers; li++)
             {
                 ct.ThrowIfCancellationRequested();
                 n = state.Length;
-                var cache = NewCache(li, n, state.Positions[n - 1] + 1);
-                LayerForward(li, n, _positions.Get(n), cache, causal: true);
-                if (hook is not null && li < _m.DecoderLayers - 1)
+                var cache = NewCache(li, n);
+                bool last = li == _m.DecoderLayers - 1;
+                bool signals = hook is not null && !last && hook.ReadsAttention(li);
+                PrefillLayer(li, n, cache, signals, decodeState);
+                if (hook is not null && !last)
                 {
                     ExposeHidden(state, n);
-                    var action = hook.AfterLayer(new CudaLayerView(this, li, state));
-                    if (action is not null)
-                    {
-                        ApplyOnDevice(state, action);
-                        CheckPositions(state.Positions, state.Length);
-                        UploadBlocking(_positions.Get(state.Length), state.Positions.AsSpan(0, state.Length));
-                    }
+                    PruneAction? action;
+                    try { action = hook.AfterLayer(new CudaLayerView(this, li, state)); }
+                    catch { ReleaseLayerScratch(); throw; }
+                    if (action is not null) Apply(state, action);
+                    ReleaseLayerScratch();
                 }
             }
             ExposeHidden(state, state.Length);
-            return Logits(state.Length - 1);
+            // The only wait of the prefill: logits, the greedy token and what the report needs, in one readback.
+            var logits = _logits.Get(_m.Vocab);
+            ComputeLogits(X(state.Length).SubView((long)(state.Length - 1) * h, h), logits);
+            var token = _token.Get(1);
+            _m.Ops.ArgMaxRows(logits, 1, _m.Vocab, token);
+            var readback = _m.Queue.BeginReadback(_m.Memory);
+            float[] result = [];
+            readback.Add(logits, _m.Vocab, r => result = r);
+            readback.Add(token, 1, t => _deviceToken = t[0]);
+            foreach (var (version, offset, length) in _snapshots)
+            {
+                int v = version;
+                readback.Add(_history.Buffer.Slice(offset, length), length, vis => state.ResolveVisual(v, vis));
+            }
+            if (!state.VisualKnown(state.Version))
+            {
+                int v = state.Version;
+                readback.Add(Visual(state.Length), state.Length, vis => state.ResolveVisual(v, vis));
+            }
+            foreach (var add in _atEnd) add(readback);
+            readback.Flush();
+            _atEnd.Clear();
+            return result;
         }
+    }
+
+    /// <summary>Asks for a device value to come back with the prefill's final readback (no wait of its own).</summary>
+    internal void ReadAtEnd<T>(ArrayView<T> src, long length, Action<T[]> deliver) where T : unmanaged
+    {
+        // Copied now (later prunes reuse the scratch), read back at the end.
+        var keep = _m.Memory.Allocate<T>(Math.Max(1, length));
+        _m.Queue.Copy(src.SubView(0, length), keep.View);
+        _atEnd.Add(r => r.Add(keep.View, length, v => { deliver(v); keep.Dispose(); }));
     }
 
     public float[] Step(int tokenId)
@@ -97,8 +183,9 @@ internal sealed class CudaGeneration : IGeneration
         lock (_m.Sync)
         {
             using var bind = _m.Accelerator.BindScoped();
-            StepLayers(tokenId);
-            return Logits(0);
+            DecodeStep(tokenId);
+            _deviceToken = null; // the device holds the argmax; a sampler may choose another id
+            return _m.Queue.Download(_logits.Get(_m.Vocab), _m.Vocab);
         }
     }
 
@@ -107,127 +194,162 @@ internal sealed class CudaGeneration : IGeneration
         lock (_m.Sync)
         {
             using var bind = _m.Accelerator.BindScoped();
-            StepLayers(tokenId);
-            ComputeLogits(0);
-            var id = _rows.Get(1);
-            _m.Ops.ArgMaxRows(_logits.Get(_m.Vocab), 1, _m.Vocab, id);
-            return _rows.Buffer.Download(0, 1)[0];
+            DecodeStep(tokenId);
+            var id = new int[1];
+            _m.Queue.Download(_token.Get(1), id.AsSpan()); // the step's only wait: 4 bytes
+            _deviceToken = id[0];
+            return id[0];
         }
     }
 
-    /// <summary>One generated token through every layer (its key and value appended to each layer's cache).</summary>
-    private void StepLayers(int tokenId)
+    /// <summary>
+    /// One generated token through every layer: its key and value appended to each layer's cache, the next greedy id
+    /// left in device memory. The token comes from device memory too (set by a one-thread launch only when the caller
+    /// chose another than the device holds).
+    /// </summary>
+    private void DecodeStep(int tokenId)
     {
         ObjectDisposedException.ThrowIf(_disposed, this);
         if (_caches[0] is null) throw new InvalidOperationException("Prefill first.");
-        int h = H;
-        var row = new float[h];
-        _m.Embed([tokenId], row);
-        UploadBlocking(X.Get(h), row);
-        _version++;
-        var pos = new int[_m.DecoderLayers];
-        for (int li = 0; li < pos.Length; li++)
+        if ((uint)tokenId >= (uint)_m.Vocab)
+            throw new ArgumentOutOfRangeException(nameof(tokenId), $"Token id {tokenId} is outside the vocabulary (size {_m.Vocab}).");
+        for (int li = 0; li < _caches.Length; li++)
         {
             var c = _caches[li]!;
-            if (c.Count >= c.Capacity)
-                throw new InvalidOperationException($"KV cache of layer {li} is full ({c.Capacity} tokens).");
-            pos[li] = c.NextPosition;
+            if (c.Count >= c.Capacity) throw new InvalidOperationException($"KV cache of layer {li} is full ({c.Capacity} tokens).");
         }
-        CheckPositions(pos, pos.Length);
-        var positions = _positions.Get(Math.Max(pos.Length, 1));
-        UploadBlocking(positions.SubView(0, pos.Length), pos);
-        for (int li = 0; li < _m.DecoderLayers; li++)
-            LayerForward(li, 1, positions.SubView(li, 1), _caches[li]!, causal: false);
+        if (_deviceToken != tokenId)
+        {
+            _m.Ops.SetToken(_token.Get(1), tokenId);
+            _deviceToken = tokenId;
+        }
+        _version++;
+        if (_m.UseCudaGraphs && _decodeSteps > 0)
+        {
+            _decodeGraph ??= CudaGraph.Capture(_m.Queue, DecodeLaunches);
+            _decodeGraph.Launch();
+        }
+        else DecodeLaunches();
+        _decodeSteps++;
+        foreach (var c in _caches) c!.Count++;
     }
 
-    /// <summary>ILGPU's CopyFromCPU: the copy, then a wait for the stream (counted as a host sync).</summary>
-    private void UploadBlocking<T>(ArrayView<T> dst, ReadOnlySpan<T> src) where T : unmanaged
+    /// <summary>The static-shape decode step's launches (what a CUDA graph captures): nothing here waits or reads the host.</summary>
+    private void DecodeLaunches()
     {
-        if (src.Length == 0) return;
-        dst.SubView(0, src.Length).CopyFromCPU(src);
-        _m.Counters.Sync();
-        _m.Counters.HostToDevice((long)src.Length * Marshal.SizeOf<T>());
+        var ops = _m.Ops;
+        int h = H, inter = _m.Intermediate, maxCapacity = _caches.Max(c => c!.Capacity);
+        var state = _state.Get(2L * _m.DecoderLayers);
+        var token = _token.Get(1);
+        var x = _dx.Get(h);
+        var xnH = _dxnH.Get(h);
+        var shape = _d.QkvShape(rope: true, signals: false);
+        var qkv = _dqkv.Get(shape.Width);
+        var qH = _dqH.Get(Qd);
+        var att = _dattH.Get(Qd);
+        var scores = _dscores.Get((long)_m.Heads * maxCapacity);
+        var attShape = AttentionShape.Create(1, 1, _m.Heads, _m.KvHeads, _m.HeadDim, causal: false);
+        ops.EmbedToken(_d.EmbedTokens.View, token, x, h);
+        for (int li = 0; li < _m.DecoderLayers; li++)
+        {
+            var L = _d.Layers[li];
+            var cache = _caches[li]!;
+            ops.RmsNormToHalf(x, xnH, 1, h, L.InNorm.Weight.View, L.InNorm.Eps);
+            _m.Linear(L.Qkv, xnH, 1, qkv);
+            ops.DecodeQkvRope(qkv, state, li, _d.RopeCos.View, _d.RopeSin.View, qH, cache.K.View, cache.V.View, shape);
+            ops.DecodeAttention(qH, cache.K.View, cache.V.View, state, li, scores, att, attShape, cache.Capacity);
+            _m.Linear(L.O, att, 1, x, accumulate: true);
+            Mlp(L, x, 1, inter, _dxnH, _dgateUp, _dgateUpH, _dactH);
+        }
+        ComputeLogits(x, _logits.Get(_m.Vocab));
+        ops.ArgMaxRows(_logits.Get(_m.Vocab), 1, _m.Vocab, token);
+        ops.AdvanceDecodeState(state, _m.DecoderLayers);
     }
 
     public int[] CachedTokensPerLayer() => _caches.Select(c => c?.Count ?? 0).ToArray();
 
-    private void CheckPositions(int[] positions, int n)
+    private void CheckPositions(int largest)
     {
-        for (int i = 0; i < n; i++)
-            if ((uint)positions[i] >= (uint)_m.MaxPositions)
-                throw new InvalidOperationException($"Position {positions[i]} is outside the model's {_m.MaxPositions} rotary positions.");
+        if (largest >= _m.MaxPositions)
+            throw new InvalidOperationException($"Position {largest} is outside the model's {_m.MaxPositions} rotary positions.");
     }
 
-    private LayerCache NewCache(int layer, int rows, int nextPosition)
+    private LayerCache NewCache(int layer, int rows)
     {
         int cap = rows + _extra;
         var mem = _m.Memory;
-        var c = new LayerCache(mem.Allocate<ushort>((long)cap * Kvd), mem.Allocate<ushort>((long)cap * Kvd), cap) { NextPosition = nextPosition };
+        var c = new LayerCache(mem.Allocate<ushort>((long)cap * Kvd), mem.Allocate<ushort>((long)cap * Kvd), cap);
         _caches[layer] = c;
         return c;
     }
 
     /// <summary>
-    /// One decoder layer on <paramref name="n"/> rows of the hidden states: attention (writing the new keys and values
-    /// into the cache after its <c>Count</c> rows) and the SwiGLU MLP, both added to the residual in place.
-    /// Prefill (<paramref name="causal"/>) sees keys up to each row; a decode step sees the whole cache.
+    /// One decoder layer on the prompt's <paramref name="n"/> rows: attention (keys and values into the cache, whose
+    /// length and next position go to the decode state) and the SwiGLU MLP, both added to the residual in place. The
+    /// fp32 queries and keys a policy reads are written only when <paramref name="signals"/>.
     /// </summary>
-    private void LayerForward(int li, int n, ArrayView<int> positions, LayerCache cache, bool causal)
+    private void PrefillLayer(int li, int n, LayerCache cache, bool signals, ArrayView<int> decodeState)
     {
-        var L = _m.Layers[li];
+        var L = _d.Layers[li];
         var ops = _m.Ops;
-        int h = H, qd = Qd, kvd = Kvd, inter = _m.Intermediate;
-        var x = X.Get((long)n * h);
+        int h = H, inter = _m.Intermediate;
+        var x = X(n);
         var xnH = _xnH.Get((long)n * h);
         ops.RmsNormToHalf(x, xnH, n, h, L.InNorm.Weight.View, L.InNorm.Eps);
-        int start = cache.Count;
-        if (start + n > cache.Capacity)
-            throw new InvalidOperationException($"KV cache of layer {li} is full ({cache.Capacity} tokens).");
-        // One GEMM for q|k|v, one pass for RoPE, the fp32 copies the policies read and the fp16 q and cache rows.
-        var shape = _m.QkvShape(rope: true);
+        var shape = _d.QkvShape(rope: true, signals) with { StateSlot = li, CacheCount = n };
         var qkv = _qkv.Get((long)n * shape.Width);
         _m.Linear(L.Qkv, xnH, n, qkv);
-        var q = _q.Get((long)n * qd);
-        var k = _k.Get((long)n * kvd);
-        var qH = _qH.Get((long)n * qd);
-        ops.QkvSplitRope(qkv, n, positions, _m.RopeCos.View, _m.RopeSin.View, q, k, qH,
-            cache.K.Slice((long)start * kvd, (long)n * kvd), cache.V.Slice((long)start * kvd, (long)n * kvd), shape);
-        cache.Count = start + n;
-        if (!causal) cache.NextPosition++;
-        var att = _attH.Get((long)n * qd);
-        _m.Attend(qH, cache.K.View, cache.V.View, att, n, cache.Count, _m.Heads, _m.KvHeads, _m.HeadDim,
-            causal ? cache.Count - n : -1, _scores, _probs);
+        var q = signals ? _q.Get((long)n * Qd) : _q.Get(1);
+        var k = signals ? _k.Get((long)n * Kvd) : _k.Get(1);
+        var qH = _qH.Get((long)n * Qd);
+        ops.QkvSplitRope(qkv, n, Positions(n), _d.RopeCos.View, _d.RopeSin.View, q, k, qH,
+            cache.K.Slice(0, (long)n * Kvd), cache.V.Slice(0, (long)n * Kvd), shape, decodeState);
+        _signalsLayer = signals ? li : -1;
+        cache.Count = n;
+        var att = _attH.Get((long)n * Qd);
+        _m.Attend(qH, cache.K.View, cache.V.View, att, n, n, _m.Heads, _m.KvHeads, _m.HeadDim, 0, _scores, _probs);
         _m.Linear(L.O, att, n, x, accumulate: true);
-        ops.RmsNormToHalf(x, xnH, n, h, L.PostNorm.Weight.View, L.PostNorm.Eps);
-        var gateUp = _gateUp.Get((long)n * 2 * inter);
-        _m.Linear(L.GateUp, xnH, n, gateUp);
-        var act = _actH.Get((long)n * inter);
-        ops.SiluMulSplitToHalf(gateUp, act, n, inter);
-        _m.Linear(L.Down, act, n, x, accumulate: true);
+        Mlp(L, x, n, inter, _xnH, _gateUp, _gateUpH, _actH);
         _version++;
     }
 
-    /// <summary>Logits of hidden row <paramref name="row"/>: final RMSNorm and the LM head, copied to the host.</summary>
-    private float[] Logits(int row)
+    /// <summary>x += down(silu(gate) · up)(RMSNorm(x)): the gate|up GEMM writes fp16 (what the activation reads) unless it has a bias.</summary>
+    private void Mlp(CudaLlamaDecoder.Layer L, ArrayView<float> x, int n, int inter, Scratch<ushort> xnHs, Scratch<float> gateUp32, Scratch<ushort> gateUp16, Scratch<ushort> acts)
     {
-        ComputeLogits(row);
-        return _logits.Buffer.Download(0, _m.Vocab);
+        var ops = _m.Ops;
+        int h = H;
+        var xnH = xnHs.Get((long)n * h);
+        ops.RmsNormToHalf(x, xnH, n, h, L.PostNorm.Weight.View, L.PostNorm.Eps);
+        var act = acts.Get((long)n * inter);
+        if (L.GateUp.Bias is null)
+        {
+            var gu = gateUp16.Get((long)n * 2 * inter);
+            _m.Blas.LinearToHalf(xnH, n, h, L.GateUp.Weight.View, 2 * inter, gu);
+            ops.SiluMulSplitToHalf(gu, act, n, inter);
+        }
+        else
+        {
+            var gu = gateUp32.Get((long)n * 2 * inter);
+            _m.Linear(L.GateUp, xnH, n, gu);
+            ops.SiluMulSplitToHalf(gu, act, n, inter);
+        }
+        _m.Linear(L.Down, act, n, x, accumulate: true);
     }
 
-    /// <summary>Final RMSNorm and LM head on hidden row <paramref name="row"/> into the logits scratch buffer (on the device).</summary>
-    private void ComputeLogits(int row)
+    /// <summary>Final RMSNorm and LM head on one hidden row into <paramref name="logits"/> (on the device).</summary>
+    private void ComputeLogits(ArrayView<float> row, ArrayView<float> logits)
     {
         int h = H;
-        var xn = _xnH.Get(h);
-        _m.Ops.RmsNormToHalf(X.Get((long)(row + 1) * h).SubView((long)row * h, h), xn, 1, h, _m.FinalNorm.Weight.View, _m.FinalNorm.Eps);
-        _m.Linear(_m.LmHead, xn, 1, _logits.Get(_m.Vocab));
+        var xn = _dxnH.Get(h);
+        _m.Ops.RmsNormToHalf(row, xn, 1, h, _d.FinalNorm.Weight.View, _d.FinalNorm.Eps);
+        _m.Linear(_d.LmHead, xn, 1, logits);
     }
 
     /// <summary>Lets host code read the current hidden states (copied on first use, and only while they are current).</summary>
     private void ExposeHidden(SequenceState state, int n)
     {
         int version = _version;
-        var buffer = X;
+        var view = X(n);
         state.HiddenOnDevice(() =>
         {
             lock (_m.Sync)
@@ -235,61 +357,162 @@ internal sealed class CudaGeneration : IGeneration
                 if (version != _version || _disposed)
                     throw new InvalidOperationException("The device hidden states changed since this sequence state was current.");
                 using var bind = _m.Accelerator.BindScoped();
-                return buffer.Buffer.Download(0, (long)n * H);
+                return _m.Queue.Download(view, (long)n * H);
             }
         });
     }
 
-    /// <summary>Keeps and merges rows on the device (<see cref="CudaOps.RowGatherMixed"/>) and updates the host bookkeeping.</summary>
-    private void ApplyOnDevice(SequenceState state, PruneAction action)
+    /// <summary>
+    /// Keeps and merges rows on the device (<see cref="CudaOps.GatherSequence"/>: hidden states, positions and visual
+    /// indices in one launch). A device prune's plan is already there; a host prune's rows go up. The visual indices
+    /// of a version only the device knows are kept for the report, read back at the end.
+    /// </summary>
+    private void Apply(SequenceState state, PruneAction action)
     {
-        int h = H, n = action.NewRows.Length;
-        if (n == 0) throw new InvalidOperationException("A pruning policy removed every token.");
-        var src = X.Get((long)state.Length * h);
-        var index = _rows.Get(n);
-        UploadBlocking(index, action.NewRows);
-        int extraCount = action.ExtraRows is null ? 0 : action.ExtraRows.Length / h;
-        var extra = _extraRows.Get(Math.Max(1, (long)extraCount * h));
-        if (extraCount > 0) UploadBlocking(extra.SubView(0, (long)extraCount * h), action.ExtraRows.AsSpan(0, extraCount * h));
-        var dst = (_xIsSecond ? _x : _x2).Get((long)n * h);
-        _m.Ops.RowGatherMixed(src, extra, index, dst, h);
-        _xIsSecond = !_xIsSecond;
+        int h = H, n = state.Length;
+        ArrayView<int> plan;
+        ArrayView<float> extra;
+        int rows, visualRun;
+        if (action.OnDevice is { } d)
+        {
+            plan = d.Plan;
+            extra = d.ExtraRows > 0 ? d.Extra : _extraRows.Get(1);
+            rows = d.Rows;
+            visualRun = d.VisualRun;
+        }
+        else
+        {
+            rows = action.NewRows.Length;
+            plan = _plan.Get(rows);
+            _m.Queue.Upload(plan, action.NewRows);
+            int extraCount = action.ExtraRows is null ? 0 : action.ExtraRows.Length / h;
+            extra = _extraRows.Get(Math.Max(1, (long)extraCount * h));
+            if (extraCount > 0) _m.Queue.Upload(extra, action.ExtraRows.AsSpan(0, extraCount * h));
+            visualRun = -1;
+        }
+        if (rows == 0) throw new InvalidOperationException("A pruning policy removed every token.");
+        bool snapshot = !state.VisualKnown(state.Version);
+        var history = snapshot ? _history.Buffer.Slice(_historyUsed, n) : _history.Get(1);
+        if (snapshot)
+        {
+            _snapshots.Add((state.Version, _historyUsed, n));
+            _historyUsed += n;
+        }
+        int dst = _current == 0 ? 1 : 0;
+        var set = _sets[dst];
+        _m.Ops.GatherSequence(X(n), extra, plan, set.X.Get((long)rows * h), Positions(n), set.Positions.Get(rows), Visual(n), set.Visual.Get(rows),
+            history, new GatherShape(rows, h, action.RenumberPositions ? 1 : 0, snapshot ? n : 0));
+        _current = dst;
         _version++;
-        state.ApplyRows(action);
-        ExposeHidden(state, n);
+        if (action.OnDevice is null) state.ApplyRows(action);
+        else
+        {
+            var pos = set.Positions;
+            var vis = set.Visual;
+            state.AppliedOnDevice(rows, visualRun, () =>
+            {
+                lock (_m.Sync)
+                {
+                    using var bind = _m.Accelerator.BindScoped();
+                    var rb = _m.Queue.BeginReadback(_m.Memory);
+                    int[] p = [], v = [];
+                    rb.Add(pos.Get(rows), rows, r => p = r);
+                    rb.Add(vis.Get(rows), rows, r => v = r);
+                    rb.Flush();
+                    return (p, v);
+                }
+            });
+        }
+        ExposeHidden(state, rows); // (positions only shrink or stay: the check at the start covers them)
     }
+
+    /// <summary>A scratch buffer that lives until the current layer's prune is applied.</summary>
+    internal DeviceBuffer<T> LayerScratch<T>(long length) where T : unmanaged
+    {
+        var b = _m.Memory.Allocate<T>(Math.Max(1, length));
+        _layerScratch.Add(b);
+        return b;
+    }
+
+    private void ReleaseLayerScratch()
+    {
+        foreach (var b in _layerScratch) b.Dispose();
+        _layerScratch.Clear();
+    }
+
+    /// <summary>The fp32 queries and keys of the current layer, when a policy announced it reads them (<see cref="IPrefillHook.ReadsAttention"/>).</summary>
+    internal (ArrayView<float> Q, ArrayView<float> K) LayerQueryKeys(int layer, int n)
+    {
+        if (_signalsLayer != layer)
+            throw new InvalidOperationException($"Layer {layer}'s attention was not kept: the pruning hook said it would not read it (IPrefillHook.ReadsAttention).");
+        return (_q.Get((long)n * Qd), _k.Get((long)n * Kvd));
+    }
+
+    /// <summary>The keys layer <paramref name="layer"/> cached (fp16, after RoPE): [rows, KvHeads·HeadDim].</summary>
+    internal ArrayView<ushort> CachedKeys(int layer) => _caches[layer]?.K.View ?? throw new InvalidOperationException($"Layer {layer} has not run.");
 
     /// <summary>Attention probabilities of the current layer for some query rows: [heads, rows, n] (host).</summary>
-    internal float[] AttentionRows(ReadOnlySpan<int> rows, int n)
+    internal float[] AttentionRows(int layer, ReadOnlySpan<int> rows, int n)
     {
         if (rows.Length == 0) return [];
-        var index = _rows.Get(rows.Length);
-        UploadBlocking(index, rows);
+        var (q, k) = LayerQueryKeys(layer, n);
+        var index = _plan.Get(rows.Length);
+        _m.Queue.Upload(index, rows);
         long size = (long)_m.Heads * rows.Length * n;
         using var result = _m.Memory.Allocate<float>(size);
-        _m.Ops.AttentionRowsGrouped(_q.Get((long)n * Qd), _k.Get((long)n * Kvd), index, result.View,
-            AttentionShape.Create(n, n, _m.Heads, _m.KvHeads, _m.HeadDim, causal: true));
-        return result.Download(0, size);
+        _m.Ops.AttentionRowsGrouped(q, k, index, result.View, AttentionShape.Create(n, n, _m.Heads, _m.KvHeads, _m.HeadDim, causal: true));
+        return _m.Queue.Download(result.View, size);
     }
 
-    /// <summary>Layer <paramref name="layer"/>'s queries and keys (its input norm and optionally RoPE) on the current hidden states.</summary>
+    /// <summary>
+    /// Layer <paramref name="layer"/>'s queries and keys (its input norm and optionally RoPE) on the current hidden states,
+    /// fp32, into layer scratch: q [n, heads·hd], k [n, kvHeads·hd].
+    /// </summary>
+    internal (ArrayView<float> Q, ArrayView<float> K) QueryKeysOnDevice(int layer, int n, bool rope)
+    {
+        var L = _d.Layers[layer];
+        int h = H;
+        var shape = _d.QkvShape(rope);
+        var xn = LayerScratch<ushort>((long)n * h);
+        var qkv = LayerScratch<float>((long)n * shape.Width);
+        var q = LayerScratch<float>((long)n * Qd);
+        var k = LayerScratch<float>((long)n * Kvd);
+        var qH = LayerScratch<ushort>((long)n * Qd);
+        var kH = LayerScratch<ushort>((long)n * Kvd);
+        var vH = LayerScratch<ushort>((long)n * Kvd);
+        _m.Ops.RmsNormToHalf(X(n), xn.View, n, h, L.InNorm.Weight.View, L.InNorm.Eps);
+        _m.Linear(L.Qkv, xn.View, n, qkv.View);
+        _m.Ops.QkvSplitRope(qkv.View, n, Positions(n), _d.RopeCos.View, _d.RopeSin.View, q.View, k.View, qH.View, kH.View, vH.View, shape);
+        return (q.View, k.View);
+    }
+
+    /// <summary>Layer <paramref name="layer"/>'s queries and keys on the current hidden states, copied to the host.</summary>
     internal (float[] Q, float[] K) QueryKeys(int layer, int n, bool rope)
     {
-        var L = _m.Layers[layer];
-        int h = H, qd = Qd, kvd = Kvd;
-        var mem = _m.Memory;
-        var shape = _m.QkvShape(rope);
-        using var xn = mem.Allocate<ushort>((long)n * h);
-        using var qkv = mem.Allocate<float>((long)n * shape.Width);
-        using var q = mem.Allocate<float>((long)n * qd);
-        using var k = mem.Allocate<float>((long)n * kvd);
-        using var qH = mem.Allocate<ushort>((long)n * qd);
-        using var kH = mem.Allocate<ushort>((long)n * kvd);
-        using var vH = mem.Allocate<ushort>((long)n * kvd);
-        _m.Ops.RmsNormToHalf(X.Get((long)n * h), xn.View, n, h, L.InNorm.Weight.View, L.InNorm.Eps);
-        _m.Linear(L.Qkv, xn.View, n, qkv.View);
-        _m.Ops.QkvSplitRope(qkv.View, n, _positions.Get(n), _m.RopeCos.View, _m.RopeSin.View, q.View, k.View, qH.View, kH.View, vH.View, shape);
-        return (q.Download(0, (long)n * qd), k.Download(0, (long)n * kvd));
+        var (q, k) = QueryKeysOnDevice(layer, n, rope);
+        var rb = _m.Queue.BeginReadback(_m.Memory);
+        float[] qh = [], kh = [];
+        rb.Add(q, (long)n * Qd, r => qh = r);
+        rb.Add(k, (long)n * Kvd, r => kh = r);
+        rb.Flush();
+        return (qh, kh);
+    }
+
+    /// <summary>
+    /// Layer <paramref name="layer"/>'s key projection without RoPE (its input norm, the k rows of q|k|v) of rows
+    /// [rowStart, rowStart + rows) of the current hidden states: fp32 [rows, KvHeads·HeadDim] in layer scratch.
+    /// </summary>
+    internal ArrayView<float> KeysNoRopeOnDevice(int layer, int n, int rowStart, int rows)
+    {
+        var L = _d.Layers[layer];
+        int h = H;
+        var xn = LayerScratch<ushort>((long)rows * h);
+        var keys = LayerScratch<float>((long)rows * Kvd);
+        _m.Ops.RmsNormToHalf(X(n).SubView((long)rowStart * h, (long)rows * h), xn.View, rows, h, L.InNorm.Weight.View, L.InNorm.Eps);
+        var (w, outRows) = L.Qkv.Rows(Qd, Kvd);
+        _m.Blas.Linear(xn.View, rows, h, w, outRows, keys.View);
+        if (L.Qkv.Bias is { } b) _m.Ops.AddBias(keys.View, rows, Kvd, b.View.SubView(Qd, Kvd));
+        return keys.View;
     }
 
     public void Dispose()
@@ -299,25 +522,14 @@ internal sealed class CudaGeneration : IGeneration
             using var bind = _m.Accelerator.BindScoped();
             if (_disposed) return;
             _disposed = true;
+            _decodeGraph?.Dispose();
+            ReleaseLayerScratch();
             foreach (var c in _caches) { c?.K.Dispose(); c?.V.Dispose(); }
-            foreach (var s in new IDisposable[] { _x, _x2, _q, _k, _qkv, _gateUp, _scores, _logits, _extraRows, _xnH, _qH, _attH, _actH, _probs, _positions, _rows })
+            _built?.Dispose();
+            foreach (var s in _sets) s.Dispose();
+            foreach (var s in new IDisposable[] { _qkv, _q, _k, _scores, _extraRows, _gateUp, _xnH, _qH, _attH, _gateUpH, _actH, _probs, _state, _plan, _history,
+                _dx, _dqkv, _dgateUp, _dscores, _logits, _dxnH, _dqH, _dattH, _dgateUpH, _dactH, _token })
                 s.Dispose();
         }
     }
-}
-
-/// <summary>The GPU decoder's view for pruning policies: signals computed on the device, only they come back.</summary>
-internal sealed class CudaLayerView : LayerView
-{
-    private readonly CudaGeneration _gen;
-
-    internal CudaLayerView(CudaGeneration gen, int layer, SequenceState state)
-        : base(layer, state, gen.Heads, gen.KvHeads, gen.HeadDim, gen.Layers)
-    {
-        _gen = gen;
-    }
-
-    public override float[] AttentionRows(ReadOnlySpan<int> rows) => _gen.AttentionRows(rows, State.Length);
-
-    public override (float[] Q, float[] K) NextLayerQueryKeys(bool rope = true) => _gen.QueryKeys(Layer + 1, State.Length, rope);
 }

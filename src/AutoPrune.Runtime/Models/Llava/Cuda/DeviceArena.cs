@@ -11,8 +11,10 @@ namespace AutoPrune.Models.Llava.Cuda;
 /// shape allocates nothing. Scratch sizes are rounded up to size classes (powers of two up to 1 MiB, then 2 MiB
 /// steps) so slightly different prompt lengths share buffers. Weights are allocated exactly and never pooled.
 /// </summary>
-internal sealed class DeviceArena(Accelerator accelerator, Diagnostics.DeviceCounterSet? counters = null) : IDisposable
+internal sealed class DeviceArena(Compute.Cuda.DeviceQueue queue) : IDisposable
 {
+    private readonly Accelerator accelerator = queue.Accelerator;
+
     private const long SmallClassLimit = 1 << 20, LargeClassStep = 2 << 20;
 
     private readonly object _lock = new();
@@ -22,8 +24,9 @@ internal sealed class DeviceArena(Accelerator accelerator, Diagnostics.DeviceCou
 
     public Accelerator Accelerator => accelerator;
 
-    /// <summary>Where allocations and copies are counted.</summary>
-    public Diagnostics.DeviceCounterSet Counters { get; } = counters ?? new Diagnostics.DeviceCounterSet();
+    /// <summary>The stream uploads and downloads go through (and where allocations are counted).</summary>
+    public Compute.Cuda.DeviceQueue Queue => queue;
+    public Diagnostics.DeviceCounterSet Counters => queue.Counters;
 
     /// <summary>Most bytes the pool keeps for reuse; beyond it the oldest released buffers are freed.</summary>
     public long PoolLimitBytes { get; set; } = 2L << 30;
@@ -175,27 +178,18 @@ internal sealed class DeviceBuffer<T> : IDisposable where T : unmanaged
         return View.SubView(offset, length);
     }
 
-    /// <summary>Copies elements [offset, offset + length) to a new host array (waits for queued work).</summary>
+    /// <summary>Copies elements [offset, offset + length) to a new host array (waits for queued work: a host synchronisation).</summary>
     public T[] Download(long offset, long length)
     {
         var result = new T[length];
-        if (length > 0)
-        {
-            _arena.Accelerator.Synchronize();
-            Slice(offset, length).CopyToCPU(result.AsSpan());
-            _arena.Counters.Sync(); // the accelerator synchronisation
-            _arena.Counters.Sync(); // CopyToCPU waits for the stream again
-            _arena.Counters.DeviceToHost(length * Marshal.SizeOf<T>());
-        }
+        if (length > 0) _arena.Queue.Download(Slice(offset, length), result.AsSpan());
         return result;
     }
 
     public void Upload(ReadOnlySpan<T> data, long offset = 0)
     {
         if (data.Length == 0) return;
-        Slice(offset, data.Length).CopyFromCPU(data);
-        _arena.Counters.Sync(); // CopyFromCPU waits for the stream
-        _arena.Counters.HostToDevice((long)data.Length * Marshal.SizeOf<T>());
+        _arena.Queue.Upload(Slice(offset, data.Length), data);
     }
 
     /// <summary>Returns the buffer to the arena's pool (scratch) or frees it (weights).</summary>

@@ -1,0 +1,506 @@
+using ILGPU;
+using ILGPU.Algorithms;
+using ILGPU.Runtime;
+
+namespace AutoPrune.Compute.Cuda;
+
+/// <summary>AdaptPrune's greedy soft NMS (<see cref="SelectionKernels.AdaptiveNmsKernel"/>): sizes and the options.</summary>
+internal readonly record struct NmsShape(int Grid, int Features, int K, int Heads, int Prefix, int Text, int Limit, double Limit2, double TwoSigmaD2, double TwoSigmaS2);
+
+/// <summary>Sizes of the recycling kernels: V visual rows entering the prune, K kept, Selected dropped rows clustered into Groups.</summary>
+internal readonly record struct RecycleShape(int V, int K, int Selected, int Groups, int Neighbours, int Dim, int Prefix);
+
+/// <summary>Sizes of VisionZip's selection: V patches, D dominant, C contextual, Keys the key width, Dim the feature width, Step the target spacing.</summary>
+internal readonly record struct ZipShape(int V, int D, int C, int Heads, int Keys, int Dim, int Step);
+
+/// <summary>
+/// The method-specific selections that run on the device, each a port of its host code (AdaptiveNms, SparseVLM's raters,
+/// TokenRecycler, VisionZipSelector) with the same arithmetic in the same order where it decides what is kept (double
+/// sums, exp, ties to the lower index), so on ILGPU's CPU accelerator the decisions are bit-for-bit the host's on the
+/// same inputs. Greedy loops run in one group (never as many launches).
+/// </summary>
+internal static class SelectionKernels
+{
+    // NaN ranks lowest; equal scores keep the lower index (as AdaptiveNms.Greater with an ascending scan).
+    private static bool Greater(float a, float b) => !XMath.IsNaN(a) && (XMath.IsNaN(b) || a > b);
+
+    /// <summary>
+    /// AdaptPrune in one group: s = (head-mean of the last row's attention over the visual columns) × prior; k times, the
+    /// best not-yet-kept token by s is kept and every token within grid distance √Limit2 of it is damped by
+    /// 1 - exp(-d²/(2σd²))·exp(-(1 - cos)²/(2σs²)) (cosine of the unit features, in double). Kept flags, the kept tokens
+    /// in ascending order and the plan (prefix, kept, text) come out.
+    /// </summary>
+    internal static void AdaptiveNmsKernel(ArrayView<float> attn, ArrayView<float> prior, ArrayView<float> features, ArrayView<float> s,
+        ArrayView<int> kept, ArrayView<int> keptLocal, ArrayView<int> plan, NmsShape p)
+    {
+        var shv = SharedMemory.Allocate<float>(CudaKernels.MaxRowGroupSize);
+        var shi = SharedMemory.Allocate<int>(CudaKernels.MaxRowGroupSize);
+        int tid = Group.IdxX, step = Group.DimX, g = p.Grid, V = g * g, D = p.Features;
+        for (int i = tid; i < V; i += step)
+        {
+            float sum = 0;
+            for (int h = 0; h < p.Heads; h++) sum += attn[(long)h * V + i];
+            s[i] = sum * (1f / p.Heads) * prior[i];
+            kept[i] = 0;
+        }
+        Group.Barrier();
+        int side = 2 * p.Limit + 1;
+        for (int n = 0; n < p.K; n++)
+        {
+            int bi = -1;
+            float bv = 0;
+            for (int i = tid; i < V; i += step)
+                if (kept[i] == 0 && (bi < 0 || Greater(s[i], bv))) { bi = i; bv = s[i]; }
+            shv[tid] = bv;
+            shi[tid] = bi;
+            Group.Barrier();
+            for (int half = step / 2; half > 0; half >>= 1)
+            {
+                if (tid < half)
+                {
+                    int oi = shi[tid + half], mi = shi[tid];
+                    float ov = shv[tid + half], mv = shv[tid];
+                    if (oi >= 0 && (mi < 0 || Greater(ov, mv) || (!Greater(mv, ov) && oi < mi))) { shv[tid] = ov; shi[tid] = oi; }
+                }
+                Group.Barrier();
+            }
+            int best = shi[0];
+            Group.Barrier();
+            if (tid == 0) kept[best] = 1;
+            Group.Barrier();
+            int ri = best / g, ci = best % g;
+            long fi = (long)best * D;
+            for (int cell = tid; cell < side * side; cell += step)
+            {
+                int r = ri - p.Limit + cell / side, c = ci - p.Limit + cell % side;
+                if (r < 0 || r >= g || c < 0 || c >= g) continue;
+                int j = r * g + c;
+                if (kept[j] != 0) continue;
+                double d2 = (r - ri) * (r - ri) + (c - ci) * (c - ci);
+                if (d2 > p.Limit2) continue;
+                long fj = (long)j * D;
+                double cos = 0;
+                for (int t = 0; t < D; t++) cos += (double)features[fi + t] * features[fj + t];
+                double dissim = 1 - cos;
+                double factor = 1 - XMath.Exp(-d2 / p.TwoSigmaD2) * XMath.Exp(-dissim * dissim / p.TwoSigmaS2);
+                s[j] = (float)(s[j] * factor);
+            }
+            Group.Barrier();
+        }
+        WriteKeptPlan(kept, keptLocal, plan, V, p.K, p.Prefix, 0, p.Text, tid, step);
+    }
+
+    /// <summary>The kept tokens in ascending order and the plan: prefix rows, kept rows, Merged merged rows, text rows.</summary>
+    private static void WriteKeptPlan(ArrayView<int> kept, ArrayView<int> keptLocal, ArrayView<int> plan, int V, int K, int prefix, int merged, int text, int tid, int step)
+    {
+        for (int i = tid; i < V; i += step)
+        {
+            if (kept[i] == 0) continue;
+            int slot = 0;
+            for (int j = 0; j < i; j++) slot += kept[j];
+            keptLocal[slot] = i;
+            plan[prefix + slot] = prefix + i;
+        }
+        for (int r = tid; r < prefix; r += step) plan[r] = r;
+        for (int m = tid; m < merged; m += step) plan[prefix + K + m] = -m - 1;
+        for (int t = tid; t < text; t += step) plan[prefix + K + merged + t] = prefix + V + t;
+    }
+
+    /// <summary>
+    /// SparseVLM relevance, per visual row v (one thread each): the logits visual_v · text_t in double, softmax over the
+    /// text, and each text row's share e_t / z / V into contrib [V, T] (the sum over v follows in
+    /// <see cref="RatersKernel"/>, in the host's order).
+    /// </summary>
+    internal static void RelevanceKernel(Index1D t0, ArrayView<float> hidden, ArrayView<double> contrib, int visualStart, int V, int textStart, int T, int dim, ElementRange range)
+    {
+        for (long v = t0; v < range.Count; v += range.Stride)
+        {
+            long vo = (visualStart + v) * dim, co = v * T;
+            double max = double.NegativeInfinity;
+            for (int t = 0; t < T; t++)
+            {
+                long to = (long)(textStart + t) * dim;
+                double dot = 0;
+                for (int i = 0; i < dim; i++) dot += (double)hidden[vo + i] * hidden[to + i];
+                contrib[co + t] = dot;
+                max = XMath.Max(max, dot);
+            }
+            double z = 0;
+            for (int t = 0; t < T; t++)
+            {
+                double e = XMath.Exp(contrib[co + t] - max);
+                contrib[co + t] = e;
+                z += e;
+            }
+            for (int t = 0; t < T; t++) contrib[co + t] = contrib[co + t] / z / V;
+        }
+    }
+
+    /// <summary>
+    /// raters[t] = 1 when text row t's relevance (Σ over v of contrib, in order) is above the mean relevance + 1e-12
+    /// (all rows when none is); count[0] = the number of raters. One group.
+    /// </summary>
+    internal static void RatersKernel(ArrayView<double> contrib, ArrayView<double> relevance, ArrayView<int> raters, ArrayView<int> count, int V, int T)
+    {
+        int tid = Group.IdxX, step = Group.DimX;
+        for (int t = tid; t < T; t += step)
+        {
+            double r = 0;
+            for (int v = 0; v < V; v++) r += contrib[(long)v * T + t];
+            relevance[t] = r;
+        }
+        Group.Barrier();
+        double sum = 0;
+        for (int t = 0; t < T; t++) sum += relevance[t];
+        double mean = sum / T;
+        int above = 0;
+        for (int t = 0; t < T; t++) if (relevance[t] > mean + 1e-12) above++;
+        for (int t = tid; t < T; t += step) raters[t] = above == 0 || relevance[t] > mean + 1e-12 ? 1 : 0;
+        if (tid == 0) count[0] = above == 0 ? T : above;
+    }
+
+    /// <summary>
+    /// Recycling, step 1 (one group): of the dropped rows (kept[i] == 0, ascending) the top p.Selected by score (ties to
+    /// the lower row), ascending, into sel; flags [V] is scratch.
+    /// </summary>
+    internal static void RecycleSelectKernel(ArrayView<float> scores, ArrayView<int> kept, ArrayView<int> flags, ArrayView<int> sel, RecycleShape p)
+    {
+        int tid = Group.IdxX, step = Group.DimX;
+        for (int i = tid; i < p.V; i += step)
+        {
+            flags[i] = 0;
+            if (kept[i] != 0) continue;
+            float si = scores[i];
+            int rank = 0;
+            for (int j = 0; j < p.V; j++)
+                if (j != i && kept[j] == 0 && SignalKernels.Beats(scores[j], j, si, i)) rank++;
+            flags[i] = rank < p.Selected ? 1 : 0;
+        }
+        Group.Barrier();
+        for (int i = tid; i < p.V; i += step)
+        {
+            if (flags[i] == 0) continue;
+            int slot = 0;
+            for (int j = 0; j < i; j++) slot += flags[j];
+            sel[slot] = i;
+        }
+    }
+
+    /// <summary>Recycling, step 2: dist[i, j] = |h_i - h_j| / sqrt(dim) in double for the selected rows; one thread per pair.</summary>
+    internal static void RecycleDistanceKernel(Index1D t0, ArrayView<float> hidden, ArrayView<int> sel, ArrayView<double> dist, RecycleShape p, ElementRange range)
+    {
+        int n = p.Selected;
+        double scale = 1.0 / XMath.Sqrt((double)p.Dim);
+        for (long e = t0; e < range.Count; e += range.Stride)
+        {
+            int i = (int)(e / n), j = (int)(e % n);
+            if (i == j) { dist[e] = 0; continue; }
+            int a = i < j ? i : j, b = i < j ? j : i;
+            long ao = (long)(p.Prefix + sel[a]) * p.Dim, bo = (long)(p.Prefix + sel[b]) * p.Dim;
+            double s = 0;
+            for (int t = 0; t < p.Dim; t++) { double d = (double)hidden[ao + t] - hidden[bo + t]; s += d * d; }
+            dist[e] = XMath.Sqrt(s) * scale;
+        }
+    }
+
+    /// <summary>
+    /// Recycling, step 3 (one group): density-peak clustering of the selected rows as TokenRecycler does it: density =
+    /// exp(-mean of the k smallest squared distances), delta = distance to the nearest denser row (the farthest for
+    /// the densest), the Groups largest density·delta are centres (ascending), every row joins its nearest centre.
+    /// </summary>
+    internal static void RecycleClusterKernel(ArrayView<double> dist, ArrayView<double> density, ArrayView<float> gamma, ArrayView<int> centre, ArrayView<int> assign, RecycleShape p)
+    {
+        int tid = Group.IdxX, step = Group.DimX, n = p.Selected;
+        int kk = XMath.Min(XMath.Max(1, p.Neighbours), n - 1);
+        for (int i = tid; i < n; i += step)
+        {
+            if (kk <= 0) { density[i] = 1; continue; }
+            // The kk smallest distances to the others, in ascending order (ties in index order), squared and summed in that order.
+            double m = 0;
+            for (int q = 0; q < kk; q++)
+            {
+                for (int j = 0; j < n; j++)
+                {
+                    if (j == i) continue;
+                    double v = dist[(long)i * n + j];
+                    int rank = 0;
+                    for (int o = 0; o < n; o++)
+                    {
+                        if (o == i || o == j) continue;
+                        double w = dist[(long)i * n + o];
+                        if (w < v || (w == v && o < j)) rank++;
+                    }
+                    if (rank == q) { m += v * v; break; }
+                }
+            }
+            density[i] = XMath.Exp(-m / kk);
+        }
+        Group.Barrier();
+        for (int i = tid; i < n; i += step)
+        {
+            double best = double.PositiveInfinity, far = 0;
+            for (int j = 0; j < n; j++)
+            {
+                if (j == i) continue;
+                double d = dist[(long)i * n + j];
+                far = XMath.Max(far, d);
+                bool denser = density[j] > density[i] || (density[j] == density[i] && j < i);
+                if (denser) best = XMath.Min(best, d);
+            }
+            double delta = best == double.PositiveInfinity ? far : best;
+            gamma[i] = (float)(density[i] * delta);
+        }
+        Group.Barrier();
+        int groups = XMath.Min(XMath.Max(p.Groups, 1), n);
+        for (int i = tid; i < n; i += step)
+        {
+            int rank = 0;
+            for (int j = 0; j < n; j++)
+                if (j != i && SignalKernels.Beats(gamma[j], j, gamma[i], i)) rank++;
+            assign[i] = rank < groups ? 1 : 0; // centre flag for now
+        }
+        Group.Barrier();
+        for (int i = tid; i < n; i += step)
+        {
+            if (assign[i] == 0) continue;
+            int slot = 0;
+            for (int j = 0; j < i; j++) slot += assign[j];
+            centre[slot] = i;
+        }
+        Group.Barrier();
+        for (int i = tid; i < n; i += step)
+        {
+            int own = -1;
+            for (int c = 0; c < groups; c++) if (centre[c] == i) own = c;
+            if (own < 0)
+            {
+                own = 0;
+                for (int c = 1; c < groups; c++)
+                    if (dist[(long)i * n + centre[c]] < dist[(long)i * n + centre[own]]) own = c;
+            }
+            density[i] = own; // reuse: the cluster of row i (written after every read of density above)
+        }
+        Group.Barrier();
+        for (int i = tid; i < n; i += step) assign[i] = (int)density[i];
+    }
+
+    /// <summary>Recycling, step 4: merged[g, t] = mean over the members of group g (ascending) of hidden[t], in double; one thread per element.</summary>
+    internal static void RecycleMergeKernel(Index1D t0, ArrayView<float> hidden, ArrayView<int> sel, ArrayView<int> assign, ArrayView<float> merged, RecycleShape p, ElementRange range)
+    {
+        for (long e = t0; e < range.Count; e += range.Stride)
+        {
+            int g = (int)(e / p.Dim), t = (int)(e % p.Dim);
+            double acc = 0;
+            int count = 0;
+            for (int i = 0; i < p.Selected; i++)
+                if (assign[i] == g) { acc += hidden[(long)(p.Prefix + sel[i]) * p.Dim + t]; count++; }
+            merged[e] = (float)(acc / count);
+        }
+    }
+
+    /// <summary>VisionZip, step 1: score[v] = Σ_h cls[h, v] in head order; one thread per patch.</summary>
+    internal static void ClsSumKernel(Index1D t0, ArrayView<float> cls, ArrayView<float> score, int heads, int V, ElementRange range)
+    {
+        for (long v = t0; v < range.Count; v += range.Stride)
+        {
+            float s = 0;
+            for (int h = 0; h < heads; h++) s += cls[(long)h * V + v];
+            score[v] = s;
+        }
+    }
+
+    /// <summary>
+    /// VisionZip, step 2 (one group): the non-dominant patches in order (rest), the targets rest[i·Step] for i &lt; C, and
+    /// each rest patch's key norm sqrt(Σ k²) in double (at least 1e-12).
+    /// </summary>
+    internal static void ZipRestKernel(ArrayView<int> kept, ArrayView<float> keys, ArrayView<int> rest, ArrayView<int> targets, ArrayView<double> norms, ZipShape p)
+    {
+        int tid = Group.IdxX, step = Group.DimX;
+        for (int v = tid; v < p.V; v += step)
+        {
+            if (kept[v] != 0) continue;
+            int slot = 0;
+            for (int j = 0; j < v; j++) slot += 1 - kept[j];
+            rest[slot] = v;
+            double s = 0;
+            for (int t = 0; t < p.Keys; t++) s += (double)keys[(long)v * p.Keys + t] * keys[(long)v * p.Keys + t];
+            norms[v] = XMath.Max(XMath.Sqrt(s), 1e-12);
+        }
+        Group.Barrier();
+        for (int i = tid; i < p.C; i += step) targets[i] = rest[i * p.Step];
+    }
+
+    /// <summary>VisionZip, step 3: each rest patch that is not a target joins the target of highest key cosine (double, first wins); targets get -1.</summary>
+    internal static void ZipAssignKernel(Index1D t0, ArrayView<float> keys, ArrayView<int> rest, ArrayView<int> targets, ArrayView<double> norms, ArrayView<int> assign, ZipShape p, ElementRange range)
+    {
+        for (long e = t0; e < range.Count; e += range.Stride)
+        {
+            int v = rest[e];
+            bool isTarget = false;
+            for (int i = 0; i < p.C; i++) if (targets[i] == v) isTarget = true;
+            if (isTarget) { assign[e] = -1; continue; }
+            int best = 0;
+            double bestSim = double.NegativeInfinity;
+            for (int i = 0; i < p.C; i++)
+            {
+                int t0v = targets[i];
+                double s = 0;
+                for (int t = 0; t < p.Keys; t++) s += (double)keys[(long)v * p.Keys + t] * keys[(long)t0v * p.Keys + t];
+                s /= norms[v] * norms[t0v];
+                if (s > bestSim) { bestSim = s; best = i; }
+            }
+            assign[e] = best;
+        }
+    }
+
+    /// <summary>
+    /// VisionZip, step 4: output row i &lt; D is dominant patch dom[i]; row D + c is target c plus the mean of its members
+    /// (double, ascending); visual[i] = dom[i] or -2. One thread per output element.
+    /// </summary>
+    internal static void ZipMergeKernel(Index1D t0, ArrayView<float> hidden, ArrayView<int> dom, ArrayView<int> rest, ArrayView<int> targets,
+        ArrayView<int> assign, ArrayView<float> output, ArrayView<int> visual, ZipShape p, ElementRange range)
+    {
+        int restCount = p.V - p.D;
+        for (long e = t0; e < range.Count; e += range.Stride)
+        {
+            int i = (int)(e / p.Dim), t = (int)(e % p.Dim);
+            if (i < p.D)
+            {
+                output[e] = hidden[(long)dom[i] * p.Dim + t];
+                if (t == 0) visual[i] = dom[i];
+                continue;
+            }
+            int c = i - p.D;
+            double acc = 0;
+            int count = 0;
+            for (int r = 0; r < restCount; r++)
+                if (assign[r] == c) { acc += hidden[(long)rest[r] * p.Dim + t]; count++; }
+            output[e] = (float)(hidden[(long)targets[c] * p.Dim + t] + (count == 0 ? 0 : acc / count));
+            if (t == 0) visual[i] = -2;
+        }
+    }
+}
+
+internal sealed partial class CudaOps
+{
+    private Action<AcceleratorStream, KernelConfig, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<int>, ArrayView<int>, ArrayView<int>, NmsShape>? _nms;
+    private Action<AcceleratorStream, Index1D, ArrayView<float>, ArrayView<double>, int, int, int, int, int, ElementRange>? _relevance;
+    private Action<AcceleratorStream, KernelConfig, ArrayView<double>, ArrayView<double>, ArrayView<int>, ArrayView<int>, int, int>? _raters;
+    private Action<AcceleratorStream, KernelConfig, ArrayView<float>, ArrayView<int>, ArrayView<int>, ArrayView<int>, RecycleShape>? _recycleSelect;
+    private Action<AcceleratorStream, Index1D, ArrayView<float>, ArrayView<int>, ArrayView<double>, RecycleShape, ElementRange>? _recycleDistance;
+    private Action<AcceleratorStream, KernelConfig, ArrayView<double>, ArrayView<double>, ArrayView<float>, ArrayView<int>, ArrayView<int>, RecycleShape>? _recycleCluster;
+    private Action<AcceleratorStream, Index1D, ArrayView<float>, ArrayView<int>, ArrayView<int>, ArrayView<float>, RecycleShape, ElementRange>? _recycleMerge;
+    private Action<AcceleratorStream, Index1D, ArrayView<float>, ArrayView<float>, int, int, ElementRange>? _clsSum;
+    private Action<AcceleratorStream, KernelConfig, ArrayView<int>, ArrayView<float>, ArrayView<int>, ArrayView<int>, ArrayView<double>, ZipShape>? _zipRest;
+    private Action<AcceleratorStream, Index1D, ArrayView<float>, ArrayView<int>, ArrayView<int>, ArrayView<double>, ArrayView<int>, ZipShape, ElementRange>? _zipAssign;
+    private Action<AcceleratorStream, Index1D, ArrayView<float>, ArrayView<int>, ArrayView<int>, ArrayView<int>, ArrayView<int>, ArrayView<float>, ArrayView<int>, ZipShape, ElementRange>? _zipMerge;
+
+    private Action<AcceleratorStream, KernelConfig, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<int>, ArrayView<int>, ArrayView<int>, NmsShape> NmsK
+        => _nms ??= _acc.LoadKernel<ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<int>, ArrayView<int>, ArrayView<int>, NmsShape>(SelectionKernels.AdaptiveNmsKernel);
+    private Action<AcceleratorStream, Index1D, ArrayView<float>, ArrayView<double>, int, int, int, int, int, ElementRange> RelevanceK
+        => _relevance ??= _acc.LoadAutoGroupedKernel<Index1D, ArrayView<float>, ArrayView<double>, int, int, int, int, int, ElementRange>(SelectionKernels.RelevanceKernel);
+    private Action<AcceleratorStream, KernelConfig, ArrayView<double>, ArrayView<double>, ArrayView<int>, ArrayView<int>, int, int> RatersK
+        => _raters ??= _acc.LoadKernel<ArrayView<double>, ArrayView<double>, ArrayView<int>, ArrayView<int>, int, int>(SelectionKernels.RatersKernel);
+    private Action<AcceleratorStream, KernelConfig, ArrayView<float>, ArrayView<int>, ArrayView<int>, ArrayView<int>, RecycleShape> RecycleSelectK
+        => _recycleSelect ??= _acc.LoadKernel<ArrayView<float>, ArrayView<int>, ArrayView<int>, ArrayView<int>, RecycleShape>(SelectionKernels.RecycleSelectKernel);
+    private Action<AcceleratorStream, Index1D, ArrayView<float>, ArrayView<int>, ArrayView<double>, RecycleShape, ElementRange> RecycleDistanceK
+        => _recycleDistance ??= _acc.LoadAutoGroupedKernel<Index1D, ArrayView<float>, ArrayView<int>, ArrayView<double>, RecycleShape, ElementRange>(SelectionKernels.RecycleDistanceKernel);
+    private Action<AcceleratorStream, KernelConfig, ArrayView<double>, ArrayView<double>, ArrayView<float>, ArrayView<int>, ArrayView<int>, RecycleShape> RecycleClusterK
+        => _recycleCluster ??= _acc.LoadKernel<ArrayView<double>, ArrayView<double>, ArrayView<float>, ArrayView<int>, ArrayView<int>, RecycleShape>(SelectionKernels.RecycleClusterKernel);
+    private Action<AcceleratorStream, Index1D, ArrayView<float>, ArrayView<int>, ArrayView<int>, ArrayView<float>, RecycleShape, ElementRange> RecycleMergeK
+        => _recycleMerge ??= _acc.LoadAutoGroupedKernel<Index1D, ArrayView<float>, ArrayView<int>, ArrayView<int>, ArrayView<float>, RecycleShape, ElementRange>(SelectionKernels.RecycleMergeKernel);
+    private Action<AcceleratorStream, Index1D, ArrayView<float>, ArrayView<float>, int, int, ElementRange> ClsSumK
+        => _clsSum ??= _acc.LoadAutoGroupedKernel<Index1D, ArrayView<float>, ArrayView<float>, int, int, ElementRange>(SelectionKernels.ClsSumKernel);
+    private Action<AcceleratorStream, KernelConfig, ArrayView<int>, ArrayView<float>, ArrayView<int>, ArrayView<int>, ArrayView<double>, ZipShape> ZipRestK
+        => _zipRest ??= _acc.LoadKernel<ArrayView<int>, ArrayView<float>, ArrayView<int>, ArrayView<int>, ArrayView<double>, ZipShape>(SelectionKernels.ZipRestKernel);
+    private Action<AcceleratorStream, Index1D, ArrayView<float>, ArrayView<int>, ArrayView<int>, ArrayView<double>, ArrayView<int>, ZipShape, ElementRange> ZipAssignK
+        => _zipAssign ??= _acc.LoadAutoGroupedKernel<Index1D, ArrayView<float>, ArrayView<int>, ArrayView<int>, ArrayView<double>, ArrayView<int>, ZipShape, ElementRange>(SelectionKernels.ZipAssignKernel);
+    private Action<AcceleratorStream, Index1D, ArrayView<float>, ArrayView<int>, ArrayView<int>, ArrayView<int>, ArrayView<int>, ArrayView<float>, ArrayView<int>, ZipShape, ElementRange> ZipMergeK
+        => _zipMerge ??= _acc.LoadAutoGroupedKernel<Index1D, ArrayView<float>, ArrayView<int>, ArrayView<int>, ArrayView<int>, ArrayView<int>, ArrayView<float>, ArrayView<int>, ZipShape, ElementRange>(SelectionKernels.ZipMergeKernel);
+
+    private object[] SelectionKernelsLoaded() =>
+        [NmsK, RelevanceK, RatersK, RecycleSelectK, RecycleDistanceK, RecycleClusterK, RecycleMergeK, ClsSumK, ZipRestK, ZipAssignK, ZipMergeK];
+
+    /// <summary>AdaptPrune's selection and plan in one single-group launch (see <see cref="SelectionKernels.AdaptiveNmsKernel"/>).</summary>
+    public void AdaptiveNms(ArrayView<float> attn, ArrayView<float> prior, ArrayView<float> features, ArrayView<float> s,
+        ArrayView<int> kept, ArrayView<int> keptLocal, ArrayView<int> plan, NmsShape p)
+    {
+        int V = p.Grid * p.Grid;
+        Require(p.K >= 0 && p.K <= V, $"k ({p.K}) must be within 0..{V}.");
+        Require(attn.Length >= (long)p.Heads * V && prior.Length >= V && features.Length >= (long)V * p.Features && s.Length >= V && kept.Length >= V
+            && keptLocal.Length >= Math.Max(1, p.K) && plan.Length >= p.Prefix + p.K + p.Text, "a view is too short for the NMS.");
+        Counters.Launch();
+        NmsK(Stream, OneGroup(), attn, prior, features, s, kept, keptLocal, plan, p);
+    }
+
+    /// <summary>
+    /// SparseVLM raters from the hidden states (visual rows [visualStart, +V), text rows [textStart, +T)): raters[t] flags and
+    /// count[0] their number; contrib [V·T] and relevance [T] are double scratch. Two launches.
+    /// </summary>
+    public void SparseVlmRaters(ArrayView<float> hidden, int visualStart, int V, int textStart, int T, int dim,
+        ArrayView<double> contrib, ArrayView<double> relevance, ArrayView<int> raters, ArrayView<int> count)
+    {
+        Require(V > 0 && T > 0, $"V ({V}) and T ({T}) must be positive.");
+        Require(contrib.Length >= (long)V * T && relevance.Length >= T && raters.Length >= T && count.Length >= 1, "a view is too short for the raters.");
+        var r = Range(V);
+        Counters.Launch(2);
+        RelevanceK(Stream, Extent(r.Stride), hidden, contrib, visualStart, V, textStart, T, dim, r);
+        RatersK(Stream, OneGroup(), contrib, relevance, raters, count, V, T);
+    }
+
+    /// <summary>
+    /// Recycling of the dropped rows into p.Groups merged rows (see <see cref="SelectionKernels"/>): four launches.
+    /// flags [V], sel [Selected], dist [Selected²], density [Selected], gamma [Selected], centre [Groups], assign [Selected] are scratch.
+    /// </summary>
+    public void Recycle(ArrayView<float> hidden, ArrayView<float> scores, ArrayView<int> kept, ArrayView<int> flags, ArrayView<int> sel, ArrayView<double> dist,
+        ArrayView<double> density, ArrayView<float> gamma, ArrayView<int> centre, ArrayView<int> assign, ArrayView<float> merged, RecycleShape p)
+    {
+        int n = p.Selected;
+        Require(n > 0 && p.Groups > 0, $"{n} selected rows into {p.Groups} groups.");
+        Require(flags.Length >= p.V && sel.Length >= n && dist.Length >= (long)n * n && density.Length >= n && gamma.Length >= n && centre.Length >= p.Groups && assign.Length >= n
+            && merged.Length >= (long)p.Groups * p.Dim, "a view is too short for recycling.");
+        var rd = Range((long)n * n);
+        var rm = Range((long)p.Groups * p.Dim);
+        Counters.Launch(4);
+        RecycleSelectK(Stream, OneGroup(), scores, kept, flags, sel, p);
+        RecycleDistanceK(Stream, Extent(rd.Stride), hidden, sel, dist, p, rd);
+        RecycleClusterK(Stream, OneGroup(), dist, density, gamma, centre, assign, p);
+        RecycleMergeK(Stream, Extent(rm.Stride), hidden, sel, assign, merged, p, rm);
+    }
+
+    /// <summary>score[v] = Σ_h cls[h, v] (VisionZip's dominance score).</summary>
+    public void ClsSum(ArrayView<float> cls, int heads, int V, ArrayView<float> score)
+    {
+        Require(cls.Length >= (long)heads * V && score.Length >= V, "cls or score too short.");
+        var r = Range(V);
+        Counters.Launch();
+        ClsSumK(Stream, Extent(r.Stride), cls, score, heads, V, r);
+    }
+
+    /// <summary>
+    /// VisionZip's contextual tokens after the dominant ones are flagged in kept: rest, targets and norms (one group), the
+    /// assignment (one thread per rest patch), then the output rows and their visual indices. Three launches.
+    /// </summary>
+    public void VisionZipMerge(ArrayView<int> kept, ArrayView<int> dom, ArrayView<float> keys, ArrayView<float> hidden, ArrayView<int> rest, ArrayView<int> targets,
+        ArrayView<double> norms, ArrayView<int> assign, ArrayView<float> output, ArrayView<int> visual, ZipShape p)
+    {
+        int restCount = p.V - p.D;
+        Require(restCount >= 0 && p.C <= restCount && p.Step >= 1, $"{p.C} targets among {restCount} patches.");
+        Require(rest.Length >= Math.Max(1, restCount) && targets.Length >= Math.Max(1, p.C) && norms.Length >= p.V && assign.Length >= Math.Max(1, restCount)
+            && output.Length >= (long)(p.D + p.C) * p.Dim && visual.Length >= p.D + p.C, "a view is too short for VisionZip.");
+        var ra = Range(Math.Max(1, restCount));
+        var rm = Range((long)(p.D + p.C) * p.Dim);
+        if (restCount > 0)
+        {
+            Counters.Launch();
+            ZipRestK(Stream, OneGroup(), kept, keys, rest, targets, norms, p);
+            if (p.C > 0)
+            {
+                Counters.Launch();
+                ZipAssignK(Stream, Extent(ra.Stride), keys, rest, targets, norms, assign, p, new ElementRange(restCount, ra.Stride));
+            }
+        }
+        Counters.Launch();
+        ZipMergeK(Stream, Extent(rm.Stride), hidden, dom, rest, targets, assign, output, visual, p, rm);
+    }
+}

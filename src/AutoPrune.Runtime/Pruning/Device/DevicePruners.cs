@@ -1,0 +1,155 @@
+using AutoPrune.Compute.Cuda;
+using AutoPrune.Models.Llava;
+using AutoPrune.Models.Llava.Cuda;
+using ILGPU;
+
+namespace AutoPrune.Pruning.Device;
+
+/// <summary>
+/// A pruning policy's selection run on the device, beside its host code (which the CPU backend, and GPU runs of methods
+/// not moved yet, keep using): the signals, the top-k, the merges and the new sequence's plan are kernels, and nothing
+/// comes back to the host. Each mirrors its host policy's arithmetic where it decides what is kept, so both make the
+/// same decisions on the same inputs.
+/// </summary>
+internal interface IDevicePruner
+{
+    /// <summary>Whether the pruner reads layer <paramref name="layer"/>'s attention (its fp32 queries and keys are then kept).</summary>
+    bool ReadsAttention(int layer);
+
+    /// <summary>False when this sequence needs the host code (e.g. a [CLS] token among AdaptPrune's patches).</summary>
+    bool Handles(PruneContext ctx) => true;
+
+    /// <summary>The prune after <c>dev.Layer</c> (its schedule step), as a device plan.</summary>
+    PruneAction AfterLayer(DeviceLayerSignals dev, PruneContext ctx, PruneStep step);
+
+    /// <summary>Signals measured while running (merged into the report), e.g. SparseVLM's rater counts.</summary>
+    IReadOnlyDictionary<string, double> Signals { get; }
+}
+
+/// <summary>The device pruners, by method (null where a method still runs on the host).</summary>
+internal static class DevicePruners
+{
+    public static IDevicePruner? For(IPruningPolicy policy, PruningOptions options) => policy.Schedule is not { } schedule ? null : policy.Method switch
+    {
+        PruningMethod.FastV => new FastVOnDevice(schedule),
+        PruningMethod.AdaptPrune => new AdaptPruneOnDevice(schedule, options),
+        PruningMethod.PDrop => new PDropOnDevice(),
+        PruningMethod.SparseVLM => new SparseVlmOnDevice(schedule, options),
+        _ => null,
+    };
+
+    /// <summary>True when <paramref name="schedule"/> prunes after <paramref name="layer"/>.</summary>
+    internal static bool PrunesAfter(LayerSchedule schedule, int layer)
+    {
+        foreach (var s in schedule.Steps)
+            if (s.AfterLayer == layer) return true;
+        return false;
+    }
+
+    /// <summary>The plan's action: kept visual rows (and merged ones) after the prefix, then the text.</summary>
+    internal static PruneAction Action(ArrayView<int> plan, PruneContext ctx, int kept, ArrayView<float> merged, int mergedRows, bool renumber)
+        => PruneAction.FromDevice(new DevicePrunePlan(plan, ctx.Prefix + kept + mergedRows + ctx.TextCount, kept + mergedRows, merged, mergedRows), renumber);
+}
+
+/// <summary>FastV on the device: the last prompt row's attention over the visual columns, head-averaged, top k; original positions.</summary>
+internal sealed class FastVOnDevice(LayerSchedule schedule) : IDevicePruner
+{
+    public bool ReadsAttention(int layer) => DevicePruners.PrunesAfter(schedule, layer);
+    public IReadOnlyDictionary<string, double> Signals { get; } = new Dictionary<string, double>();
+
+    public PruneAction AfterLayer(DeviceLayerSignals dev, PruneContext ctx, PruneStep step)
+    {
+        int v = ctx.VisualCount;
+        var attn = dev.AttentionWindow(ctx.LastRow, 1, ctx.Prefix, v);
+        var (plan, _, _, _) = dev.KeepTopK(default, attn, default, new PlanShape(v, Math.Min(step.Kept, v), ctx.Prefix, ctx.TextCount, 0, 1, dev.Heads, 1, 0, 1));
+        return DevicePruners.Action(plan, ctx, Math.Min(step.Kept, v), default, 0, renumber: false);
+    }
+}
+
+/// <summary>
+/// AdaptPrune on the device: the last row's head-averaged attention times the positional prior, and the greedy soft NMS
+/// over grid distance and the next layer's unit key features, in one single-group kernel; original positions.
+/// </summary>
+internal sealed class AdaptPruneOnDevice(LayerSchedule schedule, PruningOptions options) : IDevicePruner
+{
+    public bool ReadsAttention(int layer) => DevicePruners.PrunesAfter(schedule, layer);
+
+    /// <summary>Only a patch grid: with a [CLS] token ("full" strategy) the host code keeps it and selects among the patches.</summary>
+    public bool Handles(PruneContext ctx) => ctx.VisualCount == ctx.Shape.GridSize * ctx.Shape.GridSize;
+    public IReadOnlyDictionary<string, double> Signals { get; } = new Dictionary<string, double>();
+
+    public PruneAction AfterLayer(DeviceLayerSignals dev, PruneContext ctx, PruneStep step)
+    {
+        int v = ctx.VisualCount, g = ctx.Shape.GridSize;
+        if (v != g * g) throw new InvalidOperationException($"AdaptPrune needs the {g}x{g} grid's {g * g} visual tokens; the sequence has {v}.");
+        int kd = dev.KvHeads * dev.HeadDim, k = Math.Clamp(step.Kept, 0, v);
+        var attn = dev.AttentionWindow(ctx.LastRow, 1, ctx.Prefix, v);
+        var keys = dev.NextLayerKeys(ctx.Prefix, v);
+        var features = dev.Scratch<float>((long)v * kd);
+        dev.Ops.L2NormalizeRows(keys, 0, v, kd, features);
+        var prior = dev.Constant(FormattableString.Invariant($"adaptprune-prior-{g}-{options.AdaptPruneSigmaPFactor:R}"),
+            () => AdaptiveNms.PositionalPrior(g, options.AdaptPruneSigmaPFactor));
+        var plan = dev.Scratch<int>(ctx.Prefix + k + ctx.TextCount);
+        double limit = options.AdaptPruneDistanceLimit, sd = options.AdaptPruneDistanceSigma, ss = options.AdaptPruneSimilaritySigma;
+        dev.Ops.AdaptiveNms(attn, prior, features, dev.Scratch<float>(v), dev.Scratch<int>(v), dev.Scratch<int>(Math.Max(1, k)), plan,
+            new NmsShape(g, kd, k, dev.Heads, ctx.Prefix, ctx.TextCount, (int)Math.Floor(limit), limit * limit, 2 * sd * sd, 2 * ss * ss));
+        return DevicePruners.Action(plan, ctx, k, default, 0, renumber: false);
+    }
+}
+
+/// <summary>PDrop on the device: the next layer's query of the last row (its norm, projections and RoPE) against the visual keys; positions renumbered.</summary>
+internal sealed class PDropOnDevice : IDevicePruner
+{
+    public bool ReadsAttention(int layer) => false;
+    public IReadOnlyDictionary<string, double> Signals { get; } = new Dictionary<string, double>();
+
+    public PruneAction AfterLayer(DeviceLayerSignals dev, PruneContext ctx, PruneStep step)
+    {
+        int v = ctx.VisualCount, n = dev.Rows, k = Math.Clamp(step.Kept, 0, v);
+        var (q, keys) = dev.NextLayerQueryKeys(rope: true);
+        var attn = dev.Scratch<float>((long)dev.Heads * v);
+        dev.Ops.AttentionWindow(q, keys, attn, AttentionShape.Create(n, n, dev.Heads, dev.KvHeads, dev.HeadDim, causal: true), new WindowShape(ctx.LastRow, 1, ctx.Prefix, v));
+        var (plan, _, _, _) = dev.KeepTopK(default, attn, default, new PlanShape(v, k, ctx.Prefix, ctx.TextCount, 0, 1, dev.Heads, 1, 0, 1));
+        return DevicePruners.Action(plan, ctx, k, default, 0, renumber: true);
+    }
+}
+
+/// <summary>
+/// SparseVLM on the device: raters from the hidden states (relevance above the mean), the raters' head-averaged
+/// attention over the visual columns, top k, and the dropped tokens recycled by density-peak clustering; positions
+/// renumbered. The rater count comes back with the prefill's final readback.
+/// </summary>
+internal sealed class SparseVlmOnDevice(LayerSchedule schedule, PruningOptions options) : IDevicePruner
+{
+    private readonly Dictionary<string, double> _signals = new(StringComparer.Ordinal);
+    public bool ReadsAttention(int layer) => DevicePruners.PrunesAfter(schedule, layer);
+    public IReadOnlyDictionary<string, double> Signals => _signals;
+
+    public PruneAction AfterLayer(DeviceLayerSignals dev, PruneContext ctx, PruneStep step)
+    {
+        int v = ctx.VisualCount, t = ctx.TextCount, d = dev.Hidden, k = Math.Clamp(step.Kept, 0, v);
+        if (t == 0) throw new InvalidOperationException("SparseVLM needs text tokens after the image.");
+        int textStart = ctx.Prefix + v;
+        var raters = dev.Scratch<int>(t);
+        var count = dev.Scratch<int>(1);
+        dev.Ops.SparseVlmRaters(dev.HiddenStates, ctx.Prefix, v, textStart, t, d, dev.Scratch<double>((long)v * t), dev.Scratch<double>(t), raters, count);
+        int layer = dev.Layer;
+        dev.ReadAtEnd(count, 1, c => _signals[$"raters_layer{layer}"] = c[0]);
+        var attn = dev.AttentionWindow(textStart, t, ctx.Prefix, v);
+        int dropped = v - k;
+        int merged = step.Recycled > 0 && dropped > 0 ? step.Recycled : 0;
+        var (plan, kept, _, scores) = dev.KeepTopK(default, attn, raters, new PlanShape(v, k, ctx.Prefix, t, merged, 1, dev.Heads, t, 1, 1));
+        ArrayView<float> mergedRows = default;
+        if (merged > 0)
+        {
+            int selected = ScheduleMath.RecycleSelected(dropped, options);
+            if (ScheduleMath.RecycleGroups(dropped, options) != merged)
+                throw new InvalidOperationException($"Recycling would produce {ScheduleMath.RecycleGroups(dropped, options)} merged tokens where the schedule expected {merged}.");
+            mergedRows = dev.Scratch<float>((long)merged * d);
+            dev.Ops.Recycle(dev.HiddenStates, scores, kept, dev.Scratch<int>(v), dev.Scratch<int>(selected), dev.Scratch<double>((long)selected * selected),
+                dev.Scratch<double>(selected), dev.Scratch<float>(selected), dev.Scratch<int>(merged), dev.Scratch<int>(selected), mergedRows,
+                new RecycleShape(v, k, selected, merged, options.RecycleDensityNeighbours, d, ctx.Prefix));
+        }
+        return DevicePruners.Action(plan, ctx, k, mergedRows, merged, renumber: true);
+    }
+}

@@ -1,0 +1,147 @@
+using AutoPrune.Diagnostics;
+using AutoPrune.Pruning;
+using Xunit;
+using Xunit.Abstractions;
+
+namespace AutoPrune.Tests.Cuda;
+
+/// <summary>
+/// The speed benchmark on the GPU code path (ILGPU's CPU accelerator) with LLaVA-1.5-7B's 32 decoder layers and 576
+/// visual tokens at the fixture's sizes (generated weights), every method moved to the device at budget 64: what the
+/// counters targets are measured on.
+/// </summary>
+public sealed class Deep32BenchFixture
+{
+    public static readonly PruningMethod[] DeviceMethods =
+        [PruningMethod.FastV, PruningMethod.PDrop, PruningMethod.SparseVLM, PruningMethod.AdaptPrune, PruningMethod.VisionZip];
+
+    public SpeedReport Report { get; } = SpeedBenchmark.Run(new SpeedBenchmarkOptions
+    {
+        Architecture = "tiny-32-layers",
+        Device = "ilgpu-cpu",
+        Methods = DeviceMethods,
+        Budgets = [64],
+        Repeats = 2, // the counters come from the second run: a request after the first
+        Warmup = 0,
+        DecodeTokens = 3,
+    });
+
+    public PrefillTiming Prefill(string method) => Report.Prefill.Single(p => p.Method == method && p.Skipped is null && (method != "None" || p.Budget == 576));
+}
+
+/// <summary>
+/// The counter targets (GPU code path, counted on ILGPU's CPU accelerator exactly as on a GPU): host
+/// synchronisations per prefill and per decode token, bytes each way, launches at a pruning layer, allocations.
+/// </summary>
+public sealed class DeviceCounterTargetTests(Deep32BenchFixture fx, ITestOutputHelper output) : IClassFixture<Deep32BenchFixture>
+{
+    private const int Vocab = 402, PromptTokens = 626, Patches = 576, PatchBytes = 576 * 3 * 14 * 14 * 2;
+
+    public static TheoryData<string> DeviceMethods() => new(Deep32BenchFixture.DeviceMethods.Select(m => m.ToString()));
+
+    private DeviceCounters Counters(string method)
+    {
+        var c = fx.Prefill(method).Counters!;
+        output.WriteLine($"{method}: {c}");
+        return c;
+    }
+
+    [Theory]
+    [InlineData("None")]
+    [MemberData(nameof(DeviceMethods))]
+    public void APrefillWaitsForTheDeviceOnce(string method) => Assert.Equal(1, Counters(method).HostSyncs);
+
+    [Fact]
+    public void AGreedyDecodeTokenWaitsOnceReadsFourBytesAndUploadsNothing()
+    {
+        var d = fx.Report.DecodeCountersPerToken!;
+        output.WriteLine(d.ToString());
+        Assert.Equal(1, d.HostSyncs);
+        Assert.Equal(4, d.D2HBytes);
+        Assert.Equal(1, d.D2HCopies);
+        Assert.Equal(0, d.H2DBytes);
+        Assert.Equal(0, d.DeviceAllocations);
+        // The static-shape step: 9 launches and cuBLAS calls per layer, plus the embedding, the final norm, the LM head, the argmax and the advance.
+        Assert.Equal(9 * 32 + 5, d.Enqueued);
+    }
+
+    /// <summary>Beyond the logits and the greedy token, what a prune sends back (the report's kept indices) stays under 4 KB per pruning layer.</summary>
+    [Theory]
+    [MemberData(nameof(DeviceMethods))]
+    public void DeviceToHostBytesPerPruningLayerStayUnder4KB(string method)
+    {
+        var m = Enum.Parse<PruningMethod>(method);
+        var shape = new ModelShape(32, 4, 192, 512, Patches, 24);
+        int pruningLayers = Math.Max(1, new PruningSession(shape, new PruningOptions { Method = m, Budget = 64 }, 1).Policy.Schedule!.Steps.Count);
+        long beyondLogits = Counters(method).D2HBytes - Counters("None").D2HBytes;
+        Assert.InRange(beyondLogits, 0, 4096L * pruningLayers);
+        Assert.Equal(1, Counters(method).D2HCopies);
+    }
+
+    /// <summary>Only pixels and token ids go up: the projector uploads nothing, a prefill only the prompt's ids.</summary>
+    [Theory]
+    [InlineData("None")]
+    [MemberData(nameof(DeviceMethods))]
+    public void NothingGoesUpButPixelsAndTokenIds(string method)
+    {
+        Assert.Equal(PatchBytes, fx.Report.VisionCounters!.H2DBytes);
+        Assert.Equal(0, fx.Report.ProjectorCounters!.H2DBytes);
+        var p = fx.Prefill(method);
+        Assert.Equal(4L * p.PromptTokens, Counters(method).H2DBytes);
+    }
+
+    /// <summary>FastV's prune is three launches: the last row's attention over the visual columns, top-k with the plan, the gather.</summary>
+    [Fact]
+    public void FastVPrunesInThreeLaunches()
+    {
+        // One more device-to-device copy (the kept indices into the final readback) than an unpruned prefill.
+        Assert.Equal(3 + 1, Counters("FastV").Enqueued - Counters("None").Enqueued);
+    }
+
+    [Theory]
+    [InlineData("None")]
+    [MemberData(nameof(DeviceMethods))]
+    public void ARequestAfterTheFirstAllocatesNothingOnTheDevice(string method) => Assert.Equal(0, Counters(method).DeviceAllocations);
+
+    [Fact]
+    public void EveryMethodRanWithTheSameKeptCountsAsScheduled()
+    {
+        foreach (var m in Deep32BenchFixture.DeviceMethods)
+        {
+            var p = fx.Prefill(m.ToString());
+            Assert.InRange(p.AvgVisualTokensPerLayer!.Value, 63, 64);
+        }
+    }
+}
+
+/// <summary>Whole requests through the public API on the GPU code path: counters by stage, on the answer and after a first request.</summary>
+public sealed class DeviceRequestCounterTests(ITestOutputHelper output)
+{
+    [Fact]
+    public async Task ASecondRequestAllocatesNothingWaitsOncePerStageAndUploadsOnlyPixelsAndTokenIds()
+    {
+        using var model = VisionLanguageModel.Load(TestData.ModelDir, new ModelOptions { Device = "ilgpu-cpu", VisionCacheSize = 0, MaxConcurrentRequests = 1 });
+        VisionRequest Request(TestData.DevRow row) => VisionRequest.Create(row.Question, ImageInput.FromFile(TestData.Image(row.Image))) with
+        {
+            Generation = new GenerationOptions { MaxNewTokens = 4 },
+            Pruning = new PruningOptions { Method = PruningMethod.FastV, Budget = 128 },
+        };
+        var first = await model.AskAsync(Request(TestData.Dev[0]));
+        Assert.NotNull(first.DeviceCounters);
+        var second = await model.AskAsync(Request(TestData.Dev[5]));
+        var c = second.DeviceCounters!;
+        output.WriteLine($"vision {c.Vision}\nprefill {c.Prefill}\ndecode {c.Decode} over {c.DecodeSteps} steps; one step {c.DecodePerToken}");
+        Assert.Equal(0, c.Vision.DeviceAllocations + c.Prefill.DeviceAllocations + c.Decode.DeviceAllocations);
+        Assert.Equal(0, c.Vision.HostSyncs);
+        Assert.Equal(1, c.Prefill.HostSyncs);
+        Assert.True(c.DecodeSteps > 0);
+        Assert.Equal(c.DecodeSteps, c.Decode.HostSyncs);
+        Assert.Equal(1, c.DecodePerToken!.HostSyncs);
+        // Up: the pixels (fp16 patches) and the prompt's token ids, nothing else.
+        long pixels = 576L * 3 * 14 * 14 * 2, ids = 4L * second.PromptTokens;
+        Assert.Equal(pixels + ids, c.Vision.H2DBytes + c.Prefill.H2DBytes + c.Decode.H2DBytes);
+        // The CPU backend reports none.
+        using var cpu = VisionLanguageModel.Load(TestData.ModelDir, new ModelOptions { Device = "cpu" });
+        Assert.Null((await cpu.AskAsync(Request(TestData.Dev[5]))).DeviceCounters);
+    }
+}
