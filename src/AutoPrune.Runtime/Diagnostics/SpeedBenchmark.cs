@@ -323,15 +323,18 @@ public static class SpeedBenchmark
         }
     }
 
-    /// <summary>Refuses, before generating anything, an architecture that cannot fit: fp32 in RAM on the CPU, fp16 on the GPU.</summary>
+    /// <summary>
+    /// Refuses, before generating anything, an architecture that cannot fit: fp16 weights (2 bytes per parameter, as
+    /// generated and kept) plus a working margin in RAM on the CPU backend, fp16 on the GPU.
+    /// </summary>
     private static void CheckMemory(LlavaConfig cfg, Compute.Cuda.CudaDevice? gpu, string name)
     {
         long parameters = LlavaTensorManifest.ParameterCount(cfg);
         if (gpu is null)
         {
-            long need = parameters * 4, have = GC.GetGCMemoryInfo().TotalAvailableMemoryBytes;
-            if (need > have * 0.9)
-                throw new InvalidOperationException($"{name} has {parameters / 1e9:F2} billion parameters: {need / 1e9:F1} GB as fp32 on the CPU backend, more than the {have / 1e9:F1} GB available. Use --device cuda, or a smaller architecture (tiny-test).");
+            long need = parameters * 2 + (2L << 30), have = GC.GetGCMemoryInfo().TotalAvailableMemoryBytes;
+            if (need > have)
+                throw new InvalidOperationException($"{name} has {parameters / 1e9:F2} billion parameters: {parameters * 2 / 1e9:F1} GB as fp16 on the CPU backend (and about 2 GB to run), more than the {have / 1e9:F1} GB available. Use --device cuda, or a smaller architecture (tiny-test).");
         }
         else if (gpu.IsCuda)
         {

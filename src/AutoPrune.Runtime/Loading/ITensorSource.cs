@@ -16,6 +16,12 @@ internal interface ITensorSource
     /// <summary>The tensor as fp16 (fp16 copied; bf16 and fp32 rounded to nearest even, overflow to ±inf).</summary>
     Half[] ReadFloat16(string name, params long[] expectedShape);
 
+    /// <summary>
+    /// The tensor as stored, for weights the CPU backend keeps (and widens per tile when it computes): a checkpoint's
+    /// fp16/bf16/fp32 data mapped from its file, generated weights as fp16.
+    /// </summary>
+    WeightData ReadWeight(string name, params long[] expectedShape) => WeightData.Of(ReadFloat32(name, expectedShape));
+
     /// <summary>Names never read so far, so a model can report tensors it does not use.</summary>
     IReadOnlyList<string> UnusedTensors();
 }

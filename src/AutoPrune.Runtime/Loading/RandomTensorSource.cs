@@ -97,6 +97,9 @@ internal sealed unsafe class RandomTensorSource : ITensorSource
         return result;
     }
 
+    /// <summary>Generated weights are fp16, as they are on the GPU: the CPU backend keeps them so (2 bytes per parameter).</summary>
+    public WeightData ReadWeight(string name, params long[] expectedShape) => WeightData.Of(ReadFloat16(name, expectedShape));
+
     /// <summary>Like <see cref="ReadFloat32"/> into a caller's buffer of exactly the tensor's element count (no allocation).</summary>
     public void ReadFloat32Into(string name, Span<float> destination, params long[] expectedShape)
     {

@@ -94,6 +94,55 @@ internal sealed unsafe class SafeTensorStore : ITensorSource, IDisposable
         return result;
     }
 
+    /// <summary>
+    /// The tensor in its stored type as a view of the memory-mapped file: nothing is copied. The mapping lives while
+    /// the store is open or retained (<see cref="Retain"/>): a model that keeps such weights retains the store.
+    /// </summary>
+    public WeightData ReadWeight(string name, params long[] expectedShape)
+    {
+        var (shard, entry, count) = FindForArray(name, expectedShape);
+        ObjectDisposedException.ThrowIf(_disposed, this);
+        byte* p = shard.DataStart + entry.Begin;
+        MarkRead(entry.Name);
+        return entry.DType switch
+        {
+            DType.F16 => WeightData.Of(new NativeMemory<Half>((Half*)p, count).Memory),
+            DType.BF16 => WeightData.OfBFloat16(new NativeMemory<ushort>((ushort*)p, count).Memory),
+            _ => WeightData.Of(new NativeMemory<float>((float*)p, count).Memory),
+        };
+    }
+
+    private int _references = 1;
+
+    /// <summary>Keeps the files mapped until the returned lease is disposed, even after this store is disposed.</summary>
+    public IDisposable Retain()
+    {
+        lock (_read)
+        {
+            ObjectDisposedException.ThrowIf(_references == 0, this);
+            _references++;
+        }
+        return new Lease(this);
+    }
+
+    private sealed class Lease(SafeTensorStore store) : IDisposable
+    {
+        private int _done;
+        public void Dispose()
+        {
+            if (Interlocked.Exchange(ref _done, 1) == 0) store.ReleaseReference();
+        }
+    }
+
+    private void ReleaseReference()
+    {
+        lock (_read)
+        {
+            if (--_references > 0) return;
+        }
+        foreach (var sh in _shards) sh.Dispose();
+    }
+
     /// <summary>The tensor, checked against <paramref name="expectedShape"/>, and its element count, which must fit one .NET array.</summary>
     private (Shard Shard, Entry Entry, int Count) FindForArray(string name, long[] expectedShape)
     {
@@ -131,11 +180,12 @@ internal sealed unsafe class SafeTensorStore : ITensorSource, IDisposable
             return _names.Where(n => !_read.Contains(n)).ToArray();
     }
 
+    /// <summary>Closes the store; the files stay mapped while a model retains them (<see cref="Retain"/>).</summary>
     public void Dispose()
     {
         if (_disposed) return;
         _disposed = true;
-        foreach (var s in _shards) s.Dispose();
+        ReleaseReference();
     }
 
     // ------------------------------------------------------------------ opening

@@ -268,6 +268,25 @@ public class GemmTests
         }
     }
 
+    /// <summary>bf16 weights (raw bits) give exactly the fp32 results on the widened weights, packed (m &gt; 1) and streamed (m = 1).</summary>
+    [Theory]
+    [InlineData(37, 300, 90)]
+    [InlineData(1, 4099, 70)]
+    [InlineData(1, 7, 5)]
+    [InlineData(626, 192, 512)]
+    public void TransB_BFloat16_EqualsFp32OnWidenedWeights(int m, int k, int n)
+    {
+        var r = new Random(m + k + n);
+        var a = Rand(r, m * k);
+        var bits = Rand(r, n * k).Select(x => (ushort)(BitConverter.SingleToUInt32Bits(x) >> 16)).ToArray();
+        var wf = bits.Select(b => BitConverter.UInt32BitsToSingle((uint)b << 16)).ToArray();
+        var bias = Rand(r, n);
+        var c1 = new float[m * n]; var c2 = new float[m * n];
+        Gemm.MatMulTransBBFloat16(a, m, k, bits, n, c1, bias);
+        Gemm.MatMulTransB(a, m, k, wf, n, c2, bias);
+        Assert.Equal(c2, c1);
+    }
+
     // ------------------------------------------------------------------ MatMul (A·B)
 
     [Theory]

@@ -19,6 +19,47 @@ public class SafeTensorRoundTripTests
 
     private static float BFloat16Expected(float f) => BitConverter.UInt32BitsToSingle((uint)SafeTensorWriter.ToBFloat16Bits(f) << 16);
 
+    /// <summary>
+    /// Weights the CPU backend keeps are views of the mapped file in the stored type (nothing widened or copied at load),
+    /// and stay mapped while retained, after the store itself is disposed.
+    /// </summary>
+    [Fact]
+    public void Weights_are_views_of_the_mapped_file_in_their_stored_type()
+    {
+        using var dir = new TempDir();
+        int n = 1001;
+        var data = Sample(n, 5);
+        SafeTensorWriter.Write(dir.File("model.safetensors"), new[]
+        {
+            ("f32", DType.F32, new long[] { n }, data),
+            ("f16", DType.F16, new long[] { n }, data),
+            ("bf16", DType.BF16, new long[] { n }, data),
+        });
+        IDisposable lease;
+        WeightData f32, f16, bf16;
+        float[] f16Wide, bf16Wide;
+        using (var store = SafeTensorStore.Open(dir.Path))
+        {
+            f32 = store.ReadWeight("f32", n);
+            f16 = store.ReadWeight("f16", n);
+            bf16 = store.ReadWeight("bf16", n);
+            f16Wide = store.ReadFloat32("f16", n);
+            bf16Wide = store.ReadFloat32("bf16", n);
+            Assert.Equal(store.ReadFloat16("f16", n), f16.F16.ToArray());
+            lease = store.Retain();
+        }
+        Assert.Equal((DType.F32, DType.F16, DType.BF16), (f32.Type, f16.Type, bf16.Type));
+        Assert.Equal(2L * n, f16.Bytes);
+        var wide = new float[n];
+        f16.CopyTo(0, wide);
+        Assert.Equal(f16Wide, wide); // still mapped after the store's disposal
+        bf16.CopyTo(0, wide);
+        Assert.Equal(bf16Wide, wide);
+        f32.CopyTo(0, wide);
+        Assert.Equal(data, wide);
+        lease.Dispose();
+    }
+
     [Theory]
     [InlineData(1)]
     [InlineData(17)]

@@ -39,62 +39,64 @@ internal static partial class Gemm
         }
     }
 
-    private static unsafe void GemvTransBHalf(GemmIsa isa, float* a, int k, Half* w, int ldw, int n0, int n1, float* c, float* bias, bool acc)
+    private static unsafe void GemvTransBWide<T, TW>(GemmIsa isa, float* a, int k, T* w, int ldw, int n0, int n1, float* c, float* bias, bool acc)
+        where T : unmanaged where TW : IWidening<T>
     {
         if (isa == GemmIsa.Scalar)
         {
             for (int j = n0; j < n1; j++)
             {
-                Half* wr = w + (nint)j * ldw;
+                T* wr = w + (nint)j * ldw;
                 float s = 0f;
-                for (int p = 0; p < k; p++) s = MathF.FusedMultiplyAdd(a[p], (float)wr[p], s);
+                for (int p = 0; p < k; p++) s = MathF.FusedMultiplyAdd(a[p], TW.Widen(wr[p]), s);
                 Store1(c, j, s, bias, acc);
             }
             return;
         }
         // Same accumulation structure as the fp32 GEMV (so results equal fp32 GEMV on widened weights),
-        // with the fp16 -> fp32 widening done in registers: W is streamed once at 2 bytes/element.
+        // with the fp16/bf16 -> fp32 widening done in registers: W is streamed once at 2 bytes/element.
         for (int j0 = n0; j0 < n1; j0 += 4)
         {
             int rows = Math.Min(4, n1 - j0);
-            Half* w0 = w + (nint)j0 * ldw;
-            Half* w1 = rows > 1 ? w0 + ldw : w0;
-            Half* w2 = rows > 2 ? w0 + 2 * (nint)ldw : w0;
-            Half* w3 = rows > 3 ? w0 + 3 * (nint)ldw : w0;
+            T* w0 = w + (nint)j0 * ldw;
+            T* w1 = rows > 1 ? w0 + ldw : w0;
+            T* w2 = rows > 2 ? w0 + 2 * (nint)ldw : w0;
+            T* w3 = rows > 3 ? w0 + 3 * (nint)ldw : w0;
             Vector256<float> a0 = default, b0 = default, a1 = default, b1 = default, a2 = default, b2 = default, a3 = default, b3 = default;
             int p = 0;
             for (; p + 16 <= k; p += 16)
             {
                 var x0 = Vector256.Load(a + p);
                 var x1 = Vector256.Load(a + p + 8);
-                a0 = Fma.MultiplyAdd(x0, HalfToSingle8(w0 + p), a0);
-                b0 = Fma.MultiplyAdd(x1, HalfToSingle8(w0 + p + 8), b0);
-                a1 = Fma.MultiplyAdd(x0, HalfToSingle8(w1 + p), a1);
-                b1 = Fma.MultiplyAdd(x1, HalfToSingle8(w1 + p + 8), b1);
-                a2 = Fma.MultiplyAdd(x0, HalfToSingle8(w2 + p), a2);
-                b2 = Fma.MultiplyAdd(x1, HalfToSingle8(w2 + p + 8), b2);
-                a3 = Fma.MultiplyAdd(x0, HalfToSingle8(w3 + p), a3);
-                b3 = Fma.MultiplyAdd(x1, HalfToSingle8(w3 + p + 8), b3);
+                a0 = Fma.MultiplyAdd(x0, TW.Widen8(w0 + p), a0);
+                b0 = Fma.MultiplyAdd(x1, TW.Widen8(w0 + p + 8), b0);
+                a1 = Fma.MultiplyAdd(x0, TW.Widen8(w1 + p), a1);
+                b1 = Fma.MultiplyAdd(x1, TW.Widen8(w1 + p + 8), b1);
+                a2 = Fma.MultiplyAdd(x0, TW.Widen8(w2 + p), a2);
+                b2 = Fma.MultiplyAdd(x1, TW.Widen8(w2 + p + 8), b2);
+                a3 = Fma.MultiplyAdd(x0, TW.Widen8(w3 + p), a3);
+                b3 = Fma.MultiplyAdd(x1, TW.Widen8(w3 + p + 8), b3);
             }
             if (p + 8 <= k)
             {
                 var x0 = Vector256.Load(a + p);
-                a0 = Fma.MultiplyAdd(x0, HalfToSingle8(w0 + p), a0);
-                a1 = Fma.MultiplyAdd(x0, HalfToSingle8(w1 + p), a1);
-                a2 = Fma.MultiplyAdd(x0, HalfToSingle8(w2 + p), a2);
-                a3 = Fma.MultiplyAdd(x0, HalfToSingle8(w3 + p), a3);
+                a0 = Fma.MultiplyAdd(x0, TW.Widen8(w0 + p), a0);
+                a1 = Fma.MultiplyAdd(x0, TW.Widen8(w1 + p), a1);
+                a2 = Fma.MultiplyAdd(x0, TW.Widen8(w2 + p), a2);
+                a3 = Fma.MultiplyAdd(x0, TW.Widen8(w3 + p), a3);
             }
-            FinishRowHalf(a0 + b0, a, k, w0, c, j0, bias, acc);
-            if (rows > 1) FinishRowHalf(a1 + b1, a, k, w1, c, j0 + 1, bias, acc);
-            if (rows > 2) FinishRowHalf(a2 + b2, a, k, w2, c, j0 + 2, bias, acc);
-            if (rows > 3) FinishRowHalf(a3 + b3, a, k, w3, c, j0 + 3, bias, acc);
+            FinishRowWide<T, TW>(a0 + b0, a, k, w0, c, j0, bias, acc);
+            if (rows > 1) FinishRowWide<T, TW>(a1 + b1, a, k, w1, c, j0 + 1, bias, acc);
+            if (rows > 2) FinishRowWide<T, TW>(a2 + b2, a, k, w2, c, j0 + 2, bias, acc);
+            if (rows > 3) FinishRowWide<T, TW>(a3 + b3, a, k, w3, c, j0 + 3, bias, acc);
         }
     }
 
-    private static unsafe void FinishRowHalf(Vector256<float> v, float* a, int k, Half* wr, float* c, int j, float* bias, bool acc)
+    private static unsafe void FinishRowWide<T, TW>(Vector256<float> v, float* a, int k, T* wr, float* c, int j, float* bias, bool acc)
+        where T : unmanaged where TW : IWidening<T>
     {
         float sum = Vector256.Sum(v);
-        for (int p = k & ~7; p < k; p++) sum = MathF.FusedMultiplyAdd(a[p], (float)wr[p], sum);
+        for (int p = k & ~7; p < k; p++) sum = MathF.FusedMultiplyAdd(a[p], TW.Widen(wr[p]), sum);
         Store1(c, j, sum, bias, acc);
     }
 
@@ -227,4 +229,30 @@ internal static partial class Gemm
         if (acc) v += c[j];
         c[j] = v;
     }
+}
+
+/// <summary>How a 2-byte weight type widens to fp32 exactly (fp16, bf16), for the GEMM's packing and GEMV.</summary>
+internal unsafe interface IWidening<T> where T : unmanaged
+{
+    /// <summary>8 consecutive values widened in registers (AVX2).</summary>
+    static abstract Vector256<float> Widen8(T* p);
+    static abstract float Widen(T v);
+}
+
+/// <summary>IEEE fp16.</summary>
+internal readonly unsafe struct HalfWidening : IWidening<Half>
+{
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static Vector256<float> Widen8(Half* p) => Gemm.HalfToSingle8(p);
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static float Widen(Half v) => (float)v;
+}
+
+/// <summary>bfloat16 as raw bits: the high half of an fp32, so widening is a 16-bit shift.</summary>
+internal readonly unsafe struct BFloat16Widening : IWidening<ushort>
+{
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static Vector256<float> Widen8(ushort* p) => (Avx2.ConvertToVector256Int32(p) << 16).AsSingle();
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static float Widen(ushort v) => BitConverter.Int32BitsToSingle(v << 16);
 }

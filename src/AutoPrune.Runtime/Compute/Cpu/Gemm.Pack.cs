@@ -67,35 +67,35 @@ internal static partial class Gemm
         }
     }
 
-    /// <summary>B given as fp16 W[n,k]; widened to fp32 while transposing (no fp32 copy of W is ever made).</summary>
-    private static unsafe void PackBTransHalf(GemmIsa isa, Half* w, int ldw, int jc, int nc, int pc, int kc, int NR, float* bp)
+    /// <summary>B given as fp16 or bf16 W[n,k] (<typeparamref name="TW"/> widens it); widened to fp32 while transposing (no fp32 copy of W is ever made).</summary>
+    private static unsafe void PackBTransWide<T, TW>(GemmIsa isa, T* w, int ldw, int jc, int nc, int pc, int kc, int NR, float* bp) where T : unmanaged where TW : IWidening<T>
     {
         for (int jr = 0; jr < nc; jr += NR)
         {
             int nr = Math.Min(NR, nc - jr);
             float* dst = bp + (nint)jr * kc;
-            Half* src0 = w + (nint)(jc + jr) * ldw + pc;
+            T* src0 = w + (nint)(jc + jr) * ldw + pc;
             int j8 = 0, p8 = 0;
             if (isa != GemmIsa.Scalar)
             {
                 p8 = kc & ~7;
                 for (; j8 + 8 <= nr; j8 += 8)
                 {
-                    Half* s = src0 + (nint)j8 * ldw;
+                    T* s = src0 + (nint)j8 * ldw;
                     for (int p = 0; p < p8; p += 8)
                     {
                         Transpose8x8Store(
-                            HalfToSingle8(s + p), HalfToSingle8(s + ldw + p), HalfToSingle8(s + 2 * (nint)ldw + p), HalfToSingle8(s + 3 * (nint)ldw + p),
-                            HalfToSingle8(s + 4 * (nint)ldw + p), HalfToSingle8(s + 5 * (nint)ldw + p), HalfToSingle8(s + 6 * (nint)ldw + p), HalfToSingle8(s + 7 * (nint)ldw + p),
+                            TW.Widen8(s + p), TW.Widen8(s + ldw + p), TW.Widen8(s + 2 * (nint)ldw + p), TW.Widen8(s + 3 * (nint)ldw + p),
+                            TW.Widen8(s + 4 * (nint)ldw + p), TW.Widen8(s + 5 * (nint)ldw + p), TW.Widen8(s + 6 * (nint)ldw + p), TW.Widen8(s + 7 * (nint)ldw + p),
                             dst + (nint)p * NR + j8, NR);
                     }
                 }
             }
             for (int j = 0; j < nr; j++)
             {
-                Half* s = src0 + (nint)j * ldw;
+                T* s = src0 + (nint)j * ldw;
                 float* d = dst + j;
-                for (int p = j < j8 ? p8 : 0; p < kc; p++) d[(nint)p * NR] = (float)s[p];
+                for (int p = j < j8 ? p8 : 0; p < kc; p++) d[(nint)p * NR] = TW.Widen(s[p]);
             }
             ZeroCols(dst, nr, NR, kc);
         }

@@ -77,6 +77,11 @@ internal static partial class Gemm
         Span<float> c, int ldc, ReadOnlySpan<float> bias = default, bool accumulate = false)
         => MatMulTransBCore(a, lda, m, k, w, ldw, n, c, ldc, bias, accumulate, DetectedIsa, MaxThreads);
 
+    /// <summary>C[m,n] = A[m,k] · W[n,k]^T with bf16 weights (raw bits) widened to fp32 per packed tile.</summary>
+    public static void MatMulTransBBFloat16(ReadOnlySpan<float> a, int m, int k, ReadOnlySpan<ushort> w, int n, Span<float> c,
+        ReadOnlySpan<float> bias = default, bool accumulate = false)
+        => MatMulTransBBFloat16Core(a, k, m, k, w, k, n, c, n, bias, accumulate, DetectedIsa, MaxThreads);
+
     // ---------------------------------------------------------------- public API: A · B
 
     /// <summary>C[m,n] = A[m,k] · B[k,n] (+= if <paramref name="accumulate"/>), all row-major and dense.</summary>
@@ -112,6 +117,19 @@ internal static partial class Gemm
         fixed (float* pa = a) fixed (Half* pw = w) fixed (float* pc = c) fixed (float* pb = bias)
         {
             var job = new Job(isa, BKind.TransHalf, pa, lda, m, k, pw, ldw, n, pc, ldc, bias.IsEmpty ? null : pb, accumulate);
+            job.Execute(threads);
+        }
+    }
+
+    internal static unsafe void MatMulTransBBFloat16Core(ReadOnlySpan<float> a, int lda, int m, int k, ReadOnlySpan<ushort> w, int ldw, int n,
+        Span<float> c, int ldc, ReadOnlySpan<float> bias, bool accumulate, GemmIsa isa, int threads)
+    {
+        Validate(a.Length, lda, m, k, c.Length, ldc, n, bias.Length);
+        ValidateRows(w.Length, ldw, n, k, nameof(w));
+        if (m == 0 || n == 0) return;
+        fixed (float* pa = a) fixed (ushort* pw = w) fixed (float* pc = c) fixed (float* pb = bias)
+        {
+            var job = new Job(isa, BKind.TransBFloat16, pa, lda, m, k, pw, ldw, n, pc, ldc, bias.IsEmpty ? null : pb, accumulate);
             job.Execute(threads);
         }
     }
@@ -153,7 +171,7 @@ internal static partial class Gemm
         if (len < (long)(rows - 1) * ld + cols) throw new ArgumentException($"{name} is too short: {len} < ({rows}-1)*{ld}+{cols}.", name);
     }
 
-    internal enum BKind { TransFloat, TransHalf, NormalFloat }
+    internal enum BKind { TransFloat, TransHalf, TransBFloat16, NormalFloat }
 
     /// <summary>Blocking parameters for one instruction set.</summary>
     internal readonly record struct Blocking(int MR, int NR, int KC, int MC, int NC);
@@ -250,7 +268,8 @@ internal static partial class Gemm
             switch (_kind)
             {
                 case BKind.TransFloat: GemvTransB(_isa, _a, _k, (float*)_b, _ldb, n0, n1, _c, _bias, _acc); break;
-                case BKind.TransHalf: GemvTransBHalf(_isa, _a, _k, (Half*)_b, _ldb, n0, n1, _c, _bias, _acc); break;
+                case BKind.TransHalf: GemvTransBWide<Half, HalfWidening>(_isa, _a, _k, (Half*)_b, _ldb, n0, n1, _c, _bias, _acc); break;
+                case BKind.TransBFloat16: GemvTransBWide<ushort, BFloat16Widening>(_isa, _a, _k, (ushort*)_b, _ldb, n0, n1, _c, _bias, _acc); break;
                 default: GemvNormal(_isa, _a, _k, (float*)_b, _ldb, n0, n1, _c, _acc); break;
             }
         }
@@ -292,7 +311,8 @@ internal static partial class Gemm
                             switch (_kind)
                             {
                                 case BKind.TransFloat: PackBTrans(_isa, (float*)_b, _ldb, jc, nc, pc, kc, NR, bp); break;
-                                case BKind.TransHalf: PackBTransHalf(_isa, (Half*)_b, _ldb, jc, nc, pc, kc, NR, bp); break;
+                                case BKind.TransHalf: PackBTransWide<Half, HalfWidening>(_isa, (Half*)_b, _ldb, jc, nc, pc, kc, NR, bp); break;
+                                case BKind.TransBFloat16: PackBTransWide<ushort, BFloat16Widening>(_isa, (ushort*)_b, _ldb, jc, nc, pc, kc, NR, bp); break;
                                 default: PackBNormal((float*)_b, _ldb, jc, nc, pc, kc, NR, bp); break;
                             }
 

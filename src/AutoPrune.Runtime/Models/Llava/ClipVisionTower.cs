@@ -61,6 +61,9 @@ internal sealed class ClipVisionTower
     private readonly float[] _positionEmbedding; // [patches+1, hidden]
     private readonly NormWeights _preLayerNorm;
     private readonly Layer[] _layers; // only the layers needed to reach the feature layer
+
+    /// <summary>The tower's linear layers (their weights as the checkpoint stores them).</summary>
+    internal IEnumerable<Linear> Linears => _layers.SelectMany(l => new[] { l.QProj, l.KProj, l.VProj, l.OutProj, l.Fc1, l.Fc2 });
     private readonly int _featureLayer; // index into hidden_states (0 = embeddings)
     private readonly bool _dropCls;
     private readonly ActivationFunction _act;

@@ -3,29 +3,39 @@ using AutoPrune.Loading;
 
 namespace AutoPrune.Models.Llava;
 
-/// <summary>A PyTorch-style linear layer: y = x · Wᵀ + b, with W stored [out, in].</summary>
+/// <summary>
+/// A PyTorch-style linear layer: y = x · Wᵀ + b, with W stored [out, in] in the checkpoint's own type (fp16/bf16 stay
+/// 2 bytes per weight; the GEMM widens a packed tile at a time).
+/// </summary>
 internal sealed class Linear
 {
     public int In { get; }
     public int Out { get; }
-    public float[] Weight { get; }
+    public WeightData Weight { get; }
     public float[]? Bias { get; }
 
-    public Linear(float[] weight, float[]? bias, int @in, int @out)
+    public Linear(WeightData weight, float[]? bias, int @in, int @out)
     {
         Weight = weight; Bias = bias; In = @in; Out = @out;
     }
 
     public static Linear Load(ITensorSource store, string prefix, int @in, int @out, bool bias)
     {
-        var w = store.ReadFloat32(prefix + ".weight", @out, @in);
+        var w = store.ReadWeight(prefix + ".weight", @out, @in);
         var b = bias ? store.ReadFloat32(prefix + ".bias", @out) : null;
         return new Linear(w, b, @in, @out);
     }
 
     /// <summary>y[rows, Out] = x[rows, In] · Wᵀ + b.</summary>
     public void Forward(ReadOnlySpan<float> x, int rows, Span<float> y, bool accumulate = false)
-        => Gemm.MatMulTransB(x, rows, In, Weight, Out, y, Bias, accumulate);
+    {
+        switch (Weight.Type)
+        {
+            case DType.F16: Gemm.MatMulTransB(x, rows, In, Weight.F16.Span, Out, y, Bias, accumulate); break;
+            case DType.BF16: Gemm.MatMulTransBBFloat16(x, rows, In, Weight.BFloat16.Span, Out, y, Bias, accumulate); break;
+            default: Gemm.MatMulTransB(x, rows, In, Weight.F32.Span, Out, y, Bias, accumulate); break;
+        }
+    }
 
     public float[] Forward(ReadOnlySpan<float> x, int rows)
     {

@@ -15,7 +15,10 @@ internal sealed class LlamaDecoder
 
     private readonly LlamaTextConfig _cfg;
     private readonly Layer[] _layers;
-    private readonly float[] _embed; // [vocab, hidden]
+
+    /// <summary>The decoder's linear layers and the LM head (their weights as the checkpoint stores them).</summary>
+    internal IEnumerable<Linear> Linears => _layers.SelectMany(l => new[] { l.Q, l.K, l.V, l.O, l.Gate, l.Up, l.Down }).Append(_lmHead);
+    private readonly WeightData _embed; // [vocab, hidden], as stored
     private readonly NormWeights _norm;
     private readonly Linear _lmHead;
     private readonly float[] _invFreq;
@@ -35,7 +38,7 @@ internal sealed class LlamaDecoder
         int h = cfg.HiddenSize, qd = cfg.NumAttentionHeads * HeadDim, kvd = cfg.NumKeyValueHeads * HeadDim;
         float eps = (float)cfg.RmsNormEps;
         const string p = "language_model.model";
-        _embed = store.ReadFloat32($"{p}.embed_tokens.weight", cfg.VocabSize, h);
+        _embed = store.ReadWeight($"{p}.embed_tokens.weight", cfg.VocabSize, h);
         _layers = new Layer[cfg.NumHiddenLayers];
         for (int i = 0; i < _layers.Length; i++)
         {
@@ -70,7 +73,7 @@ internal sealed class LlamaDecoder
             int id = ids[i];
             if ((uint)id >= (uint)Vocab)
                 throw new ArgumentOutOfRangeException(nameof(ids), $"Token id {id} is outside the vocabulary (size {Vocab}).");
-            _embed.AsSpan(id * h, h).CopyTo(dst.Slice(i * h, h));
+            _embed.CopyTo(id * h, dst.Slice(i * h, h));
         }
     }
 
@@ -95,39 +98,43 @@ internal sealed class LlamaDecoder
     /// </summary>
     public float[] Prefill(SequenceState state, KvCache cache, IPrefillHook? hook, CancellationToken ct, Action<int, int>? onLayer = null)
     {
-        int h = Hidden, qd = Heads * HeadDim, kvd = KvHeads * HeadDim;
+        int h = Hidden, qd = Heads * HeadDim, kvd = KvHeads * HeadDim, n0 = state.Length;
+        // One set of working buffers for the whole prompt, reused by every layer (a prune only shortens the rows in use):
+        // a 7B prompt would otherwise leave gigabytes of per-layer garbage on the large-object heap.
+        var xn = new float[n0 * h];
+        var q = new float[n0 * qd];
+        var k = new float[n0 * kvd];
+        var v = new float[n0 * kvd];
+        var att = new float[n0 * qd];
+        var gate = new float[n0 * Intermediate];
+        var up = new float[n0 * Intermediate];
         for (int li = 0; li < _layers.Length; li++)
         {
             ct.ThrowIfCancellationRequested();
             var L = _layers[li];
             int n = state.Length;
+            if (n > n0) throw new InvalidOperationException($"A prune lengthened the sequence from {n0} to {n} rows.");
             onLayer?.Invoke(li, n);
             var x = state.Hidden;
-            var xn = new float[n * h];
             CpuOps.RmsNorm(x, xn, n, h, L.InputNorm.Weight, L.InputNorm.Eps);
-            var q = new float[n * qd];
-            var k = new float[n * kvd];
-            var v = new float[n * kvd];
             L.Q.Forward(xn, n, q);
             L.K.Forward(xn, n, k);
             L.V.Forward(xn, n, v);
             CpuOps.ApplyRope(q, n, Heads, HeadDim, state.Positions, _invFreq);
             CpuOps.ApplyRope(k, n, KvHeads, HeadDim, state.Positions, _invFreq);
             cache.Init(li, k, v, n, kvd, state.Positions[n - 1] + 1);
-            var att = new float[n * qd];
-            Attention.MultiHead(q, k, v, att, n, n, Heads, KvHeads, HeadDim, causal: true);
-            L.O.Forward(att, n, x, accumulate: true);
+            Attention.MultiHead(q.AsSpan(0, n * qd), k.AsSpan(0, n * kvd), v.AsSpan(0, n * kvd), att.AsSpan(0, n * qd), n, n, Heads, KvHeads, HeadDim, causal: true);
+            L.O.Forward(att.AsSpan(0, n * qd), n, x, accumulate: true);
             CpuOps.RmsNorm(x, xn, n, h, L.PostNorm.Weight, L.PostNorm.Eps);
-            var gate = new float[n * Intermediate];
-            var up = new float[n * Intermediate];
             L.Gate.Forward(xn, n, gate);
             L.Up.Forward(xn, n, up);
-            CpuOps.SiluMul(gate, up);
-            L.Down.Forward(gate, n, x, accumulate: true);
+            CpuOps.SiluMul(gate.AsSpan(0, n * Intermediate), up.AsSpan(0, n * Intermediate));
+            L.Down.Forward(gate.AsSpan(0, n * Intermediate), n, x, accumulate: true);
 
             if (hook is not null && li < _layers.Length - 1)
             {
-                var action = hook.AfterLayer(new CpuLayerView(this, li, state, q, k));
+                // The view's arrays hold exactly the layer's rows (copies only once a prune has shortened the sequence).
+                var action = hook.AfterLayer(new CpuLayerView(this, li, state, n == n0 ? q : q[..(n * qd)], n == n0 ? k : k[..(n * kvd)]));
                 if (action is not null) Apply(state, action);
             }
         }

@@ -17,6 +17,8 @@ internal sealed class MultiModalProjector
         _act = act;
     }
 
+    internal IEnumerable<Linear> Linears => [_l1, _l2];
+
     public float[] Forward(ReadOnlySpan<float> x, int rows)
     {
         var h = _l1.Forward(x, rows);
@@ -25,9 +27,15 @@ internal sealed class MultiModalProjector
     }
 }
 
-/// <summary>LLaVA: CLIP tower + projector + Llama decoder, loaded from a Hugging Face folder.</summary>
+/// <summary>
+/// LLaVA: CLIP tower + projector + Llama decoder, loaded from a Hugging Face folder. The linear layers' weights stay in
+/// the checkpoint's type (fp16/bf16: 2 bytes per weight), mapped from its files, which the model keeps open until it
+/// is disposed.
+/// </summary>
 internal sealed class LlavaModel : ILlavaBackend
 {
+    private readonly IDisposable? _mapping;
+
     public LlavaConfig Config { get; }
     public ClipVisionTower Vision { get; }
     public MultiModalProjector Projector { get; }
@@ -36,6 +44,7 @@ internal sealed class LlavaModel : ILlavaBackend
     public LlavaModel(ITensorSource store, LlavaConfig config, Action<double>? progress = null)
     {
         Config = config;
+        _mapping = (store as SafeTensorStore)?.Retain();
         bool dropCls = config.VisionFeatureSelectStrategy == "default";
         Vision = new ClipVisionTower(store, config.VisionConfig, config.ResolvedFeatureLayerIndex, dropCls);
         Projector = new MultiModalProjector(store, config.VisionConfig.HiddenSize, config.TextConfig.HiddenSize,
@@ -63,7 +72,8 @@ internal sealed class LlavaModel : ILlavaBackend
     public float[] Project(ReadOnlySpan<float> features, int rows) => Projector.Forward(features, rows);
     public void Embed(ReadOnlySpan<int> ids, Span<float> dst) => Decoder.Embed(ids, dst);
     public IGeneration StartGeneration(int extraCapacity) => new CpuGeneration(Decoder, extraCapacity);
-    public void Dispose() { }
+    /// <summary>Unmaps the checkpoint's files (the model must not be used afterwards).</summary>
+    public void Dispose() => _mapping?.Dispose();
 
     private static bool IsLaterVisionLayer(string name, int featureLayer)
     {
