@@ -188,3 +188,52 @@ public sealed class CudaModelTests(TwoBackendFixture fx, ITestOutputHelper outpu
         Assert.Throws<InvalidOperationException>(() => gen.Step(1)); // no prefill yet
     }
 }
+
+/// <summary>
+/// CUDA graphs (ModelOptions.CudaGraphs) replay the static-shape decode step and the vision tower. ILGPU's CPU
+/// accelerator cannot capture a stream, so there the option is refused with a message that says why; what a graph
+/// needs is tested on the ungraphed path instead: every decode step after the first enqueues exactly the same work
+/// (cache length and position come from device memory), and its tokens are the CPU backend's.
+/// </summary>
+public sealed class CudaGraphOptionTests(TwoBackendFixture fx) : IClassFixture<TwoBackendFixture>
+{
+    [Theory]
+    [InlineData("ilgpu-cpu")]
+    [InlineData("cpu")]
+    public void CudaGraphsAreRefusedClearlyWithoutACudaGpu(string device)
+    {
+        var e = Assert.Throws<NotSupportedException>(() => VisionLanguageModel.Load(TestData.ModelDir, new ModelOptions { Device = device, CudaGraphs = true }));
+        Assert.Contains("CUDA graphs", e.Message);
+        Assert.Contains("need a CUDA GPU", e.Message);
+        var b = Assert.Throws<NotSupportedException>(() => AutoPrune.Diagnostics.SpeedBenchmark.Run(new AutoPrune.Diagnostics.SpeedBenchmarkOptions
+        {
+            Architecture = "tiny-test", Device = device, CudaGraphs = true,
+        }));
+        Assert.Contains("need a CUDA GPU", b.Message);
+    }
+
+    [Fact]
+    public void EveryDecodeStepEnqueuesTheSameWorkAndFollowsTheCpu()
+    {
+        var reference = TestData.References[4];
+        var pixels = fx.Pixels(TestData.Dev.Single(r => r.Id == reference.Id).Image);
+        var cpu = TwoBackendFixture.Run(fx.Cpu, reference.InputIds, pixels, steps: 5);
+        var vision = fx.Gpu.VisionForward(pixels);
+        SequenceState state;
+        using (var rows = fx.Gpu.ProjectImage(vision)) state = fx.Gpu.BuildSequence(reference.InputIds, [rows]);
+        vision.Device!.Release();
+        using var gen = fx.Gpu.StartGeneration(5);
+        int next = CpuOps.ArgMax(gen.Prefill(state, null, CancellationToken.None));
+        var perStep = new List<AutoPrune.Diagnostics.DeviceCounters>();
+        for (int s = 1; s <= 5; s++)
+        {
+            var set = new AutoPrune.Diagnostics.DeviceCounterSet();
+            using (AutoPrune.Diagnostics.DeviceCounterSet.BeginRequest(set)) next = gen.StepGreedy(next);
+            perStep.Add(set.Snapshot());
+            Assert.Equal(CpuOps.ArgMax(cpu[s]), next);
+        }
+        Assert.All(perStep.Skip(1), c => Assert.Equal(perStep[1], c));
+        Assert.Equal(1, perStep[1].HostSyncs);
+        Assert.Equal(0, perStep[1].H2DBytes);
+    }
+}

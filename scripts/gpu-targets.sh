@@ -1,0 +1,70 @@
+#!/usr/bin/env bash
+# Measures every GPU target of issue 14 in one go, on a machine with an NVIDIA GPU and no .NET (about 5 minutes on
+# an H200). First, here: bash scripts/pack-for-gpu.sh (it writes .devicepack/, git-ignored). Then, on the GPU
+# machine, from the repository root (with .devicepack carried along):
+#   bash scripts/gpu-targets.sh "$OUT"
+# It writes into the folder given (default ./gpu-targets):
+#   speed-7b.json         bench --random-weights llava-1.5-7b: stage timings, per-prefill counters, decode counters
+#   speed-7b-graphs.json  the same decode and vision tower replayed as CUDA graphs (--cuda-graphs)
+#   verify-<method>.json  verify on the fixture's 208 dev rows for every method (answers and logits against the CPU)
+#   summary.txt           each target with what was measured and PASS/FAIL
+set -uo pipefail
+out=${1:-gpu-targets}
+mkdir -p "$out"
+run() { bash .devicepack/run.sh "$@"; }
+[ -f .devicepack/run.sh ] || { echo "no .devicepack/run.sh: run scripts/pack-for-gpu.sh first and carry .devicepack" >&2; exit 2; }
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$out/gpu.txt"
+
+status=0
+run bench --random-weights llava-1.5-7b --device cuda --methods fastv,autoprune --budgets 64 \
+    --repeats 5 --warmup 2 --decode-tokens 32 --out "$out/speed-7b.json" > "$out/speed-7b.txt" 2>&1 || status=1
+run bench --random-weights llava-1.5-7b --device cuda --methods fastv --budgets 64 \
+    --repeats 5 --warmup 2 --decode-tokens 32 --cuda-graphs --out "$out/speed-7b-graphs.json" > "$out/speed-7b-graphs.txt" 2>&1 || status=1
+for mb in none:128 fastv:128 pdrop:128 sparsevlm:192 visionzip:128 adaptprune:128 autoprune:128; do
+    m=${mb%%:*}; b=${mb##*:}
+    run verify --device cuda --data tests/data/shapes-vqa-dev/dev.jsonl --method "$m" --budget "$b" \
+        --out "$out/verify-$m.json" > "$out/verify-$m.txt" 2>&1 || status=1
+done
+
+python3 - "$out" <<'PY' | tee "$out/summary.txt"
+import json, os, sys
+out = sys.argv[1]
+def load(name):
+    p = os.path.join(out, name)
+    return json.load(open(p)) if os.path.exists(p) else None
+rows = []
+def check(what, value, ok, unit=""):
+    rows.append(f"{'PASS' if ok else 'FAIL'}  {what}: {value}{unit}")
+s = load("speed-7b.json")
+g = load("speed-7b-graphs.json")
+if s:
+    pre = {(p["method"], p["budget"]): p for p in s["prefill"] if p.get("skipped") is None}
+    none = next(p for p in s["prefill"] if p["method"] == "None" and p.get("skipped") is None and p["budget"] >= s["visual_tokens"])
+    cut = pre.get(("None (input cut)", 64))
+    check("unpruned prefill <= 25 ms", none["prefill_ms"], none["prefill_ms"] <= 25, " ms")
+    for m in ("FastV", "AutoPrune"):
+        p = pre.get((m, 64))
+        if p and cut:
+            r = p["prefill_ms"] / cut["prefill_ms"]
+            check(f"{m} prefill at 64 <= 1.25x input-cut prefill at 64 ({cut['prefill_ms']} ms)", f"{p['prefill_ms']} ms = {r:.2f}x", r <= 1.25)
+    check("projector <= 1 ms", s["projector_ms"], s["projector_ms"] <= 1, " ms")
+    check("vision tower <= 10 ms (ungraphed)", s["vision_tower_ms"], s["vision_tower_ms"] <= 10, " ms")
+    check("decode <= 4.5 ms/token (ungraphed)", s["decode_ms_per_token"], s["decode_ms_per_token"] <= 4.5, " ms")
+    for (m, b), p in sorted(pre.items()):
+        c = p.get("counters") or {}
+        rows.append(f"      counters {m}@{b}: {c}")
+    rows.append(f"      decode counters per token: {s.get('decode_counters_per_token')}")
+    rows.append(f"      peak device memory {s.get('peak_device_memory_mb')} MB ours, {s.get('device_used_mb')} MB driver")
+if g:
+    check("vision tower <= 10 ms (CUDA graph)", g["vision_tower_ms"], g["vision_tower_ms"] <= 10, " ms")
+    check("decode <= 4.5 ms/token (CUDA graph)", g["decode_ms_per_token"], g["decode_ms_per_token"] <= 4.5, " ms")
+for m in ("none", "fastv", "pdrop", "sparsevlm", "visionzip", "adaptprune", "autoprune"):
+    v = load(f"verify-{m}.json")
+    if v is None:
+        rows.append(f"FAIL  verify {m}: no result (see verify-{m}.txt)")
+        continue
+    ok = v["same_answers"] == v["rows"] and v["max_abs_logit_difference"] <= 2e-2
+    check(f"verify {m}: answers equal, logits within 2e-2", f"{v['same_answers']}/{v['rows']}, max |d| {v['max_abs_logit_difference']:.2e}", ok)
+print("\n".join(rows))
+PY
+exit $status
