@@ -28,13 +28,22 @@ public sealed class TwoBackendFixture : IDisposable
 
     internal float[] Pixels(string image) => Images.PreprocessFile(TestData.Image(image), false);
 
+    /// <summary>The request path's prompt on a backend: tower, projector and sequence (on a GPU all on the device; its buffers released).</summary>
+    internal static SequenceState Sequence(ILlavaBackend model, int[] ids, float[] pixels)
+    {
+        var vision = model.VisionForward(pixels);
+        try
+        {
+            using var rows = model.ProjectImage(vision);
+            return model.BuildSequence(ids, [rows]);
+        }
+        finally { vision.Device?.Release(); }
+    }
+
     /// <summary>Prefill logits and <paramref name="steps"/> greedy decode-step logits on one backend.</summary>
     internal static List<float[]> Run(ILlavaBackend model, int[] ids, float[] pixels, int steps, IPrefillHook? hook = null)
     {
-        var vision = model.VisionForward(pixels);
-        SequenceState state;
-        using (var rows = model.ProjectImage(vision)) state = model.BuildSequence(ids, [rows]);
-        vision.Device?.Release();
+        var state = Sequence(model, ids, pixels);
         using var gen = model.StartGeneration(steps);
         var all = new List<float[]> { gen.Prefill(state, hook, CancellationToken.None) };
         for (int i = 0; i < steps; i++) all.Add(gen.Step(CpuOps.ArgMax(all[^1])));
@@ -168,10 +177,7 @@ public sealed class CudaModelTests(TwoBackendFixture fx, ITestOutputHelper outpu
         var reference = TestData.References[3];
         var pixels = fx.Pixels(TestData.Dev.Single(r => r.Id == reference.Id).Image);
         var withLogits = TwoBackendFixture.Run(fx.Gpu, reference.InputIds, pixels, steps: 3);
-        var vision = fx.Gpu.VisionForward(pixels);
-        SequenceState state;
-        using (var rows = fx.Gpu.ProjectImage(vision)) state = fx.Gpu.BuildSequence(reference.InputIds, [rows]);
-        vision.Device!.Release();
+        var state = TwoBackendFixture.Sequence(fx.Gpu, reference.InputIds, pixels);
         using var gen = fx.Gpu.StartGeneration(3);
         int next = CpuOps.ArgMax(gen.Prefill(state, null, CancellationToken.None));
         for (int s = 1; s <= 3; s++)
@@ -218,10 +224,7 @@ public sealed class CudaGraphOptionTests(TwoBackendFixture fx) : IClassFixture<T
         var reference = TestData.References[4];
         var pixels = fx.Pixels(TestData.Dev.Single(r => r.Id == reference.Id).Image);
         var cpu = TwoBackendFixture.Run(fx.Cpu, reference.InputIds, pixels, steps: 5);
-        var vision = fx.Gpu.VisionForward(pixels);
-        SequenceState state;
-        using (var rows = fx.Gpu.ProjectImage(vision)) state = fx.Gpu.BuildSequence(reference.InputIds, [rows]);
-        vision.Device!.Release();
+        var state = TwoBackendFixture.Sequence(fx.Gpu, reference.InputIds, pixels);
         using var gen = fx.Gpu.StartGeneration(5);
         int next = CpuOps.ArgMax(gen.Prefill(state, null, CancellationToken.None));
         var perStep = new List<AutoPrune.Diagnostics.DeviceCounters>();

@@ -32,10 +32,7 @@ public sealed class DevicePrunerParityTests(TwoBackendFixture fx, ITestOutputHel
         var session = new PruningSession(Shape, options, prefix, deviceSelection: onDevice);
         var counters = new Diagnostics.DeviceCounterSet();
         using var scope = Diagnostics.DeviceCounterSet.BeginRequest(counters);
-        var vision = fx.Gpu.VisionForward(fx.Pixels(row.Image));
-        SequenceState state;
-        using (var rows = fx.Gpu.ProjectImage(vision)) state = fx.Gpu.BuildSequence(ids, [rows]);
-        vision.Device!.Release();
+        var state = TwoBackendFixture.Sequence(fx.Gpu, ids, fx.Pixels(row.Image));
         using var gen = fx.Gpu.StartGeneration(1);
         var logits = gen.Prefill(state, session, CancellationToken.None);
         return (logits, session.Finish(state, text), counters.Snapshot());

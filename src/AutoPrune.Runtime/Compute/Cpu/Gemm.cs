@@ -95,41 +95,28 @@ internal static partial class Gemm
 
     // ---------------------------------------------------------------- cores (isa/threads explicit, for tests)
 
-    internal static unsafe void MatMulTransBCore(ReadOnlySpan<float> a, int lda, int m, int k, ReadOnlySpan<float> w, int ldw, int n,
+    internal static void MatMulTransBCore(ReadOnlySpan<float> a, int lda, int m, int k, ReadOnlySpan<float> w, int ldw, int n,
         Span<float> c, int ldc, ReadOnlySpan<float> bias, bool accumulate, GemmIsa isa, int threads)
-    {
-        Validate(a.Length, lda, m, k, c.Length, ldc, n, bias.Length);
-        ValidateRows(w.Length, ldw, n, k, nameof(w));
-        if (m == 0 || n == 0) return;
-        fixed (float* pa = a) fixed (float* pw = w) fixed (float* pc = c) fixed (float* pb = bias)
-        {
-            var job = new Job(isa, BKind.TransFloat, pa, lda, m, k, pw, ldw, n, pc, ldc, bias.IsEmpty ? null : pb, accumulate);
-            job.Execute(threads);
-        }
-    }
+        => TransBCore(BKind.TransFloat, a, lda, m, k, w, ldw, n, c, ldc, bias, accumulate, isa, threads);
 
-    internal static unsafe void MatMulTransBCore(ReadOnlySpan<float> a, int lda, int m, int k, ReadOnlySpan<Half> w, int ldw, int n,
+    internal static void MatMulTransBCore(ReadOnlySpan<float> a, int lda, int m, int k, ReadOnlySpan<Half> w, int ldw, int n,
         Span<float> c, int ldc, ReadOnlySpan<float> bias, bool accumulate, GemmIsa isa, int threads)
-    {
-        Validate(a.Length, lda, m, k, c.Length, ldc, n, bias.Length);
-        ValidateRows(w.Length, ldw, n, k, nameof(w));
-        if (m == 0 || n == 0) return;
-        fixed (float* pa = a) fixed (Half* pw = w) fixed (float* pc = c) fixed (float* pb = bias)
-        {
-            var job = new Job(isa, BKind.TransHalf, pa, lda, m, k, pw, ldw, n, pc, ldc, bias.IsEmpty ? null : pb, accumulate);
-            job.Execute(threads);
-        }
-    }
+        => TransBCore(BKind.TransHalf, a, lda, m, k, w, ldw, n, c, ldc, bias, accumulate, isa, threads);
 
-    internal static unsafe void MatMulTransBBFloat16Core(ReadOnlySpan<float> a, int lda, int m, int k, ReadOnlySpan<ushort> w, int ldw, int n,
+    internal static void MatMulTransBBFloat16Core(ReadOnlySpan<float> a, int lda, int m, int k, ReadOnlySpan<ushort> w, int ldw, int n,
         Span<float> c, int ldc, ReadOnlySpan<float> bias, bool accumulate, GemmIsa isa, int threads)
+        => TransBCore(BKind.TransBFloat16, a, lda, m, k, w, ldw, n, c, ldc, bias, accumulate, isa, threads);
+
+    /// <summary>C = A · Wᵀ for W of element type <typeparamref name="TW"/> (fp32, or fp16/bf16 widened per tile as <paramref name="kind"/> says).</summary>
+    private static unsafe void TransBCore<TW>(BKind kind, ReadOnlySpan<float> a, int lda, int m, int k, ReadOnlySpan<TW> w, int ldw, int n,
+        Span<float> c, int ldc, ReadOnlySpan<float> bias, bool accumulate, GemmIsa isa, int threads) where TW : unmanaged
     {
         Validate(a.Length, lda, m, k, c.Length, ldc, n, bias.Length);
         ValidateRows(w.Length, ldw, n, k, nameof(w));
         if (m == 0 || n == 0) return;
-        fixed (float* pa = a) fixed (ushort* pw = w) fixed (float* pc = c) fixed (float* pb = bias)
+        fixed (float* pa = a) fixed (TW* pw = w) fixed (float* pc = c) fixed (float* pb = bias)
         {
-            var job = new Job(isa, BKind.TransBFloat16, pa, lda, m, k, pw, ldw, n, pc, ldc, bias.IsEmpty ? null : pb, accumulate);
+            var job = new Job(isa, kind, pa, lda, m, k, pw, ldw, n, pc, ldc, bias.IsEmpty ? null : pb, accumulate);
             job.Execute(threads);
         }
     }

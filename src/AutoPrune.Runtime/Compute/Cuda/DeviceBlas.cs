@@ -182,18 +182,13 @@ internal sealed class DeviceBlas : IDisposable
 
     /// <summary>c[m, n] (+)= a[m, k] · w[n, k]ᵀ with fp16 a and w; c fp32 (a linear layer without bias).</summary>
     public void Linear(ArrayView<ushort> a, int m, int k, ArrayView<ushort> w, int n, ArrayView<float> c, bool accumulate = false)
-    {
-        if (m == 0) return;
-        Check(a, (long)m * k, "input");
-        Check(w, (long)n * k, "weight");
-        Check(c, (long)m * n, "output");
-        var g = MapTransB(m, k, n, aRowStride: k, wRowStride: k, cRowStride: n);
-        Counters.Blas();
-        _exec.Run(g with { A = Ptr(w), B = Ptr(a), C = Ptr(c), CType = CuBlas.CudaR32F, Beta = accumulate ? 1f : 0f });
-    }
+        => Linear(a, m, k, w, n, c, CuBlas.CudaR32F, accumulate ? 1f : 0f);
 
     /// <summary>c[m, n] = a[m, k] · w[n, k]ᵀ rounded to fp16 (for an output the next kernel reads in fp16).</summary>
     public void LinearToHalf(ArrayView<ushort> a, int m, int k, ArrayView<ushort> w, int n, ArrayView<ushort> c)
+        => Linear(a, m, k, w, n, c, CuBlas.CudaR16F, 0f);
+
+    private void Linear<TC>(ArrayView<ushort> a, int m, int k, ArrayView<ushort> w, int n, ArrayView<TC> c, int cType, float beta) where TC : unmanaged
     {
         if (m == 0) return;
         Check(a, (long)m * k, "input");
@@ -201,7 +196,7 @@ internal sealed class DeviceBlas : IDisposable
         Check(c, (long)m * n, "output");
         var g = MapTransB(m, k, n, aRowStride: k, wRowStride: k, cRowStride: n);
         Counters.Blas();
-        _exec.Run(g with { A = Ptr(w), B = Ptr(a), C = Ptr(c), CType = CuBlas.CudaR16F, Beta = 0f });
+        _exec.Run(g with { A = Ptr(w), B = Ptr(a), C = Ptr(c), CType = cType, Beta = beta });
     }
 
     /// <summary>

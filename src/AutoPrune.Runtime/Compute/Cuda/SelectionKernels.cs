@@ -87,11 +87,15 @@ internal static class SelectionKernels
             }
             Group.Barrier();
         }
-        WriteKeptPlan(kept, keptLocal, plan, V, p.K, p.Prefix, 0, p.Text, tid, step);
+        WriteKeptPlan(kept, keptLocal, plan, V, p.K, p.Prefix, 0, p.Text, 1, tid, step);
     }
 
-    /// <summary>The kept tokens in ascending order and the plan: prefix rows, kept rows, Merged merged rows, text rows.</summary>
-    private static void WriteKeptPlan(ArrayView<int> kept, ArrayView<int> keptLocal, ArrayView<int> plan, int V, int K, int prefix, int merged, int text, int tid, int step)
+    /// <summary>
+    /// From the kept flags (one thread of a group at a time over the tokens): the kept tokens in ascending order and,
+    /// with writePlan, the new sequence's plan: prefix rows, kept rows, merged rows (-1, -2, ...), text rows.
+    /// </summary>
+    internal static void WriteKeptPlan(ArrayView<int> kept, ArrayView<int> keptLocal, ArrayView<int> plan, int V, int K, int prefix, int merged, int text,
+        int writePlan, int tid, int step)
     {
         for (int i = tid; i < V; i += step)
         {
@@ -99,8 +103,9 @@ internal static class SelectionKernels
             int slot = 0;
             for (int j = 0; j < i; j++) slot += kept[j];
             keptLocal[slot] = i;
-            plan[prefix + slot] = prefix + i;
+            if (writePlan != 0) plan[prefix + slot] = prefix + i;
         }
+        if (writePlan == 0) return;
         for (int r = tid; r < prefix; r += step) plan[r] = r;
         for (int m = tid; m < merged; m += step) plan[prefix + K + m] = -m - 1;
         for (int t = tid; t < text; t += step) plan[prefix + K + merged + t] = prefix + V + t;

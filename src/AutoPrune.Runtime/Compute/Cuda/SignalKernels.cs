@@ -117,20 +117,7 @@ internal static class SignalKernels
             kept[i] = rank < p.K ? 1 : 0;
         }
         Group.Barrier();
-        for (int i = tid; i < p.V; i += step)
-        {
-            if (kept[i] == 0) continue;
-            int slot = 0;
-            for (int j = 0; j < i; j++) slot += kept[j];
-            keptLocal[slot] = i;
-            if (p.WritePlan != 0) plan[p.Prefix + slot] = p.Prefix + i;
-        }
-        if (p.WritePlan != 0)
-        {
-            for (int r = tid; r < p.Prefix; r += step) plan[r] = r;
-            for (int m = tid; m < p.Merged; m += step) plan[p.Prefix + p.K + m] = -m - 1;
-            for (int t = tid; t < p.Text; t += step) plan[p.Prefix + p.K + p.Merged + t] = p.Prefix + p.V + t;
-        }
+        SelectionKernels.WriteKeptPlan(kept, keptLocal, plan, p.V, p.K, p.Prefix, p.Merged, p.Text, p.WritePlan, tid, step);
     }
 
     /// <summary>

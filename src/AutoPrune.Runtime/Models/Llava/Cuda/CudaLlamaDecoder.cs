@@ -13,7 +13,7 @@ namespace AutoPrune.Models.Llava.Cuda;
 /// sequences are built on the device from token ids) and the RoPE tables. The computation is per request, in
 /// <see cref="CudaGeneration"/>.
 /// </summary>
-internal sealed class CudaLlamaDecoder : IDisposable
+internal sealed class CudaLlamaDecoder : DeviceWeightSet
 {
     internal sealed class Layer
     {
@@ -23,7 +23,6 @@ internal sealed class CudaLlamaDecoder : IDisposable
     }
 
     private readonly LlamaTextConfig _cfg;
-    private readonly List<IDisposable> _owned = [];
 
     public Layer[] Layers { get; }
     public DeviceNorm FinalNorm { get; }
@@ -90,17 +89,5 @@ internal sealed class CudaLlamaDecoder : IDisposable
             Dispose();
             throw;
         }
-    }
-
-    private T Own<T>(T d) where T : IDisposable
-    {
-        _owned.Add(d);
-        return d;
-    }
-
-    public void Dispose()
-    {
-        for (int i = _owned.Count - 1; i >= 0; i--) _owned[i].Dispose();
-        _owned.Clear();
     }
 }

@@ -13,7 +13,7 @@ namespace AutoPrune.Models.Llava.Cuda;
 /// [CLS] attention and the patch keys stay on the device (<see cref="DeviceVisionFeatures"/>). Its buffers are the
 /// model's own and never move, so one forward can be captured as a CUDA graph and replayed per image.
 /// </summary>
-internal sealed class CudaVisionTower : IDisposable
+internal sealed class CudaVisionTower : DeviceWeightSet
 {
     private sealed class Layer
     {
@@ -29,7 +29,6 @@ internal sealed class CudaVisionTower : IDisposable
     private readonly DeviceBuffer<float> _classEmbedding, _positionEmbedding;
     private readonly DeviceNorm _preLayerNorm;
     private readonly Layer[] _layers;
-    private readonly List<IDisposable> _owned = [];
     private Buffers? _b;
     private CudaGraph? _graph;
     private int _forwards;
@@ -98,12 +97,6 @@ internal sealed class CudaVisionTower : IDisposable
             Dispose();
             throw;
         }
-    }
-
-    private T Own<T>(T d) where T : IDisposable
-    {
-        _owned.Add(d);
-        return d;
     }
 
     public int Grid => _cfg.ImageSize / _cfg.PatchSize;
@@ -195,11 +188,10 @@ internal sealed class CudaVisionTower : IDisposable
         }
     }
 
-    public void Dispose()
+    public override void Dispose()
     {
         _graph?.Dispose();
         _b?.Dispose();
-        for (int i = _owned.Count - 1; i >= 0; i--) _owned[i].Dispose();
-        _owned.Clear();
+        base.Dispose();
     }
 }
