@@ -221,7 +221,16 @@ public static class SpeedBenchmark
         var session = new PruningSession(shape, options, prefix);
         session.SetVision(vision);
         var sw = Stopwatch.StartNew();
-        var state = SequenceBuilder.Build(model, ids, [projected]);
+        // Policies that choose before the LLM (VisionZip, DivPrune) shorten the prompt; their selection is timed too.
+        SequenceState state;
+        if (session.Policy.SelectBeforeLlm(vision, (features, rows) => model.Project(features, rows)) is { } selected)
+        {
+            state = SequenceBuilder.Build(model, Generation.InferencePipeline.ShortenImageRun(ids, model.Config.ImageTokenIndex, selected.Count), [selected.Projected], [selected.VisualIndex]);
+            if (selected.OriginalPositions)
+                PreLlmSelection.RestoreOriginalPositions(state.Positions, prefix, selected.VisualIndex, model.TokensPerImage, vision.Patches);
+        }
+        else
+            state = SequenceBuilder.Build(model, ids, [projected]);
         using var gen = model.StartGeneration(1);
         gen.Prefill(state, session.NeedsDecoderHook ? session : null, CancellationToken.None);
         double ms = sw.Elapsed.TotalMilliseconds;

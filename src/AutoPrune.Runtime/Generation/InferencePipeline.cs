@@ -19,7 +19,11 @@ internal sealed class InferencePipeline(ILlavaBackend model, LlavaTokenizer toke
     ModelShape shape, LruCache<string, EncodedImage> visionCache, bool padToSquare)
 {
     /// <summary>The projected visual tokens of each image and the prompt ids they go into.</summary>
-    internal sealed record EncodedImages(int[] Ids, List<float[]> Projected, List<int[]>? VisualIndices, PruningSession Session, double PreprocessMs, double VisionMs);
+    internal sealed record EncodedImages(int[] Ids, List<float[]> Projected, List<int[]>? VisualIndices, PruningSession Session, double PreprocessMs, double VisionMs)
+    {
+        /// <summary>What a policy chose before the LLM (VisionZip, DivPrune, AutoPrune's selection before layer 0), if anything.</summary>
+        public PreLlmSelection? Selected { get; init; }
+    }
 
     /// <summary>The decoder state after the prompt, with the logits at its last position and what pruning did.</summary>
     internal sealed record PrefilledPrompt(IGeneration Generation, float[] Logits, PruningReport Report, double PrefillMs);
@@ -50,6 +54,7 @@ internal sealed class InferencePipeline(ILlavaBackend model, LlavaTokenizer toke
         var ids = p.Ids;
         var projected = new List<float[]>(p.Request.Images.Count);
         List<int[]>? visualIndices = anyRes is null ? null : [];
+        PreLlmSelection? selected = null;
         double preprocessMs = 0;
         for (int i = 0; i < p.Request.Images.Count; i++)
         {
@@ -89,17 +94,18 @@ internal sealed class InferencePipeline(ILlavaBackend model, LlavaTokenizer toke
             }
             var vision = encoded.Views[0];
             session.SetVision(vision);
-            if (p.Pruning.Method == PruningMethod.VisionZip)
+            // Policies that choose before the LLM (VisionZip, DivPrune, AutoPrune's selection before layer 0) hand back the rows that enter it.
+            if (session.Policy.SelectBeforeLlm(vision, (features, rows) => model.Project(features, rows)) is { } chosen)
             {
-                var zip = ((VisionZipPolicy)session.Policy).Select(vision);
-                projected.Add(model.Project(zip.Hidden, zip.Count));
-                visualIndices = [[.. zip.Dominant, .. Enumerable.Repeat(SequenceState.MergedRow, zip.ContextualTargets.Length)]];
-                ids = ShortenImageRun(ids, imageToken, zip.Count);
+                selected = chosen;
+                projected.Add(chosen.Projected);
+                visualIndices = [chosen.VisualIndex];
+                ids = ShortenImageRun(ids, imageToken, chosen.Count);
             }
             else
                 projected.Add(model.Project(vision.Features, vision.Tokens));
         }
-        return new EncodedImages(ids, projected, visualIndices, session, preprocessMs, sw.Elapsed.TotalMilliseconds - preprocessMs);
+        return new EncodedImages(ids, projected, visualIndices, session, preprocessMs, sw.Elapsed.TotalMilliseconds - preprocessMs) { Selected = selected };
     }
 
     /// <summary>Decodes and resizes a LLaVA-1.5 image (its own span, timed into <paramref name="preprocessMs"/>).</summary>
@@ -122,6 +128,8 @@ internal sealed class InferencePipeline(ILlavaBackend model, LlavaTokenizer toke
         var state = SequenceBuilder.Build(model, ids, encoded.Projected, encoded.VisualIndices);
         int visualInPrompt = ids.Count(t => t == model.Config.ImageTokenIndex);
         int prefix = Math.Max(0, Array.IndexOf(ids, model.Config.ImageTokenIndex));
+        if (encoded.Selected is { OriginalPositions: true } chosen)
+            PreLlmSelection.RestoreOriginalPositions(state.Positions, prefix, chosen.VisualIndex, model.TokensPerImage, shape.GridSize * shape.GridSize);
         var generation = model.StartGeneration(p.MaxNew);
         try
         {

@@ -19,4 +19,10 @@ internal abstract class LayerView
 
     /// <summary>The next layer's queries and keys (with its input norm and, optionally, RoPE) on the current output.</summary>
     public abstract (float[] Q, float[] K) NextLayerQueryKeys(bool rope = true);
+
+    /// <summary>This layer's keys after RoPE, as its KV cache holds them: [n, kvHeads*headDim].</summary>
+    public abstract float[] Keys();
+
+    /// <summary>The model's final RMSNorm (<c>model.norm</c>) applied to the given rows of the current hidden states: [rows, hidden].</summary>
+    public abstract float[] FinalNorm(ReadOnlySpan<int> rows);
 }

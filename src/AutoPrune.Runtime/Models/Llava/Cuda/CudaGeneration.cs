@@ -263,6 +263,12 @@ internal sealed class CudaGeneration : IGeneration
         return result.Download(0, size);
     }
 
+    /// <summary>The current layer's keys after RoPE (fp32, as the policies read them): [n, kvHeads*headDim] (host).</summary>
+    internal float[] LayerKeys(int n) => _k.Buffer.Download(0, (long)n * Kvd);
+
+    /// <summary>The final RMSNorm's weights on the host (read once), for policies that compare normalised hidden states.</summary>
+    internal NormWeights HostFinalNorm => _m.HostFinalNorm;
+
     /// <summary>Layer <paramref name="layer"/>'s queries and keys (its input norm and optionally RoPE) on the current hidden states.</summary>
     internal (float[] Q, float[] K) QueryKeys(int layer, int n, bool rope)
     {
@@ -311,4 +317,8 @@ internal sealed class CudaLayerView : LayerView
     public override float[] AttentionRows(ReadOnlySpan<int> rows) => _gen.AttentionRows(rows, State.Length);
 
     public override (float[] Q, float[] K) NextLayerQueryKeys(bool rope = true) => _gen.QueryKeys(Layer + 1, State.Length, rope);
+
+    public override float[] Keys() => _gen.LayerKeys(State.Length);
+
+    public override float[] FinalNorm(ReadOnlySpan<int> rows) => LlamaDecoder.FinalNormRows(State.Hidden, rows, State.Hidden.Length / State.Length, _gen.HostFinalNorm);
 }

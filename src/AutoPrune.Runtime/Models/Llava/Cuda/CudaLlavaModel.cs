@@ -101,6 +101,10 @@ internal sealed class CudaLlavaModel : ILlavaBackend
     private readonly LlamaTextConfig _tcfg;
     internal readonly DecoderLayer[] Layers;
     internal readonly DeviceNorm FinalNorm;
+    private NormWeights? _hostFinalNorm;
+
+    /// <summary>The final RMSNorm's weights copied to the host once (for policies that compare normalised hidden states).</summary>
+    internal NormWeights HostFinalNorm => _hostFinalNorm ??= new NormWeights(FinalNorm.Weight.Download(0, FinalNorm.Weight.Length), null, FinalNorm.Eps);
     internal readonly DeviceLinear LmHead;
     private readonly Half[] _embed; // host copy for building sequences: [vocab, hidden]
     internal readonly DeviceBuffer<float> RopeCos, RopeSin;
