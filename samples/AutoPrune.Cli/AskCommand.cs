@@ -24,10 +24,11 @@ public static class AskCommand
         var json = new Option<bool>("--json") { Description = "Print one JSON object instead of text." };
         var stream = new Option<bool>("--stream") { Description = "Print tokens as they are generated." };
         var cudaGraphs = CommonOptions.CudaGraphs();
+        var options = CommonOptions.OptionsFile();
 
         var cmd = new Command("ask", "Answer a question about one or more images, or without one.")
         {
-            image, question, model, device, method, budget, accounting, maxTokens, temperature, topP, seed, pad, json, stream, cudaGraphs,
+            image, question, model, device, method, budget, accounting, maxTokens, temperature, topP, seed, pad, json, stream, cudaGraphs, options,
         };
         cmd.SetAction((parse, ct) => CommonOptions.Guard(async () =>
         {
@@ -46,7 +47,7 @@ public static class AskCommand
                     TopP = parse.GetValue(topP),
                     Seed = parse.GetValue(seed),
                 },
-            }, parse, method, budget, accounting);
+            }, parse, options, method, budget, accounting);
             VisionAnswer? answer = null;
             bool streaming = parse.GetValue(stream) && !asJson;
             await foreach (var chunk in vlm.StreamAsync(request, ct))

@@ -64,6 +64,14 @@ internal static class CommonOptions
         DefaultValueFactory = _ => 128,
     };
 
+    /// <summary><c>--options FILE</c>: pruning options as JSON (written by <c>recommend</c>, or by hand).</summary>
+    public static Option<FileInfo?> OptionsFile() => new("--options")
+    {
+        Description = "Pruning options file (JSON: Method, Budget, constants, AutoPrune calibration; what 'recommend' writes). Explicit --method/--budget win over it.",
+    };
+
+    public static AutoPrune.Pruning.PruningOptions? LoadOptionsFile(FileInfo? file) => file is null ? null : AutoPrune.Pruning.PruningOptions.Load(file.FullName);
+
     public static Option<string> Accounting()
     {
         var o = new Option<string>("--budget-accounting") { Description = "processed (average tokens each decoder layer really processes) or published (each paper's convention).", DefaultValueFactory = _ => "processed" };
@@ -71,21 +79,32 @@ internal static class CommonOptions
         return o;
     }
 
-    public static PruningOptions Pruning(string method, double budget, string accounting) => new()
+    /// <summary>
+    /// The pruning options of a command: the <c>--options</c> file when given (else the defaults), with <c>--method</c>,
+    /// <c>--budget</c> and <c>--budget-accounting</c> applied over it when they were given explicitly (or when there is no file).
+    /// </summary>
+    public static PruningOptions Pruning(ParseResult parse, Option<FileInfo?> optionsFile, Option<string> method, Option<double> budget, Option<string>? accounting)
     {
-        Method = PruningMethods.Parse(method, "--method"),
-        Budget = budget,
-        Accounting = accounting == "published" ? BudgetAccounting.Published : BudgetAccounting.Processed,
-    };
+        var file = LoadOptionsFile(parse.GetValue(optionsFile));
+        var o = file ?? new PruningOptions();
+        bool Set(Option opt) => file is null || Given(parse, opt);
+        if (Set(method)) o = o with { Method = PruningMethods.Parse(parse.GetValue(method)!, "--method") };
+        if (Set(budget)) o = o with { Budget = parse.GetValue(budget) };
+        if (accounting is not null && Set(accounting))
+            o = o with { Accounting = parse.GetValue(accounting) == "published" ? BudgetAccounting.Published : BudgetAccounting.Processed };
+        return o;
+    }
 
     /// <summary>
-    /// The request's pruning from --method/--budget: a method given on the command line is explicit (a request it cannot
-    /// serve is an error); the default method falls back to none on such a request, and the report's notes say why.
+    /// The request's pruning from --options/--method/--budget: a method given on the command line or in an options file is
+    /// explicit (a request it cannot serve is an error); the default method falls back to none on such a request, and the
+    /// report's notes say why.
     /// </summary>
-    public static VisionRequest WithPruning(VisionRequest request, ParseResult parse, Option<string> method, Option<double> budget, Option<string> accounting)
+    public static VisionRequest WithPruning(VisionRequest request, ParseResult parse, Option<FileInfo?> optionsFile, Option<string> method, Option<double> budget, Option<string> accounting)
     {
-        var pruning = Pruning(parse.GetValue(method)!, parse.GetValue(budget), parse.GetValue(accounting)!);
-        return Given(parse, method) ? request with { Pruning = pruning } : request with { DefaultPruning = pruning };
+        var pruning = Pruning(parse, optionsFile, method, budget, accounting);
+        bool explicitly = Given(parse, method) || parse.GetValue(optionsFile) is not null;
+        return explicitly ? request with { Pruning = pruning } : request with { DefaultPruning = pruning };
     }
 
     /// <summary>One line on what pruning did and what it cost, for humans.</summary>
@@ -115,6 +134,22 @@ internal static class CommonOptions
             task.Value = 1.0;
         });
         return model!;
+    }
+
+    /// <summary>Writes a text file, creating its folder; a path that is a directory or cannot be written is a clear error.</summary>
+    public static void WriteFile(string path, string text)
+    {
+        var full = Path.GetFullPath(path);
+        if (Directory.Exists(full)) throw new ArgumentException($"Cannot write '{full}': it is a directory.");
+        try
+        {
+            if (Path.GetDirectoryName(full) is { } dir) Directory.CreateDirectory(dir);
+            File.WriteAllText(full, text);
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+        {
+            throw new ArgumentException($"Cannot write '{full}': {e.Message}");
+        }
     }
 
     /// <summary>

@@ -29,10 +29,16 @@ public static class EvalCommand
         var parallel = new Option<int>("--parallel") { Description = "Rows in flight at once (the model's MaxConcurrentRequests).", DefaultValueFactory = _ => 1 };
         var keepIndices = new Option<bool>("--keep-indices") { Description = "Also write each answer's kept visual-token indices per layer to predictions.jsonl (large)." };
         var pad = new Option<bool>("--pad-to-square") { Description = "LLaVA-1.5's pad-to-square preprocessing." };
+        var options = CommonOptions.OptionsFile();
+        var variants = new Option<string[]>("--variant")
+        {
+            Description = "A labelled variant NAME=FILE: the pruning options in FILE (method and constants) at every budget of --budgets, as one more row group. Repeatable.",
+            AllowMultipleArgumentsPerToken = false,
+        };
 
         var cmd = new Command("eval", "Accuracy against compute: every method at every budget on a VQA jsonl file, with a table, a plot and per-answer reports.")
         {
-            data, imagesRoot, allowAbsolute, methods, budgets, accounting, limit, model, device, outDir, maxTokens, parallel, keepIndices, pad,
+            data, imagesRoot, allowAbsolute, methods, budgets, accounting, limit, model, device, outDir, maxTokens, parallel, keepIndices, pad, options, variants,
         };
         cmd.SetAction((parse, ct) => CommonOptions.Guard(async () =>
         {
@@ -52,6 +58,8 @@ public static class EvalCommand
                 Parallel = parse.GetValue(parallel),
                 KeepIndices = parse.GetValue(keepIndices),
                 PadToSquare = parse.GetValue(pad),
+                BaseOptions = CommonOptions.LoadOptionsFile(parse.GetValue(options)),
+                Variants = ParseVariants(parse.GetValue(variants) ?? []),
                 CommandLine = "autoprune " + string.Join(' ', parse.Tokens.Select(t => t.Value.Contains(' ') ? $"\"{t.Value}\"" : t.Value)),
             };
             CommonOptions.InRange(settings.Parallel, 1, MaxParallel, "--parallel");
@@ -74,6 +82,22 @@ public static class EvalCommand
         var list = parts.Select(m => PruningMethods.Name(PruningMethods.Parse(m, "--methods"))).ToList();
         if (list.Count == 0) throw new ArgumentException("--methods is empty.");
         return ["none", .. list.Where(m => m != "none").Distinct()];
+    }
+
+    /// <summary>NAME=FILE pairs: each file's pruning options become a labelled row group.</summary>
+    public static IReadOnlyList<EvalVariant> ParseVariants(IEnumerable<string> specs)
+    {
+        var list = new List<EvalVariant>();
+        foreach (var spec in specs)
+        {
+            int eq = spec.IndexOf('=');
+            if (eq <= 0 || eq == spec.Length - 1) throw new ArgumentException($"--variant '{spec}' must be NAME=FILE (a label and a pruning options file).");
+            string name = spec[..eq].Trim();
+            if (PruningMethods.TryParse(name, out _) || list.Any(v => v.Name == name))
+                throw new ArgumentException($"--variant name '{name}' is a method name or used twice; choose another label.");
+            list.Add(new EvalVariant(name, PruningOptions.Load(spec[(eq + 1)..].Trim())));
+        }
+        return list;
     }
 
     public static IReadOnlyList<double> ParseBudgets(string s)
@@ -106,11 +130,20 @@ public sealed record EvalSettings
     public int Parallel { get; init; } = 1;
     public bool KeepIndices { get; init; }
     public bool PadToSquare { get; init; }
+    /// <summary>Options every method starts from (constants, calibration); method, budget and accounting are set per combination.</summary>
+    public PruningOptions? BaseOptions { get; init; }
+    public IReadOnlyList<EvalVariant> Variants { get; init; } = [];
     public string CommandLine { get; init; } = "";
 }
 
-/// <summary>One method at one budget: what runs for every row, or why it is skipped.</summary>
-public sealed record EvalCombo(int Index, string Method, double Budget, string? SkipReason);
+/// <summary>A labelled set of pruning options evaluated at every budget.</summary>
+public sealed record EvalVariant(string Name, PruningOptions Options);
+
+/// <summary>One method (or labelled variant) at one budget: the options every row runs with, or why it is skipped.</summary>
+public sealed record EvalCombo(int Index, string Method, double Budget, string? SkipReason)
+{
+    public PruningOptions Options { get; init; } = new();
+}
 
 /// <summary>One answer of one row for one combination.</summary>
 public sealed record EvalPrediction(EvalRow Row, EvalCombo Combo, VisionAnswer? Answer, string? Error, double TowerMs)
@@ -165,7 +198,7 @@ public static class EvalRunner
                 var request = VisionRequest.Create(row.Question, ImageInput.FromFile(row.ImagePath)) with
                 {
                     Generation = new GenerationOptions { MaxNewTokens = s.MaxNewTokens },
-                    Pruning = new PruningOptions { Method = PruningMethods.Parse(c.Method), Budget = c.Budget, Accounting = s.Accounting },
+                    Pruning = c.Options,
                 };
                 try
                 {
@@ -245,23 +278,30 @@ public static class EvalRunner
         return run;
     }
 
-    /// <summary>'none' once (the full budget), then every other method at every budget; infeasible budgets are skipped with the reason.</summary>
+    /// <summary>
+    /// 'none' once (the full budget), then every other method at every budget, then every variant at every budget;
+    /// infeasible budgets are skipped with the reason.
+    /// </summary>
     public static List<EvalCombo> BuildCombos(EvalSettings s, ModelShape shape)
     {
-        var combos = new List<EvalCombo> { new(0, "none", shape.VisualTokens, null) };
-        foreach (var m in s.Methods.Where(m => m != "none"))
+        var start = s.BaseOptions ?? new PruningOptions();
+        var combos = new List<EvalCombo> { new(0, "none", shape.VisualTokens, null) { Options = start with { Method = PruningMethod.None, Accounting = s.Accounting } } };
+        var groups = s.Methods.Where(m => m != "none").Select(m => (Label: m, Options: start with { Method = PruningMethods.Parse(m, "--methods") }))
+            .Concat(s.Variants.Select(v => (Label: v.Name, v.Options)));
+        foreach (var (label, template) in groups)
             foreach (var b in s.Budgets)
             {
+                var options = template with { Budget = b, Accounting = s.Accounting };
                 string? skip = null;
                 try
                 {
                     double tokens = AutoPrune.Pruning.Budget.Resolve(b, shape.VisualTokens);
-                    double min = AutoPrune.Pruning.Budget.MinimumFeasible(PruningMethods.Parse(m), s.Accounting, shape);
+                    double min = AutoPrune.Pruning.Budget.MinimumFeasible(options.Method, s.Accounting, shape, options);
                     if (tokens + 1e-9 < min)
-                        skip = $"infeasible: {m} cannot average fewer than {min.ToString("0.#", CultureInfo.InvariantCulture)} {s.Accounting.ToString().ToLowerInvariant()} visual tokens per layer on this {shape.Layers}-layer model (smallest feasible budget {Math.Ceiling(min - 1e-9)})";
+                        skip = $"infeasible: {label} cannot average fewer than {min.ToString("0.#", CultureInfo.InvariantCulture)} {s.Accounting.ToString().ToLowerInvariant()} visual tokens per layer on this {shape.Layers}-layer model (smallest feasible budget {Math.Ceiling(min - 1e-9)})";
                 }
                 catch (ArgumentException e) { skip = e.Message; }
-                combos.Add(new EvalCombo(combos.Count, m, b, skip));
+                combos.Add(new EvalCombo(combos.Count, label, b, skip) { Options = options });
             }
         return combos;
     }

@@ -13,6 +13,7 @@ public sealed record BadRow(int Line, string Reason);
 public static class EvalData
 {
     private static readonly string[] Required = ["id", "image", "question", "answer"];
+    private static readonly string[] RequiredWithoutAnswer = ["id", "image", "question"];
 
     /// <summary>Answers are compared after trimming and case folding.</summary>
     public static string Normalize(string s) => s.Trim().ToLowerInvariant();
@@ -33,8 +34,10 @@ public static class EvalData
     /// makes a <see cref="BadRow"/>; the message of a path outside the root never says whether it exists.
     /// <paramref name="limit"/> caps the number of good rows.
     /// </summary>
-    public static (List<EvalRow> Rows, List<BadRow> Bad) Read(string path, string? imagesRoot, int? limit = null, bool allowAbsolutePaths = false)
+    /// <param name="requireAnswer">False for uses that only ask (calibration): rows without an answer are kept.</param>
+    public static (List<EvalRow> Rows, List<BadRow> Bad) Read(string path, string? imagesRoot, int? limit = null, bool allowAbsolutePaths = false, bool requireAnswer = true)
     {
+        var required = requireAnswer ? Required : RequiredWithoutAnswer;
         string full = Path.GetFullPath(path);
         var lines = InputFile.ReadLines(full, MaxDataBytes, MaxLineChars, "Data file"); // a FIFO, a device or a folder fails here
         string root = Path.TrimEndingDirectorySeparator(Path.GetFullPath(imagesRoot ?? Path.GetDirectoryName(full)!));
@@ -67,7 +70,7 @@ public static class EvalData
                     continue;
                 }
                 var o = doc.RootElement;
-                var missing = Required.Where(f => !o.TryGetProperty(f, out var v) || v.ValueKind is JsonValueKind.Null || Scalar(v).Length == 0).ToList();
+                var missing = required.Where(f => !o.TryGetProperty(f, out var v) || v.ValueKind is JsonValueKind.Null || Scalar(v).Length == 0).ToList();
                 if (missing.Count > 0)
                 {
                     bad.Add(new BadRow(lineNo, $"missing field{(missing.Count > 1 ? "s" : "")} {string.Join(", ", missing.Select(m => $"'{m}'"))}"));
@@ -80,7 +83,7 @@ public static class EvalData
                     continue;
                 }
                 string? type = o.TryGetProperty("type", out var t) && t.ValueKind != JsonValueKind.Null ? Scalar(t) : null;
-                rows.Add(new EvalRow(lineNo, Scalar(o.GetProperty("id")), imagePath, Scalar(o.GetProperty("question")), Scalar(o.GetProperty("answer")),
+                rows.Add(new EvalRow(lineNo, Scalar(o.GetProperty("id")), imagePath, Scalar(o.GetProperty("question")), o.TryGetProperty("answer", out var ans) ? Scalar(ans) : "",
                     string.IsNullOrEmpty(type) ? null : type));
             }
         }

@@ -17,9 +17,10 @@ public static class ExplainCommand
         var accounting = CommonOptions.Accounting();
         var layers = new Option<string?>("--layers") { Description = "Comma-separated decoder layers to draw (default: up to six spread over the depth)." };
         var output = new Option<FileInfo>("--out", "-o") { Description = "PNG to write.", DefaultValueFactory = _ => new FileInfo("explain.png") };
+        var options = CommonOptions.OptionsFile();
         var cmd = new Command("explain", "Answer, then draw the image with the patches each chosen layer still processed.")
         {
-            image, question, model, device, method, budget, accounting, layers, output,
+            image, question, model, device, method, budget, accounting, layers, output, options,
         };
         cmd.SetAction((parse, ct) => CommonOptions.Guard(async () =>
         {
@@ -31,7 +32,7 @@ public static class ExplainCommand
                 throw new NotSupportedException("explain does not draw LLaVA-NeXT (anyres) images yet: their patches come from a base view and tiles, and pruning does not run on them yet.");
             var request = VisionRequest.Create(parse.GetValue(question)!, ImageInput.FromFile(img.FullName)) with
             {
-                Pruning = CommonOptions.Pruning(parse.GetValue(method)!, parse.GetValue(budget), parse.GetValue(accounting)!),
+                Pruning = CommonOptions.Pruning(parse, options, method, budget, accounting),
             };
             var answer = await vlm.AskAsync(request, ct);
             int[]? chosen = parse.GetValue(layers) is { Length: > 0 } s

@@ -7,4 +7,6 @@ root.Subcommands.Add(ExplainCommand.Create());
 root.Subcommands.Add(EvalCommand.Create());
 root.Subcommands.Add(BenchCommand.Create());
 root.Subcommands.Add(VerifyCommand.Create());
+root.Subcommands.Add(CalibrateCommand.Create());
+root.Subcommands.Add(RecommendCommand.Create());
 return await root.Parse(args).InvokeAsync();

@@ -27,9 +27,10 @@ public static class VerifyCommand
         var tolerance = new Option<double>("--tolerance") { Description = "Largest allowed |logit difference| at the last prompt position.", DefaultValueFactory = _ => 2e-2 };
         var maxTokens = new Option<int>("--max-tokens") { Description = "Tokens generated per answer.", DefaultValueFactory = _ => 8 };
         var outFile = new Option<FileInfo?>("--out", "-o") { Description = "Write the comparison as JSON to this file." };
-        var cmd = new Command("verify", "Check a device against the CPU: same greedy answers and last-position logits within a tolerance on VQA rows.")
+        var options = CommonOptions.OptionsFile();
+        var cmd = new Command("verify", "Check a device against the CPU: same greedy answers, kept visual tokens and last-position logits within a tolerance on VQA rows.")
         {
-            data, imagesRoot, allowAbsolute, limit, model, device, method, budget, tolerance, maxTokens, outFile,
+            data, imagesRoot, allowAbsolute, limit, model, device, method, budget, tolerance, maxTokens, outFile, options,
         };
         cmd.SetAction((parse, ct) => CommonOptions.Guard(async () =>
         {
@@ -41,7 +42,7 @@ public static class VerifyCommand
             var (rows, bad) = EvalData.Read(file.FullName, parse.GetValue(imagesRoot)?.FullName, parse.GetValue(limit), parse.GetValue(allowAbsolute));
             foreach (var b in bad) CommonOptions.Err.MarkupLine(Markup.Escape($"verify: line {b.Line} skipped: {b.Reason}"));
             if (rows.Count == 0) throw new ArgumentException($"No usable rows in '{file.FullName}'.");
-            var pruning = CommonOptions.Pruning(parse.GetValue(method)!, parse.GetValue(budget), "processed");
+            var pruning = CommonOptions.Pruning(parse, options, method, budget, accounting: null);
             var items = rows.Select(r => (r.ImagePath, r.Question)).ToList();
             Task<DeviceComparisonReport> Compare(IProgress<int>? progress) => DeviceComparison.RunAsync(parse.GetValue(model)!, parse.GetValue(device)!,
                 items, pruning, parse.GetValue(maxTokens), progress: progress, ct: ct);
@@ -55,11 +56,13 @@ public static class VerifyCommand
             if (Console.IsOutputRedirected && AnsiConsole.Console.Profile.Width < 200) AnsiConsole.Console.Profile.Width = 200;
             double tol = parse.GetValue(tolerance);
             string F(double x) => x.ToString("E2", CultureInfo.InvariantCulture);
-            foreach (var d in report.Details.Where(d => !d.SameAnswer || d.MaxAbsLogitDifference > tol))
-                AnsiConsole.MarkupLine(Markup.Escape($"differs: {Path.GetFileName(d.Image)} \"{d.Question}\": cpu '{d.ReferenceAnswer}', device '{d.DeviceAnswer}', max |Δ logit| {F(d.MaxAbsLogitDifference)}"));
+            foreach (var d in report.Details.Where(d => !d.SameAnswer || !d.SameKeptTokens || d.MaxAbsLogitDifference > tol))
+                AnsiConsole.MarkupLine(Markup.Escape($"differs: {Path.GetFileName(d.Image)} \"{d.Question}\": cpu '{d.ReferenceAnswer}', device '{d.DeviceAnswer}', " +
+                    $"max |Δ logit| {F(d.MaxAbsLogitDifference)}{(d.SameKeptTokens ? "" : $", kept visual tokens differ from layer {d.FirstDifferentLayer}")}"));
             bool ok = report.Agrees(tol);
             AnsiConsole.MarkupLine(Markup.Escape(
-                $"{report.Device} vs {report.ReferenceDevice}, {report.Method}: {report.SameAnswers}/{report.Rows} answers equal, {report.SameTopTokens}/{report.Rows} first tokens equal; " +
+                $"{report.Device} vs {report.ReferenceDevice}, {report.Method}: {report.SameAnswers}/{report.Rows} answers equal, {report.SameTopTokens}/{report.Rows} first tokens equal, " +
+                $"{report.SameKeptTokens}/{report.Rows} kept-token sets equal; " +
                 $"last-position logits max |Δ| {F(report.MaxAbsLogitDifference)} (mean of row maxima {F(report.MeanMaxAbsLogitDifference)}), tolerance {F(tol)}: {(ok ? "PASS" : "FAIL")}"));
             if (parse.GetValue(outFile) is { } f)
             {

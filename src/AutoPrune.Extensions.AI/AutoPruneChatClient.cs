@@ -29,6 +29,7 @@ public sealed class AutoPruneChatClient : IChatClient
         _options.ModelDirectory ??= model.Info.Directory;
         _ = _options.DefaultMethod; // an unknown method fails here
         if (_options.Budget is double b) PruningKnobs.CheckBudget(b, nameof(AutoPruneChatClientOptions.Budget));
+        _options.Pruning = _options.BasePruning(); // an options file is read (and checked) once, now
         _model = new Lazy<VisionLanguageModel>(model);
         _ownsModel = false;
         _metadata = CreateMetadata(_options);
@@ -55,6 +56,7 @@ public sealed class AutoPruneChatClient : IChatClient
     private AutoPruneChatClient(AutoPruneChatClientOptions options, Func<AutoPruneChatClientOptions, Lazy<VisionLanguageModel>> model, bool ownsModel)
     {
         _options = options.Clone();
+        _options.Pruning = _options.BasePruning(); // an options file is read (and checked) once, now
         _model = model(_options);
         _ownsModel = ownsModel;
         _metadata = CreateMetadata(_options);

@@ -27,6 +27,16 @@ public sealed class AutoPruneChatClientOptions
     /// <summary>Visual-token budget used when a request does not give one: &gt;= 1 tokens, in (0, 1) a fraction of the visual tokens.</summary>
     public double? Budget { get; set; }
 
+    /// <summary>
+    /// Full pruning options used as the default (every method constant, AutoPrune's calibration), for example what
+    /// <c>autoprune recommend</c> writes, bound from the <c>"AutoPrune:Pruning"</c> section. <see cref="Method"/> and
+    /// <see cref="Budget"/> override its method and budget; a request's knobs override both.
+    /// </summary>
+    public PruningOptions? Pruning { get; set; }
+
+    /// <summary>A pruning options file (what <c>autoprune recommend</c> writes) read when the client is created; <see cref="Pruning"/> wins over it.</summary>
+    public string? PruningOptionsFile { get; set; }
+
     /// <summary>Largest number of tokens generated when a request does not set <c>MaxOutputTokens</c>.</summary>
     public int MaxOutputTokens { get; set; } = 64;
 
@@ -51,6 +61,27 @@ public sealed class AutoPruneChatClientOptions
 
     internal PruningMethod? DefaultMethod => Method is null ? null : PruningMethods.Parse(Method, $"'{SectionName}:{nameof(Method)}'");
 
+    /// <summary>The configured pruning options (<see cref="Pruning"/>, else the <see cref="PruningOptionsFile"/> read now), checked; null when neither is set.</summary>
+    /// <exception cref="ArgumentException">The file is missing or invalid, or a field is out of range (the message names it).</exception>
+    internal PruningOptions? BasePruning()
+    {
+        if (Pruning is { } p)
+        {
+            p.Validate($"'{SectionName}:{nameof(Pruning)}'");
+            return p;
+        }
+        return string.IsNullOrWhiteSpace(PruningOptionsFile) ? null : PruningOptions.Load(PruningOptionsFile);
+    }
+
+    /// <summary>The default pruning this configuration gives a request that names no method: the configured options with Method and Budget over them.</summary>
+    internal PruningOptions? DefaultPruning(PruningOptions? basePruning)
+    {
+        var method = DefaultMethod;
+        if (basePruning is null && method is null && Budget is null) return null;
+        var d = (basePruning ?? new PruningOptions()) with { Method = method ?? basePruning?.Method ?? PruningMethod.None };
+        return Budget is double b ? d with { Budget = b } : d;
+    }
+
     /// <summary>
     /// What would make the client fail because of these settings, without loading weights: no model directory, a bad
     /// folder or config.json, an unknown method, a budget that is not positive or not feasible for the method on this
@@ -71,8 +102,8 @@ public sealed class AutoPruneChatClientOptions
         try
         {
             if (Budget is double b) PruningKnobs.CheckBudget(b, $"{SectionName}:{nameof(Budget)}");
-            if (DefaultMethod is PruningMethod m && m != PruningMethod.None)
-                pruning = Budget is double budget ? new PruningOptions { Method = m, Budget = budget } : new PruningOptions { Method = m };
+            var d = DefaultPruning(BasePruning());
+            if (d is { Method: not PruningMethod.None }) pruning = d;
         }
         catch (ArgumentException e)
         {

@@ -70,8 +70,7 @@ internal static class ChatRequestTranslator
     internal static (PruningOptions? Explicit, PruningOptions? Default) ToPruning(ChatOptions? o, AutoPruneChatClientOptions defaults)
     {
         PruningMethod? method = null;
-        double? budget = defaults.Budget;
-        if (budget is double db) PruningKnobs.CheckBudget(db, nameof(AutoPruneChatClientOptions.Budget));
+        double? budget = null;
         var extra = o?.AdditionalProperties;
         if (extra is not null)
         {
@@ -80,14 +79,16 @@ internal static class ChatRequestTranslator
             if (extra.TryGetValue(PruningKnobs.BudgetKey, out var b) && b is not null)
                 budget = PruningKnobs.ReadBudget(b, PruningKnobs.BudgetKey);
         }
+        // The configured options (an options file or the "AutoPrune:Pruning" section, read when the client was made) with
+        // the configured Method and Budget over them: the client's default.
+        var configured = defaults.DefaultPruning(defaults.Pruning);
         if (method is PruningMethod asked)
         {
-            var p = new PruningOptions { Method = asked };
+            var p = (configured ?? new PruningOptions()) with { Method = asked };
             return (budget is double bb ? p with { Budget = bb } : p, null);
         }
-        var fallback = defaults.DefaultMethod;
-        if (fallback is null && budget is null) return (null, null); // the model's DefaultPruning applies
-        var d = new PruningOptions { Method = fallback ?? PruningMethod.None };
+        if (configured is null && budget is null) return (null, null); // the model's DefaultPruning applies
+        var d = configured ?? new PruningOptions();
         return (null, budget is double fb ? d with { Budget = fb } : d);
     }
 

@@ -19,9 +19,12 @@ public sealed record InputFileLimits
     /// <summary>An image file given by path (<see cref="ImageInput.FromFile"/>): 128 MiB. Image bytes given in memory are the caller's.</summary>
     public long ImageBytes { get; init; } = 128L << 20;
 
+    /// <summary>A pruning options file or an AutoPrune calibration file (<c>autoprune-calibration.json</c>): 1 MiB.</summary>
+    public long OptionsBytes { get; init; } = 1L << 20;
+
     internal void Validate()
     {
-        foreach (var (name, value) in new[] { (nameof(ConfigBytes), ConfigBytes), (nameof(TokenizerBytes), TokenizerBytes), (nameof(IndexBytes), IndexBytes), (nameof(ImageBytes), ImageBytes) })
+        foreach (var (name, value) in new[] { (nameof(ConfigBytes), ConfigBytes), (nameof(TokenizerBytes), TokenizerBytes), (nameof(IndexBytes), IndexBytes), (nameof(ImageBytes), ImageBytes), (nameof(OptionsBytes), OptionsBytes) })
             if (value < 1 || value > Array.MaxLength)
                 throw new ArgumentOutOfRangeException(nameof(ModelOptions.FileLimits), value, $"FileLimits.{name} must be between 1 and {Array.MaxLength:N0} bytes.");
     }

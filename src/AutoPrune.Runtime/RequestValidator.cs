@@ -46,7 +46,7 @@ internal static class RequestValidator
         if (g.MaxNewTokens < 1 || g.MaxNewTokens > options.MaxNewTokensLimit)
             throw new ArgumentOutOfRangeException(nameof(request), $"MaxNewTokens must be between 1 and {options.MaxNewTokensLimit} (got {g.MaxNewTokens}).");
         _ = new Sampler(g); // temperature, top-p and stop sequences
-        PruningOptionsChecks.Validate(request.Pruning ?? request.DefaultPruning ?? options.DefaultPruning ?? new PruningOptions(), nameof(request));
+        (request.Pruning ?? request.DefaultPruning ?? options.DefaultPruning ?? new PruningOptions()).Validate();
         return g;
     }
 

@@ -193,7 +193,21 @@ public sealed class VisionLanguageModel : IDisposable
         progress?.Report(new LoadProgress("ready", 1));
         log.LogInformation("Loaded {Dir} on {Device} in {Ms:F0} ms: {Layers} decoder layers, hidden {Hidden}, up to {Visual} visual tokens per image",
             dir, device, sw.Elapsed.TotalMilliseconds, config.TextConfig.NumHiddenLayers, config.TextConfig.HiddenSize, anyRes?.MaxTokenCount ?? model.TokensPerImage);
-        return new VisionLanguageModel(dir, model, tokenizer, images, anyRes, promptFormat, options, log);
+        var calibrationPath = Path.Combine(dir, Pruning.AutoPruneCalibration.FileName);
+        Pruning.AutoPruneCalibration? calibration = null;
+        if (File.Exists(calibrationPath))
+        {
+            try
+            {
+                calibration = Pruning.AutoPruneCalibration.Load(calibrationPath, options.FileLimits.OptionsBytes);
+                var t = config.TextConfig;
+                calibration.EnsureMatches(new Pruning.ModelShape(t.NumHiddenLayers, t.NumAttentionHeads, t.HiddenSize, t.IntermediateSize, model.TokensPerImage, model.Grid),
+                    $"AutoPrune calibration file '{calibrationPath}'");
+            }
+            catch (ArgumentException e) { model.Dispose(); throw new ModelLoadException(e.Message, dir); }
+            log.LogInformation("AutoPrune calibration from {File}: {Signal} in [{Low}, {High}] over {Samples} questions", calibrationPath, calibration.Signal, calibration.Low, calibration.High, calibration.Samples);
+        }
+        return new VisionLanguageModel(dir, model, tokenizer, images, anyRes, promptFormat, options, log) { ModelCalibration = calibration };
     }
 
     /// <summary>Loads on a worker thread.</summary>
@@ -356,12 +370,30 @@ public sealed class VisionLanguageModel : IDisposable
         if (maxNew < 1)
             throw new ArgumentException($"The prompt ({ids.Length} tokens) leaves no room to answer in the model's context of {context} tokens.", nameof(request));
         // An explicit method that cannot serve this request is an error; a default one falls back to None with a note.
-        var (pruning, note) = Pruning.PruningCapabilities.Resolve(request.Pruning, request.DefaultPruning ?? _options.DefaultPruning,
+        var (resolved, note) = Pruning.PruningCapabilities.Resolve(request.Pruning, request.DefaultPruning ?? _options.DefaultPruning,
             new Pruning.PruningRequestShape(request.Images.Count, _model.Config.IsAnyRes));
+        var pruning = WithCalibration(resolved);
         if (pruning.Method != Pruning.PruningMethod.None)
             _ = new Pruning.PruningSession(Shape, pruning, 0); // an infeasible budget fails here, before queueing
         return new PreparedRequest(request with { Generation = g }, ids, maxNew, pruning, note is null ? [] : [note], imageTokens);
     }
+
+    /// <summary>
+    /// AutoPrune's calibration for a request: the one in the options, else the file they name, else the model folder's
+    /// <c>autoprune-calibration.json</c> (read at load), else none (the scale-free default).
+    /// </summary>
+    private Pruning.PruningOptions WithCalibration(Pruning.PruningOptions pruning)
+    {
+        if (pruning.Method != Pruning.PruningMethod.AutoPrune || pruning.AutoPruneCalibration is not null) return pruning;
+        // A named file is read for each request (a small JSON file), so an edited calibration applies at once.
+        var calibration = pruning.AutoPruneCalibrationFile is { Length: > 0 } file
+            ? Pruning.AutoPruneCalibration.Load(file, _options.FileLimits.OptionsBytes)
+            : ModelCalibration;
+        return calibration is null ? pruning : pruning with { AutoPruneCalibration = calibration };
+    }
+
+    /// <summary>The AutoPrune calibration found in the model folder at load, if any.</summary>
+    public Pruning.AutoPruneCalibration? ModelCalibration { get; private init; }
 
     private ObjectDisposedException Disposed() => new(nameof(VisionLanguageModel), "The model was disposed while this request was queued or running.");
 

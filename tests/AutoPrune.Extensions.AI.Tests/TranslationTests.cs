@@ -75,6 +75,11 @@ public sealed class TranslationTests
         Assert.Equal(new PruningOptions { Method = PruningMethod.SparseVLM, Budget = 0.25 }, req.Pruning);
         req = client.CreateRequest([new ChatMessage(ChatRole.User, "hi")], new ChatOptions { AdditionalProperties = new() { ["method"] = PruningMethod.FastV } });
         Assert.Equal(PruningMethod.FastV, req.Pruning!.Method);
+        // The attention-free methods by name, like every other.
+        req = client.CreateRequest([new ChatMessage(ChatRole.User, "hi")], new ChatOptions { AdditionalProperties = new() { ["method"] = "Div-Prune", ["budget"] = 96 } });
+        Assert.Equal(new PruningOptions { Method = PruningMethod.DivPrune, Budget = 96 }, req.Pruning);
+        req = client.CreateRequest([new ChatMessage(ChatRole.User, "hi")], new ChatOptions { AdditionalProperties = new() { ["pruning_method"] = "DART" } });
+        Assert.Equal(PruningMethod.Dart, req.Pruning!.Method);
     }
 
     [Fact]

@@ -4,15 +4,25 @@ namespace AutoPrune.Diagnostics;
 
 /// <summary>One question answered on the reference device and on the device under test.</summary>
 public sealed record DeviceComparisonRow(string Image, string Question, string ReferenceAnswer, string DeviceAnswer,
-    bool SameAnswer, bool SameTopToken, double MaxAbsLogitDifference);
+    bool SameAnswer, bool SameTopToken, double MaxAbsLogitDifference)
+{
+    /// <summary>Whether both devices kept exactly the same visual tokens at every layer (the pruning decisions agree).</summary>
+    public bool SameKeptTokens { get; init; } = true;
+
+    /// <summary>The first layer whose kept visual tokens differ, or -1.</summary>
+    public int FirstDifferentLayer { get; init; } = -1;
+}
 
 /// <summary>Summary of <see cref="DeviceComparison.RunAsync"/>.</summary>
 public sealed record DeviceComparisonReport(string Model, string ReferenceDevice, string Device, string Method, double Budget,
     int Rows, int SameAnswers, int SameTopTokens, double MaxAbsLogitDifference, double MeanMaxAbsLogitDifference,
     IReadOnlyList<DeviceComparisonRow> Details)
 {
-    /// <summary>Every answer equal and every last-position logit within <paramref name="tolerance"/>.</summary>
-    public bool Agrees(double tolerance) => SameAnswers == Rows && MaxAbsLogitDifference <= tolerance;
+    /// <summary>Rows on which both devices kept the same visual tokens at every layer.</summary>
+    public int SameKeptTokens => Details.Count(d => d.SameKeptTokens);
+
+    /// <summary>Every answer equal, every pruning decision equal and every last-position logit within <paramref name="tolerance"/>.</summary>
+    public bool Agrees(double tolerance) => SameAnswers == Rows && SameKeptTokens == Rows && MaxAbsLogitDifference <= tolerance;
 }
 
 /// <summary>
@@ -43,11 +53,28 @@ public static class DeviceComparison
             var (b, lb) = await tested.AskWithLogitsAsync(request, ct).ConfigureAwait(false);
             double max = 0;
             for (int i = 0; i < la.Length; i++) max = Math.Max(max, Math.Abs(la[i] - lb[i]));
-            details.Add(new DeviceComparisonRow(image, question, a.Text, b.Text, a.Text == b.Text, a.TopLogits[0].Id == b.TopLogits[0].Id, max));
+            int firstDiff = FirstDifferentLayer(a.Report.KeptIndicesPerLayer, b.Report.KeptIndicesPerLayer);
+            details.Add(new DeviceComparisonRow(image, question, a.Text, b.Text, a.Text == b.Text, a.TopLogits[0].Id == b.TopLogits[0].Id, max)
+            {
+                SameKeptTokens = firstDiff < 0,
+                FirstDifferentLayer = firstDiff,
+            });
             progress?.Report(details.Count);
         }
         return new DeviceComparisonReport(reference.Info.Directory, reference.Info.Device, tested.Info.Device, pruning.Method.ToString(), pruning.Budget,
             details.Count, details.Count(d => d.SameAnswer), details.Count(d => d.SameTopToken),
             details.Max(d => d.MaxAbsLogitDifference), details.Average(d => d.MaxAbsLogitDifference), details);
+    }
+
+    /// <summary>The first layer at which two reports' kept visual indices differ (-1 when they agree everywhere).</summary>
+    public static int FirstDifferentLayer(IReadOnlyList<int[]> a, IReadOnlyList<int[]> b)
+    {
+        int layers = Math.Max(a.Count, b.Count);
+        for (int l = 0; l < layers; l++)
+        {
+            if (l >= a.Count || l >= b.Count) return l;
+            if (!a[l].AsSpan().SequenceEqual(b[l])) return l;
+        }
+        return -1;
     }
 }

@@ -262,22 +262,18 @@ public static class SpeedBenchmark
         var session = new PruningSession(shape, options, prefix);
         session.SetVision(vision);
         var sw = Stopwatch.StartNew();
-        ImageRows? zipped = null;
-        if (options.Method == PruningMethod.VisionZip)
+        // Policies that choose before the LLM (VisionZip, DivPrune, AutoPrune's first stage) shorten the prompt; their selection is timed too.
+        var chosen = InferencePipeline.SelectBeforeLlm(model, session, vision);
+        int[]? positions = null;
+        if (chosen is not null)
         {
-            // VisionZip chooses before the LLM: its selection and the shorter projection are part of its prefill.
-            var policy = (VisionZipPolicy)session.Policy;
-            if (vision.Device is not null && model is CudaLlavaModel gpu && vision.Tokens == vision.Patches) zipped = Pruning.Device.VisionZipOnDevice.Select(gpu, policy, vision);
-            else
-            {
-                var zip = policy.Select(vision);
-                zipped = ImageRows.OnHost(model.Project(zip.Hidden, zip.Count), model.Hidden);
-            }
-            ids = InferencePipeline.ShortenImageRun(ids, model.Config.ImageTokenIndex, zipped.Rows);
+            ids = InferencePipeline.ShortenImageRun(ids, model.Config.ImageTokenIndex, chosen.Rows.Rows);
+            positions = chosen.Positions(ids.Length, prefix, model.TokensPerImage, vision.Patches);
         }
         int textTokens = ids.Length - (Array.LastIndexOf(ids, model.Config.ImageTokenIndex) + 1);
-        var state = model.BuildSequence(ids, [zipped ?? projected]);
-        zipped?.Dispose();
+        SequenceState state;
+        try { state = model.BuildSequence(ids, [chosen?.Rows ?? projected], chosen?.VisualIndex is { } v ? [v] : null, positions); }
+        finally { chosen?.Rows.Dispose(); }
         using var gen = model.StartGeneration(1);
         gen.Prefill(state, session.NeedsDecoderHook ? session : null, CancellationToken.None);
         double ms = sw.Elapsed.TotalMilliseconds;

@@ -22,7 +22,11 @@ internal sealed class InferencePipeline(ILlavaBackend model, LlavaTokenizer toke
     /// The projected visual tokens of each image (on a GPU they stay on the device; <see cref="Prefill"/> builds the prompt
     /// from them and releases them) and the prompt ids they go into.
     /// </summary>
-    internal sealed record EncodedImages(int[] Ids, List<ImageRows> Projected, List<int[]>? VisualIndices, PruningSession Session, double PreprocessMs, double VisionMs);
+    internal sealed record EncodedImages(int[] Ids, List<ImageRows> Projected, List<int[]>? VisualIndices, PruningSession Session, double PreprocessMs, double VisionMs)
+    {
+        /// <summary>What a policy chose before the LLM (VisionZip, DivPrune, AutoPrune's selection before layer 0), if anything.</summary>
+        public PreLlmRows? Selected { get; init; }
+    }
 
     /// <summary>The decoder state after the prompt, with the logits at its last position and what pruning did.</summary>
     internal sealed record PrefilledPrompt(IGeneration Generation, float[] Logits, PruningReport Report, double PrefillMs);
@@ -79,6 +83,7 @@ internal sealed class InferencePipeline(ILlavaBackend model, LlavaTokenizer toke
         var projected = new List<ImageRows>(p.Request.Images.Count);
         var held = new List<EncodedImage>(p.Request.Images.Count);
         List<int[]>? visualIndices = anyRes is null ? null : [];
+        PreLlmRows? selected = null;
         double preprocessMs = 0;
         try
         {
@@ -123,20 +128,13 @@ internal sealed class InferencePipeline(ILlavaBackend model, LlavaTokenizer toke
                 }
                 var vision = encoded.Views[0];
                 session.SetVision(vision);
-                if (p.Pruning.Method == PruningMethod.VisionZip)
+                // Policies that choose before the LLM (VisionZip, DivPrune, AutoPrune's selection before layer 0) hand back the rows that enter it.
+                if (SelectBeforeLlm(model, session, vision) is { } chosen)
                 {
-                    var policy = (VisionZipPolicy)session.Policy;
-                    ImageRows rows;
-                    if (vision.Device is not null && model is Models.Llava.Cuda.CudaLlavaModel gpu && vision.Tokens == vision.Patches)
-                        rows = Pruning.Device.VisionZipOnDevice.Select(gpu, policy, vision); // the kept patches stay on the device
-                    else
-                    {
-                        var zip = policy.Select(vision);
-                        rows = ImageRows.OnHost(model.Project(zip.Hidden, zip.Count), model.Hidden);
-                        visualIndices = [[.. zip.Dominant, .. Enumerable.Repeat(SequenceState.MergedRow, zip.ContextualTargets.Length)]];
-                    }
-                    projected.Add(rows);
-                    ids = ShortenImageRun(ids, imageToken, rows.Rows);
+                    selected = chosen;
+                    projected.Add(chosen.Rows);
+                    if (chosen.VisualIndex is not null) visualIndices = [chosen.VisualIndex];
+                    ids = ShortenImageRun(ids, imageToken, chosen.Rows.Rows);
                 }
                 else
                     projected.Add(model.ProjectImage(vision));
@@ -151,7 +149,21 @@ internal sealed class InferencePipeline(ILlavaBackend model, LlavaTokenizer toke
         {
             foreach (var e in held) e.Release();
         }
-        return new EncodedImages(ids, projected, visualIndices, session, preprocessMs, sw.Elapsed.TotalMilliseconds - preprocessMs);
+        return new EncodedImages(ids, projected, visualIndices, session, preprocessMs, sw.Elapsed.TotalMilliseconds - preprocessMs) { Selected = selected };
+    }
+
+    /// <summary>
+    /// The rows a policy that chooses before the LLM lets in, projected (on a GPU, VisionZip's stay on the device and
+    /// only the device knows their patches), or null when the policy does not choose there.
+    /// </summary>
+    internal static PreLlmRows? SelectBeforeLlm(ILlavaBackend model, PruningSession session, VisionFeatures vision)
+    {
+        var policy = session.Policy;
+        if (policy is VisionZipPolicy zip && zip.Options.Positions != PrunedPositions.Original && vision.Device is not null
+            && model is Models.Llava.Cuda.CudaLlavaModel gpu && vision.Tokens == vision.Patches)
+            return new PreLlmRows(Pruning.Device.VisionZipOnDevice.Select(gpu, zip, vision), null, false);
+        if (policy.SelectBeforeLlm(vision, (features, rows) => model.Project(features, rows)) is not { } chosen) return null;
+        return new PreLlmRows(ImageRows.OnHost(chosen.Projected, model.Hidden), chosen.VisualIndex, chosen.OriginalPositions);
     }
 
     /// <summary>Decodes and resizes a LLaVA-1.5 image (its own span, timed into <paramref name="preprocessMs"/>).</summary>
@@ -171,11 +183,12 @@ internal sealed class InferencePipeline(ILlavaBackend model, LlavaTokenizer toke
         using var span = telemetry.Stage(AutoPruneTelemetry.Spans.Prefill);
         var sw = Stopwatch.StartNew();
         var ids = encoded.Ids;
-        SequenceState state;
-        try { state = model.BuildSequence(ids, encoded.Projected, encoded.VisualIndices); }
-        finally { foreach (var rows in encoded.Projected) rows.Dispose(); }
         int visualInPrompt = ids.Count(t => t == model.Config.ImageTokenIndex);
         int prefix = Math.Max(0, Array.IndexOf(ids, model.Config.ImageTokenIndex));
+        var positions = encoded.Selected?.Positions(ids.Length, prefix, model.TokensPerImage, shape.GridSize * shape.GridSize);
+        SequenceState state;
+        try { state = model.BuildSequence(ids, encoded.Projected, encoded.VisualIndices, positions); }
+        finally { foreach (var rows in encoded.Projected) rows.Dispose(); }
         var generation = model.StartGeneration(p.MaxNew);
         try
         {

@@ -45,46 +45,9 @@ internal static class AdaptiveNms
         var prior = PositionalPrior(g, options.AdaptPruneSigmaPFactor);
         var s = new float[V];
         for (int i = 0; i < V; i++) s[i] = attn[i] * prior[i];
-
-        var kept = new bool[V];
-        var result = new int[k];
-        int limit = (int)Math.Floor(options.AdaptPruneDistanceLimit);
-        double limit2 = options.AdaptPruneDistanceLimit * options.AdaptPruneDistanceLimit;
-        double twoSigmaD2 = 2 * options.AdaptPruneDistanceSigma * options.AdaptPruneDistanceSigma;
-        double twoSigmaS2 = 2 * options.AdaptPruneSimilaritySigma * options.AdaptPruneSimilaritySigma;
-
-        for (int n = 0; n < k; n++)
-        {
-            int best = -1;
-            for (int j = 0; j < V; j++)
-            {
-                if (kept[j]) continue;
-                if (best < 0 || Greater(s[j], s[best])) best = j;
-            }
-            kept[best] = true;
-            result[n] = best;
-
-            int ri = best / g, ci = best % g;
-            var fi = features.Slice(best * D, D);
-            for (int r = Math.Max(0, ri - limit); r <= Math.Min(g - 1, ri + limit); r++)
-                for (int c = Math.Max(0, ci - limit); c <= Math.Min(g - 1, ci + limit); c++)
-                {
-                    int j = r * g + c;
-                    if (kept[j]) continue;
-                    double d2 = (r - ri) * (r - ri) + (c - ci) * (c - ci);
-                    if (d2 > limit2) continue;
-                    var fj = features.Slice(j * D, D);
-                    double cos = 0;
-                    for (int t = 0; t < D; t++) cos += (double)fi[t] * fj[t];
-                    double dissim = 1 - cos;
-                    double factor = 1 - Math.Exp(-d2 / twoSigmaD2) * Math.Exp(-dissim * dissim / twoSigmaS2);
-                    s[j] = (float)(s[j] * factor);
-                }
-        }
-        Array.Sort(result);
-        return result;
+        var grid = new int[V];
+        for (int i = 0; i < V; i++) grid[i] = i;
+        return CoverageNms.Select(s, features, D, grid, g, k, strength: 1,
+            options.AdaptPruneDistanceLimit, options.AdaptPruneDistanceSigma, options.AdaptPruneSimilaritySigma);
     }
-
-    // NaN ranks lowest; equal scores keep the lower index (the caller scans ascending).
-    private static bool Greater(float a, float b) => !float.IsNaN(a) && (float.IsNaN(b) || a > b);
 }

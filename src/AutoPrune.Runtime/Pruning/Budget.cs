@@ -31,10 +31,10 @@ public static class Budget
         return method switch
         {
             PruningMethod.None => shape.VisualTokens,
-            PruningMethod.FastV or PruningMethod.AdaptPrune => SinglePruneSchedule.Minimum(shape, accounting),
+            PruningMethod.FastV or PruningMethod.AdaptPrune or PruningMethod.Dart => SinglePruneSchedule.Minimum(shape, accounting),
             PruningMethod.PDrop => PDropSchedule.Minimum(shape, accounting),
             PruningMethod.SparseVLM => SparseVlmSchedule.Minimum(shape, accounting, options),
-            PruningMethod.VisionZip => VisionZipSchedule.Minimum(),
+            PruningMethod.VisionZip or PruningMethod.DivPrune => VisionZipSchedule.Minimum(),
             PruningMethod.AutoPrune => AutoPruneSchedule.Minimum(shape, accounting, options),
             _ => throw new ArgumentOutOfRangeException(nameof(method), method, "Unknown pruning method."),
         };

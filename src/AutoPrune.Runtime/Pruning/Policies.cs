@@ -21,6 +21,13 @@ internal interface IPruningPolicy
     /// <summary>Receives the vision tower's output before the LLM runs.</summary>
     void OnVision(VisionFeatures vision) { }
 
+    /// <summary>
+    /// Chooses what of one image enters the LLM (VisionZip, DivPrune): the projected rows and their original patch
+    /// indices. Null (the default) lets every visual token in, projected as it is.
+    /// </summary>
+    /// <param name="project">The model's projector: vision features [rows, visionHidden] to decoder rows.</param>
+    PreLlmSelection? SelectBeforeLlm(VisionFeatures vision, Func<float[], int, float[]> project) => null;
+
     /// <summary>Called after decoder layer <c>view.Layer</c>; returns the new sequence or null to keep it.</summary>
     PruneAction? AfterLayer(LayerView view, PruneContext ctx);
 
@@ -52,6 +59,7 @@ internal sealed class PruneContext
     /// <summary>New rows: the prefix, the kept visual rows (in order), merged tokens, then the text.</summary>
     public PruneAction Build(int[] keepLocal, float[]? merged, bool renumber)
     {
+        renumber = Options.Positions switch { PrunedPositions.Original => false, PrunedPositions.Contiguous => true, _ => renumber };
         int mergedCount = merged is null ? 0 : merged.Length / Shape.HiddenSize;
         var rows = new int[Prefix + keepLocal.Length + mergedCount + TextCount];
         int o = 0;
@@ -63,10 +71,12 @@ internal sealed class PruneContext
     }
 
     /// <summary>Keeps the top <c>step.Kept</c> visual tokens by score and recycles the dropped ones into <c>step.Recycled</c> merged tokens.</summary>
-    public PruneAction KeepAndRecycle(float[] scores, PruneStep step)
+    public PruneAction KeepAndRecycle(float[] scores, PruneStep step) => KeepAndRecycle(TopK.SelectInOrder(scores, step.Kept), scores, step, renumber: true);
+
+    /// <summary>Keeps the visual tokens <paramref name="keep"/> (local, ascending) and recycles the dropped ones, ranked by <paramref name="scores"/>, into <c>step.Recycled</c> merged tokens.</summary>
+    public PruneAction KeepAndRecycle(int[] keep, float[] scores, PruneStep step, bool renumber)
     {
         int d = Shape.HiddenSize;
-        var keep = TopK.SelectInOrder(scores, step.Kept);
         var kept = new bool[VisualCount];
         foreach (int i in keep) kept[i] = true;
         var dropped = Enumerable.Range(0, VisualCount).Where(i => !kept[i]).ToArray();
@@ -78,7 +88,7 @@ internal sealed class PruneContext
                 throw new InvalidOperationException($"Recycling produced {r.Groups} merged tokens where the schedule expected {step.Recycled}.");
             merged = r.Merged;
         }
-        return Build(keep, merged, renumber: true);
+        return Build(keep, merged, renumber);
     }
 
     /// <summary>Local indices (into the visual rows) of the [CLS] tokens ("full" strategy) and of the other visual tokens.</summary>
@@ -100,8 +110,9 @@ internal abstract class ScheduledPolicy(ModelShape shape, PruningOptions options
     public LayerSchedule? Schedule { get; protected set; } = ScheduleSolver.Solve(shape, options);
     public PruningMethod Method => options.Method;
     public virtual bool RunsInDecoder => true;
+    public virtual PreLlmSelection? SelectBeforeLlm(VisionFeatures vision, Func<float[], int, float[]> project) => null;
     public virtual IReadOnlyDictionary<string, double> RuntimeSignals { get; } = new Dictionary<string, double>();
-    protected PruningOptions Options => options;
+    internal PruningOptions Options => options;
 
     protected PruneStep? StepAt(int layer)
     {
@@ -197,6 +208,15 @@ internal sealed class VisionZipPolicy(ModelShape shape, PruningOptions options) 
     public override bool RunsInDecoder => false;
     protected override PruneAction? Prune(LayerView view, PruneContext ctx, PruneStep step) => null;
 
+    public override PreLlmSelection SelectBeforeLlm(VisionFeatures vision, Func<float[], int, float[]> project)
+    {
+        var zip = Select(vision);
+        return new PreLlmSelection(project(zip.Hidden, zip.Count), [.. zip.Dominant, .. Enumerable.Repeat(-2, zip.ContextualTargets.Length)])
+        {
+            OriginalPositions = Options.Positions == PrunedPositions.Original,
+        };
+    }
+
     public VisionZipSelection Select(VisionFeatures vision)
     {
         var step = Schedule!.Steps.Single(s => s.AfterLayer == -1);
@@ -215,72 +235,6 @@ internal sealed class VisionZipPolicy(ModelShape shape, PruningOptions options) 
     }
 }
 
-/// <summary>
-/// AutoPrune: layer-0 pre-selection by [CLS] + MI-weighted text attention, then a logistic per-layer
-/// schedule whose slope follows layer 1's text–image mutual information; dropped tokens recycled.
-/// </summary>
-internal sealed class AutoPrunePolicy : IPruningPolicy
-{
-    private readonly ModelShape _shape;
-    private readonly PruningOptions _options;
-    private readonly double _budget;
-    private readonly Dictionary<string, double> _signals = new(StringComparer.Ordinal);
-    private float[]? _clsMean;
-
-    public AutoPrunePolicy(ModelShape shape, PruningOptions options)
-    {
-        _shape = shape;
-        _options = options;
-        _budget = Budget.Resolve(options.Budget, shape.VisualTokens);
-        AutoPruneSchedule.InitialKeep(shape, _budget, options.Accounting, options); // an infeasible budget fails here
-    }
-
-    public PruningMethod Method => PruningMethod.AutoPrune;
-    public LayerSchedule? Schedule { get; private set; }
-    public bool RunsInDecoder => true;
-    public IReadOnlyDictionary<string, double> RuntimeSignals => _signals;
-
-    public void OnVision(VisionFeatures vision)
-    {
-        if (vision.ClsAttention is null)
-            throw new NotSupportedException("AutoPrune needs the vision tower's [CLS] attention, but this model's feature layer is the embedding layer.");
-        _clsMean = new float[vision.Patches];
-        for (int h = 0; h < vision.Heads; h++)
-            TensorPrimitives.Add(_clsMean, vision.ClsAttention.AsSpan(h * vision.Patches, vision.Patches), _clsMean);
-        TensorPrimitives.Multiply(_clsMean, 1f / vision.Heads, _clsMean);
-    }
-
-    public PruneAction? AfterLayer(LayerView view, PruneContext ctx)
-    {
-        int T = ctx.TextCount;
-        if (T == 0) throw new InvalidOperationException("AutoPrune needs text tokens after the image.");
-        var attn = view.AttentionRows(ctx.TextRows);
-        var visual = ctx.VisualRows;
-        float mi = MutualInformation.Compute(attn, view.Heads, T, ctx.State.Length, visual);
-        var textMean = AttentionScores.MeanOverHeadsAndRows(attn, view.Heads, T, ctx.State.Length, visual);
-        if (view.Layer == 0)
-        {
-            double mi0 = mi / T * 32.0 / view.Heads;
-            _signals["mi0"] = mi0;
-            int n0 = AutoPruneSchedule.InitialKeep(_shape, _budget, _options.Accounting, _options);
-            var cls = new float[ctx.VisualCount];
-            for (int i = 0; i < cls.Length; i++)
-            {
-                // The [CLS] token itself ("full" strategy) has no [CLS] attention: it is always pre-selected.
-                int patch = ctx.State.VisualIndex[ctx.Prefix + i];
-                cls[i] = patch == SequenceState.ClsToken ? float.PositiveInfinity : _clsMean![patch];
-            }
-            var scores = AttentionScores.AutoPrunePreselection(cls, textMean, (float)mi0, _options);
-            return ctx.Build(TopK.SelectInOrder(scores, n0), null, renumber: true);
-        }
-        if (view.Layer == 1) Schedule = ScheduleSolver.Solve(_shape, _options, mi);
-        foreach (var step in Schedule!.Steps)
-            if (step.AfterLayer == view.Layer)
-                return step.Kept >= ctx.VisualCount ? null : ctx.KeepAndRecycle(textMean, step);
-        return null;
-    }
-}
-
 /// <summary>Creates the policy object for a method.</summary>
 internal static class PruningPolicies
 {
@@ -293,6 +247,8 @@ internal static class PruningPolicies
         PruningMethod.SparseVLM => new SparseVlmPolicy(shape, options),
         PruningMethod.VisionZip => new VisionZipPolicy(shape, options),
         PruningMethod.AutoPrune => new AutoPrunePolicy(shape, options),
+        PruningMethod.DivPrune => new DivPrunePolicy(shape, options),
+        PruningMethod.Dart => new DartPolicy(shape, options),
         _ => throw new ArgumentOutOfRangeException(nameof(options), options.Method, "Unknown pruning method."),
     };
 }

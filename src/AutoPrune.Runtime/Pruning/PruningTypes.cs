@@ -10,6 +10,60 @@ public enum PruningMethod
     VisionZip,
     AdaptPrune,
     AutoPrune,
+    /// <summary>DivPrune (CVPR 2025): greedy max-min diversity of the projected visual tokens, before the LLM.</summary>
+    DivPrune,
+    /// <summary>DART (EMNLP 2025): keeps the visual tokens least duplicated with a few pivot tokens, at a shallow layer.</summary>
+    Dart,
+}
+
+/// <summary>RoPE positions of the tokens left after a prune.</summary>
+public enum PrunedPositions
+{
+    /// <summary>
+    /// The method's own convention: original positions for FastV, AdaptPrune and DART (their papers) and for AutoPrune
+    /// (this library's default; <see cref="PruningOptions.AutoPrunePaper"/> renumbers, as the paper); contiguous for PDrop,
+    /// SparseVLM, VisionZip and DivPrune (their papers).
+    /// </summary>
+    MethodDefault,
+
+    /// <summary>Every remaining token keeps the position it had in the full prompt (gaps where tokens were removed).</summary>
+    Original,
+
+    /// <summary>The remaining tokens are renumbered 0, 1, 2, ... as if the prompt had been shorter.</summary>
+    Contiguous,
+}
+
+/// <summary>How AutoPrune turns layer 1's text–image mutual information (MI1) into the slope k of its retention curve.</summary>
+public enum AutoPruneSlope
+{
+    /// <summary>The paper: k = max(k0 - gamma * MI1 * 32/H, 0), with constants tuned on LLaVA-1.5-7B.</summary>
+    Paper,
+
+    /// <summary>This model's MI1 range, measured by <c>autoprune calibrate</c>, mapped onto [0, k0]; without a calibration, <see cref="Normalized"/>.</summary>
+    Calibrated,
+
+    /// <summary>Scale-free default: MI1 as a fraction of its largest possible value for the sample, mapped onto [0, k0].</summary>
+    Normalized,
+}
+
+/// <summary>How AutoPrune's per-layer counts follow its logistic curve.</summary>
+public enum AutoPruneScheduleShape
+{
+    /// <summary>The paper: N0 = 2.5 B after layer 0, then the curve over the later layers scaled to the budget.</summary>
+    Paper,
+
+    /// <summary>N0 chosen with the curve: one logistic over all layers, scaled so the average meets the budget; counts fall smoothly.</summary>
+    Smooth,
+}
+
+/// <summary>How AutoPrune chooses the tokens that enter the LLM when it selects before layer 0.</summary>
+public enum AutoPruneBeforeLlmSelection
+{
+    /// <summary>The vision tower's [CLS] attention (the first term of the paper's layer-0 score), with the coverage suppression.</summary>
+    ClsCoverage,
+
+    /// <summary>Greedy max-min diversity of the projected tokens (as DivPrune), so every distinct region enters the LLM.</summary>
+    Diversity,
 }
 
 /// <summary>How a visual-token budget is counted.</summary>

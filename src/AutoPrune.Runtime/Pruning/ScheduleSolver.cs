@@ -13,10 +13,11 @@ internal static class ScheduleSolver
         double budget = Budget.Resolve(options.Budget, shape.VisualTokens);
         return options.Method switch
         {
-            PruningMethod.FastV or PruningMethod.AdaptPrune => SinglePruneSchedule.Solve(options.Method, shape, budget, options.Accounting),
+            PruningMethod.FastV or PruningMethod.AdaptPrune or PruningMethod.Dart => SinglePruneSchedule.Solve(options.Method, shape, budget, options.Accounting),
             PruningMethod.PDrop => PDropSchedule.Solve(shape, budget, options.Accounting),
             PruningMethod.SparseVLM => SparseVlmSchedule.Solve(shape, budget, options.Accounting, options),
             PruningMethod.VisionZip => VisionZipSchedule.Solve(shape, budget, options.Accounting, options),
+            PruningMethod.DivPrune => VisionZipSchedule.SolveDivPrune(shape, budget, options.Accounting),
             PruningMethod.AutoPrune => AutoPruneSchedule.Solve(shape, budget, options.Accounting, options, mi1HeadSum),
             _ => throw new ArgumentOutOfRangeException(nameof(options), options.Method, "Unknown pruning method."),
         };

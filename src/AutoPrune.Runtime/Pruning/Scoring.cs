@@ -52,6 +52,15 @@ internal static class MutualInformation
     /// with y over <paramref name="visualColumns"/>. Computed in fp32.
     /// </summary>
     public static float Compute(ReadOnlySpan<float> attn, int heads, int T, int keys, ReadOnlySpan<int> visualColumns)
+        => ComputeWithBound(attn, heads, T, keys, visualColumns).Mi;
+
+    /// <summary>
+    /// <see cref="Compute"/> and its largest possible value for this attention mass: per head, MI &lt;= m_h log2 T where
+    /// m_h = sum over text rows and visual columns of p(x,y) is the head's attention mass on the visual columns (the
+    /// bound is reached when every text row looks at its own columns). <c>Mi / Bound</c> is a scale-free "how focused"
+    /// in [0, 1] that does not grow with the question's length or the number of heads.
+    /// </summary>
+    public static (float Mi, float Bound) ComputeWithBound(ReadOnlySpan<float> attn, int heads, int T, int keys, ReadOnlySpan<int> visualColumns)
     {
         if (heads < 1 || T < 1 || keys < 1) throw new ArgumentOutOfRangeException(nameof(heads), "heads, T and keys must be positive.");
         if (attn.Length != heads * T * keys)
@@ -62,7 +71,7 @@ internal static class MutualInformation
         float invT = 1f / T;
         float px = invT;
         var py = new float[visualColumns.Length];
-        float total = 0f;
+        float total = 0f, bound = 0f, log2T = MathF.Log2(T);
         for (int h = 0; h < heads; h++)
         {
             var head = attn.Slice(h * T * keys, T * keys);
@@ -72,6 +81,9 @@ internal static class MutualInformation
                 var row = head.Slice(x * keys, keys);
                 for (int j = 0; j < visualColumns.Length; j++) py[j] += row[visualColumns[j]] * invT;
             }
+            float mass = 0f;
+            foreach (float p in py) mass += p;
+            bound += mass * log2T;
             float mi = 0f;
             for (int x = 0; x < T; x++)
             {
@@ -86,7 +98,7 @@ internal static class MutualInformation
             }
             total += mi;
         }
-        return total;
+        return (total, bound);
     }
 }
 

@@ -1,7 +1,7 @@
 namespace AutoPrune.Pruning;
 
 /// <summary>
-/// FastV and AdaptPrune: layers 0..K-1 see all V tokens, one prune after layer K-1 keeps k tokens,
+/// FastV, AdaptPrune and DART: layers 0..K-1 see all V tokens, one prune after layer K-1 keeps k tokens,
 /// K = max(1, round(2L/32)).
 /// </summary>
 internal static class SinglePruneSchedule
@@ -23,8 +23,8 @@ internal static class SinglePruneSchedule
 
     public static LayerSchedule Solve(PruningMethod method, ModelShape shape, double budgetTokens, BudgetAccounting accounting)
     {
-        if (method is not (PruningMethod.FastV or PruningMethod.AdaptPrune))
-            throw new ArgumentOutOfRangeException(nameof(method), method, "Single-prune schedule is for FastV and AdaptPrune.");
+        if (method is not (PruningMethod.FastV or PruningMethod.AdaptPrune or PruningMethod.Dart))
+            throw new ArgumentOutOfRangeException(nameof(method), method, "Single-prune schedule is for FastV, AdaptPrune and DART.");
         shape.Validate();
         int L = shape.Layers, V = shape.VisualTokens, K = PruneLayer(L);
         Budget.EnsureFeasible(method, accounting, shape, budgetTokens, Minimum(shape, accounting));

@@ -10,12 +10,14 @@ public sealed class PrunedCacheTests(TinyModelFixture fx) : IClassFixture<TinyMo
     private static readonly ModelShape Shape = new(8, 4, 192, 512, 576, 24);
 
     [Theory]
-    [InlineData(PruningMethod.FastV, false)]
-    [InlineData(PruningMethod.AdaptPrune, false)]
-    [InlineData(PruningMethod.PDrop, true)]
-    [InlineData(PruningMethod.SparseVLM, true)]
-    [InlineData(PruningMethod.AutoPrune, true)]
-    public void CachesShrinkAndPositionsFollowTheMethod(PruningMethod method, bool renumbered)
+    [InlineData("fastv", false)]
+    [InlineData("adaptprune", false)]
+    [InlineData("pdrop", true)]
+    [InlineData("sparsevlm", true)]
+    [InlineData("dart", false)]
+    [InlineData("autoprune-paper", true)]
+    [InlineData("autoprune-in-llm", false)]
+    public void CachesShrinkAndPositionsFollowTheMethod(string method, bool renumbered)
     {
         var reference = TestData.References[1];
         var row = TestData.Dev.Single(r => r.Id == reference.Id);
@@ -23,7 +25,7 @@ public sealed class PrunedCacheTests(TinyModelFixture fx) : IClassFixture<TinyMo
         int prefix = Array.IndexOf(ids, 400), text = ids.Length - prefix - 576;
         var model = fx.Model;
         var vision = model.Vision.Forward(fx.Images.PreprocessFile(TestData.Image(row.Image), false));
-        var session = new PruningSession(Shape, new PruningOptions { Method = method, Budget = 192 }, prefix);
+        var session = new PruningSession(Shape, AutoPrune.Runtime.Tests.Pruning.ScheduleTests.Options(method) with { Budget = 192 }, prefix);
         session.SetVision(vision);
         var state = SequenceBuilder.Build(model, ids, [model.Project(vision.Features, vision.Tokens)]);
         var cache = new KvCache(model.Decoder.Layers, 3);
@@ -56,15 +58,16 @@ public sealed class PrunedCacheTests(TinyModelFixture fx) : IClassFixture<TinyMo
     [Fact]
     public void EveryBudgetFromTheMinimumTo288IsMetOnTheFixtureShape()
     {
-        foreach (var method in new[] { PruningMethod.FastV, PruningMethod.AdaptPrune, PruningMethod.PDrop, PruningMethod.SparseVLM, PruningMethod.VisionZip, PruningMethod.AutoPrune })
+        foreach (var method in new[] { "fastv", "adaptprune", "pdrop", "sparsevlm", "visionzip", "divprune", "dart", "autoprune", "autoprune-paper", "autoprune-in-llm" })
             foreach (var accounting in Enum.GetValues<BudgetAccounting>())
             {
-                int min = (int)Math.Ceiling(Budget.MinimumFeasible(method, accounting, Shape) - 1e-9);
-                if (min > 1) Assert.Throws<InfeasibleBudgetException>(() => ScheduleSolver.Solve(Shape, new PruningOptions { Method = method, Budget = min - 1, Accounting = accounting }, 0.5));
+                var options = AutoPrune.Runtime.Tests.Pruning.ScheduleTests.Options(method) with { Accounting = accounting };
+                int min = (int)Math.Ceiling(Budget.MinimumFeasible(options.Method, accounting, Shape, options) - 1e-9);
+                if (min > 1) Assert.Throws<InfeasibleBudgetException>(() => ScheduleSolver.Solve(Shape, options with { Budget = min - 1 }, 0.5));
                 for (int b = min; b <= 288; b++)
                     foreach (double mi1 in new[] { 0.0, 0.3, 2.0 })
                     {
-                        var s = ScheduleSolver.Solve(Shape, new PruningOptions { Method = method, Budget = b, Accounting = accounting }, mi1);
+                        var s = ScheduleSolver.Solve(Shape, options with { Budget = b }, mi1);
                         Assert.True(s.Achieved <= b + 1e-9 && s.Achieved > b - 1, $"{method} {accounting} B={b}: achieved {s.Achieved}");
                     }
             }

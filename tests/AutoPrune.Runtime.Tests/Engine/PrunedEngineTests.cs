@@ -10,7 +10,8 @@ namespace AutoPrune.Tests.Engine;
 public sealed class PrunedEngineTests(PublicModelFixture fx) : IClassFixture<PublicModelFixture>
 {
     private static readonly PruningMethod[] Pruned =
-        [PruningMethod.FastV, PruningMethod.PDrop, PruningMethod.SparseVLM, PruningMethod.VisionZip, PruningMethod.AdaptPrune, PruningMethod.AutoPrune];
+        [PruningMethod.FastV, PruningMethod.PDrop, PruningMethod.SparseVLM, PruningMethod.VisionZip, PruningMethod.AdaptPrune, PruningMethod.AutoPrune,
+         PruningMethod.DivPrune, PruningMethod.Dart];
 
     private static VisionRequest Request(TestData.DevRow row, PruningOptions pruning, int maxNew = 1) =>
         VisionRequest.Create(row.Question, ImageInput.FromFile(TestData.Image(row.Image))) with
@@ -66,8 +67,8 @@ public sealed class PrunedEngineTests(PublicModelFixture fx) : IClassFixture<Pub
     [InlineData(PruningMethod.FastV, BudgetAccounting.Processed)]
     [InlineData(PruningMethod.PDrop, BudgetAccounting.Processed)]
     [InlineData(PruningMethod.SparseVLM, BudgetAccounting.Processed)]
-    [InlineData(PruningMethod.AutoPrune, BudgetAccounting.Processed)]
     [InlineData(PruningMethod.AdaptPrune, BudgetAccounting.Processed)]
+    [InlineData(PruningMethod.Dart, BudgetAccounting.Processed)]
     public async Task BelowTheMinimumIsAClearErrorNamingIt(PruningMethod method, BudgetAccounting accounting)
     {
         double min = Budget.MinimumFeasible(method, accounting, fx.Model.Shape);
@@ -130,16 +131,16 @@ public sealed class PrunedEngineTests(PublicModelFixture fx) : IClassFixture<Pub
         public PruneAction? AfterLayer(LayerView view)
         {
             var cpu = (CpuLayerView)view;
-            if (view.Layer == layer) { Q = (float[])cpu.Queries.Clone(); K = (float[])cpu.Keys.Clone(); }
+            if (view.Layer == layer) { Q = (float[])cpu.Queries.Clone(); K = (float[])cpu.Keys().Clone(); }
             return null;
         }
     }
 
     [Fact]
-    public async Task AutoPruneReportsItsSignalsAndFollowsItsSchedule()
+    public async Task AutoPrunePaperPresetReportsItsSignalsAndFollowsItsSchedule()
     {
         var row = TestData.Dev[3];
-        var answer = await fx.Model.AskAsync(Request(row, new PruningOptions { Method = PruningMethod.AutoPrune, Budget = 128 }, maxNew: 4));
+        var answer = await fx.Model.AskAsync(Request(row, PruningOptions.AutoPrunePaper(128), maxNew: 4));
         var r = answer.Report;
         foreach (var key in new[] { "mi0", "mi1", "k", "s", "n0" }) Assert.True(r.Signals.ContainsKey(key), key);
         Assert.Equal(576, r.VisualTokensPerLayer[0]);
@@ -148,5 +149,46 @@ public sealed class PrunedEngineTests(PublicModelFixture fx) : IClassFixture<Pub
         for (int l = 2; l < r.VisualTokensPerLayer.Length; l++) Assert.True(r.VisualTokensPerLayer[l] <= r.VisualTokensPerLayer[l - 1]);
         Assert.InRange(r.AvgVisualTokensProcessed, 127, 128);
         Assert.True(r.FlopsRatio < 0.3, $"FLOPs ratio {r.FlopsRatio}");
+        // The paper's slope on this model: MI1 ~ 3.5-5.4 summed over 4 heads, so k = max(0.4 - 0.2 * MI1 * 8, 0) = 0.
+        Assert.Equal(0, r.Signals["k"]);
+    }
+
+    [Fact]
+    public async Task AutoPrunePaperPresetBelowItsMinimumIsAClearErrorNamingIt()
+    {
+        var paper = PruningOptions.AutoPrunePaper(0);
+        double min = Budget.MinimumFeasible(PruningMethod.AutoPrune, BudgetAccounting.Processed, fx.Model.Shape, paper);
+        int smallest = (int)Math.Ceiling(min - 1e-9);
+        Assert.Equal(73, smallest); // (576 + 7) / 8 = 72.9: layer 0 runs on all 576 tokens
+        var e = await Assert.ThrowsAsync<InfeasibleBudgetException>(() => fx.Model.AskAsync(Request(TestData.Dev[0], paper with { Budget = smallest - 1 })));
+        Assert.Contains($"smallest feasible budget is {smallest}", e.Message);
+    }
+
+    /// <summary>
+    /// The default AutoPrune: layer 0 runs on a selection made before the LLM, the counts fall along one curve, the
+    /// slope comes from the model folder's calibration (the fixture ships one) and lies in [0, k0], the budget is met.
+    /// </summary>
+    [Fact]
+    public async Task AutoPruneDefaultSelectsBeforeTheLlmAndAdaptsItsSlope()
+    {
+        Assert.NotNull(fx.Model.ModelCalibration);
+        var slopes = new HashSet<double>();
+        foreach (var row in TestData.Dev.Take(12))
+        {
+            var answer = await fx.Model.AskAsync(Request(row, new PruningOptions { Method = PruningMethod.AutoPrune, Budget = 128 }));
+            var r = answer.Report;
+            Assert.True(r.VisualTokensPerLayer[0] < 576, "layer 0 runs on the tokens chosen before the LLM");
+            for (int l = 1; l < r.VisualTokensPerLayer.Length; l++) Assert.True(r.VisualTokensPerLayer[l] <= r.VisualTokensPerLayer[l - 1]);
+            Assert.InRange(r.AvgVisualTokensProcessed, 127, 128);
+            double k = r.Signals["k"];
+            Assert.InRange(k, 0, 0.2);
+            // The calibrated slope, kept to a hundredth of k0 (so an fp32 CPU and an fp16 GPU solve the same schedule).
+            double calibrated = fx.Model.ModelCalibration!.Slope(r.Signals["mi1_normalized"], 0.2);
+            Assert.Equal(Math.Round(calibrated / 0.002) * 0.002, k, 9);
+            Assert.Contains(r.Notes, n => n.Contains("calibrated on"));
+            Assert.All(r.KeptIndicesPerLayer[0], v => Assert.InRange(v, 0, 575)); // original patch indices
+            slopes.Add(Math.Round(k, 4));
+        }
+        Assert.True(slopes.Count >= 8, $"only {slopes.Count} distinct slopes over 12 questions");
     }
 }

@@ -43,7 +43,7 @@ public class FlopsModelTests
     [InlineData(192, 480, 0.43)]
     public void AutoPrunePublishedFlopsRatioReproducesPaper(int budget, int n0, double expected)
     {
-        var options = new PruningOptions { Method = PruningMethod.AutoPrune, Budget = budget, Accounting = BudgetAccounting.Published };
+        var options = PruningOptions.AutoPrunePaper(budget, BudgetAccounting.Published);
         foreach (double mi1 in new[] { 1.0, 0.0, 0.5, 1.5 })
         {
             var schedule = ScheduleSolver.Solve(Llava7B, options, mi1);

@@ -12,6 +12,10 @@ public class ScheduleTests
     private static LayerSchedule Solve(ModelShape shape, PruningMethod m, double b, BudgetAccounting acc, double mi1 = 0.5)
         => ScheduleSolver.Solve(shape, new PruningOptions { Method = m, Budget = b, Accounting = acc }, mi1);
 
+    /// <summary>AutoPrune exactly as the paper defines it.</summary>
+    private static LayerSchedule SolvePaper(ModelShape shape, double b, BudgetAccounting acc, double mi1 = 0.5)
+        => ScheduleSolver.Solve(shape, PruningOptions.AutoPrunePaper(b, acc), mi1);
+
     private static void AssertConsistent(LayerSchedule s, ModelShape shape)
     {
         Assert.Equal(shape.Layers, s.Processed.Length);
@@ -98,7 +102,7 @@ public class ScheduleTests
     [Fact]
     public void AutoPruneCurveAndSignals()
     {
-        var o = new PruningOptions();
+        var o = PruningOptions.AutoPrunePaper();
         // MI1 = 1 summed over 32 heads -> k = 0.2; on 16 heads the same head-sum counts double -> k = 0.
         Assert.Equal(0.2, AutoPruneSchedule.Slope(1.0, 32, o), 12);
         Assert.Equal(0.0, AutoPruneSchedule.Slope(1.0, 16, o), 12);
@@ -109,7 +113,7 @@ public class ScheduleTests
         Assert.Equal(0.375, o.AutoPruneAmplitude / (1 + Math.Exp(0)), 12);
         Assert.True(AutoPruneSchedule.Base(1, 8, 0.4, o) > 0.6 && AutoPruneSchedule.Base(7, 8, 0.4, o) < 0.01);
 
-        var s = Solve(Llava, PruningMethod.AutoPrune, 64, BudgetAccounting.Processed, mi1: 1.0);
+        var s = SolvePaper(Llava, 64, BudgetAccounting.Processed, mi1: 1.0);
         Assert.Equal(160, (int)s.Signals["n0"]);
         Assert.Equal(0.2, s.Signals["k"], 12);
         Assert.InRange(s.Signals["s"], 0, 20);
@@ -123,18 +127,76 @@ public class ScheduleTests
     public void AutoPruneShrinksN0UnderProcessedWhenNeeded()
     {
         // 8 layers, B = 96: N0 = 240 alone would make (576 + 240 + ...) / 8 > 96.
-        var s = Solve(Fixture, PruningMethod.AutoPrune, 96, BudgetAccounting.Processed, mi1: 0.2);
+        var s = SolvePaper(Fixture, 96, BudgetAccounting.Processed, mi1: 0.2);
         Assert.True(s.Signals["n0"] < 240);
         Assert.Contains(s.Notes, n => n.Contains("N0"));
         Assert.InRange(s.AchievedProcessed, 95, 96);
-        Assert.Equal((int)s.Signals["n0"], AutoPruneSchedule.InitialKeep(Fixture, 96, BudgetAccounting.Processed, new PruningOptions()));
+        Assert.Equal((int)s.Signals["n0"], AutoPruneSchedule.InitialCounts(Fixture, 96, BudgetAccounting.Processed, PruningOptions.AutoPrunePaper()).N0);
     }
 
     [Fact]
     public void AutoPruneWidensScaleForLargeBudgets()
     {
-        var s = Solve(Llava, PruningMethod.AutoPrune, 500, BudgetAccounting.Published, mi1: 0);
+        var s = SolvePaper(Llava, 500, BudgetAccounting.Published, mi1: 0);
         Assert.InRange(s.AchievedPublished, 499, 500);
+    }
+
+    /// <summary>
+    /// The smooth shape: what enters every layer follows one logistic scaled to the budget, N0 included; with the prior
+    /// slope the counts are exactly the curve (no step), a different slope only reshapes the layers after N0, and the
+    /// layers never grow. No step drops and recycles a single token (recycling is off by default).
+    /// </summary>
+    [Fact]
+    public void SmoothCurveIsTheLogisticScaledToTheBudgetWithoutSteps()
+    {
+        var o = new PruningOptions { Method = PruningMethod.AutoPrune };
+        double prior = AutoPruneSchedule.PriorSlope(o);
+        Assert.Equal(0.1, prior, 12); // half of k0 = 0.2 without a calibration
+        foreach (var (shape, b) in new[] { (Fixture, 96.0), (Fixture, 128.0), (Fixture, 192.0), (Llava, 64.0) })
+        {
+            var first = AutoPruneSchedule.InitialCounts(shape, b, BudgetAccounting.Processed, o);
+            Assert.True(first.Entering < shape.VisualTokens, "layer 0 runs on fewer tokens than the image has (selection before the LLM)");
+            var s = AutoPruneSchedule.SolveForSlope(shape, b, BudgetAccounting.Processed, o, prior, new Dictionary<string, double>(), []);
+            Assert.Equal(first.Entering, s.Processed[0]);
+            Assert.Equal(first.N0, s.Processed[1]);
+            // After N0 the counts are the curve at the solved scale; E0 and N0 (fixed first, at the same slope) sit on it
+            // within the one token the integer rounding of a separately solved scale can move them.
+            double scale = s.Signals["s"];
+            for (int l = 0; l < shape.Layers; l++)
+            {
+                int curve = (int)Math.Ceiling(scale * shape.VisualTokens * AutoPruneSchedule.Base(l, shape.Layers, prior, o) - 1e-9);
+                int expected = Math.Clamp(curve, 1, l == 0 ? shape.VisualTokens : s.Processed[l - 1]);
+                if (l < 2) Assert.InRange(s.Processed[l], expected - 1, expected + 1);
+                else Assert.Equal(expected, s.Processed[l]);
+            }
+            Assert.InRange(s.AchievedProcessed, b - 1, b + 1e-9);
+            Assert.All(s.Steps, st => Assert.Equal(0, st.Recycled));
+            foreach (double k in new[] { 0.0, 0.05, 0.2, 0.4 })
+            {
+                var t = AutoPruneSchedule.SolveForSlope(shape, b, BudgetAccounting.Processed, o, k, new Dictionary<string, double>(), []);
+                Assert.Equal(s.Processed[..2], t.Processed[..2]); // fixed before MI1 is known
+                for (int l = 1; l < shape.Layers; l++) Assert.True(t.Processed[l] <= t.Processed[l - 1]);
+                Assert.InRange(t.AchievedProcessed, b - 1, b + 1e-9);
+                Assert.Equal(k, t.Signals["k"]);
+            }
+            // A steeper slope keeps more in the middle layers and fewer in the last.
+            var flat = AutoPruneSchedule.SolveForSlope(shape, b, BudgetAccounting.Processed, o, 0, new Dictionary<string, double>(), []);
+            var steep = AutoPruneSchedule.SolveForSlope(shape, b, BudgetAccounting.Processed, o, 0.4, new Dictionary<string, double>(), []);
+            Assert.True(steep.Processed[^1] < flat.Processed[^1]);
+        }
+    }
+
+    [Fact]
+    public void SmoothCurveWithLayerZeroOnEveryTokenStartsAfterIt()
+    {
+        var o = new PruningOptions { Method = PruningMethod.AutoPrune, AutoPruneBeforeLlm = false };
+        var s = ScheduleSolver.Solve(Fixture, o with { Budget = 128 }, 0.5);
+        Assert.Equal(576, s.Processed[0]);
+        Assert.InRange(s.AchievedProcessed, 127, 128);
+        // Layers 1..7 share (8 x 128 - 576) = 448 tokens along the curve instead of N0 = 2.5 B = 320 then ~19 each.
+        Assert.True(s.Processed[1] < 320 && s.Processed[^1] > 19, string.Join(",", s.Processed));
+        Assert.Equal((576 + 7.0) / 8, Budget.MinimumFeasible(PruningMethod.AutoPrune, BudgetAccounting.Processed, Fixture, o), 9);
+        Assert.Equal(1, Budget.MinimumFeasible(PruningMethod.AutoPrune, BudgetAccounting.Processed, Fixture, new PruningOptions()));
     }
 
     [Fact]
@@ -149,7 +211,7 @@ public class ScheduleTests
     [Fact]
     public void ReportCarriesScheduleAndRuntimeData()
     {
-        var s = Solve(Llava, PruningMethod.AutoPrune, 128, BudgetAccounting.Processed, mi1: 0.7);
+        var s = SolvePaper(Llava, 128, BudgetAccounting.Processed, mi1: 0.7);
         var kept = new List<int[]> { Enumerable.Range(0, 576).ToArray() };
         var r = PruningReports.Create(s, Llava, 35, 40, 128, kept, new Dictionary<string, double> { ["mi0"] = 0.1 });
         Assert.Equal(PruningMethod.AutoPrune, r.Method);
@@ -163,26 +225,35 @@ public class ScheduleTests
         Assert.InRange(r.FlopsRatio, 0, 1);
     }
 
-    public static TheoryData<PruningMethod> BudgetedMethods() => new()
+    public static TheoryData<string> BudgetedMethods() => new()
     {
-        PruningMethod.FastV, PruningMethod.AdaptPrune, PruningMethod.PDrop, PruningMethod.SparseVLM, PruningMethod.VisionZip, PruningMethod.AutoPrune,
+        "fastv", "adaptprune", "pdrop", "sparsevlm", "visionzip", "autoprune", "autoprune-paper", "autoprune-in-llm", "divprune", "dart",
+    };
+
+    /// <summary>A method's default options, or AutoPrune's paper preset, or AutoPrune with layer 0 on every token.</summary>
+    internal static PruningOptions Options(string name) => name switch
+    {
+        "autoprune-paper" => PruningOptions.AutoPrunePaper(),
+        "autoprune-in-llm" => new PruningOptions { Method = PruningMethod.AutoPrune, AutoPruneBeforeLlm = false },
+        _ => new PruningOptions { Method = PruningMethods.Parse(name) },
     };
 
     /// <summary>Property: for any model depth, token count, budget and accounting that is feasible, the achieved
     /// average is within one token of B and never above it, and the schedule is consistent.</summary>
     [Theory]
     [MemberData(nameof(BudgetedMethods))]
-    public void MeetsBudgetWithinOneTokenNeverAbove(PruningMethod method)
+    public void MeetsBudgetWithinOneTokenNeverAbove(string method)
     {
         var gen = Gen.Select(Gen.Int[1, 40], Gen.Int[2, 30], Gen.Double[0.0, 1.0], Gen.Int[0, 1], Gen.Double[0.0, 3.0]);
         gen.Sample((layers, grid, frac, acc, mi1) =>
         {
             var shape = new ModelShape(layers, 8, 64, 128, grid * grid, grid);
             var accounting = (BudgetAccounting)acc;
-            double min = Budget.MinimumFeasible(method, accounting, shape);
+            var options = Options(method) with { Accounting = accounting };
+            double min = Budget.MinimumFeasible(options.Method, accounting, shape, options);
             double b = Math.Max(1, min + frac * (shape.VisualTokens - min));
             if (b > shape.VisualTokens) return;
-            var s = ScheduleSolver.Solve(shape, new PruningOptions { Method = method, Budget = b, Accounting = accounting }, mi1);
+            var s = ScheduleSolver.Solve(shape, options with { Budget = b }, mi1);
             AssertConsistent(s, shape);
             Assert.True(s.Achieved <= b + 1e-9, $"achieved {s.Achieved} > budget {b}");
             Assert.True(s.Achieved > b - 1, $"achieved {s.Achieved} not within one token of {b} (L={layers}, V={shape.VisualTokens}, {accounting})");

@@ -35,7 +35,9 @@ internal interface ILlavaBackend : IDisposable
     /// The prefill sequence: token embeddings with each image's rows spliced in at its placeholder run (a GPU builds it
     /// on the device from the token ids). <paramref name="visualIndices"/> names each image row's patch (default 0..n-1).
     /// </summary>
-    SequenceState BuildSequence(ReadOnlySpan<int> ids, IReadOnlyList<ImageRows> images, IReadOnlyList<int[]>? visualIndices = null);
+    /// <paramref name="positions"/>: each row's RoPE position when they are not 0..n-1 (a selection before the LLM that keeps
+    /// the original positions).
+    SequenceState BuildSequence(ReadOnlySpan<int> ids, IReadOnlyList<ImageRows> images, IReadOnlyList<int[]>? visualIndices = null, int[]? positions = null);
 
     /// <summary>Copies the token embedding of each id into <paramref name="dst"/> ([ids, Hidden]).</summary>
     void Embed(ReadOnlySpan<int> ids, Span<float> dst);

@@ -25,4 +25,10 @@ internal abstract class LayerView
     /// comes back to the host unless the policy asks.
     /// </summary>
     public virtual Cuda.DeviceLayerSignals? Device => null;
+
+    /// <summary>This layer's keys after RoPE, as its KV cache holds them: [n, kvHeads*headDim].</summary>
+    public abstract float[] Keys();
+
+    /// <summary>The model's final RMSNorm (<c>model.norm</c>) applied to the given rows of the current hidden states: [rows, hidden].</summary>
+    public abstract float[] FinalNorm(ReadOnlySpan<int> rows);
 }

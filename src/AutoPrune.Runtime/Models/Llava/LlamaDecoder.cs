@@ -193,6 +193,17 @@ internal sealed class LlamaDecoder
         return Logits(x);
     }
 
+    /// <summary>The final RMSNorm of some rows of <paramref name="hidden"/> ([n, Hidden]): [rows, Hidden].</summary>
+    internal float[] FinalNormRows(ReadOnlySpan<float> hidden, ReadOnlySpan<int> rows) => FinalNormRows(hidden, rows, Hidden, _norm);
+
+    internal static float[] FinalNormRows(ReadOnlySpan<float> hidden, ReadOnlySpan<int> rows, int h, NormWeights norm)
+    {
+        var result = new float[rows.Length * h];
+        for (int i = 0; i < rows.Length; i++)
+            CpuOps.RmsNorm(hidden.Slice(rows[i] * h, h), result.AsSpan(i * h, h), 1, h, norm.Weight, norm.Eps);
+        return result;
+    }
+
     private float[] Logits(ReadOnlySpan<float> lastHidden)
     {
         var xn = new float[Hidden];

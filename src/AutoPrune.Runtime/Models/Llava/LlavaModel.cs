@@ -91,13 +91,27 @@ internal sealed class LlavaModel : ILlavaBackend
     public ImageRows ProjectImage(VisionFeatures f) => ImageRows.OnHost(Projector.Forward(f.Features, f.Tokens), Hidden);
 
     /// <summary>Builds the prefill sequence (see <see cref="SequenceBuilder.Build"/>).</summary>
-    public SequenceState BuildSequence(ReadOnlySpan<int> ids, IReadOnlyList<ImageRows> images, IReadOnlyList<int[]>? visualIndices = null)
-        => SequenceBuilder.Build(this, ids, images.Select(i => i.ToHost()).ToList(), visualIndices);
+    public SequenceState BuildSequence(ReadOnlySpan<int> ids, IReadOnlyList<ImageRows> images, IReadOnlyList<int[]>? visualIndices = null, int[]? positions = null)
+    {
+        var state = SequenceBuilder.Build(this, ids, images.Select(i => i.ToHost()).ToList(), visualIndices);
+        if (positions is not null) state.Positions = SequenceBuilder.CheckedPositions(positions, ids.Length);
+        return state;
+    }
 }
 
 /// <summary>Builds prefill sequences for any backend.</summary>
 internal static class SequenceBuilder
 {
+    /// <summary>Positions given for a prompt: one per row, non-negative and increasing.</summary>
+    public static int[] CheckedPositions(int[] positions, int rows)
+    {
+        if (positions.Length != rows) throw new ArgumentException($"{positions.Length} positions for a prompt of {rows} rows.", nameof(positions));
+        for (int i = 0; i < rows; i++)
+            if (positions[i] < 0 || (i > 0 && positions[i] < positions[i - 1]))
+                throw new ArgumentException($"Position {positions[i]} of row {i} is negative or below the row before it.", nameof(positions));
+        return positions;
+    }
+
     /// <summary>
     /// Builds the prefill sequence: token embeddings with each image's projected tokens spliced in at its
     /// placeholder run. Each image's run is as long as its projected rows (VisionZip gives fewer);

@@ -104,9 +104,9 @@ internal sealed class CudaGeneration : IGeneration
             if (n == 0) throw new ArgumentException("The prompt is empty.", nameof(state));
             if (state.Device is { } built)
             {
-                // Built on the device: take it over (its rows are positions 0..n-1).
+                // Built on the device: take it over (its positions are increasing, the host knows the last).
                 if (built.Rows != n) throw new ArgumentException($"The device sequence has {built.Rows} rows but the state {n}.", nameof(state));
-                CheckPositions(n - 1 + _extra);
+                CheckPositions(built.LastPosition + _extra);
                 _built = built;
                 state.Device = null;
                 _current = -1;
@@ -485,6 +485,9 @@ internal sealed class CudaGeneration : IGeneration
         _m.Ops.QkvSplitRope(qkv.View, n, Positions(n), _d.RopeCos.View, _d.RopeSin.View, q.View, k.View, qH.View, kH.View, vH.View, shape);
         return (q.View, k.View);
     }
+
+    /// <summary>The current layer's keys after RoPE (fp32, as the host policies read them): [n, kvHeads*headDim], copied to the host.</summary>
+    internal float[] LayerKeys(int layer, int n) => _m.Queue.Download(LayerQueryKeys(layer, n).K, (long)n * Kvd);
 
     /// <summary>Layer <paramref name="layer"/>'s queries and keys on the current hidden states, copied to the host.</summary>
     internal (float[] Q, float[] K) QueryKeys(int layer, int n, bool rope)

@@ -22,6 +22,10 @@ internal sealed class CudaLayerView : LayerView
 
     public override (float[] Q, float[] K) NextLayerQueryKeys(bool rope = true) => _gen.QueryKeys(Layer + 1, State.Length, rope);
 
+    public override float[] Keys() => _gen.LayerKeys(Layer, State.Length);
+
+    public override float[] FinalNorm(ReadOnlySpan<int> rows) => LlamaDecoder.FinalNormRows(State.Hidden, rows, State.Hidden.Length / State.Length, _gen.Model.HostFinalNorm);
+
     public override DeviceLayerSignals Device { get; }
 }
 

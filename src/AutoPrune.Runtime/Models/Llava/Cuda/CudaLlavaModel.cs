@@ -29,6 +29,10 @@ internal sealed class CudaLlavaModel : ILlavaBackend
     internal CudaVisionTower Vision { get; }
     internal CudaProjector Projector { get; }
     internal CudaLlamaDecoder Decoder { get; }
+    private NormWeights? _hostFinalNorm;
+
+    /// <summary>The final RMSNorm's weights copied to the host once (for host policies that compare normalised hidden states).</summary>
+    internal NormWeights HostFinalNorm => _hostFinalNorm ??= new NormWeights(Queue.Download(Decoder.FinalNorm.Weight.View, Decoder.FinalNorm.Weight.Length), null, Decoder.FinalNorm.Eps);
 
     internal CudaOps Ops { get; }
     internal Accelerator Accelerator => _device.Accelerator;
@@ -248,7 +252,7 @@ internal sealed class CudaLlavaModel : ILlavaBackend
     /// The prefill sequence built on the device: only the token ids (with the image rows' places) go up; the embedding
     /// rows come from the fp16 table on the device and the image rows from the projector's output.
     /// </summary>
-    public SequenceState BuildSequence(ReadOnlySpan<int> ids, IReadOnlyList<ImageRows> images, IReadOnlyList<int[]>? visualIndices = null)
+    public SequenceState BuildSequence(ReadOnlySpan<int> ids, IReadOnlyList<ImageRows> images, IReadOnlyList<int[]>? visualIndices = null, int[]? given = null)
     {
         int n = ids.Length, h = Hidden;
         if (n == 0) throw new ArgumentException("The prompt is empty.", nameof(ids));
@@ -303,6 +307,8 @@ internal sealed class CudaLlavaModel : ILlavaBackend
                 Queue.Upload(src.View, source);
                 Ops.EmbedSequence(Decoder.EmbedTokens.View, rows, src.View, n, h, x.View, pos.View, visual.View,
                     imageVisual is null ? default : imageVisual.View);
+                // Original positions after a selection before the LLM: n ints go up with the token ids.
+                if (given is not null) Queue.Upload(pos.View, SequenceBuilder.CheckedPositions(given, n).AsSpan());
             }
             catch
             {
@@ -314,9 +320,9 @@ internal sealed class CudaLlavaModel : ILlavaBackend
                 joined?.Dispose();
                 imageVisual?.Dispose();
             }
-            var positions = new int[n];
-            for (int i = 0; i < n; i++) positions[i] = i;
-            var device = new DeviceSequence(x, pos, visual, n);
+            var positions = given ?? new int[n];
+            if (given is null) for (int i = 0; i < n; i++) positions[i] = i;
+            var device = new DeviceSequence(x, pos, visual, n) { LastPosition = positions[n - 1] };
             var state = new SequenceState { Length = n, Positions = positions, VisualIndex = vis ?? new int[n], Device = device };
             if (vis is null)
             {

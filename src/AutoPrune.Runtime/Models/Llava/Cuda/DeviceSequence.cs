@@ -11,6 +11,9 @@ internal sealed class DeviceSequence(DeviceBuffer<float> hidden, DeviceBuffer<in
     public DeviceBuffer<int> Visual { get; } = visual;
     public int Rows { get; } = rows;
 
+    /// <summary>The last row's RoPE position (n-1, or more when the rows keep original positions), known on the host.</summary>
+    public int LastPosition { get; init; } = rows - 1;
+
     public void Dispose()
     {
         Hidden.Dispose();

@@ -1,0 +1,188 @@
+using System.Globalization;
+using System.Numerics.Tensors;
+using AutoPrune.Models.Llava;
+
+namespace AutoPrune.Pruning;
+
+/// <summary>
+/// AutoPrune: a per-sample retention curve over the decoder layers whose slope follows how focused the question's
+/// attention on the image is (layer 1's text–image mutual information), scaled to meet the budget exactly.
+/// <list type="bullet">
+/// <item>Optionally (<see cref="PruningOptions.AutoPruneBeforeLlm"/>) layer 0 runs only on the tokens the curve gives
+/// it, chosen before the LLM by the vision tower's [CLS] attention.</item>
+/// <item>After layer 0, pre-selection by [CLS] + MI0-weighted text attention keeps N0.</item>
+/// <item>After layer 1, MI1 sets the slope k (the paper's formula, this model's calibration, or the scale-free
+/// default) and the rest of the curve is solved.</item>
+/// <item>After each later layer, the tokens the text attends to most are kept; dropped ones may be recycled.</item>
+/// </list>
+/// Every selection can add coverage (<see cref="PruningOptions.AutoPruneCoverage"/>): a soft suppression of tokens
+/// close to and like one already kept, so every distinct region keeps a token.
+/// </summary>
+internal sealed class AutoPrunePolicy : IPruningPolicy
+{
+    private readonly ModelShape _shape;
+    private readonly PruningOptions _options;
+    private readonly double _budget;
+    private readonly (int Entering, int N0) _initial;
+    private readonly Dictionary<string, double> _signals = new(StringComparer.Ordinal);
+    private float[]? _clsMean;
+
+    public AutoPrunePolicy(ModelShape shape, PruningOptions options)
+    {
+        _shape = shape;
+        _options = options;
+        _budget = Budget.Resolve(options.Budget, shape.VisualTokens);
+        _initial = AutoPruneSchedule.InitialCounts(shape, _budget, options.Accounting, options); // an infeasible budget fails here
+        options.AutoPruneCalibration?.EnsureMatches(shape);
+        // Until layer 1 has measured MI1 (on a model too shallow to reach it, for good) the curve has the prior slope.
+        Schedule = AutoPruneSchedule.SolveForSlope(shape, _budget, options.Accounting, options, AutoPruneSchedule.PriorSlope(options),
+            new Dictionary<string, double>(), ["AutoPrune: the model has no layer 1 to measure MI1 at; the curve has the prior slope k0/2."]);
+    }
+
+    public PruningMethod Method => PruningMethod.AutoPrune;
+    public LayerSchedule? Schedule { get; private set; }
+    public bool RunsInDecoder => true;
+    public IReadOnlyDictionary<string, double> RuntimeSignals => _signals;
+
+    private bool Renumber => false; // positions: the session's PruneContext applies PruningOptions.Positions over this default
+
+    public void OnVision(VisionFeatures vision)
+    {
+        if (vision.ClsAttention is null)
+            throw new NotSupportedException("AutoPrune needs the vision tower's [CLS] attention, but this model's feature layer is the embedding layer.");
+        _clsMean = new float[vision.Patches];
+        for (int h = 0; h < vision.Heads; h++)
+            TensorPrimitives.Add(_clsMean, vision.ClsAttention.AsSpan(h * vision.Patches, vision.Patches), _clsMean);
+        TensorPrimitives.Multiply(_clsMean, 1f / vision.Heads, _clsMean);
+    }
+
+    /// <summary>Stage 0 (before the LLM): the curve's first count, by [CLS] attention with coverage over the vision keys.</summary>
+    public PreLlmSelection? SelectBeforeLlm(VisionFeatures vision, Func<float[], int, float[]> project)
+    {
+        if (_initial.Entering >= vision.Tokens) return null;
+        if (vision.PatchKeys is null)
+            throw new NotSupportedException("AutoPrune's selection before the LLM needs the vision tower's attention, but this model's feature layer is the embedding layer.");
+        int cls = vision.Tokens - vision.Patches; // the "full" strategy's [CLS] row is always kept
+        bool original = _options.Positions != PrunedPositions.Contiguous;
+        if (_options.AutoPruneBeforeLlmSelection == AutoPruneBeforeLlmSelection.Diversity)
+        {
+            var projected = project(vision.Features, vision.Tokens);
+            int d = projected.Length / vision.Tokens;
+            return PreLlmSelection.FromRows(vision, projected, DivPruneSelector.Select(projected.AsSpan(cls * d), d, _initial.Entering - cls), original);
+        }
+        var grid = Enumerable.Range(0, vision.Patches).ToArray();
+        int dk = vision.PatchKeys.Length / vision.Patches;
+        var keep = Select(_clsMean!, CoverageNms.Normalize(vision.PatchKeys, dk), dk, grid, _initial.Entering - cls);
+        // Project only the rows that enter the LLM.
+        int dim = vision.Hidden;
+        var features = new float[(cls + keep.Length) * dim];
+        vision.Features.AsSpan(0, cls * dim).CopyTo(features);
+        for (int i = 0; i < keep.Length; i++) vision.Features.AsSpan((cls + keep[i]) * dim, dim).CopyTo(features.AsSpan((cls + i) * dim, dim));
+        var rows = project(features, cls + keep.Length);
+        return new PreLlmSelection(rows, cls == 0 ? keep : [SequenceState.ClsToken, .. keep]) { OriginalPositions = original };
+    }
+
+    public PruneAction? AfterLayer(LayerView view, PruneContext ctx)
+    {
+        int T = ctx.TextCount;
+        if (T == 0) throw new InvalidOperationException("AutoPrune needs text tokens after the image.");
+        var attn = view.AttentionRows(ctx.TextRows);
+        var visual = ctx.VisualRows;
+        var textMean = AttentionScores.MeanOverHeadsAndRows(attn, view.Heads, T, ctx.State.Length, visual);
+        if (view.Layer == 0)
+        {
+            float mi = MutualInformation.Compute(attn, view.Heads, T, ctx.State.Length, visual);
+            double mi0 = mi / T * 32.0 / view.Heads;
+            _signals["mi0"] = mi0;
+            var cls = new float[ctx.VisualCount];
+            for (int i = 0; i < cls.Length; i++)
+            {
+                // The [CLS] token itself ("full" strategy) has no [CLS] attention: it is always pre-selected.
+                int patch = Patch(ctx, i);
+                cls[i] = patch >= 0 ? _clsMean![patch] : float.PositiveInfinity;
+            }
+            var scores = AttentionScores.AutoPrunePreselection(cls, textMean, (float)mi0, _options);
+            if (_initial.N0 >= ctx.VisualCount) return null;
+            return ctx.Build(SelectInLlm(scores, ctx, _initial.N0), null, Renumber);
+        }
+        if (view.Layer == 1)
+        {
+            var (mi1, bound) = MutualInformation.ComputeWithBound(attn, view.Heads, T, ctx.State.Length, visual);
+            double normalized = bound > 0 ? mi1 / bound : 0;
+            // k is kept to a hundredth of its range: the curve must not hinge on MI1's last digits, which differ between
+            // an fp32 CPU and an fp16 GPU (so both backends solve the same schedule).
+            double step = _options.AutoPruneK0 / 100;
+            double k = Slope(mi1, normalized, out var how);
+            if (step > 0) k = Math.Round(k / step) * step;
+            var signals = new Dictionary<string, double>
+            {
+                ["mi1"] = mi1,
+                ["mi1_scaled"] = mi1 * 32.0 / _shape.Heads,
+                ["mi1_normalized"] = normalized,
+            };
+            Schedule = AutoPruneSchedule.SolveForSlope(_shape, _budget, _options.Accounting, _options, k, signals, [how]);
+        }
+        foreach (var step in Schedule!.Steps)
+        {
+            if (step.AfterLayer != view.Layer) continue;
+            if (step.Output >= ctx.VisualCount) return null;
+            var keep = SelectInLlm(textMean, ctx, step.Kept);
+            return ctx.KeepAndRecycle(keep, textMean, step, Renumber);
+        }
+        return null;
+    }
+
+    /// <summary>The slope k for this sample and a note saying where it came from.</summary>
+    private double Slope(double mi1, double normalized, out string how)
+    {
+        var inv = CultureInfo.InvariantCulture;
+        double k0 = _options.AutoPruneK0;
+        switch (_options.AutoPruneSlope)
+        {
+            case AutoPruneSlope.Paper:
+                double k = AutoPruneSchedule.Slope(mi1, _shape.Heads, _options);
+                how = string.Create(inv, $"AutoPrune slope (paper): k = max({k0} - {_options.AutoPruneGamma} * MI1 * 32/H, 0) = {k:0.###} for MI1 = {mi1:0.###}.");
+                return k;
+            case AutoPruneSlope.Calibrated when _options.AutoPruneCalibration is { } cal:
+            {
+                double signal = cal.Signal == AutoPruneCalibration.SignalRaw ? mi1 : normalized;
+                double kc = cal.Slope(signal, k0);
+                how = string.Create(inv, $"AutoPrune slope (calibrated on {cal.Samples} questions{(cal.Data is null ? "" : " of " + Path.GetFileName(cal.Data))}): {cal.Signal} = {signal:0.####} in [{cal.Low:0.####}, {cal.High:0.####}] gives k = {kc:0.###}.");
+                return kc;
+            }
+            default:
+            {
+                var d = AutoPruneCalibration.ScaleFreeDefault;
+                double kd = d.Slope(normalized, k0);
+                string why = _options.AutoPruneSlope == AutoPruneSlope.Calibrated ? " (no calibration for this model: scale-free default)" : "";
+                how = string.Create(inv, $"AutoPrune slope{why}: MI1 / its bound = {normalized:0.####} in [{d.Low}, {d.High}] gives k = {kd:0.###}.");
+                return kd;
+            }
+        }
+    }
+
+    /// <summary>Original patch index of the i-th visual row (within its image), or -1 for a merged or [CLS] token.</summary>
+    private int Patch(PruneContext ctx, int i)
+    {
+        int v = ctx.State.VisualIndex[ctx.Prefix + i];
+        return v >= 0 ? v % (_shape.GridSize * _shape.GridSize) : -1;
+    }
+
+    /// <summary>Top-k of the visual rows by score, with coverage over their hidden states when asked for.</summary>
+    private int[] SelectInLlm(float[] scores, PruneContext ctx, int k)
+    {
+        if (_options.AutoPruneCoverage <= 0) return TopK.SelectInOrder(scores, k);
+        int d = _shape.HiddenSize, n = ctx.VisualCount;
+        var grid = new int[n];
+        for (int i = 0; i < n; i++) grid[i] = Patch(ctx, i);
+        var unit = CoverageNms.Normalize(ctx.State.Hidden.AsSpan(ctx.Prefix * d, n * d), d);
+        return Select(scores, unit, d, grid, k);
+    }
+
+    private int[] Select(float[] scores, float[] unitFeatures, int dim, int[] grid, int k)
+    {
+        if (_options.AutoPruneCoverage <= 0) return TopK.SelectInOrder(scores, k);
+        return CoverageNms.Select(scores, unitFeatures, dim, grid, _shape.GridSize, k, Math.Min(1, _options.AutoPruneCoverage),
+            _options.AutoPruneCoverageDistanceLimit, _options.AutoPruneCoverageDistanceSigma, _options.AutoPruneCoverageSimilaritySigma);
+    }
+}

@@ -1,0 +1,98 @@
+namespace AutoPrune.Pruning;
+
+/// <summary>
+/// Greedy soft non-maximum suppression over the patch grid: pick the highest-scoring token, then damp the scores of
+/// the tokens near it that look like it, so that every distinct region keeps a token before any region keeps many.
+/// A neighbour j of a pick i (grid distance d &lt;= limit) is multiplied by
+/// <c>1 - strength * exp(-d^2 / (2 sigmaD^2)) * exp(-(1 - cos(f_i, f_j))^2 / (2 sigmaS^2))</c>: only tokens both close
+/// and near-duplicates are suppressed strongly. AdaptPrune's selection is this with strength 1 on the full grid;
+/// AutoPrune's coverage term uses it on whatever tokens are left.
+/// </summary>
+internal static class CoverageNms
+{
+    /// <param name="scores">One score per candidate (higher is better); modified copy is used internally.</param>
+    /// <param name="unitFeatures">[n, dim] L2-normalised features of the candidates.</param>
+    /// <param name="gridIndex">Each candidate's patch index (row * g + col) on the g x g grid, or a negative value for a
+    /// candidate without a place (a merged token): it neither suppresses nor is suppressed.</param>
+    /// <returns>The <paramref name="k"/> selected candidates, ascending.</returns>
+    public static int[] Select(ReadOnlySpan<float> scores, ReadOnlySpan<float> unitFeatures, int dim, ReadOnlySpan<int> gridIndex, int g, int k,
+        double strength, double distanceLimit, double distanceSigma, double similaritySigma)
+    {
+        int n = scores.Length;
+        if (gridIndex.Length != n) throw new ArgumentException($"Expected {n} grid indices, got {gridIndex.Length}.", nameof(gridIndex));
+        if (dim < 1 || unitFeatures.Length != n * dim) throw new ArgumentException($"Features must be [{n}, dim]; got {unitFeatures.Length} values.", nameof(unitFeatures));
+        if (g < 1) throw new ArgumentOutOfRangeException(nameof(g));
+        k = Math.Clamp(k, 0, n);
+        var s = scores.ToArray();
+        // Which candidate sits on each grid cell (-1: none).
+        var at = new int[g * g];
+        Array.Fill(at, -1);
+        for (int i = 0; i < n; i++)
+        {
+            int p = gridIndex[i];
+            if (p >= 0)
+            {
+                if (p >= g * g) throw new ArgumentOutOfRangeException(nameof(gridIndex), p, $"Patch index outside the {g}x{g} grid.");
+                if (at[p] >= 0) throw new ArgumentException($"Two candidates on patch {p}.", nameof(gridIndex));
+                at[p] = i;
+            }
+        }
+
+        var kept = new bool[n];
+        var result = new int[k];
+        int limit = (int)Math.Floor(distanceLimit);
+        double limit2 = distanceLimit * distanceLimit;
+        double twoSigmaD2 = 2 * distanceSigma * distanceSigma;
+        double twoSigmaS2 = 2 * similaritySigma * similaritySigma;
+
+        for (int m = 0; m < k; m++)
+        {
+            int best = -1;
+            for (int j = 0; j < n; j++)
+            {
+                if (kept[j]) continue;
+                if (best < 0 || Greater(s[j], s[best])) best = j;
+            }
+            kept[best] = true;
+            result[m] = best;
+            int p = gridIndex[best];
+            if (p < 0 || strength == 0) continue;
+
+            int ri = p / g, ci = p % g;
+            var fi = unitFeatures.Slice(best * dim, dim);
+            for (int r = Math.Max(0, ri - limit); r <= Math.Min(g - 1, ri + limit); r++)
+                for (int c = Math.Max(0, ci - limit); c <= Math.Min(g - 1, ci + limit); c++)
+                {
+                    int j = at[r * g + c];
+                    if (j < 0 || kept[j]) continue;
+                    double d2 = (r - ri) * (r - ri) + (c - ci) * (c - ci);
+                    if (d2 > limit2) continue;
+                    var fj = unitFeatures.Slice(j * dim, dim);
+                    double cos = 0;
+                    for (int t = 0; t < dim; t++) cos += (double)fi[t] * fj[t];
+                    double dissim = 1 - cos;
+                    double factor = 1 - strength * Math.Exp(-d2 / twoSigmaD2) * Math.Exp(-dissim * dissim / twoSigmaS2);
+                    s[j] = (float)(s[j] * factor);
+                }
+        }
+        Array.Sort(result);
+        return result;
+    }
+
+    /// <summary>Rows of <paramref name="features"/> ([n, dim]) scaled to unit length (zero rows stay zero).</summary>
+    public static float[] Normalize(ReadOnlySpan<float> features, int dim)
+    {
+        int n = features.Length / dim;
+        var unit = new float[n * dim];
+        for (int i = 0; i < n; i++)
+        {
+            var src = features.Slice(i * dim, dim);
+            float norm = MathF.Sqrt(System.Numerics.Tensors.TensorPrimitives.SumOfSquares(src));
+            System.Numerics.Tensors.TensorPrimitives.Multiply(src, norm > 0 ? 1f / norm : 0f, unit.AsSpan(i * dim, dim));
+        }
+        return unit;
+    }
+
+    // NaN ranks lowest; equal scores keep the lower index (the caller scans ascending).
+    private static bool Greater(float a, float b) => !float.IsNaN(a) && (float.IsNaN(b) || a > b);
+}
