@@ -48,7 +48,11 @@ public sealed record SpeedBenchmarkOptions
 /// <param name="Counters">What one prefill (the last repeat) asked of the GPU; null on the CPU.</param>
 public sealed record PrefillTiming(string Method, double Budget, double? AvgVisualTokensPerLayer, int PromptTokens,
     double? PrefillMs, double? PrefillMsMin, double? MsPerLayer, double? FlopsRatio, double? SpeedupVsUnpruned, string? Skipped = null,
-    DeviceCounters? Counters = null);
+    DeviceCounters? Counters = null)
+{
+    /// <summary>Visual tokens each decoder layer processed (the method's schedule as run; null for an input cut or a skipped method).</summary>
+    public int[]? VisualTokensPerLayer { get; init; }
+}
 
 /// <summary>Everything one <see cref="SpeedBenchmark.Run"/> measured, in one run on one device.</summary>
 /// <remarks>
@@ -209,7 +213,10 @@ public static class SpeedBenchmark
                 : FlopsModel.Ratio(shape, prefix, text, Enumerable.Repeat((int)avg, shape.Layers).ToArray());
             prefill.Add(new PrefillTiming(runIds == ids ? method.ToString() : "None (input cut)", budget, Math.Round(avg, 2), promptTokens,
                 Math.Round(med, 3), Math.Round(times.Min(), 3), Math.Round(med / shape.Layers, 4), Math.Round(flops, 4),
-                Math.Round(reference / med, 2), Counters: counters));
+                Math.Round(reference / med, 2), Counters: counters)
+            {
+                VisualTokensPerLayer = runIds == ids ? report!.VisualTokensPerLayer.ToArray() : null,
+            });
         }
 
         // Decode: greedy steps after an unpruned prefill.

@@ -159,9 +159,20 @@ internal sealed class InferencePipeline(ILlavaBackend model, LlavaTokenizer toke
     internal static PreLlmRows? SelectBeforeLlm(ILlavaBackend model, PruningSession session, VisionFeatures vision)
     {
         var policy = session.Policy;
-        if (policy is VisionZipPolicy zip && zip.Options.Positions != PrunedPositions.Original && vision.Device is not null
-            && model is Models.Llava.Cuda.CudaLlavaModel gpu && vision.Tokens == vision.Patches)
-            return new PreLlmRows(Pruning.Device.VisionZipOnDevice.Select(gpu, zip, vision), null, false);
+        if (vision.Device is not null && model is Models.Llava.Cuda.CudaLlavaModel gpu)
+        {
+            // On a GPU the selection runs there: nothing but the chosen rows' count comes back before the prefill.
+            if (policy is VisionZipPolicy zip && zip.Options.Positions != PrunedPositions.Original && vision.Tokens == vision.Patches)
+                return new PreLlmRows(Pruning.Device.VisionZipOnDevice.Select(gpu, zip, vision), null, false);
+            if (policy is AutoPrunePolicy auto)
+                return Pruning.Device.AutoPruneOnDevice.SelectBeforeLlm(gpu, auto, vision) is { } rows ? new PreLlmRows(rows, null, rows.OriginalPositions) : null;
+            if (policy is DivPrunePolicy div)
+            {
+                var step = div.Schedule!.Steps.Single(s => s.AfterLayer == -1);
+                var rows = Pruning.Device.DivPruneOnDevice.Select(gpu, vision, step.Kept - (vision.Tokens - vision.Patches), div.Options.Positions == PrunedPositions.Original);
+                return new PreLlmRows(rows, null, rows.OriginalPositions);
+            }
+        }
         if (policy.SelectBeforeLlm(vision, (features, rows) => model.Project(features, rows)) is not { } chosen) return null;
         return new PreLlmRows(ImageRows.OnHost(chosen.Projected, model.Hidden), chosen.VisualIndex, chosen.OriginalPositions);
     }

@@ -25,7 +25,8 @@ internal sealed class AutoPrunePolicy : IPruningPolicy
     private readonly double _budget;
     private readonly (int Entering, int N0) _initial;
     private readonly Dictionary<string, double> _signals = new(StringComparer.Ordinal);
-    private float[]? _clsMean;
+    private VisionFeatures? _vision;
+    private float[]? _clsMeanHost;
 
     public AutoPrunePolicy(ModelShape shape, PruningOptions options)
     {
@@ -48,13 +49,38 @@ internal sealed class AutoPrunePolicy : IPruningPolicy
 
     public void OnVision(VisionFeatures vision)
     {
-        if (vision.ClsAttention is null)
+        if (vision.Device is null ? vision.ClsAttention is null : vision.Device.Cls is null)
             throw new NotSupportedException("AutoPrune needs the vision tower's [CLS] attention, but this model's feature layer is the embedding layer.");
-        _clsMean = new float[vision.Patches];
-        for (int h = 0; h < vision.Heads; h++)
-            TensorPrimitives.Add(_clsMean, vision.ClsAttention.AsSpan(h * vision.Patches, vision.Patches), _clsMean);
-        TensorPrimitives.Multiply(_clsMean, 1f / vision.Heads, _clsMean);
+        _vision = vision;
+        _clsMeanHost = null;
     }
+
+    /// <summary>Whether the request's vision features are on a GPU (the device selections need them there).</summary>
+    internal bool VisionOnDevice => _vision?.Device is not null;
+
+    /// <summary>The vision features of the request (set by <see cref="OnVision"/>).</summary>
+    internal VisionFeatures Vision => _vision ?? throw new InvalidOperationException("AutoPrune has not seen the vision features.");
+
+    /// <summary>The [CLS] attention's head mean per patch, computed on the host when the host code first needs it.</summary>
+    private float[] ClsMean
+    {
+        get
+        {
+            if (_clsMeanHost is not null) return _clsMeanHost;
+            var vision = Vision;
+            var cls = vision.ClsAttention!;
+            var mean = new float[vision.Patches];
+            for (int h = 0; h < vision.Heads; h++)
+                TensorPrimitives.Add(mean, cls.AsSpan(h * vision.Patches, vision.Patches), mean);
+            TensorPrimitives.Multiply(mean, 1f / vision.Heads, mean);
+            return _clsMeanHost = mean;
+        }
+    }
+
+    /// <summary>The visual tokens entering layer 0 and the count after layer 0's pre-selection.</summary>
+    internal (int Entering, int N0) Initial => _initial;
+
+    internal PruningOptions Options => _options;
 
     /// <summary>Stage 0 (before the LLM): the curve's first count, by [CLS] attention with coverage over the vision keys.</summary>
     public PreLlmSelection? SelectBeforeLlm(VisionFeatures vision, Func<float[], int, float[]> project)
@@ -72,7 +98,7 @@ internal sealed class AutoPrunePolicy : IPruningPolicy
         }
         var grid = Enumerable.Range(0, vision.Patches).ToArray();
         int dk = vision.PatchKeys.Length / vision.Patches;
-        var keep = Select(_clsMean!, CoverageNms.Normalize(vision.PatchKeys, dk), dk, grid, _initial.Entering - cls);
+        var keep = Select(ClsMean, CoverageNms.Normalize(vision.PatchKeys, dk), dk, grid, _initial.Entering - cls);
         // Project only the rows that enter the LLM.
         int dim = vision.Hidden;
         var features = new float[(cls + keep.Length) * dim];
@@ -92,14 +118,13 @@ internal sealed class AutoPrunePolicy : IPruningPolicy
         if (view.Layer == 0)
         {
             float mi = MutualInformation.Compute(attn, view.Heads, T, ctx.State.Length, visual);
-            double mi0 = mi / T * 32.0 / view.Heads;
-            _signals["mi0"] = mi0;
+            double mi0 = MeasuredMi0(mi, T, view.Heads);
             var cls = new float[ctx.VisualCount];
             for (int i = 0; i < cls.Length; i++)
             {
                 // The [CLS] token itself ("full" strategy) has no [CLS] attention: it is always pre-selected.
                 int patch = Patch(ctx, i);
-                cls[i] = patch >= 0 ? _clsMean![patch] : float.PositiveInfinity;
+                cls[i] = patch >= 0 ? ClsMean[patch] : float.PositiveInfinity;
             }
             var scores = AttentionScores.AutoPrunePreselection(cls, textMean, (float)mi0, _options);
             if (_initial.N0 >= ctx.VisualCount) return null;
@@ -108,19 +133,7 @@ internal sealed class AutoPrunePolicy : IPruningPolicy
         if (view.Layer == 1)
         {
             var (mi1, bound) = MutualInformation.ComputeWithBound(attn, view.Heads, T, ctx.State.Length, visual);
-            double normalized = bound > 0 ? mi1 / bound : 0;
-            // k is kept to a hundredth of its range: the curve must not hinge on MI1's last digits, which differ between
-            // an fp32 CPU and an fp16 GPU (so both backends solve the same schedule).
-            double step = _options.AutoPruneK0 / 100;
-            double k = Slope(mi1, normalized, out var how);
-            if (step > 0) k = Math.Round(k / step) * step;
-            var signals = new Dictionary<string, double>
-            {
-                ["mi1"] = mi1,
-                ["mi1_scaled"] = mi1 * 32.0 / _shape.Heads,
-                ["mi1_normalized"] = normalized,
-            };
-            Schedule = AutoPruneSchedule.SolveForSlope(_shape, _budget, _options.Accounting, _options, k, signals, [how]);
+            MeasuredMi1(mi1, bound);
         }
         foreach (var step in Schedule!.Steps)
         {
@@ -130,6 +143,32 @@ internal sealed class AutoPrunePolicy : IPruningPolicy
             return ctx.KeepAndRecycle(keep, textMean, step, Renumber);
         }
         return null;
+    }
+
+    /// <summary>Layer 0's MI (summed over heads) as the report's <c>mi0</c>: divided by T and scaled to 32 heads.</summary>
+    internal double MeasuredMi0(float mi, int T, int heads)
+    {
+        double mi0 = mi / T * 32.0 / heads;
+        _signals["mi0"] = mi0;
+        return mi0;
+    }
+
+    /// <summary>Layer 1's MI and its bound set the slope k; the rest of the curve is solved (<see cref="Schedule"/>).</summary>
+    internal void MeasuredMi1(float mi1, float bound)
+    {
+        double normalized = bound > 0 ? mi1 / bound : 0;
+        // k is kept to a hundredth of its range: the curve must not hinge on MI1's last digits, which differ between
+        // an fp32 CPU and an fp16 GPU (so both backends solve the same schedule).
+        double step = _options.AutoPruneK0 / 100;
+        double k = Slope(mi1, normalized, out var how);
+        if (step > 0) k = Math.Round(k / step) * step;
+        var signals = new Dictionary<string, double>
+        {
+            ["mi1"] = mi1,
+            ["mi1_scaled"] = mi1 * 32.0 / _shape.Heads,
+            ["mi1_normalized"] = normalized,
+        };
+        Schedule = AutoPruneSchedule.SolveForSlope(_shape, _budget, _options.Accounting, _options, k, signals, [how]);
     }
 
     /// <summary>The slope k for this sample and a note saying where it came from.</summary>

@@ -54,8 +54,8 @@ internal sealed record PreLlmRows(Models.Llava.ImageRows Rows, int[]? VisualInde
     /// <summary>The prompt's positions when the rows keep their original ones (null: contiguous, the default).</summary>
     public int[]? Positions(int promptLength, int prefix, int tokensPerImage, int patchesPerImage)
     {
-        if (!OriginalPositions) return null;
-        if (VisualIndex is null) throw new InvalidOperationException("Original positions need the kept patches on the host.");
+        // Patches known only on the device: the prompt builder computes the positions there (ImageRows.OriginalPositions).
+        if (!OriginalPositions || VisualIndex is null) return null;
         var positions = new int[promptLength];
         for (int i = 0; i < prefix; i++) positions[i] = i;
         PreLlmSelection.RestoreOriginalPositions(positions, prefix, VisualIndex, tokensPerImage, patchesPerImage);

@@ -66,6 +66,7 @@ internal sealed class PruningSession : IPrefillHook
         var ctx = new PruneContext { State = view.State, Prefix = _prefix, VisualCount = view.State.VisualRows(_prefix), Shape = _shape, Options = _options, TokenMap = TokenMap };
         if (_device is not null && view.Device is { } dev && _device.Handles(ctx))
         {
+            _device.BeforeSteps(dev, ctx);
             foreach (var step in Policy.Schedule!.Steps)
                 if (step.AfterLayer == view.Layer) return _device.AfterLayer(dev, ctx, step);
             return null;

@@ -13,7 +13,8 @@ namespace AutoPrune.Tests.Cuda;
 public sealed class Deep32BenchFixture
 {
     public static readonly PruningMethod[] DeviceMethods =
-        [PruningMethod.FastV, PruningMethod.PDrop, PruningMethod.SparseVLM, PruningMethod.AdaptPrune, PruningMethod.VisionZip];
+        [PruningMethod.FastV, PruningMethod.PDrop, PruningMethod.SparseVLM, PruningMethod.AdaptPrune, PruningMethod.VisionZip,
+         PruningMethod.AutoPrune, PruningMethod.DivPrune, PruningMethod.Dart];
 
     public SpeedReport Report { get; } = SpeedBenchmark.Run(new SpeedBenchmarkOptions
     {
@@ -49,7 +50,10 @@ public sealed class DeviceCounterTargetTests(Deep32BenchFixture fx, ITestOutputH
     [Theory]
     [InlineData("None")]
     [MemberData(nameof(DeviceMethods))]
-    public void APrefillWaitsForTheDeviceOnce(string method) => Assert.Equal(1, Counters(method).HostSyncs);
+    public void APrefillWaitsForTheDeviceOnce(string method) => Assert.Equal(Waits(method), Counters(method).HostSyncs);
+
+    /// <summary>AutoPrune waits once more than the final readback: for MI1 after layer 1 (8 bytes), which sets its curve.</summary>
+    private static int Waits(string method) => method == "AutoPrune" ? 2 : 1;
 
     [Fact]
     public void AGreedyDecodeTokenWaitsOnceReadsFourBytesAndUploadsNothing()
@@ -75,7 +79,7 @@ public sealed class DeviceCounterTargetTests(Deep32BenchFixture fx, ITestOutputH
         int pruningLayers = Math.Max(1, new PruningSession(shape, new PruningOptions { Method = m, Budget = 64 }, 1).Policy.Schedule!.Steps.Count);
         long beyondLogits = Counters(method).D2HBytes - Counters("None").D2HBytes;
         Assert.InRange(beyondLogits, 0, 4096L * pruningLayers);
-        Assert.Equal(1, Counters(method).D2HCopies);
+        Assert.Equal(Waits(method), Counters(method).D2HCopies);
     }
 
     /// <summary>Only pixels and token ids go up: the projector uploads nothing, a prefill only the prompt's ids.</summary>

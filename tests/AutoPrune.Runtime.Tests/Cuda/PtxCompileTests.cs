@@ -18,9 +18,10 @@ namespace AutoPrune.Tests.Cuda;
 /// </summary>
 public sealed class PtxCompileTests
 {
-    /// <summary>The classes holding device code: the layer kernels and the sequence, decode, MLP, pruning-signal and selection kernels.</summary>
+    /// <summary>The classes holding device code: the layer kernels and the sequence, decode, MLP, pruning-signal and selection kernels, AutoPrune's, DivPrune's and DART's.</summary>
     private static readonly Type[] KernelClasses =
-        [typeof(CudaKernels), typeof(SequenceKernels), typeof(DecodeKernels), typeof(HalfMlpKernels), typeof(SignalKernels), typeof(SelectionKernels)];
+        [typeof(CudaKernels), typeof(SequenceKernels), typeof(DecodeKernels), typeof(HalfMlpKernels), typeof(SignalKernels), typeof(SelectionKernels),
+         typeof(CoverageKernels), typeof(AttentionFreeKernels)];
 
     private static IEnumerable<MethodInfo> KernelMethods() => KernelClasses
         .SelectMany(t => t.GetMethods(BindingFlags.Static | BindingFlags.NonPublic | BindingFlags.Public))
@@ -34,7 +35,7 @@ public sealed class PtxCompileTests
     }
 
     [Fact]
-    public void AllFortyFourKernelsAreListed() => Assert.Equal(44, Kernels().Count);
+    public void AllFiftyThreeKernelsAreListed() => Assert.Equal(53, Kernels().Count);
 
     /// <summary>CudaOps.CompileAll (run at GPU model load) loads every kernel of every kernel class, none forgotten.</summary>
     [Fact]
@@ -57,9 +58,10 @@ public sealed class PtxCompileTests
         var explicitKernels = KernelMethods().Where(IsExplicitlyGrouped).Select(m => m.Name).Order(StringComparer.Ordinal).ToArray();
         Assert.Equal(new[]
         {
-            "AdaptiveNmsKernel", "ArgMaxRowsKernel", "AttentionRowsGroupedKernel", "AttentionWindowKernel", "CosineToPivotKernel", "DecodeAttentionKernel",
-            "KeyL1NormsKernel", "L2NormalizeRowsToHalfKernel", "LayerNormToHalfKernel", "MutualInformationKernel", "RatersKernel", "RecycleClusterKernel",
-            "RecycleSelectKernel", "RmsNormRowsKernel", "RmsNormToHalfKernel", "ScaledMaskedSoftmaxToHalfKernel", "TopKPlanKernel", "ZipRestKernel",
+            "AdaptiveNmsKernel", "ArgMaxRowsKernel", "AttentionRowsGroupedKernel", "AttentionWindowKernel", "CosineToPivotKernel",
+            "CoverageNmsKernel", "DartKernel", "DecodeAttentionKernel", "GreedyMaxMinKernel", "KeyL1NormsKernel", "L2NormalizeRowsToHalfKernel",
+            "LayerNormToHalfKernel", "MutualInformationKernel", "RatersKernel", "RecycleClusterKernel", "RecycleSelectKernel", "RmsNormRowsKernel",
+            "RmsNormToHalfKernel", "ScaledMaskedSoftmaxToHalfKernel", "TopKPlanKernel", "ZipRestKernel",
         }, explicitKernels);
     }
 

@@ -24,6 +24,12 @@ internal sealed class ImageRows : IDisposable
     public DeviceBuffer<float>? Device { get; }
     public DeviceBuffer<int>? Visual { get; }
 
+    /// <summary>
+    /// The rows were chosen before the LLM and keep their original RoPE positions (their patches' places in the full image
+    /// run); with <see cref="Visual"/> on the device the prompt builder computes the positions there.
+    /// </summary>
+    public bool OriginalPositions { get; set; }
+
     public static ImageRows OnHost(float[] rows, int hidden)
     {
         if (hidden < 1 || rows.Length % hidden != 0) throw new ArgumentException($"{rows.Length} values are not rows of {hidden}.", nameof(rows));

@@ -19,8 +19,11 @@ internal interface IDevicePruner
     /// <summary>False when this sequence needs the host code (e.g. a [CLS] token among AdaptPrune's patches).</summary>
     bool Handles(PruneContext ctx) => true;
 
+    /// <summary>Called after every layer before its schedule step, if any (AutoPrune measures MI here and may re-solve its curve).</summary>
+    void BeforeSteps(DeviceLayerSignals dev, PruneContext ctx) { }
+
     /// <summary>The prune after <c>dev.Layer</c> (its schedule step), as a device plan.</summary>
-    PruneAction AfterLayer(DeviceLayerSignals dev, PruneContext ctx, PruneStep step);
+    PruneAction? AfterLayer(DeviceLayerSignals dev, PruneContext ctx, PruneStep step);
 
     /// <summary>Signals measured while running (merged into the report), e.g. SparseVLM's rater counts.</summary>
     IReadOnlyDictionary<string, double> Signals { get; }
@@ -35,6 +38,8 @@ internal static class DevicePruners
         PruningMethod.AdaptPrune => new AdaptPruneOnDevice(schedule, options),
         PruningMethod.PDrop => new PDropOnDevice(),
         PruningMethod.SparseVLM => new SparseVlmOnDevice(schedule, options),
+        PruningMethod.AutoPrune => new AutoPruneOnDevice((AutoPrunePolicy)policy),
+        PruningMethod.Dart => new DartOnDevice(schedule, options),
         _ => null,
     };
 
@@ -46,9 +51,46 @@ internal static class DevicePruners
         return false;
     }
 
-    /// <summary>The plan's action: kept visual rows (and merged ones) after the prefix, then the text.</summary>
+    /// <summary>The plan's action: kept visual rows (and merged ones) after the prefix, then the text; positions as the options say over the method's default.</summary>
     internal static PruneAction Action(ArrayView<int> plan, PruneContext ctx, int kept, ArrayView<float> merged, int mergedRows, bool renumber)
-        => PruneAction.FromDevice(new DevicePrunePlan(plan, ctx.Prefix + kept + mergedRows + ctx.TextCount, kept + mergedRows, merged, mergedRows), renumber);
+    {
+        renumber = ctx.Options.Positions switch { PrunedPositions.Original => false, PrunedPositions.Contiguous => true, _ => renumber };
+        return PruneAction.FromDevice(new DevicePrunePlan(plan, ctx.Prefix + kept + mergedRows + ctx.TextCount, kept + mergedRows, merged, mergedRows), renumber);
+    }
+
+    /// <summary>
+    /// The rows a selection before the LLM lets in, on the device: the first <paramref name="cls"/> rows of
+    /// <paramref name="source"/> ([rows, width]) and the kept ones (keptLocal, ascending, offset by cls), projected when
+    /// asked; their visual indices ([CLS] or the patch) stay with them. The caller holds the device lock.
+    /// </summary>
+    internal static ImageRows SelectedRows(CudaLlavaModel model, ArrayView<float> source, ArrayView<int> keptLocal, int cls, int k, int width, bool project, bool originalPositions)
+    {
+        var mem = model.Memory;
+        int count = cls + k;
+        using var index = mem.Allocate<int>(Math.Max(1, count));
+        var visual = mem.Allocate<int>(Math.Max(1, count));
+        DeviceBuffer<float>? gathered = null;
+        try
+        {
+            model.Ops.SelectedRows(keptLocal, cls, k, index.View, visual.View);
+            gathered = mem.Allocate<float>(Math.Max(1, (long)count * width));
+            if (count > 0) model.Ops.RowGatherMixed(source, source, index.View.SubView(0, count), gathered.View.SubView(0, (long)count * width), width);
+            ImageRows rows;
+            if (project)
+            {
+                using (gathered) rows = model.DeviceRows(model.Projector.Forward(gathered.View, count), visual, count);
+            }
+            else rows = model.DeviceRows(gathered, visual, count);
+            rows.OriginalPositions = originalPositions;
+            return rows;
+        }
+        catch
+        {
+            visual.Dispose();
+            gathered?.Dispose();
+            throw;
+        }
+    }
 }
 
 /// <summary>FastV on the device: the last prompt row's attention over the visual columns, head-averaged, top k; original positions.</summary>

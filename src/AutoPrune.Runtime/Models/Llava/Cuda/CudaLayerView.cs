@@ -60,6 +60,12 @@ internal sealed class DeviceLayerSignals
     /// <summary>A device buffer that lives until this layer's prune has been applied.</summary>
     public ArrayView<T> Scratch<T>(long length) where T : unmanaged => _g.LayerScratch<T>(length).View;
 
+    /// <summary>Each row's visual index (<see cref="SequenceState.VisualIndex"/>) on the device: [Rows].</summary>
+    public ArrayView<int> VisualIndex => _g.Visual(Rows);
+
+    /// <summary>This layer's fp32 keys after RoPE, [Rows, KvHeads·HeadDim] (kept when the pruner said it reads this layer).</summary>
+    public ArrayView<float> LayerKeys => _g.LayerQueryKeys(Layer, Rows).K;
+
     /// <summary>The hidden states leaving this layer, [Rows, Hidden] fp32.</summary>
     public ArrayView<float> HiddenStates => _g.X(Rows);
 

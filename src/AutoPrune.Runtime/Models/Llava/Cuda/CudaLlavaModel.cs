@@ -262,6 +262,8 @@ internal sealed class CudaLlavaModel : ILlavaBackend
             : (IReadOnlyList<int[]?>?)visualIndices;
         var (source, vis) = SequenceBuilder.Map(this, ids, images.Select(i => i.Rows).ToArray(), known);
         int imageRows = images.Sum(i => i.Rows);
+        int firstImageRow = Array.FindIndex(source, s => s < 0);
+        bool devicePositions = given is null && images.Count == 1 && images[0].OriginalPositions && images[0].Visual is not null && firstImageRow >= 0;
         lock (Sync)
         {
             using var bind = Accelerator.BindScoped();
@@ -307,8 +309,11 @@ internal sealed class CudaLlavaModel : ILlavaBackend
                 Queue.Upload(src.View, source);
                 Ops.EmbedSequence(Decoder.EmbedTokens.View, rows, src.View, n, h, x.View, pos.View, visual.View,
                     imageVisual is null ? default : imageVisual.View);
-                // Original positions after a selection before the LLM: n ints go up with the token ids.
+                // Original positions after a selection before the LLM: n ints go up with the token ids, or, when only the
+                // device knows the chosen patches, they are computed there.
                 if (given is not null) Queue.Upload(pos.View, SequenceBuilder.CheckedPositions(given, n).AsSpan());
+                else if (devicePositions)
+                    Ops.OriginalPositions(pos.View, visual.View, n, firstImageRow, imageRows, TokensPerImage, Config.DropClsToken ? 0 : 1, TokensPerImage - (Config.DropClsToken ? 0 : 1));
             }
             catch
             {
@@ -322,7 +327,12 @@ internal sealed class CudaLlavaModel : ILlavaBackend
             }
             var positions = given ?? new int[n];
             if (given is null) for (int i = 0; i < n; i++) positions[i] = i;
-            var device = new DeviceSequence(x, pos, visual, n) { LastPosition = positions[n - 1] };
+            // With positions computed on the device the host knows the last one when text follows the image (it always
+            // does in a prompt); else the full run's end bounds it.
+            int textAfter = n - firstImageRow - imageRows;
+            int lastPosition = !devicePositions ? positions[n - 1]
+                : textAfter > 0 ? firstImageRow + TokensPerImage + textAfter - 1 : firstImageRow + TokensPerImage - 1;
+            var device = new DeviceSequence(x, pos, visual, n) { LastPosition = lastPosition };
             var state = new SequenceState { Length = n, Positions = positions, VisualIndex = vis ?? new int[n], Device = device };
             if (vis is null)
             {
@@ -330,7 +340,7 @@ internal sealed class CudaLlavaModel : ILlavaBackend
                 int prefix = Array.FindIndex(source, s => s < 0);
                 int run = 0;
                 for (int i = prefix; i >= 0 && i < n && source[i] < 0; i++) run++;
-                state.AppliedOnDevice(n, run, () => (positions, Download(visual.View, n)), newVersion: false);
+                state.AppliedOnDevice(n, run, () => (devicePositions ? Download(pos.View, n) : positions, Download(visual.View, n)), newVersion: false);
             }
             state.HiddenOnDevice(() => Download(x.View, (long)n * h));
             return state;

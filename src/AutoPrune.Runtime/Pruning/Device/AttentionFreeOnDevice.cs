@@ -1,0 +1,218 @@
+using AutoPrune.Compute.Cuda;
+using AutoPrune.Models.Llava;
+using AutoPrune.Models.Llava.Cuda;
+using ILGPU;
+
+namespace AutoPrune.Pruning.Device;
+
+/// <summary>
+/// AutoPrune on the device. Layer 0: MI0 (read back with the prefill's final readback) and, when the curve prunes
+/// there, the pre-selection score ([CLS] mean + w·MI0·text mean). Layer 1: MI1 and its bound come back in the prefill's
+/// one extra wait, the slope is set and the rest of the curve solved on the host (a few numbers). Each pruning layer:
+/// the text rows' mean attention over the visual columns, and the coverage selection over the hidden states' unit rows
+/// and each row's patch (or plain top-k without coverage). Positions as the options say (original by default).
+/// </summary>
+internal sealed class AutoPruneOnDevice(AutoPrunePolicy policy) : IDevicePruner
+{
+    private ArrayView<float> _attention, _mi;
+    private int _attentionLayer = -1;
+
+    public bool ReadsAttention(int layer) => layer <= 1 || DevicePruners.PrunesAfter(policy.Schedule!, layer);
+
+    /// <summary>Recycling merges on the host, and LLaVA-NeXT images and host-only vision features stay with the host code.</summary>
+    public bool Handles(PruneContext ctx) => !policy.Options.AutoPruneRecycle && ctx.TokenMap is null && policy.VisionOnDevice && ctx.TextCount > 0;
+
+    public IReadOnlyDictionary<string, double> Signals { get; } = new Dictionary<string, double>();
+
+    /// <summary>The text rows' attention over the visual columns at this layer: [heads, T, V] (computed once per layer).</summary>
+    private ArrayView<float> TextAttention(DeviceLayerSignals dev, PruneContext ctx)
+    {
+        if (_attentionLayer != dev.Layer)
+        {
+            _attention = dev.AttentionWindow(ctx.Prefix + ctx.VisualCount, ctx.TextCount, ctx.Prefix, ctx.VisualCount);
+            _attentionLayer = dev.Layer;
+        }
+        return _attention;
+    }
+
+    public void BeforeSteps(DeviceLayerSignals dev, PruneContext ctx)
+    {
+        int T = ctx.TextCount, V = ctx.VisualCount, heads = dev.Heads;
+        if (dev.Layer > 1) return;
+        var attn = TextAttention(dev, ctx);
+        _mi = dev.MutualInformation(attn, T, V);
+        if (dev.Layer == 0)
+            dev.ReadAtEnd(_mi, 1, r => policy.MeasuredMi0(r[0], T, heads));
+        else
+        {
+            // The prefill's one wait besides the final readback: two floats, from which the rest of the curve is known.
+            var mi = dev.Read(_mi, 2);
+            policy.MeasuredMi1(mi[0], mi[1]);
+        }
+    }
+
+    public PruneAction? AfterLayer(DeviceLayerSignals dev, PruneContext ctx, PruneStep step)
+    {
+        int V = ctx.VisualCount, T = ctx.TextCount;
+        int k = dev.Layer == 0 ? policy.Initial.N0 : step.Kept;
+        if ((dev.Layer == 0 ? k : step.Output) >= V) return null;
+        var attn = TextAttention(dev, ctx);
+        var visual = dev.VisualIndex.SubView(ctx.Prefix, V);
+        var options = policy.Options;
+        var shape = ctx.Shape;
+        int patches = shape.GridSize * shape.GridSize, d = dev.Hidden;
+        if (dev.Layer > 0 && options.AutoPruneCoverage > 0)
+        {
+            // The text mean, the unit hidden rows and the coverage selection in one launch.
+            var p = dev.Scratch<int>(ctx.Prefix + k + T);
+            dev.Ops.CoverageNms(attn, default, dev.Scratch<float>(V), dev.HiddenStates.SubView((long)ctx.Prefix * d, (long)V * d), dev.Scratch<float>(V), visual,
+                dev.Scratch<int>(patches), dev.Scratch<int>(V), dev.Scratch<int>(Math.Max(1, k)), p,
+                Coverage(options, shape.GridSize, V, d, k, gridMode: 1, ctx.Prefix, T, writePlan: 1) with { ScoreRows = T, Heads = dev.Heads, Normalize = 1 });
+            return DevicePruners.Action(p, ctx, k, default, 0, renumber: false);
+        }
+        var scores = dev.ColumnMean(attn, T, V);
+        if (dev.Layer == 0)
+        {
+            var vision = policy.Vision.Device!;
+            var cls = dev.Scratch<float>(vision.Patches);
+            dev.Ops.ClsMean(vision.Cls!.View, vision.Heads, vision.Patches, cls);
+            var pre = dev.Scratch<float>(V);
+            dev.Ops.Preselection(cls, scores, visual, _mi, pre, V, T, dev.Heads, (float)options.AutoPruneTextWeight, patches);
+            scores = pre;
+        }
+        ArrayView<int> plan;
+        if (options.AutoPruneCoverage <= 0)
+            plan = dev.KeepTopK(scores, default, default, new PlanShape(V, k, ctx.Prefix, T, 0, 0, dev.Heads, 1, 0, 1)).Plan;
+        else
+        {
+            var unit = dev.Scratch<float>((long)V * d);
+            dev.Ops.L2NormalizeRows(dev.HiddenStates, ctx.Prefix, V, d, unit);
+            plan = dev.Scratch<int>(ctx.Prefix + k + T);
+            dev.Ops.CoverageNms(default, scores, dev.Scratch<float>(V), unit, default, visual, dev.Scratch<int>(patches), dev.Scratch<int>(V), dev.Scratch<int>(Math.Max(1, k)), plan,
+                Coverage(options, shape.GridSize, V, d, k, gridMode: 1, ctx.Prefix, T, writePlan: 1));
+        }
+        return DevicePruners.Action(plan, ctx, k, default, 0, renumber: false);
+    }
+
+    /// <summary>The coverage kernel's constants from the options (as <c>AutoPrunePolicy</c> passes them to <c>CoverageNms.Select</c>).</summary>
+    internal static CoverageShape Coverage(PruningOptions o, int grid, int n, int features, int k, int gridMode, int prefix, int text, int writePlan)
+    {
+        double limit = o.AutoPruneCoverageDistanceLimit, sd = o.AutoPruneCoverageDistanceSigma, ss = o.AutoPruneCoverageSimilaritySigma;
+        return new CoverageShape(n, features, k, grid, (int)Math.Floor(limit), limit * limit, 2 * sd * sd, 2 * ss * ss, Math.Min(1, o.AutoPruneCoverage),
+            gridMode, prefix, text, writePlan);
+    }
+
+    /// <summary>
+    /// AutoPrune's selection before the LLM on the device (<c>AutoPrunePolicy.SelectBeforeLlm</c>): the [CLS] attention's
+    /// head mean with coverage over the unit vision keys (or DivPrune's diversity over the projected rows), the [CLS] row
+    /// of the "full" strategy always kept; the chosen rows are projected and stay on the device with their patches.
+    /// Null when the curve lets every token into layer 0.
+    /// </summary>
+    public static ImageRows? SelectBeforeLlm(CudaLlavaModel model, AutoPrunePolicy policy, VisionFeatures vision)
+    {
+        var dv = vision.Device ?? throw new ArgumentException("The vision features are not on the device.", nameof(vision));
+        int entering = policy.Initial.Entering;
+        if (entering >= dv.Tokens) return null;
+        if (dv.Cls is null || dv.Keys is null)
+            throw new NotSupportedException("AutoPrune's selection before the LLM needs the vision tower's attention, but this model's feature layer is the embedding layer.");
+        int cls = dv.Tokens - dv.Patches, k = entering - cls;
+        var options = policy.Options;
+        bool original = options.Positions != PrunedPositions.Contiguous;
+        if (options.AutoPruneBeforeLlmSelection == AutoPruneBeforeLlmSelection.Diversity)
+            return DivPruneOnDevice.Select(model, vision, k, original);
+        lock (model.Sync)
+        {
+            using var bind = model.Accelerator.BindScoped();
+            var mem = model.Memory;
+            var ops = model.Ops;
+            int V = dv.Patches, dk = dv.Hidden, grid = (int)Math.Round(Math.Sqrt(V));
+            using var score = mem.Allocate<float>(V);
+            using var unit = mem.Allocate<float>((long)V * dk);
+            using var s = mem.Allocate<float>(V);
+            using var at = mem.Allocate<int>((long)grid * grid);
+            using var kept = mem.Allocate<int>(V);
+            using var keptLocal = mem.Allocate<int>(Math.Max(1, k));
+            ops.ClsMean(dv.Cls.View, dv.Heads, V, score.View);
+            if (options.AutoPruneCoverage <= 0)
+                ops.TopKPlan(score.View, default, default, kept.View, keptLocal.View, default, new PlanShape(V, k, 0, 0, 0, 0, 0, 0, 0, 0));
+            else
+            {
+                ops.L2NormalizeRows(dv.Keys.View, 0, V, dk, unit.View);
+                ops.CoverageNms(default, score.View, s.View, unit.View, default, default, at.View, kept.View, keptLocal.View, default,
+                    Coverage(options, grid, V, dk, k, gridMode: 0, 0, 0, writePlan: 0));
+            }
+            return DevicePruners.SelectedRows(model, dv.Features.View, keptLocal.View, cls, k, dv.Hidden, project: true, original);
+        }
+    }
+}
+
+/// <summary>
+/// DivPrune before the LLM on the device (<c>DivPruneSelector</c>): every row projected, the patches' unit rows (fp16)
+/// multiplied in one GEMM into cosines, distances quantized to 1/1024 as on the host, the greedy max-min in one group;
+/// the chosen rows (after the "full" strategy's [CLS] row) stay on the device with their patches.
+/// </summary>
+internal static class DivPruneOnDevice
+{
+    public static ImageRows Select(CudaLlavaModel model, VisionFeatures vision, int k, bool originalPositions)
+    {
+        var dv = vision.Device ?? throw new ArgumentException("The vision features are not on the device.", nameof(vision));
+        int cls = dv.Tokens - dv.Patches, V = dv.Patches;
+        k = Math.Clamp(k, 0, V);
+        using var projected = model.ProjectImage(vision);
+        lock (model.Sync)
+        {
+            using var bind = model.Accelerator.BindScoped();
+            var mem = model.Memory;
+            var ops = model.Ops;
+            int d = projected.Hidden;
+            var rows = projected.Device ?? throw new InvalidOperationException("The projector's output is not on the device.");
+            using var keptLocal = mem.Allocate<int>(Math.Max(1, k));
+            if (k > 0)
+            {
+                using var unit = mem.Allocate<ushort>((long)V * d);
+                using var norms = mem.Allocate<float>(V);
+                using var cos = mem.Allocate<float>((long)V * V);
+                using var dist = mem.Allocate<float>((long)V * V);
+                using var toSet = mem.Allocate<float>(V);
+                using var kept = mem.Allocate<int>(V);
+                ops.L2NormalizeRowsToHalf(rows.View, cls, V, d, unit.View, norms.View);
+                model.Blas.Linear(unit.View, V, d, unit.View, V, cos.View);
+                ops.QuantizedDistances(cos.View, dist.View, V, DivPruneSelector.Resolution);
+                ops.GreedyMaxMin(dist.View, toSet.View, kept.View, keptLocal.View, V, k);
+            }
+            return DevicePruners.SelectedRows(model, rows.View, keptLocal.View, cls, k, d, project: false, originalPositions);
+        }
+    }
+}
+
+/// <summary>
+/// DART on the device (<c>DartPolicy</c>): this layer's fp32 keys give each visual and text row's L1 norm (pivots), the
+/// final norm of the rows entering the next layer gives the features, and one single-group kernel keeps the rows least
+/// duplicated with each pivot; original positions unless the options say otherwise.
+/// </summary>
+internal sealed class DartOnDevice(LayerSchedule schedule, PruningOptions options) : IDevicePruner
+{
+    public bool ReadsAttention(int layer) => DevicePruners.PrunesAfter(schedule, layer);
+
+    /// <summary>LLaVA-NeXT images stay with the host code.</summary>
+    public bool Handles(PruneContext ctx) => ctx.TokenMap is null;
+
+    public IReadOnlyDictionary<string, double> Signals { get; } = new Dictionary<string, double>();
+
+    public PruneAction AfterLayer(DeviceLayerSignals dev, PruneContext ctx, PruneStep step)
+    {
+        int V = ctx.VisualCount, T = ctx.TextCount, kvd = dev.KvHeads * dev.HeadDim, d = dev.Hidden, k = Math.Clamp(step.Kept, 0, V);
+        var keys = dev.LayerKeys;
+        var visualNorms = dev.Scratch<float>(Math.Max(1, V));
+        var textNorms = dev.Scratch<float>(Math.Max(1, T));
+        dev.Ops.RowL1(keys, ctx.Prefix, V, kvd, visualNorms);
+        dev.Ops.RowL1(keys, ctx.Prefix + V, T, kvd, textNorms);
+        var visualHidden = dev.FinalNorm(ctx.Prefix, V);
+        var textHidden = T > 0 ? dev.FinalNorm(ctx.Prefix + V, T) : dev.Scratch<float>(1);
+        var plan = dev.Scratch<int>(ctx.Prefix + k + T);
+        dev.Ops.Dart(visualNorms, textNorms, visualHidden, textHidden, dev.Scratch<float>(Math.Max(1, V)), dev.Scratch<float>(Math.Max(1, Math.Max(V, T))),
+            dev.Scratch<int>(Math.Max(1, options.DartVisualPivots + options.DartTextPivots)), dev.Scratch<int>(Math.Max(1, V)), dev.Scratch<int>(Math.Max(1, k)), plan,
+            new DartShape(V, T, d, k, options.DartVisualPivots, options.DartTextPivots, ctx.Prefix));
+        return DevicePruners.Action(plan, ctx, k, default, 0, renumber: false);
+    }
+}
