@@ -297,6 +297,26 @@ public class CommandTests
         Assert.Equal("cpu", r.GetProperty("reference_device").GetString());
     }
 
+    /// <summary>
+    /// verify on AutoPrune: dev row 1's kept tokens differ on the fp16 GPU path from layer 0 on (near-tied [CLS] scores
+    /// in a uniform background swap), while the answers agree: strict comparison fails, an overlap floor passes.
+    /// </summary>
+    [Fact]
+    public async Task Verify_reports_kept_token_overlap_and_passes_above_a_floor()
+    {
+        string[] Args(params string[] extra) => ["verify", "--device", "ilgpu-cpu", "--data", Path.Combine(Repo.DevDir, "dev.jsonl"), "--limit", "2",
+            "--model", Repo.Model, "--method", "autoprune", "--budget", "128", "--max-tokens", "3", .. extra];
+        Assert.Equal(2, await Repo.Cli().Parse(Args()).InvokeAsync());
+        var outFile = Path.Combine(Repo.TempDir(), "verify-overlap.json");
+        Assert.Equal(0, await Repo.Cli().Parse(Args("--min-kept-overlap", "0.75", "--tolerance", "0.05", "--out", outFile)).InvokeAsync());
+        using var doc = JsonDocument.Parse(File.ReadAllText(outFile));
+        var r = doc.RootElement;
+        Assert.Equal(2, r.GetProperty("same_answers").GetInt32());
+        Assert.Equal(1, r.GetProperty("same_kept_tokens").GetInt32());
+        Assert.InRange(r.GetProperty("min_kept_overlap").GetDouble(), 0.75, 0.99);
+        Assert.Equal(1, await Repo.Cli().Parse(Args("--min-kept-overlap", "1.5")).InvokeAsync());
+    }
+
     [Fact]
     public async Task Verify_with_a_tolerance_no_fp16_device_can_meet_fails_with_exit_code_2()
     {

@@ -26,6 +26,12 @@ internal sealed class InferencePipeline(ILlavaBackend model, LlavaTokenizer toke
     {
         /// <summary>What a policy chose before the LLM (VisionZip, DivPrune, AutoPrune's selection before layer 0), if anything.</summary>
         public PreLlmRows? Selected { get; init; }
+
+        /// <summary>
+        /// The images' vision features, held until the prefill ends (a policy may read them there: AutoPrune's [CLS] term
+        /// at layer 0), then released; with no vision cache that frees them.
+        /// </summary>
+        public IReadOnlyList<EncodedImage> Held { get; init; } = [];
     }
 
     /// <summary>The decoder state after the prompt, with the logits at its last position and what pruning did.</summary>
@@ -143,13 +149,10 @@ internal sealed class InferencePipeline(ILlavaBackend model, LlavaTokenizer toke
         catch
         {
             foreach (var rows in projected) rows.Dispose();
+            foreach (var e in held) e.Release();
             throw;
         }
-        finally
-        {
-            foreach (var e in held) e.Release();
-        }
-        return new EncodedImages(ids, projected, visualIndices, session, preprocessMs, sw.Elapsed.TotalMilliseconds - preprocessMs) { Selected = selected };
+        return new EncodedImages(ids, projected, visualIndices, session, preprocessMs, sw.Elapsed.TotalMilliseconds - preprocessMs) { Selected = selected, Held = held };
     }
 
     /// <summary>
@@ -188,8 +191,17 @@ internal sealed class InferencePipeline(ILlavaBackend model, LlavaTokenizer toke
         return pixels;
     }
 
-    /// <summary>Builds the prompt's embeddings and runs them through every decoder layer, pruning between layers.</summary>
+    /// <summary>
+    /// Builds the prompt's embeddings and runs them through every decoder layer, pruning between layers; releases the
+    /// images' vision features at the end, whatever happens.
+    /// </summary>
     public PrefilledPrompt Prefill(PreparedRequest p, EncodedImages encoded, RequestTelemetry telemetry, CancellationToken ct)
+    {
+        try { return PrefillCore(p, encoded, telemetry, ct); }
+        finally { foreach (var e in encoded.Held) e.Release(); }
+    }
+
+    private PrefilledPrompt PrefillCore(PreparedRequest p, EncodedImages encoded, RequestTelemetry telemetry, CancellationToken ct)
     {
         using var span = telemetry.Stage(AutoPruneTelemetry.Spans.Prefill);
         var sw = Stopwatch.StartNew();

@@ -148,4 +148,33 @@ public sealed class DeviceRequestCounterTests(ITestOutputHelper output)
         using var cpu = VisionLanguageModel.Load(TestData.ModelDir, new ModelOptions { Device = "cpu" });
         Assert.Null((await cpu.AskAsync(Request(TestData.Dev[5]))).DeviceCounters);
     }
+
+    /// <summary>
+    /// AutoPrune through the public API with no vision cache: its [CLS] term is read on the device during the prefill
+    /// (the features are held until it ends), it waits twice in the prefill (MI1, then the final readback), never in the
+    /// vision stage, and sends up only the pixels and the token ids.
+    /// </summary>
+    [Fact]
+    public async Task AutoPruneWithoutAVisionCacheReadsItsFeaturesOnTheDeviceAndWaitsTwice()
+    {
+        using var model = VisionLanguageModel.Load(TestData.ModelDir, new ModelOptions { Device = "ilgpu-cpu", VisionCacheSize = 0, MaxConcurrentRequests = 1 });
+        var row = TestData.Dev[3];
+        var request = VisionRequest.Create(row.Question, ImageInput.FromFile(TestData.Image(row.Image))) with
+        {
+            Generation = new GenerationOptions { MaxNewTokens = 1 },
+            Pruning = new PruningOptions { Method = PruningMethod.AutoPrune, Budget = 128 },
+        };
+        await model.AskAsync(request);
+        var answer = await model.AskAsync(request);
+        var c = answer.DeviceCounters!;
+        output.WriteLine($"vision {c.Vision}\nprefill {c.Prefill}; layers [{string.Join(",", answer.Report.VisualTokensPerLayer)}]");
+        Assert.Equal(0, c.Vision.HostSyncs);
+        Assert.Equal(2, c.Prefill.HostSyncs);
+        Assert.InRange(answer.Report.AvgVisualTokensProcessed, 127, 128);
+        Assert.True(answer.Report.VisualTokensPerLayer[0] < 576, "layer 0 runs on the selection made before the LLM, on the device");
+        // Up: the pixels and the ids of the prompt that enters the LLM (its image run cut to layer 0's tokens).
+        int enteringIds = answer.PromptTokens - 576 + answer.Report.VisualTokensPerLayer[0];
+        Assert.Equal(576L * 3 * 14 * 14 * 2 + 4L * enteringIds, c.Vision.H2DBytes + c.Prefill.H2DBytes + c.Decode.H2DBytes);
+        Assert.Equal(0, c.Vision.DeviceAllocations + c.Prefill.DeviceAllocations);
+    }
 }
