@@ -1,0 +1,1 @@
+namespace AutoPrune.AspNetCore.Tests; public class Placeholder { }
