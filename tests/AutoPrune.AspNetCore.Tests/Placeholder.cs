@@ -1,1 +1,0 @@
-namespace AutoPrune.AspNetCore.Tests; public class Placeholder { }
