@@ -75,7 +75,7 @@ app.MapAutoPruneOperations();
 await app.StartAsync();
 using var http = new HttpClient { BaseAddress = new Uri(app.Urls.First()) };
 while (!(await http.GetAsync("/ready")).IsSuccessStatusCode) await Task.Delay(100);
-var body = $$"""{"messages":[{"role":"user","content":[{"type":"image_url","image_url":{"url":"data:image/png;base64,{{Convert.ToBase64String(bytes)}}"}},{"type":"text","text":"{{Question}}"}]}]}""";
+var body = $$$"""{"messages":[{"role":"user","content":[{"type":"image_url","image_url":{"url":"data:image/png;base64,{{{Convert.ToBase64String(bytes)}}}"}},{"type":"text","text":"{{{Question}}}"}]}]}""";
 var served = await http.PostAsync("/v1/chat/completions", new StringContent(body, System.Text.Encoding.UTF8, "application/json"));
 var servedText = System.Text.Json.JsonDocument.Parse(await served.Content.ReadAsStringAsync()).RootElement.GetProperty("choices")[0].GetProperty("message").GetProperty("content").GetString();
 Check("OpenAI-compatible endpoint", servedText == response.Text, servedText);
