@@ -14,7 +14,7 @@ version="0.1.0-ci.$(date -u +%Y%m%d%H%M%S).$$"
 
 echo "== dotnet pack ($version)"
 dotnet pack AutoPrune.sln -c Release -o "$feed" -p:Version="$version" -nologo -v:q >"$out/pack.log" 2>&1 || { cat "$out/pack.log"; exit 1; }
-expected="AutoPrune.Cli AutoPrune.Extensions.AI AutoPrune.MLNet AutoPrune.Runtime AutoPrune.SemanticKernel"
+expected="AutoPrune.AspNetCore AutoPrune.Cli AutoPrune.Extensions.AI AutoPrune.MLNet AutoPrune.Runtime AutoPrune.SemanticKernel"
 packed=$(cd "$feed" && ls *.nupkg | sed -E "s/\.$version\.nupkg$//" | sort | xargs)
 if [ "$packed" != "$expected" ]; then echo "dotnet pack gave: $packed; expected exactly: $expected" >&2; exit 1; fi
 for id in $expected; do

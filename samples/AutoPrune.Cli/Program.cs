@@ -9,4 +9,8 @@ root.Subcommands.Add(BenchCommand.Create());
 root.Subcommands.Add(VerifyCommand.Create());
 root.Subcommands.Add(CalibrateCommand.Create());
 root.Subcommands.Add(RecommendCommand.Create());
-return await root.Parse(args).InvokeAsync();
+root.Subcommands.Add(ServeCommand.Create());
+// serve: ASP.NET Core's host handles SIGINT/SIGTERM itself, with its own (configured) time to finish in-flight requests.
+var invocation = new InvocationConfiguration();
+if (args.Length > 0 && args[0] == "serve") invocation.ProcessTerminationTimeout = null;
+return await root.Parse(args).InvokeAsync(invocation);

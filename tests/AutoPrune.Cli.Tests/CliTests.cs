@@ -33,6 +33,7 @@ internal static class Repo
         root.Subcommands.Add(VerifyCommand.Create());
         root.Subcommands.Add(CalibrateCommand.Create());
         root.Subcommands.Add(RecommendCommand.Create());
+        root.Subcommands.Add(ServeCommand.Create());
         return root;
     }
 

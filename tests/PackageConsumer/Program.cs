@@ -4,6 +4,7 @@ using AutoPrune;
 using AutoPrune.Extensions.AI;
 using AutoPrune.MLNet;
 using AutoPrune.Pruning;
+using Microsoft.AspNetCore.Builder;
 using Microsoft.Extensions.AI;
 using Microsoft.Extensions.Configuration;
 using Microsoft.Extensions.DependencyInjection;
@@ -56,6 +57,29 @@ var mlAnswer = stage.Transform(rows).GetColumn<string>("Answer").Single();
 Check("ML.NET stage", mlAnswer == response.Text, mlAnswer);
 
 await host.StopAsync();
+
+// The OpenAI-compatible endpoint in a hosted app, on a loopback port.
+var web = Microsoft.AspNetCore.Builder.WebApplication.CreateBuilder();
+web.Configuration.AddInMemoryCollection(new Dictionary<string, string?>
+{
+    ["AutoPrune:ModelDirectory"] = modelDir,
+    ["AutoPrune:Device"] = "cpu",
+    ["AutoPrune:MaxOutputTokens"] = "8",
+    ["urls"] = "http://127.0.0.1:0",
+});
+web.Services.AddAutoPruneChatClient(web.Configuration.GetSection("AutoPrune"));
+web.Services.AddAutoPruneServer();
+await using var app = web.Build();
+app.MapAutoPruneOpenAI();
+app.MapAutoPruneOperations();
+await app.StartAsync();
+using var http = new HttpClient { BaseAddress = new Uri(app.Urls.First()) };
+while (!(await http.GetAsync("/ready")).IsSuccessStatusCode) await Task.Delay(100);
+var body = $$$"""{"messages":[{"role":"user","content":[{"type":"image_url","image_url":{"url":"data:image/png;base64,{{{Convert.ToBase64String(bytes)}}}"}},{"type":"text","text":"{{{Question}}}"}]}]}""";
+var served = await http.PostAsync("/v1/chat/completions", new StringContent(body, System.Text.Encoding.UTF8, "application/json"));
+var servedText = System.Text.Json.JsonDocument.Parse(await served.Content.ReadAsStringAsync()).RootElement.GetProperty("choices")[0].GetProperty("message").GetProperty("content").GetString();
+Check("OpenAI-compatible endpoint", servedText == response.Text, servedText);
+await app.StopAsync();
 Console.WriteLine("package consumer: all checks passed");
 return 0;
 
