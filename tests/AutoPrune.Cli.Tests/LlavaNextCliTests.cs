@@ -68,7 +68,7 @@ public class LlavaNextCliTests
     public async Task Bench_speed_with_random_weights_runs_a_llava_next_architecture()
     {
         var outFile = Path.Combine(Repo.TempDir(), "speed.json");
-        var (rc, _, _) = await Run("bench", "--random-weights", "tiny-next-test", "--device", "cpu", "--methods", "fastv", "--budgets", "192",
+        var (rc, _, _) = await Run("bench", "--random-weights", "tiny-next-test", "--device", "cpu", "--methods", "fastv,divprune", "--budgets", "192",
             "--repeats", "1", "--warmup", "0", "--decode-tokens", "2", "--out", outFile);
         Assert.Equal(0, rc);
         using var doc = JsonDocument.Parse(File.ReadAllText(outFile));
@@ -79,14 +79,18 @@ public class LlavaNextCliTests
         Assert.True(root.GetProperty("vision_tower_ms").GetDouble() > 0);
         Assert.True(root.GetProperty("projector_ms").GetDouble() > 0);
         var rows = root.GetProperty("prefill").EnumerateArray().ToList();
-        Assert.Equal(["None", "None (input cut)", "FastV"], rows.Select(r => r.GetProperty("method").GetString()));
+        Assert.Equal(["None", "None (input cut)", "FastV", "DivPrune"], rows.Select(r => r.GetProperty("method").GetString()));
         // The visual tokens are the 2,880 patches (the 48 image_newline rows are not pruned and not counted).
         Assert.Equal(2880, rows[0].GetProperty("avg_visual_tokens_per_layer").GetDouble());
         Assert.Equal(2928 + 50, rows[0].GetProperty("prompt_tokens").GetInt32());
         Assert.True(rows[0].GetProperty("prefill_ms").GetDouble() > 0);
         Assert.Equal(192, rows[1].GetProperty("avg_visual_tokens_per_layer").GetDouble());
-        Assert.False(rows[2].TryGetProperty("skipped", out var skipped) && skipped.ValueKind == JsonValueKind.String, "FastV was skipped");
-        Assert.Equal(192, rows[2].GetProperty("avg_visual_tokens_per_layer").GetDouble(), 6);
-        Assert.True(rows[2].GetProperty("flops_ratio").GetDouble() < 0.5);
+        // Pruning methods run on the anyres image: FastV cannot prune 192 of 2,880 on so few layers and names its smallest
+        // feasible budget; DivPrune keeps 192 patches (and the 48 image_newline rows).
+        Assert.Contains("smallest feasible budget", rows[2].GetProperty("skipped").GetString());
+        Assert.Equal(JsonValueKind.Null, rows[3].GetProperty("skipped").ValueKind);
+        Assert.Equal(192, rows[3].GetProperty("avg_visual_tokens_per_layer").GetDouble(), 6);
+        Assert.Equal(192 + 48 + 50, rows[3].GetProperty("prompt_tokens").GetInt32());
+        Assert.True(rows[3].GetProperty("flops_ratio").GetDouble() < 0.2);
     }
 }
