@@ -129,7 +129,9 @@ public static class SpeedBenchmark
 
         // Vision tower and projector.
         progress?.Report("vision tower");
-        VisionFeatures[] Tower() => Enumerable.Range(0, views).Select(_ => model.VisionForward(pixels)).ToArray();
+        // LLaVA-NeXT's views go through the tower as the request path sends them: one batch (on a GPU, one forward).
+        var viewPixels = views == 1 ? pixels : Enumerable.Repeat(pixels, views).SelectMany(p => p).ToArray();
+        VisionFeatures[] Tower() => views == 1 ? [model.VisionForward(pixels)] : model.VisionForwardViews(viewPixels, views);
         AnyResTokenMap? map = null;
         float[]? anyResTokens = null;
         ImageRows Projector(VisionFeatures[] f)

@@ -84,4 +84,57 @@ public class NextGpuPathTests(ITestOutputHelper output)
                 }
         }
     }
+
+    /// <summary>
+    /// The GPU path runs a LLaVA-NeXT image's views through the tower as one batch: the same features, [CLS] attention and
+    /// keys as one view at a time, with every layer's GEMMs enqueued once for all views (fewer cuBLAS calls and launches).
+    /// </summary>
+    [Fact]
+    public void The_views_go_through_the_tower_as_one_batch()
+    {
+        string dir = NextFixture.Model("llama");
+        var config = AutoPrune.Loading.LlavaConfig.Load(dir);
+        using var store = AutoPrune.Loading.SafeTensorStore.Open(dir);
+        using var gpu = new AutoPrune.Models.Llava.Cuda.CudaLlavaModel(store, config, AutoPrune.Compute.Cuda.CudaDevice.CreateForTests());
+        var images = AutoPrune.Loading.Images.AnyResImageProcessor.Load(dir, config, AutoPrune.Loading.Images.ImagePreprocessor.Load(dir));
+        var pixels = images.Preprocess(File.ReadAllBytes(NextFixture.Image("images/01_640x480.png")));
+        int views = pixels.Layout.Views;
+        Assert.Equal(5, views);
+        AutoPrune.Models.Llava.VisionFeatures[] one = [], batch = [];
+        var single = new AutoPrune.Diagnostics.DeviceCounterSet();
+        using (AutoPrune.Diagnostics.DeviceCounterSet.BeginRequest(single))
+            one = Enumerable.Range(0, views).Select(v => gpu.VisionForward(pixels.View(v))).ToArray();
+        var batched = new AutoPrune.Diagnostics.DeviceCounterSet();
+        using (AutoPrune.Diagnostics.DeviceCounterSet.BeginRequest(batched))
+            batch = ((AutoPrune.Models.Llava.ILlavaBackend)gpu).VisionForwardViews(pixels.Pixels, views);
+        try
+        {
+            double features = 0, cls = 0, keys = 0;
+            for (int v = 0; v < views; v++)
+            {
+                features = Math.Max(features, MaxDiff(one[v].Features, batch[v].Features));
+                cls = Math.Max(cls, MaxDiff(one[v].ClsAttention!, batch[v].ClsAttention!));
+                keys = Math.Max(keys, MaxDiff(one[v].PatchKeys!, batch[v].PatchKeys!));
+            }
+            var a = single.Snapshot();
+            var b = batched.Snapshot();
+            output.WriteLine($"one view at a time: {a}; batch: {b}; max |Δ| features {features:E2}, [CLS] {cls:E2}, keys {keys:E2}");
+            Assert.True(features <= 1e-4 && cls <= 1e-5 && keys <= 1e-4, $"features {features}, cls {cls}, keys {keys}");
+            Assert.True(b.BlasCalls < a.BlasCalls, $"cuBLAS calls: batch {b.BlasCalls}, one at a time {a.BlasCalls}");
+            Assert.True(b.Enqueued < a.Enqueued, $"enqueued: batch {b.Enqueued}, one at a time {a.Enqueued}");
+            Assert.Equal(1, b.H2DCopies); // the views' patches go up together
+        }
+        finally
+        {
+            foreach (var f in one.Concat(batch)) f.Device?.Release();
+        }
+    }
+
+    private static double MaxDiff(float[] a, float[] b)
+    {
+        Assert.Equal(a.Length, b.Length);
+        double m = 0;
+        for (int i = 0; i < a.Length; i++) m = Math.Max(m, Math.Abs(a[i] - b[i]));
+        return m;
+    }
 }

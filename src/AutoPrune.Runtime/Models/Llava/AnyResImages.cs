@@ -198,13 +198,9 @@ internal sealed class AnyResAssembler
 
     public int Hidden => _newline.Length;
 
-    /// <summary>Runs every view of a preprocessed image through the backend's vision tower.</summary>
+    /// <summary>Runs every view of a preprocessed image through the backend's vision tower (one batch on a GPU).</summary>
     public static VisionFeatures[] Encode(ILlavaBackend model, AnyResPixels pixels, CancellationToken ct = default)
-    {
-        var views = new VisionFeatures[pixels.Layout.Views];
-        for (int v = 0; v < views.Length; v++) views[v] = model.VisionForward(pixels.View(v), ct);
-        return views;
-    }
+        => model.VisionForwardViews(pixels.Pixels, pixels.Layout.Views, ct); // a GPU runs the views as one batch
 
     /// <summary>The image's projected tokens [TokenCount, Hidden] in prompt order, and their map.</summary>
     public (float[] Tokens, AnyResTokenMap Map) Assemble(ILlavaBackend model, AnyResLayout layout, IReadOnlyList<VisionFeatures> views)
