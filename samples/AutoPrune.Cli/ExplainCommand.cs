@@ -18,7 +18,7 @@ public static class ExplainCommand
         var layers = new Option<string?>("--layers") { Description = "Comma-separated decoder layers to draw (default: up to six spread over the depth)." };
         var output = new Option<FileInfo>("--out", "-o") { Description = "PNG to write.", DefaultValueFactory = _ => new FileInfo("explain.png") };
         var options = CommonOptions.OptionsFile();
-        var cmd = new Command("explain", "Answer, then draw the image with the patches each chosen layer still processed.")
+        var cmd = new Command("explain", "Answer, then draw the image with the patches each chosen layer still processed (LLaVA-NeXT: over the original image, base view and tiles).")
         {
             image, question, model, device, method, budget, accounting, layers, output, options,
         };
@@ -28,8 +28,6 @@ public static class ExplainCommand
             if (!img.Exists) throw new ArgumentException($"Image file '{img.FullName}' does not exist.");
             var outFile = CommonOptions.OutputFile(parse.GetValue(output)!, "--out");
             using var vlm = await CommonOptions.LoadAsync(parse.GetValue(model)!, new ModelOptions { Device = parse.GetValue(device)! }, quiet: false);
-            if (vlm.Info.ModelType == AutoPrune.Loading.LlavaConfig.NextModelType)
-                throw new NotSupportedException("explain does not draw LLaVA-NeXT (anyres) images yet: their patches come from a base view and tiles, and pruning does not run on them yet.");
             var request = VisionRequest.Create(parse.GetValue(question)!, ImageInput.FromFile(img.FullName)) with
             {
                 Pruning = CommonOptions.Pruning(parse, options, method, budget, accounting),

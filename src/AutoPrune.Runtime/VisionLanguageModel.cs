@@ -239,6 +239,17 @@ public sealed class VisionLanguageModel : IDisposable
         return (answer!, captured!);
     }
 
+    /// <summary>Answers a request and hands the sequence after the prefill and each layer's cached tokens to <paramref name="inspect"/> (tests).</summary>
+    internal async Task<VisionAnswer> AskInspectingAsync(VisionRequest request, Action<Models.Llava.SequenceState, int[]> inspect, CancellationToken ct = default)
+    {
+        ObjectDisposedException.ThrowIf(_disposed != 0, this);
+        var prepared = Prepare(request) with { OnPrefillState = inspect };
+        VisionAnswer? answer = null;
+        await foreach (var chunk in RunAsync(prepared, ct).ConfigureAwait(false))
+            answer = chunk.Answer ?? answer;
+        return answer!;
+    }
+
     /// <summary>The prompt ids a request is run with (image placeholders expanded), for tests.</summary>
     internal int[] PromptIds(VisionRequest request) => Prepare(request).Ids;
 
@@ -354,7 +365,8 @@ public sealed class VisionLanguageModel : IDisposable
         var g = RequestValidator.Validate(request, _options, _maxPromptChars, _maxPromptTokens);
         string prompt = PromptFormats.Format(_promptFormat, request.Turns.Select(t => (t.Role.ToString().ToLowerInvariant(), t.Text)).ToList());
         // LLaVA-NeXT: an image's token count follows from its size, read from its header here, before queueing.
-        int[] imageTokens = request.Images.Select(img => _anyRes?.TokenCount(img) ?? _model.TokensPerImage).ToArray();
+        var layouts = _anyRes is null ? null : request.Images.Select(_anyRes.Layout).ToArray();
+        int[] imageTokens = layouts?.Select(l => l.TokenCount).ToArray() ?? request.Images.Select(_ => _model.TokensPerImage).ToArray();
         var ids = _tokenizer.EncodePrompt(prompt, imageTokens);
         int context = Info.ContextLength, maxPrompt = _maxPromptTokens;
         if (ids.Length > maxPrompt)
@@ -373,9 +385,15 @@ public sealed class VisionLanguageModel : IDisposable
         var (resolved, note) = Pruning.PruningCapabilities.Resolve(request.Pruning, request.DefaultPruning ?? _options.DefaultPruning,
             new Pruning.PruningRequestShape(request.Images.Count, _model.Config.IsAnyRes));
         var pruning = WithCalibration(resolved);
+        // LLaVA-NeXT: the policy sees the image's own visual tokens (its patches, without the image_newline rows) and views.
+        var pruningShape = layouts is { Length: > 0 } ? Shape with { VisualTokens = layouts[0].Patches, ViewPatches = layouts[0].ViewPatches() } : null;
         if (pruning.Method != Pruning.PruningMethod.None)
-            _ = new Pruning.PruningSession(Shape, pruning, 0); // an infeasible budget fails here, before queueing
-        return new PreparedRequest(request with { Generation = g }, ids, maxNew, pruning, note is null ? [] : [note], imageTokens);
+            _ = new Pruning.PruningSession(pruningShape ?? Shape, pruning, 0); // an infeasible budget fails here, before queueing
+        return new PreparedRequest(request with { Generation = g }, ids, maxNew, pruning, note is null ? [] : [note], imageTokens)
+        {
+            ImagePatches = layouts?.Select(l => l.Patches).ToArray(),
+            PruningShape = pruningShape,
+        };
     }
 
     /// <summary>

@@ -20,7 +20,7 @@ public class LlavaNextCliTests
     }
 
     [Fact]
-    public async Task Ask_answers_on_a_llava_next_folder_and_the_default_method_falls_back_to_none()
+    public async Task Ask_answers_on_a_llava_next_folder_pruned_by_the_default_method()
     {
         var (rc, stdout, _) = await Run("ask", "--image", NextImage("06_50x60.png"), "--question", "How many circles are there?",
             "--model", NextModel("mistral"), "--device", "cpu", "--max-tokens", "2", "--json");
@@ -28,21 +28,39 @@ public class LlavaNextCliTests
         // Other tests may print at the same time: take the line that is this command's JSON.
         var line = stdout.Split('\n').Single(l => l.StartsWith("{\"answer\"", StringComparison.Ordinal));
         var j = JsonDocument.Parse(line).RootElement;
-        Assert.Equal("none", j.GetProperty("method").GetString());
+        Assert.Equal("autoprune", j.GetProperty("method").GetString());
         Assert.Equal(1080, j.GetProperty("visual_tokens").GetInt32());
-        Assert.Equal(1103, j.GetProperty("prompt_tokens").GetInt32());
+        Assert.Equal(128, j.GetProperty("avg_visual_tokens_per_layer").GetDouble(), 6);
         Assert.Equal(2, j.GetProperty("generated_tokens").GetInt32());
+        Assert.DoesNotContain(j.GetProperty("notes").EnumerateArray(), n => n.GetString()!.Contains("unpruned"));
+
+        (rc, stdout, _) = await Run("ask", "--image", NextImage("06_50x60.png"), "--question", "How many circles are there?",
+            "--model", NextModel("mistral"), "--device", "cpu", "--max-tokens", "2", "--json", "--method", "none");
+        Assert.Equal(0, rc);
+        j = JsonDocument.Parse(stdout.Split('\n').Single(l => l.StartsWith("{\"answer\"", StringComparison.Ordinal))).RootElement;
+        Assert.Equal(1103, j.GetProperty("prompt_tokens").GetInt32());
         Assert.Equal(264, j.GetProperty("top_logits")[0].GetProperty("id").GetInt32()); // transformers' greedy first token
-        Assert.Contains(j.GetProperty("notes").EnumerateArray(), n => n.GetString()!.Contains("unpruned"));
     }
 
     [Fact]
-    public async Task Ask_with_a_pruning_method_on_a_llava_next_folder_fails_with_one_clear_line()
+    public async Task Ask_with_a_per_view_budget_on_a_llava_next_folder_and_explain_draws_the_original_image()
     {
-        var (rc, _, stderr) = await Run("ask", "--image", NextImage("06_50x60.png"), "--question", "How many?",
-            "--model", NextModel("llama"), "--device", "cpu", "--method", "fastv", "--max-tokens", "1");
-        Assert.Equal(1, rc);
-        Assert.Contains("error: Pruning method 'fastv' cannot serve this request: it does not run on LLaVA-NeXT", stderr);
+        var options = Path.Combine(Repo.TempDir(), "per-view.json");
+        File.WriteAllText(options, "{\"Method\": \"fastv\", \"Budget\": 0.5, \"BudgetScope\": \"PerView\"}");
+        var (rc, stdout, stderr) = await Run("ask", "--image", NextImage("01_640x480.png"), "--question", "How many?",
+            "--model", NextModel("llama"), "--device", "cpu", "--options", options, "--max-tokens", "1", "--json");
+        Assert.True(rc == 0, stderr);
+        var j = JsonDocument.Parse(stdout.Split('\n').Single(l => l.StartsWith("{\"answer\"", StringComparison.Ordinal))).RootElement;
+        Assert.Equal("fastv", j.GetProperty("method").GetString());
+        Assert.Equal(1152, j.GetProperty("avg_visual_tokens_per_layer").GetDouble(), 6); // half of 2304 patches, view by view
+
+        var png = Path.Combine(Repo.TempDir(), "explain-next.png");
+        (rc, _, stderr) = await Run("explain", "--image", NextImage("01_640x480.png"), "--question", "How many?",
+            "--model", NextModel("llama"), "--device", "cpu", "--method", "adaptprune", "--budget", "700", "--out", png);
+        Assert.True(rc == 0, stderr);
+        using var bitmap = SkiaSharp.SKBitmap.Decode(png);
+        Assert.NotNull(bitmap);
+        Assert.True(bitmap.Width > 400 && bitmap.Height > 200);
     }
 
     /// <summary>Synthetic stage timings for a LLaVA-NeXT architecture (the tiny one; the 7B presets take a GPU): a 672x672 image's 5 views.</summary>
@@ -50,7 +68,7 @@ public class LlavaNextCliTests
     public async Task Bench_speed_with_random_weights_runs_a_llava_next_architecture()
     {
         var outFile = Path.Combine(Repo.TempDir(), "speed.json");
-        var (rc, _, _) = await Run("bench", "--random-weights", "tiny-next-test", "--device", "cpu", "--methods", "fastv", "--budgets", "192",
+        var (rc, _, _) = await Run("bench", "--random-weights", "tiny-next-test", "--device", "cpu", "--methods", "fastv,divprune", "--budgets", "192",
             "--repeats", "1", "--warmup", "0", "--decode-tokens", "2", "--out", outFile);
         Assert.Equal(0, rc);
         using var doc = JsonDocument.Parse(File.ReadAllText(outFile));
@@ -61,11 +79,18 @@ public class LlavaNextCliTests
         Assert.True(root.GetProperty("vision_tower_ms").GetDouble() > 0);
         Assert.True(root.GetProperty("projector_ms").GetDouble() > 0);
         var rows = root.GetProperty("prefill").EnumerateArray().ToList();
-        Assert.Equal(["None", "None (input cut)", "FastV"], rows.Select(r => r.GetProperty("method").GetString()));
-        Assert.Equal(2928, rows[0].GetProperty("avg_visual_tokens_per_layer").GetDouble());
+        Assert.Equal(["None", "None (input cut)", "FastV", "DivPrune"], rows.Select(r => r.GetProperty("method").GetString()));
+        // The visual tokens are the 2,880 patches (the 48 image_newline rows are not pruned and not counted).
+        Assert.Equal(2880, rows[0].GetProperty("avg_visual_tokens_per_layer").GetDouble());
         Assert.Equal(2928 + 50, rows[0].GetProperty("prompt_tokens").GetInt32());
         Assert.True(rows[0].GetProperty("prefill_ms").GetDouble() > 0);
         Assert.Equal(192, rows[1].GetProperty("avg_visual_tokens_per_layer").GetDouble());
-        Assert.Contains("LLaVA-NeXT", rows[2].GetProperty("skipped").GetString()); // pruning on anyres: not yet
+        // Pruning methods run on the anyres image: FastV cannot prune 192 of 2,880 on so few layers and names its smallest
+        // feasible budget; DivPrune keeps 192 patches (and the 48 image_newline rows).
+        Assert.Contains("smallest feasible budget", rows[2].GetProperty("skipped").GetString());
+        Assert.Equal(JsonValueKind.Null, rows[3].GetProperty("skipped").ValueKind);
+        Assert.Equal(192, rows[3].GetProperty("avg_visual_tokens_per_layer").GetDouble(), 6);
+        Assert.Equal(192 + 48 + 50, rows[3].GetProperty("prompt_tokens").GetInt32());
+        Assert.True(rows[3].GetProperty("flops_ratio").GetDouble() < 0.2);
     }
 }

@@ -28,12 +28,32 @@ public sealed class LlavaNextTests
         using var model = VisionLanguageModel.Load(dir, new ModelOptions { Device = "cpu" });
         var direct = await model.AskAsync(VisionRequest.Create(rows[0].Question, ImageInput.FromFile(Path.Combine(Next, rows[0].ImagePath))) with { Generation = options.Generation });
         Assert.Equal(direct.Text.Trim(), answered.Answer);
-        Assert.Equal(1080f, answered.KeptVisualTokens); // unpruned: every image token of a 50x60 image
+        Assert.Equal(1056f, answered.KeptVisualTokens); // unpruned: every visual patch of a 50x60 image (its 24 image_newline tokens are not visual tokens)
 
         var loaded = ml.Transforms.LoadImages("Image", Next, "ImagePath").Fit(data).Transform(data);
         using var byImage = ml.Transforms.AnswerVisualQuestion("Answer", "Image", "Question", model, options).Fit(loaded);
         var fromImage = Assert.Single(ml.Data.CreateEnumerable<VqaOutput>(byImage.Transform(loaded), reuseRowObject: false));
         Assert.Equal("", fromImage.Error);
-        Assert.Equal(1080f, fromImage.KeptVisualTokens);
+        Assert.Equal(1056f, fromImage.KeptVisualTokens);
+    }
+
+    [Fact]
+    public void A_pruning_method_runs_on_llava_next_rows()
+    {
+        var ml = new MLContext(seed: 1);
+        string dir = Path.Combine(Next, "llava-next-tiny-llama");
+        var options = new VisualQuestionOptions
+        {
+            Generation = new GenerationOptions { MaxNewTokens = 1 },
+            ModelOptions = new ModelOptions { Device = "cpu" },
+            ImageFolder = Next,
+            Pruning = new AutoPrune.Pruning.PruningOptions { Method = AutoPrune.Pruning.PruningMethod.FastV, Budget = 0.5 },
+        };
+        var data = ml.Data.LoadFromEnumerable(new[] { new VqaInput { ImagePath = "images/06_50x60.png", Question = "How many circles are there?" } });
+        using var transformer = ml.Transforms.AnswerVisualQuestion("Answer", "ImagePath", "Question", dir, options).Fit(data);
+        var row = Assert.Single(ml.Data.CreateEnumerable<VqaOutput>(transformer.Transform(data), reuseRowObject: false));
+        Assert.Equal("", row.Error);
+        Assert.Equal(528f, row.KeptVisualTokens); // half of the image's 1,056 patches, averaged over the layers
+        Assert.True(row.FlopsRatio < 0.5f);
     }
 }

@@ -34,4 +34,30 @@ public sealed class LlavaNextChatTests
         var sk = await service.GetChatMessageContentAsync(history);
         Assert.Equal(reference.Text, sk.Content);
     }
+
+    [Fact]
+    public async Task ChatClient_prunes_a_llava_next_image_by_request_and_by_a_configured_per_view_budget()
+    {
+        var bytes = File.ReadAllBytes(ImagePath);
+        ChatMessage[] messages = [new ChatMessage(ChatRole.User, [new DataContent(bytes, "image/png"), new TextContent(Question)])];
+        using var client = new AutoPruneChatClient(Dir, o => { o.Device = "cpu"; o.MaxOutputTokens = 1; });
+        var response = await client.GetResponseAsync(messages, new ChatOptions { AdditionalProperties = new() { ["method"] = "divprune", ["budget"] = 0.25 } });
+        var report = response.GetPruningReport()!;
+        Assert.Equal(AutoPrune.Pruning.PruningMethod.DivPrune, report.Method);
+        Assert.Equal(264, report.AvgVisualTokensProcessed, 6); // a quarter of the 50x60 image's 1,056 patches
+        Assert.NotNull(report.Patches);
+
+        using var perView = new AutoPruneChatClient(Dir, o =>
+        {
+            o.Device = "cpu";
+            o.MaxOutputTokens = 1;
+            o.Pruning = new AutoPrune.Pruning.PruningOptions
+            {
+                Method = AutoPrune.Pruning.PruningMethod.VisionZip, Budget = 100, BudgetScope = AutoPrune.Pruning.BudgetScope.PerView,
+            };
+        });
+        report = (await perView.GetResponseAsync(messages)).GetPruningReport()!;
+        Assert.Equal(AutoPrune.Pruning.PruningMethod.VisionZip, report.Method);
+        Assert.Equal(300, report.AvgVisualTokensProcessed, 6); // 100 in the base view and 100 in each of its two tiles (240 patches each)
+    }
 }

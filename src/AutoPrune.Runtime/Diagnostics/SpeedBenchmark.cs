@@ -121,6 +121,9 @@ public static class SpeedBenchmark
             : new Loading.Images.AnyResGrid(cfg.GridPinpoints, v.ImageSize, v.PatchSize).Plan(LlavaPresets.TypicalNextImageSize, LlavaPresets.TypicalNextImageSize);
         int visual = layout?.TokenCount ?? model.TokensPerImage, views = layout?.Views ?? 1;
         var shape = new ModelShape(t.NumHiddenLayers, t.NumAttentionHeads, t.HiddenSize, t.IntermediateSize, visual, model.Grid);
+        // What the pruning methods see: a LLaVA-NeXT image's visual patches and views (its image_newline rows are not visual tokens).
+        var pruneShape = layout is null ? shape : shape with { VisualTokens = layout.Patches, ViewPatches = layout.ViewPatches() };
+        int newlines = visual - pruneShape.VisualTokens;
         var rng = new Random(o.Seed);
         var pixels = new float[v.NumChannels * v.ImageSize * v.ImageSize];
         for (int i = 0; i < pixels.Length; i++) pixels[i] = (float)(rng.NextDouble() * 4 - 2);
@@ -130,13 +133,23 @@ public static class SpeedBenchmark
 
         // Vision tower and projector.
         progress?.Report("vision tower");
-        VisionFeatures[] Tower() => Enumerable.Range(0, views).Select(_ => model.VisionForward(pixels)).ToArray();
-        ImageRows Projector(VisionFeatures[] f) => layout is null ? model.ProjectImage(f[0]) : ImageRows.OnHost(anyRes!.Assemble(model, layout, f).Tokens, model.Hidden);
+        // LLaVA-NeXT's views go through the tower as the request path sends them: one batch (on a GPU, one forward).
+        var viewPixels = views == 1 ? pixels : Enumerable.Repeat(pixels, views).SelectMany(p => p).ToArray();
+        VisionFeatures[] Tower() => views == 1 ? [model.VisionForward(pixels)] : model.VisionForwardViews(viewPixels, views);
+        AnyResTokenMap? map = null;
+        float[]? anyResTokens = null;
+        ImageRows Projector(VisionFeatures[] f)
+        {
+            if (layout is null) return model.ProjectImage(f[0]);
+            (anyResTokens, map) = anyRes!.Assemble(model, layout, f);
+            return ImageRows.OnHost(anyResTokens, model.Hidden);
+        }
         void Release(VisionFeatures[] f) { foreach (var v in f) v.Device?.Release(); }
         VisionFeatures[] towerOut = [];
         var visionCounters = Count(model, () => towerOut = Tower());
         ImageRows? projected = null;
         var projectorCounters = Count(model, () => projected = Projector(towerOut));
+        var (timedMap, timedTokens) = (map, anyResTokens); // the map and tokens the prefills use (the repeats below reassemble)
         var visionMs = new List<double>();
         var projMs = new List<double>();
         for (int r = 0; r < o.Warmup + o.Repeats; r++)
@@ -173,7 +186,7 @@ public static class SpeedBenchmark
             var options = new PruningOptions { Method = method, Budget = budget };
             var runIds = ids;
             var runProjected = projectedRows;
-            var runShape = shape;
+            var runShape = pruneShape;
             if (method == PruningMethod.None && budget < visual)
             {
                 int keep = Math.Max(1, (int)Math.Round(budget));
@@ -184,7 +197,7 @@ public static class SpeedBenchmark
             try
             {
                 _ = PruningCapabilities.Resolve(options, null, new PruningRequestShape(1, cfg.IsAnyRes));
-                _ = new PruningSession(shape, options, 1);
+                _ = new PruningSession(pruneShape, options, 1);
             }
             catch (Exception e) when (e is InfeasibleBudgetException or NotSupportedException)
             {
@@ -201,7 +214,7 @@ public static class SpeedBenchmark
                 double ms = 0;
                 PruningReport? rep = null;
                 int n = 0;
-                var c = Count(model, () => (ms, rep, n) = TimePrefill(model, runShape, options, runIds, vision, runProjected));
+                var c = Count(model, () => (ms, rep, n) = TimePrefill(model, runShape, options, runIds, vision, runProjected, runIds == ids ? timedMap : null, timedTokens));
                 if (r >= o.Warmup) { times.Add(ms); report = rep; promptTokens = n; counters = c; }
             }
             SampleDevice();
@@ -210,7 +223,7 @@ public static class SpeedBenchmark
             double avg = runIds == ids ? report!.AvgVisualTokensProcessed : runIds.Count(t => t == cfg.ImageTokenIndex);
             int prefix = Array.IndexOf(ids, cfg.ImageTokenIndex), text = ids.Length - prefix - visual;
             double flops = runIds == ids ? report!.FlopsRatio
-                : FlopsModel.Ratio(shape, prefix, text, Enumerable.Repeat((int)avg, shape.Layers).ToArray());
+                : FlopsModel.Ratio(pruneShape, prefix, text + newlines, Enumerable.Repeat((int)avg, shape.Layers).ToArray());
             prefill.Add(new PrefillTiming(runIds == ids ? method.ToString() : "None (input cut)", budget, Math.Round(avg, 2), promptTokens,
                 Math.Round(med, 3), Math.Round(times.Min(), 3), Math.Round(med / shape.Layers, 4), Math.Round(flops, 4),
                 Math.Round(reference / med, 2), Counters: counters)
@@ -262,15 +275,17 @@ public static class SpeedBenchmark
         return set.Snapshot();
     }
 
+    /// <param name="map">LLaVA-NeXT: the image's token map and its <paramref name="tokens"/> in prompt order (null: LLaVA-1.5, or an input cut short).</param>
     private static (double Ms, PruningReport Report, int PromptTokens) TimePrefill(ILlavaBackend model, ModelShape shape, PruningOptions options,
-        int[] ids, VisionFeatures vision, ImageRows projected)
+        int[] ids, VisionFeatures vision, ImageRows projected, AnyResTokenMap? map = null, float[]? tokens = null)
     {
         int prefix = Array.IndexOf(ids, model.Config.ImageTokenIndex);
-        var session = new PruningSession(shape, options, prefix);
-        session.SetVision(vision);
+        var session = new PruningSession(shape, options, prefix) { Newlines = map?.Layout.FeatureRows ?? 0 };
+        if (map is not null) session.SetAnyRes(map);
+        else session.SetVision(vision);
         var sw = Stopwatch.StartNew();
         // Policies that choose before the LLM (VisionZip, DivPrune, AutoPrune's first stage) shorten the prompt; their selection is timed too.
-        var chosen = InferencePipeline.SelectBeforeLlm(model, session, vision);
+        var chosen = map is not null ? InferencePipeline.SelectBeforeLlm(model, session, map, tokens!) : InferencePipeline.SelectBeforeLlm(model, session, vision);
         int[]? positions = null;
         if (chosen is not null)
         {
@@ -279,7 +294,8 @@ public static class SpeedBenchmark
         }
         int textTokens = ids.Length - (Array.LastIndexOf(ids, model.Config.ImageTokenIndex) + 1);
         SequenceState state;
-        try { state = model.BuildSequence(ids, [chosen?.Rows ?? projected], chosen?.VisualIndex is { } v ? [v] : null, positions); }
+        int[]? visualIndex = chosen?.VisualIndex ?? map?.Sequence.ToArray();
+        try { state = model.BuildSequence(ids, [chosen?.Rows ?? projected], visualIndex is { } v ? [v] : null, positions); }
         finally { chosen?.Rows.Dispose(); }
         using var gen = model.StartGeneration(1);
         gen.Prefill(state, session.NeedsDecoderHook ? session : null, CancellationToken.None);

@@ -82,9 +82,10 @@ internal sealed class InferencePipeline(ILlavaBackend model, LlavaTokenizer toke
         var sw = Stopwatch.StartNew();
         int imageToken = model.Config.ImageTokenIndex;
         int prefix = Math.Max(0, Array.IndexOf(p.Ids, imageToken));
-        // A pruning method sees the first image's run (for LLaVA-NeXT its size decides how long); None counts them all.
-        var sessionShape = p.ImageTokens.Length > 0 ? shape with { VisualTokens = p.ImageTokens[0] } : shape;
-        var session = new PruningSession(sessionShape, p.Pruning, prefix, p.ImageTokens.Sum(), p.PruningNotes);
+        // A pruning method sees the first image's run (for LLaVA-NeXT its size decides how long, and its views); None counts them all.
+        var sessionShape = p.PruningShape ?? (p.ImageTokens.Length > 0 ? shape with { VisualTokens = p.ImageTokens[0] } : shape);
+        var patches = p.ImagePatches ?? p.ImageTokens;
+        var session = new PruningSession(sessionShape, p.Pruning, prefix, patches.Sum(), p.PruningNotes) { Newlines = p.ImageTokens.Sum() - patches.Sum() };
         var ids = p.Ids;
         var projected = new List<ImageRows>(p.Request.Images.Count);
         var held = new List<EncodedImage>(p.Request.Images.Count);
@@ -125,7 +126,16 @@ internal sealed class InferencePipeline(ILlavaBackend model, LlavaTokenizer toke
                     var (imageRows, map) = anyRes.Assemble(model, encoded);
                     if (map.Sequence.Count != p.ImageTokens[i])
                         throw new ImageDecodeException($"The image {image.Name} is {map.Layout.ImageWidth}x{map.Layout.ImageHeight} ({map.Sequence.Count} tokens) now, not what its header said when the request was queued ({p.ImageTokens[i]} tokens); it changed in between.");
-                    session.TokenMap ??= map;
+                    session.SetAnyRes(map);
+                    // Policies that choose before the LLM keep some of the patches (and every image_newline row) of the one image.
+                    if (p.Request.Images.Count == 1 && SelectBeforeLlm(model, session, map, imageRows) is { } kept)
+                    {
+                        selected = kept;
+                        projected.Add(kept.Rows);
+                        visualIndices = [kept.VisualIndex!];
+                        ids = ShortenImageRun(ids, imageToken, kept.Rows.Rows);
+                        continue;
+                    }
                     // Visual indices stay unique across images: each image's patches follow the earlier images' patches.
                     int offset = visualIndices!.Sum(v => v.Count(x => x >= 0));
                     visualIndices!.Add(map.Sequence.Select(x => x >= 0 ? x + offset : x).ToArray());
@@ -180,6 +190,20 @@ internal sealed class InferencePipeline(ILlavaBackend model, LlavaTokenizer toke
         return new PreLlmRows(ImageRows.OnHost(chosen.Projected, model.Hidden), chosen.VisualIndex, chosen.OriginalPositions);
     }
 
+    /// <summary>
+    /// What of a LLaVA-NeXT image a policy that chooses before the LLM lets in (its patches' rows and every image_newline
+    /// row, then merged rows), on the host, or null when the policy does not choose there.
+    /// </summary>
+    internal static PreLlmRows? SelectBeforeLlm(ILlavaBackend model, PruningSession session, AnyResTokenMap map, float[] tokens)
+    {
+        var image = new AnyResImage(map, tokens, model.Hidden, session.ViewShares);
+        if (session.Policy.SelectBeforeLlm(image, (features, rows) => model.Project(features, rows)) is not { } chosen) return null;
+        return new PreLlmRows(ImageRows.OnHost(chosen.Projected, model.Hidden), chosen.VisualIndex, chosen.OriginalPositions)
+        {
+            RunPlaces = chosen.RunPlaces, FullRun = chosen.FullRun,
+        };
+    }
+
     /// <summary>Decodes and resizes a LLaVA-1.5 image (its own span, timed into <paramref name="preprocessMs"/>).</summary>
     private float[] Preprocess(ImageInput image, ReadOnlySpan<byte> bytes, int index, RequestTelemetry telemetry, ref double preprocessMs)
     {
@@ -219,6 +243,7 @@ internal sealed class InferencePipeline(ILlavaBackend model, LlavaTokenizer toke
             var logits = generation.Prefill(state, session.NeedsDecoderHook ? session : null, ct);
             NonFiniteLogitsException.ThrowIfAny(logits, "the last prompt position");
             p.OnPrefillLogits?.Invoke((float[])logits.Clone());
+            p.OnPrefillState?.Invoke(state, generation.CachedTokensPerLayer());
             var report = session.Finish(state, ids.Length - prefix - visualInPrompt);
             span?.SetTag(AutoPruneTelemetry.Tags.VisualTokensKept, report.AvgVisualTokensProcessed);
             span?.SetTag(AutoPruneTelemetry.Tags.FlopsRatio, report.FlopsRatio);

@@ -9,4 +9,13 @@ internal sealed record PreparedRequest(VisionRequest Request, int[] Ids, int Max
 {
     /// <summary>Receives the full last-position prefill logits (device comparisons).</summary>
     public Action<float[]>? OnPrefillLogits { get; init; }
+
+    /// <summary>Receives the sequence after the prefill and the tokens each layer's cache holds (tests).</summary>
+    public Action<Models.Llava.SequenceState, int[]>? OnPrefillState { get; init; }
+
+    /// <summary>LLaVA-NeXT: each image's visual patches (its tokens without the image_newline rows); null when every image token is a visual token.</summary>
+    public int[]? ImagePatches { get; init; }
+
+    /// <summary>LLaVA-NeXT: the shape the pruning policy sees (the first image's patches and views); null for LLaVA-1.5's fixed shape.</summary>
+    public ModelShape? PruningShape { get; init; }
 }

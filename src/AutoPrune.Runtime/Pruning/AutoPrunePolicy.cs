@@ -32,7 +32,7 @@ internal sealed class AutoPrunePolicy : IPruningPolicy
     {
         _shape = shape;
         _options = options;
-        _budget = Budget.Resolve(options.Budget, shape.VisualTokens);
+        _budget = Budget.Resolve(options, shape);
         _initial = AutoPruneSchedule.InitialCounts(shape, _budget, options.Accounting, options); // an infeasible budget fails here
         options.AutoPruneCalibration?.EnsureMatches(shape);
         // Until layer 1 has measured MI1 (on a model too shallow to reach it, for good) the curve has the prior slope.
@@ -82,6 +82,47 @@ internal sealed class AutoPrunePolicy : IPruningPolicy
 
     internal PruningOptions Options => _options;
 
+    /// <summary>A LLaVA-NeXT image: each patch's [CLS] term is its own view's [CLS] attention, averaged over heads.</summary>
+    public void OnAnyRes(AnyResTokenMap map)
+    {
+        _clsMeanHost = map.ClsAttentionMean();
+    }
+
+    /// <summary>
+    /// Stage 0 of a LLaVA-NeXT image: the curve's first count, by each view's own [CLS] attention with coverage over the
+    /// vision keys and the patches' places in the original image (or by diversity of the projected patches).
+    /// </summary>
+    public PreLlmSelection? SelectBeforeLlm(AnyResImage image, Func<float[], int, float[]> project)
+    {
+        if (_initial.Entering >= image.Patches) return null;
+        bool original = _options.Positions != PrunedPositions.Contiguous;
+        int[] keep;
+        if (_options.AutoPruneBeforeLlmSelection == AutoPruneBeforeLlmSelection.Diversity)
+        {
+            var rows = image.PatchRows();
+            int d = image.Hidden;
+            keep = image.SelectByScope(_initial.Entering, (candidates, q) =>
+            {
+                var f = new float[candidates.Length * d];
+                for (int j = 0; j < candidates.Length; j++) rows.AsSpan(candidates[j] * d, d).CopyTo(f.AsSpan(j * d, d));
+                return DivPruneSelector.Select(f, d, q);
+            });
+        }
+        else
+        {
+            int dk = image.Map.Views[0].Hidden;
+            var unit = CoverageNms.Normalize(image.Gather(v => v.PatchKeys, dk, "attention at the feature layer"), dk);
+            var cls = _clsMeanHost ?? image.Map.ClsAttentionMean();
+            keep = image.SelectByScope(_initial.Entering, (candidates, q) =>
+            {
+                var f = new float[candidates.Length * dk];
+                for (int j = 0; j < candidates.Length; j++) unit.AsSpan(candidates[j] * dk, dk).CopyTo(f.AsSpan(j * dk, dk));
+                return SelectAt(candidates.Select(c => cls[c]).ToArray(), f, dk, candidates, q, image.Map.Geometry);
+            });
+        }
+        return image.Select(keep, null, original);
+    }
+
     /// <summary>Stage 0 (before the LLM): the curve's first count, by [CLS] attention with coverage over the vision keys.</summary>
     public PreLlmSelection? SelectBeforeLlm(VisionFeatures vision, Func<float[], int, float[]> project)
     {
@@ -123,7 +164,7 @@ internal sealed class AutoPrunePolicy : IPruningPolicy
             for (int i = 0; i < cls.Length; i++)
             {
                 // The [CLS] token itself ("full" strategy) has no [CLS] attention: it is always pre-selected.
-                int patch = Patch(ctx, i);
+                int patch = ctx.Patch(i);
                 cls[i] = patch >= 0 ? ClsMean[patch] : float.PositiveInfinity;
             }
             var scores = AttentionScores.AutoPrunePreselection(cls, textMean, (float)mi0, _options);
@@ -200,22 +241,29 @@ internal sealed class AutoPrunePolicy : IPruningPolicy
         }
     }
 
-    /// <summary>Original patch index of the i-th visual row (within its image), or -1 for a merged or [CLS] token.</summary>
-    private int Patch(PruneContext ctx, int i)
-    {
-        int v = ctx.State.VisualIndex[ctx.Prefix + i];
-        return v >= 0 ? v % (_shape.GridSize * _shape.GridSize) : -1;
-    }
-
-    /// <summary>Top-k of the visual rows by score, with coverage over their hidden states when asked for.</summary>
+    /// <summary>Top-k of the visual rows by score, with coverage over their hidden states when asked for (per view under <see cref="BudgetScope.PerView"/>).</summary>
     private int[] SelectInLlm(float[] scores, PruneContext ctx, int k)
     {
-        if (_options.AutoPruneCoverage <= 0) return TopK.SelectInOrder(scores, k);
+        if (_options.AutoPruneCoverage <= 0) return ctx.TopKByScope(scores, k);
         int d = _shape.HiddenSize, n = ctx.VisualCount;
         var grid = new int[n];
-        for (int i = 0; i < n; i++) grid[i] = Patch(ctx, i);
-        var unit = CoverageNms.Normalize(ctx.State.Hidden.AsSpan(ctx.Prefix * d, n * d), d);
-        return Select(scores, unit, d, grid, k);
+        for (int i = 0; i < n; i++) grid[i] = ctx.Patch(i);
+        var unit = CoverageNms.Normalize(ctx.VisualHidden(), d);
+        if (ctx.TokenMap is not { } map) return Select(scores, unit, d, grid, k);
+        return ctx.SelectByScope(k, (candidates, q) =>
+        {
+            var f = new float[candidates.Length * d];
+            for (int j = 0; j < candidates.Length; j++) unit.AsSpan(candidates[j] * d, d).CopyTo(f.AsSpan(j * d, d));
+            return SelectAt(candidates.Select(c => scores[c]).ToArray(), f, d, candidates.Select(c => grid[c]).ToArray(), q, map.Geometry);
+        });
+    }
+
+    /// <summary>The coverage selection on a LLaVA-NeXT image: distances between the patches' places in the original image.</summary>
+    private int[] SelectAt(float[] scores, float[] unitFeatures, int dim, int[] patches, int k, AnyResGeometry geometry)
+    {
+        if (_options.AutoPruneCoverage <= 0) return TopK.SelectInOrder(scores, k);
+        return CoverageNms.Select(scores, unitFeatures, dim, patches, geometry, k, Math.Min(1, _options.AutoPruneCoverage),
+            _options.AutoPruneCoverageDistanceLimit, _options.AutoPruneCoverageDistanceSigma, _options.AutoPruneCoverageSimilaritySigma);
     }
 
     private int[] Select(float[] scores, float[] unitFeatures, int dim, int[] grid, int k)

@@ -21,6 +21,36 @@ public static class Budget
     }
 
     /// <summary>
+    /// Resolves <paramref name="options"/>' budget on <paramref name="shape"/> to a number of visual tokens for the whole
+    /// request, following <see cref="PruningOptions.BudgetScope"/>: under <see cref="BudgetScope.PerView"/> the sum of the
+    /// views' budgets (<see cref="ViewBudgets"/>).
+    /// </summary>
+    public static double Resolve(PruningOptions options, ModelShape shape)
+    {
+        ArgumentNullException.ThrowIfNull(options);
+        ArgumentNullException.ThrowIfNull(shape);
+        if (options.BudgetScope != BudgetScope.PerView || shape.ViewPatches is null) return Resolve(options.Budget, shape.VisualTokens);
+        return ViewBudgets(options, shape).Sum();
+    }
+
+    /// <summary>
+    /// Each view's budget under <see cref="BudgetScope.PerView"/>: a count B gives a view min(B, its patches), a fraction f
+    /// gives f times its patches. A count larger than a whole view (Grid² patches) is refused: it would prune nothing.
+    /// </summary>
+    public static double[] ViewBudgets(PruningOptions options, ModelShape shape)
+    {
+        var views = shape.ViewPatches ?? [shape.VisualTokens];
+        double b = options.Budget;
+        if (double.IsNaN(b) || double.IsInfinity(b) || b <= 0)
+            throw new ArgumentOutOfRangeException(nameof(options), b, "PruningOptions.Budget must be a positive number of tokens (>= 1) or a fraction in (0, 1).");
+        int perView = Math.Max(views.Max(), shape.GridSize * shape.GridSize);
+        if (b >= 1 && b > perView)
+            throw new ArgumentOutOfRangeException(nameof(options), b,
+                $"PruningOptions.Budget = {b.ToString(CultureInfo.InvariantCulture)} is a budget per view (PruningOptions.BudgetScope = PerView), but a view has at most {perView} visual tokens.");
+        return views.Select(v => b < 1 ? b * v : Math.Min(b, v)).ToArray();
+    }
+
+    /// <summary>
     /// Smallest average visual-token count (in <paramref name="accounting"/>) that <paramref name="method"/>
     /// can reach on <paramref name="shape"/>. A budget below it raises <see cref="InfeasibleBudgetException"/>.
     /// </summary>

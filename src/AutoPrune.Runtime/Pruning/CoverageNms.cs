@@ -79,6 +79,58 @@ internal static class CoverageNms
         return result;
     }
 
+    /// <summary>
+    /// The same suppression for tokens placed anywhere in an image (a LLaVA-NeXT image's base view and tiles):
+    /// <paramref name="patches"/> names each candidate's patch in <paramref name="geometry"/> (negative: no place), and the
+    /// distance from a pick i to a candidate j is measured in i's own patch size,
+    /// d² = ((x_j - x_i) / w_i)² + ((y_j - y_i) / h_i)². Ties go to the lower index, as on the grid.
+    /// </summary>
+    public static int[] Select(ReadOnlySpan<float> scores, ReadOnlySpan<float> unitFeatures, int dim, ReadOnlySpan<int> patches,
+        Models.Llava.AnyResGeometry geometry, int k, double strength, double distanceLimit, double distanceSigma, double similaritySigma)
+    {
+        int n = scores.Length;
+        if (patches.Length != n) throw new ArgumentException($"Expected {n} patch indices, got {patches.Length}.", nameof(patches));
+        if (dim < 1 || unitFeatures.Length != n * dim) throw new ArgumentException($"Features must be [{n}, dim]; got {unitFeatures.Length} values.", nameof(unitFeatures));
+        k = Math.Clamp(k, 0, n);
+        var s = scores.ToArray();
+        var kept = new bool[n];
+        var result = new int[k];
+        double limit2 = distanceLimit * distanceLimit;
+        double twoSigmaD2 = 2 * distanceSigma * distanceSigma;
+        double twoSigmaS2 = 2 * similaritySigma * similaritySigma;
+        for (int m = 0; m < k; m++)
+        {
+            int best = -1;
+            for (int j = 0; j < n; j++)
+            {
+                if (kept[j]) continue;
+                if (best < 0 || Greater(s[j], s[best])) best = j;
+            }
+            kept[best] = true;
+            result[m] = best;
+            int p = patches[best];
+            if (p < 0 || strength == 0) continue;
+            double xi = geometry.X[p], yi = geometry.Y[p], wi = geometry.W[p], hi = geometry.H[p];
+            var fi = unitFeatures.Slice(best * dim, dim);
+            for (int j = 0; j < n; j++)
+            {
+                int q = patches[j];
+                if (q < 0 || kept[j]) continue;
+                double dx = (geometry.X[q] - xi) / wi, dy = (geometry.Y[q] - yi) / hi;
+                double d2 = dx * dx + dy * dy;
+                if (d2 > limit2 + 1e-9) continue;
+                var fj = unitFeatures.Slice(j * dim, dim);
+                double cos = 0;
+                for (int t = 0; t < dim; t++) cos += (double)fi[t] * fj[t];
+                double dissim = 1 - cos;
+                double factor = 1 - strength * Math.Exp(-d2 / twoSigmaD2) * Math.Exp(-dissim * dissim / twoSigmaS2);
+                s[j] = (float)(s[j] * factor);
+            }
+        }
+        Array.Sort(result);
+        return result;
+    }
+
     /// <summary>Rows of <paramref name="features"/> ([n, dim]) scaled to unit length (zero rows stay zero).</summary>
     public static float[] Normalize(ReadOnlySpan<float> features, int dim)
     {

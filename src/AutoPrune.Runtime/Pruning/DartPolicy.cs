@@ -21,8 +21,17 @@ internal sealed class DartPolicy(ModelShape shape, PruningOptions options) : Sch
         for (int i = 0; i < textRows.Length; i++) textNorms[i] = TensorPrimitives.SumOfMagnitudes<float>(keys.AsSpan(textRows[i] * kvd, kvd));
         var visualHidden = view.FinalNorm(visualRows);
         var textHidden = view.FinalNorm(textRows);
-        var keep = DartSelector.Select(visualNorms, textNorms, visualHidden, textHidden, d, step.Kept,
-            Options.DartVisualPivots, Options.DartTextPivots);
+        if (ctx.ViewShares is null)
+            return ctx.Build(DartSelector.Select(visualNorms, textNorms, visualHidden, textHidden, d, step.Kept,
+                Options.DartVisualPivots, Options.DartTextPivots), null, renumber: false);
+        // Per view: each view's quota chosen among its own tokens, with its own visual pivots and the request's text pivots.
+        var keep = ctx.SelectByScope(step.Kept, (candidates, q) =>
+        {
+            var hidden = new float[candidates.Length * d];
+            for (int j = 0; j < candidates.Length; j++) visualHidden.AsSpan(candidates[j] * d, d).CopyTo(hidden.AsSpan(j * d, d));
+            return DartSelector.Select(candidates.Select(c => visualNorms[c]).ToArray(), textNorms, hidden, textHidden, d, q,
+                Options.DartVisualPivots, Options.DartTextPivots);
+        });
         return ctx.Build(keep, null, renumber: false);
     }
 }

@@ -16,4 +16,19 @@ internal sealed class DivPrunePolicy(ModelShape shape, PruningOptions options) :
         var keep = DivPruneSelector.Select(projected.AsSpan(cls * dim), dim, step.Kept - cls);
         return PreLlmSelection.FromRows(vision, projected, keep, Options.Positions == PrunedPositions.Original);
     }
+
+    /// <summary>A LLaVA-NeXT image: the most diverse projected patches of the base view and tiles together, or of each view with its share.</summary>
+    public override PreLlmSelection SelectBeforeLlm(AnyResImage image, Func<float[], int, float[]> project)
+    {
+        var step = Schedule!.Steps.Single(s => s.AfterLayer == -1);
+        var rows = image.PatchRows();
+        int d = image.Hidden;
+        var keep = image.SelectByScope(step.Kept, (candidates, q) =>
+        {
+            var f = new float[candidates.Length * d];
+            for (int j = 0; j < candidates.Length; j++) rows.AsSpan(candidates[j] * d, d).CopyTo(f.AsSpan(j * d, d));
+            return DivPruneSelector.Select(f, d, q);
+        });
+        return image.Select(keep, null, Options.Positions == PrunedPositions.Original);
+    }
 }

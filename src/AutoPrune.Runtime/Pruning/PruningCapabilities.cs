@@ -14,7 +14,6 @@ public static class PruningCapabilities
     {
         ArgumentOutOfRangeException.ThrowIfNegative(request.Images);
         reason = method == PruningMethod.None ? null
-            : request.AnyRes ? "it does not run on LLaVA-NeXT (anyres) images yet: they are a base view plus tiles, which the pruning policies do not handle"
             : request.Images == 0 ? "the request has no image, so there are no visual tokens to prune"
             : request.Images > 1 ? $"it prunes the visual tokens of one image per request and the request has {request.Images}"
             : null;

@@ -88,6 +88,7 @@ public sealed partial record PruningOptions
         if (!Enum.IsDefined(Accounting))
             throw new ArgumentOutOfRangeException(nameof(Accounting), Accounting, $"{Name(nameof(Accounting))} {(int)Accounting} is not Processed or Published.");
         Defined(nameof(Positions), Positions);
+        Defined(nameof(BudgetScope), BudgetScope);
         Defined(nameof(AutoPruneSlope), AutoPruneSlope);
         Defined(nameof(AutoPruneScheduleShape), AutoPruneScheduleShape);
         Defined(nameof(AutoPruneBeforeLlmSelection), AutoPruneBeforeLlmSelection);

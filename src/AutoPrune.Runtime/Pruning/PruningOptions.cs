@@ -15,6 +15,13 @@ public sealed partial record PruningOptions
     public BudgetAccounting Accounting { get; init; } = BudgetAccounting.Processed;
 
     /// <summary>
+    /// What <see cref="Budget"/> is a budget of on a LLaVA-NeXT image: all its visual tokens together (the default), or
+    /// each view (base view and tiles) on its own (see <see cref="Pruning.BudgetScope"/>). The image_newline tokens are
+    /// never pruned and never counted.
+    /// </summary>
+    public BudgetScope BudgetScope { get; init; } = BudgetScope.Request;
+
+    /// <summary>
     /// RoPE positions of the tokens that remain after a prune: each method's own convention (<see cref="PrunedPositions.MethodDefault"/>),
     /// the original positions with gaps, or renumbered contiguously. Original positions keep the image's layout, which
     /// the fixture model needs to count objects (docs/results.md).

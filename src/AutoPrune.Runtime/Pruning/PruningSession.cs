@@ -33,12 +33,14 @@ internal sealed class PruningSession : IPrefillHook
     public PruningSession(ModelShape shape, PruningOptions options, int prefixTokens, int? visualTokens = null, IReadOnlyList<string>? notes = null,
         bool deviceSelection = true)
     {
-        _shape = visualTokens is int v && options.Method == PruningMethod.None ? shape with { VisualTokens = v } : shape;
+        _shape = visualTokens is int v && options.Method == PruningMethod.None ? shape with { VisualTokens = v, ViewPatches = null } : shape;
         _options = options;
         _prefix = prefixTokens;
         _notes = notes ?? [];
         Policy = PruningPolicies.Create(_shape, options);
         _device = deviceSelection ? Device.DevicePruners.For(Policy, options) : null;
+        if (options.BudgetScope == BudgetScope.PerView && _shape.ViewPatches is not null && options.Method != PruningMethod.None)
+            ViewShares = Budget.ViewBudgets(options, _shape);
         _processedIndices = new int[shape.Layers][];
         _processedCounts = new int[shape.Layers];
         _versions = new int[shape.Layers];
@@ -52,19 +54,41 @@ internal sealed class PruningSession : IPrefillHook
     public void SetVision(VisionFeatures vision) => Policy.OnVision(vision);
 
     /// <summary>A LLaVA-NeXT image's token map (views, patch origins, newline rows), handed to the policy in every <see cref="PruneContext"/>.</summary>
-    public AnyResTokenMap? TokenMap { get; set; }
+    public AnyResTokenMap? TokenMap { get; private set; }
+
+    /// <summary>The (first) LLaVA-NeXT image of the request: its map goes to the policy and into every <see cref="PruneContext"/>.</summary>
+    public void SetAnyRes(AnyResTokenMap map)
+    {
+        if (TokenMap is not null) return;
+        TokenMap = map;
+        if (_options.Method != PruningMethod.None) Policy.OnAnyRes(map);
+    }
+
+    /// <summary>
+    /// image_newline rows in the request's prompt (LLaVA-NeXT): part of the images' runs but not visual tokens, so they are
+    /// never pruned, not counted in the per-layer visual counts, and counted with the text in the FLOPs.
+    /// </summary>
+    public int Newlines { get; set; }
+
+    /// <summary>Each view's budget under <see cref="BudgetScope.PerView"/> on a LLaVA-NeXT image; null otherwise.</summary>
+    public double[]? ViewShares { get; }
 
     /// <summary>
     /// On a GPU, methods whose selection runs on the device (<see cref="Device.DevicePruners"/>) announce the layers whose
-    /// attention they read; policies still on the host read every layer's.
+    /// attention they read; policies still on the host (and every policy on a LLaVA-NeXT image) read every layer's.
     /// </summary>
-    public bool ReadsAttention(int layer) => _device?.ReadsAttention(layer) ?? true;
+    public bool ReadsAttention(int layer) => TokenMap is not null ? true : _device?.ReadsAttention(layer) ?? true;
 
     public PruneAction? AfterLayer(LayerView view)
     {
         Record(view.Layer, view.State);
-        var ctx = new PruneContext { State = view.State, Prefix = _prefix, VisualCount = view.State.VisualRows(_prefix), Shape = _shape, Options = _options, TokenMap = TokenMap };
-        if (_device is not null && view.Device is { } dev && _device.Handles(ctx))
+        var ctx = new PruneContext
+        {
+            State = view.State, Prefix = _prefix, VisualCount = view.State.VisualRows(_prefix) - Newlines, Shape = _shape, Options = _options,
+            TokenMap = TokenMap, Newlines = Newlines, ViewShares = ViewShares,
+        };
+        // The device pruners select on LLaVA-1.5's grid; a LLaVA-NeXT image (newline rows, views) runs the host code.
+        if (_device is not null && view.Device is { } dev && TokenMap is null && _device.Handles(ctx))
         {
             _device.BeforeSteps(dev, ctx);
             foreach (var step in Policy.Schedule!.Steps)
@@ -81,7 +105,7 @@ internal sealed class PruningSession : IPrefillHook
     /// </summary>
     private void Record(int layer, SequenceState st)
     {
-        _processedCounts[layer] = st.VisualRows(_prefix);
+        _processedCounts[layer] = st.VisualRows(_prefix) - Newlines;
         _versions[layer] = st.Version;
     }
 
@@ -98,10 +122,13 @@ internal sealed class PruningSession : IPrefillHook
             if (_processedCounts[l] != schedule.Processed[l])
                 throw new InvalidOperationException(
                     $"Pruning bug: layer {l} processed {_processedCounts[l]} visual tokens, the {schedule.Method} schedule says {schedule.Processed[l]}.");
-        double asked = _options.Method == PruningMethod.None ? _shape.VisualTokens : Budget.Resolve(_options.Budget, _shape.VisualTokens);
+        double asked = _options.Method == PruningMethod.None ? _shape.VisualTokens : Budget.Resolve(_options, _shape);
         var notes = _shape.VisualTokens == 0 && _notes.Count == 0 ? _notes.Append("The request has no image: there were no visual tokens to prune.") : _notes;
         var signals = _device is null || _device.Signals.Count == 0 ? Policy.RuntimeSignals
             : Policy.RuntimeSignals.Concat(_device.Signals).ToDictionary(kv => kv.Key, kv => kv.Value, StringComparer.Ordinal);
-        return PruningReports.Create(schedule, _shape, _prefix, textTokens, asked, _processedIndices, signals, notes);
+        var report = PruningReports.Create(schedule, _shape, _prefix, textTokens + Newlines, asked, _processedIndices, signals, notes);
+        // The patches' places go with the report when its indices are this image's (one LLaVA-NeXT image in the request).
+        bool oneImage = TokenMap is not null && _processedIndices.All(l => l.All(v => v < TokenMap.Patches.Count));
+        return oneImage ? report with { Patches = TokenMap!.ToReport() } : report;
     }
 }

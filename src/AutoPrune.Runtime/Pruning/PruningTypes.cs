@@ -76,9 +76,33 @@ public enum BudgetAccounting
     Published,
 }
 
+/// <summary>What a visual-token budget is a budget of (see <see cref="PruningOptions.BudgetScope"/>).</summary>
+public enum BudgetScope
+{
+    /// <summary>
+    /// The request's visual tokens as one set (the default): a count, or a fraction of the image's visual tokens (for a
+    /// LLaVA-NeXT image, its base view and tiles together); the method chooses among all of them.
+    /// </summary>
+    Request,
+
+    /// <summary>
+    /// Each view of a LLaVA-NeXT image (the base view and every tile) keeps its own share: a count budget is per view (a
+    /// view with fewer patches keeps all of them), a fraction applies to each view's patches. The request's budget is the
+    /// sum of the views' budgets, and every selection gives each view its share of the kept tokens. On a LLaVA-1.5 image
+    /// (one view) it is the same as <see cref="Request"/>.
+    /// </summary>
+    PerView,
+}
+
 /// <summary>Shape of the decoder and of the visual token grid, read from the model config.</summary>
 public sealed record ModelShape(int Layers, int Heads, int HiddenSize, int IntermediateSize, int VisualTokens, int GridSize)
 {
+    /// <summary>
+    /// A LLaVA-NeXT image's visual patches per view (the base view first, then the tiles, row-major; the image_newline
+    /// tokens are not visual tokens), summing to <see cref="VisualTokens"/>; null for one view (LLaVA-1.5).
+    /// </summary>
+    public IReadOnlyList<int>? ViewPatches { get; init; }
+
     internal void Validate()
     {
         if (Layers < 1) throw new ArgumentOutOfRangeException(nameof(Layers), Layers, "A model needs at least one decoder layer.");
@@ -87,6 +111,8 @@ public sealed record ModelShape(int Layers, int Heads, int HiddenSize, int Inter
         if (IntermediateSize < 1) throw new ArgumentOutOfRangeException(nameof(IntermediateSize), IntermediateSize, "MLP intermediate size must be positive.");
         if (VisualTokens < 1) throw new ArgumentOutOfRangeException(nameof(VisualTokens), VisualTokens, "There must be at least one visual token.");
         if (GridSize < 1) throw new ArgumentOutOfRangeException(nameof(GridSize), GridSize, "Grid size must be positive.");
+        if (ViewPatches is { } views && (views.Count == 0 || views.Any(v => v < 0) || views.Sum() != VisualTokens))
+            throw new ArgumentException($"The views' patches ({string.Join(", ", views)}) must be non-negative and sum to the {VisualTokens} visual tokens.", nameof(ViewPatches));
     }
 }
 
@@ -128,4 +154,21 @@ public sealed record PruningReport(
     double FlopsRatio,
     IReadOnlyList<int[]> KeptIndicesPerLayer,
     IReadOnlyDictionary<string, double> Signals,
-    IReadOnlyList<string> Notes);
+    IReadOnlyList<string> Notes)
+{
+    /// <summary>
+    /// A LLaVA-NeXT image's patches, where each of <see cref="KeptIndicesPerLayer"/>'s indices lies in the original image
+    /// (null for LLaVA-1.5, whose indices are row * grid + column of the one view).
+    /// </summary>
+    public ImagePatchMap? Patches { get; init; }
+}
+
+/// <summary>Where a LLaVA-NeXT image's visual patches lie in the original image (for explanations).</summary>
+/// <param name="ImageWidth">Width of the original image in pixels.</param>
+/// <param name="ImageHeight">Height of the original image in pixels.</param>
+/// <param name="Views">Views the image was cut into: the base view (0) and the tiles.</param>
+/// <param name="Areas">One area per visual index (the indices of <see cref="PruningReport.KeptIndicesPerLayer"/>).</param>
+public sealed record ImagePatchMap(int ImageWidth, int ImageHeight, int Views, IReadOnlyList<PatchArea> Areas);
+
+/// <summary>One visual patch of a LLaVA-NeXT image: its view (0 = base) and its area in the original image, in pixels.</summary>
+public readonly record struct PatchArea(int View, float Left, float Top, float Right, float Bottom);

@@ -10,7 +10,7 @@ internal static class ScheduleSolver
         ArgumentNullException.ThrowIfNull(options);
         if (options.Method == PruningMethod.None) return Unpruned(shape, options); // any number of visual tokens, 0 included
         shape.Validate();
-        double budget = Budget.Resolve(options.Budget, shape.VisualTokens);
+        double budget = Budget.Resolve(options, shape);
         return options.Method switch
         {
             PruningMethod.FastV or PruningMethod.AdaptPrune or PruningMethod.Dart => SinglePruneSchedule.Solve(options.Method, shape, budget, options.Accounting),

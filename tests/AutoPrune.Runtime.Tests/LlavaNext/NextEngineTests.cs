@@ -103,28 +103,29 @@ public class NextEngineTests(NextModelsFixture fx) : IClassFixture<NextModelsFix
     }
 
     [Fact]
-    public async Task A_pruning_method_asked_for_is_refused_and_a_default_one_falls_back_to_none_with_a_note()
+    public async Task A_pruning_method_asked_for_or_by_default_prunes_the_image_and_none_counts_its_patches()
     {
         var request = VisionRequest.Create("How many circles are there?", Image()) with
-        { Generation = new GenerationOptions { MaxNewTokens = 1 }, Pruning = new PruningOptions { Method = PruningMethod.FastV, Budget = 128 } };
-        var ex = await Assert.ThrowsAsync<NotSupportedException>(() => fx.Llama.AskAsync(request));
-        Assert.Contains("'fastv'", ex.Message);
-        Assert.Contains("LLaVA-NeXT", ex.Message);
-        Assert.Contains("'none'", ex.Message);
+        { Generation = new GenerationOptions { MaxNewTokens = 1 }, Pruning = new PruningOptions { Method = PruningMethod.FastV, Budget = 400 } };
+        var fastv = await fx.Llama.AskAsync(request);
+        Assert.Equal(PruningMethod.FastV, fastv.Report.Method);
+        Assert.InRange(fastv.Report.AvgVisualTokensProcessed, 399, 400); // within one token, never above
+        Assert.Empty(fastv.Report.Notes);
 
         using var model = VisionLanguageModel.Load(NextFixture.Model("llama"),
             new ModelOptions { Device = "cpu", DefaultPruning = new PruningOptions { Method = PruningMethod.AutoPrune, Budget = 128 } });
         var a = await model.AskAsync(request with { Pruning = null });
-        Assert.Equal(PruningMethod.None, a.Report.Method);
-        Assert.Contains(a.Report.Notes, n => n.Contains("'autoprune'") && n.Contains("LLaVA-NeXT") && n.Contains("unpruned"));
-        // Every layer saw the 1080 image tokens: 576 base-view patches, then 24 rows of 20 tile patches (a 50x60 image
-        // fills 20 of the 48 columns of its 1x2 tiles), each row followed by an image_newline token, which is no patch.
-        Assert.All(a.Report.VisualTokensPerLayer, n => Assert.Equal(1080, n));
-        Assert.All(a.Report.KeptIndicesPerLayer, k => Assert.Equal(Enumerable.Range(0, 576 + 24 * 20), k));
+        Assert.Equal(PruningMethod.AutoPrune, a.Report.Method);
+        Assert.Equal(128, a.Report.AvgVisualTokensProcessed, 6);
 
+        // Unpruned, every layer sees the image's 1056 visual tokens: 576 base-view patches, then 24 rows of 20 tile patches
+        // (a 50x60 image fills 20 of the 48 columns of its 1x2 tiles); each of those rows is followed by an image_newline
+        // token, which is in the prompt (1080 image tokens) but is no patch, never pruned and not counted.
         var none = await fx.Llama.AskAsync(request with { Pruning = new PruningOptions { Method = PruningMethod.None } });
-        Assert.DoesNotContain(none.Report.Notes, n => n.Contains("LLaVA-NeXT"));
-        Assert.Equal(a.TopLogits, none.TopLogits);
+        Assert.Equal(1080, none.VisualTokens);
+        Assert.All(none.Report.VisualTokensPerLayer, n => Assert.Equal(1056, n));
+        Assert.All(none.Report.KeptIndicesPerLayer, k => Assert.Equal(Enumerable.Range(0, 576 + 24 * 20), k));
+        Assert.NotNull(none.Report.Patches);
     }
 
     [Fact]

@@ -1,3 +1,4 @@
+using AutoPrune.Pruning;
 using Xunit;
 using Xunit.Abstractions;
 
@@ -42,5 +43,98 @@ public class NextGpuPathTests(ITestOutputHelper output)
         output.WriteLine($"{variant} {image} on {answer.Device}: max |Δlogit| {max:E2}, {answer.Timings.TotalMs:F0} ms");
         Assert.True(max <= 2e-2, $"max |Δlogit| {max}");
         Assert.Equal(r.GreedyIds, answer.TokenIds);
+    }
+
+    /// <summary>
+    /// Every pruning method on a LLaVA-NeXT image on the GPU code path, against the CPU backend: the same per-layer counts,
+    /// the same kept patches (or, where fp16 on the GPU path reorders near-equal scores, nearly the same), and close logits
+    /// when the kept sets agree. The image's views are encoded once (the vision cache); <c>AUTOPRUNE_FULL_NEXT=1</c> adds
+    /// the per-view scope and the Mistral model.
+    /// </summary>
+    [Fact]
+    public async Task Pruning_on_the_gpu_code_path_keeps_what_the_cpu_keeps()
+    {
+        bool full = Environment.GetEnvironmentVariable("AUTOPRUNE_FULL_NEXT") == "1";
+        // (Not the 50x60 image: upscaled 20-fold, its tiles' patches are near-duplicates whose fp16 scores reorder AdaptPrune's NMS.)
+        foreach (var (variant, image) in full ? new[] { ("llama", "images/00_336x336.png"), ("mistral", "images/01_640x480.png") } : [("llama", "images/00_336x336.png")])
+        {
+            using var cpu = VisionLanguageModel.Load(NextFixture.Model(variant), new ModelOptions { Device = "cpu" });
+            using var gpu = VisionLanguageModel.Load(NextFixture.Model(variant), new ModelOptions { Device = "ilgpu-cpu" });
+            foreach (var scope in full ? new[] { BudgetScope.Request, BudgetScope.PerView } : [BudgetScope.Request])
+                foreach (var method in Enum.GetValues<PruningMethod>().Where(m => m != PruningMethod.None))
+                {
+                    var pruning = new PruningOptions { Method = method, Budget = method == PruningMethod.SparseVLM ? 0.6 : 0.4, BudgetScope = scope };
+                    var request = VisionRequest.Create("How many circles are there?", ImageInput.FromFile(NextFixture.Image(image))) with
+                    { Generation = new GenerationOptions { MaxNewTokens = 1 }, Pruning = pruning };
+                    var (c, cl) = await cpu.AskWithLogitsAsync(request);
+                    var (g, gl) = await gpu.AskWithLogitsAsync(request);
+                    Assert.Equal(c.Report.VisualTokensPerLayer, g.Report.VisualTokensPerLayer);
+                    double worst = 1, maxLogit = 0;
+                    for (int l = 0; l < c.Report.KeptIndicesPerLayer.Count; l++)
+                    {
+                        var a = c.Report.KeptIndicesPerLayer[l].ToHashSet();
+                        var b = g.Report.KeptIndicesPerLayer[l];
+                        double jaccard = a.Count == 0 ? 1 : (double)b.Count(a.Contains) / a.Union(b).Count();
+                        worst = Math.Min(worst, jaccard);
+                    }
+                    for (int i = 0; i < cl.Length; i++) maxLogit = Math.Max(maxLogit, Math.Abs(cl[i] - gl[i]));
+                    output.WriteLine($"{variant} {image} {method,-10} {scope,-7}: layers [{string.Join(", ", g.Report.VisualTokensPerLayer)}], kept-set agreement (worst layer Jaccard) {worst:F4}, max |Δlogit| {maxLogit:E2}");
+                    Assert.True(worst >= 0.9, $"{method}: kept sets differ (Jaccard {worst})");
+                    if (worst == 1) Assert.True(maxLogit <= 2e-2, $"{method}: max |Δlogit| {maxLogit} with identical kept sets");
+                }
+        }
+    }
+
+    /// <summary>
+    /// The GPU path runs a LLaVA-NeXT image's views through the tower as one batch: the same features, [CLS] attention and
+    /// keys as one view at a time, with every layer's GEMMs enqueued once for all views (fewer cuBLAS calls and launches).
+    /// </summary>
+    [Fact]
+    public void The_views_go_through_the_tower_as_one_batch()
+    {
+        string dir = NextFixture.Model("llama");
+        var config = AutoPrune.Loading.LlavaConfig.Load(dir);
+        using var store = AutoPrune.Loading.SafeTensorStore.Open(dir);
+        using var gpu = new AutoPrune.Models.Llava.Cuda.CudaLlavaModel(store, config, AutoPrune.Compute.Cuda.CudaDevice.CreateForTests());
+        var images = AutoPrune.Loading.Images.AnyResImageProcessor.Load(dir, config, AutoPrune.Loading.Images.ImagePreprocessor.Load(dir));
+        var pixels = images.Preprocess(File.ReadAllBytes(NextFixture.Image("images/01_640x480.png")));
+        int views = pixels.Layout.Views;
+        Assert.Equal(5, views);
+        AutoPrune.Models.Llava.VisionFeatures[] one = [], batch = [];
+        var single = new AutoPrune.Diagnostics.DeviceCounterSet();
+        using (AutoPrune.Diagnostics.DeviceCounterSet.BeginRequest(single))
+            one = Enumerable.Range(0, views).Select(v => gpu.VisionForward(pixels.View(v))).ToArray();
+        var batched = new AutoPrune.Diagnostics.DeviceCounterSet();
+        using (AutoPrune.Diagnostics.DeviceCounterSet.BeginRequest(batched))
+            batch = ((AutoPrune.Models.Llava.ILlavaBackend)gpu).VisionForwardViews(pixels.Pixels, views);
+        try
+        {
+            double features = 0, cls = 0, keys = 0;
+            for (int v = 0; v < views; v++)
+            {
+                features = Math.Max(features, MaxDiff(one[v].Features, batch[v].Features));
+                cls = Math.Max(cls, MaxDiff(one[v].ClsAttention!, batch[v].ClsAttention!));
+                keys = Math.Max(keys, MaxDiff(one[v].PatchKeys!, batch[v].PatchKeys!));
+            }
+            var a = single.Snapshot();
+            var b = batched.Snapshot();
+            output.WriteLine($"one view at a time: {a}; batch: {b}; max |Δ| features {features:E2}, [CLS] {cls:E2}, keys {keys:E2}");
+            Assert.True(features <= 1e-4 && cls <= 1e-5 && keys <= 1e-4, $"features {features}, cls {cls}, keys {keys}");
+            Assert.True(b.BlasCalls < a.BlasCalls, $"cuBLAS calls: batch {b.BlasCalls}, one at a time {a.BlasCalls}");
+            Assert.True(b.Enqueued < a.Enqueued, $"enqueued: batch {b.Enqueued}, one at a time {a.Enqueued}");
+            Assert.Equal(1, b.H2DCopies); // the views' patches go up together
+        }
+        finally
+        {
+            foreach (var f in one.Concat(batch)) f.Device?.Release();
+        }
+    }
+
+    private static double MaxDiff(float[] a, float[] b)
+    {
+        Assert.Equal(a.Length, b.Length);
+        double m = 0;
+        for (int i = 0; i < a.Length; i++) m = Math.Max(m, Math.Abs(a[i] - b[i]));
+        return m;
     }
 }

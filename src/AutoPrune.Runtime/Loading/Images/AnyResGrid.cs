@@ -42,6 +42,21 @@ internal sealed record AnyResLayout(
 
     /// <summary>Image tokens in the prompt: the base view, then each unpadded row of the tile grid followed by one image_newline token.</summary>
     public int TokenCount => BaseTokens + FeatureRows * (FeatureCols + 1);
+
+    /// <summary>Visual patches of each view: the base view's Grid², then each tile's patches that survive the unpadding (row-major; 0 for a tile of padding only).</summary>
+    public int[] ViewPatches()
+    {
+        var counts = new int[Views];
+        counts[0] = BaseTokens;
+        for (int tr = 0; tr < TileRows; tr++)
+            for (int tc = 0; tc < TileCols; tc++)
+            {
+                int rows = Math.Min((tr + 1) * Grid, FeatureRowStart + FeatureRows) - Math.Max(tr * Grid, FeatureRowStart);
+                int cols = Math.Min((tc + 1) * Grid, FeatureColStart + FeatureCols) - Math.Max(tc * Grid, FeatureColStart);
+                counts[1 + tr * TileCols + tc] = Math.Max(0, rows) * Math.Max(0, cols);
+            }
+        return counts;
+    }
 }
 
 /// <summary>

@@ -41,6 +41,32 @@ internal sealed class AnyResTokenMap
     /// <summary>Per view (0 = base): the vision tower's output, [CLS] attention [Heads, Grid²] and patch keys included.</summary>
     public IReadOnlyList<VisionFeatures> Views { get; }
 
+    private AnyResGeometry? _geometry;
+
+    /// <summary>Each patch's centre and size in the original image (the geometry pruning policies use).</summary>
+    public AnyResGeometry Geometry => _geometry ??= AnyResGeometry.Create(this);
+
+    /// <summary>The patches' areas as a report carries them (for explanations).</summary>
+    public Pruning.ImagePatchMap ToReport()
+        => new(Layout.ImageWidth, Layout.ImageHeight, Layout.Views, Patches.Select(p => new Pruning.PatchArea(p.View, p.Left, p.Top, p.Right, p.Bottom)).ToArray());
+
+    /// <summary>Per patch: the mean over heads of its own view's [CLS] attention (at the vision tower's feature layer).</summary>
+    public float[] ClsAttentionMean()
+    {
+        int g = Layout.Grid;
+        var result = new float[Patches.Count];
+        for (int i = 0; i < result.Length; i++)
+        {
+            var o = Patches[i];
+            var view = Views[o.View];
+            var cls = view.ClsAttention ?? throw new NotSupportedException("The method needs the vision tower's [CLS] attention, but this model's feature layer is the embedding layer.");
+            float sum = 0;
+            for (int h = 0; h < view.Heads; h++) sum += cls[h * view.Patches + o.Row * g + o.Col];
+            result[i] = sum / view.Heads;
+        }
+        return result;
+    }
+
     /// <summary>The map of an image with this layout whose views gave <paramref name="views"/>.</summary>
     public static AnyResTokenMap Create(AnyResLayout layout, IReadOnlyList<VisionFeatures> views)
     {
@@ -83,6 +109,74 @@ internal sealed class AnyResTokenMap
 }
 
 /// <summary>
+/// Where each patch of a LLaVA-NeXT image lies in the original image, for the policies that use geometry: its centre in
+/// original pixels and the size of its own patch there (a base-view patch is a Grid-th of the image; a tile patch is
+/// smaller, by the tiling's scale). Distances between tokens are measured in the size of the patch they are measured
+/// from, so "5 patches" means 5 base-view patches around a base-view token and 5 tile patches around a tile token.
+/// </summary>
+internal sealed class AnyResGeometry
+{
+    private AnyResGeometry(float[] x, float[] y, float[] w, float[] h, int width, int height) { X = x; Y = y; W = w; H = h; Width = width; Height = height; }
+
+    /// <summary>Centre of each patch, original pixels from the left.</summary>
+    public float[] X { get; }
+    /// <summary>Centre of each patch, original pixels from the top.</summary>
+    public float[] Y { get; }
+    /// <summary>Width of each patch's own patch grid cell in original pixels.</summary>
+    public float[] W { get; }
+    /// <summary>Height of each patch's own grid cell in original pixels.</summary>
+    public float[] H { get; }
+    public int Width { get; }
+    public int Height { get; }
+
+    public static AnyResGeometry Create(AnyResTokenMap map)
+    {
+        var l = map.Layout;
+        int n = map.Patches.Count, g = l.Grid;
+        float w = l.ImageWidth, h = l.ImageHeight;
+        float sx = w / l.ResizedWidth, sy = h / l.ResizedHeight, p = l.TileSize / (float)g;
+        var x = new float[n]; var y = new float[n]; var cw = new float[n]; var ch = new float[n];
+        for (int i = 0; i < n; i++)
+        {
+            var o = map.Patches[i];
+            if (o.View == 0)
+            {
+                x[i] = (o.Col + 0.5f) * w / g; y[i] = (o.Row + 0.5f) * h / g; cw[i] = w / g; ch[i] = h / g;
+            }
+            else
+            {
+                x[i] = ((l.FeatureColStart + o.GridCol + 0.5f) * p - l.PadLeft) * sx;
+                y[i] = ((l.FeatureRowStart + o.GridRow + 0.5f) * p - l.PadTop) * sy;
+                cw[i] = p * sx; ch[i] = p * sy;
+            }
+        }
+        return new AnyResGeometry(x, y, cw, ch, l.ImageWidth, l.ImageHeight);
+    }
+
+    /// <summary>
+    /// AdaptPrune's positional prior over the original image: G = exp(-(u² + v²) / (8 f²)) with u, v the token's centre
+    /// relative to the image's centre in half-widths and half-heights, normalised to max 1 over <paramref name="patches"/>.
+    /// On LLaVA-1.5's square grid this is the spec's exp(-(x² + y²) / (2 σ²)) with σ = f·g.
+    /// </summary>
+    public float[] PositionalPrior(ReadOnlySpan<int> patches, double sigmaFactor)
+    {
+        var prior = new double[patches.Length];
+        double max = 0, twoS = 8 * sigmaFactor * sigmaFactor;
+        for (int i = 0; i < patches.Length; i++)
+        {
+            int v = patches[i];
+            if (v < 0) continue;
+            double u = (X[v] - Width / 2.0) / (Width / 2.0), t = (Y[v] - Height / 2.0) / (Height / 2.0);
+            prior[i] = Math.Exp(-(u * u + t * t) / twoS);
+            max = Math.Max(max, prior[i]);
+        }
+        var result = new float[patches.Length];
+        for (int i = 0; i < result.Length; i++) result[i] = max > 0 ? (float)(prior[i] / max) : 0f;
+        return result;
+    }
+}
+
+/// <summary>
 /// Turns a LLaVA-NeXT image's per-view vision features into its prompt tokens, the same way on every backend (the
 /// backend only runs the tower and the projector): the base view's patches, then the tile grid stitched, unpadded and
 /// projected, with the learned <c>image_newline</c> vector after each of its rows. The projector is row-wise, so the
@@ -104,13 +198,9 @@ internal sealed class AnyResAssembler
 
     public int Hidden => _newline.Length;
 
-    /// <summary>Runs every view of a preprocessed image through the backend's vision tower.</summary>
+    /// <summary>Runs every view of a preprocessed image through the backend's vision tower (one batch on a GPU).</summary>
     public static VisionFeatures[] Encode(ILlavaBackend model, AnyResPixels pixels, CancellationToken ct = default)
-    {
-        var views = new VisionFeatures[pixels.Layout.Views];
-        for (int v = 0; v < views.Length; v++) views[v] = model.VisionForward(pixels.View(v), ct);
-        return views;
-    }
+        => model.VisionForwardViews(pixels.Pixels, pixels.Layout.Views, ct); // a GPU runs the views as one batch
 
     /// <summary>The image's projected tokens [TokenCount, Hidden] in prompt order, and their map.</summary>
     public (float[] Tokens, AnyResTokenMap Map) Assemble(ILlavaBackend model, AnyResLayout layout, IReadOnlyList<VisionFeatures> views)
@@ -168,12 +258,15 @@ internal sealed class AnyResPipeline(AnyResImageProcessor images, AnyResAssemble
     public int MaxTokenCount => Images.Grid.MaxTokenCount;
 
     /// <summary>The image's token count, from its header alone (no pixel is decoded).</summary>
-    public int TokenCount(ImageInput image)
+    public int TokenCount(ImageInput image) => Layout(image).TokenCount;
+
+    /// <summary>The image's layout (views, tiles, unpadding), from its header alone.</summary>
+    public AnyResLayout Layout(ImageInput image)
     {
         var (w, h) = image.Path is not null
             ? ImagePreprocessor.ReadSizeFile(image.Path, Images.MaxPixels, Images.MaxFileBytes)
             : Images.ReadSize(image.Bytes.Span);
-        return Images.Plan(w, h).TokenCount;
+        return Images.Plan(w, h);
     }
 
     /// <summary>

@@ -25,6 +25,19 @@ internal interface ILlavaBackend : IDisposable
     /// <summary>Runs the vision tower on one preprocessed image ([3, size, size], CHW); <paramref name="ct"/> is checked between layers.</summary>
     VisionFeatures VisionForward(ReadOnlySpan<float> pixels, CancellationToken ct = default);
 
+    /// <summary>
+    /// Runs the vision tower on <paramref name="views"/> preprocessed images laid end to end ([views, 3, size, size]; a
+    /// LLaVA-NeXT image's base view and tiles). A GPU runs them as one batch; the default runs them one after another.
+    /// </summary>
+    VisionFeatures[] VisionForwardViews(ReadOnlySpan<float> pixels, int views, CancellationToken ct = default)
+    {
+        if (views < 1 || pixels.Length % views != 0) throw new ArgumentException($"{pixels.Length} values are not {views} views.", nameof(pixels));
+        int length = pixels.Length / views;
+        var result = new VisionFeatures[views];
+        for (int v = 0; v < views; v++) result[v] = VisionForward(pixels.Slice(v * length, length), ct);
+        return result;
+    }
+
     /// <summary>Projects vision features [rows, visionHidden] into the decoder's space [rows, Hidden].</summary>
     float[] Project(ReadOnlySpan<float> features, int rows);
 

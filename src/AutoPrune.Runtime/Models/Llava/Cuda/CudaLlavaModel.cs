@@ -209,6 +209,16 @@ internal sealed class CudaLlavaModel : ILlavaBackend
         }
     }
 
+    /// <summary>A LLaVA-NeXT image's views through the tower as one batch: each layer's GEMMs over every view's rows at once.</summary>
+    public VisionFeatures[] VisionForwardViews(ReadOnlySpan<float> pixels, int views, CancellationToken ct = default)
+    {
+        lock (Sync)
+        {
+            using var bind = Accelerator.BindScoped();
+            return views == 1 ? [Vision.Forward(pixels, ct)] : Vision.ForwardViews(pixels, views, ct);
+        }
+    }
+
     /// <summary>Host features in, host rows out (an upload and a download; the request path uses <see cref="ProjectImage"/>).</summary>
     public float[] Project(ReadOnlySpan<float> features, int rows)
     {

@@ -158,6 +158,108 @@ internal sealed class CudaVisionTower : DeviceWeightSet
         return new VisionFeatures { Device = device, Tokens = tokens, Hidden = h, Heads = Heads, Patches = Patches };
     }
 
+    private readonly Dictionary<int, Buffers> _batches = [];
+
+    /// <summary>
+    /// Runs <paramref name="views"/> images ([views, 3, size, size]) as one batch: the embeddings per view, then every
+    /// layer's norms, QKV, output projection and MLP over all views' rows in one launch or GEMM each, attention per view;
+    /// each view's features, [CLS] attention and keys copied out as <see cref="Forward"/> does. The caller holds the
+    /// model's lock and binding.
+    /// </summary>
+    public VisionFeatures[] ForwardViews(ReadOnlySpan<float> pixels, int views, CancellationToken ct = default)
+    {
+        int h = Hidden, ps = _cfg.PatchSize, c = _cfg.NumChannels, g = Grid, size = _cfg.ImageSize, P = Patches;
+        int n1 = P + 1, n = views * n1, pk = c * ps * ps, heads = Heads, hd = h / heads, inter = _cfg.IntermediateSize;
+        int viewLength = c * size * size;
+        if (views < 1 || pixels.Length != (long)views * viewLength)
+            throw new ArgumentException($"Pixel tensor has {pixels.Length} values; the vision tower expects [{views}, {c}, {size}, {size}].", nameof(pixels));
+        var patches = new Half[(long)views * P * pk];
+        for (int v = 0; v < views; v++)
+        {
+            var view = pixels.Slice(v * viewLength, viewLength);
+            for (int py = 0; py < g; py++)
+                for (int px = 0; px < g; px++)
+                {
+                    int o = (v * P + py * g + px) * pk;
+                    for (int ch = 0; ch < c; ch++)
+                        for (int y = 0; y < ps; y++, o += ps)
+                            TensorPrimitives.ConvertToHalf(view.Slice(ch * size * size + (py * ps + y) * size + px * ps, ps), patches.AsSpan(o, ps));
+                }
+        }
+        if (!_batches.TryGetValue(views, out var b))
+            _batches[views] = b = new Buffers(_m.Memory, n, h, inter, heads, views * P, pk);
+        _m.Queue.Upload(b.PatchesH.View, MemoryMarshal.Cast<Half, ushort>(patches.AsSpan()));
+        var ops = _m.Ops;
+        for (int v = 0; v < views; v++)
+        {
+            long row = (long)v * n1 * h;
+            _m.Queue.Copy(_classEmbedding.View, b.X.Slice(row, h));
+            _m.Blas.Linear(b.PatchesH.Slice((long)v * P * pk, (long)P * pk), P, _patch.In, _patch.Weight.View, h, b.X.Slice(row + h, (long)P * h));
+            ops.Add(b.X.Slice(row, (long)n1 * h), _positionEmbedding.View);
+        }
+        ops.LayerNorm(b.X.View, b.X.View, n, h, _preLayerNorm.Weight.View, _preLayerNorm.Bias!.View, _preLayerNorm.Eps);
+        var split = new QkvShape(heads, heads, hd, Rope: 0);
+        for (int li = 0; li < _layers.Length; li++)
+        {
+            ct.ThrowIfCancellationRequested();
+            var L = _layers[li];
+            ops.LayerNormToHalf(b.X.View, b.XnH.View, n, h, L.Ln1.Weight.View, L.Ln1.Bias!.View, L.Ln1.Eps);
+            _m.Linear(L.Qkv, b.XnH.View, n, b.Qkv.View);
+            ops.QkvSplitRope(b.Qkv.View, n, _m.Decoder.NoPositions, _m.Decoder.RopeCos.View, _m.Decoder.RopeSin.View,
+                b.Q.View, b.K.View, b.QH.View, b.KH.View, b.VH.View, split);
+            for (int v = 0; v < views; v++)
+            {
+                long row = (long)v * n1 * h, len = (long)n1 * h;
+                _m.Attend(b.QH.Slice(row, len), b.KH.Slice(row, len), b.VH.Slice(row, len), b.AttH.Slice(row, len), n1, n1, heads, heads, hd, -1, b.Scores, b.Probs);
+                if (li == _layers.Length - 1)
+                    ops.AttentionWindow(b.Q.Slice(row, len), b.K.Slice(row, len), b.Cls.Slice((long)v * heads * P, (long)heads * P),
+                        AttentionShape.Create(n1, n1, heads, heads, hd, causal: false), new WindowShape(0, 1, 1, n1 - 1));
+            }
+            _m.Linear(L.O, b.AttH.View, n, b.X.View, accumulate: true);
+            ops.LayerNormToHalf(b.X.View, b.XnH.View, n, h, L.Ln2.Weight.View, L.Ln2.Bias!.View, L.Ln2.Eps);
+            _m.Linear(L.Fc1, b.XnH.View, n, b.Mlp.View);
+            ops.Activation(_cfg.Activation, b.Mlp.View);
+            _m.ToHalf(b.Mlp.View, b.MlpH.View, (long)n * inter);
+            _m.Linear(L.Fc2, b.MlpH.View, n, b.X.View, accumulate: true);
+        }
+        var result = new VisionFeatures[views];
+        var mem = _m.Memory;
+        int tokens = TokensOut;
+        try
+        {
+            for (int v = 0; v < views; v++)
+            {
+                long row = (long)v * n1 * h;
+                var features = mem.Allocate<float>((long)tokens * h);
+                DeviceBuffer<float>? cls = null, keys = null;
+                try
+                {
+                    _m.Queue.Copy(b.X.Slice(row + (_dropCls ? h : 0), (long)tokens * h), features.View);
+                    if (_layers.Length > 0)
+                    {
+                        cls = mem.Allocate<float>((long)heads * P);
+                        keys = mem.Allocate<float>((long)P * h);
+                        _m.Queue.Copy(b.Cls.Slice((long)v * heads * P, (long)heads * P), cls.View);
+                        _m.Queue.Copy(b.K.Slice(row + h, (long)P * h), keys.View);
+                    }
+                }
+                catch
+                {
+                    features.Dispose(); cls?.Dispose(); keys?.Dispose();
+                    throw;
+                }
+                var device = new DeviceVisionFeatures(_m, features, cls, keys, tokens, h, heads, P);
+                result[v] = new VisionFeatures { Device = device, Tokens = tokens, Hidden = h, Heads = heads, Patches = P };
+            }
+        }
+        catch
+        {
+            foreach (var f in result) f?.Device?.Release();
+            throw;
+        }
+        return result;
+    }
+
     /// <summary>Everything from the uploaded patches to the feature layer's output, the [CLS] attention and keys (graph-capturable).</summary>
     private void Layers(Buffers b, CancellationToken ct)
     {
@@ -192,6 +294,7 @@ internal sealed class CudaVisionTower : DeviceWeightSet
     {
         _graph?.Dispose();
         _b?.Dispose();
+        foreach (var b in _batches.Values) b.Dispose();
         base.Dispose();
     }
 }
