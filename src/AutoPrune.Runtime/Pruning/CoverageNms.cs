@@ -47,13 +47,7 @@ internal static class CoverageNms
 
         for (int m = 0; m < k; m++)
         {
-            int best = -1;
-            for (int j = 0; j < n; j++)
-            {
-                if (kept[j]) continue;
-                if (best < 0 || Greater(s[j], s[best])) best = j;
-            }
-            kept[best] = true;
+            int best = TakeBest(s, kept);
             result[m] = best;
             int p = gridIndex[best];
             if (p < 0 || strength == 0) continue;
@@ -100,13 +94,7 @@ internal static class CoverageNms
         double twoSigmaS2 = 2 * similaritySigma * similaritySigma;
         for (int m = 0; m < k; m++)
         {
-            int best = -1;
-            for (int j = 0; j < n; j++)
-            {
-                if (kept[j]) continue;
-                if (best < 0 || Greater(s[j], s[best])) best = j;
-            }
-            kept[best] = true;
+            int best = TakeBest(s, kept);
             result[m] = best;
             int p = patches[best];
             if (p < 0 || strength == 0) continue;
@@ -143,6 +131,19 @@ internal static class CoverageNms
             System.Numerics.Tensors.TensorPrimitives.Multiply(src, norm > 0 ? 1f / norm : 0f, unit.AsSpan(i * dim, dim));
         }
         return unit;
+    }
+
+    /// <summary>The best not-yet-kept candidate by score (NaN lowest, ties to the lower index), now kept.</summary>
+    private static int TakeBest(float[] s, bool[] kept)
+    {
+        int best = -1;
+        for (int j = 0; j < s.Length; j++)
+        {
+            if (kept[j]) continue;
+            if (best < 0 || Greater(s[j], s[best])) best = j;
+        }
+        kept[best] = true;
+        return best;
     }
 
     // NaN ranks lowest; equal scores keep the lower index (the caller scans ascending).

@@ -30,7 +30,8 @@ public sealed class DevicePrunerParityTests(TwoBackendFixture fx, ITestOutputHel
         ? new PruningOptions { Method = method, Budget = budget, AutoPruneBeforeLlm = false }
         : new PruningOptions { Method = method, Budget = budget };
 
-    private (float[] Logits, PruningReport Report, Diagnostics.DeviceCounters Counters) Run(TestData.DevRow row, PruningOptions options, bool onDevice)
+    private (float[] Logits, PruningReport Report, Diagnostics.DeviceCounters Counters) Run(TestData.DevRow row, PruningOptions options, bool onDevice,
+        Func<PruningSession, Diagnostics.DeviceCounterSet, IPrefillHook>? hook = null)
     {
         var reference = TestData.References.FirstOrDefault(r => r.Id == row.Id);
         int[] ids = reference?.InputIds ?? throw new InvalidOperationException($"No reference prompt for dev row {row.Id}.");
@@ -46,7 +47,7 @@ public sealed class DevicePrunerParityTests(TwoBackendFixture fx, ITestOutputHel
             var counters = new Diagnostics.DeviceCounterSet();
             using var scope = Diagnostics.DeviceCounterSet.BeginRequest(counters);
             using var gen = fx.Gpu.StartGeneration(1);
-            var logits = gen.Prefill(state, session, CancellationToken.None);
+            var logits = gen.Prefill(state, hook?.Invoke(session, counters) ?? session, CancellationToken.None);
             return (logits, session.Finish(state, text), counters.Snapshot());
         }
         finally { vision.Device?.Release(); }
@@ -166,35 +167,18 @@ public sealed class DevicePrunerParityTests(TwoBackendFixture fx, ITestOutputHel
     [InlineData(96, 6)]
     public void AutoPrunePrunesAfterLayerOneInThreeLaunches(double budget, int rowId)
     {
-        var row = TestData.Dev.Single(r => r.Id == rowId);
-        int[] ids = TestData.References.First(r => r.Id == row.Id).InputIds;
-        int prefix = Array.IndexOf(ids, fx.Gpu.Config.ImageTokenIndex);
-        var session = new PruningSession(Shape, Options(PruningMethod.AutoPrune, budget), prefix, deviceSelection: true);
-        var vision = fx.Gpu.VisionForward(fx.Pixels(row.Image));
-        try
+        CountingHook? hook = null;
+        Run(TestData.Dev.Single(r => r.Id == rowId), Options(PruningMethod.AutoPrune, budget), onDevice: true, (session, counters) => hook = new CountingHook(session, counters));
+        var layers = hook!.Layers;
+        output.WriteLine(string.Join("; ", layers.Select(l => $"layer {l.Layer}: hook {l.After - l.Before}{(l.Pruned ? " + gather" : "")}")));
+        long layerCost = layers[1].Before - layers[0].After - 1; // layer 1's own work (after layer 0's gather)
+        for (int i = 2; i < layers.Count; i++)
         {
-            session.SetVision(vision);
-            SequenceState state;
-            using (var rows = fx.Gpu.ProjectImage(vision)) state = fx.Gpu.BuildSequence(ids, [rows]);
-            var counters = new Diagnostics.DeviceCounterSet();
-            var hook = new CountingHook(session, counters);
-            using (Diagnostics.DeviceCounterSet.BeginRequest(counters))
-            {
-                using var gen = fx.Gpu.StartGeneration(1);
-                gen.Prefill(state, hook, CancellationToken.None);
-            }
-            var layers = hook.Layers;
-            output.WriteLine(string.Join("; ", layers.Select(l => $"layer {l.Layer}: hook {l.After - l.Before}{(l.Pruned ? " + gather" : "")}")));
-            long layerCost = layers[1].Before - layers[0].After - 1; // layer 1's own work (after layer 0's gather)
-            for (int i = 2; i < layers.Count; i++)
-            {
-                var (layer, before, after, pruned) = layers[i];
-                Assert.True(pruned, $"the curve prunes after layer {layer} here");
-                Assert.Equal(2, after - before); // window, then text mean + unit rows + coverage + plan; the gather follows
-                Assert.Equal(layerCost, before - layers[i - 1].After - 1);
-            }
-            Assert.Equal(2 + 2, layers[1].After - layers[1].Before); // + MI and its bound
+            var (layer, before, after, pruned) = layers[i];
+            Assert.True(pruned, $"the curve prunes after layer {layer} here");
+            Assert.Equal(2, after - before); // window, then text mean + unit rows + coverage + plan; the gather follows
+            Assert.Equal(layerCost, before - layers[i - 1].After - 1);
         }
-        finally { vision.Device!.Release(); }
+        Assert.Equal(2 + 2, layers[1].After - layers[1].Before); // + MI and its bound
     }
 }

@@ -13,29 +13,10 @@ internal readonly record struct DartShape(int V, int T, int Dim, int K, int Visu
 /// </summary>
 internal static class AttentionFreeKernels
 {
-    // Higher first, NaN last (as TopK.RankDescending); the caller breaks ties to the lower index.
-    private static bool Greater(float a, float b) => !XMath.IsNaN(a) && (XMath.IsNaN(b) || a > b);
+    private static bool Greater(float a, float b) => SelectionKernels.Greater(a, b);
 
-    /// <summary>The group's best (index, value) by <see cref="Greater"/>, ties to the lower index; -1 when no thread had one.</summary>
     private static int GroupBest(ArrayView<float> shv, ArrayView<int> shi, int tid, int step, int bi, float bv)
-    {
-        shv[tid] = bv;
-        shi[tid] = bi;
-        Group.Barrier();
-        for (int half = step / 2; half > 0; half >>= 1)
-        {
-            if (tid < half)
-            {
-                int oi = shi[tid + half], mi = shi[tid];
-                float ov = shv[tid + half], mv = shv[tid];
-                if (oi >= 0 && (mi < 0 || Greater(ov, mv) || (!Greater(mv, ov) && oi < mi))) { shv[tid] = ov; shi[tid] = oi; }
-            }
-            Group.Barrier();
-        }
-        int best = shi[0];
-        Group.Barrier();
-        return best;
-    }
+        => SelectionKernels.GroupBest(shv, shi, tid, step, bi, bv);
 
     // MathF.Round: to nearest, halves to even.
     private static float RoundEven(float x)

@@ -23,9 +23,6 @@ internal readonly record struct CoverageShape(int N, int Features, int K, int Gr
 /// </summary>
 internal static class CoverageKernels
 {
-    // NaN ranks lowest; equal scores keep the lower index (CoverageNms.Greater with an ascending scan).
-    private static bool Greater(float a, float b) => !XMath.IsNaN(a) && (XMath.IsNaN(b) || a > b);
-
     private static int Cell(ArrayView<int> visual, int i, CoverageShape p)
     {
         if (p.GridMode == 0) return i;
@@ -77,22 +74,8 @@ internal static class CoverageKernels
             int bi = -1;
             float bv = 0;
             for (int i = tid; i < N; i += step)
-                if (kept[i] == 0 && (bi < 0 || Greater(s[i], bv))) { bi = i; bv = s[i]; }
-            shv[tid] = bv;
-            shi[tid] = bi;
-            Group.Barrier();
-            for (int half = step / 2; half > 0; half >>= 1)
-            {
-                if (tid < half)
-                {
-                    int oi = shi[tid + half], mi = shi[tid];
-                    float ov = shv[tid + half], mv = shv[tid];
-                    if (oi >= 0 && (mi < 0 || Greater(ov, mv) || (!Greater(mv, ov) && oi < mi))) { shv[tid] = ov; shi[tid] = oi; }
-                }
-                Group.Barrier();
-            }
-            int best = shi[0];
-            Group.Barrier();
+                if (kept[i] == 0 && (bi < 0 || SelectionKernels.Greater(s[i], bv))) { bi = i; bv = s[i]; }
+            int best = SelectionKernels.GroupBest(shv, shi, tid, step, bi, bv);
             if (tid == 0) kept[best] = 1;
             Group.Barrier();
             int pb = Cell(visual, best, p);

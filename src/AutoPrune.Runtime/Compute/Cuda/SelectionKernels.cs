@@ -22,7 +22,31 @@ internal readonly record struct ZipShape(int V, int D, int C, int Heads, int Key
 internal static class SelectionKernels
 {
     // NaN ranks lowest; equal scores keep the lower index (as AdaptiveNms.Greater with an ascending scan).
-    private static bool Greater(float a, float b) => !XMath.IsNaN(a) && (XMath.IsNaN(b) || a > b);
+    internal static bool Greater(float a, float b) => !XMath.IsNaN(a) && (XMath.IsNaN(b) || a > b);
+
+    /// <summary>
+    /// The group's best (index, value) from each thread's candidate (bi, bv; bi -1 for none) by <see cref="Greater"/>,
+    /// ties to the lower index, reduced in shared memory; -1 when no thread had one. Every thread of the group calls it.
+    /// </summary>
+    internal static int GroupBest(ArrayView<float> shv, ArrayView<int> shi, int tid, int step, int bi, float bv)
+    {
+        shv[tid] = bv;
+        shi[tid] = bi;
+        Group.Barrier();
+        for (int half = step / 2; half > 0; half >>= 1)
+        {
+            if (tid < half)
+            {
+                int oi = shi[tid + half], mi = shi[tid];
+                float ov = shv[tid + half], mv = shv[tid];
+                if (oi >= 0 && (mi < 0 || Greater(ov, mv) || (!Greater(mv, ov) && oi < mi))) { shv[tid] = ov; shi[tid] = oi; }
+            }
+            Group.Barrier();
+        }
+        int best = shi[0];
+        Group.Barrier();
+        return best;
+    }
 
     /// <summary>
     /// AdaptPrune in one group: s = (head-mean of the last row's attention over the visual columns) × prior; k times, the
@@ -51,21 +75,7 @@ internal static class SelectionKernels
             float bv = 0;
             for (int i = tid; i < V; i += step)
                 if (kept[i] == 0 && (bi < 0 || Greater(s[i], bv))) { bi = i; bv = s[i]; }
-            shv[tid] = bv;
-            shi[tid] = bi;
-            Group.Barrier();
-            for (int half = step / 2; half > 0; half >>= 1)
-            {
-                if (tid < half)
-                {
-                    int oi = shi[tid + half], mi = shi[tid];
-                    float ov = shv[tid + half], mv = shv[tid];
-                    if (oi >= 0 && (mi < 0 || Greater(ov, mv) || (!Greater(mv, ov) && oi < mi))) { shv[tid] = ov; shi[tid] = oi; }
-                }
-                Group.Barrier();
-            }
-            int best = shi[0];
-            Group.Barrier();
+            int best = GroupBest(shv, shi, tid, step, bi, bv);
             if (tid == 0) kept[best] = 1;
             Group.Barrier();
             int ri = best / g, ci = best % g;
