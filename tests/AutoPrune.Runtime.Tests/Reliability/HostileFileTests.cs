@@ -32,7 +32,7 @@ public sealed class HostileFileTests(HostileFileFixture fx, ITestOutputHelper ou
     private static ModelLoadException LoadFails(string dir, ModelOptions? options = null)
     {
         ModelLoadException? e = null;
-        FuzzSupport.WithinTime(TimeSpan.FromSeconds(20), () => e = Assert.Throws<ModelLoadException>(() => VisionLanguageModel.Load(dir, (options ?? new ModelOptions()) with { Device = "cpu" })));
+        FuzzSupport.WithinTime(TimeSpan.FromSeconds(60), () => e = Assert.Throws<ModelLoadException>(() => VisionLanguageModel.Load(dir, (options ?? new ModelOptions()) with { Device = "cpu" })));
         return e!;
     }
 

@@ -78,7 +78,7 @@ public sealed class ImageAndTokenizerFuzzTests : IDisposable
         // Bound: decoding is allowed up to MaxPixels (RGBA + RGB + resize buffers + the result), never the declared size.
         long allocationLimit = FuzzMaxPixels * 16 + (16L << 20);
         int decoded = 0, refused = 0;
-        FuzzSupport.WithinTime(TimeSpan.FromSeconds(60), () => gen.Sample((kind, bytes) =>
+        FuzzSupport.WithinTime(TimeSpan.FromSeconds(180), () => gen.Sample((kind, bytes) =>
         {
             float[]? result = null;
             var error = FuzzSupport.Attempt(() => result = pre.Preprocess(bytes), allocationLimit, $"image mutation {kind}");
@@ -139,7 +139,7 @@ public sealed class ImageAndTokenizerFuzzTests : IDisposable
         var jsonJunk = Gen.String[Gen.Char["{}[]\",:0123456789-e truefalsn\\"], 0, 8];
         var gen = Gen.Select(Gen.Int[0, 5], Gen.Select(Gen.Int[0, int.MaxValue], Gen.Byte).Array[1, 8], Gen.Int[0, int.MaxValue], jsonJunk, Gen.Int[0, foreign.Length - 1]);
         int loads = 0, refusals = 0;
-        FuzzSupport.WithinTime(TimeSpan.FromSeconds(60), () => gen.Sample((kind, flips, at, junk, fi) =>
+        FuzzSupport.WithinTime(TimeSpan.FromSeconds(180), () => gen.Sample((kind, flips, at, junk, fi) =>
         {
             string dir = _dirs.Current;
             foreach (var f in Directory.GetFiles(dir)) File.Delete(f);

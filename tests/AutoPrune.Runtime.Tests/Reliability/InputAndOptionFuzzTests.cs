@@ -27,7 +27,7 @@ public sealed class InputAndOptionFuzzTests : IDisposable
     {
         var gen = Gen.Select(Gen.Enum<Kind>(), Gen.Int[1, 4096], Gen.Int[-2, 2], Gen.Int[1, 200]);
         int read = 0, refused = 0;
-        FuzzSupport.WithinTime(TimeSpan.FromSeconds(60), () => gen.Sample((kind, limit, delta, lineCap) =>
+        FuzzSupport.WithinTime(TimeSpan.FromSeconds(180), () => gen.Sample((kind, limit, delta, lineCap) =>
         {
             string dir = _dirs.Current, path = Path.Combine(dir, "f-" + Guid.NewGuid().ToString("N"));
             int size = Math.Max(0, limit + delta);
@@ -41,7 +41,7 @@ public sealed class InputAndOptionFuzzTests : IDisposable
                 case Kind.LinkToRegular: File.WriteAllBytes(path + ".target", content); File.CreateSymbolicLink(path, path + ".target"); break;
             }
             byte[]? bytes = null;
-            var error = FuzzSupport.Attempt(() => bytes = InputFile.ReadAllBytes(path, limit, "Fuzz file"), 2L * limit + (64 << 10), $"{kind} of {size} bytes, limit {limit}", TimeSpan.FromSeconds(5));
+            var error = FuzzSupport.Attempt(() => bytes = InputFile.ReadAllBytes(path, limit, "Fuzz file"), 2L * limit + (64 << 10), $"{kind} of {size} bytes, limit {limit}");
             FuzzSupport.AssertClean(error, $"{kind}", typeof(InputFileException));
             bool regular = kind is Kind.Regular or Kind.LinkToRegular;
             if (regular && size <= limit)
@@ -128,7 +128,7 @@ public sealed class InputAndOptionFuzzTests : IDisposable
         var image = File.ReadAllBytes(TestData.Image(TestData.Dev[0].Image));
         int loaded = 0, refused = 0;
         var gen = Gen.Select(Gen.Int[0, fields.Length - 1], Gen.OneOf(Gen.Int[0, Extremes.Length - 1].Select(i => Extremes[i]), Gen.Double[-1e6, 1e6]));
-        FuzzSupport.WithinTime(TimeSpan.FromSeconds(240), () => gen.Sample((fi, value) =>
+        FuzzSupport.WithinTime(TimeSpan.FromSeconds(480), () => gen.Sample((fi, value) =>
         {
             var (file, path) = fields[fi];
             using var folder = new ModelFolder().EditJson(file, n => Set(n, path, value));
@@ -168,7 +168,7 @@ public sealed class InputAndOptionFuzzTests : IDisposable
         var temperatures = Gen.OneOf(Gen.Float[0, 2], Gen.Float[0, 2], Gen.Float, Gen.OneOf(Gen.Const(float.NaN), Gen.Const(float.PositiveInfinity), Gen.Const(float.MaxValue), Gen.Const(-0.5f)));
         var gen = Gen.Select(Gen.Enum<PruningMethod>(), Gen.Int[0, PruningFields.Length - 1], extremes, temperatures, Gen.Float[0, 1]);
         int ran = 0, refused = 0;
-        FuzzSupport.WithinTime(TimeSpan.FromSeconds(60), () => gen.Sample((method, fi, value, temperature, topP) =>
+        FuzzSupport.WithinTime(TimeSpan.FromSeconds(180), () => gen.Sample((method, fi, value, temperature, topP) =>
         {
             var field = PruningFields[fi];
             object boxed = field.PropertyType == typeof(int) ? (object)(int)Math.Clamp(double.IsNaN(value) ? 0 : value, int.MinValue, int.MaxValue) : value;
@@ -198,7 +198,7 @@ public sealed class InputAndOptionFuzzTests : IDisposable
     {
         var sides = Gen.OneOf(Gen.Int[1, 64], Gen.Int[1, 100_000], Gen.Const(int.MaxValue), Gen.Const(1), Gen.Const(336));
         var gen = Gen.Select(sides, sides, Gen.Bool, Gen.Int[1, 16384], Gen.Bool, Gen.Long[1, 600_000_000]);
-        FuzzSupport.WithinTime(TimeSpan.FromSeconds(30), () => gen.Sample((w, h, pad, side, crop, maxPixels) =>
+        FuzzSupport.WithinTime(TimeSpan.FromSeconds(120), () => gen.Sample((w, h, pad, side, crop, maxPixels) =>
         {
             var c = new ClipPreprocessorConfig { Size = new() { ShortestEdge = side }, DoCenterCrop = crop, CropSize = new() { Height = side, Width = side } };
             ImageSizePlan plan;

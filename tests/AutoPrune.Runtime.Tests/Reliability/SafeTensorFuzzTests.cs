@@ -129,7 +129,7 @@ public sealed partial class SafeTensorFuzzTests : IDisposable
     public void Mutated_safetensors_file_gives_ModelLoadException_or_a_correct_load()
     {
         var gen = Mutations();
-        FuzzSupport.WithinTime(TimeSpan.FromSeconds(60), () => gen.Sample((kind, bytes) =>
+        FuzzSupport.WithinTime(TimeSpan.FromSeconds(180), () => gen.Sample((kind, bytes) =>
         {
             string dir = _dirs.Current;
             string path = Path.Combine(dir, SafeTensorStore.SingleFileName);
@@ -180,7 +180,7 @@ public sealed partial class SafeTensorFuzzTests : IDisposable
             SafeTensorWriter.Write(Path.Combine(ckpt, "shard-2.safetensors"), [("y.weight", DType.F32, [1], [3f])]);
             var shardGen = Gen.OneOf(Gen.OneOf(HostileShardPaths), Gen.String[Gen.Char["./\\a:~\0"], 0, 12]);
             var indexGen = Gen.Select(shardGen, shardGen, Gen.Int[0, 3], Gen.Int[0, 200], Gen.String[Gen.Char["{}[]\",:x"], 0, 6]);
-            FuzzSupport.WithinTime(TimeSpan.FromSeconds(30), () => indexGen.Sample((s1, s2, edit, at, junk) =>
+            FuzzSupport.WithinTime(TimeSpan.FromSeconds(120), () => indexGen.Sample((s1, s2, edit, at, junk) =>
             {
                 string index = "{\"metadata\":{},\"weight_map\":{\"model.x.weight\":" + System.Text.Json.JsonSerializer.Serialize(s1) +
                                ",\"model.y.weight\":" + System.Text.Json.JsonSerializer.Serialize(s2) + "}}";
@@ -221,12 +221,12 @@ public sealed partial class SafeTensorFuzzTests : IDisposable
             string[] absurd = ["-1", "0", "1", "3", "1000000000", "2147483647", "-2147483648", "16777216", "65536", "1e9", "0.5", "99999999999"];
             var gen = Gen.Select(Gen.Int[0, numbers.Count - 1], Gen.OneOf(absurd));
             int loaded = 0, refused = 0;
-            FuzzSupport.WithinTime(TimeSpan.FromSeconds(45), () => gen.Sample((i, v) =>
+            FuzzSupport.WithinTime(TimeSpan.FromSeconds(150), () => gen.Sample((i, v) =>
             {
                 File.WriteAllText(Path.Combine(dir, "config.json"), Replace(config, numbers[i], v));
                 VisionLanguageModel? model = null;
                 var error = FuzzSupport.Attempt(() => model = VisionLanguageModel.Load(dir, new ModelOptions { Device = "cpu" }),
-                    96L << 20, $"config.json with {numbers[i].Value} -> {v} at {numbers[i].Index}", slow: TimeSpan.FromSeconds(10));
+                    96L << 20, $"config.json with {numbers[i].Value} -> {v} at {numbers[i].Index}", slow: TimeSpan.FromSeconds(30));
                 if (error is Xunit.Sdk.XunitException) throw error;
                 FuzzSupport.AssertClean(error, $"config.json with {numbers[i].Value} -> {v} at {numbers[i].Index}", typeof(ModelLoadException));
                 if (model is null) { refused++; return; }
