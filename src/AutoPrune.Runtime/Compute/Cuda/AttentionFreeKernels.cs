@@ -13,11 +13,6 @@ internal readonly record struct DartShape(int V, int T, int Dim, int K, int Visu
 /// </summary>
 internal static class AttentionFreeKernels
 {
-    private static bool Greater(float a, float b) => SelectionKernels.Greater(a, b);
-
-    private static int GroupBest(ArrayView<float> shv, ArrayView<int> shi, int tid, int step, int bi, float bv)
-        => SelectionKernels.GroupBest(shv, shi, tid, step, bi, bv);
-
     // MathF.Round: to nearest, halves to even.
     private static float RoundEven(float x)
     {
@@ -63,7 +58,7 @@ internal static class AttentionFreeKernels
             if (n == 1) nearest = 0;
             if (bi < 0 || nearest > bv) { bi = i; bv = nearest; }
         }
-        int first = GroupBest(shv, shi, tid, step, bi, bv);
+        int first = SelectionKernels.GroupBest(shv, shi, tid, step, bi, bv);
         if (tid == 0) kept[first] = 1;
         for (int j = tid; j < n; j += step) toSet[j] = dist[(long)first * n + j];
         Group.Barrier();
@@ -73,7 +68,7 @@ internal static class AttentionFreeKernels
             bv = 0;
             for (int j = tid; j < n; j += step)
                 if (kept[j] == 0 && (bi < 0 || toSet[j] > bv)) { bi = j; bv = toSet[j]; }
-            int best = GroupBest(shv, shi, tid, step, bi, bv);
+            int best = SelectionKernels.GroupBest(shv, shi, tid, step, bi, bv);
             if (tid == 0) kept[best] = 1;
             for (int j = tid; j < n; j += step)
             {
@@ -101,10 +96,12 @@ internal static class AttentionFreeKernels
     /// DART in one group (<c>DartSelector.Select</c>): visual pivots (largest key L1 norm) are kept; for each pivot in turn
     /// (visual ones largest first, then text ones) the not-yet-kept visual rows least similar to it (cosine of the
     /// final-norm hidden states) are kept, quota (K - pivots_v) / pivots each, the last pivot filling to exactly K. Kept
-    /// flags, kept rows ascending and the plan (prefix, kept, text) come out. norms [V], sim [V], pivots [pv + pt] are scratch.
+    /// flags, kept rows ascending and the plan (prefix, kept, text) come out. norms [V], sim [V], pivots [pv + pt] and
+    /// textKept [T] are scratch.
     /// </summary>
     internal static void DartKernel(ArrayView<float> visualNorms, ArrayView<float> textNorms, ArrayView<float> visualHidden, ArrayView<float> textHidden,
-        ArrayView<float> norms, ArrayView<float> sim, ArrayView<int> pivots, ArrayView<int> kept, ArrayView<int> keptLocal, ArrayView<int> plan, DartShape p)
+        ArrayView<float> norms, ArrayView<float> sim, ArrayView<int> pivots, ArrayView<int> textKept, ArrayView<int> kept, ArrayView<int> keptLocal,
+        ArrayView<int> plan, DartShape p)
     {
         var shv = SharedMemory.Allocate<float>(CudaKernels.MaxRowGroupSize);
         var shi = SharedMemory.Allocate<int>(CudaKernels.MaxRowGroupSize);
@@ -118,43 +115,25 @@ internal static class AttentionFreeKernels
             norms[i] = XMath.Sqrt(ss);
         }
         Group.Barrier();
-        // Visual pivots: the largest key norms, kept at once; text pivots likewise among the text rows (flags in sim).
+        for (int i = tid; i < T; i += step) textKept[i] = 0;
+        Group.Barrier();
+        // Visual pivots: the largest key norms, kept at once; text pivots likewise among the text rows.
         for (int m = 0; m < pv; m++)
         {
-            int bi = -1;
-            float bv = 0;
-            for (int i = tid; i < V; i += step)
-                if (kept[i] == 0 && (bi < 0 || Greater(visualNorms[i], bv))) { bi = i; bv = visualNorms[i]; }
-            int best = GroupBest(shv, shi, tid, step, bi, bv);
-            if (tid == 0) { kept[best] = 1; pivots[m] = best; }
-            Group.Barrier();
+            int best = SelectionKernels.KeepBest(visualNorms, kept, V, shv, shi, tid, step);
+            if (tid == 0) pivots[m] = best;
         }
-        for (int i = tid; i < T; i += step) sim[i] = 0;
-        Group.Barrier();
         for (int m = 0; m < pt; m++)
         {
-            int bi = -1;
-            float bv = 0;
-            for (int i = tid; i < T; i += step)
-                if (sim[i] == 0 && (bi < 0 || Greater(textNorms[i], bv))) { bi = i; bv = textNorms[i]; }
-            int best = GroupBest(shv, shi, tid, step, bi, bv);
-            if (tid == 0) { sim[best] = 1; pivots[pv + m] = best; }
-            Group.Barrier();
+            int best = SelectionKernels.KeepBest(textNorms, textKept, T, shv, shi, tid, step);
+            if (tid == 0) pivots[pv + m] = best;
         }
+        Group.Barrier();
         int count = pv, total = pv + pt;
         if (total == 0)
         {
             // No pivot at all: the largest key norms (TopK.SelectInOrder).
-            for (int m = 0; m < p.K; m++)
-            {
-                int bi = -1;
-                float bv = 0;
-                for (int i = tid; i < V; i += step)
-                    if (kept[i] == 0 && (bi < 0 || Greater(visualNorms[i], bv))) { bi = i; bv = visualNorms[i]; }
-                int best = GroupBest(shv, shi, tid, step, bi, bv);
-                if (tid == 0) kept[best] = 1;
-                Group.Barrier();
-            }
+            for (int m = 0; m < p.K; m++) SelectionKernels.KeepBest(visualNorms, kept, V, shv, shi, tid, step);
             count = p.K;
         }
         int quota = total == 0 ? 0 : (p.K - pv) / total;
@@ -176,16 +155,7 @@ internal static class AttentionFreeKernels
                 sim[i] = -(denom > 0 ? dot / denom : 0f);
             }
             Group.Barrier();
-            for (int m = 0; m < take; m++)
-            {
-                int bi = -1;
-                float bv = 0;
-                for (int i = tid; i < V; i += step)
-                    if (kept[i] == 0 && (bi < 0 || Greater(sim[i], bv))) { bi = i; bv = sim[i]; }
-                int best = GroupBest(shv, shi, tid, step, bi, bv);
-                if (tid == 0) kept[best] = 1;
-                Group.Barrier();
-            }
+            for (int m = 0; m < take; m++) SelectionKernels.KeepBest(sim, kept, V, shv, shi, tid, step);
             count += take;
         }
         SelectionKernels.WriteKeptPlan(kept, keptLocal, plan, V, p.K, p.Prefix, 0, T, 1, tid, step);
@@ -197,7 +167,7 @@ internal sealed partial class CudaOps
     private Action<AcceleratorStream, Index1D, ArrayView<float>, ArrayView<float>, int, float, ElementRange>? _quantizedDistance;
     private Action<AcceleratorStream, KernelConfig, ArrayView<float>, ArrayView<float>, ArrayView<int>, ArrayView<int>, int, int>? _greedyMaxMin;
     private Action<AcceleratorStream, Index1D, ArrayView<float>, ArrayView<float>, int, int, ElementRange>? _rowL1;
-    private Action<AcceleratorStream, KernelConfig, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<int>, ArrayView<int>, ArrayView<int>, ArrayView<int>, DartShape>? _dart;
+    private Action<AcceleratorStream, KernelConfig, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<int>, ArrayView<int>, ArrayView<int>, ArrayView<int>, ArrayView<int>, DartShape>? _dart;
 
     private Action<AcceleratorStream, Index1D, ArrayView<float>, ArrayView<float>, int, float, ElementRange> QuantizedDistanceK
         => _quantizedDistance ??= _acc.LoadAutoGroupedKernel<Index1D, ArrayView<float>, ArrayView<float>, int, float, ElementRange>(AttentionFreeKernels.QuantizedDistanceKernel);
@@ -205,8 +175,8 @@ internal sealed partial class CudaOps
         => _greedyMaxMin ??= _acc.LoadKernel<ArrayView<float>, ArrayView<float>, ArrayView<int>, ArrayView<int>, int, int>(AttentionFreeKernels.GreedyMaxMinKernel);
     private Action<AcceleratorStream, Index1D, ArrayView<float>, ArrayView<float>, int, int, ElementRange> RowL1K
         => _rowL1 ??= _acc.LoadAutoGroupedKernel<Index1D, ArrayView<float>, ArrayView<float>, int, int, ElementRange>(AttentionFreeKernels.RowL1Kernel);
-    private Action<AcceleratorStream, KernelConfig, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<int>, ArrayView<int>, ArrayView<int>, ArrayView<int>, DartShape> DartK
-        => _dart ??= _acc.LoadKernel<ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<int>, ArrayView<int>, ArrayView<int>, ArrayView<int>, DartShape>(AttentionFreeKernels.DartKernel);
+    private Action<AcceleratorStream, KernelConfig, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<int>, ArrayView<int>, ArrayView<int>, ArrayView<int>, ArrayView<int>, DartShape> DartK
+        => _dart ??= _acc.LoadKernel<ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<int>, ArrayView<int>, ArrayView<int>, ArrayView<int>, ArrayView<int>, DartShape>(AttentionFreeKernels.DartKernel);
 
     private object[] AttentionFreeKernelsLoaded() => [QuantizedDistanceK, GreedyMaxMinK, RowL1K, DartK];
 
@@ -241,13 +211,13 @@ internal sealed partial class CudaOps
 
     /// <summary>DART's selection and plan in one single-group launch (see <see cref="AttentionFreeKernels.DartKernel"/>).</summary>
     public void Dart(ArrayView<float> visualNorms, ArrayView<float> textNorms, ArrayView<float> visualHidden, ArrayView<float> textHidden, ArrayView<float> norms,
-        ArrayView<float> sim, ArrayView<int> pivots, ArrayView<int> kept, ArrayView<int> keptLocal, ArrayView<int> plan, DartShape p)
+        ArrayView<float> sim, ArrayView<int> pivots, ArrayView<int> textKept, ArrayView<int> kept, ArrayView<int> keptLocal, ArrayView<int> plan, DartShape p)
     {
         Require(p.K >= 0 && p.K <= p.V, $"k ({p.K}) must be within 0..{p.V}.");
         Require(visualNorms.Length >= p.V && textNorms.Length >= p.T && visualHidden.Length >= (long)p.V * p.Dim && textHidden.Length >= (long)p.T * p.Dim
-            && norms.Length >= p.V && sim.Length >= Math.Max(p.V, p.T) && pivots.Length >= Math.Max(1, p.VisualPivots + p.TextPivots)
+            && norms.Length >= p.V && sim.Length >= p.V && pivots.Length >= Math.Max(1, p.VisualPivots + p.TextPivots) && textKept.Length >= p.T
             && kept.Length >= p.V && keptLocal.Length >= Math.Max(1, p.K) && plan.Length >= p.Prefix + p.K + p.T, "a view is too short for DART.");
         Counters.Launch();
-        DartK(Stream, OneGroup(), visualNorms, textNorms, visualHidden, textHidden, norms, sim, pivots, kept, keptLocal, plan, p);
+        DartK(Stream, OneGroup(), visualNorms, textNorms, visualHidden, textHidden, norms, sim, pivots, textKept, kept, keptLocal, plan, p);
     }
 }

@@ -68,43 +68,13 @@ internal static class CoverageKernels
             if (cell >= 0) at[cell] = i;
         }
         Group.Barrier();
-        int side = 2 * p.Limit + 1;
         for (int n = 0; n < p.K; n++)
         {
-            int bi = -1;
-            float bv = 0;
-            for (int i = tid; i < N; i += step)
-                if (kept[i] == 0 && (bi < 0 || SelectionKernels.Greater(s[i], bv))) { bi = i; bv = s[i]; }
-            int best = SelectionKernels.GroupBest(shv, shi, tid, step, bi, bv);
-            if (tid == 0) kept[best] = 1;
-            Group.Barrier();
+            int best = SelectionKernels.KeepBest(s, kept, N, shv, shi, tid, step);
             int pb = Cell(visual, best, p);
             if (pb >= 0 && p.Strength != 0)
-            {
-                int ri = pb / g, ci = pb % g;
-                long fi = (long)best * D;
-                for (int cell = tid; cell < side * side; cell += step)
-                {
-                    int r = ri - p.Limit + cell / side, c = ci - p.Limit + cell % side;
-                    if (r < 0 || r >= g || c < 0 || c >= g) continue;
-                    int j = at[r * g + c];
-                    if (j < 0 || kept[j] != 0) continue;
-                    double d2 = (r - ri) * (r - ri) + (c - ci) * (c - ci);
-                    if (d2 > p.Limit2) continue;
-                    long fj = (long)j * D;
-                    double cos = 0;
-                    if (p.Normalize != 0)
-                    {
-                        float a = inv[best], b = inv[j];
-                        for (int t = 0; t < D; t++) cos += (double)(features[fi + t] * a) * (features[fj + t] * b);
-                    }
-                    else
-                        for (int t = 0; t < D; t++) cos += (double)features[fi + t] * features[fj + t];
-                    double dissim = 1 - cos;
-                    double factor = 1 - p.Strength * XMath.Exp(-d2 / p.TwoSigmaD2) * XMath.Exp(-dissim * dissim / p.TwoSigmaS2);
-                    s[j] = (float)(s[j] * factor);
-                }
-            }
+                SelectionKernels.DampAround(s, kept, features, inv, p.Normalize, at, 1, best, pb, g, p.Limit, p.Limit2, p.TwoSigmaD2, p.TwoSigmaS2,
+                    p.Strength, D, tid, step);
             Group.Barrier();
         }
         SelectionKernels.WriteKeptPlan(kept, keptLocal, plan, N, p.K, p.Prefix, 0, p.Text, p.WritePlan, tid, step);

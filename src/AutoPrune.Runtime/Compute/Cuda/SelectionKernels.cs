@@ -49,6 +49,57 @@ internal static class SelectionKernels
     }
 
     /// <summary>
+    /// Keeps the best not-yet-kept of <paramref name="n"/> candidates by value (<see cref="Greater"/>, ties to the lower
+    /// index) and returns it; every thread of the group calls it and sees the flag set.
+    /// </summary>
+    internal static int KeepBest(ArrayView<float> values, ArrayView<int> kept, int n, ArrayView<float> shv, ArrayView<int> shi, int tid, int step)
+    {
+        int bi = -1;
+        float bv = 0;
+        for (int i = tid; i < n; i += step)
+            if (kept[i] == 0 && (bi < 0 || Greater(values[i], bv))) { bi = i; bv = values[i]; }
+        int best = GroupBest(shv, shi, tid, step, bi, bv);
+        if (tid == 0) kept[best] = 1;
+        Group.Barrier();
+        return best;
+    }
+
+    /// <summary>
+    /// The soft-NMS step after a pick (candidate <paramref name="best"/> on cell <paramref name="pb"/> of a g × g grid, as
+    /// <c>CoverageNms.Select</c>): every not-yet-kept candidate on a cell within grid distance √limit2 (the candidate
+    /// at[cell] with useAt, else the cell itself) is damped by 1 - strength·exp(-d²/(2σd²))·exp(-(1 - cos)²/(2σs²)), the
+    /// cosine of the feature rows summed in double (each row scaled by inv[row] first when normalize: unit rows on the fly).
+    /// </summary>
+    internal static void DampAround(ArrayView<float> s, ArrayView<int> kept, ArrayView<float> features, ArrayView<float> inv, int normalize,
+        ArrayView<int> at, int useAt, int best, int pb, int g, int limit, double limit2, double twoSigmaD2, double twoSigmaS2, double strength, int D,
+        int tid, int step)
+    {
+        int side = 2 * limit + 1, ri = pb / g, ci = pb % g;
+        long fi = (long)best * D;
+        for (int cell = tid; cell < side * side; cell += step)
+        {
+            int r = ri - limit + cell / side, c = ci - limit + cell % side;
+            if (r < 0 || r >= g || c < 0 || c >= g) continue;
+            int j = useAt != 0 ? at[r * g + c] : r * g + c;
+            if (j < 0 || kept[j] != 0) continue;
+            double d2 = (r - ri) * (r - ri) + (c - ci) * (c - ci);
+            if (d2 > limit2) continue;
+            long fj = (long)j * D;
+            double cos = 0;
+            if (normalize != 0)
+            {
+                float a = inv[best], b = inv[j];
+                for (int t = 0; t < D; t++) cos += (double)(features[fi + t] * a) * (features[fj + t] * b);
+            }
+            else
+                for (int t = 0; t < D; t++) cos += (double)features[fi + t] * features[fj + t];
+            double dissim = 1 - cos;
+            double factor = 1 - strength * XMath.Exp(-d2 / twoSigmaD2) * XMath.Exp(-dissim * dissim / twoSigmaS2);
+            s[j] = (float)(s[j] * factor);
+        }
+    }
+
+    /// <summary>
     /// AdaptPrune in one group: s = (head-mean of the last row's attention over the visual columns) × prior; k times, the
     /// best not-yet-kept token by s is kept and every token within grid distance √Limit2 of it is damped by
     /// 1 - exp(-d²/(2σd²))·exp(-(1 - cos)²/(2σs²)) (cosine of the unit features, in double). Kept flags, the kept tokens
@@ -68,33 +119,10 @@ internal static class SelectionKernels
             kept[i] = 0;
         }
         Group.Barrier();
-        int side = 2 * p.Limit + 1;
         for (int n = 0; n < p.K; n++)
         {
-            int bi = -1;
-            float bv = 0;
-            for (int i = tid; i < V; i += step)
-                if (kept[i] == 0 && (bi < 0 || Greater(s[i], bv))) { bi = i; bv = s[i]; }
-            int best = GroupBest(shv, shi, tid, step, bi, bv);
-            if (tid == 0) kept[best] = 1;
-            Group.Barrier();
-            int ri = best / g, ci = best % g;
-            long fi = (long)best * D;
-            for (int cell = tid; cell < side * side; cell += step)
-            {
-                int r = ri - p.Limit + cell / side, c = ci - p.Limit + cell % side;
-                if (r < 0 || r >= g || c < 0 || c >= g) continue;
-                int j = r * g + c;
-                if (kept[j] != 0) continue;
-                double d2 = (r - ri) * (r - ri) + (c - ci) * (c - ci);
-                if (d2 > p.Limit2) continue;
-                long fj = (long)j * D;
-                double cos = 0;
-                for (int t = 0; t < D; t++) cos += (double)features[fi + t] * features[fj + t];
-                double dissim = 1 - cos;
-                double factor = 1 - XMath.Exp(-d2 / p.TwoSigmaD2) * XMath.Exp(-dissim * dissim / p.TwoSigmaS2);
-                s[j] = (float)(s[j] * factor);
-            }
+            int best = KeepBest(s, kept, V, shv, shi, tid, step);
+            DampAround(s, kept, features, s, 0, kept, 0, best, best, g, p.Limit, p.Limit2, p.TwoSigmaD2, p.TwoSigmaS2, 1.0, D, tid, step);
             Group.Barrier();
         }
         WriteKeptPlan(kept, keptLocal, plan, V, p.K, p.Prefix, 0, p.Text, 1, tid, step);

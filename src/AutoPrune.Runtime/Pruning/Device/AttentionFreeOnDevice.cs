@@ -210,8 +210,9 @@ internal sealed class DartOnDevice(LayerSchedule schedule, PruningOptions option
         var visualHidden = dev.FinalNorm(ctx.Prefix, V);
         var textHidden = T > 0 ? dev.FinalNorm(ctx.Prefix + V, T) : dev.Scratch<float>(1);
         var plan = dev.Scratch<int>(ctx.Prefix + k + T);
-        dev.Ops.Dart(visualNorms, textNorms, visualHidden, textHidden, dev.Scratch<float>(Math.Max(1, V)), dev.Scratch<float>(Math.Max(1, Math.Max(V, T))),
-            dev.Scratch<int>(Math.Max(1, options.DartVisualPivots + options.DartTextPivots)), dev.Scratch<int>(Math.Max(1, V)), dev.Scratch<int>(Math.Max(1, k)), plan,
+        dev.Ops.Dart(visualNorms, textNorms, visualHidden, textHidden, dev.Scratch<float>(Math.Max(1, V)), dev.Scratch<float>(Math.Max(1, V)),
+            dev.Scratch<int>(Math.Max(1, options.DartVisualPivots + options.DartTextPivots)), dev.Scratch<int>(Math.Max(1, T)), dev.Scratch<int>(Math.Max(1, V)),
+            dev.Scratch<int>(Math.Max(1, k)), plan,
             new DartShape(V, T, d, k, options.DartVisualPivots, options.DartTextPivots, ctx.Prefix));
         return DevicePruners.Action(plan, ctx, k, default, 0, renumber: false);
     }
