@@ -61,12 +61,7 @@ internal static class CoverageNms
                     if (j < 0 || kept[j]) continue;
                     double d2 = (r - ri) * (r - ri) + (c - ci) * (c - ci);
                     if (d2 > limit2) continue;
-                    var fj = unitFeatures.Slice(j * dim, dim);
-                    double cos = 0;
-                    for (int t = 0; t < dim; t++) cos += (double)fi[t] * fj[t];
-                    double dissim = 1 - cos;
-                    double factor = 1 - strength * Math.Exp(-d2 / twoSigmaD2) * Math.Exp(-dissim * dissim / twoSigmaS2);
-                    s[j] = (float)(s[j] * factor);
+                    s[j] = (float)(s[j] * Factor(fi, unitFeatures.Slice(j * dim, dim), d2, strength, twoSigmaD2, twoSigmaS2));
                 }
         }
         Array.Sort(result);
@@ -107,12 +102,7 @@ internal static class CoverageNms
                 double dx = (geometry.X[q] - xi) / wi, dy = (geometry.Y[q] - yi) / hi;
                 double d2 = dx * dx + dy * dy;
                 if (d2 > limit2 + 1e-9) continue;
-                var fj = unitFeatures.Slice(j * dim, dim);
-                double cos = 0;
-                for (int t = 0; t < dim; t++) cos += (double)fi[t] * fj[t];
-                double dissim = 1 - cos;
-                double factor = 1 - strength * Math.Exp(-d2 / twoSigmaD2) * Math.Exp(-dissim * dissim / twoSigmaS2);
-                s[j] = (float)(s[j] * factor);
+                s[j] = (float)(s[j] * Factor(fi, unitFeatures.Slice(j * dim, dim), d2, strength, twoSigmaD2, twoSigmaS2));
             }
         }
         Array.Sort(result);
@@ -131,6 +121,18 @@ internal static class CoverageNms
             System.Numerics.Tensors.TensorPrimitives.Multiply(src, norm > 0 ? 1f / norm : 0f, unit.AsSpan(i * dim, dim));
         }
         return unit;
+    }
+
+    /// <summary>
+    /// The damping of a candidate with unit features <paramref name="fj"/> at squared distance <paramref name="d2"/> from a
+    /// pick with <paramref name="fi"/>: 1 - strength·exp(-d²/(2σd²))·exp(-(1 - cos)²/(2σs²)), the cosine summed in double.
+    /// </summary>
+    private static double Factor(ReadOnlySpan<float> fi, ReadOnlySpan<float> fj, double d2, double strength, double twoSigmaD2, double twoSigmaS2)
+    {
+        double cos = 0;
+        for (int t = 0; t < fi.Length; t++) cos += (double)fi[t] * fj[t];
+        double dissim = 1 - cos;
+        return 1 - strength * Math.Exp(-d2 / twoSigmaD2) * Math.Exp(-dissim * dissim / twoSigmaS2);
     }
 
     /// <summary>The best not-yet-kept candidate by score (NaN lowest, ties to the lower index), now kept.</summary>
