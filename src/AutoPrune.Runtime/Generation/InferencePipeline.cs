@@ -181,8 +181,7 @@ internal sealed class InferencePipeline(ILlavaBackend model, LlavaTokenizer toke
                 return Pruning.Device.AutoPruneOnDevice.SelectBeforeLlm(gpu, auto, vision) is { } rows ? new PreLlmRows(rows, null, rows.OriginalPositions) : null;
             if (policy is DivPrunePolicy div)
             {
-                var step = div.Schedule!.Steps.Single(s => s.AfterLayer == -1);
-                var rows = Pruning.Device.DivPruneOnDevice.Select(gpu, vision, step.Kept - (vision.Tokens - vision.Patches), div.Options.Positions == PrunedPositions.Original);
+                var rows = Pruning.Device.DivPruneOnDevice.Select(gpu, vision, div.PatchesToKeep(vision), div.OriginalPositions);
                 return new PreLlmRows(rows, null, rows.OriginalPositions);
             }
         }
