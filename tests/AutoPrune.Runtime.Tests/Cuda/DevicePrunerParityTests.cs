@@ -79,16 +79,24 @@ public sealed class DevicePrunerParityTests(TwoBackendFixture fx, ITestOutputHel
     [InlineData(64, 6)]
     public void VisionZipOnTheDeviceMergesWhatTheHostCodeMerges(double budget, int rowId)
     {
-        var row = TestData.Dev.Single(r => r.Id == rowId);
         var policy = (VisionZipPolicy)PruningPolicies.Create(Shape, new PruningOptions { Method = PruningMethod.VisionZip, Budget = budget });
-        var vision = fx.Gpu.VisionForward(fx.Pixels(row.Image));
-        var zip = policy.Select(vision); // host code on the GPU path's features (copied back)
-        var hostRows = fx.Gpu.Project(zip.Hidden, zip.Count);
-        using var deviceRows = VisionZipOnDevice.Select(fx.Gpu, policy, vision);
-        var visual = fx.Gpu.Download(deviceRows.Visual!.View, zip.Count);
-        Assert.Equal([.. zip.Dominant, .. Enumerable.Repeat(-2, zip.ContextualTargets.Length)], visual);
-        Assert.Equal(hostRows, deviceRows.ToHost());
-        vision.Device!.Release();
+        WithGpuVision(rowId, vision =>
+        {
+            var zip = policy.Select(vision); // host code on the GPU path's features (copied back)
+            var hostRows = fx.Gpu.Project(zip.Hidden, zip.Count);
+            using var deviceRows = VisionZipOnDevice.Select(fx.Gpu, policy, vision);
+            var visual = fx.Gpu.Download(deviceRows.Visual!.View, zip.Count);
+            Assert.Equal([.. zip.Dominant, .. Enumerable.Repeat(-2, zip.ContextualTargets.Length)], visual);
+            Assert.Equal(hostRows, deviceRows.ToHost());
+        });
+    }
+
+    /// <summary>Runs <paramref name="body"/> on a dev row's vision features from the GPU path, released afterwards.</summary>
+    private void WithGpuVision(int rowId, Action<VisionFeatures> body)
+    {
+        var vision = fx.Gpu.VisionForward(fx.Pixels(TestData.Dev.Single(r => r.Id == rowId).Image));
+        try { body(vision); }
+        finally { vision.Device!.Release(); }
     }
 
     /// <summary>
@@ -100,10 +108,8 @@ public sealed class DevicePrunerParityTests(TwoBackendFixture fx, ITestOutputHel
     [InlineData(96, 6)]
     public void AutoPruneSelectsBeforeTheLlmOnTheDeviceAsTheHostCodeDoes(double budget, int rowId)
     {
-        var row = TestData.Dev.Single(r => r.Id == rowId);
         var policy = (AutoPrunePolicy)PruningPolicies.Create(Shape, new PruningOptions { Method = PruningMethod.AutoPrune, Budget = budget });
-        var vision = fx.Gpu.VisionForward(fx.Pixels(row.Image));
-        try
+        WithGpuVision(rowId, vision =>
         {
             policy.OnVision(vision);
             var host = policy.SelectBeforeLlm(vision, (f, n) => fx.Gpu.Project(f, n))!;
@@ -112,8 +118,7 @@ public sealed class DevicePrunerParityTests(TwoBackendFixture fx, ITestOutputHel
             Assert.Equal(host.VisualIndex, fx.Gpu.Download(device.Visual!.View, device.Rows));
             Assert.Equal(host.Projected, device.ToHost());
             Assert.True(device.OriginalPositions);
-        }
-        finally { vision.Device!.Release(); }
+        });
     }
 
     /// <summary>
@@ -125,13 +130,11 @@ public sealed class DevicePrunerParityTests(TwoBackendFixture fx, ITestOutputHel
     [InlineData(64, 6)]
     public void DivPruneOnTheDeviceKeepsWhatTheHostCodeKeepsUpToDistanceRounding(double budget, int rowId)
     {
-        var row = TestData.Dev.Single(r => r.Id == rowId);
         var policy = (DivPrunePolicy)PruningPolicies.Create(Shape, new PruningOptions { Method = PruningMethod.DivPrune, Budget = budget });
-        var vision = fx.Gpu.VisionForward(fx.Pixels(row.Image));
-        try
+        WithGpuVision(rowId, vision =>
         {
             var host = policy.SelectBeforeLlm(vision, (f, n) => fx.Gpu.Project(f, n));
-            int k = policy.Schedule!.Steps.Single(s => s.AfterLayer == -1).Kept;
+            int k = policy.PatchesToKeep(vision);
             using var device = DivPruneOnDevice.Select(fx.Gpu, vision, k, originalPositions: false);
             var kept = fx.Gpu.Download(device.Visual!.View, device.Rows);
             Assert.Equal(k, kept.Length);
@@ -139,8 +142,7 @@ public sealed class DevicePrunerParityTests(TwoBackendFixture fx, ITestOutputHel
             double overlap = (double)host.VisualIndex.Intersect(kept).Count() / k;
             output.WriteLine($"divprune@{budget} row {rowId}: {overlap:P1} of the kept patches agree");
             Assert.True(overlap >= 0.9, $"only {overlap:P1} agree");
-        }
-        finally { vision.Device!.Release(); }
+        });
     }
 
     /// <summary>Counts what the device is asked to do before and after each layer's prune.</summary>

@@ -1,6 +1,7 @@
 using System.Buffers.Binary;
 using System.IO.Compression;
 using System.Text.Json;
+using Xunit;
 
 namespace AutoPrune.Tests.LlavaNext;
 
@@ -13,6 +14,26 @@ internal static class NextFixture
     public static string Dir => Path.Combine(TestData.RepoRoot, "tests", "data", "llava-next-tiny");
     public static string Model(string variant) => Path.Combine(Dir, $"llava-next-tiny-{variant}");
     public static string Image(string relative) => Path.Combine(Dir, relative);
+
+    /// <summary>
+    /// (model variant, image) cases: the smallest image on the Llama model and the 640x480 one on the Mistral model by
+    /// default; <c>AUTOPRUNE_FULL_NEXT=1</c> gives all eight images on both models.
+    /// </summary>
+    public static TheoryData<string, string> ImageCases()
+    {
+        var data = new TheoryData<string, string>();
+        if (Environment.GetEnvironmentVariable("AUTOPRUNE_FULL_NEXT") == "1")
+        {
+            foreach (var variant in new[] { "llama", "mistral" })
+                foreach (var r in NextFixture.References(variant)) data.Add(variant, r.Image);
+        }
+        else
+        {
+            data.Add("llama", "images/06_50x60.png");
+            data.Add("mistral", "images/01_640x480.png");
+        }
+        return data;
+    }
 
     public sealed record TileStats(double Mean, double Std, double AbsSum);
 

@@ -12,21 +12,7 @@ namespace AutoPrune.Tests.LlavaNext;
 /// </summary>
 public class NextGpuPathTests(ITestOutputHelper output)
 {
-    public static TheoryData<string, string> Cases()
-    {
-        var data = new TheoryData<string, string>();
-        if (Environment.GetEnvironmentVariable("AUTOPRUNE_FULL_NEXT") == "1")
-        {
-            foreach (var variant in new[] { "llama", "mistral" })
-                foreach (var r in NextFixture.References(variant)) data.Add(variant, r.Image);
-        }
-        else
-        {
-            data.Add("llama", "images/06_50x60.png");
-            data.Add("mistral", "images/01_640x480.png");
-        }
-        return data;
-    }
+    public static TheoryData<string, string> Cases() => NextFixture.ImageCases();
 
     [Theory]
     [MemberData(nameof(Cases))]

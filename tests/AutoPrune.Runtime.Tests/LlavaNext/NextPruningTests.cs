@@ -20,21 +20,7 @@ public class NextPruningTests(NextModelsFixture fx, ITestOutputHelper output) : 
     /// <summary>Budgets: a count, a fraction of the image's patches, and a count small enough to be infeasible for some methods.</summary>
     private static readonly double[] Budgets = [0.5, 600, 300];
 
-    public static TheoryData<string, string> Images()
-    {
-        var data = new TheoryData<string, string>();
-        if (Environment.GetEnvironmentVariable("AUTOPRUNE_FULL_NEXT") == "1")
-        {
-            foreach (var variant in new[] { "llama", "mistral" })
-                foreach (var r in NextFixture.References(variant)) data.Add(variant, r.Image);
-        }
-        else
-        {
-            data.Add("llama", "images/06_50x60.png");
-            data.Add("mistral", "images/01_640x480.png");
-        }
-        return data;
-    }
+    public static TheoryData<string, string> Images() => NextFixture.ImageCases();
 
     private VisionLanguageModel Model(string variant) => variant == "llama" ? fx.Llama : fx.Mistral;
 
