@@ -81,9 +81,9 @@ internal static class AutoPruneSchedule
         => Achieved(shape, n0, 0, 0, options, accounting);
 
     /// <summary>
-    /// Smallest reachable average. Paper shape, processed: N0 = 1 (shrunk), i.e. (V + L - 1) / L; published: N0 is
-    /// not shrunk, so the smallest integer budget B whose N0 = floor(2.5 B) still fits. Smooth shape: one token per
-    /// layer after layer 0 (processed, layer 0 on all V unless it runs before the LLM), or 1.
+    /// Smallest reachable average. Paper shape: the curve with N0 = 1 (N0 shrinks from 2.5 B when that cannot meet the
+    /// budget, in either accounting, so every budget from here up is feasible). Smooth shape: one token per layer after
+    /// layer 0 (processed, layer 0 on all V unless it runs before the LLM), or 1.
     /// </summary>
     public static double Minimum(ModelShape shape, BudgetAccounting accounting, PruningOptions options)
     {
@@ -94,10 +94,7 @@ internal static class AutoPruneSchedule
             if (shape.Layers == 1) return shape.VisualTokens;
             return accounting == BudgetAccounting.Published ? 1 : (shape.VisualTokens + shape.Layers - 1.0) / shape.Layers;
         }
-        if (accounting == BudgetAccounting.Processed) return MinimumFor(shape, 1, accounting, options);
-        for (int b = 1; b <= shape.VisualTokens; b++)
-            if (MinimumFor(shape, DefaultN0(b, shape.VisualTokens, options), accounting, options) <= b + 1e-9) return b;
-        return shape.VisualTokens;
+        return MinimumFor(shape, 1, accounting, options);
     }
 
     /// <summary>
@@ -122,9 +119,8 @@ internal static class AutoPruneSchedule
     {
         int n0 = DefaultN0(budgetTokens, shape.VisualTokens, options);
         if (MinimumFor(shape, n0, accounting, options) <= budgetTokens + 1e-9) return n0;
-        if (accounting == BudgetAccounting.Published)
-            throw Budget.Infeasible(PruningMethod.AutoPrune, accounting, shape, budgetTokens, Minimum(shape, accounting, options));
-        // MinimumFor is non-decreasing in n0: binary search the largest feasible n0.
+        // MinimumFor is non-decreasing in n0: binary search the largest feasible n0. (Under published accounting a budget
+        // just above another's could otherwise fail: N0 = floor(2.5 B) grows with B faster than the curve's floor.)
         int lo = 1, hi = n0 - 1;
         if (MinimumFor(shape, 1, accounting, options) > budgetTokens + 1e-9)
             throw Budget.Infeasible(PruningMethod.AutoPrune, accounting, shape, budgetTokens, Minimum(shape, accounting, options));
@@ -167,7 +163,7 @@ internal static class AutoPruneSchedule
         int n0 = InitialKeep(shape, budgetTokens, accounting, options);
         if (n0 != n0Default)
             b.Notes.Add(string.Create(CultureInfo.InvariantCulture,
-                $"AutoPrune: N0 = {n0Default} leaves no feasible scale under processed accounting; using N0 = {n0}."));
+                $"AutoPrune: N0 = {n0Default} leaves no feasible scale; using N0 = {n0}."));
 
         double target = budgetTokens + 1e-9;
         Func<double, double> f = s => Achieved(shape, n0, k, s, options, accounting);

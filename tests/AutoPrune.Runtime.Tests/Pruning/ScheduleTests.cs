@@ -260,6 +260,26 @@ public class ScheduleTests
         }, iter: 300);
     }
 
+    /// <summary>
+    /// The paper's schedule under published accounting accepts every budget from its minimum up, whatever MI1: on 3
+    /// layers and 25 visual tokens a budget of 7.28 was refused (N0 = floor(2.5 B) = 18 left no feasible curve) although
+    /// 7 and 7.5 were accepted, and the property test above found it by chance.
+    /// </summary>
+    [Fact]
+    public void PaperScheduleUnderPublishedAccountingAcceptsEveryBudgetFromItsMinimum()
+    {
+        var shape = new ModelShape(3, 8, 64, 128, 25, 5);
+        var options = Options("autoprune-paper") with { Accounting = BudgetAccounting.Published };
+        double min = Budget.MinimumFeasible(options.Method, BudgetAccounting.Published, shape, options);
+        foreach (double mi1 in new[] { 0.0, 1.0, 3.0 })
+            for (double b = Math.Max(1, min); b <= shape.VisualTokens; b += 0.01)
+            {
+                var s = ScheduleSolver.Solve(shape, options with { Budget = b }, mi1);
+                AssertConsistent(s, shape);
+                Assert.True(s.Achieved <= b + 1e-9 && s.Achieved > b - 1, $"achieved {s.Achieved} for budget {b}, MI1 {mi1}");
+            }
+    }
+
     [Fact]
     public void SolversAreDeterministic()
     {
