@@ -94,12 +94,28 @@ public sealed class DeviceCounterTargetTests(Deep32BenchFixture fx, ITestOutputH
         Assert.Equal(4L * p.PromptTokens, Counters(method).H2DBytes);
     }
 
-    /// <summary>FastV's prune is three launches: the last row's attention over the visual columns, top-k with the plan, the gather.</summary>
+    /// <summary>
+    /// A decoder layer is 9 launches and cuBLAS calls on a short sequence (attention fused into one launch) and 11 on the
+    /// full 626-row prompt (two attention GEMMs and a softmax); the prefill adds six (the embedding, the final norm, the
+    /// LM head, the argmax, the token and the final copy).
+    /// </summary>
     [Fact]
-    public void FastVPrunesInThreeLaunches()
+    public void AShortLayerIsNineLaunchesAndAFullOneEleven()
     {
-        // One more device-to-device copy (the kept indices into the final readback) than an unpruned prefill.
-        Assert.Equal(3 + 1, Counters("FastV").Enqueued - Counters("None").Enqueued);
+        Assert.Equal(11 * 32 + 6, Counters("None").Enqueued);
+        Assert.Equal(9 * 32 + 6, Counters("None (input cut)").Enqueued);
+    }
+
+    /// <summary>
+    /// FastV's prune is two launches beyond an input-cut prefill's work: the last row's attention over the visual columns,
+    /// then top-k with the plan; the gather also writes the next layer's input norm, so it costs no launch of its own.
+    /// </summary>
+    [Fact]
+    public void FastVPrunesInTwoLaunches()
+    {
+        // FastV runs layers 0 and 1 on the full prompt (2 more each), then the input-cut prefill's short layers; one more
+        // device-to-device copy (the kept indices into the final readback).
+        Assert.Equal(2 * 2 + 2 + 1, Counters("FastV").Enqueued - Counters("None (input cut)").Enqueued);
     }
 
     [Theory]

@@ -18,10 +18,10 @@ namespace AutoPrune.Tests.Cuda;
 /// </summary>
 public sealed class PtxCompileTests
 {
-    /// <summary>The classes holding device code: the layer kernels and the sequence, decode, MLP, pruning-signal and selection kernels, AutoPrune's, DivPrune's and DART's.</summary>
+    /// <summary>The classes holding device code: the layer kernels and the sequence, decode, fused attention, MLP, pruning-signal and selection kernels, AutoPrune's, DivPrune's and DART's.</summary>
     private static readonly Type[] KernelClasses =
         [typeof(CudaKernels), typeof(SequenceKernels), typeof(DecodeKernels), typeof(HalfMlpKernels), typeof(SignalKernels), typeof(SelectionKernels),
-         typeof(CoverageKernels), typeof(AttentionFreeKernels)];
+         typeof(CoverageKernels), typeof(AttentionFreeKernels), typeof(FusedAttentionKernels)];
 
     private static IEnumerable<MethodInfo> KernelMethods() => KernelClasses
         .SelectMany(t => t.GetMethods(BindingFlags.Static | BindingFlags.NonPublic | BindingFlags.Public))
@@ -35,7 +35,7 @@ public sealed class PtxCompileTests
     }
 
     [Fact]
-    public void AllFiftyThreeKernelsAreListed() => Assert.Equal(53, Kernels().Count);
+    public void AllFiftyFourKernelsAreListed() => Assert.Equal(54, Kernels().Count);
 
     /// <summary>CudaOps.CompileAll (run at GPU model load) loads every kernel of every kernel class, none forgotten.</summary>
     [Fact]
@@ -59,7 +59,7 @@ public sealed class PtxCompileTests
         Assert.Equal(new[]
         {
             "AdaptiveNmsKernel", "ArgMaxRowsKernel", "AttentionRowsGroupedKernel", "AttentionWindowKernel", "CosineToPivotKernel",
-            "CoverageNmsKernel", "DartKernel", "DecodeAttentionKernel", "GreedyMaxMinKernel", "KeyL1NormsKernel", "L2NormalizeRowsToHalfKernel",
+            "CoverageNmsKernel", "DartKernel", "DecodeAttentionKernel", "FusedAttentionKernel", "GatherSequenceNormedKernel", "GreedyMaxMinKernel", "KeyL1NormsKernel", "L2NormalizeRowsToHalfKernel",
             "LayerNormToHalfKernel", "MutualInformationKernel", "RatersKernel", "RecycleClusterKernel", "RecycleSelectKernel", "RmsNormRowsKernel",
             "RmsNormToHalfKernel", "ScaledMaskedSoftmaxToHalfKernel", "TopKPlanKernel", "ZipRestKernel",
         }, explicitKernels);

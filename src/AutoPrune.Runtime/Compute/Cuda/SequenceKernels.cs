@@ -1,4 +1,5 @@
 using ILGPU;
+using ILGPU.Algorithms;
 using ILGPU.Runtime;
 
 namespace AutoPrune.Compute.Cuda;
@@ -32,37 +33,40 @@ internal static class SequenceKernels
     }
 
     /// <summary>
-    /// A prune's new sequence: row r of the destination takes source row plan[r] (≥ 0) or merged row -plan[r] - 1 of
-    /// extra; its visual index follows (-2 for a merged row); its position is r (renumber) or the source row's position
-    /// (a merged row takes the position of the row before it). When historyLength &gt; 0 the source's visual indices are
-    /// also copied to history (the report reads them back at the end). One thread per element of the new hidden states.
+    /// A prune's new sequence and the next layer's input RMSNorm in one launch, one group per new row r (Grid.IdxX).
+    /// Row r takes source row plan[r] (≥ 0) or merged row -plan[r] - 1 of extra; its visual index follows (-2 for a merged
+    /// row); its position is r (renumber) or the source row's position (a merged row takes the position of the row before
+    /// it). When historyLength &gt; 0 the source's visual indices are also copied to history (the report reads them back
+    /// at the end). The row is gathered into dstX and xn[r] = fp16(RMSNorm(row) · weight) with the reduction of
+    /// <see cref="CudaKernels.RmsNormToHalfKernel"/> (same threads, same order: the same bits), so the next layer skips its
+    /// norm. The history copy is spread over every thread of the grid.
     /// </summary>
-    internal static void GatherSequenceKernel(Index1D t, ArrayView<float> srcX, ArrayView<float> extra, ArrayView<int> plan, ArrayView<float> dstX,
+    internal static void GatherSequenceNormedKernel(ArrayView<float> srcX, ArrayView<float> extra, ArrayView<int> plan, ArrayView<float> dstX,
         ArrayView<int> srcPos, ArrayView<int> dstPos, ArrayView<int> srcVis, ArrayView<int> dstVis, ArrayView<int> history,
-        GatherShape g, ElementRange range)
+        ArrayView<ushort> xn, ArrayView<float> weight, float eps, GatherShape g)
     {
-        long cells = (long)g.Rows * g.Hidden;
-        for (long e = t; e < range.Count; e += range.Stride)
+        var sh = SharedMemory.Allocate<float>(CudaKernels.MaxRowGroupSize);
+        int r = Grid.IdxX, tid = Group.IdxX, step = Group.DimX, dim = g.Hidden;
+        int p = plan[r];
+        long o = (long)r * dim, so = p >= 0 ? (long)p * dim : (long)(-p - 1) * dim;
+        var src = p >= 0 ? srcX : extra;
+        float ss = 0;
+        for (int c = tid; c < dim; c += step) { float v = src[so + c]; dstX[o + c] = v; ss += v * v; }
+        ss = CudaKernels.GroupSum(sh, ss);
+        float inv = 1f / XMath.Sqrt(ss / dim + eps);
+        for (int c = tid; c < dim; c += step) xn[o + c] = CudaKernels.FloatToHalfBits(dstX[o + c] * inv * weight[c]);
+        if (tid == 0)
         {
-            if (e < cells)
+            dstVis[r] = p >= 0 ? srcVis[p] : -2;
+            if (g.Renumber != 0) dstPos[r] = r;
+            else
             {
-                long r = e / g.Hidden, c = e % g.Hidden;
-                int p = plan[r];
-                dstX[e] = p >= 0 ? srcX[(long)p * g.Hidden + c] : extra[(long)(-p - 1) * g.Hidden + c];
-                if (c == 0)
-                {
-                    dstVis[r] = p >= 0 ? srcVis[p] : -2;
-                    if (g.Renumber != 0) dstPos[r] = (int)r;
-                    else
-                    {
-                        long j = r;
-                        while (j >= 0 && plan[j] < 0) j--;
-                        dstPos[r] = j >= 0 ? srcPos[plan[j]] : 0;
-                    }
-                }
+                long j = r;
+                while (j >= 0 && plan[j] < 0) j--;
+                dstPos[r] = j >= 0 ? srcPos[plan[j]] : 0;
             }
-            if (e < g.HistoryLength) history[e] = srcVis[e];
         }
+        for (long e = (long)r * step + tid; e < g.HistoryLength; e += (long)Grid.DimX * step) history[e] = srcVis[e];
     }
 
     /// <summary>token[0] = id (the next decode step's input, written on the device so a graph can read it).</summary>
@@ -72,7 +76,7 @@ internal static class SequenceKernels
     }
 }
 
-/// <summary>Sizes of a <see cref="SequenceKernels.GatherSequenceKernel"/> launch.</summary>
+/// <summary>Sizes of a <see cref="SequenceKernels.GatherSequenceNormedKernel"/> launch.</summary>
 /// <param name="Rows">Rows of the new sequence.</param>
 /// <param name="Hidden">Hidden size.</param>
 /// <param name="Renumber">1: positions 0..Rows-1; 0: the kept rows' own positions.</param>
@@ -82,17 +86,18 @@ internal readonly record struct GatherShape(int Rows, int Hidden, int Renumber, 
 internal sealed partial class CudaOps
 {
     private Action<AcceleratorStream, Index1D, ArrayView<ushort>, ArrayView<float>, ArrayView<int>, ArrayView<float>, ArrayView<int>, ArrayView<int>, ArrayView<int>, int, int, ElementRange>? _embedSequence;
-    private Action<AcceleratorStream, Index1D, ArrayView<float>, ArrayView<float>, ArrayView<int>, ArrayView<float>, ArrayView<int>, ArrayView<int>, ArrayView<int>, ArrayView<int>, ArrayView<int>, GatherShape, ElementRange>? _gatherSequence;
     private Action<AcceleratorStream, Index1D, ArrayView<int>, int>? _setToken;
+    private Action<AcceleratorStream, KernelConfig, ArrayView<float>, ArrayView<float>, ArrayView<int>, ArrayView<float>, ArrayView<int>, ArrayView<int>, ArrayView<int>, ArrayView<int>, ArrayView<int>, ArrayView<ushort>, ArrayView<float>, float, GatherShape>? _gatherSequenceNormed;
+
+    private Action<AcceleratorStream, KernelConfig, ArrayView<float>, ArrayView<float>, ArrayView<int>, ArrayView<float>, ArrayView<int>, ArrayView<int>, ArrayView<int>, ArrayView<int>, ArrayView<int>, ArrayView<ushort>, ArrayView<float>, float, GatherShape> GatherSequenceNormedK
+        => _gatherSequenceNormed ??= _acc.LoadKernel<ArrayView<float>, ArrayView<float>, ArrayView<int>, ArrayView<float>, ArrayView<int>, ArrayView<int>, ArrayView<int>, ArrayView<int>, ArrayView<int>, ArrayView<ushort>, ArrayView<float>, float, GatherShape>(SequenceKernels.GatherSequenceNormedKernel);
 
     private Action<AcceleratorStream, Index1D, ArrayView<ushort>, ArrayView<float>, ArrayView<int>, ArrayView<float>, ArrayView<int>, ArrayView<int>, ArrayView<int>, int, int, ElementRange> EmbedSequenceK
         => _embedSequence ??= _acc.LoadAutoGroupedKernel<Index1D, ArrayView<ushort>, ArrayView<float>, ArrayView<int>, ArrayView<float>, ArrayView<int>, ArrayView<int>, ArrayView<int>, int, int, ElementRange>(SequenceKernels.EmbedSequenceKernel);
-    private Action<AcceleratorStream, Index1D, ArrayView<float>, ArrayView<float>, ArrayView<int>, ArrayView<float>, ArrayView<int>, ArrayView<int>, ArrayView<int>, ArrayView<int>, ArrayView<int>, GatherShape, ElementRange> GatherSequenceK
-        => _gatherSequence ??= _acc.LoadAutoGroupedKernel<Index1D, ArrayView<float>, ArrayView<float>, ArrayView<int>, ArrayView<float>, ArrayView<int>, ArrayView<int>, ArrayView<int>, ArrayView<int>, ArrayView<int>, GatherShape, ElementRange>(SequenceKernels.GatherSequenceKernel);
     private Action<AcceleratorStream, Index1D, ArrayView<int>, int> SetTokenK
         => _setToken ??= _acc.LoadAutoGroupedKernel<Index1D, ArrayView<int>, int>(SequenceKernels.SetTokenKernel);
 
-    private object[] SequenceKernelsLoaded() => [EmbedSequenceK, GatherSequenceK, SetTokenK];
+    private object[] SequenceKernelsLoaded() => [EmbedSequenceK, GatherSequenceNormedK, SetTokenK];
 
     /// <summary>
     /// Builds the prefill sequence (see <see cref="SequenceKernels.EmbedSequenceKernel"/>): x [rows, hidden] fp32 from
@@ -112,19 +117,23 @@ internal sealed partial class CudaOps
         EmbedSequenceK(Stream, Extent(r.Stride), table, images, src, x, positions, vis, visSource, hidden, hasVis, r);
     }
 
-    /// <summary>Gathers a pruned sequence (see <see cref="SequenceKernels.GatherSequenceKernel"/>); one launch.</summary>
-    public void GatherSequence(ArrayView<float> srcX, ArrayView<float> extra, ArrayView<int> plan, ArrayView<float> dstX,
-        ArrayView<int> srcPos, ArrayView<int> dstPos, ArrayView<int> srcVis, ArrayView<int> dstVis, ArrayView<int> history, GatherShape shape)
+    /// <summary>
+    /// Gathers a pruned sequence and normalizes it for the next layer (see <see cref="SequenceKernels.GatherSequenceNormedKernel"/>):
+    /// xn [rows, hidden] = fp16(RMSNorm(new rows) · weight), bit for bit what <see cref="RmsNormToHalf"/> would give; one launch.
+    /// </summary>
+    public void GatherSequenceNormed(ArrayView<float> srcX, ArrayView<float> extra, ArrayView<int> plan, ArrayView<float> dstX,
+        ArrayView<int> srcPos, ArrayView<int> dstPos, ArrayView<int> srcVis, ArrayView<int> dstVis, ArrayView<int> history,
+        ArrayView<ushort> xn, ArrayView<float> weight, float eps, GatherShape shape)
     {
         CheckRows(shape.Rows, shape.Hidden, dstX.Length, nameof(dstX));
+        CheckRows(shape.Rows, shape.Hidden, xn.Length, nameof(xn));
+        Require(weight.Length >= shape.Hidden, $"weight has {weight.Length} elements, fewer than hidden ({shape.Hidden}).");
         Require(plan.Length >= shape.Rows && dstPos.Length >= shape.Rows && dstVis.Length >= shape.Rows, $"plan, positions and visual indices must hold {shape.Rows} rows.");
         Require(shape.HistoryLength <= Math.Min(history.Length, srcVis.Length), $"history ({history.Length}) must hold {shape.HistoryLength} visual indices.");
-        long n = Math.Max((long)shape.Rows * shape.Hidden, shape.HistoryLength);
-        if (n == 0) return;
+        if (shape.Rows == 0) return;
         if (history.Length == 0) history = dstVis;
-        var r = Range(n);
         Counters.Launch();
-        GatherSequenceK(Stream, Extent(r.Stride), srcX, extra, plan, dstX, srcPos, dstPos, srcVis, dstVis, history, shape, r);
+        GatherSequenceNormedK(Stream, RowConfig(shape.Rows), srcX, extra, plan, dstX, srcPos, dstPos, srcVis, dstVis, history, xn, weight, eps, shape);
     }
 
     /// <summary>Writes a token id into device memory (one single-thread launch; no copy).</summary>

@@ -57,6 +57,8 @@ internal sealed class CudaGeneration : IGeneration
     private readonly List<Action<DeviceQueue.Readback>> _atEnd = [];
     private long _historyUsed;
     private int _signalsLayer = -1;
+    /// <summary>The layer whose input norm a prune's gather already wrote into _xnH (-1: none).</summary>
+    private int _normedFor = -1;
     private int? _deviceToken;
     private CudaGraph? _decodeGraph;
     private int _decodeSteps;
@@ -138,7 +140,7 @@ internal sealed class CudaGeneration : IGeneration
                     PruneAction? action;
                     try { action = hook.AfterLayer(new CudaLayerView(this, li, state)); }
                     catch { ReleaseLayerScratch(); throw; }
-                    if (action is not null) Apply(state, action);
+                    if (action is not null) Apply(state, action, li + 1);
                     ReleaseLayerScratch();
                 }
             }
@@ -295,7 +297,8 @@ internal sealed class CudaGeneration : IGeneration
         int h = H, inter = _m.Intermediate;
         var x = X(n);
         var xnH = _xnH.Get((long)n * h);
-        ops.RmsNormToHalf(x, xnH, n, h, L.InNorm.Weight.View, L.InNorm.Eps);
+        if (_normedFor != li) ops.RmsNormToHalf(x, xnH, n, h, L.InNorm.Weight.View, L.InNorm.Eps);
+        _normedFor = -1;
         var shape = _d.QkvShape(rope: true, signals) with { StateSlot = li, CacheCount = n };
         var qkv = _qkv.Get((long)n * shape.Width);
         _m.Linear(L.Qkv, xnH, n, qkv);
@@ -363,11 +366,11 @@ internal sealed class CudaGeneration : IGeneration
     }
 
     /// <summary>
-    /// Keeps and merges rows on the device (<see cref="CudaOps.GatherSequence"/>: hidden states, positions and visual
-    /// indices in one launch). A device prune's plan is already there; a host prune's rows go up. The visual indices
+    /// Keeps and merges rows on the device (<see cref="CudaOps.GatherSequenceNormed"/>: hidden states, positions, visual
+    /// indices and the next layer's input norm in one launch). A device prune's plan is already there; a host prune's rows go up. The visual indices
     /// of a version only the device knows are kept for the report, read back at the end.
     /// </summary>
-    private void Apply(SequenceState state, PruneAction action)
+    private void Apply(SequenceState state, PruneAction action, int nextLayer)
     {
         int h = H, n = state.Length;
         ArrayView<int> plan;
@@ -400,8 +403,11 @@ internal sealed class CudaGeneration : IGeneration
         }
         int dst = _current == 0 ? 1 : 0;
         var set = _sets[dst];
-        _m.Ops.GatherSequence(X(n), extra, plan, set.X.Get((long)rows * h), Positions(n), set.Positions.Get(rows), Visual(n), set.Visual.Get(rows),
-            history, new GatherShape(rows, h, action.RenumberPositions ? 1 : 0, snapshot ? n : 0));
+        // The gather also normalizes the new rows for the next layer's attention (one launch instead of two).
+        var norm = _d.Layers[nextLayer].InNorm;
+        _m.Ops.GatherSequenceNormed(X(n), extra, plan, set.X.Get((long)rows * h), Positions(n), set.Positions.Get(rows), Visual(n), set.Visual.Get(rows),
+            history, _xnH.Get((long)rows * h), norm.Weight.View, norm.Eps, new GatherShape(rows, h, action.RenumberPositions ? 1 : 0, snapshot ? n : 0));
+        _normedFor = nextLayer;
         _current = dst;
         _version++;
         if (action.OnDevice is null) state.ApplyRows(action);

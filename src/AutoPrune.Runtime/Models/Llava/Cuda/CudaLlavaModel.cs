@@ -55,6 +55,15 @@ internal sealed class CudaLlavaModel : ILlavaBackend
     /// </summary>
     internal int CausalChunkRows { get; set; } = 1024;
 
+    /// <summary>
+    /// Attention whose queries × keys stay at or under this runs as one fused launch
+    /// (<see cref="CudaOps.FusedAttention"/>) instead of two cuBLAS calls and a softmax: a pruned prefill's short layers
+    /// (about 114 rows at budget 64 on LLaVA-1.5) are launch-bound. Above it the GEMMs' tensor cores win. The value
+    /// (181² pairs) comes from an estimate (each group streams its keys and values through L2: at this size about as
+    /// long as the two launches it saves) and wants tuning on a GPU; 0 turns the fused path off.
+    /// </summary>
+    internal long FusedAttentionMaxPairs { get; set; } = 32768;
+
     public LlavaConfig Config { get; }
     public string Device => _device.Description;
     public int TokensPerImage => Vision.TokensOut;
@@ -163,12 +172,19 @@ internal sealed class CudaLlavaModel : ILlavaBackend
     /// out = p·v (batched GEMM, fp16 out). q: fp16 [nq, heads·hd]; k, v: fp16 rows 0..nk-1 of [*, kvHeads·hd];
     /// out: fp16 [nq, heads·hd]. <paramref name="causalOffset"/> ≥ 0: query i sees keys ≤ causalOffset + i; -1: all.
     /// Queries run in chunks so the score block stays under <see cref="AttentionBlockElements"/> (and, for long causal
-    /// prompts, of <see cref="CausalChunkRows"/>); each chunk only computes the keys its rows can see.
+    /// prompts, of <see cref="CausalChunkRows"/>); each chunk only computes the keys its rows can see. Short attention
+    /// (at most <see cref="FusedAttentionMaxPairs"/> query × key pairs) is one fused launch with the same arithmetic.
     /// </summary>
     internal void Attend(ArrayView<ushort> q, ArrayView<ushort> k, ArrayView<ushort> v, ArrayView<ushort> output,
         int nq, int nk, int heads, int kvHeads, int hd, int causalOffset, Scratch<float> scores, Scratch<ushort> probs)
     {
         if (nq == 0) return;
+        if ((long)nq * nk <= FusedAttentionMaxPairs)
+        {
+            var shape = AttentionShape.Create(nq, nk, heads, kvHeads, hd, causal: false);
+            Ops.FusedAttention(q, k, v, scores.Get((long)heads * nq * nk), output, shape, causalOffset);
+            return;
+        }
         int group = heads / kvHeads, qd = heads * hd, kvd = kvHeads * hd;
         int block = (int)Math.Clamp(AttentionBlockElements / ((long)heads * PaddedKeys(nk)), 1, nq);
         if (causalOffset >= 0 && nq >= 2 * CausalChunkRows) block = Math.Min(block, CausalChunkRows);
