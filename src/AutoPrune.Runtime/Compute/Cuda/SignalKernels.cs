@@ -221,15 +221,17 @@ internal static class SignalKernels
     /// </summary>
     internal static void L2NormalizeRowsKernel(Index1D t, ArrayView<float> src, ArrayView<float> dst, int rowStart, int dim, ElementRange range)
     {
-        for (long r = t; r < range.Count; r += range.Stride)
-        {
-            long o = (rowStart + r) * dim, d = r * dim;
-            float ss = 0;
-            for (int c = 0; c < dim; c++) { float v = src[o + c]; ss += v * v; }
-            float norm = XMath.Sqrt(ss);
-            float inv = norm > 0 ? 1f / norm : 0f;
-            for (int c = 0; c < dim; c++) dst[d + c] = src[o + c] * inv;
-        }
+        for (long r = t; r < range.Count; r += range.Stride) NormalizeRow(src, (rowStart + r) * dim, dst, r * dim, dim);
+    }
+
+    /// <summary>dst[d..] = src[o..] / sqrt(Σ src²) over dim values, the sum in order by one thread (the host's order).</summary>
+    internal static void NormalizeRow(ArrayView<float> src, long o, ArrayView<float> dst, long d, int dim)
+    {
+        float ss = 0;
+        for (int c = 0; c < dim; c++) { float v = src[o + c]; ss += v * v; }
+        float norm = XMath.Sqrt(ss);
+        float inv = norm > 0 ? 1f / norm : 0f;
+        for (int c = 0; c < dim; c++) dst[d + c] = src[o + c] * inv;
     }
 
     /// <summary>

@@ -203,12 +203,14 @@ internal sealed class DartOnDevice(LayerSchedule schedule, PruningOptions option
     {
         int V = ctx.VisualCount, T = ctx.TextCount, kvd = dev.KvHeads * dev.HeadDim, d = dev.Hidden, k = Math.Clamp(step.Kept, 0, V);
         var keys = dev.LayerKeys;
-        var visualNorms = dev.Scratch<float>(Math.Max(1, V));
-        var textNorms = dev.Scratch<float>(Math.Max(1, T));
-        dev.Ops.RowL1(keys, ctx.Prefix, V, kvd, visualNorms);
-        dev.Ops.RowL1(keys, ctx.Prefix + V, T, kvd, textNorms);
-        var visualHidden = dev.FinalNorm(ctx.Prefix, V);
-        var textHidden = T > 0 ? dev.FinalNorm(ctx.Prefix + V, T) : dev.Scratch<float>(1);
+        // The visual rows and the text rows after them are one run: one launch each for the key norms and the final norm.
+        var norms = dev.Scratch<float>(V + T + 1);
+        dev.Ops.RowL1(keys, ctx.Prefix, V + T, kvd, norms);
+        var visualNorms = norms.SubView(0, Math.Max(1, V));
+        var textNorms = norms.SubView(V, Math.Max(1, T));
+        var hidden = dev.FinalNorm(ctx.Prefix, V + T);
+        var visualHidden = hidden.SubView(0, Math.Max(1L, (long)V * d));
+        var textHidden = T > 0 ? hidden.SubView((long)V * d, (long)T * d) : dev.Scratch<float>(1);
         var plan = dev.Scratch<int>(ctx.Prefix + k + T);
         dev.Ops.Dart(visualNorms, textNorms, visualHidden, textHidden, dev.Scratch<float>(Math.Max(1, V)), dev.Scratch<float>(Math.Max(1, V)),
             dev.Scratch<int>(Math.Max(1, options.DartVisualPivots + options.DartTextPivots)), dev.Scratch<int>(Math.Max(1, T)), dev.Scratch<int>(Math.Max(1, V)),

@@ -110,7 +110,7 @@ internal sealed class FastVOnDevice(LayerSchedule schedule) : IDevicePruner
 
 /// <summary>
 /// AdaptPrune on the device: the last row's head-averaged attention times the positional prior, and the greedy soft NMS
-/// over grid distance and the next layer's unit key features, in one single-group kernel; original positions.
+/// over grid distance and the next layer's unit key features (normalized there), in one single-group kernel; original positions.
 /// </summary>
 internal sealed class AdaptPruneOnDevice(LayerSchedule schedule, PruningOptions options) : IDevicePruner
 {
@@ -127,13 +127,12 @@ internal sealed class AdaptPruneOnDevice(LayerSchedule schedule, PruningOptions 
         int kd = dev.KvHeads * dev.HeadDim, k = Math.Clamp(step.Kept, 0, v);
         var attn = dev.AttentionWindow(ctx.LastRow, 1, ctx.Prefix, v);
         var keys = dev.NextLayerKeys(ctx.Prefix, v);
-        var features = dev.Scratch<float>((long)v * kd);
-        dev.Ops.L2NormalizeRows(keys, 0, v, kd, features);
+        var features = dev.Scratch<float>((long)v * kd); // the unit keys, written by the NMS kernel
         var prior = dev.Constant(FormattableString.Invariant($"adaptprune-prior-{g}-{options.AdaptPruneSigmaPFactor:R}"),
             () => AdaptiveNms.PositionalPrior(g, options.AdaptPruneSigmaPFactor));
         var plan = dev.Scratch<int>(ctx.Prefix + k + ctx.TextCount);
         double limit = options.AdaptPruneDistanceLimit, sd = options.AdaptPruneDistanceSigma, ss = options.AdaptPruneSimilaritySigma;
-        dev.Ops.AdaptiveNms(attn, prior, features, dev.Scratch<float>(v), dev.Scratch<int>(v), dev.Scratch<int>(Math.Max(1, k)), plan,
+        dev.Ops.AdaptiveNms(attn, prior, keys, features, dev.Scratch<float>(v), dev.Scratch<int>(v), dev.Scratch<int>(Math.Max(1, k)), plan,
             new NmsShape(g, kd, k, dev.Heads, ctx.Prefix, ctx.TextCount, (int)Math.Floor(limit), limit * limit, 2 * sd * sd, 2 * ss * ss));
         return DevicePruners.Action(plan, ctx, k, default, 0, renumber: false);
     }
