@@ -39,11 +39,13 @@ internal static class SequenceKernels
     /// it). When historyLength &gt; 0 the source's visual indices are also copied to history (the report reads them back
     /// at the end). The row is gathered into dstX and xn[r] = fp16(RMSNorm(row) · weight) with the reduction of
     /// <see cref="CudaKernels.RmsNormToHalfKernel"/> (same threads, same order: the same bits), so the next layer skips its
-    /// norm. The history copy is spread over every thread of the grid.
+    /// norm. With QkvWidth &gt; 0 the next layer's q|k|v projection (srcQkv, [old rows, QkvWidth], computed by a prune
+    /// that needed it) is gathered into dstQkv instead, and the next layer skips its norm and its q|k|v GEMM. The
+    /// history copy is spread over every thread of the grid.
     /// </summary>
     internal static void GatherSequenceNormedKernel(ArrayView<float> srcX, ArrayView<float> extra, ArrayView<int> plan, ArrayView<float> dstX,
         ArrayView<int> srcPos, ArrayView<int> dstPos, ArrayView<int> srcVis, ArrayView<int> dstVis, ArrayView<int> history,
-        ArrayView<ushort> xn, ArrayView<float> weight, float eps, GatherShape g)
+        NextLayerInput next, GatherShape g)
     {
         var sh = SharedMemory.Allocate<float>(CudaKernels.MaxRowGroupSize);
         int r = Grid.IdxX, tid = Group.IdxX, step = Group.DimX, dim = g.Hidden;
@@ -52,9 +54,18 @@ internal static class SequenceKernels
         var src = p >= 0 ? srcX : extra;
         float ss = 0;
         for (int c = tid; c < dim; c += step) { float v = src[so + c]; dstX[o + c] = v; ss += v * v; }
-        ss = CudaKernels.GroupSum(sh, ss);
-        float inv = 1f / XMath.Sqrt(ss / dim + eps);
-        for (int c = tid; c < dim; c += step) xn[o + c] = CudaKernels.FloatToHalfBits(dstX[o + c] * inv * weight[c]);
+        if (g.QkvWidth > 0)
+        {
+            // The next layer's q|k|v was computed before the prune (every plan entry is a source row): gather it instead.
+            long w = g.QkvWidth;
+            for (long c = tid; c < w; c += step) next.DstQkv[r * w + c] = next.SrcQkv[p * w + c];
+        }
+        else
+        {
+            ss = CudaKernels.GroupSum(sh, ss);
+            float inv = 1f / XMath.Sqrt(ss / dim + next.Eps);
+            for (int c = tid; c < dim; c += step) next.Xn[o + c] = CudaKernels.FloatToHalfBits(dstX[o + c] * inv * next.Weight[c]);
+        }
         if (tid == 0)
         {
             dstVis[r] = p >= 0 ? srcVis[p] : -2;
@@ -76,21 +87,25 @@ internal static class SequenceKernels
     }
 }
 
+/// <summary>What a prune's gather prepares for the next layer: its input norm (Xn from Weight, Eps) or its gathered q|k|v.</summary>
+internal readonly record struct NextLayerInput(ArrayView<ushort> Xn, ArrayView<float> Weight, float Eps, ArrayView<float> SrcQkv, ArrayView<float> DstQkv);
+
 /// <summary>Sizes of a <see cref="SequenceKernels.GatherSequenceNormedKernel"/> launch.</summary>
 /// <param name="Rows">Rows of the new sequence.</param>
 /// <param name="Hidden">Hidden size.</param>
 /// <param name="Renumber">1: positions 0..Rows-1; 0: the kept rows' own positions.</param>
 /// <param name="HistoryLength">Visual indices of the old sequence copied to history (0: none).</param>
-internal readonly record struct GatherShape(int Rows, int Hidden, int Renumber, int HistoryLength);
+/// <param name="QkvWidth">Width of a q|k|v projection gathered with the rows (0: none; the next layer's norm is written instead).</param>
+internal readonly record struct GatherShape(int Rows, int Hidden, int Renumber, int HistoryLength, int QkvWidth = 0);
 
 internal sealed partial class CudaOps
 {
     private Action<AcceleratorStream, Index1D, ArrayView<ushort>, ArrayView<float>, ArrayView<int>, ArrayView<float>, ArrayView<int>, ArrayView<int>, ArrayView<int>, int, int, ElementRange>? _embedSequence;
     private Action<AcceleratorStream, Index1D, ArrayView<int>, int>? _setToken;
-    private Action<AcceleratorStream, KernelConfig, ArrayView<float>, ArrayView<float>, ArrayView<int>, ArrayView<float>, ArrayView<int>, ArrayView<int>, ArrayView<int>, ArrayView<int>, ArrayView<int>, ArrayView<ushort>, ArrayView<float>, float, GatherShape>? _gatherSequenceNormed;
+    private Action<AcceleratorStream, KernelConfig, ArrayView<float>, ArrayView<float>, ArrayView<int>, ArrayView<float>, ArrayView<int>, ArrayView<int>, ArrayView<int>, ArrayView<int>, ArrayView<int>, NextLayerInput, GatherShape>? _gatherSequenceNormed;
 
-    private Action<AcceleratorStream, KernelConfig, ArrayView<float>, ArrayView<float>, ArrayView<int>, ArrayView<float>, ArrayView<int>, ArrayView<int>, ArrayView<int>, ArrayView<int>, ArrayView<int>, ArrayView<ushort>, ArrayView<float>, float, GatherShape> GatherSequenceNormedK
-        => _gatherSequenceNormed ??= _acc.LoadKernel<ArrayView<float>, ArrayView<float>, ArrayView<int>, ArrayView<float>, ArrayView<int>, ArrayView<int>, ArrayView<int>, ArrayView<int>, ArrayView<int>, ArrayView<ushort>, ArrayView<float>, float, GatherShape>(SequenceKernels.GatherSequenceNormedKernel);
+    private Action<AcceleratorStream, KernelConfig, ArrayView<float>, ArrayView<float>, ArrayView<int>, ArrayView<float>, ArrayView<int>, ArrayView<int>, ArrayView<int>, ArrayView<int>, ArrayView<int>, NextLayerInput, GatherShape> GatherSequenceNormedK
+        => _gatherSequenceNormed ??= _acc.LoadKernel<ArrayView<float>, ArrayView<float>, ArrayView<int>, ArrayView<float>, ArrayView<int>, ArrayView<int>, ArrayView<int>, ArrayView<int>, ArrayView<int>, NextLayerInput, GatherShape>(SequenceKernels.GatherSequenceNormedKernel);
 
     private Action<AcceleratorStream, Index1D, ArrayView<ushort>, ArrayView<float>, ArrayView<int>, ArrayView<float>, ArrayView<int>, ArrayView<int>, ArrayView<int>, int, int, ElementRange> EmbedSequenceK
         => _embedSequence ??= _acc.LoadAutoGroupedKernel<Index1D, ArrayView<ushort>, ArrayView<float>, ArrayView<int>, ArrayView<float>, ArrayView<int>, ArrayView<int>, ArrayView<int>, int, int, ElementRange>(SequenceKernels.EmbedSequenceKernel);
@@ -123,9 +138,11 @@ internal sealed partial class CudaOps
     /// </summary>
     public void GatherSequenceNormed(ArrayView<float> srcX, ArrayView<float> extra, ArrayView<int> plan, ArrayView<float> dstX,
         ArrayView<int> srcPos, ArrayView<int> dstPos, ArrayView<int> srcVis, ArrayView<int> dstVis, ArrayView<int> history,
-        ArrayView<ushort> xn, ArrayView<float> weight, float eps, GatherShape shape)
+        ArrayView<ushort> xn, ArrayView<float> weight, float eps, GatherShape shape, ArrayView<float> srcQkv = default, ArrayView<float> dstQkv = default)
     {
         CheckRows(shape.Rows, shape.Hidden, dstX.Length, nameof(dstX));
+        if (shape.QkvWidth > 0) CheckRows(shape.Rows, shape.QkvWidth, dstQkv.Length, nameof(dstQkv));
+        else srcQkv = dstQkv = dstX; // (unused)
         CheckRows(shape.Rows, shape.Hidden, xn.Length, nameof(xn));
         Require(weight.Length >= shape.Hidden, $"weight has {weight.Length} elements, fewer than hidden ({shape.Hidden}).");
         Require(plan.Length >= shape.Rows && dstPos.Length >= shape.Rows && dstVis.Length >= shape.Rows, $"plan, positions and visual indices must hold {shape.Rows} rows.");
@@ -133,7 +150,7 @@ internal sealed partial class CudaOps
         if (shape.Rows == 0) return;
         if (history.Length == 0) history = dstVis;
         Counters.Launch();
-        GatherSequenceNormedK(Stream, RowConfig(shape.Rows), srcX, extra, plan, dstX, srcPos, dstPos, srcVis, dstVis, history, xn, weight, eps, shape);
+        GatherSequenceNormedK(Stream, RowConfig(shape.Rows), srcX, extra, plan, dstX, srcPos, dstPos, srcVis, dstVis, history, new NextLayerInput(xn, weight, eps, srcQkv, dstQkv), shape);
     }
 
     /// <summary>Writes a token id into device memory (one single-thread launch; no copy).</summary>

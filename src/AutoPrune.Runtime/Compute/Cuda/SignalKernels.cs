@@ -28,15 +28,14 @@ internal static class SignalKernels
     /// columns in the window: result [QHeads, RowCount, ColCount]. One group per (head, row), arithmetic as
     /// <see cref="CudaKernels.AttentionRowsGroupedKernel"/>, so the same probabilities come out.
     /// </summary>
-    internal static void AttentionWindowKernel(ArrayView<float> q, ArrayView<float> k, ArrayView<float> result, AttentionShape s, WindowShape w)
+    internal static void AttentionWindowKernel(ArrayView<float> q, ArrayView<float> k, ArrayView<float> result, AttentionShape s, WindowShape w,
+        ArrayView<float> qkv, ArrayView<int> positions, ArrayView<float> cos, ArrayView<float> sin, int fromQkv)
     {
         var sh = SharedMemory.Allocate<float>(CudaKernels.MaxRowGroupSize);
         int t = Grid.IdxX;
         int h = t / w.RowCount, r = t % w.RowCount;
         int i = w.RowStart + r;
         int kvh = h / (s.QHeads / s.KvHeads);
-        long qo = (long)i * s.QStride + (long)h * s.HeadDim;
-        long kvo = (long)kvh * s.HeadDim;
         int limit = s.Causal != 0 ? XMath.Min(s.Nk, s.Nk - s.Nq + i + 1) : s.Nk;
         long dst = (long)t * w.ColCount;
         int colEnd = w.ColStart + w.ColCount;
@@ -44,7 +43,7 @@ internal static class SignalKernels
         float max = float.NegativeInfinity;
         for (int j = tid; j < limit; j += step)
         {
-            float v = Dot(q, qo, k, (long)j * s.KvStride + kvo, s.HeadDim) * s.Scale;
+            float v = WindowDot(q, k, qkv, positions, cos, sin, s, fromQkv, i, h, kvh, j) * s.Scale;
             if (j >= w.ColStart && j < colEnd) result[dst + j - w.ColStart] = v;
             max = XMath.Max(max, v);
         }
@@ -52,12 +51,43 @@ internal static class SignalKernels
         float sum = 0;
         for (int j = tid; j < limit; j += step)
         {
-            float v = j >= w.ColStart && j < colEnd ? result[dst + j - w.ColStart] : Dot(q, qo, k, (long)j * s.KvStride + kvo, s.HeadDim) * s.Scale;
+            float v = j >= w.ColStart && j < colEnd ? result[dst + j - w.ColStart] : WindowDot(q, k, qkv, positions, cos, sin, s, fromQkv, i, h, kvh, j) * s.Scale;
             sum += XMath.Exp(v - max);
         }
         float inv = 1f / CudaKernels.GroupSum(sh, sum);
         for (int j = w.ColStart + tid; j < colEnd; j += step)
             result[dst + j - w.ColStart] = j < limit ? XMath.Exp(result[dst + j - w.ColStart] - max) * inv : 0f;
+    }
+
+    /// <summary>
+    /// q_i · k_j for head h (kv head kvh): from the fp32 q and k, or (fromQkv) straight from the projection q|k|v
+    /// ([rows, QStride + 2·KvStride], before RoPE) with each element rotated at its row's position as
+    /// <see cref="CudaKernels.QkvSplitRopeKernel"/> rotates it: the same values summed in the same order.
+    /// </summary>
+    private static float WindowDot(ArrayView<float> q, ArrayView<float> k, ArrayView<float> qkv, ArrayView<int> positions, ArrayView<float> cos, ArrayView<float> sin,
+        AttentionShape s, int fromQkv, int i, int h, int kvh, int j)
+    {
+        int hd = s.HeadDim;
+        if (fromQkv == 0) return Dot(q, (long)i * s.QStride + (long)h * hd, k, (long)j * s.KvStride + (long)kvh * hd, hd);
+        long width = s.QStride + 2L * s.KvStride, half = hd / 2;
+        long qo = i * width + (long)h * hd, ko = j * width + s.QStride + (long)kvh * hd;
+        long qt = positions[i] * half, kt = positions[j] * half;
+        float sum = 0;
+        for (int d = 0; d < hd; d++) sum += Rotated(qkv, qo, d, half, qt, cos, sin) * Rotated(qkv, ko, d, half, kt, cos, sin);
+        return sum;
+    }
+
+    /// <summary>Element d of the head slice at o after rotate-half RoPE with table row tab (y1 = x1·c − x2·s, y2 = x2·c + x1·s).</summary>
+    private static float Rotated(ArrayView<float> x, long o, int d, long half, long tab, ArrayView<float> cos, ArrayView<float> sin)
+    {
+        if (d < half)
+        {
+            float x1 = x[o + d], x2 = x[o + d + half], c = cos[tab + d], sn = sin[tab + d];
+            return x1 * c - x2 * sn;
+        }
+        long p = d - half;
+        float y1 = x[o + p], y2 = x[o + d], c2 = cos[tab + p], s2 = sin[tab + p];
+        return y2 * c2 + y1 * s2;
     }
 
     /// <summary>
@@ -271,7 +301,7 @@ internal static class SignalKernels
 
 internal sealed partial class CudaOps
 {
-    private Action<AcceleratorStream, KernelConfig, ArrayView<float>, ArrayView<float>, ArrayView<float>, AttentionShape, WindowShape>? _attentionWindow;
+    private Action<AcceleratorStream, KernelConfig, ArrayView<float>, ArrayView<float>, ArrayView<float>, AttentionShape, WindowShape, ArrayView<float>, ArrayView<int>, ArrayView<float>, ArrayView<float>, int>? _attentionWindow;
     private Action<AcceleratorStream, Index1D, ArrayView<float>, ArrayView<int>, ArrayView<float>, PlanShape, ElementRange>? _columnMean;
     private Action<AcceleratorStream, KernelConfig, ArrayView<float>, ArrayView<float>, ArrayView<int>, ArrayView<int>, ArrayView<int>, ArrayView<int>, PlanShape>? _topKPlan;
     private Action<AcceleratorStream, KernelConfig, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int>? _mi;
@@ -282,8 +312,8 @@ internal sealed partial class CudaOps
     private Action<AcceleratorStream, Index1D, ArrayView<float>, ArrayView<float>, int, int, ElementRange>? _l2Rows;
     private Action<AcceleratorStream, KernelConfig, ArrayView<float>, ArrayView<int>, ArrayView<float>, int, int, int>? _cosPivot;
 
-    private Action<AcceleratorStream, KernelConfig, ArrayView<float>, ArrayView<float>, ArrayView<float>, AttentionShape, WindowShape> AttentionWindowK
-        => _attentionWindow ??= _acc.LoadKernel<ArrayView<float>, ArrayView<float>, ArrayView<float>, AttentionShape, WindowShape>(SignalKernels.AttentionWindowKernel);
+    private Action<AcceleratorStream, KernelConfig, ArrayView<float>, ArrayView<float>, ArrayView<float>, AttentionShape, WindowShape, ArrayView<float>, ArrayView<int>, ArrayView<float>, ArrayView<float>, int> AttentionWindowK
+        => _attentionWindow ??= _acc.LoadKernel<ArrayView<float>, ArrayView<float>, ArrayView<float>, AttentionShape, WindowShape, ArrayView<float>, ArrayView<int>, ArrayView<float>, ArrayView<float>, int>(SignalKernels.AttentionWindowKernel);
     private Action<AcceleratorStream, Index1D, ArrayView<float>, ArrayView<int>, ArrayView<float>, PlanShape, ElementRange> ColumnMeanK
         => _columnMean ??= _acc.LoadAutoGroupedKernel<Index1D, ArrayView<float>, ArrayView<int>, ArrayView<float>, PlanShape, ElementRange>(SignalKernels.ColumnMeanKernel);
     private Action<AcceleratorStream, KernelConfig, ArrayView<float>, ArrayView<float>, ArrayView<int>, ArrayView<int>, ArrayView<int>, ArrayView<int>, PlanShape> TopKPlanK
@@ -321,7 +351,27 @@ internal sealed partial class CudaOps
         Require(result.Length >= groups * window.ColCount, $"result has {result.Length} elements, fewer than heads × rows × columns ({groups * window.ColCount}).");
         if (groups == 0 || window.ColCount == 0) return;
         Counters.Launch();
-        AttentionWindowK(Stream, RowConfig((int)groups), q, k, result, shape, window);
+        AttentionWindowK(Stream, RowConfig((int)groups), q, k, result, shape, window, q, q.Cast<int>(), q, q, 0); // (the q|k|v views unused)
+    }
+
+    /// <summary>
+    /// <see cref="AttentionWindow"/> straight from a q|k|v projection ([Nq rows, QStride + 2·KvStride] fp32, before
+    /// RoPE), rotating q and k at <paramref name="positions"/> on the fly: the probabilities the split-and-rotate launch
+    /// followed by <see cref="AttentionWindow"/> give, bit for bit, in one launch.
+    /// </summary>
+    public void AttentionWindowFromQkv(ArrayView<float> qkv, ArrayView<int> positions, ArrayView<float> cos, ArrayView<float> sin, ArrayView<float> result,
+        AttentionShape shape, WindowShape window)
+    {
+        Require(window.RowStart >= 0 && window.RowCount >= 0 && window.RowStart + window.RowCount <= shape.Nq, $"rows [{window.RowStart}, +{window.RowCount}) outside the {shape.Nq} queries.");
+        Require(window.ColStart >= 0 && window.ColCount >= 0 && window.ColStart + window.ColCount <= shape.Nk, $"columns [{window.ColStart}, +{window.ColCount}) outside the {shape.Nk} keys.");
+        Require(shape.HeadDim % 2 == 0, $"Head dimension {shape.HeadDim} must be even.");
+        Require(qkv.Length >= (long)Math.Max(shape.Nq, shape.Nk) * (shape.QStride + 2L * shape.KvStride) && positions.Length >= Math.Max(shape.Nq, shape.Nk),
+            "qkv or positions too short.");
+        long groups = (long)shape.QHeads * window.RowCount;
+        Require(result.Length >= groups * window.ColCount, $"result has {result.Length} elements, fewer than heads × rows × columns ({groups * window.ColCount}).");
+        if (groups == 0 || window.ColCount == 0) return;
+        Counters.Launch();
+        AttentionWindowK(Stream, RowConfig((int)groups), qkv, qkv, result, shape, window, qkv, positions, cos, sin, 1);
     }
 
     /// <summary>Column means of attention rows (see <see cref="SignalKernels.ColumnMeanKernel"/>): output [p.V].</summary>

@@ -147,9 +147,12 @@ internal sealed class PDropOnDevice : IDevicePruner
     public PruneAction AfterLayer(DeviceLayerSignals dev, PruneContext ctx, PruneStep step)
     {
         int v = ctx.VisualCount, n = dev.Rows, k = Math.Clamp(step.Kept, 0, v);
-        var (q, keys) = dev.NextLayerQueryKeys(rope: true);
+        // The next layer's q|k|v (norm + GEMM), then its last row's attention with RoPE applied on the fly: three launches with the top-k.
+        var qkv = dev.NextLayerQkv();
         var attn = dev.Scratch<float>((long)dev.Heads * v);
-        dev.Ops.AttentionWindow(q, keys, attn, AttentionShape.Create(n, n, dev.Heads, dev.KvHeads, dev.HeadDim, causal: true), new WindowShape(ctx.LastRow, 1, ctx.Prefix, v));
+        var (cos, sin) = dev.Rope;
+        dev.Ops.AttentionWindowFromQkv(qkv, dev.Positions, cos, sin, attn, AttentionShape.Create(n, n, dev.Heads, dev.KvHeads, dev.HeadDim, causal: true),
+            new WindowShape(ctx.LastRow, 1, ctx.Prefix, v));
         var (plan, _, _, _) = dev.KeepTopK(default, attn, default, new PlanShape(v, k, ctx.Prefix, ctx.TextCount, 0, 1, dev.Heads, 1, 0, 1));
         return DevicePruners.Action(plan, ctx, k, default, 0, renumber: true);
     }

@@ -57,8 +57,13 @@ internal sealed class CudaGeneration : IGeneration
     private readonly List<Action<DeviceQueue.Readback>> _atEnd = [];
     private long _historyUsed;
     private int _signalsLayer = -1;
-    /// <summary>The layer whose input norm a prune's gather already wrote into _xnH (-1: none).</summary>
-    private int _normedFor = -1;
+    /// <summary>
+    /// The layer a prune's gather prepared: its input norm in _xnH, or (WithQkv) its q|k|v projection in _qkv
+    /// (Layer -1: none).
+    /// </summary>
+    private (int Layer, bool WithQkv) _preparedFor = (-1, false);
+    /// <summary>The last q|k|v projection computed for a pruning policy: its layer, the hidden states' version, the rows.</summary>
+    private (int Layer, int Version, ArrayView<float> Qkv)? _computedQkv;
     private int? _deviceToken;
     private CudaGraph? _decodeGraph;
     private int _decodeSteps;
@@ -297,11 +302,12 @@ internal sealed class CudaGeneration : IGeneration
         int h = H, inter = _m.Intermediate;
         var x = X(n);
         var xnH = _xnH.Get((long)n * h);
-        if (_normedFor != li) ops.RmsNormToHalf(x, xnH, n, h, L.InNorm.Weight.View, L.InNorm.Eps);
-        _normedFor = -1;
         var shape = _d.QkvShape(rope: true, signals) with { StateSlot = li, CacheCount = n };
         var qkv = _qkv.Get((long)n * shape.Width);
-        _m.Linear(L.Qkv, xnH, n, qkv);
+        var (prepared, withQkv) = _preparedFor;
+        _preparedFor = (-1, false);
+        if (prepared != li) ops.RmsNormToHalf(x, xnH, n, h, L.InNorm.Weight.View, L.InNorm.Eps);
+        if (prepared != li || !withQkv) _m.Linear(L.Qkv, xnH, n, qkv);
         var q = signals ? _q.Get((long)n * Qd) : _q.Get(1);
         var k = signals ? _k.Get((long)n * Kvd) : _k.Get(1);
         var qH = _qH.Get((long)n * Qd);
@@ -376,10 +382,12 @@ internal sealed class CudaGeneration : IGeneration
         ArrayView<int> plan;
         ArrayView<float> extra;
         int rows, visualRun;
+        int extraRows;
         if (action.OnDevice is { } d)
         {
             plan = d.Plan;
             extra = d.ExtraRows > 0 ? d.Extra : _extraRows.Get(1);
+            extraRows = d.ExtraRows;
             rows = d.Rows;
             visualRun = d.VisualRun;
         }
@@ -389,6 +397,7 @@ internal sealed class CudaGeneration : IGeneration
             plan = _plan.Get(rows);
             _m.Queue.Upload(plan, action.NewRows);
             int extraCount = action.ExtraRows is null ? 0 : action.ExtraRows.Length / h;
+            extraRows = extraCount;
             extra = _extraRows.Get(Math.Max(1, (long)extraCount * h));
             if (extraCount > 0) _m.Queue.Upload(extra, action.ExtraRows.AsSpan(0, extraCount * h));
             visualRun = -1;
@@ -403,11 +412,16 @@ internal sealed class CudaGeneration : IGeneration
         }
         int dst = _current == 0 ? 1 : 0;
         var set = _sets[dst];
-        // The gather also normalizes the new rows for the next layer's attention (one launch instead of two).
+        // The gather also prepares the next layer: the q|k|v a prune computed for it on these rows (no merged rows), or
+        // the new rows' input norm (one launch instead of two or three).
         var norm = _d.Layers[nextLayer].InNorm;
+        int width = _d.QkvShape(rope: true).Width;
+        bool reuse = _computedQkv is { } c && c.Layer == nextLayer && c.Version == _version && extraRows == 0;
+        var shape = new GatherShape(rows, h, action.RenumberPositions ? 1 : 0, snapshot ? n : 0, reuse ? width : 0);
         _m.Ops.GatherSequenceNormed(X(n), extra, plan, set.X.Get((long)rows * h), Positions(n), set.Positions.Get(rows), Visual(n), set.Visual.Get(rows),
-            history, _xnH.Get((long)rows * h), norm.Weight.View, norm.Eps, new GatherShape(rows, h, action.RenumberPositions ? 1 : 0, snapshot ? n : 0));
-        _normedFor = nextLayer;
+            history, _xnH.Get((long)rows * h), norm.Weight.View, norm.Eps, shape, reuse ? _computedQkv!.Value.Qkv : default, reuse ? _qkv.Get((long)rows * width) : default);
+        _preparedFor = (nextLayer, reuse);
+        _computedQkv = null;
         _current = dst;
         _version++;
         if (action.OnDevice is null) state.ApplyRows(action);
@@ -476,20 +490,31 @@ internal sealed class CudaGeneration : IGeneration
     /// </summary>
     internal (ArrayView<float> Q, ArrayView<float> K) QueryKeysOnDevice(int layer, int n, bool rope)
     {
-        var L = _d.Layers[layer];
-        int h = H;
         var shape = _d.QkvShape(rope);
-        var xn = LayerScratch<ushort>((long)n * h);
-        var qkv = LayerScratch<float>((long)n * shape.Width);
+        var qkv = QkvOnDevice(layer, n);
         var q = LayerScratch<float>((long)n * Qd);
         var k = LayerScratch<float>((long)n * Kvd);
         var qH = LayerScratch<ushort>((long)n * Qd);
         var kH = LayerScratch<ushort>((long)n * Kvd);
         var vH = LayerScratch<ushort>((long)n * Kvd);
+        _m.Ops.QkvSplitRope(qkv, n, Positions(n), _d.RopeCos.View, _d.RopeSin.View, q.View, k.View, qH.View, kH.View, vH.View, shape);
+        return (q.View, k.View);
+    }
+
+    /// <summary>
+    /// Layer <paramref name="layer"/>'s q|k|v projection (its input norm, the stacked GEMM; no RoPE) of the current
+    /// <paramref name="n"/> rows: fp32 [n, Width] in layer scratch, two launches.
+    /// </summary>
+    internal ArrayView<float> QkvOnDevice(int layer, int n)
+    {
+        var L = _d.Layers[layer];
+        int h = H;
+        var xn = LayerScratch<ushort>((long)n * h);
+        var qkv = LayerScratch<float>((long)n * _d.QkvShape(rope: true).Width);
         _m.Ops.RmsNormToHalf(X(n), xn.View, n, h, L.InNorm.Weight.View, L.InNorm.Eps);
         _m.Linear(L.Qkv, xn.View, n, qkv.View);
-        _m.Ops.QkvSplitRope(qkv.View, n, Positions(n), _d.RopeCos.View, _d.RopeSin.View, q.View, k.View, qH.View, kH.View, vH.View, shape);
-        return (q.View, k.View);
+        _computedQkv = (layer, _version, qkv.View);
+        return qkv.View;
     }
 
     /// <summary>The current layer's keys after RoPE (fp32, as the host policies read them): [n, kvHeads*headDim], copied to the host.</summary>

@@ -139,6 +139,15 @@ internal sealed class DeviceLayerSignals
     /// <summary>The next layer's queries and keys (its input norm, the projections, RoPE when asked) of every row: fp32 [Rows, ·].</summary>
     public (ArrayView<float> Q, ArrayView<float> K) NextLayerQueryKeys(bool rope) => _g.QueryKeysOnDevice(Layer + 1, Rows, rope);
 
+    /// <summary>The next layer's q|k|v projection of every row (its input norm and the GEMM, before RoPE): fp32 [Rows, Width].</summary>
+    public ArrayView<float> NextLayerQkv() => _g.QkvOnDevice(Layer + 1, Rows);
+
+    /// <summary>Each row's RoPE position on the device: [Rows].</summary>
+    public ArrayView<int> Positions => _g.Positions(Rows);
+
+    /// <summary>The RoPE tables (cos, sin) on the device.</summary>
+    public (ArrayView<float> Cos, ArrayView<float> Sin) Rope => (_g.Model.Decoder.RopeCos.View, _g.Model.Decoder.RopeSin.View);
+
     /// <summary>The next layer's keys without RoPE of rows [rowStart, +rows): fp32 [rows, KvHeads·HeadDim].</summary>
     public ArrayView<float> NextLayerKeys(int rowStart, int rows) => _g.KeysNoRopeOnDevice(Layer + 1, Rows, rowStart, rows);
 
