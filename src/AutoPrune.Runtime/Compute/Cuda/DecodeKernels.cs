@@ -76,39 +76,10 @@ internal static class DecodeKernels
         ArrayView<float> scores, ArrayView<ushort> output, AttentionShape s, int layer, int capacity)
     {
         var sh = SharedMemory.Allocate<float>(CudaKernels.MaxRowGroupSize);
-        int h = Grid.IdxX, tid = Group.IdxX, step = Group.DimX;
-        int hd = s.HeadDim, kvh = h / (s.QHeads / s.KvHeads);
+        int h = Grid.IdxX, kvh = h / (s.QHeads / s.KvHeads);
         int nk = XMath.Min(state[2 * layer] + 1, capacity);
-        long qo = (long)h * hd, so = (long)h * capacity, kvo = (long)kvh * hd;
-        float max = float.NegativeInfinity;
-        for (int j = tid; j < nk; j += step)
-        {
-            long ko = (long)j * s.KvStride + kvo;
-            float dot = 0;
-            for (int d = 0; d < hd; d++) dot += CudaKernels.HalfBitsToFloat(q[qo + d]) * CudaKernels.HalfBitsToFloat(cacheK[ko + d]);
-            float v = dot * s.Scale;
-            scores[so + j] = v;
-            max = XMath.Max(max, v);
-        }
-        max = CudaKernels.GroupMax(sh, max);
-        float sum = 0;
-        for (int j = tid; j < nk; j += step)
-        {
-            float e = XMath.Exp(scores[so + j] - max);
-            scores[so + j] = e;
-            sum += e;
-        }
-        float inv = 1f / CudaKernels.GroupSum(sh, sum);
-        for (int d = tid; d < hd; d += step)
-        {
-            float acc = 0;
-            for (int j = 0; j < nk; j++)
-            {
-                float p = CudaKernels.HalfBitsToFloat(CudaKernels.FloatToHalfBits(scores[so + j] * inv));
-                acc += p * CudaKernels.HalfBitsToFloat(cacheV[(long)j * s.KvStride + kvo + d]);
-            }
-            output[qo + d] = CudaKernels.FloatToHalfBits(acc);
-        }
+        FusedAttentionKernels.ScoresSoftmaxValues(sh, q, (long)h * s.HeadDim, cacheK, cacheV, (long)kvh * s.HeadDim, s.KvStride, s.HeadDim, s.Scale, nk,
+            scores, (long)h * capacity, output, (long)h * s.HeadDim, Group.IdxX, Group.DimX);
     }
 
     /// <summary>After a decode step: every layer's cache length and next position move on by one.</summary>

@@ -13,9 +13,9 @@ namespace AutoPrune.Compute.Cuda;
 internal static class FusedAttentionKernels
 {
     /// <summary>
-    /// One group per (head h, query row i), group index h·nq + i: the row's raw scores over its visible keys (keys
+    /// One group per (head h, query row i), group index h·nq + i: the row's scaled scores over its visible keys (keys
     /// 0..causalOffset + i, or all when causalOffset &lt; 0) into scores[group·nk ..], their softmax, then
-    /// output[i, h·hd ..] = Σ_j fp16(p_j) · v[j]. q: fp16 [nq, heads·hd]; k, v: fp16 [nk, kvHeads·hd].
+    /// output[i, h·hd ..] = Σ_j fp16(p_j) · v[j] (<see cref="ScoresSoftmaxValues"/>). q: fp16 [nq, heads·hd]; k, v: fp16 [nk, kvHeads·hd].
     /// </summary>
     internal static void FusedAttentionKernel(ArrayView<ushort> q, ArrayView<ushort> k, ArrayView<ushort> v, ArrayView<float> scores,
         ArrayView<ushort> output, AttentionShape s, int causalOffset)
@@ -25,21 +25,34 @@ internal static class FusedAttentionKernels
         int nq = s.Nq, nk = s.Nk, hd = s.HeadDim;
         int h = group / nq, i = group % nq, kvh = h / (s.QHeads / s.KvHeads);
         int limit = causalOffset >= 0 ? XMath.Min(nk, causalOffset + i + 1) : nk;
-        long qo = (long)i * s.QStride + (long)h * hd, so = (long)group * nk, kvo = (long)kvh * hd;
+        long qo = (long)i * s.QStride + (long)h * hd;
+        ScoresSoftmaxValues(sh, q, qo, k, v, (long)kvh * hd, s.KvStride, hd, s.Scale, limit, scores, (long)group * nk, output, qo, tid, step);
+    }
+
+    /// <summary>
+    /// One attention row by a group: scaled scores q·k_j (fp16 inputs, fp32 sums) for keys j &lt; limit into
+    /// scores[so ..], their softmax (the reductions and order of <see cref="CudaKernels.ScaledMaskedSoftmaxToHalfKernel"/>),
+    /// then output[oo + d] = fp16(Σ_j fp16(p_j) · v[j, d]). q at qo; key and value j at j·kvStride + kvo. Shared by the
+    /// fused prefill attention and the decode step.
+    /// </summary>
+    internal static void ScoresSoftmaxValues(ArrayView<float> sh, ArrayView<ushort> q, long qo, ArrayView<ushort> k, ArrayView<ushort> v, long kvo, int kvStride,
+        int hd, float scale, int limit, ArrayView<float> scores, long so, ArrayView<ushort> output, long oo, int tid, int step)
+    {
         float max = float.NegativeInfinity;
         for (int j = tid; j < limit; j += step)
         {
-            long ko = (long)j * s.KvStride + kvo;
+            long ko = (long)j * kvStride + kvo;
             float dot = 0;
             for (int d = 0; d < hd; d++) dot += CudaKernels.HalfBitsToFloat(q[qo + d]) * CudaKernels.HalfBitsToFloat(k[ko + d]);
-            scores[so + j] = dot;
-            max = XMath.Max(max, dot * s.Scale);
+            float x = dot * scale;
+            scores[so + j] = x;
+            max = XMath.Max(max, x);
         }
         max = CudaKernels.GroupMax(sh, max);
         float sum = 0;
         for (int j = tid; j < limit; j += step)
         {
-            float e = XMath.Exp(scores[so + j] * s.Scale - max);
+            float e = XMath.Exp(scores[so + j] - max);
             scores[so + j] = e;
             sum += e;
         }
@@ -50,9 +63,9 @@ internal static class FusedAttentionKernels
             for (int j = 0; j < limit; j++)
             {
                 float p = CudaKernels.HalfBitsToFloat(CudaKernels.FloatToHalfBits(scores[so + j] * inv));
-                acc += p * CudaKernels.HalfBitsToFloat(v[(long)j * s.KvStride + kvo + d]);
+                acc += p * CudaKernels.HalfBitsToFloat(v[(long)j * kvStride + kvo + d]);
             }
-            output[(long)i * s.QStride + (long)h * hd + d] = CudaKernels.FloatToHalfBits(acc);
+            output[oo + d] = CudaKernels.FloatToHalfBits(acc);
         }
     }
 }
