@@ -29,7 +29,6 @@ internal sealed class CudaVisionTower : DeviceWeightSet
     private readonly DeviceBuffer<float> _classEmbedding, _positionEmbedding;
     private readonly DeviceNorm _preLayerNorm;
     private readonly Layer[] _layers;
-    private Buffers? _b;
     private CudaGraph? _graph;
     private int _forwards;
 
@@ -109,53 +108,19 @@ internal sealed class CudaVisionTower : DeviceWeightSet
     /// <summary>Runs the tower on one preprocessed image ([3, size, size], CHW); the caller holds the model's lock and binding.</summary>
     public VisionFeatures Forward(ReadOnlySpan<float> pixels, CancellationToken ct = default)
     {
-        int h = Hidden, ps = _cfg.PatchSize, c = _cfg.NumChannels, g = Grid, size = _cfg.ImageSize;
-        int n = Patches + 1, pk = c * ps * ps;
+        int c = _cfg.NumChannels, size = _cfg.ImageSize;
         if (pixels.Length != c * size * size)
             throw new ArgumentException($"Pixel tensor has {pixels.Length} values; the vision tower expects [{c}, {size}, {size}].", nameof(pixels));
-        // Unfold patches in (channel, row, col) order on the host and send them as fp16: the only upload.
-        var patches = new Half[Patches * pk];
-        for (int py = 0; py < g; py++)
-            for (int px = 0; px < g; px++)
-            {
-                int o = (py * g + px) * pk;
-                for (int ch = 0; ch < c; ch++)
-                    for (int y = 0; y < ps; y++, o += ps)
-                        TensorPrimitives.ConvertToHalf(pixels.Slice(ch * size * size + (py * ps + y) * size + px * ps, ps), patches.AsSpan(o, ps));
-            }
-        var b = _b ??= new Buffers(_m.Memory, n, h, _cfg.IntermediateSize, Heads, Patches, pk);
-        _m.Queue.Upload(b.PatchesH.View, MemoryMarshal.Cast<Half, ushort>(patches.AsSpan()));
+        var b = Upload(pixels, 1);
         if (_m.UseCudaGraphs && _forwards > 0)
         {
             ct.ThrowIfCancellationRequested();
-            _graph ??= CudaGraph.Capture(_m.Queue, () => Layers(b, default));
+            _graph ??= CudaGraph.Capture(_m.Queue, () => Layers(b, 1, default));
             _graph.Launch();
         }
-        else Layers(b, ct);
+        else Layers(b, 1, ct);
         _forwards++;
-        // The image's own copies (the tower's buffers are reused by the next image).
-        var mem = _m.Memory;
-        int tokens = TokensOut;
-        var features = mem.Allocate<float>((long)tokens * h);
-        DeviceBuffer<float>? cls = null, keys = null;
-        try
-        {
-            _m.Queue.Copy(b.X.Slice(_dropCls ? h : 0, (long)tokens * h), features.View);
-            if (_layers.Length > 0)
-            {
-                cls = mem.Allocate<float>((long)Heads * Patches);
-                keys = mem.Allocate<float>((long)Patches * h);
-                _m.Queue.Copy(b.Cls.Slice(0, (long)Heads * Patches), cls.View);
-                _m.Queue.Copy(b.K.Slice(h, (long)Patches * h), keys.View);
-            }
-        }
-        catch
-        {
-            features.Dispose(); cls?.Dispose(); keys?.Dispose();
-            throw;
-        }
-        var device = new DeviceVisionFeatures(_m, features, cls, keys, tokens, h, Heads, Patches);
-        return new VisionFeatures { Device = device, Tokens = tokens, Hidden = h, Heads = Heads, Patches = Patches };
+        return CopyOut(b, 0);
     }
 
     private readonly Dictionary<int, Buffers> _batches = [];
@@ -168,11 +133,32 @@ internal sealed class CudaVisionTower : DeviceWeightSet
     /// </summary>
     public VisionFeatures[] ForwardViews(ReadOnlySpan<float> pixels, int views, CancellationToken ct = default)
     {
-        int h = Hidden, ps = _cfg.PatchSize, c = _cfg.NumChannels, g = Grid, size = _cfg.ImageSize, P = Patches;
-        int n1 = P + 1, n = views * n1, pk = c * ps * ps, heads = Heads, hd = h / heads, inter = _cfg.IntermediateSize;
-        int viewLength = c * size * size;
-        if (views < 1 || pixels.Length != (long)views * viewLength)
+        int c = _cfg.NumChannels, size = _cfg.ImageSize;
+        if (views < 1 || pixels.Length != (long)views * c * size * size)
             throw new ArgumentException($"Pixel tensor has {pixels.Length} values; the vision tower expects [{views}, {c}, {size}, {size}].", nameof(pixels));
+        var b = Upload(pixels, views);
+        Layers(b, views, ct);
+        var result = new VisionFeatures[views];
+        try
+        {
+            for (int v = 0; v < views; v++) result[v] = CopyOut(b, v);
+        }
+        catch
+        {
+            foreach (var f in result) f?.Device?.Release();
+            throw;
+        }
+        return result;
+    }
+
+    /// <summary>
+    /// Unfolds each view's patches in (channel, row, col) order on the host and sends them up as fp16 (the only upload)
+    /// into the working buffers for <paramref name="views"/> views (allocated on first use and kept: a graph refers to them).
+    /// </summary>
+    private Buffers Upload(ReadOnlySpan<float> pixels, int views)
+    {
+        int ps = _cfg.PatchSize, c = _cfg.NumChannels, g = Grid, size = _cfg.ImageSize, P = Patches, pk = c * ps * ps;
+        int viewLength = c * size * size;
         var patches = new Half[(long)views * P * pk];
         for (int v = 0; v < views; v++)
         {
@@ -187,18 +173,57 @@ internal sealed class CudaVisionTower : DeviceWeightSet
                 }
         }
         if (!_batches.TryGetValue(views, out var b))
-            _batches[views] = b = new Buffers(_m.Memory, n, h, inter, heads, views * P, pk);
+            _batches[views] = b = new Buffers(_m.Memory, views * (P + 1), Hidden, _cfg.IntermediateSize, Heads, views * P, pk);
         _m.Queue.Upload(b.PatchesH.View, MemoryMarshal.Cast<Half, ushort>(patches.AsSpan()));
+        return b;
+    }
+
+    /// <summary>View <paramref name="v"/>'s own copies of its features, [CLS] attention and keys (the buffers are reused by the next image).</summary>
+    private VisionFeatures CopyOut(Buffers b, int v)
+    {
+        int h = Hidden, heads = Heads, P = Patches, tokens = TokensOut;
+        long row = (long)v * (P + 1) * h;
+        var mem = _m.Memory;
+        var features = mem.Allocate<float>((long)tokens * h);
+        DeviceBuffer<float>? cls = null, keys = null;
+        try
+        {
+            _m.Queue.Copy(b.X.Slice(row + (_dropCls ? h : 0), (long)tokens * h), features.View);
+            if (_layers.Length > 0)
+            {
+                cls = mem.Allocate<float>((long)heads * P);
+                keys = mem.Allocate<float>((long)P * h);
+                _m.Queue.Copy(b.Cls.Slice((long)v * heads * P, (long)heads * P), cls.View);
+                _m.Queue.Copy(b.K.Slice(row + h, (long)P * h), keys.View);
+            }
+        }
+        catch
+        {
+            features.Dispose(); cls?.Dispose(); keys?.Dispose();
+            throw;
+        }
+        var device = new DeviceVisionFeatures(_m, features, cls, keys, tokens, h, heads, P);
+        return new VisionFeatures { Device = device, Tokens = tokens, Hidden = h, Heads = heads, Patches = P };
+    }
+
+    /// <summary>
+    /// Everything from the uploaded patches to the feature layer's output, the [CLS] attention and keys, for
+    /// <paramref name="views"/> views: embeddings per view, each layer's norms, GEMMs and MLP over every view's rows at
+    /// once, attention per view (graph-capturable).
+    /// </summary>
+    private void Layers(Buffers b, int views, CancellationToken ct)
+    {
+        int h = Hidden, P = Patches, n1 = P + 1, n = views * n1, heads = Heads, hd = h / heads, inter = _cfg.IntermediateSize;
         var ops = _m.Ops;
         for (int v = 0; v < views; v++)
         {
             long row = (long)v * n1 * h;
             _m.Queue.Copy(_classEmbedding.View, b.X.Slice(row, h));
-            _m.Blas.Linear(b.PatchesH.Slice((long)v * P * pk, (long)P * pk), P, _patch.In, _patch.Weight.View, h, b.X.Slice(row + h, (long)P * h));
+            _m.Blas.Linear(b.PatchesH.Slice((long)v * P * _patch.In, (long)P * _patch.In), P, _patch.In, _patch.Weight.View, h, b.X.Slice(row + h, (long)P * h));
             ops.Add(b.X.Slice(row, (long)n1 * h), _positionEmbedding.View);
         }
         ops.LayerNorm(b.X.View, b.X.View, n, h, _preLayerNorm.Weight.View, _preLayerNorm.Bias!.View, _preLayerNorm.Eps);
-        var split = new QkvShape(heads, heads, hd, Rope: 0);
+        var split = new QkvShape(heads, heads, hd, Rope: 0); // no RoPE in CLIP: positions are not read
         for (int li = 0; li < _layers.Length; li++)
         {
             ct.ThrowIfCancellationRequested();
@@ -222,78 +247,11 @@ internal sealed class CudaVisionTower : DeviceWeightSet
             _m.ToHalf(b.Mlp.View, b.MlpH.View, (long)n * inter);
             _m.Linear(L.Fc2, b.MlpH.View, n, b.X.View, accumulate: true);
         }
-        var result = new VisionFeatures[views];
-        var mem = _m.Memory;
-        int tokens = TokensOut;
-        try
-        {
-            for (int v = 0; v < views; v++)
-            {
-                long row = (long)v * n1 * h;
-                var features = mem.Allocate<float>((long)tokens * h);
-                DeviceBuffer<float>? cls = null, keys = null;
-                try
-                {
-                    _m.Queue.Copy(b.X.Slice(row + (_dropCls ? h : 0), (long)tokens * h), features.View);
-                    if (_layers.Length > 0)
-                    {
-                        cls = mem.Allocate<float>((long)heads * P);
-                        keys = mem.Allocate<float>((long)P * h);
-                        _m.Queue.Copy(b.Cls.Slice((long)v * heads * P, (long)heads * P), cls.View);
-                        _m.Queue.Copy(b.K.Slice(row + h, (long)P * h), keys.View);
-                    }
-                }
-                catch
-                {
-                    features.Dispose(); cls?.Dispose(); keys?.Dispose();
-                    throw;
-                }
-                var device = new DeviceVisionFeatures(_m, features, cls, keys, tokens, h, heads, P);
-                result[v] = new VisionFeatures { Device = device, Tokens = tokens, Hidden = h, Heads = heads, Patches = P };
-            }
-        }
-        catch
-        {
-            foreach (var f in result) f?.Device?.Release();
-            throw;
-        }
-        return result;
-    }
-
-    /// <summary>Everything from the uploaded patches to the feature layer's output, the [CLS] attention and keys (graph-capturable).</summary>
-    private void Layers(Buffers b, CancellationToken ct)
-    {
-        int h = Hidden, n = Patches + 1, heads = Heads, hd = h / heads, inter = _cfg.IntermediateSize;
-        var ops = _m.Ops;
-        var split = new QkvShape(heads, heads, hd, Rope: 0); // no RoPE in CLIP: positions are not read
-        _m.Queue.Copy(_classEmbedding.View, b.X.Slice(0, h));
-        _m.Blas.Linear(b.PatchesH.View, Patches, _patch.In, _patch.Weight.View, h, b.X.Slice(h, (long)Patches * h));
-        ops.Add(b.X.View, _positionEmbedding.View);
-        ops.LayerNorm(b.X.View, b.X.View, n, h, _preLayerNorm.Weight.View, _preLayerNorm.Bias!.View, _preLayerNorm.Eps);
-        for (int li = 0; li < _layers.Length; li++)
-        {
-            ct.ThrowIfCancellationRequested();
-            var L = _layers[li];
-            ops.LayerNormToHalf(b.X.View, b.XnH.View, n, h, L.Ln1.Weight.View, L.Ln1.Bias!.View, L.Ln1.Eps);
-            _m.Linear(L.Qkv, b.XnH.View, n, b.Qkv.View);
-            ops.QkvSplitRope(b.Qkv.View, n, _m.Decoder.NoPositions, _m.Decoder.RopeCos.View, _m.Decoder.RopeSin.View,
-                b.Q.View, b.K.View, b.QH.View, b.KH.View, b.VH.View, split);
-            _m.Attend(b.QH.View, b.KH.View, b.VH.View, b.AttH.View, n, n, heads, heads, hd, -1, b.Scores, b.Probs);
-            if (li == _layers.Length - 1)
-                ops.AttentionWindow(b.Q.View, b.K.View, b.Cls.View, AttentionShape.Create(n, n, heads, heads, hd, causal: false), new WindowShape(0, 1, 1, n - 1));
-            _m.Linear(L.O, b.AttH.View, n, b.X.View, accumulate: true);
-            ops.LayerNormToHalf(b.X.View, b.XnH.View, n, h, L.Ln2.Weight.View, L.Ln2.Bias!.View, L.Ln2.Eps);
-            _m.Linear(L.Fc1, b.XnH.View, n, b.Mlp.View);
-            ops.Activation(_cfg.Activation, b.Mlp.View);
-            _m.ToHalf(b.Mlp.View, b.MlpH.View, (long)n * inter);
-            _m.Linear(L.Fc2, b.MlpH.View, n, b.X.View, accumulate: true);
-        }
     }
 
     public override void Dispose()
     {
         _graph?.Dispose();
-        _b?.Dispose();
         foreach (var b in _batches.Values) b.Dispose();
         base.Dispose();
     }
