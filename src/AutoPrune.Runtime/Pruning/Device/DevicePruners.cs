@@ -147,7 +147,8 @@ internal sealed class PDropOnDevice : IDevicePruner
     public PruneAction AfterLayer(DeviceLayerSignals dev, PruneContext ctx, PruneStep step)
     {
         int v = ctx.VisualCount, n = dev.Rows, k = Math.Clamp(step.Kept, 0, v);
-        // The next layer's q|k|v (norm + GEMM), then its last row's attention with RoPE applied on the fly: three launches with the top-k.
+        // The next layer's q|k|v (norm + GEMM, which that layer then skips: the gather carries it over), its last row's
+        // attention with RoPE applied on the fly, the top-k: four launches, two of them the next layer's own.
         var qkv = dev.NextLayerQkv();
         var attn = dev.Scratch<float>((long)dev.Heads * v);
         var (cos, sin) = dev.Rope;

@@ -62,7 +62,10 @@ internal sealed class CudaGeneration : IGeneration
     /// (Layer -1: none).
     /// </summary>
     private (int Layer, bool WithQkv) _preparedFor = (-1, false);
-    /// <summary>The last q|k|v projection computed for a pruning policy: its layer, the hidden states' version, the rows.</summary>
+    /// <summary>
+    /// The q|k|v projection a pruning policy computed during the current prune (layer scratch, cleared with it): its
+    /// layer, the hidden states' version, the rows.
+    /// </summary>
     private (int Layer, int Version, ArrayView<float> Qkv)? _computedQkv;
     private int? _deviceToken;
     private CudaGraph? _decodeGraph;
@@ -381,8 +384,7 @@ internal sealed class CudaGeneration : IGeneration
         int h = H, n = state.Length;
         ArrayView<int> plan;
         ArrayView<float> extra;
-        int rows, visualRun;
-        int extraRows;
+        int rows, visualRun, extraRows;
         if (action.OnDevice is { } d)
         {
             plan = d.Plan;
@@ -396,10 +398,9 @@ internal sealed class CudaGeneration : IGeneration
             rows = action.NewRows.Length;
             plan = _plan.Get(rows);
             _m.Queue.Upload(plan, action.NewRows);
-            int extraCount = action.ExtraRows is null ? 0 : action.ExtraRows.Length / h;
-            extraRows = extraCount;
-            extra = _extraRows.Get(Math.Max(1, (long)extraCount * h));
-            if (extraCount > 0) _m.Queue.Upload(extra, action.ExtraRows.AsSpan(0, extraCount * h));
+            extraRows = action.ExtraRows is null ? 0 : action.ExtraRows.Length / h;
+            extra = _extraRows.Get(Math.Max(1, (long)extraRows * h));
+            if (extraRows > 0) _m.Queue.Upload(extra, action.ExtraRows.AsSpan(0, extraRows * h));
             visualRun = -1;
         }
         if (rows == 0) throw new InvalidOperationException("A pruning policy removed every token.");
@@ -421,7 +422,6 @@ internal sealed class CudaGeneration : IGeneration
         _m.Ops.GatherSequenceNormed(X(n), extra, plan, set.X.Get((long)rows * h), Positions(n), set.Positions.Get(rows), Visual(n), set.Visual.Get(rows),
             history, _xnH.Get((long)rows * h), norm.Weight.View, norm.Eps, shape, reuse ? _computedQkv!.Value.Qkv : default, reuse ? _qkv.Get((long)rows * width) : default);
         _preparedFor = (nextLayer, reuse);
-        _computedQkv = null;
         _current = dst;
         _version++;
         if (action.OnDevice is null) state.ApplyRows(action);
@@ -458,6 +458,7 @@ internal sealed class CudaGeneration : IGeneration
     {
         foreach (var b in _layerScratch) b.Dispose();
         _layerScratch.Clear();
+        _computedQkv = null; // it lived in that scratch
     }
 
     /// <summary>The fp32 queries and keys of the current layer, when a policy announced it reads them (<see cref="IPrefillHook.ReadsAttention"/>).</summary>
