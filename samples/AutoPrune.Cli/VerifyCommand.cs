@@ -7,9 +7,9 @@ using Spectre.Console;
 namespace AutoPrune.Cli;
 
 /// <summary>
-/// <c>verify</c>: answers VQA rows on the CPU (fp32, the reference) and on another device (a GPU in fp16) and compares
-/// the greedy answers and the full last-position logits. Exit code 0 only when every answer agrees and every logit is
-/// within the tolerance.
+/// <c>verify</c>: answers VQA rows on the CPU (the reference, computing with the device's fp16 storage points unless
+/// <c>--reference-precision fp32</c>) and on another device, and compares the greedy answers, the kept visual tokens
+/// and the full last-position logits. Exit code 0 only when all of them agree.
 /// </summary>
 public static class VerifyCommand
 {
@@ -31,11 +31,17 @@ public static class VerifyCommand
             DefaultValueFactory = _ => 1.0,
         };
         var maxTokens = new Option<int>("--max-tokens") { Description = "Tokens generated per answer.", DefaultValueFactory = _ => 8 };
+        var precision = new Option<string>("--reference-precision")
+        {
+            Description = "How the CPU reference computes: match-device (fp16 where the GPU code path stores fp16, so pruning decisions are comparable) or fp32.",
+            DefaultValueFactory = _ => "match-device",
+        };
+        precision.AcceptOnlyFromAmong("match-device", "fp32");
         var outFile = new Option<FileInfo?>("--out", "-o") { Description = "Write the comparison as JSON to this file." };
         var options = CommonOptions.OptionsFile();
         var cmd = new Command("verify", "Check a device against the CPU: same greedy answers, kept visual tokens and last-position logits within a tolerance on VQA rows.")
         {
-            data, imagesRoot, allowAbsolute, limit, model, device, method, budget, tolerance, minOverlap, maxTokens, outFile, options,
+            data, imagesRoot, allowAbsolute, limit, model, device, method, budget, tolerance, minOverlap, maxTokens, precision, outFile, options,
         };
         cmd.SetAction((parse, ct) => CommonOptions.Guard(async () =>
         {
@@ -51,7 +57,8 @@ public static class VerifyCommand
             var pruning = CommonOptions.Pruning(parse, options, method, budget, accounting: null);
             var items = rows.Select(r => (r.ImagePath, r.Question)).ToList();
             Task<DeviceComparisonReport> Compare(IProgress<int>? progress) => DeviceComparison.RunAsync(parse.GetValue(model)!, parse.GetValue(device)!,
-                items, pruning, parse.GetValue(maxTokens), progress: progress, ct: ct);
+                items, pruning, parse.GetValue(maxTokens), progress: progress, ct: ct,
+                referencePrecision: parse.GetValue(precision) == "fp32" ? CpuPrecision.Fp32 : CpuPrecision.MatchDevice);
             var report = Console.IsErrorRedirected
                 ? await Compare(null)
                 : await CommonOptions.Err.Progress().AutoClear(true).StartAsync(async ctx =>
@@ -67,7 +74,7 @@ public static class VerifyCommand
                     $"max |Δ logit| {F(d.MaxAbsLogitDifference)}{(d.SameKeptTokens ? "" : $", kept visual tokens differ from layer {d.FirstDifferentLayer} (at least {d.MinKeptOverlap:P1} shared)")}"));
             bool ok = report.Agrees(tol, parse.GetValue(minOverlap));
             AnsiConsole.MarkupLine(Markup.Escape(
-                $"{report.Device} vs {report.ReferenceDevice}, {report.Method}: {report.SameAnswers}/{report.Rows} answers equal, {report.SameTopTokens}/{report.Rows} first tokens equal, " +
+                $"{report.Device} vs {report.ReferenceDevice} ({report.ReferencePrecision}), {report.Method}: {report.SameAnswers}/{report.Rows} answers equal, {report.SameTopTokens}/{report.Rows} first tokens equal, " +
                 $"{report.SameKeptTokens}/{report.Rows} kept-token sets equal (at least {report.MinKeptOverlap:P1} shared at every layer); " +
                 $"last-position logits max |Δ| {F(report.MaxAbsLogitDifference)} (mean of row maxima {F(report.MeanMaxAbsLogitDifference)}), tolerance {F(tol)}: {(ok ? "PASS" : "FAIL")}"));
             if (parse.GetValue(outFile) is { } f)

@@ -3,6 +3,23 @@ using Microsoft.Extensions.Logging;
 
 namespace AutoPrune;
 
+/// <summary>How the CPU backend computes activations.</summary>
+public enum CpuPrecision
+{
+    /// <summary>fp32 activations throughout (weights widened from the checkpoint's fp16/bf16 exactly): the closest to an fp32 reference.</summary>
+    Fp32 = 0,
+
+    /// <summary>
+    /// The CUDA code path's arithmetic on the CPU: activations rounded to fp16 wherever the GPU path stores them as fp16
+    /// (GEMM inputs, q/k/v, attention probabilities and outputs, the MLP's activations), row sums in index order, biases
+    /// added after an accumulating GEMM. With an fp16 checkpoint, the vision tower and projector then equal the GPU
+    /// code path on ILGPU's CPU accelerator bit for bit, and pruning decisions agree with it, where fp32 activations
+    /// swap near-tied tokens (see <c>verify</c>). On a real GPU, cuBLAS and the kernels sum in their own order, so
+    /// values agree to fp16 rounding rather than bit for bit. Slower than <see cref="Fp32"/> (one-row GEMMs use the tiled kernel).
+    /// </summary>
+    MatchDevice = 1,
+}
+
 /// <summary>Runtime knobs for loading a model (kept apart from the checkpoint's own config).</summary>
 public sealed record ModelOptions
 {
@@ -56,6 +73,13 @@ public sealed record ModelOptions
     /// (cpu, ilgpu-cpu) loading fails with a <see cref="NotSupportedException"/> saying so.
     /// </summary>
     public bool CudaGraphs { get; init; }
+
+    /// <summary>
+    /// How the CPU backend computes (ignored on a GPU): <see cref="CpuPrecision.Fp32"/> (the default) or
+    /// <see cref="CpuPrecision.MatchDevice"/>, the GPU code path's fp16 storage points, so the CPU makes the keep
+    /// decisions a GPU makes (what <c>verify</c> compares against).
+    /// </summary>
+    public CpuPrecision CpuPrecision { get; init; } = CpuPrecision.Fp32;
 
     /// <summary>Logger factory for load and request logs; null logs nothing.</summary>
     public ILoggerFactory? LoggerFactory { get; init; }

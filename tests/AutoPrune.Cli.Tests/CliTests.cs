@@ -294,8 +294,15 @@ public class CommandTests
         Assert.Equal(2, r.GetProperty("rows").GetInt32());
         Assert.Equal(2, r.GetProperty("same_answers").GetInt32());
         Assert.Equal("FastV", r.GetProperty("method").GetString());
-        Assert.InRange(r.GetProperty("max_abs_logit_difference").GetDouble(), 1e-7, 2e-2); // fp16 on one side: never bit-identical
+        Assert.Equal(0, r.GetProperty("max_abs_logit_difference").GetDouble()); // the CPU computed with the device's precision
         Assert.Equal("cpu", r.GetProperty("reference_device").GetString());
+        Assert.Equal("MatchDevice", r.GetProperty("reference_precision").GetString());
+        // Against fp32 activations: within the fp16 tolerance, never bit-identical.
+        Assert.Equal(0, await Repo.Cli().Parse(["verify", "--device", "ilgpu-cpu", "--data", Path.Combine(Repo.DevDir, "dev.jsonl"), "--limit", "2",
+            "--model", Repo.Model, "--method", "fastv", "--budget", "128", "--max-tokens", "3", "--reference-precision", "fp32", "--out", outFile]).InvokeAsync());
+        using var fp32 = JsonDocument.Parse(File.ReadAllText(outFile));
+        Assert.InRange(fp32.RootElement.GetProperty("max_abs_logit_difference").GetDouble(), 1e-7, 2e-2);
+        Assert.Equal("Fp32", fp32.RootElement.GetProperty("reference_precision").GetString());
     }
 
     /// <summary>
@@ -306,7 +313,7 @@ public class CommandTests
     public async Task Verify_reports_kept_token_overlap_and_passes_above_a_floor()
     {
         string[] Args(params string[] extra) => ["verify", "--device", "ilgpu-cpu", "--data", Path.Combine(Repo.DevDir, "dev.jsonl"), "--limit", "2",
-            "--model", Repo.Model, "--method", "autoprune", "--budget", "128", "--max-tokens", "3", .. extra];
+            "--model", Repo.Model, "--method", "autoprune", "--budget", "128", "--max-tokens", "3", "--reference-precision", "fp32", .. extra];
         Assert.Equal(2, await Repo.Cli().Parse(Args()).InvokeAsync());
         var outFile = Path.Combine(Repo.TempDir(), "verify-overlap.json");
         Assert.Equal(0, await Repo.Cli().Parse(Args("--min-kept-overlap", "0.75", "--tolerance", "0.05", "--out", outFile)).InvokeAsync());
@@ -322,7 +329,7 @@ public class CommandTests
     public async Task Verify_with_a_tolerance_no_fp16_device_can_meet_fails_with_exit_code_2()
     {
         int rc = await Repo.Cli().Parse(["verify", "--device", "ilgpu-cpu", "--data", Path.Combine(Repo.DevDir, "dev.jsonl"), "--limit", "1",
-            "--model", Repo.Model, "--tolerance", "1e-9", "--max-tokens", "1"]).InvokeAsync();
+            "--model", Repo.Model, "--tolerance", "1e-9", "--max-tokens", "1", "--reference-precision", "fp32"]).InvokeAsync();
         Assert.Equal(2, rc);
     }
 }

@@ -80,9 +80,9 @@ internal static class DeviceSelector
     /// </summary>
     public static ILlavaBackend CreateBackend(ITensorSource store, LlavaConfig config, CudaDevice? gpu, bool auto, ILogger log,
         Action<double>? progress = null, Func<ITensorSource, LlavaConfig, CudaDevice, Action<double>?, ILlavaBackend>? gpuFactory = null,
-        bool cudaGraphs = false)
+        bool cudaGraphs = false, CpuPrecision cpuPrecision = CpuPrecision.Fp32)
     {
-        if (gpu is null) return new LlavaModel(store, config, progress);
+        if (gpu is null) return new LlavaModel(store, config, progress, cpuPrecision);
         gpuFactory ??= (s, c, d, p) => new Models.Llava.Cuda.CudaLlavaModel(s, c, d, p, cudaGraphs);
         try
         {
@@ -93,7 +93,7 @@ internal static class DeviceSelector
             log.LogWarning("Device auto: the GPU backend could not start on {Gpu} ({Error}: {Message}); running on the CPU",
                 gpu.Description, e.GetType().Name, e.Message);
             gpu.Dispose();
-            return new LlavaModel(store, config, progress);
+            return new LlavaModel(store, config, progress, cpuPrecision);
         }
         catch
         {

@@ -21,6 +21,9 @@ public sealed record DeviceComparisonReport(string Model, string ReferenceDevice
     int Rows, int SameAnswers, int SameTopTokens, double MaxAbsLogitDifference, double MeanMaxAbsLogitDifference,
     IReadOnlyList<DeviceComparisonRow> Details)
 {
+    /// <summary>How the CPU reference computed (<see cref="CpuPrecision"/>): "MatchDevice" unless asked for "Fp32".</summary>
+    public string ReferencePrecision { get; init; } = nameof(CpuPrecision.MatchDevice);
+
     /// <summary>Rows on which both devices kept the same visual tokens at every layer.</summary>
     public int SameKeptTokens => Details.Count(d => d.SameKeptTokens);
 
@@ -39,18 +42,22 @@ public sealed record DeviceComparisonReport(string Model, string ReferenceDevice
 
 /// <summary>
 /// Answers the same questions on two devices (by default the CPU as the reference and a GPU) and compares the
-/// greedy answers and the full last-position logits: how to check that a GPU (fp16) gives the CPU's (fp32)
-/// answers on your data.
+/// greedy answers, the kept visual tokens and the full last-position logits: how to check that a GPU gives the CPU's
+/// answers and makes its pruning decisions on your data. The CPU reference computes with the GPU code path's fp16
+/// storage points (<see cref="CpuPrecision.MatchDevice"/>) unless <c>referencePrecision</c> says
+/// <see cref="CpuPrecision.Fp32"/>: in fp32, tokens whose scores sit closer than fp16 rounding swap, and a later layer
+/// inherits the swap.
 /// </summary>
 public static class DeviceComparison
 {
     public static async Task<DeviceComparisonReport> RunAsync(string modelDirectory, string device, IReadOnlyList<(string Image, string Question)> rows,
-        PruningOptions? pruning = null, int maxNewTokens = 8, string referenceDevice = "cpu", IProgress<int>? progress = null, CancellationToken ct = default)
+        PruningOptions? pruning = null, int maxNewTokens = 8, string referenceDevice = "cpu", IProgress<int>? progress = null, CancellationToken ct = default,
+        CpuPrecision referencePrecision = CpuPrecision.MatchDevice)
     {
         ArgumentNullException.ThrowIfNull(rows);
         if (rows.Count == 0) throw new ArgumentException("No rows to compare.", nameof(rows));
         pruning ??= new PruningOptions { Method = PruningMethod.None };
-        using var reference = VisionLanguageModel.Load(modelDirectory, new ModelOptions { Device = referenceDevice, MaxConcurrentRequests = 1, VisionCacheSize = 0 });
+        using var reference = VisionLanguageModel.Load(modelDirectory, new ModelOptions { Device = referenceDevice, MaxConcurrentRequests = 1, VisionCacheSize = 0, CpuPrecision = referencePrecision });
         using var tested = VisionLanguageModel.Load(modelDirectory, new ModelOptions { Device = device, MaxConcurrentRequests = 1, VisionCacheSize = 0 });
         var details = new List<DeviceComparisonRow>(rows.Count);
         foreach (var (image, question) in rows)
@@ -76,7 +83,10 @@ public static class DeviceComparison
         }
         return new DeviceComparisonReport(reference.Info.Directory, reference.Info.Device, tested.Info.Device, pruning.Method.ToString(), pruning.Budget,
             details.Count, details.Count(d => d.SameAnswer), details.Count(d => d.SameTopToken),
-            details.Max(d => d.MaxAbsLogitDifference), details.Average(d => d.MaxAbsLogitDifference), details);
+            details.Max(d => d.MaxAbsLogitDifference), details.Average(d => d.MaxAbsLogitDifference), details)
+        {
+            ReferencePrecision = referencePrecision.ToString(),
+        };
     }
 
     /// <summary>The smallest share, over layers, of <paramref name="reference"/>'s kept indices that <paramref name="tested"/> also kept.</summary>

@@ -10,10 +10,18 @@ internal static class Attention
     /// o = softmax(q kᵀ / sqrt(d)) v for every head. q: [nq, qHeads*hd]; k, v: [nk, kvHeads*hd];
     /// with <paramref name="causal"/>, query i sees keys 0..(nk - nq + i).
     /// </summary>
+    /// <param name="matchDevice">Round the probabilities and the output to fp16 and use the GEMM's tiled kernel for every
+    /// block, as the CUDA code path does (see <see cref="DeviceNumerics"/>); q, k and v are then expected fp16-valued.</param>
     public static void MultiHead(ReadOnlySpan<float> q, ReadOnlySpan<float> k, ReadOnlySpan<float> v, Span<float> o,
-        int nq, int nk, int qHeads, int kvHeads, int hd, bool causal)
+        int nq, int nk, int qHeads, int kvHeads, int hd, bool causal, bool matchDevice = false)
     {
-        if (nq >= BlockRows) { MultiHeadBlocked(q, k, v, o, nq, nk, qHeads, kvHeads, hd, causal); return; }
+        if (matchDevice)
+        {
+            MultiHeadBlocked(q, k, v, o, nq, nk, qHeads, kvHeads, hd, causal, matchDevice);
+            DeviceNumerics.RoundToHalf(o.Slice(0, nq * qHeads * hd));
+            return;
+        }
+        if (nq >= BlockRows) { MultiHeadBlocked(q, k, v, o, nq, nk, qHeads, kvHeads, hd, causal, false); return; }
         // Few query rows (decoding, short prompts): row by row, one task per head, each with its own scratch.
         int group = qHeads / kvHeads;
         int qStride = qHeads * hd, kvStride = kvHeads * hd;
@@ -50,7 +58,7 @@ internal static class Attention
     /// (single-threaded inside, parallel over the tasks). Only a [64, keys] score tile exists at a time per task.
     /// </summary>
     private static unsafe void MultiHeadBlocked(ReadOnlySpan<float> q, ReadOnlySpan<float> k, ReadOnlySpan<float> v, Span<float> o,
-        int nq, int nk, int qHeads, int kvHeads, int hd, bool causal)
+        int nq, int nk, int qHeads, int kvHeads, int hd, bool causal, bool matchDevice)
     {
         int group = qHeads / kvHeads, qStride = qHeads * hd, kvStride = kvHeads * hd;
         int blocks = (nq + BlockRows - 1) / BlockRows;
@@ -74,17 +82,18 @@ internal static class Attention
                     var os = new Span<float>((float*)oa, oLen);
                     var sc = scores.AsSpan(0, rows * limit);
                     Gemm.MatMulTransBCore(qs.Slice(r0 * qStride + h * hd), qStride, rows, hd, ks.Slice(kvh * hd), kvStride, limit,
-                        sc, limit, default, false, isa, 1);
+                        sc, limit, default, false, isa, 1, tiled: matchDevice);
                     for (int i = 0; i < rows; i++)
                     {
                         int visible = causal ? Math.Min(limit, nk - nq + r0 + i + 1) : limit;
                         var row = sc.Slice(i * limit, limit);
                         TensorPrimitives.Multiply(row.Slice(0, visible), scale, row.Slice(0, visible));
                         CpuOps.Softmax(row.Slice(0, visible));
+                        if (matchDevice) DeviceNumerics.RoundToHalf(row.Slice(0, visible));
                         row.Slice(visible).Clear();
                     }
                     Gemm.MatMulCore(sc, limit, rows, limit, vs.Slice(kvh * hd), kvStride, hd, os.Slice(r0 * qStride + h * hd), qStride,
-                        false, isa, 1);
+                        false, isa, 1, tiled: matchDevice);
                 }
                 finally { ArrayPool<float>.Shared.Return(scores); }
             });

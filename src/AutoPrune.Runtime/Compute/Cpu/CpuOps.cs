@@ -7,14 +7,14 @@ namespace AutoPrune.Compute.Cpu;
 internal static class CpuOps
 {
     /// <summary>LayerNorm over the last dimension of <paramref name="x"/> ([rows, dim]), in place.</summary>
-    public static void LayerNorm(Span<float> x, int rows, int dim, ReadOnlySpan<float> weight, ReadOnlySpan<float> bias, float eps)
+    public static void LayerNorm(Span<float> x, int rows, int dim, ReadOnlySpan<float> weight, ReadOnlySpan<float> bias, float eps, bool sequentialSums = false)
     {
         for (int r = 0; r < rows; r++)
         {
             var row = x.Slice(r * dim, dim);
-            float mean = TensorPrimitives.Sum<float>(row) / dim;
+            float mean = (sequentialSums ? DeviceNumerics.SequentialSum(row) : TensorPrimitives.Sum<float>(row)) / dim;
             TensorPrimitives.Subtract(row, mean, row);
-            float var = TensorPrimitives.SumOfSquares<float>(row) / dim;
+            float var = (sequentialSums ? DeviceNumerics.SequentialSum(row, squares: true) : TensorPrimitives.SumOfSquares<float>(row)) / dim;
             float inv = 1f / MathF.Sqrt(var + eps);
             TensorPrimitives.Multiply(row, inv, row);
             TensorPrimitives.Multiply(row, weight, row);
@@ -23,20 +23,20 @@ internal static class CpuOps
     }
 
     /// <summary>LayerNorm from <paramref name="src"/> into <paramref name="dst"/>.</summary>
-    public static void LayerNorm(ReadOnlySpan<float> src, Span<float> dst, int rows, int dim, ReadOnlySpan<float> weight, ReadOnlySpan<float> bias, float eps)
+    public static void LayerNorm(ReadOnlySpan<float> src, Span<float> dst, int rows, int dim, ReadOnlySpan<float> weight, ReadOnlySpan<float> bias, float eps, bool sequentialSums = false)
     {
         src.Slice(0, rows * dim).CopyTo(dst);
-        LayerNorm(dst, rows, dim, weight, bias, eps);
+        LayerNorm(dst, rows, dim, weight, bias, eps, sequentialSums);
     }
 
     /// <summary>Llama RMSNorm: dst = weight * x / sqrt(mean(x^2) + eps).</summary>
-    public static void RmsNorm(ReadOnlySpan<float> src, Span<float> dst, int rows, int dim, ReadOnlySpan<float> weight, float eps)
+    public static void RmsNorm(ReadOnlySpan<float> src, Span<float> dst, int rows, int dim, ReadOnlySpan<float> weight, float eps, bool sequentialSums = false)
     {
         for (int r = 0; r < rows; r++)
         {
             var s = src.Slice(r * dim, dim);
             var d = dst.Slice(r * dim, dim);
-            float ms = TensorPrimitives.SumOfSquares<float>(s) / dim;
+            float ms = (sequentialSums ? DeviceNumerics.SequentialSum(s, squares: true) : TensorPrimitives.SumOfSquares<float>(s)) / dim;
             float inv = 1f / MathF.Sqrt(ms + eps);
             TensorPrimitives.Multiply(s, inv, d);
             TensorPrimitives.Multiply(d, weight, d);
@@ -73,12 +73,13 @@ internal static class CpuOps
         }
     }
 
-    /// <summary>Applies <paramref name="activation"/> to <paramref name="x"/> in place.</summary>
-    public static void Activation(ActivationFunction activation, Span<float> x)
+    /// <summary>Applies <paramref name="activation"/> to <paramref name="x"/> in place (GELU evaluated in fp32 as the device does, with <paramref name="matchDevice"/>).</summary>
+    public static void Activation(ActivationFunction activation, Span<float> x, bool matchDevice = false)
     {
         switch (activation)
         {
             case ActivationFunction.QuickGelu: QuickGelu(x); break;
+            case ActivationFunction.Gelu when matchDevice: DeviceNumerics.Gelu(x); break;
             case ActivationFunction.Gelu: Gelu(x); break;
             default: throw new ArgumentOutOfRangeException(nameof(activation), activation, "Unknown activation.");
         }

@@ -96,12 +96,12 @@ internal static partial class Gemm
     // ---------------------------------------------------------------- cores (isa/threads explicit, for tests)
 
     internal static void MatMulTransBCore(ReadOnlySpan<float> a, int lda, int m, int k, ReadOnlySpan<float> w, int ldw, int n,
-        Span<float> c, int ldc, ReadOnlySpan<float> bias, bool accumulate, GemmIsa isa, int threads)
-        => TransBCore(BKind.TransFloat, a, lda, m, k, w, ldw, n, c, ldc, bias, accumulate, isa, threads);
+        Span<float> c, int ldc, ReadOnlySpan<float> bias, bool accumulate, GemmIsa isa, int threads, bool tiled = false)
+        => TransBCore(BKind.TransFloat, a, lda, m, k, w, ldw, n, c, ldc, bias, accumulate, isa, threads, tiled);
 
     internal static void MatMulTransBCore(ReadOnlySpan<float> a, int lda, int m, int k, ReadOnlySpan<Half> w, int ldw, int n,
-        Span<float> c, int ldc, ReadOnlySpan<float> bias, bool accumulate, GemmIsa isa, int threads)
-        => TransBCore(BKind.TransHalf, a, lda, m, k, w, ldw, n, c, ldc, bias, accumulate, isa, threads);
+        Span<float> c, int ldc, ReadOnlySpan<float> bias, bool accumulate, GemmIsa isa, int threads, bool tiled = false)
+        => TransBCore(BKind.TransHalf, a, lda, m, k, w, ldw, n, c, ldc, bias, accumulate, isa, threads, tiled);
 
     internal static void MatMulTransBBFloat16Core(ReadOnlySpan<float> a, int lda, int m, int k, ReadOnlySpan<ushort> w, int ldw, int n,
         Span<float> c, int ldc, ReadOnlySpan<float> bias, bool accumulate, GemmIsa isa, int threads)
@@ -109,7 +109,7 @@ internal static partial class Gemm
 
     /// <summary>C = A · Wᵀ for W of element type <typeparamref name="TW"/> (fp32, or fp16/bf16 widened per tile as <paramref name="kind"/> says).</summary>
     private static unsafe void TransBCore<TW>(BKind kind, ReadOnlySpan<float> a, int lda, int m, int k, ReadOnlySpan<TW> w, int ldw, int n,
-        Span<float> c, int ldc, ReadOnlySpan<float> bias, bool accumulate, GemmIsa isa, int threads) where TW : unmanaged
+        Span<float> c, int ldc, ReadOnlySpan<float> bias, bool accumulate, GemmIsa isa, int threads, bool tiled = false) where TW : unmanaged
     {
         Validate(a.Length, lda, m, k, c.Length, ldc, n, bias.Length);
         ValidateRows(w.Length, ldw, n, k, nameof(w));
@@ -117,12 +117,12 @@ internal static partial class Gemm
         fixed (float* pa = a) fixed (TW* pw = w) fixed (float* pc = c) fixed (float* pb = bias)
         {
             var job = new Job(isa, kind, pa, lda, m, k, pw, ldw, n, pc, ldc, bias.IsEmpty ? null : pb, accumulate);
-            job.Execute(threads);
+            job.Execute(threads, tiled);
         }
     }
 
     internal static unsafe void MatMulCore(ReadOnlySpan<float> a, int lda, int m, int k, ReadOnlySpan<float> b, int ldb, int n,
-        Span<float> c, int ldc, bool accumulate, GemmIsa isa, int threads)
+        Span<float> c, int ldc, bool accumulate, GemmIsa isa, int threads, bool tiled = false)
     {
         Validate(a.Length, lda, m, k, c.Length, ldc, n, 0);
         ArgumentOutOfRangeException.ThrowIfNegative(ldb);
@@ -135,7 +135,7 @@ internal static partial class Gemm
         fixed (float* pa = a) fixed (float* pbm = b) fixed (float* pc = c)
         {
             var job = new Job(isa, BKind.NormalFloat, pa, lda, m, k, pbm, ldb, n, pc, ldc, null, accumulate);
-            job.Execute(threads);
+            job.Execute(threads, tiled);
         }
     }
 
@@ -194,7 +194,8 @@ internal static partial class Gemm
             _blk = GetBlocking(isa);
         }
 
-        public void Execute(int maxThreads)
+        /// <param name="tiled">Use the packed micro-kernel even for one row (whose GEMV path sums in another order).</param>
+        public void Execute(int maxThreads, bool tiled)
         {
             if (_k == 0)
             {
@@ -210,7 +211,7 @@ internal static partial class Gemm
             long macs = (long)_m * _n * _k;
             int threads = macs < ParallelThresholdMacs ? 1 : Math.Min(maxThreads, Environment.ProcessorCount);
 
-            if (_m == 1)
+            if (_m == 1 && !tiled)
             {
                 // GEMV: stream the weights once; split over n only.
                 _splitM = false; _unit = 16;

@@ -266,7 +266,7 @@ internal static class CudaKernels
     }
 
     /// <summary>
-    /// LayerNorm of row Grid.IdxX of src ([rows, dim]) rounded to fp16 into dst, two passes as <see cref="Cpu.CpuOps.LayerNorm(Span{float}, int, int, ReadOnlySpan{float}, ReadOnlySpan{float}, float)"/>:
+    /// LayerNorm of row Grid.IdxX of src ([rows, dim]) rounded to fp16 into dst, two passes as <see cref="Cpu.CpuOps.LayerNorm(Span{float}, int, int, ReadOnlySpan{float}, ReadOnlySpan{float}, float, bool)"/>:
     /// mean, then the mean of squared deviations.
     /// </summary>
     internal static void LayerNormToHalfKernel(ArrayView<float> src, ArrayView<ushort> dst, ArrayView<float> weight, ArrayView<float> bias, int dim, float eps)

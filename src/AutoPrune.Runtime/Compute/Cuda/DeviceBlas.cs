@@ -79,6 +79,9 @@ internal sealed class CuBlasExecutor : IGemmExecutor
 /// The cuBLAS contract computed on the host, for ILGPU's CPU accelerator (whose buffers are host memory): it receives
 /// exactly the arguments cuBLAS would, so every row-major → column-major mapping in <see cref="DeviceBlas"/> is
 /// exercised without a GPU. fp16 inputs are widened exactly; sums are fp32; an fp16 C is rounded to nearest even.
+/// Calls with an untransposed B (every call the model makes) run through the CPU engine's tiled GEMM, so each element
+/// is summed in the order the CPU backend sums it (<see cref="CpuPrecision.MatchDevice"/> then agrees bit for bit);
+/// the rest are summed column by column.
 /// </summary>
 internal sealed unsafe class HostGemmExecutor : IGemmExecutor
 {
@@ -103,6 +106,11 @@ internal sealed unsafe class HostGemmExecutor : IGemmExecutor
         var bw = new float[b.Length];
         TensorPrimitives.ConvertToSingle(a, aw);
         TensorPrimitives.ConvertToSingle(b, bw);
+        if (c.TransB == CuBlas.OpN && (c.Beta == 0f || (c.Beta == 1f && c.CType == CuBlas.CudaR32F)))
+        {
+            for (int batch = 0; batch < c.Batch; batch++) Tiled(c, a, aw, bw, batch);
+            return;
+        }
         int columns = c.Batch * c.N;
         Parallel.For(0, columns, new ParallelOptions { MaxDegreeOfParallelism = Math.Max(1, Environment.ProcessorCount) }, () => new float[call.M], (job, _, acc) =>
         {
@@ -110,6 +118,33 @@ internal sealed unsafe class HostGemmExecutor : IGemmExecutor
             Column(call, aw, bw, batch, j, acc);
             return acc;
         }, _ => { });
+    }
+
+    /// <summary>
+    /// One batch through <see cref="AutoPrune.Compute.Cpu.Gemm"/>: column-major C (M × N) = op(A) · B is row-major
+    /// C (N × M) = B_rm (N × K) · op(A)_rm, i.e. X · Wᵀ when A is transposed (A an fp16 [M, K] weight) and X · A_rm otherwise.
+    /// </summary>
+    private static void Tiled(in GemmCall c, ReadOnlySpan<System.Half> a, float[] aw, float[] bw, int batch)
+    {
+        long cBase = batch * c.StrideC;
+        int cLen = checked((int)((long)(c.N - 1) * c.Ldc + c.M));
+        var sum = new float[cLen];
+        var c32 = c.CType == CuBlas.CudaR32F ? new Span<float>((float*)c.C + cBase, cLen) : default;
+        bool accumulate = c.Beta == 1f;
+        if (accumulate) c32.CopyTo(sum);
+        var x = bw.AsSpan((int)(batch * c.StrideB));
+        var isa = AutoPrune.Compute.Cpu.Gemm.DetectedIsa;
+        int threads = AutoPrune.Compute.Cpu.Gemm.MaxThreads;
+        if (c.TransA == CuBlas.OpT)
+            AutoPrune.Compute.Cpu.Gemm.MatMulTransBCore(x, c.Ldb, c.N, c.K, a.Slice((int)(batch * c.StrideA)), c.Lda, c.M, sum, c.Ldc, default, accumulate, isa, threads, tiled: true);
+        else
+            AutoPrune.Compute.Cpu.Gemm.MatMulCore(x, c.Ldb, c.N, c.K, aw.AsSpan((int)(batch * c.StrideA)), c.Lda, c.M, sum, c.Ldc, accumulate, isa, threads, tiled: true);
+        for (int j = 0; j < c.N; j++)
+        {
+            var row = sum.AsSpan(j * c.Ldc, c.M);
+            if (c.CType == CuBlas.CudaR32F) row.CopyTo(c32.Slice(j * c.Ldc, c.M));
+            else TensorPrimitives.ConvertToHalf(row, new Span<System.Half>((System.Half*)c.C + cBase + (long)j * c.Ldc, c.M));
+        }
     }
 
     /// <summary>Computes column j of C for one batch into <paramref name="acc"/> and stores it.</summary>

@@ -67,15 +67,18 @@ internal sealed class ClipVisionTower
     private readonly int _featureLayer; // index into hidden_states (0 = embeddings)
     private readonly bool _dropCls;
     private readonly ActivationFunction _act;
+    private readonly bool _matchDevice;
 
     public int Hidden => _cfg.HiddenSize;
     public int Grid => _cfg.ImageSize / _cfg.PatchSize;
     public int Patches => Grid * Grid;
     public int OutputTokens => _dropCls ? Patches : Patches + 1;
 
-    public ClipVisionTower(ITensorSource store, ClipVisionConfig cfg, int featureLayer, bool dropCls)
+    /// <param name="matchDevice">Compute as the CUDA code path does (<see cref="CpuPrecision.MatchDevice"/>).</param>
+    public ClipVisionTower(ITensorSource store, ClipVisionConfig cfg, int featureLayer, bool dropCls, bool matchDevice = false)
     {
         _cfg = cfg;
+        _matchDevice = matchDevice;
         _featureLayer = featureLayer;
         _dropCls = dropCls;
         _act = cfg.Activation;
@@ -126,11 +129,13 @@ internal sealed class ClipVisionTower
                         o += ps;
                     }
             }
+        bool md = _matchDevice;
+        if (md) DeviceNumerics.RoundToHalf(patches); // the device uploads the patches as fp16
         var x = new float[n * h];
         _classEmbedding.CopyTo(x.AsSpan(0, h));
         Gemm.MatMulTransB(patches, Patches, pk, _patchWeight, h, x.AsSpan(h));
         TensorPrimitives.Add(x, _positionEmbedding, x);
-        CpuOps.LayerNorm(x, n, h, _preLayerNorm.Weight, _preLayerNorm.Bias, _preLayerNorm.Eps);
+        CpuOps.LayerNorm(x, n, h, _preLayerNorm.Weight, _preLayerNorm.Bias, _preLayerNorm.Eps, sequentialSums: md);
 
         var xn = new float[n * h];
         var q = new float[n * h];
@@ -143,18 +148,24 @@ internal sealed class ClipVisionTower
         {
             ct.ThrowIfCancellationRequested();
             var L = _layers[li];
-            CpuOps.LayerNorm(x, xn, n, h, L.LayerNorm1.Weight, L.LayerNorm1.Bias, L.LayerNorm1.Eps);
-            L.QProj.Forward(xn, n, q);
-            L.KProj.Forward(xn, n, k);
-            L.VProj.Forward(xn, n, v);
-            Attention.MultiHead(q, k, v, att, n, n, heads, heads, hd, causal: false);
+            CpuOps.LayerNorm(x, xn, n, h, L.LayerNorm1.Weight, L.LayerNorm1.Bias, L.LayerNorm1.Eps, md);
+            if (md) DeviceNumerics.RoundToHalf(xn);
+            L.QProj.Forward(xn, n, q, matchDevice: md);
+            L.KProj.Forward(xn, n, k, matchDevice: md);
+            L.VProj.Forward(xn, n, v, matchDevice: md);
+            // The [CLS] attention and the patch keys are read in fp32; the attention itself takes q, k, v as fp16.
+            var (qa, ka) = md ? (DeviceNumerics.HalfCopy(q), DeviceNumerics.HalfCopy(k)) : (q, k);
+            if (md) DeviceNumerics.RoundToHalf(v);
+            Attention.MultiHead(qa, ka, v, att, n, n, heads, heads, hd, causal: false, md);
             if (li == _layers.Length - 1)
                 clsAttention = Attention.Rows(q, k, n, n, heads, heads, hd, [0], causal: false, firstKey: 1);
-            L.OutProj.Forward(att, n, x, accumulate: true);
-            CpuOps.LayerNorm(x, xn, n, h, L.LayerNorm2.Weight, L.LayerNorm2.Bias, L.LayerNorm2.Eps);
-            L.Fc1.Forward(xn, n, mlp);
-            CpuOps.Activation(_act, mlp);
-            L.Fc2.Forward(mlp, n, x, accumulate: true);
+            L.OutProj.Forward(att, n, x, accumulate: true, md);
+            CpuOps.LayerNorm(x, xn, n, h, L.LayerNorm2.Weight, L.LayerNorm2.Bias, L.LayerNorm2.Eps, md);
+            if (md) DeviceNumerics.RoundToHalf(xn);
+            L.Fc1.Forward(xn, n, mlp, matchDevice: md);
+            CpuOps.Activation(_act, mlp, md);
+            if (md) DeviceNumerics.RoundToHalf(mlp);
+            L.Fc2.Forward(mlp, n, x, accumulate: true, md);
         }
 
         float[] features = _dropCls ? x.AsSpan(h).ToArray() : x;

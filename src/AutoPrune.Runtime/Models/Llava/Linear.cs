@@ -26,21 +26,30 @@ internal sealed class Linear
         return new Linear(w, b, @in, @out);
     }
 
-    /// <summary>y[rows, Out] = x[rows, In] · Wᵀ + b.</summary>
-    public void Forward(ReadOnlySpan<float> x, int rows, Span<float> y, bool accumulate = false)
+    /// <summary>
+    /// y[rows, Out] = x[rows, In] · Wᵀ + b. With <paramref name="matchDevice"/> (see <see cref="DeviceNumerics"/>) an
+    /// fp16 weight always goes through the tiled kernel, and a bias is added after accumulating, (y + x·Wᵀ) + b, as the
+    /// device does; the GEMM's own order is (x·Wᵀ + b) + y.
+    /// </summary>
+    public void Forward(ReadOnlySpan<float> x, int rows, Span<float> y, bool accumulate = false, bool matchDevice = false)
     {
+        var bias = matchDevice && accumulate ? null : Bias;
         switch (Weight.Type)
         {
-            case DType.F16: Gemm.MatMulTransB(x, rows, In, Weight.F16.Span, Out, y, Bias, accumulate); break;
-            case DType.BF16: Gemm.MatMulTransBBFloat16(x, rows, In, Weight.BFloat16.Span, Out, y, Bias, accumulate); break;
-            default: Gemm.MatMulTransB(x, rows, In, Weight.F32.Span, Out, y, Bias, accumulate); break;
+            case DType.F16:
+                Gemm.MatMulTransBCore(x, In, rows, In, Weight.F16.Span, In, Out, y, Out, bias, accumulate, Gemm.DetectedIsa, Gemm.MaxThreads, tiled: matchDevice);
+                break;
+            case DType.BF16: Gemm.MatMulTransBBFloat16(x, rows, In, Weight.BFloat16.Span, Out, y, bias, accumulate); break;
+            default: Gemm.MatMulTransB(x, rows, In, Weight.F32.Span, Out, y, bias, accumulate); break;
         }
+        if (bias is null && Bias is { } b)
+            for (int r = 0; r < rows; r++) System.Numerics.Tensors.TensorPrimitives.Add(y.Slice(r * Out, Out), b, y.Slice(r * Out, Out));
     }
 
-    public float[] Forward(ReadOnlySpan<float> x, int rows)
+    public float[] Forward(ReadOnlySpan<float> x, int rows, bool matchDevice = false)
     {
         var y = new float[rows * Out];
-        Forward(x, rows, y);
+        Forward(x, rows, y, matchDevice: matchDevice);
         return y;
     }
 }

@@ -22,6 +22,7 @@ internal sealed class LlamaDecoder
     private readonly NormWeights _norm;
     private readonly Linear _lmHead;
     private readonly float[] _invFreq;
+    private readonly bool _md; // compute as the CUDA code path does (CpuPrecision.MatchDevice)
 
     public int Hidden => _cfg.HiddenSize;
     public int Heads => _cfg.NumAttentionHeads;
@@ -31,9 +32,10 @@ internal sealed class LlamaDecoder
     public int Vocab => _cfg.VocabSize;
     public int Intermediate => _cfg.IntermediateSize;
 
-    public LlamaDecoder(ITensorSource store, LlamaTextConfig cfg, bool tieEmbeddings, Action<double>? progress = null)
+    public LlamaDecoder(ITensorSource store, LlamaTextConfig cfg, bool tieEmbeddings, Action<double>? progress = null, bool matchDevice = false)
     {
         _cfg = cfg;
+        _md = matchDevice;
         HeadDim = cfg.HeadDim;
         int h = cfg.HiddenSize, qd = cfg.NumAttentionHeads * HeadDim, kvd = cfg.NumKeyValueHeads * HeadDim;
         float eps = (float)cfg.RmsNormEps;
@@ -81,9 +83,10 @@ internal sealed class LlamaDecoder
     {
         var L = _layers[layer];
         var xn = new float[n * Hidden];
-        CpuOps.RmsNorm(hidden, xn, n, Hidden, L.InputNorm.Weight, L.InputNorm.Eps);
-        var q = L.Q.Forward(xn, n);
-        var k = L.K.Forward(xn, n);
+        CpuOps.RmsNorm(hidden, xn, n, Hidden, L.InputNorm.Weight, L.InputNorm.Eps, _md);
+        if (_md) DeviceNumerics.RoundToHalf(xn);
+        var q = L.Q.Forward(xn, n, _md);
+        var k = L.K.Forward(xn, n, _md);
         if (rope)
         {
             CpuOps.ApplyRope(q, n, Heads, HeadDim, positions, _invFreq);
@@ -116,20 +119,20 @@ internal sealed class LlamaDecoder
             if (n > n0) throw new InvalidOperationException($"A prune lengthened the sequence from {n0} to {n} rows.");
             onLayer?.Invoke(li, n);
             var x = state.Hidden;
-            CpuOps.RmsNorm(x, xn, n, h, L.InputNorm.Weight, L.InputNorm.Eps);
-            L.Q.Forward(xn, n, q);
-            L.K.Forward(xn, n, k);
-            L.V.Forward(xn, n, v);
+            NormInto(x, xn, n, L.InputNorm);
+            L.Q.Forward(xn, n, q, matchDevice: _md);
+            L.K.Forward(xn, n, k, matchDevice: _md);
+            L.V.Forward(xn, n, v, matchDevice: _md);
             CpuOps.ApplyRope(q, n, Heads, HeadDim, state.Positions, _invFreq);
             CpuOps.ApplyRope(k, n, KvHeads, HeadDim, state.Positions, _invFreq);
-            cache.Init(li, k, v, n, kvd, state.Positions[n - 1] + 1);
-            Attention.MultiHead(q.AsSpan(0, n * qd), k.AsSpan(0, n * kvd), v.AsSpan(0, n * kvd), att.AsSpan(0, n * qd), n, n, Heads, KvHeads, HeadDim, causal: true);
-            L.O.Forward(att.AsSpan(0, n * qd), n, x, accumulate: true);
-            CpuOps.RmsNorm(x, xn, n, h, L.PostNorm.Weight, L.PostNorm.Eps);
-            L.Gate.Forward(xn, n, gate);
-            L.Up.Forward(xn, n, up);
-            CpuOps.SiluMul(gate.AsSpan(0, n * Intermediate), up.AsSpan(0, n * Intermediate));
-            L.Down.Forward(gate.AsSpan(0, n * Intermediate), n, x, accumulate: true);
+            // The device keeps fp32 q and k for the policies and fp16 ones for attention and the cache.
+            var (qa, ka) = _md ? (DeviceNumerics.HalfCopy(q.AsSpan(0, n * qd)), DeviceNumerics.HalfCopy(k.AsSpan(0, n * kvd))) : (q, k);
+            if (_md) DeviceNumerics.RoundToHalf(v.AsSpan(0, n * kvd));
+            cache.Init(li, ka, v, n, kvd, state.Positions[n - 1] + 1);
+            Attention.MultiHead(qa.AsSpan(0, n * qd), ka.AsSpan(0, n * kvd), v.AsSpan(0, n * kvd), att.AsSpan(0, n * qd), n, n, Heads, KvHeads, HeadDim, causal: true, _md);
+            L.O.Forward(att.AsSpan(0, n * qd), n, x, accumulate: true, _md);
+            NormInto(x, xn, n, L.PostNorm);
+            Mlp(L, xn, n, gate, up, x);
 
             if (hook is not null && li < _layers.Length - 1)
             {
@@ -139,6 +142,25 @@ internal sealed class LlamaDecoder
             }
         }
         return Logits(state.Hidden.AsSpan((state.Length - 1) * h, h));
+    }
+
+    /// <summary>RMSNorm of n rows into xn (the GEMM input: fp16 on the device).</summary>
+    private void NormInto(ReadOnlySpan<float> x, Span<float> xn, int n, NormWeights norm)
+    {
+        CpuOps.RmsNorm(x, xn, n, Hidden, norm.Weight, norm.Eps, _md);
+        if (_md) DeviceNumerics.RoundToHalf(xn.Slice(0, n * Hidden));
+    }
+
+    /// <summary>x += down(silu(gate(xn)) · up(xn)) over n rows; on the device gate, up and their product are fp16.</summary>
+    private void Mlp(Layer L, float[] xn, int n, float[] gate, float[] up, Span<float> x)
+    {
+        int len = n * Intermediate;
+        L.Gate.Forward(xn, n, gate, matchDevice: _md);
+        L.Up.Forward(xn, n, up, matchDevice: _md);
+        if (_md) { DeviceNumerics.RoundToHalf(gate.AsSpan(0, len)); DeviceNumerics.RoundToHalf(up.AsSpan(0, len)); }
+        CpuOps.SiluMul(gate.AsSpan(0, len), up.AsSpan(0, len));
+        if (_md) DeviceNumerics.RoundToHalf(gate.AsSpan(0, len));
+        L.Down.Forward(gate.AsSpan(0, len), n, x, accumulate: true, _md);
     }
 
     private void Apply(SequenceState state, PruneAction action)
@@ -174,21 +196,19 @@ internal sealed class LlamaDecoder
         {
             var L = _layers[li];
             var c = cache[li];
-            CpuOps.RmsNorm(x, xn, 1, h, L.InputNorm.Weight, L.InputNorm.Eps);
-            L.Q.Forward(xn, 1, q);
-            L.K.Forward(xn, 1, k);
-            L.V.Forward(xn, 1, v);
+            NormInto(x, xn, 1, L.InputNorm);
+            L.Q.Forward(xn, 1, q, matchDevice: _md);
+            L.K.Forward(xn, 1, k, matchDevice: _md);
+            L.V.Forward(xn, 1, v, matchDevice: _md);
             pos[0] = c.NextPosition;
             CpuOps.ApplyRope(q, 1, Heads, HeadDim, pos, _invFreq);
             CpuOps.ApplyRope(k, 1, KvHeads, HeadDim, pos, _invFreq);
+            if (_md) { DeviceNumerics.RoundToHalf(q); DeviceNumerics.RoundToHalf(k); DeviceNumerics.RoundToHalf(v); }
             cache.Append(li, k, v);
-            Attention.MultiHead(q, c.Keys.AsSpan(0, c.Count * kvd), c.Values.AsSpan(0, c.Count * kvd), att, 1, c.Count, Heads, KvHeads, HeadDim, causal: false);
-            L.O.Forward(att, 1, x, accumulate: true);
-            CpuOps.RmsNorm(x, xn, 1, h, L.PostNorm.Weight, L.PostNorm.Eps);
-            L.Gate.Forward(xn, 1, gate);
-            L.Up.Forward(xn, 1, up);
-            CpuOps.SiluMul(gate, up);
-            L.Down.Forward(gate, 1, x, accumulate: true);
+            Attention.MultiHead(q, c.Keys.AsSpan(0, c.Count * kvd), c.Values.AsSpan(0, c.Count * kvd), att, 1, c.Count, Heads, KvHeads, HeadDim, causal: false, _md);
+            L.O.Forward(att, 1, x, accumulate: true, _md);
+            NormInto(x, xn, 1, L.PostNorm);
+            Mlp(L, xn, 1, gate, up, x);
         }
         return Logits(x);
     }
@@ -207,7 +227,7 @@ internal sealed class LlamaDecoder
     private float[] Logits(ReadOnlySpan<float> lastHidden)
     {
         var xn = new float[Hidden];
-        CpuOps.RmsNorm(lastHidden, xn, 1, Hidden, _norm.Weight, _norm.Eps);
-        return _lmHead.Forward(xn, 1);
+        NormInto(lastHidden, xn, 1, _norm);
+        return _lmHead.Forward(xn, 1, _md);
     }
 }

@@ -9,9 +9,11 @@ internal sealed class MultiModalProjector
 {
     private readonly Linear _l1, _l2;
     private readonly ActivationFunction _act;
+    private readonly bool _matchDevice;
 
-    public MultiModalProjector(ITensorSource store, int visionHidden, int textHidden, ActivationFunction act, bool bias)
+    public MultiModalProjector(ITensorSource store, int visionHidden, int textHidden, ActivationFunction act, bool bias, bool matchDevice = false)
     {
+        _matchDevice = matchDevice;
         _l1 = Linear.Load(store, "multi_modal_projector.linear_1", visionHidden, textHidden, bias);
         _l2 = Linear.Load(store, "multi_modal_projector.linear_2", textHidden, textHidden, bias);
         _act = act;
@@ -21,9 +23,11 @@ internal sealed class MultiModalProjector
 
     public float[] Forward(ReadOnlySpan<float> x, int rows)
     {
-        var h = _l1.Forward(x, rows);
-        CpuOps.Activation(_act, h);
-        return _l2.Forward(h, rows);
+        bool md = _matchDevice;
+        var h = _l1.Forward(md ? DeviceNumerics.HalfCopy(x) : x, rows, md);
+        CpuOps.Activation(_act, h, md);
+        if (md) DeviceNumerics.RoundToHalf(h);
+        return _l2.Forward(h, rows, md);
     }
 }
 
@@ -41,18 +45,24 @@ internal sealed class LlavaModel : ILlavaBackend
     public MultiModalProjector Projector { get; }
     public LlamaDecoder Decoder { get; }
 
-    public LlavaModel(ITensorSource store, LlavaConfig config, Action<double>? progress = null)
+    /// <param name="precision">fp32 activations (the default), or the CUDA code path's arithmetic (<see cref="CpuPrecision.MatchDevice"/>).</param>
+    public LlavaModel(ITensorSource store, LlavaConfig config, Action<double>? progress = null, CpuPrecision precision = CpuPrecision.Fp32)
     {
         Config = config;
+        Precision = precision;
+        bool md = precision == CpuPrecision.MatchDevice;
         _mapping = (store as SafeTensorStore)?.Retain();
         bool dropCls = config.VisionFeatureSelectStrategy == "default";
-        Vision = new ClipVisionTower(store, config.VisionConfig, config.ResolvedFeatureLayerIndex, dropCls);
+        Vision = new ClipVisionTower(store, config.VisionConfig, config.ResolvedFeatureLayerIndex, dropCls, md);
         Projector = new MultiModalProjector(store, config.VisionConfig.HiddenSize, config.TextConfig.HiddenSize,
-            config.ProjectorActivation, config.MultimodalProjectorBias);
+            config.ProjectorActivation, config.MultimodalProjectorBias, md);
         progress?.Invoke(0.1);
         Decoder = new LlamaDecoder(store, config.TextConfig, config.TieWordEmbeddings || config.TextConfig.TieWordEmbeddings,
-            f => progress?.Invoke(0.1 + 0.9 * f));
+            f => progress?.Invoke(0.1 + 0.9 * f), md);
     }
+
+    /// <summary>How this model computes (<see cref="ModelOptions.CpuPrecision"/>).</summary>
+    public CpuPrecision Precision { get; }
 
     /// <summary>
     /// Tensors of <paramref name="store"/> nothing read, except those LLaVA never needs: the tower's post_layernorm and

@@ -1,0 +1,116 @@
+using AutoPrune.Compute.Cpu;
+using AutoPrune.Compute.Cuda;
+using AutoPrune.Diagnostics;
+using AutoPrune.Loading;
+using AutoPrune.Loading.Images;
+using AutoPrune.Models.Llava;
+using AutoPrune.Models.Llava.Cuda;
+using AutoPrune.Pruning;
+using Xunit;
+using Xunit.Abstractions;
+
+namespace AutoPrune.Tests.Cuda;
+
+/// <summary>The CPU backend computing with the device's precision, and the GPU code path on ILGPU's CPU accelerator.</summary>
+public sealed class MatchDeviceFixture : IDisposable
+{
+    internal LlavaModel Cpu { get; }
+    internal LlavaModel CpuFp32 { get; }
+    internal CudaLlavaModel Gpu { get; }
+    internal ImagePreprocessor Images { get; }
+
+    public MatchDeviceFixture()
+    {
+        var config = LlavaConfig.Load(TestData.ModelDir);
+        using var store = SafeTensorStore.Open(TestData.ModelDir);
+        Cpu = new LlavaModel(store, config, precision: CpuPrecision.MatchDevice);
+        CpuFp32 = new LlavaModel(store, config);
+        Gpu = new CudaLlavaModel(store, config, CudaDevice.CreateForTests());
+        Images = ImagePreprocessor.Load(TestData.ModelDir);
+    }
+
+    public void Dispose()
+    {
+        Gpu.Dispose();
+        Cpu.Dispose();
+        CpuFp32.Dispose();
+    }
+}
+
+/// <summary>
+/// <see cref="CpuPrecision.MatchDevice"/>: with the fixture's fp16 checkpoint the CPU backend computes what the GPU code
+/// path computes on ILGPU's CPU accelerator, bit for bit, so the two make the same pruning decisions (the fp32 CPU swaps
+/// near-tied tokens).
+/// </summary>
+public sealed class MatchDevicePrecisionTests(MatchDeviceFixture fx, ITestOutputHelper output) : IClassFixture<MatchDeviceFixture>
+{
+    private static int Differing(ReadOnlySpan<float> a, ReadOnlySpan<float> b)
+    {
+        Assert.Equal(a.Length, b.Length);
+        int n = 0;
+        for (int i = 0; i < a.Length; i++) if (a[i] != b[i]) n++;
+        return n;
+    }
+
+    [Fact]
+    public void TheEmulatedDeviceSumsItsRowsInOneGroupThread()
+    {
+        // DeviceNumerics.SequentialSum is the order of the row kernels' reductions only with one thread per group.
+        Assert.Equal(1, fx.Gpu.Ops.RowGroupSize);
+    }
+
+    [Fact]
+    public void VisionTowerProjectorAndPrefillEqualTheDevicePathBitForBit()
+    {
+        var reference = TestData.References[0];
+        var pixels = fx.Images.PreprocessFile(TestData.Image(TestData.Dev.Single(r => r.Id == reference.Id).Image), false);
+        var c = fx.Cpu.VisionForward(pixels);
+        var g = fx.Gpu.VisionForward(pixels);
+        Assert.Equal(0, Differing(c.Features, g.Features));
+        Assert.Equal(0, Differing(fx.Cpu.Project(c.Features, c.Tokens), fx.Gpu.Project(c.Features, c.Tokens)));
+        g.Device!.Release();
+
+        var cpu = TwoBackendFixture.Run(fx.Cpu, reference.InputIds, pixels, steps: 3);
+        var gpu = TwoBackendFixture.Run(fx.Gpu, reference.InputIds, pixels, steps: 3);
+        output.WriteLine(string.Join(", ", cpu.Select((l, s) => $"step {s}: {Differing(l, gpu[s])} logits differ")));
+        // The prefill is exact; a decode step's attention is the device's one-row kernel, whose dot products round in
+        // another order than the CPU's GEMM, so later steps agree to fp32 rounding and pick the same token.
+        Assert.Equal(0, Differing(cpu[0], gpu[0]));
+        for (int s = 1; s < cpu.Count; s++)
+        {
+            Assert.Equal(CpuOps.ArgMax(cpu[s]), CpuOps.ArgMax(gpu[s]));
+            for (int i = 0; i < cpu[s].Length; i++) Assert.True(MathF.Abs(cpu[s][i] - gpu[s][i]) <= 1e-3f, $"step {s}: logit {i} differs by {cpu[s][i] - gpu[s][i]}");
+        }
+        // Still the model: within the fp16 bar of transformers' logits, like the device.
+        float dHf = 0;
+        for (int i = 0; i < cpu[0].Length; i++) dHf = MathF.Max(dHf, MathF.Abs(cpu[0][i] - reference.LastLogits[i]));
+        output.WriteLine($"max |Δ| vs transformers {dHf:E2}");
+        Assert.True(dHf <= 2e-2f, $"logits differ from transformers by {dHf}");
+    }
+
+    [Fact]
+    public void TheFp32DefaultIsNotTheDevicesArithmetic()
+    {
+        // The option changes something: fp32 activations give other features than the device's fp16 ones.
+        var pixels = fx.Images.PreprocessFile(TestData.Image(TestData.Dev[0].Image), false);
+        Assert.NotEqual(0, Differing(fx.CpuFp32.VisionForward(pixels).Features, fx.Cpu.VisionForward(pixels).Features));
+    }
+
+    [Theory]
+    [InlineData(PruningMethod.AutoPrune, 128)]
+    [InlineData(PruningMethod.PDrop, 128)]
+    [InlineData(PruningMethod.SparseVLM, 192)]
+    [InlineData(PruningMethod.VisionZip, 128)]
+    public async Task VerifyFindsTheSameKeepDecisionsAndLogits(PruningMethod method, int budget)
+    {
+        var rows = TestData.Dev.Take(8).Select(r => (TestData.Image(r.Image), r.Question)).ToList();
+        var report = await DeviceComparison.RunAsync(TestData.ModelDir, "ilgpu-cpu", rows,
+            new PruningOptions { Method = method, Budget = budget }, maxNewTokens: 2);
+        output.WriteLine($"{method}: {report.SameKeptTokens}/{report.Rows} kept sets equal, max |Δ logit| {report.MaxAbsLogitDifference:E2}");
+        Assert.Equal(nameof(CpuPrecision.MatchDevice), report.ReferencePrecision);
+        Assert.Equal(report.Rows, report.SameKeptTokens);
+        Assert.Equal(report.Rows, report.SameAnswers);
+        Assert.Equal(0, report.MaxAbsLogitDifference);
+        Assert.True(report.Agrees(tolerance: 0));
+    }
+}
