@@ -18,7 +18,7 @@ internal sealed class DivPrunePolicy(ModelShape shape, PruningOptions options) :
     {
         var projected = project(vision.Features, vision.Tokens);
         int dim = projected.Length / vision.Tokens, cls = vision.Tokens - vision.Patches;
-        var keep = DivPruneSelector.Select(projected.AsSpan(cls * dim), dim, PatchesToKeep(vision));
+        var keep = DivPruneSelector.Select(projected.AsSpan(cls * dim), dim, PatchesToKeep(vision), vision.MatchDevice);
         return PreLlmSelection.FromRows(vision, projected, keep, OriginalPositions);
     }
 

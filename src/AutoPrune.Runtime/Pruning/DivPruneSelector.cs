@@ -17,27 +17,30 @@ internal static class DivPruneSelector
     /// Selects <paramref name="k"/> of the rows of <paramref name="features"/> ([n, dim]); returns them ascending.
     /// O(n^2 dim) for the similarity matrix (one GEMM), then O(n k) for the greedy loop.
     /// </summary>
-    public static int[] Select(ReadOnlySpan<float> features, int dim, int k)
+    /// <param name="matchDevice">Normalise as the device does (<see cref="CpuPrecision.MatchDevice"/>): the squared norm
+    /// summed in order and the unit rows rounded to fp16 before their cosines.</param>
+    public static int[] Select(ReadOnlySpan<float> features, int dim, int k, bool matchDevice = false)
     {
         if (dim < 1 || features.Length % dim != 0) throw new ArgumentException($"Features must be [n, {dim}]; got {features.Length} values.", nameof(features));
         int n = features.Length / dim;
         k = Math.Clamp(k, 0, n);
         if (k == 0) return [];
         if (k == n) return Enumerable.Range(0, n).ToArray();
-        var distance = CosineDistances(features, n, dim);
+        var distance = CosineDistances(features, n, dim, matchDevice);
         return GreedyMaxMin(distance, n, k);
     }
 
     /// <summary>The n x n matrix 1 - cos(f_i, f_j) (zero vectors have cosine 0 with everything).</summary>
-    internal static float[] CosineDistances(ReadOnlySpan<float> features, int n, int dim)
+    internal static float[] CosineDistances(ReadOnlySpan<float> features, int n, int dim, bool matchDevice = false)
     {
         var unit = new float[n * dim];
         for (int i = 0; i < n; i++)
         {
             var src = features.Slice(i * dim, dim);
-            float norm = MathF.Sqrt(TensorPrimitives.SumOfSquares(src));
+            float norm = MathF.Sqrt(matchDevice ? DeviceNumerics.SequentialSum(src, squares: true) : TensorPrimitives.SumOfSquares(src));
             TensorPrimitives.Multiply(src, norm > 0 ? 1f / norm : 0f, unit.AsSpan(i * dim, dim));
         }
+        if (matchDevice) DeviceNumerics.RoundToHalf(unit);
         var cos = new float[n * n];
         Gemm.MatMulTransB(unit, n, dim, unit, n, cos);
         // The GEMM's blocking may round the two halves differently: make the matrix exactly symmetric. Distances are kept

@@ -40,7 +40,7 @@ public sealed class MatchDeviceFixture : IDisposable
 /// <summary>
 /// <see cref="CpuPrecision.MatchDevice"/>: with the fixture's fp16 checkpoint the CPU backend computes what the GPU code
 /// path computes on ILGPU's CPU accelerator, bit for bit, so the two make the same pruning decisions (the fp32 CPU swaps
-/// near-tied tokens).
+/// near-tied tokens). EmulatedGpuEngineTests checks every method's kept tokens on dev rows the same way.
 /// </summary>
 public sealed class MatchDevicePrecisionTests(MatchDeviceFixture fx, ITestOutputHelper output) : IClassFixture<MatchDeviceFixture>
 {
@@ -101,6 +101,7 @@ public sealed class MatchDevicePrecisionTests(MatchDeviceFixture fx, ITestOutput
     [InlineData(PruningMethod.PDrop, 128)]
     [InlineData(PruningMethod.SparseVLM, 192)]
     [InlineData(PruningMethod.VisionZip, 128)]
+    [InlineData(PruningMethod.DivPrune, 128)]
     public async Task VerifyFindsTheSameKeepDecisionsAndLogits(PruningMethod method, int budget)
     {
         var rows = TestData.Dev.Take(8).Select(r => (TestData.Image(r.Image), r.Question)).ToList();

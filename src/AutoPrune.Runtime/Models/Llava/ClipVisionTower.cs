@@ -44,6 +44,12 @@ internal sealed class VisionFeatures
 
     /// <summary>The same data on a GPU (null on the CPU backend).</summary>
     public Cuda.DeviceVisionFeatures? Device { get; init; }
+
+    /// <summary>
+    /// Computed by a CPU backend with <see cref="CpuPrecision.MatchDevice"/>: a selection the host makes on these
+    /// features (DivPrune's) rounds where the device's would, so both choose the same rows.
+    /// </summary>
+    public bool MatchDevice { get; init; }
 }
 
 /// <summary>CLIP ViT vision tower (checkpoint prefix <c>vision_tower.vision_model</c>).</summary>
@@ -178,6 +184,7 @@ internal sealed class ClipVisionTower
             PatchKeys = _layers.Length > 0 ? k.AsSpan(h).ToArray() : null,
             Heads = heads,
             Patches = Patches,
+            MatchDevice = _matchDevice,
         };
     }
 }
