@@ -12,9 +12,9 @@ public enum CpuPrecision
     /// <summary>
     /// The CUDA code path's arithmetic on the CPU: activations rounded to fp16 wherever the GPU path stores them as fp16
     /// (GEMM inputs, q/k/v, attention probabilities and outputs, the MLP's activations), row sums in index order, biases
-    /// added after an accumulating GEMM. With an fp16 checkpoint, the vision tower and projector then equal the GPU
-    /// code path on ILGPU's CPU accelerator bit for bit, and pruning decisions agree with it, where fp32 activations
-    /// swap near-tied tokens (see <c>verify</c>). On a real GPU, cuBLAS and the kernels sum in their own order, so
+    /// added after an accumulating GEMM, short attention and decode steps with the fused kernel's order of operations.
+    /// With an fp16 checkpoint the whole model (tower, projector, prefill, decode, pruning decisions) then equals the
+    /// GPU code path on ILGPU's CPU accelerator bit for bit, where fp32 activations swap near-tied tokens (see <c>verify</c>). On a real GPU, cuBLAS and the kernels sum in their own order, so
     /// values agree to fp16 rounding rather than bit for bit. Slower than <see cref="Fp32"/> (one-row GEMMs use the tiled kernel).
     /// </summary>
     MatchDevice = 1,

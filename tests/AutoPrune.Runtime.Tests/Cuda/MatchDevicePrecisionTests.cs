@@ -60,7 +60,7 @@ public sealed class MatchDevicePrecisionTests(MatchDeviceFixture fx, ITestOutput
     }
 
     [Fact]
-    public void VisionTowerProjectorAndPrefillEqualTheDevicePathBitForBit()
+    public void VisionTowerProjectorPrefillAndDecodeEqualTheDevicePathBitForBit()
     {
         var reference = TestData.References[0];
         var pixels = fx.Images.PreprocessFile(TestData.Image(TestData.Dev.Single(r => r.Id == reference.Id).Image), false);
@@ -70,17 +70,10 @@ public sealed class MatchDevicePrecisionTests(MatchDeviceFixture fx, ITestOutput
         Assert.Equal(0, Differing(fx.Cpu.Project(c.Features, c.Tokens), fx.Gpu.Project(c.Features, c.Tokens)));
         g.Device!.Release();
 
-        var cpu = TwoBackendFixture.Run(fx.Cpu, reference.InputIds, pixels, steps: 3);
-        var gpu = TwoBackendFixture.Run(fx.Gpu, reference.InputIds, pixels, steps: 3);
+        var cpu = TwoBackendFixture.Run(fx.Cpu, reference.InputIds, pixels, steps: 6);
+        var gpu = TwoBackendFixture.Run(fx.Gpu, reference.InputIds, pixels, steps: 6);
         output.WriteLine(string.Join(", ", cpu.Select((l, s) => $"step {s}: {Differing(l, gpu[s])} logits differ")));
-        // The prefill is exact; a decode step's attention is the device's one-row kernel, whose dot products round in
-        // another order than the CPU's GEMM, so later steps agree to fp32 rounding and pick the same token.
-        Assert.Equal(0, Differing(cpu[0], gpu[0]));
-        for (int s = 1; s < cpu.Count; s++)
-        {
-            Assert.Equal(CpuOps.ArgMax(cpu[s]), CpuOps.ArgMax(gpu[s]));
-            for (int i = 0; i < cpu[s].Length; i++) Assert.True(MathF.Abs(cpu[s][i] - gpu[s][i]) <= 1e-3f, $"step {s}: logit {i} differs by {cpu[s][i] - gpu[s][i]}");
-        }
+        for (int s = 0; s < cpu.Count; s++) Assert.Equal(0, Differing(cpu[s], gpu[s]));
         // Still the model: within the fp16 bar of transformers' logits, like the device.
         float dHf = 0;
         for (int i = 0; i < cpu[0].Length; i++) dHf = MathF.Max(dHf, MathF.Abs(cpu[0][i] - reference.LastLogits[i]));

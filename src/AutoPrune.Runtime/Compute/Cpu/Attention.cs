@@ -17,6 +17,12 @@ internal static class Attention
     {
         if (matchDevice)
         {
+            // The device's choice: one fused kernel for a decode step and short attention, GEMMs and a softmax otherwise.
+            if (nq == 1 || (long)nq * nk <= DeviceNumerics.FusedAttentionMaxPairs)
+            {
+                DeviceNumerics.FusedAttention(q, k, v, o, nq, nk, qHeads, kvHeads, hd, causal);
+                return;
+            }
             MultiHeadBlocked(q, k, v, o, nq, nk, qHeads, kvHeads, hd, causal, matchDevice);
             DeviceNumerics.RoundToHalf(o.Slice(0, nq * qHeads * hd));
             return;

@@ -62,7 +62,7 @@ internal sealed class CudaLlavaModel : ILlavaBackend
     /// (181² pairs) comes from an estimate (each group streams its keys and values through L2: at this size about as
     /// long as the two launches it saves) and wants tuning on a GPU; 0 turns the fused path off.
     /// </summary>
-    internal long FusedAttentionMaxPairs { get; set; } = 32768;
+    internal long FusedAttentionMaxPairs { get; set; } = DeviceNumerics.FusedAttentionMaxPairs;
 
     public LlavaConfig Config { get; }
     public string Device => _device.Description;
