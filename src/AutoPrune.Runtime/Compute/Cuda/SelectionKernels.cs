@@ -155,7 +155,7 @@ internal static class SelectionKernels
     /// <summary>
     /// SparseVLM relevance, per visual row v (one thread each): the logits visual_v · text_t in double, softmax over the
     /// text, and each text row's share e_t / z / V into contrib [V, T] (the sum over v follows in
-    /// <see cref="RatersKernel"/>, in the host's order).
+    /// <see cref="Raters"/>, in the host's order).
     /// </summary>
     internal static void RelevanceKernel(Index1D t0, ArrayView<float> hidden, ArrayView<double> contrib, int visualStart, int V, int textStart, int T, int dim, ElementRange range)
     {
@@ -183,12 +183,31 @@ internal static class SelectionKernels
     }
 
     /// <summary>
-    /// raters[t] = 1 when text row t's relevance (Σ over v of contrib, in order) is above the mean relevance + 1e-12
-    /// (all rows when none is); count[0] = the number of raters. One group.
+    /// SparseVLM's selection in one group, where it was three launches: the raters (<see cref="Raters"/>), the top k by
+    /// the raters' mean attention with the plan (<see cref="SignalKernels.TopKPlan"/>, p.ScoreMode 1, p.UseMask 1), and
+    /// when r.Selected &gt; 0 the dropped rows to recycle (<see cref="RecycleSelect"/>). attn [heads, T, V].
     /// </summary>
-    internal static void RatersKernel(ArrayView<double> contrib, ArrayView<double> relevance, ArrayView<int> raters, ArrayView<int> count, int V, int T)
+    internal static void SparseVlmSelectKernel(ArrayView<double> contrib, ArrayView<double> relevance, ArrayView<int> raters, ArrayView<int> count,
+        ArrayView<float> attn, ArrayView<float> scores, ArrayView<int> kept, ArrayView<int> keptLocal, ArrayView<int> plan,
+        ArrayView<int> flags, ArrayView<int> sel, PlanShape p, RecycleShape r)
     {
         int tid = Group.IdxX, step = Group.DimX;
+        Raters(contrib, relevance, raters, count, p.V, p.Rows, tid, step);
+        Group.Barrier();
+        SignalKernels.TopKPlan(scores, attn, raters, kept, keptLocal, plan, p, tid, step);
+        if (r.Selected > 0)
+        {
+            Group.Barrier();
+            RecycleSelect(scores, kept, flags, sel, r, tid, step);
+        }
+    }
+
+    /// <summary>
+    /// raters[t] = 1 when text row t's relevance (Σ over v of contrib, in order) is above the mean relevance + 1e-12
+    /// (all rows when none is); count[0] = the number of raters. By one group (thread tid of step).
+    /// </summary>
+    private static void Raters(ArrayView<double> contrib, ArrayView<double> relevance, ArrayView<int> raters, ArrayView<int> count, int V, int T, int tid, int step)
+    {
         for (int t = tid; t < T; t += step)
         {
             double r = 0;
@@ -206,12 +225,11 @@ internal static class SelectionKernels
     }
 
     /// <summary>
-    /// Recycling, step 1 (one group): of the dropped rows (kept[i] == 0, ascending) the top p.Selected by score (ties to
-    /// the lower row), ascending, into sel; flags [V] is scratch.
+    /// Recycling, step 1 (by one group): of the dropped rows (kept[i] == 0, ascending) the top p.Selected by score (ties
+    /// to the lower row), ascending, into sel; flags [V] is scratch.
     /// </summary>
-    internal static void RecycleSelectKernel(ArrayView<float> scores, ArrayView<int> kept, ArrayView<int> flags, ArrayView<int> sel, RecycleShape p)
+    private static void RecycleSelect(ArrayView<float> scores, ArrayView<int> kept, ArrayView<int> flags, ArrayView<int> sel, RecycleShape p, int tid, int step)
     {
-        int tid = Group.IdxX, step = Group.DimX;
         for (int i = tid; i < p.V; i += step)
         {
             flags[i] = 0;
@@ -431,8 +449,8 @@ internal sealed partial class CudaOps
 {
     private Action<AcceleratorStream, KernelConfig, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<int>, ArrayView<int>, ArrayView<int>, NmsShape>? _nms;
     private Action<AcceleratorStream, Index1D, ArrayView<float>, ArrayView<double>, int, int, int, int, int, ElementRange>? _relevance;
-    private Action<AcceleratorStream, KernelConfig, ArrayView<double>, ArrayView<double>, ArrayView<int>, ArrayView<int>, int, int>? _raters;
-    private Action<AcceleratorStream, KernelConfig, ArrayView<float>, ArrayView<int>, ArrayView<int>, ArrayView<int>, RecycleShape>? _recycleSelect;
+    private Action<AcceleratorStream, KernelConfig, ArrayView<double>, ArrayView<double>, ArrayView<int>, ArrayView<int>, ArrayView<float>, ArrayView<float>,
+        ArrayView<int>, ArrayView<int>, ArrayView<int>, ArrayView<int>, ArrayView<int>, PlanShape, RecycleShape>? _sparseVlmSelect;
     private Action<AcceleratorStream, Index1D, ArrayView<float>, ArrayView<int>, ArrayView<double>, RecycleShape, ElementRange>? _recycleDistance;
     private Action<AcceleratorStream, KernelConfig, ArrayView<double>, ArrayView<double>, ArrayView<float>, ArrayView<int>, ArrayView<int>, RecycleShape>? _recycleCluster;
     private Action<AcceleratorStream, Index1D, ArrayView<float>, ArrayView<int>, ArrayView<int>, ArrayView<float>, RecycleShape, ElementRange>? _recycleMerge;
@@ -445,10 +463,10 @@ internal sealed partial class CudaOps
         => _nms ??= _acc.LoadKernel<ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<int>, ArrayView<int>, ArrayView<int>, NmsShape>(SelectionKernels.AdaptiveNmsKernel);
     private Action<AcceleratorStream, Index1D, ArrayView<float>, ArrayView<double>, int, int, int, int, int, ElementRange> RelevanceK
         => _relevance ??= _acc.LoadAutoGroupedKernel<Index1D, ArrayView<float>, ArrayView<double>, int, int, int, int, int, ElementRange>(SelectionKernels.RelevanceKernel);
-    private Action<AcceleratorStream, KernelConfig, ArrayView<double>, ArrayView<double>, ArrayView<int>, ArrayView<int>, int, int> RatersK
-        => _raters ??= _acc.LoadKernel<ArrayView<double>, ArrayView<double>, ArrayView<int>, ArrayView<int>, int, int>(SelectionKernels.RatersKernel);
-    private Action<AcceleratorStream, KernelConfig, ArrayView<float>, ArrayView<int>, ArrayView<int>, ArrayView<int>, RecycleShape> RecycleSelectK
-        => _recycleSelect ??= _acc.LoadKernel<ArrayView<float>, ArrayView<int>, ArrayView<int>, ArrayView<int>, RecycleShape>(SelectionKernels.RecycleSelectKernel);
+    private Action<AcceleratorStream, KernelConfig, ArrayView<double>, ArrayView<double>, ArrayView<int>, ArrayView<int>, ArrayView<float>, ArrayView<float>,
+        ArrayView<int>, ArrayView<int>, ArrayView<int>, ArrayView<int>, ArrayView<int>, PlanShape, RecycleShape> SparseVlmSelectK
+        => _sparseVlmSelect ??= _acc.LoadKernel<ArrayView<double>, ArrayView<double>, ArrayView<int>, ArrayView<int>, ArrayView<float>, ArrayView<float>,
+            ArrayView<int>, ArrayView<int>, ArrayView<int>, ArrayView<int>, ArrayView<int>, PlanShape, RecycleShape>(SelectionKernels.SparseVlmSelectKernel);
     private Action<AcceleratorStream, Index1D, ArrayView<float>, ArrayView<int>, ArrayView<double>, RecycleShape, ElementRange> RecycleDistanceK
         => _recycleDistance ??= _acc.LoadAutoGroupedKernel<Index1D, ArrayView<float>, ArrayView<int>, ArrayView<double>, RecycleShape, ElementRange>(SelectionKernels.RecycleDistanceKernel);
     private Action<AcceleratorStream, KernelConfig, ArrayView<double>, ArrayView<double>, ArrayView<float>, ArrayView<int>, ArrayView<int>, RecycleShape> RecycleClusterK
@@ -465,7 +483,7 @@ internal sealed partial class CudaOps
         => _zipMerge ??= _acc.LoadAutoGroupedKernel<Index1D, ArrayView<float>, ArrayView<int>, ArrayView<int>, ArrayView<int>, ArrayView<int>, ArrayView<float>, ArrayView<int>, ZipShape, ElementRange>(SelectionKernels.ZipMergeKernel);
 
     private object[] SelectionKernelsLoaded() =>
-        [NmsK, RelevanceK, RatersK, RecycleSelectK, RecycleDistanceK, RecycleClusterK, RecycleMergeK, ClsSumK, ZipRestK, ZipAssignK, ZipMergeK];
+        [NmsK, RelevanceK, SparseVlmSelectK, RecycleDistanceK, RecycleClusterK, RecycleMergeK, ClsSumK, ZipRestK, ZipAssignK, ZipMergeK];
 
     /// <summary>AdaptPrune's selection and plan in one single-group launch (see <see cref="SelectionKernels.AdaptiveNmsKernel"/>).</summary>
     public void AdaptiveNms(ArrayView<float> attn, ArrayView<float> prior, ArrayView<float> keys, ArrayView<float> features, ArrayView<float> s,
@@ -480,35 +498,52 @@ internal sealed partial class CudaOps
     }
 
     /// <summary>
-    /// SparseVLM raters from the hidden states (visual rows [visualStart, +V), text rows [textStart, +T)): raters[t] flags and
-    /// count[0] their number; contrib [V·T] and relevance [T] are double scratch. Two launches.
+    /// SparseVLM's relevance of text rows [textStart, +T) to visual rows [visualStart, +V) of the hidden states, as each
+    /// visual row's softmax shares in contrib [V·T] (double). One launch.
     /// </summary>
-    public void SparseVlmRaters(ArrayView<float> hidden, int visualStart, int V, int textStart, int T, int dim,
-        ArrayView<double> contrib, ArrayView<double> relevance, ArrayView<int> raters, ArrayView<int> count)
+    public void SparseVlmRelevance(ArrayView<float> hidden, int visualStart, int V, int textStart, int T, int dim, ArrayView<double> contrib)
     {
         Require(V > 0 && T > 0, $"V ({V}) and T ({T}) must be positive.");
-        Require(contrib.Length >= (long)V * T && relevance.Length >= T && raters.Length >= T && count.Length >= 1, "a view is too short for the raters.");
+        Require(contrib.Length >= (long)V * T, "contrib is too short for the relevance.");
         var r = Range(V);
-        Counters.Launch(2);
+        Counters.Launch();
         RelevanceK(Stream, Extent(r.Stride), hidden, contrib, visualStart, V, textStart, T, dim, r);
-        RatersK(Stream, OneGroup(), contrib, relevance, raters, count, V, T);
     }
 
     /// <summary>
-    /// Recycling of the dropped rows into p.Groups merged rows (see <see cref="SelectionKernels"/>): four launches.
-    /// flags [V], sel [Selected], dist [Selected²], density [Selected], gamma [Selected], centre [Groups], assign [Selected] are scratch.
+    /// SparseVLM's raters, top k and plan, and the rows to recycle, in one launch (<see cref="SelectionKernels.SparseVlmSelectKernel"/>):
+    /// raters [p.Rows] and count [1] out; relevance [p.Rows] scratch; attn [heads, p.Rows, p.V]; flags [V] and sel
+    /// [r.Selected] only when r.Selected &gt; 0.
     /// </summary>
-    public void Recycle(ArrayView<float> hidden, ArrayView<float> scores, ArrayView<int> kept, ArrayView<int> flags, ArrayView<int> sel, ArrayView<double> dist,
+    public void SparseVlmSelect(ArrayView<double> contrib, ArrayView<double> relevance, ArrayView<int> raters, ArrayView<int> count, ArrayView<float> attn,
+        ArrayView<float> scores, ArrayView<int> kept, ArrayView<int> keptLocal, ArrayView<int> plan, ArrayView<int> flags, ArrayView<int> sel, PlanShape p, RecycleShape r)
+    {
+        Require(p.ScoreMode == 1 && p.UseMask == 1 && p.WritePlan == 1, "SparseVLM scores by the raters' mean attention and writes the plan.");
+        Require(p.K >= 0 && p.K <= p.V && p.Rows > 0, $"k ({p.K}) must be within 0..{p.V}, with raters to choose from.");
+        Require(contrib.Length >= (long)p.V * p.Rows && relevance.Length >= p.Rows && raters.Length >= p.Rows && count.Length >= 1
+            && attn.Length >= (long)p.Heads * p.Rows * p.V && scores.Length >= p.V && kept.Length >= p.V && keptLocal.Length >= Math.Max(1, p.K)
+            && plan.Length >= p.Prefix + p.K + p.Merged + p.Text, "a view is too short for SparseVLM's selection.");
+        Require(r.Selected == 0 || (flags.Length >= p.V && sel.Length >= r.Selected), "flags or sel too short for recycling.");
+        if (r.Selected == 0) (flags, sel) = (kept, kept); // unused
+        Counters.Launch();
+        SparseVlmSelectK(Stream, OneGroup(), contrib, relevance, raters, count, attn, scores, kept, keptLocal, plan, flags, sel, p, r);
+    }
+
+    /// <summary>
+    /// Recycling of the selected dropped rows sel (<see cref="SparseVlmSelect"/>) into p.Groups merged rows (see
+    /// <see cref="SelectionKernels"/>): three launches. dist [Selected²], density [Selected], gamma [Selected], centre
+    /// [Groups], assign [Selected] are scratch.
+    /// </summary>
+    public void Recycle(ArrayView<float> hidden, ArrayView<int> sel, ArrayView<double> dist,
         ArrayView<double> density, ArrayView<float> gamma, ArrayView<int> centre, ArrayView<int> assign, ArrayView<float> merged, RecycleShape p)
     {
         int n = p.Selected;
         Require(n > 0 && p.Groups > 0, $"{n} selected rows into {p.Groups} groups.");
-        Require(flags.Length >= p.V && sel.Length >= n && dist.Length >= (long)n * n && density.Length >= n && gamma.Length >= n && centre.Length >= p.Groups && assign.Length >= n
+        Require(sel.Length >= n && dist.Length >= (long)n * n && density.Length >= n && gamma.Length >= n && centre.Length >= p.Groups && assign.Length >= n
             && merged.Length >= (long)p.Groups * p.Dim, "a view is too short for recycling.");
         var rd = Range((long)n * n);
         var rm = Range((long)p.Groups * p.Dim);
-        Counters.Launch(4);
-        RecycleSelectK(Stream, OneGroup(), scores, kept, flags, sel, p);
+        Counters.Launch(3);
         RecycleDistanceK(Stream, Extent(rd.Stride), hidden, sel, dist, p, rd);
         RecycleClusterK(Stream, OneGroup(), dist, density, gamma, centre, assign, p);
         RecycleMergeK(Stream, Extent(rm.Stride), hidden, sel, assign, merged, p, rm);

@@ -131,8 +131,12 @@ internal static class SignalKernels
     /// </summary>
     internal static void TopKPlanKernel(ArrayView<float> scores, ArrayView<float> attn, ArrayView<int> mask, ArrayView<int> kept,
         ArrayView<int> keptLocal, ArrayView<int> plan, PlanShape p)
+        => TopKPlan(scores, attn, mask, kept, keptLocal, plan, p, Group.IdxX, Group.DimX);
+
+    /// <summary><see cref="TopKPlanKernel"/>'s work by one group (thread tid of step), for kernels that go on after it.</summary>
+    internal static void TopKPlan(ArrayView<float> scores, ArrayView<float> attn, ArrayView<int> mask, ArrayView<int> kept,
+        ArrayView<int> keptLocal, ArrayView<int> plan, PlanShape p, int tid, int step)
     {
-        int tid = Group.IdxX, step = Group.DimX;
         if (p.ScoreMode == 1)
         {
             for (int j = tid; j < p.V; j += step) scores[j] = ColumnMean(attn, mask, p.Heads, p.Rows, p.V, p.UseMask, j);

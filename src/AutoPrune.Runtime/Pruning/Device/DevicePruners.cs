@@ -175,25 +175,28 @@ internal sealed class SparseVlmOnDevice(LayerSchedule schedule, PruningOptions o
         int v = ctx.VisualCount, t = ctx.TextCount, d = dev.Hidden, k = Math.Clamp(step.Kept, 0, v);
         if (t == 0) throw new InvalidOperationException("SparseVLM needs text tokens after the image.");
         int textStart = ctx.Prefix + v;
-        var raters = dev.Scratch<int>(t);
-        var count = dev.Scratch<int>(1);
-        dev.Ops.SparseVlmRaters(dev.HiddenStates, ctx.Prefix, v, textStart, t, d, dev.Scratch<double>((long)v * t), dev.Scratch<double>(t), raters, count);
         int layer = dev.Layer;
-        dev.ReadAtEnd(count, 1, c => _signals[$"raters_layer{layer}"] = c[0]);
+        var contrib = dev.Scratch<double>((long)v * t);
+        dev.Ops.SparseVlmRelevance(dev.HiddenStates, ctx.Prefix, v, textStart, t, d, contrib);
         var attn = dev.AttentionWindow(textStart, t, ctx.Prefix, v);
         int dropped = v - k;
         int merged = step.Recycled > 0 && dropped > 0 ? step.Recycled : 0;
-        var (plan, kept, _, scores) = dev.KeepTopK(default, attn, raters, new PlanShape(v, k, ctx.Prefix, t, merged, 1, dev.Heads, t, 1, 1));
+        int selected = merged > 0 ? ScheduleMath.RecycleSelected(dropped, options) : 0;
+        if (merged > 0 && ScheduleMath.RecycleGroups(dropped, options) != merged)
+            throw new InvalidOperationException($"Recycling would produce {ScheduleMath.RecycleGroups(dropped, options)} merged tokens where the schedule expected {merged}.");
+        var recycle = new RecycleShape(v, k, selected, merged, options.RecycleDensityNeighbours, d, ctx.Prefix);
+        var plan = dev.Scratch<int>(ctx.Prefix + k + merged + t);
+        var sel = dev.Scratch<int>(Math.Max(1, selected));
+        // Raters, top k, plan and the rows to recycle in one launch; the raters' count comes back with the final readback.
+        dev.Ops.SparseVlmSelect(contrib, dev.Scratch<double>(t), dev.Scratch<int>(t), dev.AtEnd<int>(1, c => _signals[$"raters_layer{layer}"] = c[0]), attn,
+            dev.Scratch<float>(v), dev.Scratch<int>(v), dev.Scratch<int>(Math.Max(1, k)), plan, dev.Scratch<int>(v), sel,
+            new PlanShape(v, k, ctx.Prefix, t, merged, 1, dev.Heads, t, 1, 1), recycle);
         ArrayView<float> mergedRows = default;
         if (merged > 0)
         {
-            int selected = ScheduleMath.RecycleSelected(dropped, options);
-            if (ScheduleMath.RecycleGroups(dropped, options) != merged)
-                throw new InvalidOperationException($"Recycling would produce {ScheduleMath.RecycleGroups(dropped, options)} merged tokens where the schedule expected {merged}.");
             mergedRows = dev.Scratch<float>((long)merged * d);
-            dev.Ops.Recycle(dev.HiddenStates, scores, kept, dev.Scratch<int>(v), dev.Scratch<int>(selected), dev.Scratch<double>((long)selected * selected),
-                dev.Scratch<double>(selected), dev.Scratch<float>(selected), dev.Scratch<int>(merged), dev.Scratch<int>(selected), mergedRows,
-                new RecycleShape(v, k, selected, merged, options.RecycleDensityNeighbours, d, ctx.Prefix));
+            dev.Ops.Recycle(dev.HiddenStates, sel, dev.Scratch<double>((long)selected * selected),
+                dev.Scratch<double>(selected), dev.Scratch<float>(selected), dev.Scratch<int>(merged), dev.Scratch<int>(selected), mergedRows, recycle);
         }
         return DevicePruners.Action(plan, ctx, k, mergedRows, merged, renumber: true);
     }

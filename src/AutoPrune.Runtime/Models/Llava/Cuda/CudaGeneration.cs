@@ -179,13 +179,16 @@ internal sealed class CudaGeneration : IGeneration
         }
     }
 
-    /// <summary>Asks for a device value to come back with the prefill's final readback (no wait of its own).</summary>
-    internal void ReadAtEnd<T>(ArrayView<T> src, long length, Action<T[]> deliver) where T : unmanaged
+    /// <summary>
+    /// A device buffer of <paramref name="length"/> values that comes back with the prefill's final readback (no wait of
+    /// its own) to <paramref name="deliver"/>: a kernel writes its result straight into it (it outlives the layer's
+    /// scratch, which later prunes reuse).
+    /// </summary>
+    internal ArrayView<T> AtEnd<T>(long length, Action<T[]> deliver) where T : unmanaged
     {
-        // Copied now (later prunes reuse the scratch), read back at the end.
         var keep = _m.Memory.Allocate<T>(Math.Max(1, length));
-        _m.Queue.Copy(src.SubView(0, length), keep.View);
         _atEnd.Add(r => r.Add(keep.View, length, v => { deliver(v); keep.Dispose(); }));
+        return keep.View.SubView(0, length);
     }
 
     public float[] Step(int tokenId)

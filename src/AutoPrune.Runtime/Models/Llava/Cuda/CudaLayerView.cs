@@ -86,10 +86,13 @@ internal sealed class DeviceLayerSignals
         return result;
     }
 
-    /// <summary>Mutual information of T text rows × cols visual columns of attention [heads, T, cols], summed over heads: [MI, bound Σ m_h·log2 T].</summary>
-    public ArrayView<float> MutualInformation(ArrayView<float> attn, int T, int cols)
+    /// <summary>
+    /// Mutual information of T text rows × cols visual columns of attention [heads, T, cols], summed over heads: [MI, bound
+    /// Σ m_h·log2 T], into <paramref name="result"/> when given (e.g. an <see cref="AtEnd{T}"/> buffer), else into scratch.
+    /// </summary>
+    public ArrayView<float> MutualInformation(ArrayView<float> attn, int T, int cols, ArrayView<float> result = default)
     {
-        var result = Scratch<float>(2);
+        if (result.Length == 0) result = Scratch<float>(2);
         Ops.MutualInformation(attn, Heads, T, cols, Scratch<float>((long)Heads * cols), Scratch<float>(2L * Heads), result);
         return result;
     }
@@ -172,6 +175,6 @@ internal sealed class DeviceLayerSignals
     /// <summary>Copies a device result to the host now (one host synchronisation).</summary>
     public T[] Read<T>(ArrayView<T> src, long length) where T : unmanaged => _g.Model.Queue.Download(src, length);
 
-    /// <summary>Brings a device result back with the prefill's final readback (no wait of its own).</summary>
-    public void ReadAtEnd<T>(ArrayView<T> src, long length, Action<T[]> deliver) where T : unmanaged => _g.ReadAtEnd(src, length, deliver);
+    /// <summary>A buffer for a kernel's result that comes back with the prefill's final readback (no wait, no copy of its own).</summary>
+    public ArrayView<T> AtEnd<T>(long length, Action<T[]> deliver) where T : unmanaged => _g.AtEnd(length, deliver);
 }
