@@ -185,6 +185,9 @@ public sealed class DevicePrunerParityTests(TwoBackendFixture fx, ITestOutputHel
             Assert.Equal(layerCost, before - layers[i - 1].After - 1);
         }
         Assert.Equal(2 + 2, layers[1].After - layers[1].Before); // + MI and its bound
+        // Layer 0: the text rows' attention, MI (two launches, written straight into the buffer the final readback
+        // brings back: no copy), and the first selection's five.
+        Assert.Equal(8, layers[0].After - layers[0].Before);
     }
 
     /// <summary>
