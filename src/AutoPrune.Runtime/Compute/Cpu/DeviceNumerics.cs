@@ -23,22 +23,12 @@ internal static class DeviceNumerics
     }
 
     /// <summary>
-    /// Exact GELU with <see cref="CpuOps.Erf"/>'s Chebyshev fit evaluated in fp32, in the erfc form, term for term as
-    /// <see cref="Cuda.CudaKernels.GeluKernel"/> (<see cref="CpuOps.Gelu"/> evaluates it in double).
+    /// Exact GELU with <see cref="CpuOps.Erf"/>'s Chebyshev fit evaluated in fp32, in the erfc form: the device kernel's
+    /// own function (<see cref="Cuda.CudaKernels.Gelu"/>; <see cref="CpuOps.Gelu"/> evaluates it in double).
     /// </summary>
     public static void Gelu(Span<float> x)
     {
-        for (int i = 0; i < x.Length; i++)
-        {
-            float v = x[i];
-            float z = MathF.Abs(v * 0.70710678118654752f);
-            float t = 1f / (1f + 0.5f * z);
-            float r = t * MathF.Exp(-z * z - 1.26551223f + t * (1.00002368f + t * (0.37409196f + t * (0.09678418f +
-                t * (-0.18628806f + t * (0.27886807f + t * (-1.13520398f + t * (1.48851587f +
-                t * (-0.82215223f + t * 0.17087277f)))))))));
-            float onePlusErf = v >= 0 ? 2f - r : r;
-            x[i] = 0.5f * v * onePlusErf;
-        }
+        for (int i = 0; i < x.Length; i++) x[i] = Cuda.CudaKernels.Gelu(x[i]);
     }
 
     /// <summary>

@@ -95,18 +95,20 @@ internal static class CudaKernels
     /// </summary>
     internal static void GeluKernel(Index1D t0, ArrayView<float> x, ElementRange range)
     {
-        for (long i = t0; i < range.Count; i += range.Stride)
-        {
-            float v = x[i];
-            float z = XMath.Abs(v * 0.70710678118654752f);
-            float t = 1f / (1f + 0.5f * z);
-            float r = t * XMath.Exp(-z * z - 1.26551223f + t * (1.00002368f + t * (0.37409196f + t * (0.09678418f +
-                t * (-0.18628806f + t * (0.27886807f + t * (-1.13520398f + t * (1.48851587f +
-                t * (-0.82215223f + t * 0.17087277f)))))))));
-            // 1 + erf(y) = 2 - erfc(|y|) for y >= 0, erfc(|y|) for y < 0.
-            float onePlusErf = v >= 0 ? 2f - r : r;
-            x[i] = 0.5f * v * onePlusErf;
-        }
+        for (long i = t0; i < range.Count; i += range.Stride) x[i] = Gelu(x[i]);
+    }
+
+    /// <summary>One value of <see cref="GeluKernel"/> (also called on the host by <see cref="Cpu.DeviceNumerics.Gelu"/>).</summary>
+    internal static float Gelu(float v)
+    {
+        float z = XMath.Abs(v * 0.70710678118654752f);
+        float t = 1f / (1f + 0.5f * z);
+        float r = t * XMath.Exp(-z * z - 1.26551223f + t * (1.00002368f + t * (0.37409196f + t * (0.09678418f +
+            t * (-0.18628806f + t * (0.27886807f + t * (-1.13520398f + t * (1.48851587f +
+            t * (-0.82215223f + t * 0.17087277f)))))))));
+        // 1 + erf(y) = 2 - erfc(|y|) for y >= 0, erfc(|y|) for y < 0.
+        float onePlusErf = v >= 0 ? 2f - r : r;
+        return 0.5f * v * onePlusErf;
     }
 
     /// <summary>
