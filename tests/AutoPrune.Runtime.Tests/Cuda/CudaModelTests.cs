@@ -14,6 +14,8 @@ namespace AutoPrune.Tests.Cuda;
 public sealed class TwoBackendFixture : IDisposable
 {
     internal LlavaModel Cpu { get; }
+    /// <summary>The CPU backend computing with the device's precision (<see cref="CpuPrecision.MatchDevice"/>).</summary>
+    internal LlavaModel CpuMatched { get; }
     internal CudaLlavaModel Gpu { get; }
     internal ImagePreprocessor Images { get; }
 
@@ -22,6 +24,7 @@ public sealed class TwoBackendFixture : IDisposable
         var config = LlavaConfig.Load(TestData.ModelDir);
         using var store = SafeTensorStore.Open(TestData.ModelDir);
         Cpu = new LlavaModel(store, config);
+        CpuMatched = new LlavaModel(store, config, precision: CpuPrecision.MatchDevice);
         Gpu = new CudaLlavaModel(store, config, CudaDevice.CreateForTests());
         Images = ImagePreprocessor.Load(TestData.ModelDir);
     }
@@ -50,7 +53,12 @@ public sealed class TwoBackendFixture : IDisposable
         return all;
     }
 
-    public void Dispose() => Gpu.Dispose();
+    public void Dispose()
+    {
+        Gpu.Dispose();
+        Cpu.Dispose();
+        CpuMatched.Dispose();
+    }
 }
 
 /// <summary>

@@ -1,48 +1,17 @@
 using AutoPrune.Compute.Cpu;
-using AutoPrune.Compute.Cuda;
 using AutoPrune.Diagnostics;
-using AutoPrune.Loading;
-using AutoPrune.Loading.Images;
-using AutoPrune.Models.Llava;
-using AutoPrune.Models.Llava.Cuda;
 using AutoPrune.Pruning;
 using Xunit;
 using Xunit.Abstractions;
 
 namespace AutoPrune.Tests.Cuda;
 
-/// <summary>The CPU backend computing with the device's precision, and the GPU code path on ILGPU's CPU accelerator.</summary>
-public sealed class MatchDeviceFixture : IDisposable
-{
-    internal LlavaModel Cpu { get; }
-    internal LlavaModel CpuFp32 { get; }
-    internal CudaLlavaModel Gpu { get; }
-    internal ImagePreprocessor Images { get; }
-
-    public MatchDeviceFixture()
-    {
-        var config = LlavaConfig.Load(TestData.ModelDir);
-        using var store = SafeTensorStore.Open(TestData.ModelDir);
-        Cpu = new LlavaModel(store, config, precision: CpuPrecision.MatchDevice);
-        CpuFp32 = new LlavaModel(store, config);
-        Gpu = new CudaLlavaModel(store, config, CudaDevice.CreateForTests());
-        Images = ImagePreprocessor.Load(TestData.ModelDir);
-    }
-
-    public void Dispose()
-    {
-        Gpu.Dispose();
-        Cpu.Dispose();
-        CpuFp32.Dispose();
-    }
-}
-
 /// <summary>
 /// <see cref="CpuPrecision.MatchDevice"/>: with the fixture's fp16 checkpoint the CPU backend computes what the GPU code
 /// path computes on ILGPU's CPU accelerator, bit for bit, so the two make the same pruning decisions (the fp32 CPU swaps
 /// near-tied tokens). EmulatedGpuEngineTests checks every method's kept tokens on dev rows the same way.
 /// </summary>
-public sealed class MatchDevicePrecisionTests(MatchDeviceFixture fx, ITestOutputHelper output) : IClassFixture<MatchDeviceFixture>
+public sealed class MatchDevicePrecisionTests(TwoBackendFixture fx, ITestOutputHelper output) : IClassFixture<TwoBackendFixture>
 {
     private static int Differing(ReadOnlySpan<float> a, ReadOnlySpan<float> b)
     {
@@ -63,14 +32,14 @@ public sealed class MatchDevicePrecisionTests(MatchDeviceFixture fx, ITestOutput
     public void VisionTowerProjectorPrefillAndDecodeEqualTheDevicePathBitForBit()
     {
         var reference = TestData.References[0];
-        var pixels = fx.Images.PreprocessFile(TestData.Image(TestData.Dev.Single(r => r.Id == reference.Id).Image), false);
-        var c = fx.Cpu.VisionForward(pixels);
+        var pixels = fx.Pixels(TestData.Dev.Single(r => r.Id == reference.Id).Image);
+        var c = fx.CpuMatched.VisionForward(pixels);
         var g = fx.Gpu.VisionForward(pixels);
         Assert.Equal(0, Differing(c.Features, g.Features));
-        Assert.Equal(0, Differing(fx.Cpu.Project(c.Features, c.Tokens), fx.Gpu.Project(c.Features, c.Tokens)));
+        Assert.Equal(0, Differing(fx.CpuMatched.Project(c.Features, c.Tokens), fx.Gpu.Project(c.Features, c.Tokens)));
         g.Device!.Release();
 
-        var cpu = TwoBackendFixture.Run(fx.Cpu, reference.InputIds, pixels, steps: 6);
+        var cpu = TwoBackendFixture.Run(fx.CpuMatched, reference.InputIds, pixels, steps: 6);
         var gpu = TwoBackendFixture.Run(fx.Gpu, reference.InputIds, pixels, steps: 6);
         output.WriteLine(string.Join(", ", cpu.Select((l, s) => $"step {s}: {Differing(l, gpu[s])} logits differ")));
         for (int s = 0; s < cpu.Count; s++) Assert.Equal(0, Differing(cpu[s], gpu[s]));
@@ -85,8 +54,8 @@ public sealed class MatchDevicePrecisionTests(MatchDeviceFixture fx, ITestOutput
     public void TheFp32DefaultIsNotTheDevicesArithmetic()
     {
         // The option changes something: fp32 activations give other features than the device's fp16 ones.
-        var pixels = fx.Images.PreprocessFile(TestData.Image(TestData.Dev[0].Image), false);
-        Assert.NotEqual(0, Differing(fx.CpuFp32.VisionForward(pixels).Features, fx.Cpu.VisionForward(pixels).Features));
+        var pixels = fx.Pixels(TestData.Dev[0].Image);
+        Assert.NotEqual(0, Differing(fx.Cpu.VisionForward(pixels).Features, fx.CpuMatched.VisionForward(pixels).Features));
     }
 
     [Theory]
