@@ -100,19 +100,24 @@ internal static class SelectionKernels
     }
 
     /// <summary>
-    /// AdaptPrune in one group: the keys ([V, Features]) scaled to unit features (as
-    /// <see cref="SignalKernels.L2NormalizeRowsKernel"/>, no launch of their own); s = (head-mean of the last row's
-    /// attention over the visual columns) × prior; k times, the
+    /// AdaptPrune in one group: the last row's attention over the visual columns, head by head (as
+    /// <see cref="SignalKernels.AttentionWindowKernel"/> computes it, window w of this layer's fp32 q and k, shape a) into
+    /// attn [heads, V]; the keys ([V, Features]) scaled to unit features (as
+    /// <see cref="SignalKernels.L2NormalizeRowsKernel"/>, no launch of their own); s = (head-mean of that attention)
+    /// × prior; k times, the
     /// best not-yet-kept token by s is kept and every token within grid distance √Limit2 of it is damped by
     /// 1 - exp(-d²/(2σd²))·exp(-(1 - cos)²/(2σs²)) (cosine of the unit features, in double). Kept flags, the kept tokens
     /// in ascending order and the plan (prefix, kept, text) come out.
     /// </summary>
-    internal static void AdaptiveNmsKernel(ArrayView<float> attn, ArrayView<float> prior, ArrayView<float> keys, ArrayView<float> features, ArrayView<float> s,
-        ArrayView<int> kept, ArrayView<int> keptLocal, ArrayView<int> plan, NmsShape p)
+    internal static void AdaptiveNmsKernel(ArrayView<float> q, ArrayView<float> k, AttentionShape a, WindowShape w, ArrayView<float> attn, ArrayView<float> prior,
+        ArrayView<float> keys, ArrayView<float> features, ArrayView<float> s, ArrayView<int> kept, ArrayView<int> keptLocal, ArrayView<int> plan, NmsShape p)
     {
         var shv = SharedMemory.Allocate<float>(CudaKernels.MaxRowGroupSize);
         var shi = SharedMemory.Allocate<int>(CudaKernels.MaxRowGroupSize);
         int tid = Group.IdxX, step = Group.DimX, g = p.Grid, V = g * g, D = p.Features;
+        for (int h = 0; h < p.Heads; h++)
+            SignalKernels.AttentionWindowRow(shv, q, k, attn, a, w, q, kept, q, q, 0, h, tid, step);
+        Group.Barrier();
         for (int i = tid; i < V; i += step)
         {
             SignalKernels.NormalizeRow(keys, (long)i * D, features, (long)i * D, D);
@@ -447,7 +452,8 @@ internal static class SelectionKernels
 
 internal sealed partial class CudaOps
 {
-    private Action<AcceleratorStream, KernelConfig, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<int>, ArrayView<int>, ArrayView<int>, NmsShape>? _nms;
+    private Action<AcceleratorStream, KernelConfig, ArrayView<float>, ArrayView<float>, AttentionShape, WindowShape, ArrayView<float>, ArrayView<float>,
+        ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<int>, ArrayView<int>, ArrayView<int>, NmsShape>? _nms;
     private Action<AcceleratorStream, Index1D, ArrayView<float>, ArrayView<double>, int, int, int, int, int, ElementRange>? _relevance;
     private Action<AcceleratorStream, KernelConfig, ArrayView<double>, ArrayView<double>, ArrayView<int>, ArrayView<int>, ArrayView<float>, ArrayView<float>,
         ArrayView<int>, ArrayView<int>, ArrayView<int>, ArrayView<int>, ArrayView<int>, PlanShape, RecycleShape>? _sparseVlmSelect;
@@ -459,8 +465,10 @@ internal sealed partial class CudaOps
     private Action<AcceleratorStream, Index1D, ArrayView<float>, ArrayView<int>, ArrayView<int>, ArrayView<double>, ArrayView<int>, ZipShape, ElementRange>? _zipAssign;
     private Action<AcceleratorStream, Index1D, ArrayView<float>, ArrayView<int>, ArrayView<int>, ArrayView<int>, ArrayView<int>, ArrayView<float>, ArrayView<int>, ZipShape, ElementRange>? _zipMerge;
 
-    private Action<AcceleratorStream, KernelConfig, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<int>, ArrayView<int>, ArrayView<int>, NmsShape> NmsK
-        => _nms ??= _acc.LoadKernel<ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<int>, ArrayView<int>, ArrayView<int>, NmsShape>(SelectionKernels.AdaptiveNmsKernel);
+    private Action<AcceleratorStream, KernelConfig, ArrayView<float>, ArrayView<float>, AttentionShape, WindowShape, ArrayView<float>, ArrayView<float>,
+        ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<int>, ArrayView<int>, ArrayView<int>, NmsShape> NmsK
+        => _nms ??= _acc.LoadKernel<ArrayView<float>, ArrayView<float>, AttentionShape, WindowShape, ArrayView<float>, ArrayView<float>,
+            ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<int>, ArrayView<int>, ArrayView<int>, NmsShape>(SelectionKernels.AdaptiveNmsKernel);
     private Action<AcceleratorStream, Index1D, ArrayView<float>, ArrayView<double>, int, int, int, int, int, ElementRange> RelevanceK
         => _relevance ??= _acc.LoadAutoGroupedKernel<Index1D, ArrayView<float>, ArrayView<double>, int, int, int, int, int, ElementRange>(SelectionKernels.RelevanceKernel);
     private Action<AcceleratorStream, KernelConfig, ArrayView<double>, ArrayView<double>, ArrayView<int>, ArrayView<int>, ArrayView<float>, ArrayView<float>,
@@ -485,16 +493,21 @@ internal sealed partial class CudaOps
     private object[] SelectionKernelsLoaded() =>
         [NmsK, RelevanceK, SparseVlmSelectK, RecycleDistanceK, RecycleClusterK, RecycleMergeK, ClsSumK, ZipRestK, ZipAssignK, ZipMergeK];
 
-    /// <summary>AdaptPrune's selection and plan in one single-group launch (see <see cref="SelectionKernels.AdaptiveNmsKernel"/>).</summary>
-    public void AdaptiveNms(ArrayView<float> attn, ArrayView<float> prior, ArrayView<float> keys, ArrayView<float> features, ArrayView<float> s,
-        ArrayView<int> kept, ArrayView<int> keptLocal, ArrayView<int> plan, NmsShape p)
+    /// <summary>
+    /// AdaptPrune's last-row attention (window w: one row, V columns, of this layer's fp32 q and k in shape a, into attn
+    /// [heads, V]), selection and plan in one single-group launch (see <see cref="SelectionKernels.AdaptiveNmsKernel"/>).
+    /// </summary>
+    public void AdaptiveNms(ArrayView<float> q, ArrayView<float> k, AttentionShape a, WindowShape w, ArrayView<float> attn, ArrayView<float> prior,
+        ArrayView<float> keys, ArrayView<float> features, ArrayView<float> s, ArrayView<int> kept, ArrayView<int> keptLocal, ArrayView<int> plan, NmsShape p)
     {
         int V = p.Grid * p.Grid;
         Require(p.K >= 0 && p.K <= V, $"k ({p.K}) must be within 0..{V}.");
+        Require(w.RowCount == 1 && w.ColCount == V && a.QHeads == p.Heads, $"the window must be one row over the {V} visual columns, of {p.Heads} heads.");
+        Require(q.Length >= (long)a.Nq * a.QStride && k.Length >= (long)a.Nk * a.KvStride, "q or k too short for the attention shape.");
         Require(attn.Length >= (long)p.Heads * V && prior.Length >= V && keys.Length >= (long)V * p.Features && features.Length >= (long)V * p.Features && s.Length >= V && kept.Length >= V
             && keptLocal.Length >= Math.Max(1, p.K) && plan.Length >= p.Prefix + p.K + p.Text, "a view is too short for the NMS.");
         Counters.Launch();
-        NmsK(Stream, OneGroup(), attn, prior, keys, features, s, kept, keptLocal, plan, p);
+        NmsK(Stream, OneGroup(), q, k, a, w, attn, prior, keys, features, s, kept, keptLocal, plan, p);
     }
 
     /// <summary>

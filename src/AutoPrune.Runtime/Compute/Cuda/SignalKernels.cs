@@ -30,16 +30,22 @@ internal static class SignalKernels
     /// </summary>
     internal static void AttentionWindowKernel(ArrayView<float> q, ArrayView<float> k, ArrayView<float> result, AttentionShape s, WindowShape w,
         ArrayView<float> qkv, ArrayView<int> positions, ArrayView<float> cos, ArrayView<float> sin, int fromQkv)
+        => AttentionWindowRow(SharedMemory.Allocate<float>(CudaKernels.MaxRowGroupSize), q, k, result, s, w, qkv, positions, cos, sin, fromQkv,
+            Grid.IdxX, Group.IdxX, Group.DimX);
+
+    /// <summary>
+    /// <see cref="AttentionWindowKernel"/>'s (head, row) pair number <paramref name="t"/> = h·w.RowCount + r by one group
+    /// (thread tid of step; sh its reduction buffer), for kernels that compute a few rows themselves.
+    /// </summary>
+    internal static void AttentionWindowRow(ArrayView<float> sh, ArrayView<float> q, ArrayView<float> k, ArrayView<float> result, AttentionShape s, WindowShape w,
+        ArrayView<float> qkv, ArrayView<int> positions, ArrayView<float> cos, ArrayView<float> sin, int fromQkv, int t, int tid, int step)
     {
-        var sh = SharedMemory.Allocate<float>(CudaKernels.MaxRowGroupSize);
-        int t = Grid.IdxX;
         int h = t / w.RowCount, r = t % w.RowCount;
         int i = w.RowStart + r;
         int kvh = h / (s.QHeads / s.KvHeads);
         int limit = s.Causal != 0 ? XMath.Min(s.Nk, s.Nk - s.Nq + i + 1) : s.Nk;
         long dst = (long)t * w.ColCount;
         int colEnd = w.ColStart + w.ColCount;
-        int tid = Group.IdxX, step = Group.DimX;
         float max = float.NegativeInfinity;
         for (int j = tid; j < limit; j += step)
         {

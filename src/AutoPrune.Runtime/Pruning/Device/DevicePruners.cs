@@ -125,14 +125,15 @@ internal sealed class AdaptPruneOnDevice(LayerSchedule schedule, PruningOptions 
         int v = ctx.VisualCount, g = ctx.Shape.GridSize;
         if (v != g * g) throw new InvalidOperationException($"AdaptPrune needs the {g}x{g} grid's {g * g} visual tokens; the sequence has {v}.");
         int kd = dev.KvHeads * dev.HeadDim, k = Math.Clamp(step.Kept, 0, v);
-        var attn = dev.AttentionWindow(ctx.LastRow, 1, ctx.Prefix, v);
+        var (q, lk, shape) = dev.QueryKeys; // the last row's attention is computed by the NMS kernel itself
         var keys = dev.NextLayerKeys(ctx.Prefix, v);
         var features = dev.Scratch<float>((long)v * kd); // the unit keys, written by the NMS kernel
         var prior = dev.Constant(FormattableString.Invariant($"adaptprune-prior-{g}-{options.AdaptPruneSigmaPFactor:R}"),
             () => AdaptiveNms.PositionalPrior(g, options.AdaptPruneSigmaPFactor));
         var plan = dev.Scratch<int>(ctx.Prefix + k + ctx.TextCount);
         double limit = options.AdaptPruneDistanceLimit, sd = options.AdaptPruneDistanceSigma, ss = options.AdaptPruneSimilaritySigma;
-        dev.Ops.AdaptiveNms(attn, prior, keys, features, dev.Scratch<float>(v), dev.Scratch<int>(v), dev.Scratch<int>(Math.Max(1, k)), plan,
+        dev.Ops.AdaptiveNms(q, lk, shape, new WindowShape(ctx.LastRow, 1, ctx.Prefix, v), dev.Scratch<float>((long)dev.Heads * v), prior, keys, features,
+            dev.Scratch<float>(v), dev.Scratch<int>(v), dev.Scratch<int>(Math.Max(1, k)), plan,
             new NmsShape(g, kd, k, dev.Heads, ctx.Prefix, ctx.TextCount, (int)Math.Floor(limit), limit * limit, 2 * sd * sd, 2 * ss * ss));
         return DevicePruners.Action(plan, ctx, k, default, 0, renumber: false);
     }

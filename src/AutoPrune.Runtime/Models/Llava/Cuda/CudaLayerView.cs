@@ -70,6 +70,16 @@ internal sealed class DeviceLayerSignals
     public ArrayView<float> HiddenStates => _g.X(Rows);
 
     /// <summary>This layer's attention probabilities of query rows [rowStart, +rowCount) over key columns [colStart, +colCount): [heads, rows, cols].</summary>
+    /// <summary>This layer's fp32 queries and keys after RoPE and their attention shape (all rows, causal), for kernels that compute attention rows themselves.</summary>
+    public (ArrayView<float> Q, ArrayView<float> K, AttentionShape Shape) QueryKeys
+    {
+        get
+        {
+            var (q, k) = _g.LayerQueryKeys(Layer, Rows);
+            return (q, k, AttentionShape.Create(Rows, Rows, Heads, KvHeads, HeadDim, causal: true));
+        }
+    }
+
     public ArrayView<float> AttentionWindow(int rowStart, int rowCount, int colStart, int colCount)
     {
         var (q, k) = _g.LayerQueryKeys(Layer, Rows);
