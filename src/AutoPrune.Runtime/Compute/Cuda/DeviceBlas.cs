@@ -102,11 +102,13 @@ internal sealed unsafe class HostGemmExecutor : IGemmExecutor
         var call = c;
         var a = new ReadOnlySpan<System.Half>((void*)c.A, checked((int)c.ExtentA));
         var b = new ReadOnlySpan<System.Half>((void*)c.B, checked((int)c.ExtentB));
-        var aw = new float[a.Length];
         var bw = new float[b.Length];
-        TensorPrimitives.ConvertToSingle(a, aw);
         TensorPrimitives.ConvertToSingle(b, bw);
-        if (c.TransB == CuBlas.OpN && (c.Beta == 0f || (c.Beta == 1f && c.CType == CuBlas.CudaR32F)))
+        // A transposed A is an fp16 weight the tiled GEMM widens per tile itself; every other A is widened here, once.
+        bool tiled = c.TransB == CuBlas.OpN && (c.Beta == 0f || (c.Beta == 1f && c.CType == CuBlas.CudaR32F));
+        float[] aw = tiled && c.TransA == CuBlas.OpT ? [] : new float[a.Length];
+        if (aw.Length > 0) TensorPrimitives.ConvertToSingle(a, aw);
+        if (tiled)
         {
             for (int batch = 0; batch < c.Batch; batch++) Tiled(c, a, aw, bw, batch);
             return;

@@ -83,8 +83,7 @@ internal sealed class LlamaDecoder
     {
         var L = _layers[layer];
         var xn = new float[n * Hidden];
-        CpuOps.RmsNorm(hidden, xn, n, Hidden, L.InputNorm.Weight, L.InputNorm.Eps, _md);
-        if (_md) DeviceNumerics.RoundToHalf(xn);
+        NormInto(hidden, xn, n, L.InputNorm);
         var q = L.Q.Forward(xn, n, _md);
         var k = L.K.Forward(xn, n, _md);
         if (rope)

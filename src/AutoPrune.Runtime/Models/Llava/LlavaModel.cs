@@ -49,7 +49,6 @@ internal sealed class LlavaModel : ILlavaBackend
     public LlavaModel(ITensorSource store, LlavaConfig config, Action<double>? progress = null, CpuPrecision precision = CpuPrecision.Fp32)
     {
         Config = config;
-        Precision = precision;
         bool md = precision == CpuPrecision.MatchDevice;
         _mapping = (store as SafeTensorStore)?.Retain();
         bool dropCls = config.VisionFeatureSelectStrategy == "default";
@@ -60,9 +59,6 @@ internal sealed class LlavaModel : ILlavaBackend
         Decoder = new LlamaDecoder(store, config.TextConfig, config.TieWordEmbeddings || config.TextConfig.TieWordEmbeddings,
             f => progress?.Invoke(0.1 + 0.9 * f), md);
     }
-
-    /// <summary>How this model computes (<see cref="ModelOptions.CpuPrecision"/>).</summary>
-    public CpuPrecision Precision { get; }
 
     /// <summary>
     /// Tensors of <paramref name="store"/> nothing read, except those LLaVA never needs: the tower's post_layernorm and

@@ -40,11 +40,11 @@ internal sealed class AutoPruneOnDevice(AutoPrunePolicy policy) : IDevicePruner
         int T = ctx.TextCount, V = ctx.VisualCount, heads = dev.Heads;
         if (dev.Layer > 1) return;
         var attn = TextAttention(dev, ctx);
-        _mi = dev.Layer == 0
-            ? dev.MutualInformation(attn, T, V, dev.AtEnd<float>(2, r => policy.MeasuredMi0(r[0], T, heads)))
-            : dev.MutualInformation(attn, T, V);
-        if (dev.Layer != 0)
+        if (dev.Layer == 0)
+            _mi = dev.MutualInformation(attn, T, V, dev.AtEnd<float>(2, r => policy.MeasuredMi0(r[0], T, heads)));
+        else
         {
+            _mi = dev.MutualInformation(attn, T, V);
             // The prefill's one wait besides the final readback: two floats, from which the rest of the curve is known.
             var mi = dev.Read(_mi, 2);
             policy.MeasuredMi1(mi[0], mi[1]);

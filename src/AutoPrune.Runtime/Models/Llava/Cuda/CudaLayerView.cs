@@ -69,7 +69,6 @@ internal sealed class DeviceLayerSignals
     /// <summary>The hidden states leaving this layer, [Rows, Hidden] fp32.</summary>
     public ArrayView<float> HiddenStates => _g.X(Rows);
 
-    /// <summary>This layer's attention probabilities of query rows [rowStart, +rowCount) over key columns [colStart, +colCount): [heads, rows, cols].</summary>
     /// <summary>This layer's fp32 queries and keys after RoPE and their attention shape (all rows, causal), for kernels that compute attention rows themselves.</summary>
     public (ArrayView<float> Q, ArrayView<float> K, AttentionShape Shape) QueryKeys
     {
@@ -80,11 +79,12 @@ internal sealed class DeviceLayerSignals
         }
     }
 
+    /// <summary>This layer's attention probabilities of query rows [rowStart, +rowCount) over key columns [colStart, +colCount): [heads, rows, cols].</summary>
     public ArrayView<float> AttentionWindow(int rowStart, int rowCount, int colStart, int colCount)
     {
-        var (q, k) = _g.LayerQueryKeys(Layer, Rows);
+        var (q, k, shape) = QueryKeys;
         var result = Scratch<float>((long)Heads * rowCount * colCount);
-        Ops.AttentionWindow(q, k, result, AttentionShape.Create(Rows, Rows, Heads, KvHeads, HeadDim, causal: true), new WindowShape(rowStart, rowCount, colStart, colCount));
+        Ops.AttentionWindow(q, k, result, shape, new WindowShape(rowStart, rowCount, colStart, colCount));
         return result;
     }
 
