@@ -277,8 +277,13 @@ public sealed class VisionLanguageModel : IDisposable
             try
             {
                 await _gate.WaitAsync(token).ConfigureAwait(false);
-                try { await ComputeThread.Run(() => _pipeline.Run(prepared, telemetry, c => channel.Writer.TryWrite(c), token)).ConfigureAwait(false); }
-                finally { _gate.Release(); }
+                // The slot is released on the compute thread as soon as the work stops, not in a continuation that would first
+                // wait for a thread-pool thread (seconds when the host keeps the pool busy).
+                await ComputeThread.Run(() =>
+                {
+                    try { _pipeline.Run(prepared, telemetry, c => channel.Writer.TryWrite(c), token); }
+                    finally { _gate.Release(); }
+                }).ConfigureAwait(false);
                 channel.Writer.TryComplete();
             }
             catch (OperationCanceledException) when (timeout?.IsCancellationRequested == true && !ct.IsCancellationRequested)

@@ -1,3 +1,4 @@
+using AutoPrune.Compute;
 using System.Numerics.Tensors;
 using System.Runtime.CompilerServices;
 using System.Runtime.InteropServices;
@@ -230,7 +231,7 @@ internal sealed unsafe class RandomTensorSource : ITensorSource
             }
             return;
         }
-        Parallel.For(0, chunks, c =>
+        Parallel.For(0, chunks, ComputeScheduler.Options(), c =>
         {
             long start = (long)c * ChunkElements;
             body(start, (int)Math.Min(ChunkElements, count - start));

@@ -52,7 +52,7 @@ internal static class Attention
                 if ((long)nq * nk * hd * qHeads < 1_000_000)
                     for (int h = 0; h < qHeads; h++) Run(h);
                 else
-                    Parallel.For(0, qHeads, Run);
+                    Parallel.For(0, qHeads, ComputeScheduler.Options(), Run);
             }
         }
     }
@@ -74,7 +74,7 @@ internal static class Attention
         {
             nint qa = (nint)qp, ka = (nint)kp, va = (nint)vp, oa = (nint)op;
             int qLen = q.Length, kLen = k.Length, vLen = v.Length, oLen = o.Length;
-            Parallel.For(0, qHeads * blocks, w =>
+            Parallel.For(0, qHeads * blocks, ComputeScheduler.Options(), w =>
             {
                 int h = w / blocks, b = w % blocks, kvh = h / group;
                 int r0 = b * BlockRows, rows = Math.Min(BlockRows, nq - r0);

@@ -239,7 +239,7 @@ internal static partial class Gemm
         private void Run(Action<int> body)
         {
             if (_parts == 1) body(0);
-            else Parallel.For(0, _parts, new ParallelOptions { MaxDegreeOfParallelism = _parts }, body);
+            else Parallel.For(0, _parts, ComputeScheduler.Options(_parts), body);
         }
 
         private (int lo, int hi) Range(int part, int total)

@@ -114,7 +114,7 @@ internal sealed unsafe class HostGemmExecutor : IGemmExecutor
             return;
         }
         int columns = c.Batch * c.N;
-        Parallel.For(0, columns, new ParallelOptions { MaxDegreeOfParallelism = Math.Max(1, Environment.ProcessorCount) }, () => new float[call.M], (job, _, acc) =>
+        Parallel.For(0, columns, ComputeScheduler.Options(), () => new float[call.M], (job, _, acc) =>
         {
             int batch = job / call.N, j = job % call.N;
             Column(call, aw, bw, batch, j, acc);

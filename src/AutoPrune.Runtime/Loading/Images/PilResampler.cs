@@ -1,3 +1,5 @@
+using AutoPrune.Compute;
+
 namespace AutoPrune.Loading.Images;
 
 /// <summary>
@@ -162,7 +164,7 @@ internal static class PilResampler
     {
         var (bounds, k, ksize, precision) = Precompute(w, outW, filter, kind);
         var dst = new byte[outW * h * 3];
-        Parallel.For(0, h, y =>
+        Parallel.For(0, h, ComputeScheduler.Options(), y =>
         {
             int rowIn = y * w * 3, rowOut = y * outW * 3;
             for (int xx = 0; xx < outW; xx++)
@@ -186,7 +188,7 @@ internal static class PilResampler
         var (bounds, k, ksize, precision) = Precompute(h, outH, filter, kind);
         var dst = new byte[w * outH * 3];
         int stride = w * 3;
-        Parallel.For(0, outH, yy =>
+        Parallel.For(0, outH, ComputeScheduler.Options(), yy =>
         {
             int ymin = bounds[yy * 2], ymax = bounds[yy * 2 + 1], kb = yy * ksize, rowOut = yy * stride;
             var acc = new int[stride];
