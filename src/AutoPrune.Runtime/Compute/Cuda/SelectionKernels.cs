@@ -158,33 +158,49 @@ internal static class SelectionKernels
     }
 
     /// <summary>
-    /// SparseVLM relevance, per visual row v (one thread each): the logits visual_v · text_t in double, softmax over the
-    /// text, and each text row's share e_t / z / V into contrib [V, T] (the sum over v follows in
-    /// <see cref="Raters"/>, in the host's order).
+    /// SparseVLM's two signals in one launch: groups [0, heads·w.RowCount) compute the text rows' attention over the
+    /// visual columns (<see cref="SignalKernels.AttentionWindowRow"/>, attn [heads, T, V]); the groups after them compute
+    /// the relevance, one thread per visual row (<see cref="RelevanceRow"/>). The two read the same layer and not each
+    /// other, so each group does one or the other.
     /// </summary>
-    internal static void RelevanceKernel(Index1D t0, ArrayView<float> hidden, ArrayView<double> contrib, int visualStart, int V, int textStart, int T, int dim, ElementRange range)
+    internal static void SparseVlmSignalsKernel(ArrayView<float> hidden, ArrayView<double> contrib, int visualStart, int V, int textStart, int T, int dim,
+        ArrayView<float> q, ArrayView<float> k, ArrayView<float> attn, AttentionShape s, WindowShape w)
     {
-        for (long v = t0; v < range.Count; v += range.Stride)
+        var sh = SharedMemory.Allocate<float>(CudaKernels.MaxRowGroupSize);
+        int windowGroups = s.QHeads * w.RowCount, g = Grid.IdxX;
+        if (g < windowGroups)
         {
-            long vo = (visualStart + v) * dim, co = v * T;
-            double max = double.NegativeInfinity;
-            for (int t = 0; t < T; t++)
-            {
-                long to = (long)(textStart + t) * dim;
-                double dot = 0;
-                for (int i = 0; i < dim; i++) dot += (double)hidden[vo + i] * hidden[to + i];
-                contrib[co + t] = dot;
-                max = XMath.Max(max, dot);
-            }
-            double z = 0;
-            for (int t = 0; t < T; t++)
-            {
-                double e = XMath.Exp(contrib[co + t] - max);
-                contrib[co + t] = e;
-                z += e;
-            }
-            for (int t = 0; t < T; t++) contrib[co + t] = contrib[co + t] / z / V;
+            SignalKernels.AttentionWindowRow(sh, q, k, attn, s, w, q, q.Cast<int>(), q, q, 0, g, Group.IdxX, Group.DimX);
+            return;
         }
+        int v = (g - windowGroups) * Group.DimX + Group.IdxX;
+        if (v < V) RelevanceRow(hidden, contrib, visualStart, V, textStart, T, dim, v);
+    }
+
+    /// <summary>
+    /// SparseVLM relevance of visual row v: the logits visual_v · text_t in double, softmax over the text, and each text
+    /// row's share e_t / z / V into contrib [V, T] (the sum over v follows in <see cref="Raters"/>, in the host's order).
+    /// </summary>
+    private static void RelevanceRow(ArrayView<float> hidden, ArrayView<double> contrib, int visualStart, int V, int textStart, int T, int dim, long v)
+    {
+        long vo = (visualStart + v) * dim, co = v * T;
+        double max = double.NegativeInfinity;
+        for (int t = 0; t < T; t++)
+        {
+            long to = (long)(textStart + t) * dim;
+            double dot = 0;
+            for (int i = 0; i < dim; i++) dot += (double)hidden[vo + i] * hidden[to + i];
+            contrib[co + t] = dot;
+            max = XMath.Max(max, dot);
+        }
+        double z = 0;
+        for (int t = 0; t < T; t++)
+        {
+            double e = XMath.Exp(contrib[co + t] - max);
+            contrib[co + t] = e;
+            z += e;
+        }
+        for (int t = 0; t < T; t++) contrib[co + t] = contrib[co + t] / z / V;
     }
 
     /// <summary>
@@ -275,9 +291,13 @@ internal static class SelectionKernels
     /// <summary>
     /// Recycling, step 3 (one group): density-peak clustering of the selected rows as TokenRecycler does it: density =
     /// exp(-mean of the k smallest squared distances), delta = distance to the nearest denser row (the farthest for
-    /// the densest), the Groups largest density·delta are centres (ascending), every row joins its nearest centre.
+    /// the densest), the Groups largest density·delta are centres (ascending), every row joins its nearest centre;
+    /// then the merged rows, merged [Groups, Dim]: each the mean of its members' hidden states (ascending, in double).
+    /// The merge reads each member row once through per-group member lists (members [Selected], starts [Groups + 1]),
+    /// so in one group it costs about what its own launch did.
     /// </summary>
-    internal static void RecycleClusterKernel(ArrayView<double> dist, ArrayView<double> density, ArrayView<float> gamma, ArrayView<int> centre, ArrayView<int> assign, RecycleShape p)
+    internal static void RecycleClusterMergeKernel(ArrayView<double> dist, ArrayView<double> density, ArrayView<float> gamma, ArrayView<int> centre, ArrayView<int> assign,
+        ArrayView<int> members, ArrayView<int> starts, ArrayView<float> hidden, ArrayView<int> sel, ArrayView<float> merged, RecycleShape p)
     {
         int tid = Group.IdxX, step = Group.DimX, n = p.Selected;
         int kk = XMath.Min(XMath.Max(1, p.Neighbours), n - 1);
@@ -351,19 +371,27 @@ internal static class SelectionKernels
         }
         Group.Barrier();
         for (int i = tid; i < n; i += step) assign[i] = (int)density[i];
-    }
-
-    /// <summary>Recycling, step 4: merged[g, t] = mean over the members of group g (ascending) of hidden[t], in double; one thread per element.</summary>
-    internal static void RecycleMergeKernel(Index1D t0, ArrayView<float> hidden, ArrayView<int> sel, ArrayView<int> assign, ArrayView<float> merged, RecycleShape p, ElementRange range)
-    {
-        for (long e = t0; e < range.Count; e += range.Stride)
+        Group.Barrier();
+        // The members of each group in ascending order (members [n]) and where each group's run starts (starts [groups + 1]).
+        if (tid == 0)
         {
-            int g = (int)(e / p.Dim), t = (int)(e % p.Dim);
+            int at = 0;
+            for (int c = 0; c < groups; c++)
+            {
+                starts[c] = at;
+                for (int i = 0; i < n; i++) if (assign[i] == c) members[at++] = i;
+            }
+            starts[groups] = at;
+        }
+        Group.Barrier();
+        // merged[c, t] = mean over the members of group c (ascending) of hidden[t], in double.
+        long elements = (long)groups * p.Dim;
+        for (long e = tid; e < elements; e += step)
+        {
+            int c = (int)(e / p.Dim), t = (int)(e % p.Dim);
             double acc = 0;
-            int count = 0;
-            for (int i = 0; i < p.Selected; i++)
-                if (assign[i] == g) { acc += hidden[(long)(p.Prefix + sel[i]) * p.Dim + t]; count++; }
-            merged[e] = (float)(acc / count);
+            for (int m = starts[c]; m < starts[c + 1]; m++) acc += hidden[(long)(p.Prefix + sel[members[m]]) * p.Dim + t];
+            merged[e] = (float)(acc / (starts[c + 1] - starts[c]));
         }
     }
 
@@ -454,12 +482,13 @@ internal sealed partial class CudaOps
 {
     private Action<AcceleratorStream, KernelConfig, ArrayView<float>, ArrayView<float>, AttentionShape, WindowShape, ArrayView<float>, ArrayView<float>,
         ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<int>, ArrayView<int>, ArrayView<int>, NmsShape>? _nms;
-    private Action<AcceleratorStream, Index1D, ArrayView<float>, ArrayView<double>, int, int, int, int, int, ElementRange>? _relevance;
+    private Action<AcceleratorStream, KernelConfig, ArrayView<float>, ArrayView<double>, int, int, int, int, int, ArrayView<float>, ArrayView<float>, ArrayView<float>,
+        AttentionShape, WindowShape>? _sparseVlmSignals;
     private Action<AcceleratorStream, KernelConfig, ArrayView<double>, ArrayView<double>, ArrayView<int>, ArrayView<int>, ArrayView<float>, ArrayView<float>,
         ArrayView<int>, ArrayView<int>, ArrayView<int>, ArrayView<int>, ArrayView<int>, PlanShape, RecycleShape>? _sparseVlmSelect;
     private Action<AcceleratorStream, Index1D, ArrayView<float>, ArrayView<int>, ArrayView<double>, RecycleShape, ElementRange>? _recycleDistance;
-    private Action<AcceleratorStream, KernelConfig, ArrayView<double>, ArrayView<double>, ArrayView<float>, ArrayView<int>, ArrayView<int>, RecycleShape>? _recycleCluster;
-    private Action<AcceleratorStream, Index1D, ArrayView<float>, ArrayView<int>, ArrayView<int>, ArrayView<float>, RecycleShape, ElementRange>? _recycleMerge;
+    private Action<AcceleratorStream, KernelConfig, ArrayView<double>, ArrayView<double>, ArrayView<float>, ArrayView<int>, ArrayView<int>, ArrayView<int>, ArrayView<int>,
+        ArrayView<float>, ArrayView<int>, ArrayView<float>, RecycleShape>? _recycleClusterMerge;
     private Action<AcceleratorStream, Index1D, ArrayView<float>, ArrayView<float>, int, int, ElementRange>? _clsSum;
     private Action<AcceleratorStream, KernelConfig, ArrayView<int>, ArrayView<float>, ArrayView<int>, ArrayView<int>, ArrayView<double>, ZipShape>? _zipRest;
     private Action<AcceleratorStream, Index1D, ArrayView<float>, ArrayView<int>, ArrayView<int>, ArrayView<double>, ArrayView<int>, ZipShape, ElementRange>? _zipAssign;
@@ -469,18 +498,20 @@ internal sealed partial class CudaOps
         ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<int>, ArrayView<int>, ArrayView<int>, NmsShape> NmsK
         => _nms ??= _acc.LoadKernel<ArrayView<float>, ArrayView<float>, AttentionShape, WindowShape, ArrayView<float>, ArrayView<float>,
             ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<int>, ArrayView<int>, ArrayView<int>, NmsShape>(SelectionKernels.AdaptiveNmsKernel);
-    private Action<AcceleratorStream, Index1D, ArrayView<float>, ArrayView<double>, int, int, int, int, int, ElementRange> RelevanceK
-        => _relevance ??= _acc.LoadAutoGroupedKernel<Index1D, ArrayView<float>, ArrayView<double>, int, int, int, int, int, ElementRange>(SelectionKernels.RelevanceKernel);
+    private Action<AcceleratorStream, KernelConfig, ArrayView<float>, ArrayView<double>, int, int, int, int, int, ArrayView<float>, ArrayView<float>, ArrayView<float>,
+        AttentionShape, WindowShape> SparseVlmSignalsK
+        => _sparseVlmSignals ??= _acc.LoadKernel<ArrayView<float>, ArrayView<double>, int, int, int, int, int, ArrayView<float>, ArrayView<float>, ArrayView<float>,
+            AttentionShape, WindowShape>(SelectionKernels.SparseVlmSignalsKernel);
     private Action<AcceleratorStream, KernelConfig, ArrayView<double>, ArrayView<double>, ArrayView<int>, ArrayView<int>, ArrayView<float>, ArrayView<float>,
         ArrayView<int>, ArrayView<int>, ArrayView<int>, ArrayView<int>, ArrayView<int>, PlanShape, RecycleShape> SparseVlmSelectK
         => _sparseVlmSelect ??= _acc.LoadKernel<ArrayView<double>, ArrayView<double>, ArrayView<int>, ArrayView<int>, ArrayView<float>, ArrayView<float>,
             ArrayView<int>, ArrayView<int>, ArrayView<int>, ArrayView<int>, ArrayView<int>, PlanShape, RecycleShape>(SelectionKernels.SparseVlmSelectKernel);
     private Action<AcceleratorStream, Index1D, ArrayView<float>, ArrayView<int>, ArrayView<double>, RecycleShape, ElementRange> RecycleDistanceK
         => _recycleDistance ??= _acc.LoadAutoGroupedKernel<Index1D, ArrayView<float>, ArrayView<int>, ArrayView<double>, RecycleShape, ElementRange>(SelectionKernels.RecycleDistanceKernel);
-    private Action<AcceleratorStream, KernelConfig, ArrayView<double>, ArrayView<double>, ArrayView<float>, ArrayView<int>, ArrayView<int>, RecycleShape> RecycleClusterK
-        => _recycleCluster ??= _acc.LoadKernel<ArrayView<double>, ArrayView<double>, ArrayView<float>, ArrayView<int>, ArrayView<int>, RecycleShape>(SelectionKernels.RecycleClusterKernel);
-    private Action<AcceleratorStream, Index1D, ArrayView<float>, ArrayView<int>, ArrayView<int>, ArrayView<float>, RecycleShape, ElementRange> RecycleMergeK
-        => _recycleMerge ??= _acc.LoadAutoGroupedKernel<Index1D, ArrayView<float>, ArrayView<int>, ArrayView<int>, ArrayView<float>, RecycleShape, ElementRange>(SelectionKernels.RecycleMergeKernel);
+    private Action<AcceleratorStream, KernelConfig, ArrayView<double>, ArrayView<double>, ArrayView<float>, ArrayView<int>, ArrayView<int>, ArrayView<int>, ArrayView<int>,
+        ArrayView<float>, ArrayView<int>, ArrayView<float>, RecycleShape> RecycleClusterMergeK
+        => _recycleClusterMerge ??= _acc.LoadKernel<ArrayView<double>, ArrayView<double>, ArrayView<float>, ArrayView<int>, ArrayView<int>, ArrayView<int>, ArrayView<int>,
+            ArrayView<float>, ArrayView<int>, ArrayView<float>, RecycleShape>(SelectionKernels.RecycleClusterMergeKernel);
     private Action<AcceleratorStream, Index1D, ArrayView<float>, ArrayView<float>, int, int, ElementRange> ClsSumK
         => _clsSum ??= _acc.LoadAutoGroupedKernel<Index1D, ArrayView<float>, ArrayView<float>, int, int, ElementRange>(SelectionKernels.ClsSumKernel);
     private Action<AcceleratorStream, KernelConfig, ArrayView<int>, ArrayView<float>, ArrayView<int>, ArrayView<int>, ArrayView<double>, ZipShape> ZipRestK
@@ -491,7 +522,7 @@ internal sealed partial class CudaOps
         => _zipMerge ??= _acc.LoadAutoGroupedKernel<Index1D, ArrayView<float>, ArrayView<int>, ArrayView<int>, ArrayView<int>, ArrayView<int>, ArrayView<float>, ArrayView<int>, ZipShape, ElementRange>(SelectionKernels.ZipMergeKernel);
 
     private object[] SelectionKernelsLoaded() =>
-        [NmsK, RelevanceK, SparseVlmSelectK, RecycleDistanceK, RecycleClusterK, RecycleMergeK, ClsSumK, ZipRestK, ZipAssignK, ZipMergeK];
+        [NmsK, SparseVlmSignalsK, SparseVlmSelectK, RecycleDistanceK, RecycleClusterMergeK, ClsSumK, ZipRestK, ZipAssignK, ZipMergeK];
 
     /// <summary>
     /// AdaptPrune's last-row attention (window w: one row, V columns, of this layer's fp32 q and k in shape a, into attn
@@ -511,16 +542,24 @@ internal sealed partial class CudaOps
     }
 
     /// <summary>
-    /// SparseVLM's relevance of text rows [textStart, +T) to visual rows [visualStart, +V) of the hidden states, as each
-    /// visual row's softmax shares in contrib [V·T] (double). One launch.
+    /// SparseVLM's signals in one launch (<see cref="SelectionKernels.SparseVlmSignalsKernel"/>): the relevance of text
+    /// rows [textStart, +T) to visual rows [visualStart, +V) of the hidden states, as each visual row's softmax shares in
+    /// contrib [V·T] (double), and the text rows' attention probabilities over the visual columns from this layer's fp32
+    /// q and k (shape) into attn [heads, T, V].
     /// </summary>
-    public void SparseVlmRelevance(ArrayView<float> hidden, int visualStart, int V, int textStart, int T, int dim, ArrayView<double> contrib)
+    public void SparseVlmSignals(ArrayView<float> hidden, ArrayView<double> contrib, int visualStart, int V, int textStart, int T, int dim,
+        ArrayView<float> q, ArrayView<float> k, ArrayView<float> attn, AttentionShape shape)
     {
         Require(V > 0 && T > 0, $"V ({V}) and T ({T}) must be positive.");
         Require(contrib.Length >= (long)V * T, "contrib is too short for the relevance.");
-        var r = Range(V);
+        Require(visualStart >= 0 && visualStart + V <= shape.Nk && textStart >= 0 && textStart + T <= shape.Nq,
+            $"visual rows [{visualStart}, +{V}) or text rows [{textStart}, +{T}) outside the {shape.Nq} rows.");
+        Require(attn.Length >= (long)shape.QHeads * T * V, $"attn has {attn.Length} elements, fewer than heads × text rows × visual columns.");
+        Require(q.Length >= (long)shape.Nq * shape.QStride && k.Length >= (long)shape.Nk * shape.KvStride, "q or k too short for the attention shape.");
+        int windowGroups = shape.QHeads * T, relevanceGroups = (V + RowGroupSize - 1) / RowGroupSize;
         Counters.Launch();
-        RelevanceK(Stream, Extent(r.Stride), hidden, contrib, visualStart, V, textStart, T, dim, r);
+        SparseVlmSignalsK(Stream, RowConfig(windowGroups + relevanceGroups), hidden, contrib, visualStart, V, textStart, T, dim, q, k, attn, shape,
+            new WindowShape(textStart, T, visualStart, V));
     }
 
     /// <summary>
@@ -544,22 +583,20 @@ internal sealed partial class CudaOps
 
     /// <summary>
     /// Recycling of the selected dropped rows sel (<see cref="SparseVlmSelect"/>) into p.Groups merged rows (see
-    /// <see cref="SelectionKernels"/>): three launches. dist [Selected²], density [Selected], gamma [Selected], centre
-    /// [Groups], assign [Selected] are scratch.
+    /// <see cref="SelectionKernels"/>): two launches, the distances and then the clustering with the merge. dist [Selected²],
+    /// density [Selected], gamma [Selected], centre [Groups], assign [Selected] and members [Selected + Groups + 1] are scratch.
     /// </summary>
     public void Recycle(ArrayView<float> hidden, ArrayView<int> sel, ArrayView<double> dist,
-        ArrayView<double> density, ArrayView<float> gamma, ArrayView<int> centre, ArrayView<int> assign, ArrayView<float> merged, RecycleShape p)
+        ArrayView<double> density, ArrayView<float> gamma, ArrayView<int> centre, ArrayView<int> assign, ArrayView<int> members, ArrayView<float> merged, RecycleShape p)
     {
         int n = p.Selected;
-        Require(n > 0 && p.Groups > 0, $"{n} selected rows into {p.Groups} groups.");
+        Require(n > 0 && p.Groups > 0 && p.Groups <= n, $"{n} selected rows into {p.Groups} groups.");
         Require(sel.Length >= n && dist.Length >= (long)n * n && density.Length >= n && gamma.Length >= n && centre.Length >= p.Groups && assign.Length >= n
-            && merged.Length >= (long)p.Groups * p.Dim, "a view is too short for recycling.");
+            && members.Length >= n + p.Groups + 1 && merged.Length >= (long)p.Groups * p.Dim, "a view is too short for recycling.");
         var rd = Range((long)n * n);
-        var rm = Range((long)p.Groups * p.Dim);
-        Counters.Launch(3);
+        Counters.Launch(2);
         RecycleDistanceK(Stream, Extent(rd.Stride), hidden, sel, dist, p, rd);
-        RecycleClusterK(Stream, OneGroup(), dist, density, gamma, centre, assign, p);
-        RecycleMergeK(Stream, Extent(rm.Stride), hidden, sel, assign, merged, p, rm);
+        RecycleClusterMergeK(Stream, OneGroup(), dist, density, gamma, centre, assign, members.SubView(0, n), members.SubView(n, p.Groups + 1), hidden, sel, merged, p);
     }
 
     /// <summary>score[v] = Σ_h cls[h, v] (VisionZip's dominance score).</summary>

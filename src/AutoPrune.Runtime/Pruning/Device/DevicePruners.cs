@@ -178,8 +178,10 @@ internal sealed class SparseVlmOnDevice(LayerSchedule schedule, PruningOptions o
         int textStart = ctx.Prefix + v;
         int layer = dev.Layer;
         var contrib = dev.Scratch<double>((long)v * t);
-        dev.Ops.SparseVlmRelevance(dev.HiddenStates, ctx.Prefix, v, textStart, t, d, contrib);
-        var attn = dev.AttentionWindow(textStart, t, ctx.Prefix, v);
+        var attn = dev.Scratch<float>((long)dev.Heads * t * v);
+        var (q, keys, shape) = dev.QueryKeys;
+        // The relevance and the text rows' attention over the visual columns in one launch.
+        dev.Ops.SparseVlmSignals(dev.HiddenStates, contrib, ctx.Prefix, v, textStart, t, d, q, keys, attn, shape);
         int dropped = v - k;
         int merged = step.Recycled > 0 && dropped > 0 ? step.Recycled : 0;
         int selected = merged > 0 ? ScheduleMath.RecycleSelected(dropped, options) : 0;
@@ -197,7 +199,8 @@ internal sealed class SparseVlmOnDevice(LayerSchedule schedule, PruningOptions o
         {
             mergedRows = dev.Scratch<float>((long)merged * d);
             dev.Ops.Recycle(dev.HiddenStates, sel, dev.Scratch<double>((long)selected * selected),
-                dev.Scratch<double>(selected), dev.Scratch<float>(selected), dev.Scratch<int>(merged), dev.Scratch<int>(selected), mergedRows, recycle);
+                dev.Scratch<double>(selected), dev.Scratch<float>(selected), dev.Scratch<int>(merged), dev.Scratch<int>(selected), dev.Scratch<int>(selected + merged + 1),
+                mergedRows, recycle);
         }
         return DevicePruners.Action(plan, ctx, k, mergedRows, merged, renumber: true);
     }
