@@ -500,6 +500,8 @@ internal static class CudaKernels
 internal sealed partial class CudaOps
 {
     private readonly Accelerator _acc;
+    /// <summary>One int, 0 between launches, counting the groups that finished in a kernel whose last group carries on (freed with the accelerator).</summary>
+    private readonly MemoryBuffer1D<int, Stride1D.Dense> _ticket;
     private readonly Lazy<Action<AcceleratorStream, Index1D, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, float>> _layerNorm;
     private readonly Lazy<Action<AcceleratorStream, Index1D, ArrayView<float>, ElementRange>> _quickGelu, _gelu;
     private readonly Lazy<Action<AcceleratorStream, KernelConfig, ArrayView<float>, ArrayView<float>, ArrayView<int>, ArrayView<float>, AttentionShape, int>> _attentionRowsGrouped;
@@ -533,6 +535,7 @@ internal sealed partial class CudaOps
         if (rowGroupSize < 1 || rowGroupSize > limit || (rowGroupSize & (rowGroupSize - 1)) != 0)
             throw new ArgumentOutOfRangeException(nameof(rowGroupSize), rowGroupSize, $"Row group size must be a power of two in 1..{limit} on this accelerator.");
         RowGroupSize = rowGroupSize;
+        _ticket = accelerator.Allocate1D(new int[1]); // 0: the last-group ticket (SelectionKernels.LastGroup)
         _layerNorm = new(() => _acc.LoadAutoGroupedKernel<Index1D, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, float>(CudaKernels.LayerNormKernel));
         _quickGelu = new(() => _acc.LoadAutoGroupedKernel<Index1D, ArrayView<float>, ElementRange>(CudaKernels.QuickGeluKernel));
         _gelu = new(() => _acc.LoadAutoGroupedKernel<Index1D, ArrayView<float>, ElementRange>(CudaKernels.GeluKernel));

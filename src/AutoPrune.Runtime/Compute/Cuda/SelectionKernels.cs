@@ -10,6 +10,18 @@ internal readonly record struct NmsShape(int Grid, int Features, int K, int Head
 /// <summary>Sizes of the recycling kernels: V visual rows entering the prune, K kept, Selected dropped rows clustered into Groups.</summary>
 internal readonly record struct RecycleShape(int V, int K, int Selected, int Groups, int Neighbours, int Dim, int Prefix);
 
+/// <summary>
+/// SparseVLM's selection outputs and scratch, as one kernel parameter: relevance [T] (double) and raters [T] scratch,
+/// count [1] the rater count, scores [V], kept [V], keptLocal [K], plan, flags [V] and sel [Selected] as in
+/// <see cref="SignalKernels.TopKPlan"/> and recycling's first step; ticket [1] the last-group counter (0 between launches).
+/// </summary>
+internal struct SparseVlmViews
+{
+    public ArrayView<double> Relevance;
+    public ArrayView<int> Raters, Count, Kept, KeptLocal, Plan, Flags, Sel, Ticket;
+    public ArrayView<float> Scores;
+}
+
 /// <summary>Sizes of VisionZip's selection: V patches, D dominant, C contextual, Keys the key width, Dim the feature width, Step the target spacing.</summary>
 internal readonly record struct ZipShape(int V, int D, int C, int Heads, int Keys, int Dim, int Step);
 
@@ -158,23 +170,54 @@ internal static class SelectionKernels
     }
 
     /// <summary>
-    /// SparseVLM's two signals in one launch: groups [0, heads·w.RowCount) compute the text rows' attention over the
-    /// visual columns (<see cref="SignalKernels.AttentionWindowRow"/>, attn [heads, T, V]); the groups after them compute
-    /// the relevance, one thread per visual row (<see cref="RelevanceRow"/>). The two read the same layer and not each
-    /// other, so each group does one or the other.
+    /// SparseVLM at a pruning layer in one launch. Groups [0, heads·w.RowCount) compute the text rows' attention over the
+    /// visual columns (<see cref="SignalKernels.AttentionWindowRow"/>, attn [heads, T, V]); the groups after them the
+    /// relevance, one thread per visual row (<see cref="RelevanceRow"/>, contrib [V, T]). The last group to finish
+    /// (a ticket taken after a device-level fence, as in the CUDA programming guide's memory-fence example) then makes
+    /// the selection that needs all of it, where it was a launch of its own: the raters (<see cref="Raters"/>), the top
+    /// k by the raters' mean attention with the plan (<see cref="SignalKernels.TopKPlan"/>, p.ScoreMode 1, p.UseMask 1),
+    /// and when r.Selected &gt; 0 the dropped rows to recycle (<see cref="RecycleSelect"/>); and sets the ticket back to 0.
     /// </summary>
-    internal static void SparseVlmSignalsKernel(ArrayView<float> hidden, ArrayView<double> contrib, int visualStart, int V, int textStart, int T, int dim,
-        ArrayView<float> q, ArrayView<float> k, ArrayView<float> attn, AttentionShape s, WindowShape w)
+    internal static void SparseVlmKernel(ArrayView<float> hidden, ArrayView<double> contrib, ArrayView<float> q, ArrayView<float> k, ArrayView<float> attn,
+        AttentionShape s, WindowShape w, SparseVlmViews o, PlanShape p, RecycleShape r)
     {
         var sh = SharedMemory.Allocate<float>(CudaKernels.MaxRowGroupSize);
-        int windowGroups = s.QHeads * w.RowCount, g = Grid.IdxX;
+        var last = SharedMemory.Allocate<int>(1);
+        int windowGroups = s.QHeads * w.RowCount, g = Grid.IdxX, tid = Group.IdxX, step = Group.DimX;
         if (g < windowGroups)
+            SignalKernels.AttentionWindowRow(sh, q, k, attn, s, w, q, q.Cast<int>(), q, q, 0, g, tid, step);
+        else
         {
-            SignalKernels.AttentionWindowRow(sh, q, k, attn, s, w, q, q.Cast<int>(), q, q, 0, g, Group.IdxX, Group.DimX);
-            return;
+            int v = (g - windowGroups) * step + tid;
+            if (v < w.ColCount) RelevanceRow(hidden, contrib, w.ColStart, w.ColCount, w.RowStart, w.RowCount, r.Dim, v);
         }
-        int v = (g - windowGroups) * Group.DimX + Group.IdxX;
-        if (v < V) RelevanceRow(hidden, contrib, visualStart, V, textStart, T, dim, v);
+        if (!LastGroup(o.Ticket, last)) return;
+        Raters(contrib, o.Relevance, o.Raters, o.Count, p.V, p.Rows, tid, step);
+        Group.Barrier();
+        SignalKernels.TopKPlan(o.Scores, attn, o.Raters, o.Kept, o.KeptLocal, o.Plan, p, tid, step);
+        if (r.Selected > 0)
+        {
+            Group.Barrier();
+            RecycleSelect(o.Scores, o.Kept, o.Flags, o.Sel, r, tid, step);
+        }
+        Group.Barrier();
+        if (tid == 0) o.Ticket[0] = 0;
+    }
+
+    /// <summary>
+    /// Whether the calling group is the last of the grid to get here: every thread fences its writes at device level, then
+    /// one thread takes a ticket; the group that takes the last one may read what every other group wrote. The ticket
+    /// must be 0 at the launch (the last group resets it). last is a one-int shared buffer.
+    /// </summary>
+    internal static bool LastGroup(ArrayView<int> ticket, ArrayView<int> last)
+    {
+        MemoryFence.DeviceLevel();
+        Group.Barrier();
+        if (Group.IdxX == 0) last[0] = Atomic.Add(ref ticket[0], 1) == Grid.DimX - 1 ? 1 : 0;
+        Group.Barrier();
+        bool isLast = last[0] != 0;
+        if (isLast) MemoryFence.DeviceLevel();
+        return isLast;
     }
 
     /// <summary>
@@ -201,26 +244,6 @@ internal static class SelectionKernels
             z += e;
         }
         for (int t = 0; t < T; t++) contrib[co + t] = contrib[co + t] / z / V;
-    }
-
-    /// <summary>
-    /// SparseVLM's selection in one group, where it was three launches: the raters (<see cref="Raters"/>), the top k by
-    /// the raters' mean attention with the plan (<see cref="SignalKernels.TopKPlan"/>, p.ScoreMode 1, p.UseMask 1), and
-    /// when r.Selected &gt; 0 the dropped rows to recycle (<see cref="RecycleSelect"/>). attn [heads, T, V].
-    /// </summary>
-    internal static void SparseVlmSelectKernel(ArrayView<double> contrib, ArrayView<double> relevance, ArrayView<int> raters, ArrayView<int> count,
-        ArrayView<float> attn, ArrayView<float> scores, ArrayView<int> kept, ArrayView<int> keptLocal, ArrayView<int> plan,
-        ArrayView<int> flags, ArrayView<int> sel, PlanShape p, RecycleShape r)
-    {
-        int tid = Group.IdxX, step = Group.DimX;
-        Raters(contrib, relevance, raters, count, p.V, p.Rows, tid, step);
-        Group.Barrier();
-        SignalKernels.TopKPlan(scores, attn, raters, kept, keptLocal, plan, p, tid, step);
-        if (r.Selected > 0)
-        {
-            Group.Barrier();
-            RecycleSelect(scores, kept, flags, sel, r, tid, step);
-        }
     }
 
     /// <summary>
@@ -482,10 +505,8 @@ internal sealed partial class CudaOps
 {
     private Action<AcceleratorStream, KernelConfig, ArrayView<float>, ArrayView<float>, AttentionShape, WindowShape, ArrayView<float>, ArrayView<float>,
         ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<int>, ArrayView<int>, ArrayView<int>, NmsShape>? _nms;
-    private Action<AcceleratorStream, KernelConfig, ArrayView<float>, ArrayView<double>, int, int, int, int, int, ArrayView<float>, ArrayView<float>, ArrayView<float>,
-        AttentionShape, WindowShape>? _sparseVlmSignals;
-    private Action<AcceleratorStream, KernelConfig, ArrayView<double>, ArrayView<double>, ArrayView<int>, ArrayView<int>, ArrayView<float>, ArrayView<float>,
-        ArrayView<int>, ArrayView<int>, ArrayView<int>, ArrayView<int>, ArrayView<int>, PlanShape, RecycleShape>? _sparseVlmSelect;
+    private Action<AcceleratorStream, KernelConfig, ArrayView<float>, ArrayView<double>, ArrayView<float>, ArrayView<float>, ArrayView<float>, AttentionShape, WindowShape,
+        SparseVlmViews, PlanShape, RecycleShape>? _sparseVlm;
     private Action<AcceleratorStream, Index1D, ArrayView<float>, ArrayView<int>, ArrayView<double>, RecycleShape, ElementRange>? _recycleDistance;
     private Action<AcceleratorStream, KernelConfig, ArrayView<double>, ArrayView<double>, ArrayView<float>, ArrayView<int>, ArrayView<int>, ArrayView<int>, ArrayView<int>,
         ArrayView<float>, ArrayView<int>, ArrayView<float>, RecycleShape>? _recycleClusterMerge;
@@ -498,14 +519,10 @@ internal sealed partial class CudaOps
         ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<int>, ArrayView<int>, ArrayView<int>, NmsShape> NmsK
         => _nms ??= _acc.LoadKernel<ArrayView<float>, ArrayView<float>, AttentionShape, WindowShape, ArrayView<float>, ArrayView<float>,
             ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<int>, ArrayView<int>, ArrayView<int>, NmsShape>(SelectionKernels.AdaptiveNmsKernel);
-    private Action<AcceleratorStream, KernelConfig, ArrayView<float>, ArrayView<double>, int, int, int, int, int, ArrayView<float>, ArrayView<float>, ArrayView<float>,
-        AttentionShape, WindowShape> SparseVlmSignalsK
-        => _sparseVlmSignals ??= _acc.LoadKernel<ArrayView<float>, ArrayView<double>, int, int, int, int, int, ArrayView<float>, ArrayView<float>, ArrayView<float>,
-            AttentionShape, WindowShape>(SelectionKernels.SparseVlmSignalsKernel);
-    private Action<AcceleratorStream, KernelConfig, ArrayView<double>, ArrayView<double>, ArrayView<int>, ArrayView<int>, ArrayView<float>, ArrayView<float>,
-        ArrayView<int>, ArrayView<int>, ArrayView<int>, ArrayView<int>, ArrayView<int>, PlanShape, RecycleShape> SparseVlmSelectK
-        => _sparseVlmSelect ??= _acc.LoadKernel<ArrayView<double>, ArrayView<double>, ArrayView<int>, ArrayView<int>, ArrayView<float>, ArrayView<float>,
-            ArrayView<int>, ArrayView<int>, ArrayView<int>, ArrayView<int>, ArrayView<int>, PlanShape, RecycleShape>(SelectionKernels.SparseVlmSelectKernel);
+    private Action<AcceleratorStream, KernelConfig, ArrayView<float>, ArrayView<double>, ArrayView<float>, ArrayView<float>, ArrayView<float>, AttentionShape, WindowShape,
+        SparseVlmViews, PlanShape, RecycleShape> SparseVlmK
+        => _sparseVlm ??= _acc.LoadKernel<ArrayView<float>, ArrayView<double>, ArrayView<float>, ArrayView<float>, ArrayView<float>, AttentionShape, WindowShape,
+            SparseVlmViews, PlanShape, RecycleShape>(SelectionKernels.SparseVlmKernel);
     private Action<AcceleratorStream, Index1D, ArrayView<float>, ArrayView<int>, ArrayView<double>, RecycleShape, ElementRange> RecycleDistanceK
         => _recycleDistance ??= _acc.LoadAutoGroupedKernel<Index1D, ArrayView<float>, ArrayView<int>, ArrayView<double>, RecycleShape, ElementRange>(SelectionKernels.RecycleDistanceKernel);
     private Action<AcceleratorStream, KernelConfig, ArrayView<double>, ArrayView<double>, ArrayView<float>, ArrayView<int>, ArrayView<int>, ArrayView<int>, ArrayView<int>,
@@ -522,7 +539,7 @@ internal sealed partial class CudaOps
         => _zipMerge ??= _acc.LoadAutoGroupedKernel<Index1D, ArrayView<float>, ArrayView<int>, ArrayView<int>, ArrayView<int>, ArrayView<int>, ArrayView<float>, ArrayView<int>, ZipShape, ElementRange>(SelectionKernels.ZipMergeKernel);
 
     private object[] SelectionKernelsLoaded() =>
-        [NmsK, SparseVlmSignalsK, SparseVlmSelectK, RecycleDistanceK, RecycleClusterMergeK, ClsSumK, ZipRestK, ZipAssignK, ZipMergeK];
+        [NmsK, SparseVlmK, RecycleDistanceK, RecycleClusterMergeK, ClsSumK, ZipRestK, ZipAssignK, ZipMergeK];
 
     /// <summary>
     /// AdaptPrune's last-row attention (window w: one row, V columns, of this layer's fp32 q and k in shape a, into attn
@@ -542,47 +559,49 @@ internal sealed partial class CudaOps
     }
 
     /// <summary>
-    /// SparseVLM's signals in one launch (<see cref="SelectionKernels.SparseVlmSignalsKernel"/>): the relevance of text
-    /// rows [textStart, +T) to visual rows [visualStart, +V) of the hidden states, as each visual row's softmax shares in
-    /// contrib [V·T] (double), and the text rows' attention probabilities over the visual columns from this layer's fp32
-    /// q and k (shape) into attn [heads, T, V].
+    /// SparseVLM at a pruning layer in one launch (<see cref="SelectionKernels.SparseVlmKernel"/>): the relevance of text
+    /// rows [textStart, +T) to visual rows [visualStart, +V) of the hidden states into contrib [V·T] (double), the text
+    /// rows' attention over the visual columns from this layer's fp32 q and k (shape) into attn [heads, T, V], then in
+    /// the last group to finish the raters, top k and plan, and the rows to recycle (o; p.Rows = T, p.V = V,
+    /// p.Prefix = visualStart; flags and sel only when r.Selected &gt; 0).
     /// </summary>
-    public void SparseVlmSignals(ArrayView<float> hidden, ArrayView<double> contrib, int visualStart, int V, int textStart, int T, int dim,
-        ArrayView<float> q, ArrayView<float> k, ArrayView<float> attn, AttentionShape shape)
+    public void SparseVlm(ArrayView<float> hidden, ArrayView<double> contrib, ArrayView<float> q, ArrayView<float> k, ArrayView<float> attn, AttentionShape shape,
+        int textStart, SparseVlmViews o, PlanShape p, RecycleShape r)
     {
+        int V = p.V, T = p.Rows, visualStart = p.Prefix;
         Require(V > 0 && T > 0, $"V ({V}) and T ({T}) must be positive.");
-        Require(contrib.Length >= (long)V * T, "contrib is too short for the relevance.");
+        Require(p.ScoreMode == 1 && p.UseMask == 1 && p.WritePlan == 1, "SparseVLM scores by the raters' mean attention and writes the plan.");
+        Require(p.K >= 0 && p.K <= V, $"k ({p.K}) must be within 0..{V}.");
         Require(visualStart >= 0 && visualStart + V <= shape.Nk && textStart >= 0 && textStart + T <= shape.Nq,
             $"visual rows [{visualStart}, +{V}) or text rows [{textStart}, +{T}) outside the {shape.Nq} rows.");
-        Require(attn.Length >= (long)shape.QHeads * T * V, $"attn has {attn.Length} elements, fewer than heads × text rows × visual columns.");
         Require(q.Length >= (long)shape.Nq * shape.QStride && k.Length >= (long)shape.Nk * shape.KvStride, "q or k too short for the attention shape.");
+        Require(hidden.Length >= (long)(textStart + T) * r.Dim && contrib.Length >= (long)V * T && attn.Length >= (long)shape.QHeads * T * V,
+            "hidden, contrib or attn too short for SparseVLM's signals.");
+        Require(o.Relevance.Length >= T && o.Raters.Length >= T && o.Count.Length >= 1 && o.Scores.Length >= V && o.Kept.Length >= V
+            && o.KeptLocal.Length >= Math.Max(1, p.K) && o.Plan.Length >= p.Prefix + p.K + p.Merged + p.Text, "a view is too short for SparseVLM's selection.");
+        Require(r.Selected == 0 || (o.Flags.Length >= V && o.Sel.Length >= r.Selected), "flags or sel too short for recycling.");
+        if (r.Selected == 0) (o.Flags, o.Sel) = (o.Kept, o.Kept); // unused
+        o.Ticket = _ticket.View;
         int windowGroups = shape.QHeads * T, relevanceGroups = (V + RowGroupSize - 1) / RowGroupSize;
         Counters.Launch();
-        SparseVlmSignalsK(Stream, RowConfig(windowGroups + relevanceGroups), hidden, contrib, visualStart, V, textStart, T, dim, q, k, attn, shape,
-            new WindowShape(textStart, T, visualStart, V));
+        SparseVlmK(Stream, RowConfig(windowGroups + relevanceGroups), hidden, contrib, q, k, attn, shape, new WindowShape(textStart, T, visualStart, V), o, p, r);
     }
 
+    /// <summary>The last-group ticket itself (tests).</summary>
+    internal ArrayView1D<int, Stride1D.Dense> LastGroupTicket => _ticket.View;
+
     /// <summary>
-    /// SparseVLM's raters, top k and plan, and the rows to recycle, in one launch (<see cref="SelectionKernels.SparseVlmSelectKernel"/>):
-    /// raters [p.Rows] and count [1] out; relevance [p.Rows] scratch; attn [heads, p.Rows, p.V]; flags [V] and sel
-    /// [r.Selected] only when r.Selected &gt; 0.
+    /// After a failure with launches in flight: waits for the stream (ignoring its error) and sets the last-group ticket
+    /// (<see cref="SelectionKernels.LastGroup"/>) back to 0, so that a launch stopped part-way does not leave it counting.
     /// </summary>
-    public void SparseVlmSelect(ArrayView<double> contrib, ArrayView<double> relevance, ArrayView<int> raters, ArrayView<int> count, ArrayView<float> attn,
-        ArrayView<float> scores, ArrayView<int> kept, ArrayView<int> keptLocal, ArrayView<int> plan, ArrayView<int> flags, ArrayView<int> sel, PlanShape p, RecycleShape r)
+    public void ResetLastGroupTicket()
     {
-        Require(p.ScoreMode == 1 && p.UseMask == 1 && p.WritePlan == 1, "SparseVLM scores by the raters' mean attention and writes the plan.");
-        Require(p.K >= 0 && p.K <= p.V && p.Rows > 0, $"k ({p.K}) must be within 0..{p.V}, with raters to choose from.");
-        Require(contrib.Length >= (long)p.V * p.Rows && relevance.Length >= p.Rows && raters.Length >= p.Rows && count.Length >= 1
-            && attn.Length >= (long)p.Heads * p.Rows * p.V && scores.Length >= p.V && kept.Length >= p.V && keptLocal.Length >= Math.Max(1, p.K)
-            && plan.Length >= p.Prefix + p.K + p.Merged + p.Text, "a view is too short for SparseVLM's selection.");
-        Require(r.Selected == 0 || (flags.Length >= p.V && sel.Length >= r.Selected), "flags or sel too short for recycling.");
-        if (r.Selected == 0) (flags, sel) = (kept, kept); // unused
-        Counters.Launch();
-        SparseVlmSelectK(Stream, OneGroup(), contrib, relevance, raters, count, attn, scores, kept, keptLocal, plan, flags, sel, p, r);
+        try { Stream.Synchronize(); } catch (Exception) { /* the failure being handled already reports it */ }
+        _ticket.View.CopyFromCPU(new int[1]);
     }
 
     /// <summary>
-    /// Recycling of the selected dropped rows sel (<see cref="SparseVlmSelect"/>) into p.Groups merged rows (see
+    /// Recycling of the selected dropped rows sel (<see cref="SparseVlm"/>) into p.Groups merged rows (see
     /// <see cref="SelectionKernels"/>): two launches, the distances and then the clustering with the merge. dist [Selected²],
     /// density [Selected], gamma [Selected], centre [Groups], assign [Selected] and members [Selected + Groups + 1] are scratch.
     /// </summary>

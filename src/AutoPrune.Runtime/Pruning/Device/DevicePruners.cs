@@ -177,11 +177,6 @@ internal sealed class SparseVlmOnDevice(LayerSchedule schedule, PruningOptions o
         if (t == 0) throw new InvalidOperationException("SparseVLM needs text tokens after the image.");
         int textStart = ctx.Prefix + v;
         int layer = dev.Layer;
-        var contrib = dev.Scratch<double>((long)v * t);
-        var attn = dev.Scratch<float>((long)dev.Heads * t * v);
-        var (q, keys, shape) = dev.QueryKeys;
-        // The relevance and the text rows' attention over the visual columns in one launch.
-        dev.Ops.SparseVlmSignals(dev.HiddenStates, contrib, ctx.Prefix, v, textStart, t, d, q, keys, attn, shape);
         int dropped = v - k;
         int merged = step.Recycled > 0 && dropped > 0 ? step.Recycled : 0;
         int selected = merged > 0 ? ScheduleMath.RecycleSelected(dropped, options) : 0;
@@ -190,9 +185,16 @@ internal sealed class SparseVlmOnDevice(LayerSchedule schedule, PruningOptions o
         var recycle = new RecycleShape(v, k, selected, merged, options.RecycleDensityNeighbours, d, ctx.Prefix);
         var plan = dev.Scratch<int>(ctx.Prefix + k + merged + t);
         var sel = dev.Scratch<int>(Math.Max(1, selected));
-        // Raters, top k, plan and the rows to recycle in one launch; the raters' count comes back with the final readback.
-        dev.Ops.SparseVlmSelect(contrib, dev.Scratch<double>(t), dev.Scratch<int>(t), dev.AtEnd<int>(1, c => _signals[$"raters_layer{layer}"] = c[0]), attn,
-            dev.Scratch<float>(v), dev.Scratch<int>(v), dev.Scratch<int>(Math.Max(1, k)), plan, dev.Scratch<int>(v), sel,
+        var (q, keys, shape) = dev.QueryKeys;
+        // The relevance, the text rows' attention over the visual columns, and in the last group to finish the raters, top
+        // k, plan and the rows to recycle: one launch. The raters' count comes back with the final readback.
+        var o = new SparseVlmViews
+        {
+            Relevance = dev.Scratch<double>(t), Raters = dev.Scratch<int>(t), Count = dev.AtEnd<int>(1, c => _signals[$"raters_layer{layer}"] = c[0]),
+            Scores = dev.Scratch<float>(v), Kept = dev.Scratch<int>(v), KeptLocal = dev.Scratch<int>(Math.Max(1, k)), Plan = plan,
+            Flags = dev.Scratch<int>(v), Sel = sel,
+        };
+        dev.Ops.SparseVlm(dev.HiddenStates, dev.Scratch<double>((long)v * t), q, keys, dev.Scratch<float>((long)dev.Heads * t * v), shape, textStart, o,
             new PlanShape(v, k, ctx.Prefix, t, merged, 1, dev.Heads, t, 1, 1), recycle);
         ArrayView<float> mergedRows = default;
         if (merged > 0)

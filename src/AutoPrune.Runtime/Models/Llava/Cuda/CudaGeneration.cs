@@ -134,48 +134,58 @@ internal sealed class CudaGeneration : IGeneration
             _version++;
             var decodeState = _state.Get(2L * _m.DecoderLayers);
             _history.Get(Math.Max(1, (long)_m.DecoderLayers * n));
-            for (int li = 0; li < _m.DecoderLayers; li++)
+            try
             {
-                ct.ThrowIfCancellationRequested();
-                n = state.Length;
-                var cache = NewCache(li, n);
-                bool last = li == _m.DecoderLayers - 1;
-                bool signals = hook is not null && !last && hook.ReadsAttention(li);
-                PrefillLayer(li, n, cache, signals, decodeState);
-                if (hook is not null && !last)
+                for (int li = 0; li < _m.DecoderLayers; li++)
                 {
-                    ExposeHidden(state, n);
-                    PruneAction? action;
-                    try { action = hook.AfterLayer(new CudaLayerView(this, li, state)); }
-                    catch { ReleaseLayerScratch(); throw; }
-                    if (action is not null) Apply(state, action, li + 1);
-                    ReleaseLayerScratch();
+                    ct.ThrowIfCancellationRequested();
+                    n = state.Length;
+                    var cache = NewCache(li, n);
+                    bool last = li == _m.DecoderLayers - 1;
+                    bool signals = hook is not null && !last && hook.ReadsAttention(li);
+                    PrefillLayer(li, n, cache, signals, decodeState);
+                    if (hook is not null && !last)
+                    {
+                        ExposeHidden(state, n);
+                        PruneAction? action;
+                        try { action = hook.AfterLayer(new CudaLayerView(this, li, state)); }
+                        catch { ReleaseLayerScratch(); throw; }
+                        if (action is not null) Apply(state, action, li + 1);
+                        ReleaseLayerScratch();
+                    }
                 }
+                ExposeHidden(state, state.Length);
+                // The only wait of the prefill: logits, the greedy token and what the report needs, in one readback.
+                var logits = _logits.Get(_m.Vocab);
+                ComputeLogits(X(state.Length).SubView((long)(state.Length - 1) * h, h), logits);
+                var token = _token.Get(1);
+                _m.Ops.ArgMaxRows(logits, 1, _m.Vocab, token);
+                var readback = _m.Queue.BeginReadback(_m.Memory);
+                float[] result = [];
+                readback.Add(logits, _m.Vocab, r => result = r);
+                readback.Add(token, 1, t => _deviceToken = t[0]);
+                foreach (var (version, offset, length) in _snapshots)
+                {
+                    int v = version;
+                    readback.Add(_history.Buffer.Slice(offset, length), length, vis => state.ResolveVisual(v, vis));
+                }
+                if (!state.VisualKnown(state.Version))
+                {
+                    int v = state.Version;
+                    readback.Add(Visual(state.Length), state.Length, vis => state.ResolveVisual(v, vis));
+                }
+                foreach (var add in _atEnd) add(readback);
+                readback.Flush();
+                _atEnd.Clear();
+                return result;
             }
-            ExposeHidden(state, state.Length);
-            // The only wait of the prefill: logits, the greedy token and what the report needs, in one readback.
-            var logits = _logits.Get(_m.Vocab);
-            ComputeLogits(X(state.Length).SubView((long)(state.Length - 1) * h, h), logits);
-            var token = _token.Get(1);
-            _m.Ops.ArgMaxRows(logits, 1, _m.Vocab, token);
-            var readback = _m.Queue.BeginReadback(_m.Memory);
-            float[] result = [];
-            readback.Add(logits, _m.Vocab, r => result = r);
-            readback.Add(token, 1, t => _deviceToken = t[0]);
-            foreach (var (version, offset, length) in _snapshots)
+            catch
             {
-                int v = version;
-                readback.Add(_history.Buffer.Slice(offset, length), length, vis => state.ResolveVisual(v, vis));
+                // A launch may have stopped part-way (or be in flight when cancelled): the ticket of the kernels whose last
+                // group carries on goes back to 0.
+                _m.Ops.ResetLastGroupTicket();
+                throw;
             }
-            if (!state.VisualKnown(state.Version))
-            {
-                int v = state.Version;
-                readback.Add(Visual(state.Length), state.Length, vis => state.ResolveVisual(v, vis));
-            }
-            foreach (var add in _atEnd) add(readback);
-            readback.Flush();
-            _atEnd.Clear();
-            return result;
         }
     }
 

@@ -1,0 +1,124 @@
+using AutoPrune.Compute.Cuda;
+using ILGPU;
+using ILGPU.Runtime;
+using Xunit;
+
+namespace AutoPrune.Tests.Cuda;
+
+/// <summary>
+/// SparseVLM's one-launch kernel, whose last group to finish makes the selection from what every group wrote: with
+/// 256-thread groups (the GPU's launch shape) and with one-thread groups it chooses exactly what those signals call
+/// for, launch after launch (the last group sets its ticket back to 0), and again after a ticket left counting by a
+/// failed launch once it has been reset.
+/// </summary>
+[Collection(GpuShapedIlgpuCollection.Name)]
+public sealed class SparseVlmKernelTests(IlgpuGpuShapedCpuFixture fx) : IClassFixture<IlgpuGpuShapedCpuFixture>
+{
+    private const int Prefix = 3, V = 40, T = 7, Heads = 4, KvHeads = 2, HeadDim = 8, Dim = 24, K = 12;
+
+    private sealed record Result(int[] Plan, int[] Kept, int[] KeptLocal, int Count, int[] Sel, float[] Attn, double[] Contrib);
+
+    private static float[] Random(Random rng, int n) => Enumerable.Range(0, n).Select(_ => (float)(rng.NextDouble() * 2 - 1)).ToArray();
+
+    private Result Run(CudaOps ops, int selected, int merged, int seed = 5)
+    {
+        var acc = fx.Accelerator;
+        int n = Prefix + V + T;
+        var rng = new Random(seed);
+        var shape = AttentionShape.Create(n, n, Heads, KvHeads, HeadDim, causal: true);
+        using var hidden = acc.Allocate1D(Random(rng, n * Dim));
+        using var q = acc.Allocate1D(Random(rng, n * Heads * HeadDim));
+        using var k = acc.Allocate1D(Random(rng, n * KvHeads * HeadDim));
+        // The signals start as NaN: a selection made before every group wrote them would read some.
+        using var contrib = acc.Allocate1D(Enumerable.Repeat(double.NaN, V * T).ToArray());
+        using var attn = acc.Allocate1D(Enumerable.Repeat(float.NaN, Heads * T * V).ToArray());
+        using var relevance = acc.Allocate1D<double>(T);
+        using var raters = acc.Allocate1D<int>(T);
+        using var count = acc.Allocate1D<int>(1);
+        using var scores = acc.Allocate1D<float>(V);
+        using var kept = acc.Allocate1D<int>(V);
+        using var keptLocal = acc.Allocate1D<int>(K);
+        using var plan = acc.Allocate1D<int>(Prefix + K + merged + T);
+        using var flags = acc.Allocate1D<int>(V);
+        using var sel = acc.Allocate1D<int>(Math.Max(1, selected));
+        var o = new SparseVlmViews
+        {
+            Relevance = relevance.View, Raters = raters.View, Count = count.View, Scores = scores.View, Kept = kept.View, KeptLocal = keptLocal.View,
+            Plan = plan.View, Flags = flags.View, Sel = sel.View,
+        };
+        ops.SparseVlm(hidden.View, contrib.View, q.View, k.View, attn.View, shape, Prefix + V, o,
+            new PlanShape(V, K, Prefix, T, merged, 1, Heads, T, 1, 1), new RecycleShape(V, K, selected, merged, 3, Dim, Prefix));
+        ops.Queue.Synchronize();
+        return new Result(plan.GetAsArray1D(), kept.GetAsArray1D(), keptLocal.GetAsArray1D(), count.GetAsArray1D()[0],
+            selected > 0 ? sel.GetAsArray1D() : [], attn.GetAsArray1D(), contrib.GetAsArray1D());
+    }
+
+    private static void Same(Result expected, Result actual)
+    {
+        Assert.Equal(expected.Attn, actual.Attn);
+        Assert.Equal(expected.Contrib, actual.Contrib);
+        Assert.Equal(expected.Count, actual.Count);
+        Assert.Equal(expected.Kept, actual.Kept);
+        Assert.Equal(expected.KeptLocal, actual.KeptLocal);
+        Assert.Equal(expected.Plan, actual.Plan);
+        Assert.Equal(expected.Sel, actual.Sel);
+    }
+
+    /// <summary>
+    /// The selection the last group must make from the signals every group wrote, computed here from those signals: raters
+    /// (relevance above the mean), scores (their mean attention, head-major), the top K (ties to the lower index), the
+    /// plan, and the top <paramref name="selected"/> dropped rows (ascending).
+    /// </summary>
+    private static void ChoosesFromTheSignals(Result r, int selected, int merged)
+    {
+        var relevance = new double[T];
+        for (int t = 0; t < T; t++) for (int v = 0; v < V; v++) relevance[t] += r.Contrib[v * T + t];
+        double mean = relevance.Sum() / T;
+        int above = relevance.Count(x => x > mean + 1e-12);
+        var raters = relevance.Select(x => above == 0 || x > mean + 1e-12).ToArray();
+        Assert.Equal(above == 0 ? T : above, r.Count);
+        var scores = new float[V];
+        for (int j = 0; j < V; j++)
+        {
+            float sum = 0;
+            for (int h = 0; h < Heads; h++) for (int t = 0; t < T; t++) if (raters[t]) sum += r.Attn[(h * T + t) * V + j];
+            scores[j] = sum * (1f / (Heads * r.Count));
+        }
+        var order = Enumerable.Range(0, V).OrderByDescending(j => scores[j]).ThenBy(j => j).ToArray();
+        var keptLocal = order.Take(K).Order().ToArray();
+        Assert.Equal(keptLocal, r.KeptLocal);
+        Assert.Equal(Enumerable.Range(0, V).Select(j => keptLocal.Contains(j) ? 1 : 0), r.Kept);
+        Assert.Equal(Enumerable.Range(0, Prefix).Concat(keptLocal.Select(i => Prefix + i)).Concat(Enumerable.Range(1, merged).Select(m => -m))
+            .Concat(Enumerable.Range(Prefix + V, T)), r.Plan);
+        Assert.Equal(order.Skip(K).Take(selected).Order(), r.Sel);
+    }
+
+    [Theory]
+    [InlineData(0, 0)]
+    [InlineData(9, 2)]
+    public void The_last_of_256_thread_groups_chooses_from_every_groups_signals_launch_after_launch(int selected, int merged)
+    {
+        Assert.Equal(256, fx.Ops.RowGroupSize);
+        var first = Run(fx.Ops, selected, merged);
+        Assert.Contains(first.Contrib, x => x != 0);
+        Assert.Contains(first.Attn, x => x != 0);
+        ChoosesFromTheSignals(first, selected, merged);
+        for (int launch = 0; launch < 2; launch++) Same(first, Run(fx.Ops, selected, merged));
+        Assert.Equal(0, fx.Ops.LastGroupTicket.GetAsArray1D()[0]);
+        // One-thread groups (the emulated GPU path's launch shape): a softmax sums in another order, the choice is the same rule.
+        var single = Run(new CudaOps(fx.Accelerator, rowGroupSize: 1), selected, merged);
+        ChoosesFromTheSignals(single, selected, merged);
+    }
+
+    [Fact]
+    public void A_ticket_left_counting_is_reset_and_the_next_launch_chooses_again()
+    {
+        var ops = new CudaOps(fx.Accelerator, rowGroupSize: 1);
+        var expected = Run(ops, 9, 2);
+        ops.LastGroupTicket.CopyFromCPU(new[] { 17 }); // as a launch stopped part-way would leave it
+        Run(ops, 9, 2, seed: 6);
+        Assert.NotEqual(0, ops.LastGroupTicket.GetAsArray1D()[0]); // no group was the last: nothing chose
+        ops.ResetLastGroupTicket();
+        Same(expected, Run(ops, 9, 2));
+    }
+}
