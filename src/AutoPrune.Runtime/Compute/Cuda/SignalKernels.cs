@@ -164,11 +164,14 @@ internal static class SignalKernels
     /// Mutual information of one head (group Grid.IdxX) between T text rows and the visual columns of attn
     /// [heads, T, cols] (softmax over all keys, not renormalised): p(x) = 1/T, p(x,y) = a/T, p(y) = Σx p(x,y),
     /// MI = Σ p(x,y) log2(max(p(x,y) / (p(x)p(y) + 1e-6), 1e-6)); perHead[2h] = MI, perHead[2h + 1] = the head's mass on
-    /// the visual columns (Σ p(x,y)). py: scratch [heads, cols].
+    /// the visual columns (Σ p(x,y)). py: scratch [heads, cols]. The last head to finish sums them into result [2]
+    /// (<see cref="SelectionKernels.LastGroup"/>; ticket 0 at the launch and after it).
     /// </summary>
-    internal static void MutualInformationKernel(ArrayView<float> attn, ArrayView<float> py, ArrayView<float> perHead, int T, int cols)
+    internal static void MutualInformationKernel(ArrayView<float> attn, ArrayView<float> py, ArrayView<float> perHead, ArrayView<float> result, ArrayView<int> ticket,
+        int T, int cols)
     {
         var sh = SharedMemory.Allocate<float>(CudaKernels.MaxRowGroupSize);
+        var last = SharedMemory.Allocate<int>(1);
         int h = Grid.IdxX, tid = Group.IdxX, step = Group.DimX;
         float invT = 1f / T;
         long head = (long)h * T * cols, pyo = (long)h * cols;
@@ -197,20 +200,18 @@ internal static class SignalKernels
             perHead[2 * h] = mi;
             perHead[2 * h + 1] = mass;
         }
-    }
-
-    /// <summary>result[0] = Σ_h MI_h; result[1] = its bound Σ_h m_h · log2 T (m_h: the head's mass on the visual columns).</summary>
-    internal static void MutualInformationTotalKernel(Index1D t, ArrayView<float> perHead, ArrayView<float> result, int heads, int T)
-    {
-        if (t != 0) return;
-        float mi = 0, bound = 0, log2T = XMath.Log2((float)T);
-        for (int h = 0; h < heads; h++)
+        // The last head to finish sums them (SelectionKernels.LastGroup): result[0] = Σ_h MI_h, result[1] = its bound
+        // Σ_h m_h · log2 T (m_h: the head's mass on the visual columns), in head order.
+        if (!SelectionKernels.LastGroup(ticket, last) || tid != 0) return;
+        float total = 0, bound = 0, log2T = XMath.Log2((float)T);
+        for (int hh = 0; hh < Grid.DimX; hh++)
         {
-            mi += perHead[2 * h];
-            bound += perHead[2 * h + 1] * log2T;
+            total += perHead[2 * hh];
+            bound += perHead[2 * hh + 1] * log2T;
         }
-        result[0] = mi;
+        result[0] = total;
         result[1] = bound;
+        ticket[0] = 0;
     }
 
     /// <summary>out[r] = Σ |k[rowStart + r, :]| over the fp16 key row (all KV heads concatenated, after RoPE as cached); a group per row.</summary>
@@ -314,8 +315,7 @@ internal sealed partial class CudaOps
     private Action<AcceleratorStream, KernelConfig, ArrayView<float>, ArrayView<float>, ArrayView<float>, AttentionShape, WindowShape, ArrayView<float>, ArrayView<int>, ArrayView<float>, ArrayView<float>, int>? _attentionWindow;
     private Action<AcceleratorStream, Index1D, ArrayView<float>, ArrayView<int>, ArrayView<float>, PlanShape, ElementRange>? _columnMean;
     private Action<AcceleratorStream, KernelConfig, ArrayView<float>, ArrayView<float>, ArrayView<int>, ArrayView<int>, ArrayView<int>, ArrayView<int>, PlanShape>? _topKPlan;
-    private Action<AcceleratorStream, KernelConfig, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int>? _mi;
-    private Action<AcceleratorStream, Index1D, ArrayView<float>, ArrayView<float>, int, int>? _miTotal;
+    private Action<AcceleratorStream, KernelConfig, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<int>, int, int>? _mi;
     private Action<AcceleratorStream, KernelConfig, ArrayView<ushort>, ArrayView<float>, int, int>? _keyL1;
     private Action<AcceleratorStream, KernelConfig, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int, float>? _rmsRows;
     private Action<AcceleratorStream, KernelConfig, ArrayView<float>, ArrayView<ushort>, ArrayView<float>, int, int>? _l2Half;
@@ -328,10 +328,8 @@ internal sealed partial class CudaOps
         => _columnMean ??= _acc.LoadAutoGroupedKernel<Index1D, ArrayView<float>, ArrayView<int>, ArrayView<float>, PlanShape, ElementRange>(SignalKernels.ColumnMeanKernel);
     private Action<AcceleratorStream, KernelConfig, ArrayView<float>, ArrayView<float>, ArrayView<int>, ArrayView<int>, ArrayView<int>, ArrayView<int>, PlanShape> TopKPlanK
         => _topKPlan ??= _acc.LoadKernel<ArrayView<float>, ArrayView<float>, ArrayView<int>, ArrayView<int>, ArrayView<int>, ArrayView<int>, PlanShape>(SignalKernels.TopKPlanKernel);
-    private Action<AcceleratorStream, KernelConfig, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int> MiK
-        => _mi ??= _acc.LoadKernel<ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int>(SignalKernels.MutualInformationKernel);
-    private Action<AcceleratorStream, Index1D, ArrayView<float>, ArrayView<float>, int, int> MiTotalK
-        => _miTotal ??= _acc.LoadAutoGroupedKernel<Index1D, ArrayView<float>, ArrayView<float>, int, int>(SignalKernels.MutualInformationTotalKernel);
+    private Action<AcceleratorStream, KernelConfig, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<int>, int, int> MiK
+        => _mi ??= _acc.LoadKernel<ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<int>, int, int>(SignalKernels.MutualInformationKernel);
     private Action<AcceleratorStream, KernelConfig, ArrayView<ushort>, ArrayView<float>, int, int> KeyL1K
         => _keyL1 ??= _acc.LoadKernel<ArrayView<ushort>, ArrayView<float>, int, int>(SignalKernels.KeyL1NormsKernel);
     private Action<AcceleratorStream, KernelConfig, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int, float> RmsRowsK
@@ -345,7 +343,7 @@ internal sealed partial class CudaOps
 
     private object[] SignalKernelsLoaded() =>
     [
-        AttentionWindowK, ColumnMeanK, TopKPlanK, MiK, MiTotalK, KeyL1K, RmsRowsK, L2HalfK, L2RowsK, CosPivotK,
+        AttentionWindowK, ColumnMeanK, TopKPlanK, MiK, KeyL1K, RmsRowsK, L2HalfK, L2RowsK, CosPivotK,
         .. SelectionKernelsLoaded(),
     ];
 
@@ -415,15 +413,15 @@ internal sealed partial class CudaOps
 
     /// <summary>
     /// Mutual information of text rows × visual columns (attn [heads, T, cols]) summed over heads into result[0], and its
-    /// bound Σ_h m_h · log2 T into result[1]; perHead [2·heads] and py [heads·cols] are scratch. Two launches.
+    /// bound Σ_h m_h · log2 T into result[1]; perHead [2·heads] and py [heads·cols] are scratch. One launch: one group per
+    /// head, the last to finish sums them.
     /// </summary>
     public void MutualInformation(ArrayView<float> attn, int heads, int T, int cols, ArrayView<float> py, ArrayView<float> perHead, ArrayView<float> result)
     {
         Require(heads > 0 && T > 0 && cols > 0, $"heads ({heads}), T ({T}) and cols ({cols}) must be positive.");
         Require(attn.Length >= (long)heads * T * cols && py.Length >= (long)heads * cols && perHead.Length >= 2 * heads && result.Length >= 2, "a view is too short.");
-        Counters.Launch(2);
-        MiK(Stream, RowConfig(heads), attn, py, perHead, T, cols);
-        MiTotalK(Stream, Extent(1), perHead, result, heads, T);
+        Counters.Launch();
+        MiK(Stream, RowConfig(heads), attn, py, perHead, result, _ticket.View, T, cols);
     }
 
     /// <summary>L1 norms of fp16 key rows [rowStart, rowStart + rows) of a cache ([*, width]).</summary>
