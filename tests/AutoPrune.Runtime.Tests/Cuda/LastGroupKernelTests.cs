@@ -122,3 +122,45 @@ public sealed class SparseVlmKernelTests(IlgpuGpuShapedCpuFixture fx) : IClassFi
         Same(expected, Run(ops, 9, 2));
     }
 }
+
+/// <summary>
+/// Mutual information in one launch: one group per head, and the last group to finish sums the heads. With 256-thread
+/// groups and one-thread groups, launch after launch, it agrees with the host's computation (the group reductions sum
+/// in tree order, so to float precision), and the ticket is back at 0.
+/// </summary>
+[Collection(GpuShapedIlgpuCollection.Name)]
+public sealed class MutualInformationKernelTests(IlgpuGpuShapedCpuFixture fx) : IClassFixture<IlgpuGpuShapedCpuFixture>
+{
+    [Theory]
+    [InlineData(256)]
+    [InlineData(1)]
+    public void The_last_head_group_sums_what_every_head_wrote(int groupSize)
+    {
+        const int heads = 12, T = 9, cols = 50;
+        var ops = groupSize == 256 ? fx.Ops : new CudaOps(fx.Accelerator, rowGroupSize: groupSize);
+        Assert.Equal(groupSize, ops.RowGroupSize);
+        var rng = new Random(3);
+        // Rows of a softmax over 60 keys, of which the visual columns are 50.
+        var attn = new float[heads * T * cols];
+        for (int r = 0; r < heads * T; r++)
+        {
+            var row = Enumerable.Range(0, 60).Select(_ => (float)Math.Exp(rng.NextDouble() * 4)).ToArray();
+            float z = row.Sum();
+            for (int j = 0; j < cols; j++) attn[r * cols + j] = row[j] / z;
+        }
+        var (mi, bound) = AutoPrune.Pruning.MutualInformation.ComputeWithBound(attn, heads, T, cols, Enumerable.Range(0, cols).ToArray());
+        using var a = fx.Accelerator.Allocate1D(attn);
+        using var py = fx.Accelerator.Allocate1D<float>(heads * cols);
+        using var perHead = fx.Accelerator.Allocate1D(Enumerable.Repeat(float.NaN, 2 * heads).ToArray());
+        for (int launch = 0; launch < 3; launch++)
+        {
+            using var result = fx.Accelerator.Allocate1D(new[] { float.NaN, float.NaN });
+            ops.MutualInformation(a.View, heads, T, cols, py.View, perHead.View, result.View);
+            ops.Queue.Synchronize();
+            var r = result.GetAsArray1D();
+            Assert.Equal(mi, r[0], Math.Abs(mi) * 1e-5);
+            Assert.Equal(bound, r[1], Math.Abs(bound) * 1e-5);
+            Assert.Equal(0, ops.LastGroupTicket.GetAsArray1D()[0]);
+        }
+    }
+}
