@@ -65,8 +65,10 @@ public sealed class DeviceCounterTargetTests(Deep32BenchFixture fx, ITestOutputH
         Assert.Equal(1, d.D2HCopies);
         Assert.Equal(0, d.H2DBytes);
         Assert.Equal(0, d.DeviceAllocations);
-        // The static-shape step: 9 launches and cuBLAS calls per layer, plus the embedding, the final norm, the LM head, the argmax and the advance.
-        Assert.Equal(9 * 32 + 5, d.Enqueued);
+        // The static-shape step: 8 launches and cuBLAS calls per layer (input norm, q|k|v GEMV, RoPE with the cache append
+        // and the attention in one launch, o GEMV, post norm, gate|up GEMV, SiLU·up, down GEMV), plus the embedding, the
+        // final norm, the LM head, the argmax and the advance.
+        Assert.Equal(8 * 32 + 5, d.Enqueued);
     }
 
     /// <summary>Beyond the logits and the greedy token, what a prune sends back (the report's kept indices) stays under 4 KB per pruning layer.</summary>

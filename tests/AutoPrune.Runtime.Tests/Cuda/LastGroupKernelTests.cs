@@ -164,3 +164,77 @@ public sealed class MutualInformationKernelTests(IlgpuGpuShapedCpuFixture fx) : 
         }
     }
 }
+
+/// <summary>
+/// The decode step's one launch per layer (RoPE, the cache append and the attention, a group per query head): with
+/// 256-thread groups and one-thread groups and grouped-query heads (two query heads per kv head, both writing the kv
+/// head's new row), the cache row is the RoPE of the row's k and v bit for bit, and the output row is the attention over
+/// the cache within fp16 rounding of a double-precision reference.
+/// </summary>
+[Collection(GpuShapedIlgpuCollection.Name)]
+public sealed class DecodeRopeAttentionKernelTests(IlgpuGpuShapedCpuFixture fx) : IClassFixture<IlgpuGpuShapedCpuFixture>
+{
+    [Theory]
+    [InlineData(256)]
+    [InlineData(1)]
+    public void The_new_row_is_rotated_into_the_cache_and_attended_with_the_rest(int groupSize)
+    {
+        const int heads = 4, kvHeads = 2, hd = 16, capacity = 12, length = 7, position = 9, half = hd / 2;
+        var ops = groupSize == 256 ? fx.Ops : new CudaOps(fx.Accelerator, rowGroupSize: groupSize);
+        var acc = fx.Accelerator;
+        var rng = new Random(11);
+        var qkvShape = new QkvShape(heads, kvHeads, hd, 1, 0);
+        var shape = AttentionShape.Create(1, 1, heads, kvHeads, hd, causal: false);
+        var qkv = Enumerable.Range(0, qkvShape.Width).Select(_ => (float)(rng.NextDouble() * 2 - 1)).ToArray();
+        ushort H(double x) => BitConverter.HalfToUInt16Bits((System.Half)x);
+        float F(ushort b) => (float)BitConverter.UInt16BitsToHalf(b);
+        // The cache's first `length` rows as earlier steps left them; the rest is never read.
+        var cacheK = Enumerable.Range(0, capacity * qkvShape.KvDim).Select(_ => H(rng.NextDouble() * 2 - 1)).ToArray();
+        var cacheV = Enumerable.Range(0, capacity * qkvShape.KvDim).Select(_ => H(rng.NextDouble() * 2 - 1)).ToArray();
+        var (cos, sin) = CudaKernels.RopeTables(AutoPrune.Compute.Cpu.CpuOps.RopeInvFreq(hd, 10000), 32);
+        using var qkvB = acc.Allocate1D(qkv);
+        using var state = acc.Allocate1D(new[] { length, position });
+        using var cosB = acc.Allocate1D(cos);
+        using var sinB = acc.Allocate1D(sin);
+        using var qH = acc.Allocate1D<ushort>(qkvShape.QDim);
+        using var kB = acc.Allocate1D(cacheK);
+        using var vB = acc.Allocate1D(cacheV);
+        using var scores = acc.Allocate1D<float>(heads * capacity);
+        using var outB = acc.Allocate1D<ushort>(qkvShape.QDim);
+        ops.DecodeRopeAttention(qkvB.View, state.View, 0, cosB.View, sinB.View, qH.View, kB.View, vB.View, scores.View, outB.View, shape, qkvShape, capacity);
+        ops.Queue.Synchronize();
+        var k = kB.GetAsArray1D();
+        var v = vB.GetAsArray1D();
+        var output = outB.GetAsArray1D();
+        // Rotate-half RoPE at the position, in fp32 as the prefill's split does it, then fp16.
+        (ushort, ushort) Rotate(int o, int i)
+        {
+            float x1 = qkv[o + i], x2 = qkv[o + i + half], c = cos[position * half + i], s = sin[position * half + i];
+            return (H(x1 * c - x2 * s), H(x2 * c + x1 * s));
+        }
+        for (int kvh = 0; kvh < kvHeads; kvh++)
+            for (int i = 0; i < half; i++)
+            {
+                long d = (long)length * qkvShape.KvDim + kvh * hd + i;
+                var (k1, k2) = Rotate(qkvShape.QDim + kvh * hd, i);
+                Assert.Equal(k1, k[d]);
+                Assert.Equal(k2, k[d + half]);
+                Assert.Equal(H(qkv[qkvShape.QDim + qkvShape.KvDim + kvh * hd + i]), v[d]);
+                Assert.Equal(H(qkv[qkvShape.QDim + qkvShape.KvDim + kvh * hd + i + half]), v[d + half]);
+            }
+        Assert.Equal(cacheK.Take(length * qkvShape.KvDim), k.Take(length * qkvShape.KvDim)); // earlier rows untouched
+        for (int h = 0; h < heads; h++)
+        {
+            int kvh = h / (heads / kvHeads);
+            var q = new double[hd];
+            for (int i = 0; i < half; i++) { var (a, b) = Rotate(h * hd, i); q[i] = F(a); q[i + half] = F(b); }
+            var logits = Enumerable.Range(0, length + 1).Select(j => Enumerable.Range(0, hd).Sum(d => q[d] * F(k[j * qkvShape.KvDim + kvh * hd + d])) / Math.Sqrt(hd)).ToArray();
+            double max = logits.Max(), z = logits.Sum(x => Math.Exp(x - max));
+            for (int d = 0; d < hd; d++)
+            {
+                double expected = Enumerable.Range(0, length + 1).Sum(j => Math.Exp(logits[j] - max) / z * F(v[j * qkvShape.KvDim + kvh * hd + d]));
+                Assert.Equal(expected, F(output[h * hd + d]), 2e-3);
+            }
+        }
+    }
+}

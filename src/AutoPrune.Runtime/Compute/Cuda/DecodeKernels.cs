@@ -19,67 +19,40 @@ internal static class DecodeKernels
     }
 
     /// <summary>
-    /// One decode row's fused q|k|v ([Width] fp32) split with rotate-half RoPE at the layer's next position: q to fp16,
-    /// k and v into the layer's cache at row = its current length (both read from state[2·layer], state[2·layer + 1]).
-    /// One thread per rotation pair, as <see cref="CudaKernels.QkvSplitRopeKernel"/>.
+    /// One decoder layer's attention for the decode row, one group per query head h (kv head kvh), in one launch: the
+    /// row's fused q|k|v ([Width] fp32) is split with rotate-half RoPE at the layer's next position (state[2·layer + 1]):
+    /// q_h to fp16 (qHalf), and kvh's k and v into the layer's cache at row = its current length (state[2·layer]); every
+    /// group of a kv head writes the same bits there, so each reads its own writes after the barrier. Then the attention
+    /// over the cache's length + 1 rows: scaled scores q·k (fp16 inputs, fp32 sums) into scores [QHeads, capacity],
+    /// softmax, probabilities rounded to fp16 as the prefill's probability GEMM reads them, and the fp16 output row
+    /// (<see cref="FusedAttentionKernels.ScoresSoftmaxValues"/>). The rotation is <see cref="CudaKernels.QkvSplitRopeKernel"/>'s.
     /// </summary>
-    internal static void DecodeQkvRopeKernel(Index1D t0, ArrayView<float> qkv, ArrayView<int> state, ArrayView<float> cos, ArrayView<float> sin,
-        ArrayView<ushort> qHalf, ArrayView<ushort> cacheK, ArrayView<ushort> cacheV, QkvShape s, int layer, ElementRange range)
+    internal static void DecodeRopeAttentionKernel(ArrayView<float> qkv, ArrayView<int> state, ArrayView<float> cos, ArrayView<float> sin,
+        ArrayView<ushort> qHalf, ArrayView<ushort> cacheK, ArrayView<ushort> cacheV, ArrayView<float> scores, ArrayView<ushort> output,
+        AttentionShape s, QkvShape w, int layer, int capacity)
     {
+        var sh = SharedMemory.Allocate<float>(CudaKernels.MaxRowGroupSize);
+        int h = Grid.IdxX, kvh = h / (s.QHeads / s.KvHeads), tid = Group.IdxX, step = Group.DimX;
         int hd = s.HeadDim, half = hd / 2;
         long row = state[2 * layer];
         long tab0 = (long)state[2 * layer + 1] * half;
-        for (long e = t0; e < range.Count; e += range.Stride)
+        for (int i = tid; i < half; i += step)
         {
-            int p = (int)e;
-            int slot = p / half, i = p % half;
-            int section = slot < s.Heads ? 0 : slot < s.Heads + s.KvHeads ? 1 : 2;
-            int h = section == 0 ? slot : section == 1 ? slot - s.Heads : slot - s.Heads - s.KvHeads;
-            long src = (section == 0 ? 0 : section == 1 ? s.QDim : s.QDim + s.KvDim) + (long)h * hd + i;
-            float x1 = qkv[src], x2 = qkv[src + half];
-            if (section < 2)
-            {
-                float c = cos[tab0 + i], sn = sin[tab0 + i];
-                float y1 = x1 * c - x2 * sn, y2 = x2 * c + x1 * sn;
-                x1 = y1;
-                x2 = y2;
-            }
-            if (section == 0)
-            {
-                long d = (long)h * hd + i;
-                qHalf[d] = CudaKernels.FloatToHalfBits(x1);
-                qHalf[d + half] = CudaKernels.FloatToHalfBits(x2);
-            }
-            else
-            {
-                long d = row * s.KvDim + (long)h * hd + i;
-                if (section == 1)
-                {
-                    cacheK[d] = CudaKernels.FloatToHalfBits(x1);
-                    cacheK[d + half] = CudaKernels.FloatToHalfBits(x2);
-                }
-                else
-                {
-                    cacheV[d] = CudaKernels.FloatToHalfBits(x1);
-                    cacheV[d + half] = CudaKernels.FloatToHalfBits(x2);
-                }
-            }
+            float c = cos[tab0 + i], sn = sin[tab0 + i];
+            long qs = (long)h * hd + i, ks = w.QDim + (long)kvh * hd + i, vs = w.QDim + w.KvDim + (long)kvh * hd + i;
+            float q1 = qkv[qs], q2 = qkv[qs + half], k1 = qkv[ks], k2 = qkv[ks + half];
+            qHalf[qs] = CudaKernels.FloatToHalfBits(q1 * c - q2 * sn);
+            qHalf[qs + half] = CudaKernels.FloatToHalfBits(q2 * c + q1 * sn);
+            long d = row * w.KvDim + (long)kvh * hd + i;
+            cacheK[d] = CudaKernels.FloatToHalfBits(k1 * c - k2 * sn);
+            cacheK[d + half] = CudaKernels.FloatToHalfBits(k2 * c + k1 * sn);
+            cacheV[d] = CudaKernels.FloatToHalfBits(qkv[vs]);
+            cacheV[d + half] = CudaKernels.FloatToHalfBits(qkv[vs + half]);
         }
-    }
-
-    /// <summary>
-    /// Attention of the decode row over the layer's cache (its length + 1 rows, the new one included; read from the
-    /// state), one group per query head: scaled scores q·k (fp16 inputs, fp32 sums) into scores [QHeads, capacity],
-    /// softmax, probabilities rounded to fp16 as the prefill's probability GEMM reads them, then the fp16 output row.
-    /// </summary>
-    internal static void DecodeAttentionKernel(ArrayView<ushort> q, ArrayView<ushort> cacheK, ArrayView<ushort> cacheV, ArrayView<int> state,
-        ArrayView<float> scores, ArrayView<ushort> output, AttentionShape s, int layer, int capacity)
-    {
-        var sh = SharedMemory.Allocate<float>(CudaKernels.MaxRowGroupSize);
-        int h = Grid.IdxX, kvh = h / (s.QHeads / s.KvHeads);
-        int nk = XMath.Min(state[2 * layer] + 1, capacity);
-        FusedAttentionKernels.ScoresSoftmaxValues(sh, q, (long)h * s.HeadDim, cacheK, cacheV, (long)kvh * s.HeadDim, s.KvStride, s.HeadDim, s.Scale, nk,
-            scores, (long)h * capacity, output, (long)h * s.HeadDim, Group.IdxX, Group.DimX);
+        Group.Barrier();
+        int nk = XMath.Min((int)row + 1, capacity);
+        FusedAttentionKernels.ScoresSoftmaxValues(sh, qHalf, (long)h * hd, cacheK, cacheV, (long)kvh * hd, s.KvStride, hd, s.Scale, nk,
+            scores, (long)h * capacity, output, (long)h * hd, tid, step);
     }
 
     /// <summary>After a decode step: every layer's cache length and next position move on by one.</summary>
@@ -96,20 +69,20 @@ internal static class DecodeKernels
 internal sealed partial class CudaOps
 {
     private Action<AcceleratorStream, Index1D, ArrayView<ushort>, ArrayView<int>, ArrayView<float>, int, ElementRange>? _embedToken;
-    private Action<AcceleratorStream, Index1D, ArrayView<float>, ArrayView<int>, ArrayView<float>, ArrayView<float>, ArrayView<ushort>, ArrayView<ushort>, ArrayView<ushort>, QkvShape, int, ElementRange>? _decodeQkvRope;
-    private Action<AcceleratorStream, KernelConfig, ArrayView<ushort>, ArrayView<ushort>, ArrayView<ushort>, ArrayView<int>, ArrayView<float>, ArrayView<ushort>, AttentionShape, int, int>? _decodeAttention;
+    private Action<AcceleratorStream, KernelConfig, ArrayView<float>, ArrayView<int>, ArrayView<float>, ArrayView<float>, ArrayView<ushort>, ArrayView<ushort>, ArrayView<ushort>,
+        ArrayView<float>, ArrayView<ushort>, AttentionShape, QkvShape, int, int>? _decodeRopeAttention;
     private Action<AcceleratorStream, Index1D, ArrayView<int>, int>? _advance;
 
     private Action<AcceleratorStream, Index1D, ArrayView<ushort>, ArrayView<int>, ArrayView<float>, int, ElementRange> EmbedTokenK
         => _embedToken ??= _acc.LoadAutoGroupedKernel<Index1D, ArrayView<ushort>, ArrayView<int>, ArrayView<float>, int, ElementRange>(DecodeKernels.EmbedTokenKernel);
-    private Action<AcceleratorStream, Index1D, ArrayView<float>, ArrayView<int>, ArrayView<float>, ArrayView<float>, ArrayView<ushort>, ArrayView<ushort>, ArrayView<ushort>, QkvShape, int, ElementRange> DecodeQkvRopeK
-        => _decodeQkvRope ??= _acc.LoadAutoGroupedKernel<Index1D, ArrayView<float>, ArrayView<int>, ArrayView<float>, ArrayView<float>, ArrayView<ushort>, ArrayView<ushort>, ArrayView<ushort>, QkvShape, int, ElementRange>(DecodeKernels.DecodeQkvRopeKernel);
-    private Action<AcceleratorStream, KernelConfig, ArrayView<ushort>, ArrayView<ushort>, ArrayView<ushort>, ArrayView<int>, ArrayView<float>, ArrayView<ushort>, AttentionShape, int, int> DecodeAttentionK
-        => _decodeAttention ??= _acc.LoadKernel<ArrayView<ushort>, ArrayView<ushort>, ArrayView<ushort>, ArrayView<int>, ArrayView<float>, ArrayView<ushort>, AttentionShape, int, int>(DecodeKernels.DecodeAttentionKernel);
+    private Action<AcceleratorStream, KernelConfig, ArrayView<float>, ArrayView<int>, ArrayView<float>, ArrayView<float>, ArrayView<ushort>, ArrayView<ushort>, ArrayView<ushort>,
+        ArrayView<float>, ArrayView<ushort>, AttentionShape, QkvShape, int, int> DecodeRopeAttentionK
+        => _decodeRopeAttention ??= _acc.LoadKernel<ArrayView<float>, ArrayView<int>, ArrayView<float>, ArrayView<float>, ArrayView<ushort>, ArrayView<ushort>, ArrayView<ushort>,
+            ArrayView<float>, ArrayView<ushort>, AttentionShape, QkvShape, int, int>(DecodeKernels.DecodeRopeAttentionKernel);
     private Action<AcceleratorStream, Index1D, ArrayView<int>, int> AdvanceK
         => _advance ??= _acc.LoadAutoGroupedKernel<Index1D, ArrayView<int>, int>(DecodeKernels.AdvanceKernel);
 
-    private object[] DecodeKernelsLoaded() => [EmbedTokenK, DecodeQkvRopeK, DecodeAttentionK, AdvanceK];
+    private object[] DecodeKernelsLoaded() => [EmbedTokenK, DecodeRopeAttentionK, AdvanceK];
 
     /// <summary>x [hidden] = the embedding of the token id held at token[0].</summary>
     public void EmbedToken(ArrayView<ushort> table, ArrayView<int> token, ArrayView<float> x, int hidden)
@@ -120,26 +93,21 @@ internal sealed partial class CudaOps
         EmbedTokenK(Stream, Extent(r.Stride), table, token, x, hidden, r);
     }
 
-    /// <summary>See <see cref="DecodeKernels.DecodeQkvRopeKernel"/>: q to fp16 and k, v appended to the layer's cache.</summary>
-    public void DecodeQkvRope(ArrayView<float> qkv, ArrayView<int> state, int layer, ArrayView<float> cos, ArrayView<float> sin,
-        ArrayView<ushort> qHalf, ArrayView<ushort> cacheK, ArrayView<ushort> cacheV, QkvShape shape)
+    /// <summary>
+    /// See <see cref="DecodeKernels.DecodeRopeAttentionKernel"/>: q to fp16 (qHalf), k and v appended to the layer's cache,
+    /// and the attention output row, in one launch; scores must hold QHeads × capacity values.
+    /// </summary>
+    public void DecodeRopeAttention(ArrayView<float> qkv, ArrayView<int> state, int layer, ArrayView<float> cos, ArrayView<float> sin, ArrayView<ushort> qHalf,
+        ArrayView<ushort> cacheK, ArrayView<ushort> cacheV, ArrayView<float> scores, ArrayView<ushort> output, AttentionShape shape, QkvShape qkvShape, int capacity)
     {
-        Require(shape.HeadDim % 2 == 0 && shape.HeadDim > 0, $"Head dimension {shape.HeadDim} must be even.");
-        Require(qkv.Length >= shape.Width && qHalf.Length >= shape.QDim && state.Length >= 2 * layer + 2,
-            $"qkv ({qkv.Length}), qHalf ({qHalf.Length}) and state ({state.Length}) are too short for layer {layer}.");
-        var r = Range(shape.PairsPerRow);
-        Counters.Launch();
-        DecodeQkvRopeK(Stream, Extent(r.Stride), qkv, state, cos, sin, qHalf, cacheK, cacheV, shape, layer, r);
-    }
-
-    /// <summary>See <see cref="DecodeKernels.DecodeAttentionKernel"/>; scores must hold QHeads × capacity values.</summary>
-    public void DecodeAttention(ArrayView<ushort> q, ArrayView<ushort> cacheK, ArrayView<ushort> cacheV, ArrayView<int> state, int layer,
-        ArrayView<float> scores, ArrayView<ushort> output, AttentionShape shape, int capacity)
-    {
+        Require(shape.HeadDim % 2 == 0 && shape.HeadDim > 0 && shape.HeadDim == qkvShape.HeadDim && shape.QHeads == qkvShape.Heads && shape.KvHeads == qkvShape.KvHeads,
+            $"Head dimension {shape.HeadDim} must be even and the attention and q|k|v shapes must agree.");
+        Require(qkv.Length >= qkvShape.Width && qHalf.Length >= qkvShape.QDim && output.Length >= qkvShape.QDim && state.Length >= 2 * layer + 2,
+            $"qkv ({qkv.Length}), qHalf ({qHalf.Length}), output ({output.Length}) and state ({state.Length}) are too short for layer {layer}.");
         Require(scores.Length >= (long)shape.QHeads * capacity, $"scores ({scores.Length}) must hold {shape.QHeads} × {capacity} values.");
         Require(cacheK.Length >= (long)capacity * shape.KvStride && cacheV.Length >= (long)capacity * shape.KvStride, $"the cache views must hold {capacity} rows.");
         Counters.Launch();
-        DecodeAttentionK(Stream, RowConfig(shape.QHeads), q, cacheK, cacheV, state, scores, output, shape, layer, capacity);
+        DecodeRopeAttentionK(Stream, RowConfig(shape.QHeads), qkv, state, cos, sin, qHalf, cacheK, cacheV, scores, output, shape, qkvShape, layer, capacity);
     }
 
     /// <summary>Moves every layer's cache length and next position on by one.</summary>

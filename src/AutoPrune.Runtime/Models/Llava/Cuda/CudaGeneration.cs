@@ -279,8 +279,7 @@ internal sealed class CudaGeneration : IGeneration
             var cache = _caches[li]!;
             ops.RmsNormToHalf(x, xnH, 1, h, L.InNorm.Weight.View, L.InNorm.Eps);
             _m.Linear(L.Qkv, xnH, 1, qkv);
-            ops.DecodeQkvRope(qkv, state, li, _d.RopeCos.View, _d.RopeSin.View, qH, cache.K.View, cache.V.View, shape);
-            ops.DecodeAttention(qH, cache.K.View, cache.V.View, state, li, scores, att, attShape, cache.Capacity);
+            ops.DecodeRopeAttention(qkv, state, li, _d.RopeCos.View, _d.RopeSin.View, qH, cache.K.View, cache.V.View, scores, att, attShape, shape, cache.Capacity);
             _m.Linear(L.O, att, 1, x, accumulate: true);
             Mlp(L, x, 1, inter, _dxnH, _dgateUp, _dgateUpH, _dactH);
         }
