@@ -176,7 +176,7 @@ internal static class SelectionKernels
     /// (a ticket taken after a device-level fence, as in the CUDA programming guide's memory-fence example) then makes
     /// the selection that needs all of it, where it was a launch of its own: the raters (<see cref="Raters"/>), the top
     /// k by the raters' mean attention with the plan (<see cref="SignalKernels.TopKPlan"/>, p.ScoreMode 1, p.UseMask 1),
-    /// and when r.Selected &gt; 0 the dropped rows to recycle (<see cref="RecycleSelect"/>); and sets the ticket back to 0.
+    /// and when r.Selected &gt; 0 the dropped rows to recycle (<see cref="RecycleSelect"/>).
     /// </summary>
     internal static void SparseVlmKernel(ArrayView<float> hidden, ArrayView<double> contrib, ArrayView<float> q, ArrayView<float> k, ArrayView<float> attn,
         AttentionShape s, WindowShape w, SparseVlmViews o, PlanShape p, RecycleShape r)
@@ -200,20 +200,24 @@ internal static class SelectionKernels
             Group.Barrier();
             RecycleSelect(o.Scores, o.Kept, o.Flags, o.Sel, r, tid, step);
         }
-        Group.Barrier();
-        if (tid == 0) o.Ticket[0] = 0;
     }
 
     /// <summary>
     /// Whether the calling group is the last of the grid to get here: every thread fences its writes at device level, then
     /// one thread takes a ticket; the group that takes the last one may read what every other group wrote. The ticket
-    /// must be 0 at the launch (the last group resets it). last is a one-int shared buffer.
+    /// must be 0 at the launch; the last group sets it back to 0 as it takes it (every other group has taken its own by
+    /// then). last is a one-int shared buffer.
     /// </summary>
     internal static bool LastGroup(ArrayView<int> ticket, ArrayView<int> last)
     {
         MemoryFence.DeviceLevel();
         Group.Barrier();
-        if (Group.IdxX == 0) last[0] = Atomic.Add(ref ticket[0], 1) == Grid.DimX - 1 ? 1 : 0;
+        if (Group.IdxX == 0)
+        {
+            bool isLastTicket = Atomic.Add(ref ticket[0], 1) == Grid.DimX - 1;
+            if (isLastTicket) ticket[0] = 0;
+            last[0] = isLastTicket ? 1 : 0;
+        }
         Group.Barrier();
         bool isLast = last[0] != 0;
         if (isLast) MemoryFence.DeviceLevel();

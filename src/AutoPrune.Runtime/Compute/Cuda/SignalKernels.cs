@@ -165,7 +165,7 @@ internal static class SignalKernels
     /// [heads, T, cols] (softmax over all keys, not renormalised): p(x) = 1/T, p(x,y) = a/T, p(y) = Σx p(x,y),
     /// MI = Σ p(x,y) log2(max(p(x,y) / (p(x)p(y) + 1e-6), 1e-6)); perHead[2h] = MI, perHead[2h + 1] = the head's mass on
     /// the visual columns (Σ p(x,y)). py: scratch [heads, cols]. The last head to finish sums them into result [2]
-    /// (<see cref="SelectionKernels.LastGroup"/>; ticket 0 at the launch and after it).
+    /// (<see cref="SelectionKernels.LastGroup"/>: ticket 0 at the launch, and again after it).
     /// </summary>
     internal static void MutualInformationKernel(ArrayView<float> attn, ArrayView<float> py, ArrayView<float> perHead, ArrayView<float> result, ArrayView<int> ticket,
         int T, int cols)
@@ -211,7 +211,6 @@ internal static class SignalKernels
         }
         result[0] = total;
         result[1] = bound;
-        ticket[0] = 0;
     }
 
     /// <summary>out[r] = Σ |k[rowStart + r, :]| over the fp16 key row (all KV heads concatenated, after RoPE as cached); a group per row.</summary>
