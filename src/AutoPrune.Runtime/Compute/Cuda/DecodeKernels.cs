@@ -25,7 +25,8 @@ internal static class DecodeKernels
     /// group of a kv head writes the same bits there, so each reads its own writes after the barrier. Then the attention
     /// over the cache's length + 1 rows: scaled scores q·k (fp16 inputs, fp32 sums) into scores [QHeads, capacity],
     /// softmax, probabilities rounded to fp16 as the prefill's probability GEMM reads them, and the fp16 output row
-    /// (<see cref="FusedAttentionKernels.ScoresSoftmaxValues"/>). The rotation is <see cref="CudaKernels.QkvSplitRopeKernel"/>'s.
+    /// (<see cref="FusedAttentionKernels.ScoresSoftmaxValues"/>). The rotation is <see cref="SignalKernels.Rotated"/>, the
+    /// arithmetic of <see cref="CudaKernels.QkvSplitRopeKernel"/>.
     /// </summary>
     internal static void DecodeRopeAttentionKernel(ArrayView<float> qkv, ArrayView<int> state, ArrayView<float> cos, ArrayView<float> sin,
         ArrayView<ushort> qHalf, ArrayView<ushort> cacheK, ArrayView<ushort> cacheV, ArrayView<float> scores, ArrayView<ushort> output,
@@ -35,19 +36,13 @@ internal static class DecodeKernels
         int h = Grid.IdxX, kvh = h / (s.QHeads / s.KvHeads), tid = Group.IdxX, step = Group.DimX;
         int hd = s.HeadDim, half = hd / 2;
         long row = state[2 * layer];
-        long tab0 = (long)state[2 * layer + 1] * half;
-        for (int i = tid; i < half; i += step)
+        long tab = (long)state[2 * layer + 1] * half;
+        long qo = (long)h * hd, ko = w.QDim + (long)kvh * hd, vo = w.QDim + w.KvDim + (long)kvh * hd, co = row * w.KvDim + (long)kvh * hd;
+        for (int d = tid; d < hd; d += step)
         {
-            float c = cos[tab0 + i], sn = sin[tab0 + i];
-            long qs = (long)h * hd + i, ks = w.QDim + (long)kvh * hd + i, vs = w.QDim + w.KvDim + (long)kvh * hd + i;
-            float q1 = qkv[qs], q2 = qkv[qs + half], k1 = qkv[ks], k2 = qkv[ks + half];
-            qHalf[qs] = CudaKernels.FloatToHalfBits(q1 * c - q2 * sn);
-            qHalf[qs + half] = CudaKernels.FloatToHalfBits(q2 * c + q1 * sn);
-            long d = row * w.KvDim + (long)kvh * hd + i;
-            cacheK[d] = CudaKernels.FloatToHalfBits(k1 * c - k2 * sn);
-            cacheK[d + half] = CudaKernels.FloatToHalfBits(k2 * c + k1 * sn);
-            cacheV[d] = CudaKernels.FloatToHalfBits(qkv[vs]);
-            cacheV[d + half] = CudaKernels.FloatToHalfBits(qkv[vs + half]);
+            qHalf[qo + d] = CudaKernels.FloatToHalfBits(SignalKernels.Rotated(qkv, qo, d, half, tab, cos, sin));
+            cacheK[co + d] = CudaKernels.FloatToHalfBits(SignalKernels.Rotated(qkv, ko, d, half, tab, cos, sin));
+            cacheV[co + d] = CudaKernels.FloatToHalfBits(qkv[vo + d]);
         }
         Group.Barrier();
         int nk = XMath.Min((int)row + 1, capacity);

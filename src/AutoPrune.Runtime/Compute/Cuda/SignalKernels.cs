@@ -84,7 +84,7 @@ internal static class SignalKernels
     }
 
     /// <summary>Element d of the head slice at o after rotate-half RoPE with table row tab (y1 = x1·c − x2·s, y2 = x2·c + x1·s).</summary>
-    private static float Rotated(ArrayView<float> x, long o, int d, long half, long tab, ArrayView<float> cos, ArrayView<float> sin)
+    internal static float Rotated(ArrayView<float> x, long o, int d, long half, long tab, ArrayView<float> cos, ArrayView<float> sin)
     {
         if (d < half)
         {
