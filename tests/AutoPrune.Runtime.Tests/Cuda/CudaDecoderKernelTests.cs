@@ -20,6 +20,9 @@ public sealed class IlgpuGpuShapedCpuFixture : IDisposable
     internal Accelerator Accelerator { get; }
     internal CudaOps Ops { get; }
 
+    /// <summary><see cref="Ops"/> when its groups are <paramref name="rowGroupSize"/> threads, else new ops on the same accelerator with groups that size.</summary>
+    internal CudaOps OpsWithGroups(int rowGroupSize) => rowGroupSize == Ops.RowGroupSize ? Ops : new CudaOps(Accelerator, rowGroupSize);
+
     public IlgpuGpuShapedCpuFixture()
     {
         Accelerator = Context.CreateCPUAccelerator(0);

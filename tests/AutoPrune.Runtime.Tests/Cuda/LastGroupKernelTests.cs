@@ -106,7 +106,7 @@ public sealed class SparseVlmKernelTests(IlgpuGpuShapedCpuFixture fx) : IClassFi
         for (int launch = 0; launch < 2; launch++) Same(first, Run(fx.Ops, selected, merged));
         Assert.Equal(0, fx.Ops.LastGroupTicket.GetAsArray1D()[0]);
         // One-thread groups (the emulated GPU path's launch shape): a softmax sums in another order, the choice is the same rule.
-        var single = Run(new CudaOps(fx.Accelerator, rowGroupSize: 1), selected, merged);
+        var single = Run(fx.OpsWithGroups(1), selected, merged);
         ChoosesFromTheSignals(single, selected, merged);
     }
 
@@ -137,7 +137,7 @@ public sealed class MutualInformationKernelTests(IlgpuGpuShapedCpuFixture fx) : 
     public void The_last_head_group_sums_what_every_head_wrote(int groupSize)
     {
         const int heads = 12, T = 9, cols = 50;
-        var ops = groupSize == 256 ? fx.Ops : new CudaOps(fx.Accelerator, rowGroupSize: groupSize);
+        var ops = fx.OpsWithGroups(groupSize);
         Assert.Equal(groupSize, ops.RowGroupSize);
         var rng = new Random(3);
         // Rows of a softmax over 60 keys, of which the visual columns are 50.
@@ -180,7 +180,7 @@ public sealed class DecodeRopeAttentionKernelTests(IlgpuGpuShapedCpuFixture fx) 
     public void The_new_row_is_rotated_into_the_cache_and_attended_with_the_rest(int groupSize)
     {
         const int heads = 4, kvHeads = 2, hd = 16, capacity = 12, length = 7, position = 9, half = hd / 2;
-        var ops = groupSize == 256 ? fx.Ops : new CudaOps(fx.Accelerator, rowGroupSize: groupSize);
+        var ops = fx.OpsWithGroups(groupSize);
         var acc = fx.Accelerator;
         var rng = new Random(11);
         var qkvShape = new QkvShape(heads, kvHeads, hd, 1, 0);
