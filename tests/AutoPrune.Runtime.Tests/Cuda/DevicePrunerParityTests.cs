@@ -193,8 +193,8 @@ public sealed class DevicePrunerParityTests(TwoBackendFixture fx, ITestOutputHel
 
     /// <summary>
     /// What a prune costs beyond the layers around it, per method: the launches and cuBLAS calls its hook enqueues, plus
-    /// the gather, plus what the next layer then costs, minus what that layer costs unprepared on the same rows (9 when
-    /// its attention is fused, else 11). The gather writes the next layer's input norm, or gathers the q|k|v a prune
+    /// the gather, plus what the next layer then costs, minus what that layer costs unprepared on the same rows (9:
+    /// attention is one launch, fused or tiled). The gather writes the next layer's input norm, or gathers the q|k|v a prune
     /// computed for it (PDrop), so the next layer skips that work. The target is at most 3: FastV, AutoPrune
     /// (after layer 1), DART, PDrop and AdaptPrune (the next layer's norm and key GEMM, then the NMS, which computes the
     /// last row's attention itself) and SparseVLM with recycling (one launch for the relevance and the text rows' attention
@@ -212,11 +212,13 @@ public sealed class DevicePrunerParityTests(TwoBackendFixture fx, ITestOutputHel
     {
         CountingHook? hook = null;
         Run(TestData.Dev.Single(r => r.Id == 3), Options(method, budget), onDevice: true, (session, counters) => hook = new CountingHook(session, counters));
-        var (layers, rows) = (hook!.Layers, hook.Rows);
-        long Unprepared(int n) => (long)n * n <= fx.Gpu.FusedAttentionMaxPairs ? 9 : 11;
+        var layers = hook!.Layers;
+        // Attention is one launch at any length here: fused on short rows, tiled on the tensor cores on long ones.
+        Assert.True(fx.Gpu.TiledAttention && fx.Gpu.Ops.TiledAttentionRuns(fx.Gpu.HeadDim));
+        const long Unprepared = 9;
         var costs = Enumerable.Range(0, layers.Count - 1)
             .Where(i => layers[i].Pruned && (method != PruningMethod.AutoPrune || layers[i].Layer >= 2))
-            .Select(i => (layers[i].Layer, Cost: layers[i + 1].Before - layers[i].Before - Unprepared(rows[i + 1])))
+            .Select(i => (layers[i].Layer, Cost: layers[i + 1].Before - layers[i].Before - Unprepared))
             .ToArray();
         output.WriteLine($"{method}: " + string.Join("; ", costs.Select(c => $"after layer {c.Layer}: {c.Cost}")));
         Assert.NotEmpty(costs);

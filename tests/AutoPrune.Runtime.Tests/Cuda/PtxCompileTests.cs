@@ -21,7 +21,7 @@ public sealed class PtxCompileTests
     /// <summary>The classes holding device code: the layer kernels and the sequence, decode, fused attention, MLP, pruning-signal and selection kernels, AutoPrune's, DivPrune's and DART's.</summary>
     private static readonly Type[] KernelClasses =
         [typeof(CudaKernels), typeof(SequenceKernels), typeof(DecodeKernels), typeof(HalfMlpKernels), typeof(SignalKernels), typeof(SelectionKernels),
-         typeof(CoverageKernels), typeof(AttentionFreeKernels), typeof(FusedAttentionKernels)];
+         typeof(CoverageKernels), typeof(AttentionFreeKernels), typeof(FusedAttentionKernels), typeof(TiledAttentionKernels)];
 
     private static IEnumerable<MethodInfo> KernelMethods() => KernelClasses
         .SelectMany(t => t.GetMethods(BindingFlags.Static | BindingFlags.NonPublic | BindingFlags.Public))
@@ -35,7 +35,7 @@ public sealed class PtxCompileTests
     }
 
     [Fact]
-    public void AllFortyNineKernelsAreListed() => Assert.Equal(49, Kernels().Count);
+    public void AllFiftyKernelsAreListed() => Assert.Equal(50, Kernels().Count);
 
     /// <summary>CudaOps.CompileAll (run at GPU model load) loads every kernel of every kernel class, none forgotten.</summary>
     [Fact]
@@ -61,7 +61,7 @@ public sealed class PtxCompileTests
             "AdaptiveNmsKernel", "ArgMaxRowsKernel", "AttentionRowsGroupedKernel", "AttentionWindowKernel", "CosineToPivotKernel",
             "CoverageNmsKernel", "DartKernel", "DecodeRopeAttentionKernel", "FusedAttentionKernel", "GatherSequenceNormedKernel", "GreedyMaxMinKernel", "KeyL1NormsKernel", "L2NormalizeRowsToHalfKernel",
             "LayerNormToHalfKernel", "MutualInformationKernel", "RecycleClusterMergeKernel", "RmsNormRowsKernel",
-            "RmsNormToHalfKernel", "ScaledMaskedSoftmaxToHalfKernel", "SparseVlmKernel", "TopKPlanKernel", "ZipRestKernel",
+            "RmsNormToHalfKernel", "ScaledMaskedSoftmaxToHalfKernel", "SparseVlmKernel", "TiledAttentionKernel", "TopKPlanKernel", "ZipRestKernel",
         }, explicitKernels);
     }
 
@@ -79,5 +79,20 @@ public sealed class PtxCompileTests
         Assert.Contains(".entry", compiled.PTXAssembly);
         Assert.Contains(".target", compiled.PTXAssembly);
         if (grouped) Assert.Contains("bar.sync", compiled.PTXAssembly);  // Group.Barrier
+        // scripts/ptxas-check.sh sets this to assemble every kernel with NVIDIA's ptxas for sm_90.
+        if (Environment.GetEnvironmentVariable("AUTOPRUNE_PTX_DIR") is { Length: > 0 } dir)
+            File.WriteAllText(Path.Combine(dir, name + ".ptx"), compiled.PTXAssembly);
+    }
+
+    /// <summary>The tiled attention kernel reaches the tensor cores: its PTX has the m16n8k16 mma (fp16 in, fp32 accumulators).</summary>
+    [Fact]
+    public void TiledAttentionIssuesTensorCoreMma()
+    {
+        using var context = Context.Create(b => b.CPU().EnableAlgorithms());
+        var arch = CudaArchitecture.SM_90;
+        var backend = new PTXBackend(context, new CudaCapabilityContext(arch), arch, CudaInstructionSet.ISA_80, null);
+        var method = typeof(TiledAttentionKernels).GetMethod(nameof(TiledAttentionKernels.TiledAttentionKernel), BindingFlags.Static | BindingFlags.NonPublic)!;
+        var ptx = ((PTXCompiledKernel)backend.Compile(EntryPointDescription.FromExplicitlyGroupedKernel(method), KernelSpecialization.Empty)).PTXAssembly;
+        Assert.Contains("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32", ptx);
     }
 }

@@ -17,10 +17,16 @@ internal static class Attention
     {
         if (matchDevice)
         {
-            // The device's choice: one fused kernel for a decode step and short attention, GEMMs and a softmax otherwise.
+            // The device's choice: one fused kernel for a decode step and short attention.
             if (nq == 1 || (long)nq * nk <= DeviceNumerics.FusedAttentionMaxPairs)
             {
                 DeviceNumerics.FusedAttention(q, k, v, o, nq, nk, qHeads, kvHeads, hd, causal);
+                return;
+            }
+            // Longer attention: the tiled tensor-core kernel where the head dimension suits it, the GEMMs otherwise.
+            if (Cuda.TiledAttentionKernels.Fits(hd))
+            {
+                DeviceNumerics.TiledAttention(q, k, v, o, nq, nk, qHeads, kvHeads, hd, causal ? nk - nq : -1);
                 return;
             }
             MultiHeadBlocked(q, k, v, o, nq, nk, qHeads, kvHeads, hd, causal, matchDevice);

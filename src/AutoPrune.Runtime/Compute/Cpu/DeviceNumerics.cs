@@ -85,6 +85,71 @@ internal static class DeviceNumerics
         }
     }
 
+    /// <summary>
+    /// Attention with the tiled tensor-core kernel's arithmetic (<c>TiledAttentionKernels</c>, long attention on the
+    /// device when the head dimension is a multiple of 16): per head and query row, s_j = (Σ_d q_d·k_jd in d order)·scale;
+    /// m = max s_j; e_j = exp(s_j − m); sum = (P0 + P1) + (P2 + P3), P_t adding in j order the e_j with (j mod 8) div 2 = t;
+    /// out_d = fp16((Σ_j fp16(e_j)·v_jd in j order)·(1 / sum)). The vectors run across keys (scores) and across value
+    /// columns (outputs), so every lane still adds in the kernel's order. q, k, v are fp16-valued; query i sees keys
+    /// 0..causalOffset + i, or all of them when <paramref name="causalOffset"/> &lt; 0.
+    /// </summary>
+    public static void TiledAttention(ReadOnlySpan<float> q, ReadOnlySpan<float> k, ReadOnlySpan<float> v, Span<float> o,
+        int nq, int nk, int qHeads, int kvHeads, int hd, int causalOffset)
+    {
+        int group = qHeads / kvHeads, qStride = qHeads * hd, kvStride = kvHeads * hd;
+        float scale = 1f / MathF.Sqrt(hd);
+        int w = System.Numerics.Vector<float>.Count;
+        int padded = (nk + w - 1) / w * w;
+        // Per kv head, kᵀ [hd, padded keys]: the score vectors read w keys of one dimension at a time.
+        var kt = new float[kvHeads][];
+        for (int kvh = 0; kvh < kvHeads; kvh++)
+        {
+            var t = kt[kvh] = new float[hd * padded];
+            for (int j = 0; j < nk; j++)
+                for (int d = 0; d < hd; d++) t[d * padded + j] = k[j * kvStride + kvh * hd + d];
+        }
+        var qa = q.ToArray();
+        var va = v.ToArray();
+        var oa = new float[nq * qStride];
+        Parallel.For(0, qHeads, ComputeScheduler.Options(), h =>
+        {
+            var kh = kt[h / group];
+            int kvo = h / group * hd;
+            var s = new float[padded];
+            var acc = new float[hd];
+            var parts = new float[4];
+            for (int i = 0; i < nq; i++)
+            {
+                int limit = causalOffset >= 0 ? Math.Min(nk, causalOffset + i + 1) : nk;
+                int qo = i * qStride + h * hd;
+                for (int j0 = 0; j0 < limit; j0 += w)
+                {
+                    var dot = System.Numerics.Vector<float>.Zero;
+                    for (int d = 0; d < hd; d++)
+                        dot += new System.Numerics.Vector<float>(qa[qo + d]) * new System.Numerics.Vector<float>(kh, d * padded + j0);
+                    (dot * scale).CopyTo(s, j0);
+                }
+                float max = float.NegativeInfinity;
+                for (int j = 0; j < limit; j++) max = MathF.Max(max, s[j]);
+                Array.Clear(parts);
+                Array.Clear(acc);
+                for (int j = 0; j < limit; j++)
+                {
+                    float e = MathF.Exp(s[j] - max);
+                    parts[(j >> 1) & 3] += e;
+                    var p = new System.Numerics.Vector<float>((float)(Half)e);
+                    int vo = j * kvStride + kvo, d = 0;
+                    for (; d + w <= hd; d += w)
+                        (new System.Numerics.Vector<float>(acc, d) + p * new System.Numerics.Vector<float>(va, vo + d)).CopyTo(acc, d);
+                    for (; d < hd; d++) acc[d] += (float)(Half)e * va[vo + d];
+                }
+                float inv = 1f / ((parts[0] + parts[1]) + (parts[2] + parts[3]));
+                for (int d = 0; d < hd; d++) oa[qo + d] = (float)(Half)(acc[d] * inv);
+            }
+        });
+        oa.CopyTo(o);
+    }
+
     /// <summary>A copy of <paramref name="x"/> rounded to fp16 (<see cref="RoundToHalf"/>).</summary>
     public static float[] HalfCopy(ReadOnlySpan<float> x)
     {

@@ -564,7 +564,7 @@ internal sealed partial class CudaOps
         [
             _layerNorm.Value, _quickGelu.Value, _gelu.Value, _attentionRowsGrouped.Value, _argMax.Value, _toHalf.Value, _addBias.Value, _add.Value, _rowGatherMixed.Value, _qkvSplitRope.Value, _siluMulSplitToHalf.Value,
             _rmsToHalf.Value, _layerNormToHalf.Value, _maskedSoftmaxToHalf.Value, _argMaxRows.Value,
-            .. SequenceKernelsLoaded(), .. DecodeKernelsLoaded(), .. FusedAttentionKernelsLoaded(), .. HalfMlpKernelsLoaded(), .. SignalKernelsLoaded(), .. CoverageKernelsLoaded(),
+            .. SequenceKernelsLoaded(), .. DecodeKernelsLoaded(), .. FusedAttentionKernelsLoaded(), .. TiledAttentionKernelsLoaded(), .. HalfMlpKernelsLoaded(), .. SignalKernelsLoaded(), .. CoverageKernelsLoaded(),
         ];
         return all.Count(k => k is not null);
     }

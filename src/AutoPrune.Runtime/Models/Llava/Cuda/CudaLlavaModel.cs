@@ -64,6 +64,13 @@ internal sealed class CudaLlavaModel : ILlavaBackend
     /// </summary>
     internal long FusedAttentionMaxPairs { get; set; } = DeviceNumerics.FusedAttentionMaxPairs;
 
+    /// <summary>
+    /// Longer attention runs as one tiled launch on the tensor cores (<see cref="CudaOps.TiledAttention"/>) where the
+    /// head dimension and the device allow it (<see cref="CudaOps.TiledAttentionRuns"/>), instead of two cuBLAS calls
+    /// and a softmax; false keeps the GEMMs (tests compare the two).
+    /// </summary>
+    internal bool TiledAttention { get; set; } = true;
+
     public LlavaConfig Config { get; }
     public string Device => _device.Description;
     public int TokensPerImage => Vision.TokensOut;
@@ -168,12 +175,14 @@ internal sealed class CudaLlavaModel : ILlavaBackend
     internal static int PaddedKeys(int nk) => (nk + 7) & ~7;
 
     /// <summary>
-    /// Multi-head attention through cuBLAS: scores = q·kᵀ per head (batched GEMM), scaled masked softmax to fp16,
-    /// out = p·v (batched GEMM, fp16 out). q: fp16 [nq, heads·hd]; k, v: fp16 rows 0..nk-1 of [*, kvHeads·hd];
-    /// out: fp16 [nq, heads·hd]. <paramref name="causalOffset"/> ≥ 0: query i sees keys ≤ causalOffset + i; -1: all.
-    /// Queries run in chunks so the score block stays under <see cref="AttentionBlockElements"/> (and, for long causal
-    /// prompts, of <see cref="CausalChunkRows"/>); each chunk only computes the keys its rows can see. Short attention
-    /// (at most <see cref="FusedAttentionMaxPairs"/> query × key pairs) is one fused launch with the same arithmetic.
+    /// Multi-head attention in one launch: short attention (at most <see cref="FusedAttentionMaxPairs"/> query × key
+    /// pairs) fused (<see cref="CudaOps.FusedAttention"/>), longer attention tiled on the tensor cores
+    /// (<see cref="CudaOps.TiledAttention"/>, no score matrix) where the head dimension and the device allow. Otherwise
+    /// through cuBLAS: scores = q·kᵀ per head (batched GEMM), scaled masked softmax to fp16, out = p·v (batched GEMM,
+    /// fp16 out), queries in chunks so the score block stays under <see cref="AttentionBlockElements"/> (and, for long
+    /// causal prompts, of <see cref="CausalChunkRows"/>), each chunk computing only the keys its rows can see.
+    /// q: fp16 [nq, heads·hd]; k, v: fp16 rows 0..nk-1 of [*, kvHeads·hd]; out: fp16 [nq, heads·hd].
+    /// <paramref name="causalOffset"/> ≥ 0: query i sees keys ≤ causalOffset + i; -1: all.
     /// </summary>
     internal void Attend(ArrayView<ushort> q, ArrayView<ushort> k, ArrayView<ushort> v, ArrayView<ushort> output,
         int nq, int nk, int heads, int kvHeads, int hd, int causalOffset, Scratch<float> scores, Scratch<ushort> probs)
@@ -183,6 +192,11 @@ internal sealed class CudaLlavaModel : ILlavaBackend
         {
             var shape = AttentionShape.Create(nq, nk, heads, kvHeads, hd, causal: false);
             Ops.FusedAttention(q, k, v, scores.Get((long)heads * nq * nk), output, shape, causalOffset);
+            return;
+        }
+        if (TiledAttention && Ops.TiledAttentionRuns(hd))
+        {
+            Ops.TiledAttention(q, k, v, output, AttentionShape.Create(nq, nk, heads, kvHeads, hd, causal: false), causalOffset);
             return;
         }
         int group = heads / kvHeads, qd = heads * hd, kvd = kvHeads * hd;
