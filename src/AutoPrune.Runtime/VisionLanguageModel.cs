@@ -267,7 +267,9 @@ public sealed class VisionLanguageModel : IDisposable
         long id = Interlocked.Increment(ref _requests);
         _log.LogDebug("Request {Id}: {Images} image(s), {PromptTokens} prompt tokens, method {Method}, at most {MaxNew} new tokens",
             id, prepared.Request.Images.Count, prepared.Ids.Length, Pruning.PruningMethods.Name(prepared.Pruning.Method), prepared.MaxNew);
-        using var timeout = _options.RequestTimeout is TimeSpan t ? new CancellationTokenSource(t) : null;
+        // The timeout fires from a dedicated thread, not a pool timer, so a host that blocks the pool cannot delay it.
+        using var timeout = _options.RequestTimeout is null ? null : new CancellationTokenSource();
+        using var deadline = timeout is null ? null : Compute.DeadlineThread.Shared.CancelAfter(timeout, _options.RequestTimeout!.Value);
         // Cancelled by the caller, the timeout, or a reader that stops early (so no compute slot is held for nobody).
         using var stop = timeout is null ? CancellationTokenSource.CreateLinkedTokenSource(ct, _shutdown.Token) : CancellationTokenSource.CreateLinkedTokenSource(ct, timeout.Token, _shutdown.Token);
         var token = stop.Token;
