@@ -187,8 +187,9 @@ public sealed class DevicePrunerParityTests(TwoBackendFixture fx, ITestOutputHel
         }
         Assert.Equal(2 + 1, layers[1].After - layers[1].Before); // + MI with its bound
         // Layer 0: the text rows' attention, MI (one launch, written straight into the buffer the final readback brings
-        // back: no copy), and the first selection's five.
-        Assert.Equal(7, layers[0].After - layers[0].Before);
+        // back: no copy), and the first selection in one (the text mean, the pre-selection score with the [CLS] mean and
+        // MI0, the unit rows and the coverage).
+        Assert.Equal(3, layers[0].After - layers[0].Before);
     }
 
     /// <summary>

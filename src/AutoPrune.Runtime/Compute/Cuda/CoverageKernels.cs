@@ -11,9 +11,13 @@ namespace AutoPrune.Compute.Cuda;
 /// </summary>
 /// ScoreRows &gt; 0: the scores are the mean over Heads heads and ScoreRows rows of attention [heads, rows, N] (the text
 /// rows' mean, as <c>AttentionScores.MeanOverHeadsAndRows</c>), computed in the kernel. Normalize 1: the features are raw
-/// rows, scaled to unit length in the kernel (an in-order sum of squares, as the host's normalisation).
+/// rows, scaled to unit length in the kernel (an in-order sum of squares, as the host's normalisation). Preselect 1
+/// (with ScoreRows &gt; 0): the scores are AutoPrune's layer-0 pre-selection, the [CLS] head mean of the candidate's
+/// patch plus TextWeight·MI0·that text mean (<see cref="CoverageKernels.PreselectionScore"/>), [CLS] attention
+/// [ClsHeads, ClsPatches] and MI's sum from the device.
 internal readonly record struct CoverageShape(int N, int Features, int K, int Grid, int Limit, double Limit2, double TwoSigmaD2, double TwoSigmaS2,
-    double Strength, int GridMode, int Prefix, int Text, int WritePlan, int ScoreRows = 0, int Heads = 0, int Normalize = 0);
+    double Strength, int GridMode, int Prefix, int Text, int WritePlan, int ScoreRows = 0, int Heads = 0, int Normalize = 0,
+    int Preselect = 0, int ClsHeads = 0, int ClsPatches = 0, float TextWeight = 0f);
 
 /// <summary>
 /// AutoPrune's selections on the device, each a port of its host code with the same arithmetic in the same order where
@@ -37,7 +41,8 @@ internal static class CoverageKernels
     /// the plan come out.
     /// </summary>
     internal static void CoverageNmsKernel(ArrayView<float> attn, ArrayView<float> scores, ArrayView<float> s, ArrayView<float> features, ArrayView<float> inv,
-        ArrayView<int> visual, ArrayView<int> at, ArrayView<int> kept, ArrayView<int> keptLocal, ArrayView<int> plan, CoverageShape p)
+        ArrayView<int> visual, ArrayView<int> at, ArrayView<int> kept, ArrayView<int> keptLocal, ArrayView<int> plan, ArrayView<float> cls, ArrayView<float> mi,
+        CoverageShape p)
     {
         var shv = SharedMemory.Allocate<float>(CudaKernels.MaxRowGroupSize);
         var shi = SharedMemory.Allocate<int>(CudaKernels.MaxRowGroupSize);
@@ -49,7 +54,8 @@ internal static class CoverageKernels
             {
                 float sum = 0;
                 for (int hr = 0; hr < p.Heads * p.ScoreRows; hr++) sum += attn[(long)hr * N + i];
-                s[i] = sum * (1f / (p.Heads * p.ScoreRows));
+                float mean = sum * (1f / (p.Heads * p.ScoreRows));
+                s[i] = p.Preselect != 0 ? PreselectionScore(cls, mi, visual[i], mean, p.ScoreRows, p.Heads, p.TextWeight, g * g, p.ClsHeads, p.ClsPatches) : mean;
             }
             else s[i] = scores[i];
             kept[i] = 0;
@@ -78,6 +84,27 @@ internal static class CoverageKernels
             Group.Barrier();
         }
         SelectionKernels.WriteKeptPlan(kept, keptLocal, plan, N, p.K, p.Prefix, 0, p.Text, p.WritePlan, tid, step);
+    }
+
+    /// <summary>
+    /// One candidate's pre-selection score with the arithmetic of <see cref="ClsMeanKernel"/> and <see cref="PreselectionKernel"/>
+    /// (which it replaces in one launch): the [CLS] head mean of patch visual mod patches, or +∞ without a patch, plus
+    /// w·textMean with w = textWeight·(float)(mi[0] / T · 32 / heads).
+    /// </summary>
+    internal static float PreselectionScore(ArrayView<float> cls, ArrayView<float> mi, int visual, float textMean, int T, int heads, float textWeight,
+        int patches, int clsHeads, int clsPatches)
+    {
+        double mi0 = (double)mi[0] / T * 32.0 / heads;
+        float w = textWeight * (float)mi0;
+        float c = float.PositiveInfinity;
+        if (visual >= 0)
+        {
+            int patch = visual % patches;
+            float sum = 0;
+            for (int h = 0; h < clsHeads; h++) sum += cls[(long)h * clsPatches + patch];
+            c = sum * (1f / clsHeads);
+        }
+        return c + w * textMean;
     }
 
     /// <summary>score[v] = (Σ_h cls[h, v] in head order) · (1/heads): AutoPrune's [CLS] term (as <c>AutoPrunePolicy.OnVision</c>).</summary>
@@ -147,14 +174,14 @@ internal static class CoverageKernels
 
 internal sealed partial class CudaOps
 {
-    private Action<AcceleratorStream, KernelConfig, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<int>, ArrayView<int>, ArrayView<int>, ArrayView<int>, ArrayView<int>, CoverageShape>? _coverageNms;
+    private Action<AcceleratorStream, KernelConfig, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<int>, ArrayView<int>, ArrayView<int>, ArrayView<int>, ArrayView<int>, ArrayView<float>, ArrayView<float>, CoverageShape>? _coverageNms;
     private Action<AcceleratorStream, Index1D, ArrayView<float>, ArrayView<float>, int, int, ElementRange>? _clsMean;
     private Action<AcceleratorStream, Index1D, ArrayView<float>, ArrayView<float>, ArrayView<int>, ArrayView<float>, ArrayView<float>, int, int, float, int, ElementRange>? _preselection;
     private Action<AcceleratorStream, Index1D, ArrayView<int>, ArrayView<int>, ArrayView<int>, int, ElementRange>? _selectedRows;
     private Action<AcceleratorStream, Index1D, ArrayView<int>, ArrayView<int>, int, int, int, int, int, ElementRange>? _originalPositions;
 
-    private Action<AcceleratorStream, KernelConfig, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<int>, ArrayView<int>, ArrayView<int>, ArrayView<int>, ArrayView<int>, CoverageShape> CoverageNmsK
-        => _coverageNms ??= _acc.LoadKernel<ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<int>, ArrayView<int>, ArrayView<int>, ArrayView<int>, ArrayView<int>, CoverageShape>(CoverageKernels.CoverageNmsKernel);
+    private Action<AcceleratorStream, KernelConfig, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<int>, ArrayView<int>, ArrayView<int>, ArrayView<int>, ArrayView<int>, ArrayView<float>, ArrayView<float>, CoverageShape> CoverageNmsK
+        => _coverageNms ??= _acc.LoadKernel<ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<int>, ArrayView<int>, ArrayView<int>, ArrayView<int>, ArrayView<int>, ArrayView<float>, ArrayView<float>, CoverageShape>(CoverageKernels.CoverageNmsKernel);
     private Action<AcceleratorStream, Index1D, ArrayView<float>, ArrayView<float>, int, int, ElementRange> ClsMeanK
         => _clsMean ??= _acc.LoadAutoGroupedKernel<Index1D, ArrayView<float>, ArrayView<float>, int, int, ElementRange>(CoverageKernels.ClsMeanKernel);
     private Action<AcceleratorStream, Index1D, ArrayView<float>, ArrayView<float>, ArrayView<int>, ArrayView<float>, ArrayView<float>, int, int, float, int, ElementRange> PreselectionK
@@ -169,9 +196,14 @@ internal sealed partial class CudaOps
     /// <summary>AutoPrune's coverage selection and plan in one single-group launch (see <see cref="CoverageKernels.CoverageNmsKernel"/>).</summary>
     /// <param name="attn">[heads, ScoreRows, N] when the scores are its column means (ScoreRows &gt; 0), else unused.</param>
     /// <param name="inv">[N] scratch for the inverse norms when Normalize, else unused.</param>
+    /// <param name="cls">The vision tower's [CLS] attention [ClsHeads, ClsPatches] when Preselect, else unused.</param>
+    /// <param name="mi">MI's sum at layer 0 (mi[0]) on the device when Preselect, else unused.</param>
     public void CoverageNms(ArrayView<float> attn, ArrayView<float> scores, ArrayView<float> s, ArrayView<float> features, ArrayView<float> inv, ArrayView<int> visual,
-        ArrayView<int> at, ArrayView<int> kept, ArrayView<int> keptLocal, ArrayView<int> plan, CoverageShape p)
+        ArrayView<int> at, ArrayView<int> kept, ArrayView<int> keptLocal, ArrayView<int> plan, CoverageShape p, ArrayView<float> cls = default, ArrayView<float> mi = default)
     {
+        Require(p.Preselect == 0 || (p.ScoreRows > 0 && p.GridMode == 1 && p.ClsHeads > 0 && p.ClsPatches >= p.Grid * p.Grid
+            && cls.Length >= (long)p.ClsHeads * p.ClsPatches && mi.Length >= 1),
+            "the pre-selection needs the text rows' attention, the visual indices, the [CLS] attention ([CLS] heads × patches) and MI's sum.");
         Require(p.K >= 0 && p.K <= p.N, $"k ({p.K}) must be within 0..{p.N}.");
         Require(p.ScoreRows > 0 ? p.Heads > 0 && attn.Length >= (long)p.Heads * p.ScoreRows * p.N : scores.Length >= p.N, "scores (or the attention they come from) too short.");
         Require(p.Normalize == 0 || inv.Length >= p.N, "inv too short.");
@@ -183,8 +215,9 @@ internal sealed partial class CudaOps
         if (p.WritePlan == 0) plan = kept;
         if (p.ScoreRows > 0) scores = s; else attn = s;
         if (p.Normalize == 0) inv = s;
+        if (p.Preselect == 0) { cls = s; mi = s; }
         Counters.Launch();
-        CoverageNmsK(Stream, OneGroup(), attn, scores, s, features, inv, visual, at, kept, keptLocal, plan, p);
+        CoverageNmsK(Stream, OneGroup(), attn, scores, s, features, inv, visual, at, kept, keptLocal, plan, cls, mi, p);
     }
 
     /// <summary>score[v] = the head mean of the [CLS] attention [heads, V] (AutoPrune's [CLS] term).</summary>

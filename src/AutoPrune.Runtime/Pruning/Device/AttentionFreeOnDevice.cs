@@ -61,13 +61,21 @@ internal sealed class AutoPruneOnDevice(AutoPrunePolicy policy) : IDevicePruner
         var options = policy.Options;
         var shape = ctx.Shape;
         int patches = shape.GridSize * shape.GridSize, d = dev.Hidden;
-        if (dev.Layer > 0 && options.AutoPruneCoverage > 0)
+        if (options.AutoPruneCoverage > 0)
         {
-            // The text mean, the unit hidden rows and the coverage selection in one launch.
+            // The text mean, the unit hidden rows and the coverage selection in one launch; at layer 0 the score is the
+            // pre-selection ([CLS] mean + w·MI0·text mean), computed there too.
             var p = dev.Scratch<int>(ctx.Prefix + k + T);
+            var coverage = Coverage(options, shape.GridSize, V, d, k, gridMode: 1, ctx.Prefix, T, writePlan: 1) with { ScoreRows = T, Heads = dev.Heads, Normalize = 1 };
+            ArrayView<float> cls = default;
+            if (dev.Layer == 0)
+            {
+                var vision = policy.Vision.Device!;
+                cls = vision.Cls!.View;
+                coverage = coverage with { Preselect = 1, ClsHeads = vision.Heads, ClsPatches = vision.Patches, TextWeight = (float)options.AutoPruneTextWeight };
+            }
             dev.Ops.CoverageNms(attn, default, dev.Scratch<float>(V), dev.HiddenStates.SubView((long)ctx.Prefix * d, (long)V * d), dev.Scratch<float>(V), visual,
-                dev.Scratch<int>(patches), dev.Scratch<int>(V), dev.Scratch<int>(Math.Max(1, k)), p,
-                Coverage(options, shape.GridSize, V, d, k, gridMode: 1, ctx.Prefix, T, writePlan: 1) with { ScoreRows = T, Heads = dev.Heads, Normalize = 1 });
+                dev.Scratch<int>(patches), dev.Scratch<int>(V), dev.Scratch<int>(Math.Max(1, k)), p, coverage, cls, _mi);
             return DevicePruners.Action(p, ctx, k, default, 0, renumber: false);
         }
         var scores = dev.ColumnMean(attn, T, V);
@@ -80,17 +88,7 @@ internal sealed class AutoPruneOnDevice(AutoPrunePolicy policy) : IDevicePruner
             dev.Ops.Preselection(cls, scores, visual, _mi, pre, V, T, dev.Heads, (float)options.AutoPruneTextWeight, patches);
             scores = pre;
         }
-        ArrayView<int> plan;
-        if (options.AutoPruneCoverage <= 0)
-            plan = dev.KeepTopK(scores, default, default, new PlanShape(V, k, ctx.Prefix, T, 0, 0, dev.Heads, 1, 0, 1)).Plan;
-        else
-        {
-            var unit = dev.Scratch<float>((long)V * d);
-            dev.Ops.L2NormalizeRows(dev.HiddenStates, ctx.Prefix, V, d, unit);
-            plan = dev.Scratch<int>(ctx.Prefix + k + T);
-            dev.Ops.CoverageNms(default, scores, dev.Scratch<float>(V), unit, default, visual, dev.Scratch<int>(patches), dev.Scratch<int>(V), dev.Scratch<int>(Math.Max(1, k)), plan,
-                Coverage(options, shape.GridSize, V, d, k, gridMode: 1, ctx.Prefix, T, writePlan: 1));
-        }
+        var plan = dev.KeepTopK(scores, default, default, new PlanShape(V, k, ctx.Prefix, T, 0, 0, dev.Heads, 1, 0, 1)).Plan;
         return DevicePruners.Action(plan, ctx, k, default, 0, renumber: false);
     }
 
