@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
-# Measures every GPU target of issue 14 in one go, on a machine with an NVIDIA GPU and no .NET (about 5 minutes on
+# Measures every GPU target of issue 14 in one go, on a machine with an NVIDIA GPU and no .NET (about 6 minutes on
 # an H200). First, here: bash scripts/pack-for-gpu.sh (it writes .devicepack/, git-ignored). Then, on the GPU
 # machine, from the repository root (with .devicepack carried along):
 #   bash scripts/gpu-targets.sh "$OUT"
 # It writes into the folder given (default ./gpu-targets):
 #   speed-7b.json         bench --random-weights llava-1.5-7b: stage timings, per-prefill counters, decode counters
 #   speed-7b-graphs.json  the same decode and vision tower replayed as CUDA graphs (--cuda-graphs)
-#   verify-<method>.json  verify on the fixture's 208 dev rows for every method (answers and logits against the CPU)
+#   verify-<method>.json  verify on the fixture's 208 dev rows for every method (answers and logits against the CPU), and
+#                         AutoPrune selecting at layer 0 (verify-autoprune-layer0.json)
 #   summary.txt           each target with what was measured and PASS/FAIL
 set -uo pipefail
 out=${1:-gpu-targets}
@@ -20,11 +21,15 @@ run bench --random-weights llava-1.5-7b --device cuda --methods fastv,autoprune 
     --repeats 5 --warmup 2 --decode-tokens 32 --out "$out/speed-7b.json" > "$out/speed-7b.txt" 2>&1 || status=1
 run bench --random-weights llava-1.5-7b --device cuda --methods fastv --budgets 64 \
     --repeats 5 --warmup 2 --decode-tokens 32 --cuda-graphs --out "$out/speed-7b-graphs.json" > "$out/speed-7b-graphs.txt" 2>&1 || status=1
-for mb in none:128 fastv:128 pdrop:128 sparsevlm:192 visionzip:128 adaptprune:128 autoprune:128; do
+for mb in none:128 fastv:128 pdrop:128 sparsevlm:192 visionzip:128 adaptprune:128 autoprune:128 divprune:128 dart:128; do
     m=${mb%%:*}; b=${mb##*:}
     run verify --device cuda --data tests/data/shapes-vqa-dev/dev.jsonl --method "$m" --budget "$b" \
         --out "$out/verify-$m.json" > "$out/verify-$m.txt" 2>&1 || status=1
 done
+# AutoPrune selecting at layer 0 instead of before the LLM: the coverage kernel's pre-selection score.
+echo '{"Method": "AutoPrune", "Budget": 128, "AutoPruneBeforeLlm": false}' > "$out/autoprune-layer0.json"
+run verify --device cuda --data tests/data/shapes-vqa-dev/dev.jsonl --options "$out/autoprune-layer0.json" \
+    --out "$out/verify-autoprune-layer0.json" > "$out/verify-autoprune-layer0.txt" 2>&1 || status=1
 
 python3 - "$out" <<'PY' | tee "$out/summary.txt"
 import json, os, sys
@@ -58,7 +63,7 @@ if s:
 if g:
     check("vision tower <= 10 ms (CUDA graph)", g["vision_tower_ms"], g["vision_tower_ms"] <= 10, " ms")
     check("decode <= 4.5 ms/token (CUDA graph)", g["decode_ms_per_token"], g["decode_ms_per_token"] <= 4.5, " ms")
-for m in ("none", "fastv", "pdrop", "sparsevlm", "visionzip", "adaptprune", "autoprune"):
+for m in ("none", "fastv", "pdrop", "sparsevlm", "visionzip", "adaptprune", "autoprune", "divprune", "dart", "autoprune-layer0"):
     v = load(f"verify-{m}.json")
     if v is None:
         rows.append(f"FAIL  verify {m}: no result (see verify-{m}.txt)")
