@@ -52,6 +52,7 @@ internal static class TiledAttentionCase
             { 20, 27, 2, 1, 32, 7 },   // a partial second tile, grouped-query heads, keys before the rows
             { 16, 16, 1, 1, 16, 0 },   // exactly one tile, the prefill's square causal case
             { 9, 21, 1, 1, 48, -1 },   // one partial tile, every key visible, head dim 48 (three chunks)
+            { 40, 120, 1, 1, 16, 80 }, // eight key steps, the last partly past the keys
         }
         : new()
         {
