@@ -86,7 +86,9 @@ internal static class DeviceSelector
         gpuFactory ??= (s, c, d, p) => new Models.Llava.Cuda.CudaLlavaModel(s, c, d, p, cudaGraphs);
         try
         {
-            return gpuFactory(store, config, gpu, progress);
+            var backend = gpuFactory(store, config, gpu, progress);
+            if (backend is Models.Llava.Cuda.CudaLlavaModel { TiledAttentionWarning: { } warning }) log.LogWarning("{Warning}", warning);
+            return backend;
         }
         catch (Exception e) when (auto && e is not ModelLoadException)
         {

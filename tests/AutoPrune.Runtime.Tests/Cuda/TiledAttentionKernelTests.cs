@@ -110,6 +110,10 @@ public sealed class TiledAttentionKernelTests(IlgpuCpuFixture fx) : IClassFixtur
             }
     }
 
+    /// <summary>The load-time check a GPU model runs (here through the host twin, so exactly 0).</summary>
+    [Fact]
+    public void TheSelfCheckFindsNoDifferenceOnTheCpuAccelerator() => Assert.Equal(0, fx.Ops.TiledAttentionSelfCheck(48));
+
     [Fact]
     public void TheKernelItselfNeedsWarpsOfThirtyTwo()
     {
@@ -146,5 +150,16 @@ public sealed class TiledAttentionWarpTests(IlgpuGpuShapedCpuFixture fx) : IClas
         var ops = new CudaOps(fx.Accelerator) { TiledAttentionOnHost = false };
         var c = TiledAttentionCase.Make(nq, nk, heads, kvHeads, hd, causalOffset, seed: nk * 17 + hd);
         Assert.Equal(TiledAttentionCase.Host(c), TiledAttentionCase.Run(ops, c));
+    }
+
+    /// <summary>
+    /// The check a GPU model runs at load, on the kernel itself: 0 with the emulated mma; a kernel that misreads the
+    /// fragments (a1 and a2 of p·v swapped, tried by hand) is off by more than 0.1, far past the 1e-2 tolerance.
+    /// </summary>
+    [Fact]
+    public void TheLoadTimeSelfCheckPassesOnTheWarpKernel()
+    {
+        var ops = new CudaOps(fx.Accelerator) { TiledAttentionOnHost = false };
+        Assert.Equal(0, ops.TiledAttentionSelfCheck(32));
     }
 }

@@ -301,6 +301,44 @@ internal sealed partial class CudaOps
         else TiledAttentionK(Stream, new KernelConfig((int)groups, TiledAttentionKernels.WarpLanes), q, k, v, output, shape, causalOffset);
     }
 
+    /// <summary>
+    /// Runs <see cref="TiledAttention"/> once on a fixed random case (40 query rows against 56 keys from a causal
+    /// offset of 16, 2 query heads sharing 1 kv head, this head dimension) and returns the largest difference from the
+    /// host twin. A GPU model runs it at load: a tensor core adds in an order of its own (differences of about 1e-3
+    /// here), while a kernel that misreads the mma fragments is off by the size of the values.
+    /// </summary>
+    public double TiledAttentionSelfCheck(int headDim)
+    {
+        const int nq = 40, nk = 56, heads = 2, kvHeads = 1, offset = nk - nq;
+        var rng = new Random(20261128);
+        float[] Values(int n, float scale)
+        {
+            var x = new float[n];
+            for (int i = 0; i < n; i++) x[i] = (float)(System.Half)((rng.NextDouble() * 2 - 1) * scale);
+            return x;
+        }
+        var q = Values(nq * heads * headDim, 3f);
+        var k = Values(nk * kvHeads * headDim, 1f);
+        var v = Values(nk * kvHeads * headDim, 1f);
+        static ushort[] Bits(float[] x) => Array.ConvertAll(x, f => BitConverter.HalfToUInt16Bits((System.Half)f));
+        using var dq = _acc.Allocate1D(Bits(q));
+        using var dk = _acc.Allocate1D(Bits(k));
+        using var dv = _acc.Allocate1D(Bits(v));
+        using var dout = _acc.Allocate1D<ushort>(q.Length);
+        TiledAttention(dq.View, dk.View, dv.View, dout.View, AttentionShape.Create(nq, nk, heads, kvHeads, headDim, causal: false), offset);
+        Queue.Synchronize();
+        var device = dout.GetAsArray1D();
+        var host = new float[q.Length];
+        Cpu.DeviceNumerics.TiledAttention(q, k, v, host, nq, nk, heads, kvHeads, headDim, offset);
+        double max = 0;
+        for (int i = 0; i < host.Length; i++)
+        {
+            double d = Math.Abs((float)BitConverter.UInt16BitsToHalf(device[i]) - host[i]);
+            if (!(d <= max)) max = d; // NaN wins
+        }
+        return max;
+    }
+
     private unsafe void TiledAttentionOnTheHost(ArrayView<ushort> q, ArrayView<ushort> k, ArrayView<ushort> v, ArrayView<ushort> output, AttentionShape shape, int causalOffset)
     {
         _acc.Synchronize(); // what was queued before has written q, k and v

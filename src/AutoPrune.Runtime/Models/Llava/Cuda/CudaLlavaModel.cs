@@ -114,7 +114,11 @@ internal sealed class CudaLlavaModel : ILlavaBackend
             Projector = new CudaProjector(this, store, config);
             progress?.Invoke(0.1);
             Decoder = new CudaLlamaDecoder(Memory, store, config, f => progress?.Invoke(0.1 + 0.85 * f));
-            if (device.IsCuda) Ops.CompileAll();
+            if (device.IsCuda)
+            {
+                Ops.CompileAll();
+                CheckTiledAttention();
+            }
             Queue.Synchronize();
             progress?.Invoke(1.0);
         }
@@ -128,6 +132,30 @@ internal sealed class CudaLlavaModel : ILlavaBackend
             Memory.Dispose();
             Queue.Dispose();
             throw;
+        }
+    }
+
+    /// <summary>Largest difference the tiled attention may show against its host twin at load (fp16 outputs of about 1).</summary>
+    internal const double TiledAttentionTolerance = 1e-2;
+
+    /// <summary>Why long attention runs through cuBLAS on this GPU although the tiled kernel could run (null when it does not).</summary>
+    public string? TiledAttentionWarning { get; private set; }
+
+    /// <summary>
+    /// The tiled tensor-core attention against its host twin for each head dimension the model uses (the vision tower's
+    /// and the decoder's), once at load; past <see cref="TiledAttentionTolerance"/> the model keeps the GEMM path and
+    /// says why in <see cref="TiledAttentionWarning"/>.
+    /// </summary>
+    private void CheckTiledAttention()
+    {
+        foreach (int hd in new[] { Vision.Hidden / Vision.Heads, HeadDim }.Distinct())
+        {
+            if (!TiledAttention || !Ops.TiledAttentionRuns(hd)) continue;
+            double diff = Ops.TiledAttentionSelfCheck(hd);
+            if (diff <= TiledAttentionTolerance) continue;
+            TiledAttention = false;
+            TiledAttentionWarning = $"The tiled tensor-core attention differs from its reference by {diff:G3} (more than {TiledAttentionTolerance:G3}) " +
+                $"at head dimension {hd} on {_device.Description}; long attention runs through cuBLAS GEMMs instead (slower, 2 more launches per layer).";
         }
     }
 
