@@ -59,6 +59,7 @@ if s:
         c = p.get("counters") or {}
         rows.append(f"      counters {m}@{b}: {c}")
     rows.append(f"      decode counters per token: {s.get('decode_counters_per_token')}")
+    check("long attention on the tensor cores (tiled kernel, passed its load-time check)", s.get("long_attention"), s.get("long_attention") == "tiled")
     rows.append(f"      peak device memory {s.get('peak_device_memory_mb')} MB ours, {s.get('device_used_mb')} MB driver")
 if g:
     check("vision tower <= 10 ms (CUDA graph)", g["vision_tower_ms"], g["vision_tower_ms"] <= 10, " ms")

@@ -121,6 +121,7 @@ public static class SpeedPrinter
         foreach (var p in r.Prefill.Where(p => p.Counters is not null))
             console.MarkupLine(Markup.Escape($"device counters, prefill {p.Method} at {F(p.Budget, "0.###")}: {p.Counters}"));
         if (r.DecodeCountersPerToken is { } dc) console.MarkupLine(Markup.Escape($"device counters, one decode token: {dc}"));
+        if (r.LongAttention is { } la) console.MarkupLine(Markup.Escape($"long attention: {la}"));
         console.MarkupLine(Markup.Escape($"Medians over {r.Repeats} runs after {r.Warmup} warm-up; decode over {r.DecodeTokens} tokens; {mem}peak working set {F(r.PeakWorkingSetMb, "F0")} MB."));
     }
 }

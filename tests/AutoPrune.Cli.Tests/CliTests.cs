@@ -244,6 +244,7 @@ public class CommandTests
         var root = doc.RootElement;
         Assert.StartsWith("ILGPU CPU accelerator", root.GetProperty("device").GetString());
         Assert.Equal("tiny-test", root.GetProperty("model").GetString());
+        Assert.Equal("tiled", root.GetProperty("long_attention").GetString()); // what gpu-targets.sh checks on a GPU
         Assert.True(root.GetProperty("vision_tower_ms").GetDouble() > 0);
         Assert.True(root.GetProperty("decode_ms_per_token").GetDouble() > 0);
         Assert.True(root.GetProperty("peak_device_memory_mb").GetDouble() > root.GetProperty("weights_device_memory_mb").GetDouble());

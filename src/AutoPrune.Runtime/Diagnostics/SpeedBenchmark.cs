@@ -70,6 +70,11 @@ public sealed record SpeedReport(
 {
     /// <summary>What one greedy decode step asked of the GPU (the last timed step); null on the CPU.</summary>
     public DeviceCounters? DecodeCountersPerToken { get; init; }
+    /// <summary>
+    /// How the GPU code path computes long attention: "tiled" (one tensor-core launch), or "gemm: " and why (a head
+    /// dimension or device the tiled kernel does not take, or its load-time check failing); null on the CPU.
+    /// </summary>
+    public string? LongAttention { get; init; }
     /// <summary>What the vision tower asked of the GPU for one image (all its views); null on the CPU.</summary>
     public DeviceCounters? VisionCounters { get; init; }
     /// <summary>What the projector asked of the GPU for one image; null on the CPU.</summary>
@@ -263,6 +268,7 @@ public static class SpeedBenchmark
             deviceUsed is double du ? Math.Round(du, 1) : null, views)
         {
             DecodeCountersPerToken = decodeCounters, VisionCounters = visionCounters, ProjectorCounters = projectorCounters,
+            LongAttention = model is CudaLlavaModel ga ? ga.LongAttention : null,
         };
     }
 

@@ -104,6 +104,7 @@ public sealed class DeviceCounterTargetTests(Deep32BenchFixture fx, ITestOutputH
     [Fact]
     public void EveryLayerIsNineLaunchesShortOrFull()
     {
+        Assert.Equal("tiled", fx.Report.LongAttention);
         Assert.Equal(9 * 32 + 6, Counters("None").Enqueued);
         Assert.Equal(9 * 32 + 6, Counters("None (input cut)").Enqueued);
         Assert.Equal(4 * 32 + 1, Counters("None").BlasCalls);   // q|k|v, o, gate|up and down per layer, the LM head: no attention GEMMs

@@ -141,6 +141,10 @@ internal sealed class CudaLlavaModel : ILlavaBackend
     /// <summary>Why long attention runs through cuBLAS on this GPU although the tiled kernel could run (null when it does not).</summary>
     public string? TiledAttentionWarning { get; private set; }
 
+    /// <summary>"tiled" when long attention is the tensor-core kernel for the decoder's head dimension, else "gemm: " and why.</summary>
+    public string LongAttention => TiledAttention && Ops.TiledAttentionRuns(HeadDim) ? "tiled"
+        : "gemm: " + (TiledAttentionWarning ?? (TiledAttention ? $"head dimension {HeadDim} or this device does not take the tiled kernel" : "switched off"));
+
     /// <summary>
     /// The tiled tensor-core attention against its host twin for each head dimension the model uses (the vision tower's
     /// and the decoder's), once at load; past <see cref="TiledAttentionTolerance"/> the model keeps the GEMM path and
