@@ -18,8 +18,8 @@ namespace AutoPrune.Compute.Cuda;
 /// sum = (P0 + P1) + (P2 + P3) where P_t adds, in j order, the e_j with (j mod 8) div 2 = t (the four lanes of a quad
 /// each own two of every eight keys); out_d = fp16((Σ_j fp16(e_j)·v_jd in j order, fp32) · (1 / sum)).
 /// A tensor core sums its 16 products in an order of its own, so on a GPU s_j and the value sums can differ from that
-/// in the last bits, as cuBLAS's do; everywhere else (ILGPU's CPU accelerator, where the same kernel runs one thread
-/// per tile and emulates nothing) the result is the host's, bit for bit.
+/// in the last bits, as cuBLAS's do (the model checks that at load, <see cref="CudaOps.TiledAttentionSelfCheck"/>); the
+/// emulated mma below adds them in k order, so on a CPU accelerator the result is the host's, bit for bit.
 /// </para>
 /// <para>
 /// Where it runs: on a CUDA device, one warp per group with inline PTX (<see cref="CudaAsm"/>); on a CPU accelerator
