@@ -63,19 +63,13 @@ public sealed class ComputeSchedulerSerialTests
         var a = Enumerable.Range(0, m * k).Select(_ => (float)rng.NextDouble() - 0.5f).ToArray();
         var w = Enumerable.Range(0, n * k).Select(_ => (float)rng.NextDouble() - 0.5f).ToArray();
         var c = new float[m * n];
-        using var release = new ManualResetEvent(false);
-        // More blocked items than the pool has threads, with a margin for the threads it adds meanwhile. A WaitHandle wait,
-        // like the test host's own, is not one the pool compensates for.
-        int blockers = ThreadPool.ThreadCount + 64;
-        for (int i = 0; i < blockers; i++) ThreadPool.UnsafeQueueUserWorkItem(_ => release.WaitOne(TimeSpan.FromSeconds(60)), null);
         bool finished;
-        try
+        using (PoolBlocker.BlockEveryPoolThread())
         {
             var caller = new Thread(() => Gemm.MatMulTransB(a, m, k, w, n, c));
             caller.Start();
             finished = caller.Join(TimeSpan.FromSeconds(20));
         }
-        finally { release.Set(); }
         Assert.True(finished, "the GEMM waited on the blocked thread pool");
         for (int i = 0; i < m; i += 17)
             for (int j = 0; j < n; j += 13)
