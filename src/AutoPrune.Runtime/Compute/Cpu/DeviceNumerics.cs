@@ -135,13 +135,13 @@ internal static class DeviceNumerics
                 Array.Clear(acc);
                 for (int j = 0; j < limit; j++)
                 {
-                    float e = MathF.Exp(s[j] - max);
+                    float e = MathF.Exp(s[j] - max), pe = (float)(Half)e;
                     parts[(j >> 1) & 3] += e;
-                    var p = new System.Numerics.Vector<float>((float)(Half)e);
+                    var p = new System.Numerics.Vector<float>(pe);
                     int vo = j * kvStride + kvo, d = 0;
                     for (; d + w <= hd; d += w)
                         (new System.Numerics.Vector<float>(acc, d) + p * new System.Numerics.Vector<float>(va, vo + d)).CopyTo(acc, d);
-                    for (; d < hd; d++) acc[d] += (float)(Half)e * va[vo + d];
+                    for (; d < hd; d++) acc[d] += pe * va[vo + d];
                 }
                 float inv = 1f / ((parts[0] + parts[1]) + (parts[2] + parts[3]));
                 for (int d = 0; d < hd; d++) oa[qo + d] = (float)(Half)(acc[d] * inv);

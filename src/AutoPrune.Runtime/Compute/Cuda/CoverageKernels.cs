@@ -13,7 +13,7 @@ namespace AutoPrune.Compute.Cuda;
 /// rows' mean, as <c>AttentionScores.MeanOverHeadsAndRows</c>), computed in the kernel. Normalize 1: the features are raw
 /// rows, scaled to unit length in the kernel (an in-order sum of squares, as the host's normalisation). Preselect 1
 /// (with ScoreRows &gt; 0): the scores are AutoPrune's layer-0 pre-selection, the [CLS] head mean of the candidate's
-/// patch plus TextWeight·MI0·that text mean (<see cref="CoverageKernels.PreselectionScore"/>), [CLS] attention
+/// patch plus TextWeight·MI0·that text mean (<see cref="CoverageKernels.Preselection"/>), [CLS] attention
 /// [ClsHeads, ClsPatches] and MI's sum from the device.
 internal readonly record struct CoverageShape(int N, int Features, int K, int Grid, int Limit, double Limit2, double TwoSigmaD2, double TwoSigmaS2,
     double Strength, int GridMode, int Prefix, int Text, int WritePlan, int ScoreRows = 0, int Heads = 0, int Normalize = 0,
@@ -48,6 +48,7 @@ internal static class CoverageKernels
         var shi = SharedMemory.Allocate<int>(CudaKernels.MaxRowGroupSize);
         int tid = Group.IdxX, step = Group.DimX, g = p.Grid, N = p.N, D = p.Features;
         for (int c = tid; c < g * g; c += step) at[c] = -1;
+        float w = p.Preselect != 0 ? TextWeight(mi, p.ScoreRows, p.Heads, p.TextWeight) : 0f;
         for (int i = tid; i < N; i += step)
         {
             if (p.ScoreRows > 0)
@@ -55,7 +56,12 @@ internal static class CoverageKernels
                 float sum = 0;
                 for (int hr = 0; hr < p.Heads * p.ScoreRows; hr++) sum += attn[(long)hr * N + i];
                 float mean = sum * (1f / (p.Heads * p.ScoreRows));
-                s[i] = p.Preselect != 0 ? PreselectionScore(cls, mi, visual[i], mean, p.ScoreRows, p.Heads, p.TextWeight, g * g, p.ClsHeads, p.ClsPatches) : mean;
+                if (p.Preselect != 0)
+                {
+                    int v = visual[i];
+                    mean = Preselection(v >= 0 ? ClsHeadMean(cls, p.ClsHeads, p.ClsPatches, v % (g * g)) : float.PositiveInfinity, w, mean);
+                }
+                s[i] = mean;
             }
             else s[i] = scores[i];
             kept[i] = 0;
@@ -87,35 +93,30 @@ internal static class CoverageKernels
     }
 
     /// <summary>
-    /// One candidate's pre-selection score with the arithmetic of <see cref="ClsMeanKernel"/> and <see cref="PreselectionKernel"/>
-    /// (which it replaces in one launch): the [CLS] head mean of patch visual mod patches, or +∞ without a patch, plus
-    /// w·textMean with w = textWeight·(float)(mi[0] / T · 32 / heads).
+    /// (Σ_h cls[h·stride + patch] in head order) · (1/heads): AutoPrune's [CLS] term of a patch, as
+    /// <c>AutoPrunePolicy.OnVision</c> (<see cref="ClsMeanKernel"/>, and the coverage kernel's pre-selection).
     /// </summary>
-    internal static float PreselectionScore(ArrayView<float> cls, ArrayView<float> mi, int visual, float textMean, int T, int heads, float textWeight,
-        int patches, int clsHeads, int clsPatches)
+    internal static float ClsHeadMean(ArrayView<float> cls, int heads, int stride, int patch)
+    {
+        float sum = 0;
+        for (int h = 0; h < heads; h++) sum += cls[(long)h * stride + patch];
+        return sum * (1f / heads);
+    }
+
+    /// <summary>The pre-selection's text weight w·MI0, MI0 = mi[0] / T · 32 / heads in double (as <c>AttentionScores.AutoPrunePreselection</c>).</summary>
+    internal static float TextWeight(ArrayView<float> mi, int T, int heads, float textWeight)
     {
         double mi0 = (double)mi[0] / T * 32.0 / heads;
-        float w = textWeight * (float)mi0;
-        float c = float.PositiveInfinity;
-        if (visual >= 0)
-        {
-            int patch = visual % patches;
-            float sum = 0;
-            for (int h = 0; h < clsHeads; h++) sum += cls[(long)h * clsPatches + patch];
-            c = sum * (1f / clsHeads);
-        }
-        return c + w * textMean;
+        return textWeight * (float)mi0;
     }
+
+    /// <summary>AutoPrune's layer-0 pre-selection score: the [CLS] term (+∞ for a row with no patch) plus w·text mean.</summary>
+    internal static float Preselection(float cls, float w, float textMean) => cls + w * textMean;
 
     /// <summary>score[v] = (Σ_h cls[h, v] in head order) · (1/heads): AutoPrune's [CLS] term (as <c>AutoPrunePolicy.OnVision</c>).</summary>
     internal static void ClsMeanKernel(Index1D t, ArrayView<float> cls, ArrayView<float> score, int heads, int V, ElementRange range)
     {
-        for (long v = t; v < range.Count; v += range.Stride)
-        {
-            float sum = 0;
-            for (int h = 0; h < heads; h++) sum += cls[(long)h * V + v];
-            score[v] = sum * (1f / heads);
-        }
+        for (long v = t; v < range.Count; v += range.Stride) score[v] = ClsHeadMean(cls, heads, V, (int)v);
     }
 
     /// <summary>
@@ -125,13 +126,11 @@ internal static class CoverageKernels
     internal static void PreselectionKernel(Index1D t, ArrayView<float> clsMean, ArrayView<float> textMean, ArrayView<int> visual, ArrayView<float> mi,
         ArrayView<float> score, int T, int heads, float textWeight, int patches, ElementRange range)
     {
-        double mi0 = (double)mi[0] / T * 32.0 / heads;
-        float w = textWeight * (float)mi0;
+        float w = TextWeight(mi, T, heads, textWeight);
         for (long i = t; i < range.Count; i += range.Stride)
         {
             int v = visual[i];
-            float c = v >= 0 ? clsMean[v % patches] : float.PositiveInfinity;
-            score[i] = c + w * textMean[i];
+            score[i] = Preselection(v >= 0 ? clsMean[v % patches] : float.PositiveInfinity, w, textMean[i]);
         }
     }
 

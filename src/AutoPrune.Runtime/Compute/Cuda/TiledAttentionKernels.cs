@@ -184,15 +184,12 @@ internal static class TiledAttentionKernels
 
     // PTX can return one register to ILGPU, so each half of D comes from its own mma: the tensor work is done twice,
     // which the tensor cores absorb many times over at these sizes.
-    private const string MmaLow =
+    private const string MmaBody =
         "{ .reg .f32 c<4>; .reg .f32 d<4>; mov.b64 {c0, c1}, %5; mov.b64 {c2, c3}, %6; " +
-        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {d0, d1, d2, d3}, {%1, %2, %3, %4}, {%7, %8}, {c0, c1, c2, c3}; " +
-        "mov.b64 %0, {d0, d1}; }";
+        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {d0, d1, d2, d3}, {%1, %2, %3, %4}, {%7, %8}, {c0, c1, c2, c3}; ";
 
-    private const string MmaHigh =
-        "{ .reg .f32 c<4>; .reg .f32 d<4>; mov.b64 {c0, c1}, %5; mov.b64 {c2, c3}, %6; " +
-        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {d0, d1, d2, d3}, {%1, %2, %3, %4}, {%7, %8}, {c0, c1, c2, c3}; " +
-        "mov.b64 %0, {d2, d3}; }";
+    private const string MmaLow = MmaBody + "mov.b64 %0, {d0, d1}; }";
+    private const string MmaHigh = MmaBody + "mov.b64 %0, {d2, d3}; }";
 
     /// <summary>
     /// D = A·B + C for the warp's 16×16 A (a0: row g, columns 2t, 2t + 1; a1: row g + 8, the same columns; a2, a3: the
