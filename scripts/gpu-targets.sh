@@ -5,9 +5,11 @@
 #   bash scripts/gpu-targets.sh "$OUT"
 # It writes into the folder given (default ./gpu-targets):
 #   speed-7b.json         bench --random-weights llava-1.5-7b: stage timings, per-prefill counters, decode counters
-#   speed-7b-graphs.json  the same decode and vision tower replayed as CUDA graphs (--cuda-graphs)
+#   speed-7b-graphs.json  the same with decode and vision tower replayed as CUDA graphs (--cuda-graphs); its greedy
+#                         token ids and last logits must equal speed-7b.json's
 #   verify-<method>.json  verify on the fixture's 208 dev rows for every method (answers and logits against the CPU), and
-#                         AutoPrune selecting at layer 0 (verify-autoprune-layer0.json)
+#                         AutoPrune selecting at layer 0 (verify-autoprune-layer0.json), and no pruning with CUDA
+#                         graphs (verify-none-graphs.json)
 #   summary.txt           each target with what was measured and PASS/FAIL
 set -uo pipefail
 out=${1:-gpu-targets}
@@ -19,13 +21,17 @@ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | 
 status=0
 run bench --random-weights llava-1.5-7b --device cuda --methods fastv,autoprune --budgets 64 \
     --repeats 5 --warmup 2 --decode-tokens 32 --out "$out/speed-7b.json" > "$out/speed-7b.txt" 2>&1 || status=1
-run bench --random-weights llava-1.5-7b --device cuda --methods fastv --budgets 64 \
+run bench --random-weights llava-1.5-7b --device cuda --methods fastv,autoprune --budgets 64 \
     --repeats 5 --warmup 2 --decode-tokens 32 --cuda-graphs --out "$out/speed-7b-graphs.json" > "$out/speed-7b-graphs.txt" 2>&1 || status=1
 for mb in none:128 fastv:128 pdrop:128 sparsevlm:192 visionzip:128 adaptprune:128 autoprune:128 divprune:128 dart:128; do
     m=${mb%%:*}; b=${mb##*:}
     run verify --device cuda --data tests/data/shapes-vqa-dev/dev.jsonl --method "$m" --budget "$b" \
         --out "$out/verify-$m.json" > "$out/verify-$m.txt" 2>&1 || status=1
 done
+# The vision tower replayed as a CUDA graph from the second image on (the fixture's answers end after one or two
+# decode steps, so the decode graph, captured at the second step, is checked by the two bench runs instead).
+run verify --device cuda --cuda-graphs --data tests/data/shapes-vqa-dev/dev.jsonl --method none \
+    --out "$out/verify-none-graphs.json" > "$out/verify-none-graphs.txt" 2>&1 || status=1
 # AutoPrune selecting at layer 0 instead of before the LLM: the coverage kernel's pre-selection score.
 echo '{"Method": "AutoPrune", "Budget": 128, "AutoPruneBeforeLlm": false}' > "$out/autoprune-layer0.json"
 run verify --device cuda --data tests/data/shapes-vqa-dev/dev.jsonl --options "$out/autoprune-layer0.json" \
@@ -64,7 +70,10 @@ if s:
 if g:
     check("vision tower <= 10 ms (CUDA graph)", g["vision_tower_ms"], g["vision_tower_ms"] <= 10, " ms")
     check("decode <= 4.5 ms/token (CUDA graph)", g["decode_ms_per_token"], g["decode_ms_per_token"] <= 4.5, " ms")
-for m in ("none", "fastv", "pdrop", "sparsevlm", "visionzip", "adaptprune", "autoprune", "divprune", "dart", "autoprune-layer0"):
+    if s:
+        same = g.get("decode_token_ids") == s.get("decode_token_ids") and g.get("decode_logits_sha256") == s.get("decode_logits_sha256")
+        check("graphed decode gives the ungraphed tokens and logits (bit for bit)", f"{len(g.get('decode_token_ids') or [])} tokens, logits sha256 {str(g.get('decode_logits_sha256'))[:12]} vs {str(s.get('decode_logits_sha256'))[:12]}", same and bool(g.get("decode_token_ids")))
+for m in ("none", "fastv", "pdrop", "sparsevlm", "visionzip", "adaptprune", "autoprune", "divprune", "dart", "autoprune-layer0", "none-graphs"):
     v = load(f"verify-{m}.json")
     if v is None:
         rows.append(f"FAIL  verify {m}: no result (see verify-{m}.txt)")

@@ -101,7 +101,7 @@ public static class SpeedPrinter
     {
         static string F(double? x, string fmt = "F2") => x is double v ? v.ToString(fmt, CultureInfo.InvariantCulture) : "–";
         if (Console.IsOutputRedirected && console.Profile.Width < 160) console.Profile.Width = 160;
-        console.MarkupLine(Markup.Escape($"{r.Model} ({r.Weights}) on {r.Device}: {r.DecoderLayers} decoder layers, {r.VisualTokens} visual tokens{(r.ImageViews > 1 ? $" from {r.ImageViews} views" : "")}; loaded in {F(r.LoadSeconds, "F1")} s"));
+        console.MarkupLine(Markup.Escape($"{r.Model} ({r.Weights}) on {r.Device}{(r.CudaGraphs ? " with CUDA graphs" : "")}: {r.DecoderLayers} decoder layers, {r.VisualTokens} visual tokens{(r.ImageViews > 1 ? $" from {r.ImageViews} views" : "")}; loaded in {F(r.LoadSeconds, "F1")} s"));
         var t = new Table().Border(TableBorder.Rounded).AddColumn("Stage").AddColumn("Method");
         foreach (var h in new[] { "Budget", "Visual tokens/layer", "Prompt tokens", "ms (median)", "ms (min)", "ms/layer", "FLOPs", "Speed-up" })
             t.AddColumn(new TableColumn(h).RightAligned());

@@ -35,7 +35,7 @@ internal static class CommonOptions
 
     public static Option<bool> CudaGraphs() => new("--cuda-graphs")
     {
-        Description = "On a CUDA GPU, replay decode steps and the vision tower as CUDA graphs (off by default until it has run on a GPU; other devices refuse it).",
+        Description = "Replay decode steps and the vision tower as CUDA graphs (off by default until it has run on a GPU; ilgpu-cpu emulates them by replaying the recorded launches; the CPU backend refuses it).",
     };
 
     /// <summary>--method: any name <see cref="PruningMethods.Parse"/> accepts (case, '-' and '_' ignored).</summary>

@@ -39,9 +39,10 @@ public static class VerifyCommand
         precision.AcceptOnlyFromAmong("match-device", "fp32");
         var outFile = new Option<FileInfo?>("--out", "-o") { Description = "Write the comparison as JSON to this file." };
         var options = CommonOptions.OptionsFile();
+        var cudaGraphs = CommonOptions.CudaGraphs();
         var cmd = new Command("verify", "Check a device against the CPU: same greedy answers, kept visual tokens and last-position logits within a tolerance on VQA rows.")
         {
-            data, imagesRoot, allowAbsolute, limit, model, device, method, budget, tolerance, minOverlap, maxTokens, precision, outFile, options,
+            data, imagesRoot, allowAbsolute, limit, model, device, method, budget, tolerance, minOverlap, maxTokens, precision, outFile, options, cudaGraphs,
         };
         cmd.SetAction((parse, ct) => CommonOptions.Guard(async () =>
         {
@@ -58,7 +59,7 @@ public static class VerifyCommand
             var items = rows.Select(r => (r.ImagePath, r.Question)).ToList();
             Task<DeviceComparisonReport> Compare(IProgress<int>? progress) => DeviceComparison.RunAsync(parse.GetValue(model)!, parse.GetValue(device)!,
                 items, pruning, parse.GetValue(maxTokens), progress: progress, ct: ct,
-                referencePrecision: parse.GetValue(precision) == "fp32" ? CpuPrecision.Fp32 : CpuPrecision.MatchDevice);
+                referencePrecision: parse.GetValue(precision) == "fp32" ? CpuPrecision.Fp32 : CpuPrecision.MatchDevice, cudaGraphs: parse.GetValue(cudaGraphs));
             var report = Console.IsErrorRedirected
                 ? await Compare(null)
                 : await CommonOptions.Err.Progress().AutoClear(true).StartAsync(async ctx =>
@@ -74,7 +75,7 @@ public static class VerifyCommand
                     $"max |Δ logit| {F(d.MaxAbsLogitDifference)}{(d.SameKeptTokens ? "" : $", kept visual tokens differ from layer {d.FirstDifferentLayer} (at least {d.MinKeptOverlap:P1} shared)")}"));
             bool ok = report.Agrees(tol, parse.GetValue(minOverlap));
             AnsiConsole.MarkupLine(Markup.Escape(
-                $"{report.Device} vs {report.ReferenceDevice} ({report.ReferencePrecision}), {report.Method}: {report.SameAnswers}/{report.Rows} answers equal, {report.SameTopTokens}/{report.Rows} first tokens equal, " +
+                $"{report.Device}{(report.CudaGraphs ? " (CUDA graphs)" : "")} vs {report.ReferenceDevice} ({report.ReferencePrecision}), {report.Method}: {report.SameAnswers}/{report.Rows} answers equal, {report.SameTopTokens}/{report.Rows} first tokens equal, " +
                 $"{report.SameKeptTokens}/{report.Rows} kept-token sets equal (at least {report.MinKeptOverlap:P1} shared at every layer); " +
                 $"last-position logits max |Δ| {F(report.MaxAbsLogitDifference)} (mean of row maxima {F(report.MeanMaxAbsLogitDifference)}), tolerance {F(tol)}: {(ok ? "PASS" : "FAIL")}"));
             if (parse.GetValue(outFile) is { } f)

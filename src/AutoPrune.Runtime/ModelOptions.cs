@@ -69,8 +69,9 @@ public sealed record ModelOptions
 
     /// <summary>
     /// On a CUDA GPU, replay each decode step and the vision tower as a CUDA graph (captured on their second run): one
-    /// launch instead of hundreds. Off by default until it has run on a GPU. Needs a CUDA GPU: on any other device
-    /// (cpu, ilgpu-cpu) loading fails with a <see cref="NotSupportedException"/> saying so.
+    /// launch instead of hundreds. Off by default until it has run on a GPU. On <c>ilgpu-cpu</c> the graphs are emulated:
+    /// the launches recorded at capture, with the arguments they had then, are replayed in order, which computes what a
+    /// real graph would. The CPU backend has none: loading fails with a <see cref="NotSupportedException"/> saying so.
     /// </summary>
     public bool CudaGraphs { get; init; }
 

@@ -306,6 +306,20 @@ public class CommandTests
         Assert.Equal("Fp32", fp32.RootElement.GetProperty("reference_precision").GetString());
     }
 
+    /// <summary>verify --cuda-graphs: the tower replayed as a graph from the second image on (emulated on ilgpu-cpu) still gives the CPU's bits.</summary>
+    [Fact]
+    public async Task Verify_with_cuda_graphs_on_the_emulated_gpu_path_equals_the_cpu()
+    {
+        var outFile = Path.Combine(Repo.TempDir(), "verify-graphs.json");
+        Assert.Equal(0, await Repo.Cli().Parse(["verify", "--device", "ilgpu-cpu", "--cuda-graphs", "--data", Path.Combine(Repo.DevDir, "dev.jsonl"), "--limit", "3",
+            "--model", Repo.Model, "--max-tokens", "3", "--out", outFile]).InvokeAsync());
+        using var doc = JsonDocument.Parse(File.ReadAllText(outFile));
+        var r = doc.RootElement;
+        Assert.True(r.GetProperty("cuda_graphs").GetBoolean());
+        Assert.Equal(3, r.GetProperty("same_answers").GetInt32());
+        Assert.Equal(0, r.GetProperty("max_abs_logit_difference").GetDouble());
+    }
+
     /// <summary>
     /// verify on AutoPrune: dev row 1's kept tokens differ on the fp16 GPU path from layer 0 on (near-tied [CLS] scores
     /// in a uniform background swap), while the answers agree: strict comparison fails, an overlap floor passes.

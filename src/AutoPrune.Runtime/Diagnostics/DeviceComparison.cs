@@ -24,6 +24,9 @@ public sealed record DeviceComparisonReport(string Model, string ReferenceDevice
     /// <summary>How the CPU reference computed (<see cref="CpuPrecision"/>): "MatchDevice" unless asked for "Fp32".</summary>
     public string ReferencePrecision { get; init; } = nameof(CpuPrecision.MatchDevice);
 
+    /// <summary>True when the tested device replayed decode steps and the vision tower as CUDA graphs (<see cref="ModelOptions.CudaGraphs"/>).</summary>
+    public bool CudaGraphs { get; init; }
+
     /// <summary>Rows on which both devices kept the same visual tokens at every layer.</summary>
     public int SameKeptTokens => Details.Count(d => d.SameKeptTokens);
 
@@ -52,13 +55,13 @@ public static class DeviceComparison
 {
     public static async Task<DeviceComparisonReport> RunAsync(string modelDirectory, string device, IReadOnlyList<(string Image, string Question)> rows,
         PruningOptions? pruning = null, int maxNewTokens = 8, string referenceDevice = "cpu", IProgress<int>? progress = null, CancellationToken ct = default,
-        CpuPrecision referencePrecision = CpuPrecision.MatchDevice)
+        CpuPrecision referencePrecision = CpuPrecision.MatchDevice, bool cudaGraphs = false)
     {
         ArgumentNullException.ThrowIfNull(rows);
         if (rows.Count == 0) throw new ArgumentException("No rows to compare.", nameof(rows));
         pruning ??= new PruningOptions { Method = PruningMethod.None };
         using var reference = VisionLanguageModel.Load(modelDirectory, new ModelOptions { Device = referenceDevice, MaxConcurrentRequests = 1, VisionCacheSize = 0, CpuPrecision = referencePrecision });
-        using var tested = VisionLanguageModel.Load(modelDirectory, new ModelOptions { Device = device, MaxConcurrentRequests = 1, VisionCacheSize = 0 });
+        using var tested = VisionLanguageModel.Load(modelDirectory, new ModelOptions { Device = device, MaxConcurrentRequests = 1, VisionCacheSize = 0, CudaGraphs = cudaGraphs });
         var details = new List<DeviceComparisonRow>(rows.Count);
         foreach (var (image, question) in rows)
         {
@@ -86,6 +89,7 @@ public static class DeviceComparison
             details.Max(d => d.MaxAbsLogitDifference), details.Average(d => d.MaxAbsLogitDifference), details)
         {
             ReferencePrecision = referencePrecision.ToString(),
+            CudaGraphs = cudaGraphs,
         };
     }
 

@@ -39,7 +39,7 @@ public sealed record SpeedBenchmarkOptions
     public int DecodeTokens { get; init; } = 32;
     public int Seed { get; init; } = 1;
 
-    /// <summary>Replay decode steps and the vision tower as CUDA graphs (<see cref="ModelOptions.CudaGraphs"/>; needs a CUDA GPU).</summary>
+    /// <summary>Replay decode steps and the vision tower as CUDA graphs (<see cref="ModelOptions.CudaGraphs"/>; emulated on ilgpu-cpu).</summary>
     public bool CudaGraphs { get; init; }
 }
 
@@ -71,6 +71,18 @@ public sealed record SpeedReport(
     /// <summary>What one greedy decode step asked of the GPU (the last timed step); null on the CPU.</summary>
     public DeviceCounters? DecodeCountersPerToken { get; init; }
     /// <summary>
+    /// The greedy token ids the decode produced (warm-up steps first). The same options give the same ids with and
+    /// without CUDA graphs: a graphed step must compute what the ungraphed one does, bit for bit.
+    /// </summary>
+    public IReadOnlyList<int> DecodeTokenIds { get; init; } = [];
+    /// <summary>
+    /// SHA-256 of the bits of the logits of one more decode step after the timed ones (hex): random weights often repeat
+    /// one token, so the ids alone would not show a step that reads a stale position or cache length; the logits do.
+    /// </summary>
+    public string DecodeLogitsSha256 { get; init; } = "";
+    /// <summary>True when decode steps and the vision tower were replayed as CUDA graphs (emulated on ilgpu-cpu).</summary>
+    public bool CudaGraphs { get; init; }
+    /// <summary>
     /// How the GPU code path computes long attention: "tiled" (one tensor-core launch), or "gemm: " and why (a head
     /// dimension or device the tiled kernel does not take, or its load-time check failing); null on the CPU.
     /// </summary>
@@ -100,8 +112,6 @@ public static class SpeedBenchmark
         if (o.DecodeTokens < 1) throw new ArgumentOutOfRangeException(nameof(o), "DecodeTokens must be at least 1.");
         if (o.TextTokensBefore < 1 || o.TextTokensAfter < 1) throw new ArgumentOutOfRangeException(nameof(o), "Text token counts must be at least 1.");
         var sw = Stopwatch.StartNew();
-        if (o.CudaGraphs && (o.Device ?? "").Trim().ToLowerInvariant() is "cpu" or "ilgpu-cpu")
-            throw new NotSupportedException(CudaGraph.NeedsCuda);
         var (model, anyRes, weights, name) = LoadBackend(o, progress);
         using var owned = model;
         double loadSeconds = sw.Elapsed.TotalSeconds;
@@ -133,8 +143,8 @@ public static class SpeedBenchmark
         var pixels = new float[v.NumChannels * v.ImageSize * v.ImageSize];
         for (int i = 0; i < pixels.Length; i++) pixels[i] = (float)(rng.NextDouble() * 4 - 2);
         int[] ids = SyntheticPrompt(rng, t.VocabSize, cfg.ImageTokenIndex, o.TextTokensBefore, visual, o.TextTokensAfter);
-        if ((long)ids.Length + o.DecodeTokens + o.Warmup > t.MaxPositionEmbeddings)
-            throw new ArgumentException($"The synthetic prompt ({ids.Length} tokens) plus {o.DecodeTokens} generated and {o.Warmup} warm-up tokens exceeds the model's {t.MaxPositionEmbeddings} positions.");
+        if ((long)ids.Length + o.DecodeTokens + o.Warmup + 1 > t.MaxPositionEmbeddings)
+            throw new ArgumentException($"The synthetic prompt ({ids.Length} tokens) plus {o.DecodeTokens} generated, {o.Warmup} warm-up and one checked token exceeds the model's {t.MaxPositionEmbeddings} positions.");
 
         // Vision tower and projector.
         progress?.Report("vision tower");
@@ -241,22 +251,27 @@ public static class SpeedBenchmark
         progress?.Report("decode");
         double perToken;
         DeviceCounters? decodeCounters = null;
+        var decodedIds = new int[o.Warmup + o.DecodeTokens];
+        string decodeLogitsHash;
         {
             var state = model.BuildSequence(ids, [projectedRows]);
-            using var gen = model.StartGeneration(o.DecodeTokens + o.Warmup);
+            using var gen = model.StartGeneration(o.DecodeTokens + o.Warmup + 1);
             var logits = gen.Prefill(state, null, ct);
             // Greedy decoding as a request does it: only the next id comes back from a GPU.
             int next = CpuOps.ArgMax(logits);
-            for (int i = 0; i < o.Warmup; i++) next = gen.StepGreedy(next);
+            for (int i = 0; i < o.Warmup; i++) decodedIds[i] = next = gen.StepGreedy(next);
             sw.Restart();
             for (int i = 0; i < o.DecodeTokens; i++)
             {
                 ct.ThrowIfCancellationRequested();
                 if (i < o.DecodeTokens - 1) next = gen.StepGreedy(next);
                 else decodeCounters = Count(model, () => next = gen.StepGreedy(next));
+                decodedIds[o.Warmup + i] = next;
             }
             perToken = sw.Elapsed.TotalMilliseconds / o.DecodeTokens;
             SampleDevice();
+            decodeLogitsHash = Convert.ToHexStringLower(System.Security.Cryptography.SHA256.HashData(
+                System.Runtime.InteropServices.MemoryMarshal.AsBytes(gen.Step(next).AsSpan())));
         }
 
         Release(towerOut);
@@ -267,7 +282,7 @@ public static class SpeedBenchmark
             Math.Round(Process.GetCurrentProcess().PeakWorkingSet64 / 1048576.0, 1), o.Repeats, o.Warmup,
             deviceUsed is double du ? Math.Round(du, 1) : null, views)
         {
-            DecodeCountersPerToken = decodeCounters, VisionCounters = visionCounters, ProjectorCounters = projectorCounters,
+            DecodeCountersPerToken = decodeCounters, DecodeTokenIds = decodedIds, DecodeLogitsSha256 = decodeLogitsHash, CudaGraphs = o.CudaGraphs, VisionCounters = visionCounters, ProjectorCounters = projectorCounters,
             LongAttention = model is CudaLlavaModel ga ? ga.LongAttention : null,
         };
     }
@@ -324,6 +339,7 @@ public static class SpeedBenchmark
     {
         progress?.Report("loading weights");
         var gpu = Compute.DeviceSelector.Open(o.Device, Microsoft.Extensions.Logging.Abstractions.NullLogger.Instance);
+        if (o.CudaGraphs && gpu is null) throw new NotSupportedException(CudaGraph.NeedsCuda);
         try
         {
             if (o.ModelDirectory is { } dir)

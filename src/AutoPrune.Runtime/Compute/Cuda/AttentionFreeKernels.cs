@@ -187,7 +187,7 @@ internal sealed partial class CudaOps
         if (n == 0) return;
         var r = Range((long)n * n);
         Counters.Launch();
-        QuantizedDistanceK(Stream, Extent(r.Stride), cos, dist, n, resolution, r);
+        Queue.Enqueue(() => QuantizedDistanceK(Stream, Extent(r.Stride), cos, dist, n, resolution, r));
     }
 
     /// <summary>DivPrune's greedy max-min in one group: k of n rows, ascending in keptLocal.</summary>
@@ -196,7 +196,7 @@ internal sealed partial class CudaOps
         Require(k >= 1 && k <= n, $"k ({k}) must be within 1..{n}.");
         Require(dist.Length >= (long)n * n && toSet.Length >= n && kept.Length >= n && keptLocal.Length >= k, "a view is too short for the greedy max-min.");
         Counters.Launch();
-        GreedyMaxMinK(Stream, OneGroup(), dist, toSet, kept, keptLocal, n, k);
+        Queue.Enqueue(() => GreedyMaxMinK(Stream, OneGroup(), dist, toSet, kept, keptLocal, n, k));
     }
 
     /// <summary>L1 norm of each of rows [rowStart, +rows) of fp32 x ([*, width]).</summary>
@@ -206,7 +206,7 @@ internal sealed partial class CudaOps
         if (rows == 0) return;
         var r = Range(rows);
         Counters.Launch();
-        RowL1K(Stream, Extent(r.Stride), x, output, rowStart, width, r);
+        Queue.Enqueue(() => RowL1K(Stream, Extent(r.Stride), x, output, rowStart, width, r));
     }
 
     /// <summary>DART's selection and plan in one single-group launch (see <see cref="AttentionFreeKernels.DartKernel"/>).</summary>
@@ -218,6 +218,6 @@ internal sealed partial class CudaOps
             && norms.Length >= p.V && sim.Length >= p.V && pivots.Length >= Math.Max(1, p.VisualPivots + p.TextPivots) && textKept.Length >= p.T
             && kept.Length >= p.V && keptLocal.Length >= Math.Max(1, p.K) && plan.Length >= p.Prefix + p.K + p.T, "a view is too short for DART.");
         Counters.Launch();
-        DartK(Stream, OneGroup(), visualNorms, textNorms, visualHidden, textHidden, norms, sim, pivots, textKept, kept, keptLocal, plan, p);
+        Queue.Enqueue(() => DartK(Stream, OneGroup(), visualNorms, textNorms, visualHidden, textHidden, norms, sim, pivots, textKept, kept, keptLocal, plan, p));
     }
 }

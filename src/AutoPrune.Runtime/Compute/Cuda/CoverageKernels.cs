@@ -216,7 +216,7 @@ internal sealed partial class CudaOps
         if (p.Normalize == 0) inv = s;
         if (p.Preselect == 0) { cls = s; mi = s; }
         Counters.Launch();
-        CoverageNmsK(Stream, OneGroup(), attn, scores, s, features, inv, visual, at, kept, keptLocal, plan, cls, mi, p);
+        Queue.Enqueue(() => CoverageNmsK(Stream, OneGroup(), attn, scores, s, features, inv, visual, at, kept, keptLocal, plan, cls, mi, p));
     }
 
     /// <summary>score[v] = the head mean of the [CLS] attention [heads, V] (AutoPrune's [CLS] term).</summary>
@@ -226,7 +226,7 @@ internal sealed partial class CudaOps
         if (V == 0) return;
         var r = Range(V);
         Counters.Launch();
-        ClsMeanK(Stream, Extent(r.Stride), cls, score, heads, V, r);
+        Queue.Enqueue(() => ClsMeanK(Stream, Extent(r.Stride), cls, score, heads, V, r));
     }
 
     /// <summary>AutoPrune's layer-0 pre-selection scores of V visual rows (see <see cref="CoverageKernels.PreselectionKernel"/>).</summary>
@@ -238,7 +238,7 @@ internal sealed partial class CudaOps
         if (V == 0) return;
         var r = Range(V);
         Counters.Launch();
-        PreselectionK(Stream, Extent(r.Stride), clsMean, textMean, visual, mi, score, T, heads, textWeight, patches, r);
+        Queue.Enqueue(() => PreselectionK(Stream, Extent(r.Stride), clsMean, textMean, visual, mi, score, T, heads, textWeight, patches, r));
     }
 
     /// <summary>The rows (and their visual indices) a selection before the LLM lets in: cls [CLS] rows, then the kept patches.</summary>
@@ -248,7 +248,7 @@ internal sealed partial class CudaOps
         if (cls + k == 0) return;
         var r = Range(cls + k);
         Counters.Launch();
-        SelectedRowsK(Stream, Extent(r.Stride), keptLocal, index, visual, cls, r);
+        Queue.Enqueue(() => SelectedRowsK(Stream, Extent(r.Stride), keptLocal, index, visual, cls, r));
     }
 
     /// <summary>Original positions of an n-row prompt whose image run holds imageRows selected rows (see <see cref="CoverageKernels.OriginalPositionsKernel"/>).</summary>
@@ -257,6 +257,6 @@ internal sealed partial class CudaOps
         Require(positions.Length >= n && visual.Length >= n && prefix >= 0 && prefix + imageRows <= n && patches > 0, "bad sizes for the original positions.");
         var r = Range(n);
         Counters.Launch();
-        OriginalPositionsK(Stream, Extent(r.Stride), positions, visual, prefix, imageRows, tokensPerImage, clsRows, patches, r);
+        Queue.Enqueue(() => OriginalPositionsK(Stream, Extent(r.Stride), positions, visual, prefix, imageRows, tokensPerImage, clsRows, patches, r));
     }
 }

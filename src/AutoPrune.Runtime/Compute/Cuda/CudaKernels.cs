@@ -616,7 +616,7 @@ internal sealed partial class CudaOps
         Require(groups <= int.MaxValue, $"{groups} (head, row) pairs exceed a grid of 2^31 - 1 groups.");
         Require(result.Length >= groups * (shape.Nk - firstKey), $"result has {result.Length} elements, fewer than heads × rows × keys ({groups * (shape.Nk - firstKey)}).");
         Counters.Launch();
-        _attentionRowsGrouped.Value(Stream, RowConfig((int)groups), q, k, rows, result, shape, firstKey);
+        Queue.Enqueue(() => _attentionRowsGrouped.Value(Stream, RowConfig((int)groups), q, k, rows, result, shape, firstKey));
     }
 
     public void ArgMax(ArrayView<float> x, int rows, int cols, ArrayView<int> result) => Launch(_argMax.Value, rows, x, result, cols);
@@ -669,7 +669,7 @@ internal sealed partial class CudaOps
         {
             var r = Range(n);
             Counters.Launch();
-            _qkvSplitRope.Value(Stream, Extent(r.Stride), qkv, positions, cos, sin, q, k, qHalf, kHalf, vHalf, shape, r, layerState);
+            Queue.Enqueue(() => _qkvSplitRope.Value(Stream, Extent(r.Stride), qkv, positions, cos, sin, q, k, qHalf, kHalf, vHalf, shape, r, layerState));
         }
     }
 
@@ -695,7 +695,7 @@ internal sealed partial class CudaOps
     public void RmsNormToHalf(ArrayView<float> src, ArrayView<ushort> dst, int rows, int dim, ArrayView<float> weight, float eps)
     {
         CheckRowOp(rows, dim, src.Length, dst.Length, weight.Length);
-        if (rows > 0) { Counters.Launch(); _rmsToHalf.Value(Stream, RowConfig(rows), src, dst, weight, dim, eps); }
+        if (rows > 0) { Counters.Launch(); Queue.Enqueue(() => _rmsToHalf.Value(Stream, RowConfig(rows), src, dst, weight, dim, eps)); }
     }
 
     /// <summary>LayerNorm (two-pass mean / variance) of each row of src ([rows, dim]), rounded to fp16 into dst; one group per row.</summary>
@@ -703,7 +703,7 @@ internal sealed partial class CudaOps
     {
         CheckRowOp(rows, dim, src.Length, dst.Length, weight.Length);
         Require(rows == 0 || bias.Length >= dim, $"bias has {bias.Length} elements, fewer than dim {dim}.");
-        if (rows > 0) { Counters.Launch(); _layerNormToHalf.Value(Stream, RowConfig(rows), src, dst, weight, bias, dim, eps); }
+        if (rows > 0) { Counters.Launch(); Queue.Enqueue(() => _layerNormToHalf.Value(Stream, RowConfig(rows), src, dst, weight, bias, dim, eps)); }
     }
 
     /// <summary>
@@ -720,7 +720,7 @@ internal sealed partial class CudaOps
         Require(rows <= int.MaxValue, $"{rows} softmax rows exceed a grid of 2^31 - 1 groups.");
         CheckRows((int)rows, ld, scores.Length + ld - nk, nameof(scores));
         CheckRows((int)rows, ld, probs.Length + ld - nk, nameof(probs));
-        if (rows > 0 && nk > 0) { Counters.Launch(); _maskedSoftmaxToHalf.Value(Stream, RowConfig((int)rows), scores, probs, nq, nk, ld, causalOffset, scale); }
+        if (rows > 0 && nk > 0) { Counters.Launch(); Queue.Enqueue(() => _maskedSoftmaxToHalf.Value(Stream, RowConfig((int)rows), scores, probs, nq, nk, ld, causalOffset, scale)); }
     }
 
     /// <summary>
@@ -732,7 +732,7 @@ internal sealed partial class CudaOps
         CheckRows(rows, cols, x.Length, nameof(x));
         Require(rows == 0 || cols >= 1, $"cols ({cols}) must be at least 1.");
         Require(result.Length >= rows, $"result has {result.Length} elements, fewer than rows ({rows}).");
-        if (rows > 0) { Counters.Launch(); _argMaxRows.Value(Stream, RowConfig(rows), x, result, cols); }
+        if (rows > 0) { Counters.Launch(); Queue.Enqueue(() => _argMaxRows.Value(Stream, RowConfig(rows), x, result, cols)); }
     }
 
     private KernelConfig RowConfig(int rows) => new(rows, RowGroupSize);
@@ -756,20 +756,20 @@ internal sealed partial class CudaOps
     }
 
     private void Launch<T1>(Action<AcceleratorStream, Index1D, T1> k, long n, T1 a) where T1 : struct
-    { if (n > 0) { Counters.Launch(); k(Stream, Extent(n), a); } }
+    { if (n > 0) { Counters.Launch(); Queue.Enqueue(() => k(Stream, Extent(n), a)); } }
     private void Launch<T1, T2>(Action<AcceleratorStream, Index1D, T1, T2> k, long n, T1 a, T2 b) where T1 : struct where T2 : struct
-    { if (n > 0) { Counters.Launch(); k(Stream, Extent(n), a, b); } }
+    { if (n > 0) { Counters.Launch(); Queue.Enqueue(() => k(Stream, Extent(n), a, b)); } }
     private void Launch<T1, T2, T3>(Action<AcceleratorStream, Index1D, T1, T2, T3> k, long n, T1 a, T2 b, T3 c) where T1 : struct where T2 : struct where T3 : struct
-    { if (n > 0) { Counters.Launch(); k(Stream, Extent(n), a, b, c); } }
+    { if (n > 0) { Counters.Launch(); Queue.Enqueue(() => k(Stream, Extent(n), a, b, c)); } }
     private void Launch<T1, T2, T3, T4>(Action<AcceleratorStream, Index1D, T1, T2, T3, T4> k, long n, T1 a, T2 b, T3 c, T4 d)
         where T1 : struct where T2 : struct where T3 : struct where T4 : struct
-    { if (n > 0) { Counters.Launch(); k(Stream, Extent(n), a, b, c, d); } }
+    { if (n > 0) { Counters.Launch(); Queue.Enqueue(() => k(Stream, Extent(n), a, b, c, d)); } }
     private void Launch<T1, T2, T3, T4, T5>(Action<AcceleratorStream, Index1D, T1, T2, T3, T4, T5> k, long n, T1 a, T2 b, T3 c, T4 d, T5 e)
         where T1 : struct where T2 : struct where T3 : struct where T4 : struct where T5 : struct
-    { if (n > 0) { Counters.Launch(); k(Stream, Extent(n), a, b, c, d, e); } }
+    { if (n > 0) { Counters.Launch(); Queue.Enqueue(() => k(Stream, Extent(n), a, b, c, d, e)); } }
     private void Launch<T1, T2, T3, T4, T5, T6>(Action<AcceleratorStream, Index1D, T1, T2, T3, T4, T5, T6> k, long n, T1 a, T2 b, T3 c, T4 d, T5 e, T6 f)
         where T1 : struct where T2 : struct where T3 : struct where T4 : struct where T5 : struct where T6 : struct
-    { if (n > 0) { Counters.Launch(); k(Stream, Extent(n), a, b, c, d, e, f); } }
+    { if (n > 0) { Counters.Launch(); Queue.Enqueue(() => k(Stream, Extent(n), a, b, c, d, e, f)); } }
 
     /// <summary>Threads for an element-wise launch of n elements (grid-stride beyond <see cref="MaxElementThreads"/>).</summary>
     private ElementRange Range(long n) => new(n, (int)Math.Min(n, MaxElementThreads));
@@ -781,20 +781,20 @@ internal sealed partial class CudaOps
     public int MaxElementThreads { get; }
 
     private void LaunchElements<T1>(Action<AcceleratorStream, Index1D, T1, ElementRange> k, long n, T1 a) where T1 : struct
-    { if (n > 0) { Counters.Launch(); var r = Range(n); k(Stream, Extent(r.Stride), a, r); } }
+    { if (n > 0) { Counters.Launch(); var r = Range(n); Queue.Enqueue(() => k(Stream, Extent(r.Stride), a, r)); } }
     private void LaunchElements<T1, T2>(Action<AcceleratorStream, Index1D, T1, T2, ElementRange> k, long n, T1 a, T2 b) where T1 : struct where T2 : struct
-    { if (n > 0) { Counters.Launch(); var r = Range(n); k(Stream, Extent(r.Stride), a, b, r); } }
+    { if (n > 0) { Counters.Launch(); var r = Range(n); Queue.Enqueue(() => k(Stream, Extent(r.Stride), a, b, r)); } }
     private void LaunchElements<T1, T2, T3>(Action<AcceleratorStream, Index1D, T1, T2, T3, ElementRange> k, long n, T1 a, T2 b, T3 c) where T1 : struct where T2 : struct where T3 : struct
-    { if (n > 0) { Counters.Launch(); var r = Range(n); k(Stream, Extent(r.Stride), a, b, c, r); } }
+    { if (n > 0) { Counters.Launch(); var r = Range(n); Queue.Enqueue(() => k(Stream, Extent(r.Stride), a, b, c, r)); } }
     private void LaunchElements<T1, T2, T3, T4>(Action<AcceleratorStream, Index1D, T1, T2, T3, T4, ElementRange> k, long n, T1 a, T2 b, T3 c, T4 d)
         where T1 : struct where T2 : struct where T3 : struct where T4 : struct
-    { if (n > 0) { Counters.Launch(); var r = Range(n); k(Stream, Extent(r.Stride), a, b, c, d, r); } }
+    { if (n > 0) { Counters.Launch(); var r = Range(n); Queue.Enqueue(() => k(Stream, Extent(r.Stride), a, b, c, d, r)); } }
     private void LaunchElements<T1, T2, T3, T4, T5>(Action<AcceleratorStream, Index1D, T1, T2, T3, T4, T5, ElementRange> k, long n, T1 a, T2 b, T3 c, T4 d, T5 e)
         where T1 : struct where T2 : struct where T3 : struct where T4 : struct where T5 : struct
-    { if (n > 0) { Counters.Launch(); var r = Range(n); k(Stream, Extent(r.Stride), a, b, c, d, e, r); } }
+    { if (n > 0) { Counters.Launch(); var r = Range(n); Queue.Enqueue(() => k(Stream, Extent(r.Stride), a, b, c, d, e, r)); } }
     private void LaunchElements<T1, T2, T3, T4, T5, T6>(Action<AcceleratorStream, Index1D, T1, T2, T3, T4, T5, T6, ElementRange> k, long n, T1 a, T2 b, T3 c, T4 d, T5 e, T6 f)
         where T1 : struct where T2 : struct where T3 : struct where T4 : struct where T5 : struct where T6 : struct
-    { if (n > 0) { Counters.Launch(); var r = Range(n); k(Stream, Extent(r.Stride), a, b, c, d, e, f, r); } }
+    { if (n > 0) { Counters.Launch(); var r = Range(n); Queue.Enqueue(() => k(Stream, Extent(r.Stride), a, b, c, d, e, f, r)); } }
 
     private static Index1D Extent(long n)
     {

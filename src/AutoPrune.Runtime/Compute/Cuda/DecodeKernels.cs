@@ -85,7 +85,7 @@ internal sealed partial class CudaOps
         Require(x.Length >= hidden && token.Length >= 1, $"x must hold {hidden} values and token one id.");
         var r = Range(hidden);
         Counters.Launch();
-        EmbedTokenK(Stream, Extent(r.Stride), table, token, x, hidden, r);
+        Queue.Enqueue(() => EmbedTokenK(Stream, Extent(r.Stride), table, token, x, hidden, r));
     }
 
     /// <summary>
@@ -102,7 +102,7 @@ internal sealed partial class CudaOps
         Require(scores.Length >= (long)shape.QHeads * capacity, $"scores ({scores.Length}) must hold {shape.QHeads} × {capacity} values.");
         Require(cacheK.Length >= (long)capacity * shape.KvStride && cacheV.Length >= (long)capacity * shape.KvStride, $"the cache views must hold {capacity} rows.");
         Counters.Launch();
-        DecodeRopeAttentionK(Stream, RowConfig(shape.QHeads), qkv, state, cos, sin, qHalf, cacheK, cacheV, scores, output, shape, qkvShape, layer, capacity);
+        Queue.Enqueue(() => DecodeRopeAttentionK(Stream, RowConfig(shape.QHeads), qkv, state, cos, sin, qHalf, cacheK, cacheV, scores, output, shape, qkvShape, layer, capacity));
     }
 
     /// <summary>Moves every layer's cache length and next position on by one.</summary>
@@ -110,6 +110,6 @@ internal sealed partial class CudaOps
     {
         Require(state.Length >= 2L * layers, $"state ({state.Length}) must hold {layers} layers.");
         Counters.Launch();
-        AdvanceK(Stream, Extent(layers), state, layers);
+        Queue.Enqueue(() => AdvanceK(Stream, Extent(layers), state, layers));
     }
 }

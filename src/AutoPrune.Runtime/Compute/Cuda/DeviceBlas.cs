@@ -205,10 +205,15 @@ internal sealed unsafe class HostGemmExecutor : IGemmExecutor
 internal sealed class DeviceBlas : IDisposable
 {
     private readonly IGemmExecutor _exec;
+    private readonly DeviceQueue? _queue;
 
-    public DeviceBlas(IGemmExecutor executor, Diagnostics.DeviceCounterSet? counters = null)
+    /// <param name="executor">cuBLAS, or the host reference GEMM.</param>
+    /// <param name="counters">Where calls are counted.</param>
+    /// <param name="queue">The model's stream: calls go through <see cref="DeviceQueue.Enqueue"/>, so that an emulated graph records them; null runs them at once.</param>
+    public DeviceBlas(IGemmExecutor executor, Diagnostics.DeviceCounterSet? counters = null, DeviceQueue? queue = null)
     {
         _exec = executor;
+        _queue = queue;
         Counters = counters ?? new Diagnostics.DeviceCounterSet();
     }
 
@@ -232,8 +237,7 @@ internal sealed class DeviceBlas : IDisposable
         Check(w, (long)n * k, "weight");
         Check(c, (long)m * n, "output");
         var g = MapTransB(m, k, n, aRowStride: k, wRowStride: k, cRowStride: n);
-        Counters.Blas();
-        _exec.Run(g with { A = Ptr(w), B = Ptr(a), C = Ptr(c), CType = cType, Beta = beta });
+        Run(g with { A = Ptr(w), B = Ptr(a), C = Ptr(c), CType = cType, Beta = beta });
     }
 
     /// <summary>
@@ -279,8 +283,14 @@ internal sealed class DeviceBlas : IDisposable
         Check(cublasA, g.ExtentA, "batched " + nameA);
         Check(cublasB, g.ExtentB, "batched " + nameB);
         Check(c, g.ExtentC, "batched C");
+        Run(g with { A = Ptr(cublasA), B = Ptr(cublasB), C = Ptr(c) });
+    }
+
+    private void Run(GemmCall call)
+    {
         Counters.Blas();
-        _exec.Run(g with { A = Ptr(cublasA), B = Ptr(cublasB), C = Ptr(c) });
+        if (_queue is null) _exec.Run(call);
+        else _queue.Enqueue(() => _exec.Run(call));
     }
 
     /// <summary>

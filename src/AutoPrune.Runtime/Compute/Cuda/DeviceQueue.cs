@@ -21,6 +21,7 @@ namespace AutoPrune.Compute.Cuda;
 internal sealed class DeviceQueue : IDisposable
 {
     private PageLockedArray1D<byte>? _staging;
+    private List<Action>? _recording;
 
     public DeviceQueue(Accelerator accelerator, DeviceCounterSet? counters = null)
     {
@@ -44,6 +45,42 @@ internal sealed class DeviceQueue : IDisposable
     {
         get => Counters.Paused;
         internal set => Counters.Paused = value;
+    }
+
+    /// <summary>
+    /// Every piece of device work goes through here: a kernel launch, a cuBLAS call, a device copy. It runs at once
+    /// (on CUDA it is queued on <see cref="Stream"/>, and while a native graph is being captured the driver records it),
+    /// except while an emulated graph is being recorded (<see cref="BeginRecording"/>): then it is kept, with the
+    /// arguments it captured, to be replayed by <see cref="Models.Llava.Cuda.CudaGraph.Launch"/>.
+    /// </summary>
+    /// <remarks>
+    /// Callers build <paramref name="work"/> from their arguments as they stand at the call and change none of them
+    /// afterwards, so a kept launch replays with the values it was recorded with, as a CUDA graph's kernel node does.
+    /// </remarks>
+    public void Enqueue(Action work)
+    {
+        if (_recording is null) work();
+        else _recording.Add(work);
+    }
+
+    /// <summary>
+    /// Starts recording the device work enqueued from here (ILGPU's CPU accelerator, which has no stream capture): nothing
+    /// runs, and nothing may wait for the device or copy from the host until <see cref="EndRecording"/>.
+    /// </summary>
+    internal void BeginRecording()
+    {
+        if (Capturing || _recording is not null) throw new InvalidOperationException("Bug: a graph is already being captured on this stream.");
+        _recording = [];
+        Capturing = true;
+    }
+
+    /// <summary>Ends a recording and returns the work it kept, in order.</summary>
+    internal Action[] EndRecording()
+    {
+        var kept = _recording ?? throw new InvalidOperationException("Bug: no graph is being recorded on this stream.");
+        _recording = null;
+        Capturing = false;
+        return [.. kept];
     }
 
     /// <summary>Copies <paramref name="src"/> to the start of <paramref name="dst"/> without waiting.</summary>
@@ -87,8 +124,9 @@ internal sealed class DeviceQueue : IDisposable
         if (src.Length == 0) return;
         if (dst.Length < src.Length)
             throw new ArgumentException($"Copy of {src.Length} elements into a {dst.Length}-element device view.");
-        src.CopyTo(Stream, dst.SubView(0, src.Length));
+        var target = dst.SubView(0, src.Length);
         Counters.Launch();
+        Enqueue(() => src.CopyTo(Stream, target));
     }
 
     /// <summary>Waits for everything queued (counted).</summary>

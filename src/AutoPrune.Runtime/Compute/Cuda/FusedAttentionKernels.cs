@@ -93,6 +93,6 @@ internal sealed partial class CudaOps
         Require(k.Length >= (long)shape.Nk * shape.KvStride && v.Length >= (long)shape.Nk * shape.KvStride, $"k and v must hold {shape.Nk} rows of {shape.KvStride}.");
         if (groups == 0 || shape.Nk == 0) return;
         Counters.Launch();
-        FusedAttentionK(Stream, RowConfig((int)groups), q, k, v, scores, output, shape, causalOffset);
+        Queue.Enqueue(() => FusedAttentionK(Stream, RowConfig((int)groups), q, k, v, scores, output, shape, causalOffset));
     }
 }

@@ -37,6 +37,6 @@ internal sealed partial class CudaOps
         if (rows == 0 || inter == 0) return;
         var r = Range((long)rows * inter);
         Counters.Launch();
-        SiluMulHalfK(Stream, Extent(r.Stride), gateUp, dst, inter, r);
+        Queue.Enqueue(() => SiluMulHalfK(Stream, Extent(r.Stride), gateUp, dst, inter, r));
     }
 }

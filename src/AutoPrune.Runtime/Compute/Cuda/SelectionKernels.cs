@@ -559,7 +559,7 @@ internal sealed partial class CudaOps
         Require(attn.Length >= (long)p.Heads * V && prior.Length >= V && keys.Length >= (long)V * p.Features && features.Length >= (long)V * p.Features && s.Length >= V && kept.Length >= V
             && keptLocal.Length >= Math.Max(1, p.K) && plan.Length >= p.Prefix + p.K + p.Text, "a view is too short for the NMS.");
         Counters.Launch();
-        NmsK(Stream, OneGroup(), q, k, a, w, attn, prior, keys, features, s, kept, keptLocal, plan, p);
+        Queue.Enqueue(() => NmsK(Stream, OneGroup(), q, k, a, w, attn, prior, keys, features, s, kept, keptLocal, plan, p));
     }
 
     /// <summary>
@@ -588,7 +588,7 @@ internal sealed partial class CudaOps
         o.Ticket = _ticket.View;
         int windowGroups = shape.QHeads * T, relevanceGroups = (V + RowGroupSize - 1) / RowGroupSize;
         Counters.Launch();
-        SparseVlmK(Stream, RowConfig(windowGroups + relevanceGroups), hidden, contrib, q, k, attn, shape, new WindowShape(textStart, T, visualStart, V), o, p, r);
+        Queue.Enqueue(() => SparseVlmK(Stream, RowConfig(windowGroups + relevanceGroups), hidden, contrib, q, k, attn, shape, new WindowShape(textStart, T, visualStart, V), o, p, r));
     }
 
     /// <summary>The last-group ticket itself (tests).</summary>
@@ -618,8 +618,8 @@ internal sealed partial class CudaOps
             && members.Length >= n + p.Groups + 1 && merged.Length >= (long)p.Groups * p.Dim, "a view is too short for recycling.");
         var rd = Range((long)n * n);
         Counters.Launch(2);
-        RecycleDistanceK(Stream, Extent(rd.Stride), hidden, sel, dist, p, rd);
-        RecycleClusterMergeK(Stream, OneGroup(), dist, density, gamma, centre, assign, members.SubView(0, n), members.SubView(n, p.Groups + 1), hidden, sel, merged, p);
+        Queue.Enqueue(() => RecycleDistanceK(Stream, Extent(rd.Stride), hidden, sel, dist, p, rd));
+        Queue.Enqueue(() => RecycleClusterMergeK(Stream, OneGroup(), dist, density, gamma, centre, assign, members.SubView(0, n), members.SubView(n, p.Groups + 1), hidden, sel, merged, p));
     }
 
     /// <summary>score[v] = Σ_h cls[h, v] (VisionZip's dominance score).</summary>
@@ -628,7 +628,7 @@ internal sealed partial class CudaOps
         Require(cls.Length >= (long)heads * V && score.Length >= V, "cls or score too short.");
         var r = Range(V);
         Counters.Launch();
-        ClsSumK(Stream, Extent(r.Stride), cls, score, heads, V, r);
+        Queue.Enqueue(() => ClsSumK(Stream, Extent(r.Stride), cls, score, heads, V, r));
     }
 
     /// <summary>
@@ -647,14 +647,14 @@ internal sealed partial class CudaOps
         if (restCount > 0)
         {
             Counters.Launch();
-            ZipRestK(Stream, OneGroup(), kept, keys, rest, targets, norms, p);
+            Queue.Enqueue(() => ZipRestK(Stream, OneGroup(), kept, keys, rest, targets, norms, p));
             if (p.C > 0)
             {
                 Counters.Launch();
-                ZipAssignK(Stream, Extent(ra.Stride), keys, rest, targets, norms, assign, p, new ElementRange(restCount, ra.Stride));
+                Queue.Enqueue(() => ZipAssignK(Stream, Extent(ra.Stride), keys, rest, targets, norms, assign, p, new ElementRange(restCount, ra.Stride)));
             }
         }
         Counters.Launch();
-        ZipMergeK(Stream, Extent(rm.Stride), hidden, dom, rest, targets, assign, output, visual, p, rm);
+        Queue.Enqueue(() => ZipMergeK(Stream, Extent(rm.Stride), hidden, dom, rest, targets, assign, output, visual, p, rm));
     }
 }

@@ -129,7 +129,7 @@ internal sealed partial class CudaOps
         if (rows == 0) return;
         var r = Range((long)rows * hidden);
         Counters.Launch();
-        EmbedSequenceK(Stream, Extent(r.Stride), table, images, src, x, positions, vis, visSource, hidden, hasVis, r);
+        Queue.Enqueue(() => EmbedSequenceK(Stream, Extent(r.Stride), table, images, src, x, positions, vis, visSource, hidden, hasVis, r));
     }
 
     /// <summary>
@@ -150,13 +150,13 @@ internal sealed partial class CudaOps
         if (shape.Rows == 0) return;
         if (history.Length == 0) history = dstVis;
         Counters.Launch();
-        GatherSequenceNormedK(Stream, RowConfig(shape.Rows), srcX, extra, plan, dstX, srcPos, dstPos, srcVis, dstVis, history, new NextLayerInput(xn, weight, eps, srcQkv, dstQkv), shape);
+        Queue.Enqueue(() => GatherSequenceNormedK(Stream, RowConfig(shape.Rows), srcX, extra, plan, dstX, srcPos, dstPos, srcVis, dstVis, history, new NextLayerInput(xn, weight, eps, srcQkv, dstQkv), shape));
     }
 
     /// <summary>Writes a token id into device memory (one single-thread launch; no copy).</summary>
     public void SetToken(ArrayView<int> token, int id)
     {
         Counters.Launch();
-        SetTokenK(Stream, Extent(1), token, id);
+        Queue.Enqueue(() => SetTokenK(Stream, Extent(1), token, id));
     }
 }

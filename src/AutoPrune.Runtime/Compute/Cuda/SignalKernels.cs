@@ -358,7 +358,7 @@ internal sealed partial class CudaOps
         Require(result.Length >= groups * window.ColCount, $"result has {result.Length} elements, fewer than heads × rows × columns ({groups * window.ColCount}).");
         if (groups == 0 || window.ColCount == 0) return;
         Counters.Launch();
-        AttentionWindowK(Stream, RowConfig((int)groups), q, k, result, shape, window, q, q.Cast<int>(), q, q, 0); // (the q|k|v views unused)
+        Queue.Enqueue(() => AttentionWindowK(Stream, RowConfig((int)groups), q, k, result, shape, window, q, q.Cast<int>(), q, q, 0)); // (the q|k|v views unused)
     }
 
     /// <summary>
@@ -378,7 +378,7 @@ internal sealed partial class CudaOps
         Require(result.Length >= groups * window.ColCount, $"result has {result.Length} elements, fewer than heads × rows × columns ({groups * window.ColCount}).");
         if (groups == 0 || window.ColCount == 0) return;
         Counters.Launch();
-        AttentionWindowK(Stream, RowConfig((int)groups), qkv, qkv, result, shape, window, qkv, positions, cos, sin, 1);
+        Queue.Enqueue(() => AttentionWindowK(Stream, RowConfig((int)groups), qkv, qkv, result, shape, window, qkv, positions, cos, sin, 1));
     }
 
     /// <summary>Column means of attention rows (see <see cref="SignalKernels.ColumnMeanKernel"/>): output [p.V].</summary>
@@ -389,7 +389,7 @@ internal sealed partial class CudaOps
         if (p.UseMask == 0) mask = output.Cast<int>();
         var r = Range(p.V);
         Counters.Launch();
-        ColumnMeanK(Stream, Extent(r.Stride), attn, mask, output, p, r);
+        Queue.Enqueue(() => ColumnMeanK(Stream, Extent(r.Stride), attn, mask, output, p, r));
     }
 
     /// <summary>
@@ -407,7 +407,7 @@ internal sealed partial class CudaOps
         if (p.ScoreMode == 0) attn = scores;
         if (p.WritePlan == 0) plan = kept;
         Counters.Launch();
-        TopKPlanK(Stream, OneGroup(), scores, attn, mask, kept, keptLocal, plan, p);
+        Queue.Enqueue(() => TopKPlanK(Stream, OneGroup(), scores, attn, mask, kept, keptLocal, plan, p));
     }
 
     /// <summary>
@@ -420,7 +420,7 @@ internal sealed partial class CudaOps
         Require(heads > 0 && T > 0 && cols > 0, $"heads ({heads}), T ({T}) and cols ({cols}) must be positive.");
         Require(attn.Length >= (long)heads * T * cols && py.Length >= (long)heads * cols && perHead.Length >= 2 * heads && result.Length >= 2, "a view is too short.");
         Counters.Launch();
-        MiK(Stream, RowConfig(heads), attn, py, perHead, result, _ticket.View, T, cols);
+        Queue.Enqueue(() => MiK(Stream, RowConfig(heads), attn, py, perHead, result, _ticket.View, T, cols));
     }
 
     /// <summary>L1 norms of fp16 key rows [rowStart, rowStart + rows) of a cache ([*, width]).</summary>
@@ -429,7 +429,7 @@ internal sealed partial class CudaOps
         Require(keys.Length >= (long)(rowStart + rows) * width && output.Length >= rows, "keys or output too short.");
         if (rows == 0) return;
         Counters.Launch();
-        KeyL1K(Stream, RowConfig(rows), keys, output, rowStart, width);
+        Queue.Enqueue(() => KeyL1K(Stream, RowConfig(rows), keys, output, rowStart, width));
     }
 
     /// <summary>RMSNorm (fp32 out) of rows [rowStart, rowStart + rows) of src into dst [rows, dim].</summary>
@@ -438,7 +438,7 @@ internal sealed partial class CudaOps
         Require(src.Length >= (long)(rowStart + rows) * dim && dst.Length >= (long)rows * dim && weight.Length >= dim, "src, dst or weight too short.");
         if (rows == 0) return;
         Counters.Launch();
-        RmsRowsK(Stream, RowConfig(rows), src, dst, weight, rowStart, dim, eps);
+        Queue.Enqueue(() => RmsRowsK(Stream, RowConfig(rows), src, dst, weight, rowStart, dim, eps));
     }
 
     /// <summary>fp16 unit rows and their norms from rows [rowStart, rowStart + rows) of src (for a cosine-similarity GEMM).</summary>
@@ -447,7 +447,7 @@ internal sealed partial class CudaOps
         Require(src.Length >= (long)(rowStart + rows) * dim && dstH.Length >= (long)rows * dim && norms.Length >= rows, "src, dst or norms too short.");
         if (rows == 0) return;
         Counters.Launch();
-        L2HalfK(Stream, RowConfig(rows), src, dstH, norms, rowStart, dim);
+        Queue.Enqueue(() => L2HalfK(Stream, RowConfig(rows), src, dstH, norms, rowStart, dim));
     }
 
     /// <summary>Unit rows in fp32 from rows [rowStart, rowStart + rows) of src, summed in order (as the host's feature normalisation).</summary>
@@ -457,7 +457,7 @@ internal sealed partial class CudaOps
         if (rows == 0) return;
         var r = Range(rows);
         Counters.Launch();
-        L2RowsK(Stream, Extent(r.Stride), src, dst, rowStart, dim, r);
+        Queue.Enqueue(() => L2RowsK(Stream, Extent(r.Stride), src, dst, rowStart, dim, r));
     }
 
     /// <summary>Cosine of rows [rowStart, rowStart + rows) of x to the row named by pivots[pivotSlot].</summary>
@@ -466,6 +466,6 @@ internal sealed partial class CudaOps
         Require(x.Length >= (long)(rowStart + rows) * dim && output.Length >= rows && pivots.Length > pivotSlot, "x, pivots or output too short.");
         if (rows == 0) return;
         Counters.Launch();
-        CosPivotK(Stream, RowConfig(rows), x, pivots, output, pivotSlot, rowStart, dim);
+        Queue.Enqueue(() => CosPivotK(Stream, RowConfig(rows), x, pivots, output, pivotSlot, rowStart, dim));
     }
 }

@@ -294,8 +294,8 @@ internal sealed partial class CudaOps
         Require(causalOffset < 0 || causalOffset + shape.Nq <= shape.Nk, $"Causal attention of {shape.Nq} rows from offset {causalOffset} needs {causalOffset + shape.Nq} keys (have {shape.Nk}).");
         if (groups == 0 || shape.Nk == 0) return;
         Counters.Launch();
-        if (TiledAttentionOnHost) TiledAttentionOnTheHost(q, k, v, output, shape, causalOffset);
-        else TiledAttentionK(Stream, new KernelConfig((int)groups, TiledAttentionKernels.WarpLanes), q, k, v, output, shape, causalOffset);
+        if (TiledAttentionOnHost) Queue.Enqueue(() => TiledAttentionOnTheHost(q, k, v, output, shape, causalOffset));
+        else Queue.Enqueue(() => TiledAttentionK(Stream, new KernelConfig((int)groups, TiledAttentionKernels.WarpLanes), q, k, v, output, shape, causalOffset));
     }
 
     /// <summary>

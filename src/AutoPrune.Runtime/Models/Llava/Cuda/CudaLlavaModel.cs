@@ -86,11 +86,10 @@ internal sealed class CudaLlavaModel : ILlavaBackend
 
     /// <summary>
     /// Uploads the weights of <paramref name="store"/> to <paramref name="device"/>, which the model then owns.
-    /// <paramref name="cudaGraphs"/> needs a CUDA GPU; on ILGPU's CPU accelerator it is a <see cref="NotSupportedException"/>.
+    /// <paramref name="cudaGraphs"/> replays decode steps and the vision tower as CUDA graphs (emulated on ILGPU's CPU accelerator).
     /// </summary>
     public CudaLlavaModel(ITensorSource store, LlavaConfig config, CudaDevice device, Action<double>? progress = null, bool cudaGraphs = false)
     {
-        if (cudaGraphs && !device.IsCuda) throw new NotSupportedException(CudaGraph.NeedsCuda);
         _device = device;
         Config = config;
         UseCudaGraphs = cudaGraphs;
@@ -107,9 +106,9 @@ internal sealed class CudaLlavaModel : ILlavaBackend
             if (device.IsCuda)
             {
                 _blasWorkspace = Memory.Allocate<byte>(CuBlasExecutor.WorkspaceBytes);
-                Blas = new DeviceBlas(new CuBlasExecutor(Queue.NativeStream, DeviceBlas.Ptr(_blasWorkspace.View)), Counters);
+                Blas = new DeviceBlas(new CuBlasExecutor(Queue.NativeStream, DeviceBlas.Ptr(_blasWorkspace.View)), Counters, Queue);
             }
-            else Blas = new DeviceBlas(new HostGemmExecutor(acc), Counters);
+            else Blas = new DeviceBlas(new HostGemmExecutor(acc), Counters, Queue);
             Vision = new CudaVisionTower(this, store, config);
             Projector = new CudaProjector(this, store, config);
             progress?.Invoke(0.1);
