@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# Measures every GPU target of issue 14 in one go, on a machine with an NVIDIA GPU and no .NET (about 6 minutes on
-# an H200). First, here: bash scripts/pack-for-gpu.sh (it writes .devicepack/, git-ignored). Then, on the GPU
+# Measures every GPU target of issue 14 in one go, on a machine with an NVIDIA GPU and no .NET (estimated at 6 to 9
+# minutes on an H200; not yet timed). First, here: bash scripts/pack-for-gpu.sh (it writes .devicepack/, git-ignored). Then, on the GPU
 # machine, from the repository root (with .devicepack carried along):
-#   bash scripts/gpu-targets.sh "$OUT"
+#   bash scripts/gpu-targets.sh "$OUT"            (or "$OUT" bench, then "$OUT" verify: the two halves separately;
+#                                                 the summary covers what the folder holds)
 # It writes into the folder given (default ./gpu-targets):
 #   speed-7b.json         bench --random-weights llava-1.5-7b: stage timings, per-prefill counters, decode counters
 #   speed-7b-graphs.json  the same with decode and vision tower replayed as CUDA graphs (--cuda-graphs); its greedy
@@ -13,29 +14,35 @@
 #   summary.txt           each target with what was measured and PASS/FAIL
 set -uo pipefail
 out=${1:-gpu-targets}
+part=${2:-all} # all, bench or verify: the two halves fit one device call each where a call is limited to 10 minutes
+case "$part" in all|bench|verify) ;; *) echo "second argument: all, bench or verify (got '$part')" >&2; exit 2;; esac
 mkdir -p "$out"
 run() { bash .devicepack/run.sh "$@"; }
 [ -f .devicepack/run.sh ] || { echo "no .devicepack/run.sh: run scripts/pack-for-gpu.sh first and carry .devicepack" >&2; exit 2; }
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$out/gpu.txt"
 
 status=0
-run bench --random-weights llava-1.5-7b --device cuda --methods fastv,autoprune --budgets 64 \
-    --repeats 5 --warmup 2 --decode-tokens 32 --out "$out/speed-7b.json" > "$out/speed-7b.txt" 2>&1 || status=1
-run bench --random-weights llava-1.5-7b --device cuda --methods fastv,autoprune --budgets 64 \
-    --repeats 5 --warmup 2 --decode-tokens 32 --cuda-graphs --out "$out/speed-7b-graphs.json" > "$out/speed-7b-graphs.txt" 2>&1 || status=1
-for mb in none:128 fastv:128 pdrop:128 sparsevlm:192 visionzip:128 adaptprune:128 autoprune:128 divprune:128 dart:128; do
-    m=${mb%%:*}; b=${mb##*:}
-    run verify --device cuda --data tests/data/shapes-vqa-dev/dev.jsonl --method "$m" --budget "$b" \
-        --out "$out/verify-$m.json" > "$out/verify-$m.txt" 2>&1 || status=1
-done
-# The vision tower replayed as a CUDA graph from the second image on (the fixture's answers end after one or two
-# decode steps, so the decode graph, captured at the second step, is checked by the two bench runs instead).
-run verify --device cuda --cuda-graphs --data tests/data/shapes-vqa-dev/dev.jsonl --method none \
-    --out "$out/verify-none-graphs.json" > "$out/verify-none-graphs.txt" 2>&1 || status=1
-# AutoPrune selecting at layer 0 instead of before the LLM: the coverage kernel's pre-selection score.
-echo '{"Method": "AutoPrune", "Budget": 128, "AutoPruneBeforeLlm": false}' > "$out/autoprune-layer0.json"
-run verify --device cuda --data tests/data/shapes-vqa-dev/dev.jsonl --options "$out/autoprune-layer0.json" \
-    --out "$out/verify-autoprune-layer0.json" > "$out/verify-autoprune-layer0.txt" 2>&1 || status=1
+if [ "$part" != verify ]; then
+    run bench --random-weights llava-1.5-7b --device cuda --methods fastv,autoprune --budgets 64 \
+        --repeats 5 --warmup 2 --decode-tokens 32 --out "$out/speed-7b.json" > "$out/speed-7b.txt" 2>&1 || status=1
+    run bench --random-weights llava-1.5-7b --device cuda --methods fastv,autoprune --budgets 64 \
+        --repeats 5 --warmup 2 --decode-tokens 32 --cuda-graphs --out "$out/speed-7b-graphs.json" > "$out/speed-7b-graphs.txt" 2>&1 || status=1
+fi
+if [ "$part" != bench ]; then
+    for mb in none:128 fastv:128 pdrop:128 sparsevlm:192 visionzip:128 adaptprune:128 autoprune:128 divprune:128 dart:128; do
+        m=${mb%%:*}; b=${mb##*:}
+        run verify --device cuda --data tests/data/shapes-vqa-dev/dev.jsonl --method "$m" --budget "$b" \
+            --out "$out/verify-$m.json" > "$out/verify-$m.txt" 2>&1 || status=1
+    done
+    # The vision tower replayed as a CUDA graph from the second image on (the fixture's answers end after one or two
+    # decode steps, so the decode graph, captured at the second step, is checked by the two bench runs instead).
+    run verify --device cuda --cuda-graphs --data tests/data/shapes-vqa-dev/dev.jsonl --method none \
+        --out "$out/verify-none-graphs.json" > "$out/verify-none-graphs.txt" 2>&1 || status=1
+    # AutoPrune selecting at layer 0 instead of before the LLM: the coverage kernel's pre-selection score.
+    echo '{"Method": "AutoPrune", "Budget": 128, "AutoPruneBeforeLlm": false}' > "$out/autoprune-layer0.json"
+    run verify --device cuda --data tests/data/shapes-vqa-dev/dev.jsonl --options "$out/autoprune-layer0.json" \
+        --out "$out/verify-autoprune-layer0.json" > "$out/verify-autoprune-layer0.txt" 2>&1 || status=1
+fi
 
 python3 - "$out" <<'PY' | tee "$out/summary.txt"
 import json, os, sys
