@@ -137,15 +137,9 @@ public sealed class CudaGraphModelTests(GraphedModelPair fx) : IClassFixture<Gra
         var (graphedTokens, counters) = Greedy(fx.Graphed, reference.InputIds, pixels, 8);
         Assert.Equal(plainTokens, graphedTokens);
         Assert.True(counters[0].Enqueued >= 8 * fx.Graphed.Decoder.Layers.Length, "the first step runs ungraphed");
-        Assert.All(counters.Skip(1), c =>
-        {
-            Assert.Equal(1, c.Launches);
-            Assert.Equal(0, c.BlasCalls);
-            Assert.Equal(1, c.HostSyncs);
-            Assert.Equal(4, c.D2HBytes);
-            Assert.Equal(0, c.H2DBytes);
-            Assert.Equal(0, c.DeviceAllocations);
-        });
+        // Everything else zero: no cuBLAS call, upload or allocation of its own.
+        var replay = new DeviceCounters { Launches = 1, HostSyncs = 1, D2HBytes = 4, D2HCopies = 1 };
+        Assert.All(counters.Skip(1), c => Assert.Equal(replay, c));
     }
 
     private static (int[] Tokens, List<DeviceCounters> PerStep) Greedy(CudaLlavaModel model, int[] ids, float[] pixels, int steps)
