@@ -176,7 +176,7 @@ public sealed class CudaModelTests(TwoBackendFixture fx, ITestOutputHelper outpu
     [InlineData(1 << 20, 1 << 20)]
     [InlineData((1 << 20) + 1, 2 << 20)]
     [InlineData((5 << 20) + 7, 6 << 20)]
-    public void SizeClassesArePowersOfTwoThen2MiBSteps(long bytes, long expected) => Assert.Equal(expected, DeviceArena.ClassBytes(bytes));
+    public void SizeClassesArePowersOfTwoThen2MiBSteps(long bytes, long expected) => Assert.Equal(expected, AutoPrune.Compute.SizeClasses.Bytes(bytes));
 
     /// <summary>Greedy steps return only the id, computed on the device: the same token as the host argmax of the logits.</summary>
     [Fact]

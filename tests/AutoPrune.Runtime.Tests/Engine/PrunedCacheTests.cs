@@ -54,6 +54,30 @@ public sealed class PrunedCacheTests(TinyModelFixture fx) : IClassFixture<TinyMo
         }
     }
 
+    /// <summary>
+    /// A request's KV cache is unmanaged memory given back when its generation ends (a 7B prompt's 656 MB would otherwise
+    /// wait on the large-object heap): afterwards the cache holds nothing and a step is refused, not run on freed memory.
+    /// </summary>
+    [Fact]
+    public void AGenerationGivesItsCacheBackWhenDisposedAndRefusesStepsAfterwards()
+    {
+        var reference = TestData.References[0];
+        var row = TestData.Dev.Single(r => r.Id == reference.Id);
+        var model = fx.Model;
+        var vision = model.Vision.Forward(fx.Images.PreprocessFile(TestData.Image(row.Image), false));
+        var state = SequenceBuilder.Build(model, reference.InputIds, [model.Project(vision.Features, vision.Tokens)]);
+        var cache = new KvCache(model.Decoder.Layers, 2);
+        model.Decoder.Prefill(state, cache, null, CancellationToken.None);
+        Assert.Equal(8L * (reference.InputIds.Length + 2) * 2 * 192 * 4, cache.Bytes);
+        var logits = model.Decoder.DecodeStep(319, cache);
+        Assert.All(logits, l => Assert.True(float.IsFinite(l)));
+        cache.Dispose();
+        Assert.Equal(0, cache.Bytes);
+        Assert.Throws<ObjectDisposedException>(() => model.Decoder.DecodeStep(2, cache));
+        Assert.Throws<ObjectDisposedException>(() => model.Decoder.Prefill(state, cache, null, CancellationToken.None));
+        cache.Dispose(); // twice is harmless
+    }
+
     /// <summary>Exhaustive on the fixture's shape: every integer budget from each method's minimum to 288, both accountings.</summary>
     [Fact]
     public void EveryBudgetFromTheMinimumTo288IsMetOnTheFixtureShape()

@@ -81,7 +81,7 @@ internal interface IGeneration : IDisposable
 /// <summary>The CPU backend's generation: <see cref="LlamaDecoder"/> over a host <see cref="KvCache"/>.</summary>
 internal sealed class CpuGeneration(LlamaDecoder decoder, int extraCapacity) : IGeneration
 {
-    private readonly KvCache _cache = new(decoder.Layers, extraCapacity);
+    private readonly KvCache _cache = new(decoder.Layers, extraCapacity, decoder.Memory);
 
     public float[] Prefill(SequenceState state, IPrefillHook? hook, CancellationToken ct) => decoder.Prefill(state, _cache, hook, ct);
     public float[] Step(int tokenId) => decoder.DecodeStep(tokenId, _cache);
@@ -92,5 +92,5 @@ internal sealed class CpuGeneration(LlamaDecoder decoder, int extraCapacity) : I
         return Compute.Cpu.CpuOps.ArgMax(logits);
     }
     public int[] CachedTokensPerLayer() => _cache.CountsPerLayer();
-    public void Dispose() { }
+    public void Dispose() => _cache.Dispose();
 }

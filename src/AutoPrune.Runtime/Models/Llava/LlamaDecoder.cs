@@ -32,6 +32,9 @@ internal sealed class LlamaDecoder
     public int Vocab => _cfg.VocabSize;
     public int Intermediate => _cfg.IntermediateSize;
 
+    /// <summary>Where requests' KV caches and the prefill's working rows come from and go back to (freed with the model).</summary>
+    internal HostMemoryPool Memory { get; } = new();
+
     public LlamaDecoder(ITensorSource store, LlamaTextConfig cfg, bool tieEmbeddings, Action<double>? progress = null, bool matchDevice = false)
     {
         _cfg = cfg;
@@ -103,13 +106,14 @@ internal sealed class LlamaDecoder
         int h = Hidden, qd = Heads * HeadDim, kvd = KvHeads * HeadDim, n0 = state.Length;
         // One set of working buffers for the whole prompt, reused by every layer (a prune only shortens the rows in use):
         // a 7B prompt would otherwise leave gigabytes of per-layer garbage on the large-object heap.
-        var xn = new float[n0 * h];
+        // q and k stay managed arrays: a pruning hook's layer view may hold on to them.
         var q = new float[n0 * qd];
         var k = new float[n0 * kvd];
-        var v = new float[n0 * kvd];
-        var att = new float[n0 * qd];
-        var gate = new float[n0 * Intermediate];
-        var up = new float[n0 * Intermediate];
+        using var xnBuf = Memory.Rent((long)n0 * h);
+        using var vBuf = Memory.Rent((long)n0 * kvd);
+        using var attBuf = Memory.Rent((long)n0 * qd);
+        using var gateBuf = Memory.Rent((long)n0 * Intermediate);
+        using var upBuf = Memory.Rent((long)n0 * Intermediate);
         for (int li = 0; li < _layers.Length; li++)
         {
             ct.ThrowIfCancellationRequested();
@@ -118,6 +122,7 @@ internal sealed class LlamaDecoder
             if (n > n0) throw new InvalidOperationException($"A prune lengthened the sequence from {n0} to {n} rows.");
             onLayer?.Invoke(li, n);
             var x = state.Hidden;
+            Span<float> xn = xnBuf.Span, v = vBuf.Span, att = attBuf.Span;
             NormInto(x, xn, n, L.InputNorm);
             L.Q.Forward(xn, n, q, matchDevice: _md);
             L.K.Forward(xn, n, k, matchDevice: _md);
@@ -126,12 +131,12 @@ internal sealed class LlamaDecoder
             CpuOps.ApplyRope(k, n, KvHeads, HeadDim, state.Positions, _invFreq);
             // The device keeps fp32 q and k for the policies and fp16 ones for attention and the cache.
             var (qa, ka) = _md ? (DeviceNumerics.HalfCopy(q.AsSpan(0, n * qd)), DeviceNumerics.HalfCopy(k.AsSpan(0, n * kvd))) : (q, k);
-            if (_md) DeviceNumerics.RoundToHalf(v.AsSpan(0, n * kvd));
+            if (_md) DeviceNumerics.RoundToHalf(v[..(n * kvd)]);
             cache.Init(li, ka, v, n, kvd, state.Positions[n - 1] + 1);
-            Attention.MultiHead(qa.AsSpan(0, n * qd), ka.AsSpan(0, n * kvd), v.AsSpan(0, n * kvd), att.AsSpan(0, n * qd), n, n, Heads, KvHeads, HeadDim, causal: true, _md);
-            L.O.Forward(att.AsSpan(0, n * qd), n, x, accumulate: true, _md);
+            Attention.MultiHead(qa.AsSpan(0, n * qd), ka.AsSpan(0, n * kvd), v[..(n * kvd)], att[..(n * qd)], n, n, Heads, KvHeads, HeadDim, causal: true, _md);
+            L.O.Forward(att[..(n * qd)], n, x, accumulate: true, _md);
             NormInto(x, xn, n, L.PostNorm);
-            Mlp(L, xn, n, gate, up, x);
+            Mlp(L, xn, n, gateBuf.Span, upBuf.Span, x);
 
             if (hook is not null && li < _layers.Length - 1)
             {
@@ -151,15 +156,15 @@ internal sealed class LlamaDecoder
     }
 
     /// <summary>x += down(silu(gate(xn)) · up(xn)) over n rows; on the device gate, up and their product are fp16.</summary>
-    private void Mlp(Layer L, float[] xn, int n, float[] gate, float[] up, Span<float> x)
+    private void Mlp(Layer L, ReadOnlySpan<float> xn, int n, Span<float> gate, Span<float> up, Span<float> x)
     {
         int len = n * Intermediate;
         L.Gate.Forward(xn, n, gate, matchDevice: _md);
         L.Up.Forward(xn, n, up, matchDevice: _md);
-        if (_md) { DeviceNumerics.RoundToHalf(gate.AsSpan(0, len)); DeviceNumerics.RoundToHalf(up.AsSpan(0, len)); }
-        CpuOps.SiluMul(gate.AsSpan(0, len), up.AsSpan(0, len));
-        if (_md) DeviceNumerics.RoundToHalf(gate.AsSpan(0, len));
-        L.Down.Forward(gate.AsSpan(0, len), n, x, accumulate: true, _md);
+        if (_md) { DeviceNumerics.RoundToHalf(gate[..len]); DeviceNumerics.RoundToHalf(up[..len]); }
+        CpuOps.SiluMul(gate[..len], up[..len]);
+        if (_md) DeviceNumerics.RoundToHalf(gate[..len]);
+        L.Down.Forward(gate[..len], n, x, accumulate: true, _md);
     }
 
     private void Apply(SequenceState state, PruneAction action)
@@ -204,7 +209,7 @@ internal sealed class LlamaDecoder
             CpuOps.ApplyRope(k, 1, KvHeads, HeadDim, pos, _invFreq);
             if (_md) { DeviceNumerics.RoundToHalf(q); DeviceNumerics.RoundToHalf(k); DeviceNumerics.RoundToHalf(v); }
             cache.Append(li, k, v);
-            Attention.MultiHead(q, c.Keys.AsSpan(0, c.Count * kvd), c.Values.AsSpan(0, c.Count * kvd), att, 1, c.Count, Heads, KvHeads, HeadDim, causal: false, _md);
+            Attention.MultiHead(q, c.Keys.Slice(0, c.Count * kvd), c.Values.Slice(0, c.Count * kvd), att, 1, c.Count, Heads, KvHeads, HeadDim, causal: false, _md);
             L.O.Forward(att, 1, x, accumulate: true, _md);
             NormInto(x, xn, 1, L.PostNorm);
             Mlp(L, xn, 1, gate, up, x);

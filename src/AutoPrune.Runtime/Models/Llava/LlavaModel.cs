@@ -79,7 +79,11 @@ internal sealed class LlavaModel : ILlavaBackend
     public void Embed(ReadOnlySpan<int> ids, Span<float> dst) => Decoder.Embed(ids, dst);
     public IGeneration StartGeneration(int extraCapacity) => new CpuGeneration(Decoder, extraCapacity);
     /// <summary>Unmaps the checkpoint's files (the model must not be used afterwards).</summary>
-    public void Dispose() => _mapping?.Dispose();
+    public void Dispose()
+    {
+        Decoder.Memory.Dispose();
+        _mapping?.Dispose();
+    }
 
     private static bool IsLaterVisionLayer(string name, int featureLayer)
     {

@@ -15,8 +15,6 @@ internal sealed class DeviceArena(Compute.Cuda.DeviceQueue queue) : IDisposable
 {
     private readonly Accelerator accelerator = queue.Accelerator;
 
-    private const long SmallClassLimit = 1 << 20, LargeClassStep = 2 << 20;
-
     private readonly object _lock = new();
     private readonly Dictionary<(Type, long), Stack<MemoryBuffer>> _free = [];
     private readonly LinkedList<(Type Type, long Length, MemoryBuffer Buffer)> _freeOrder = new(); // oldest first, for eviction
@@ -96,13 +94,7 @@ internal sealed class DeviceArena(Compute.Cuda.DeviceQueue queue) : IDisposable
         return new DeviceBuffer<T>(this, buffer, length, bytes, pooled);
     }
 
-    /// <summary>Size class of a request: the next power of two up to 1 MiB, then the next multiple of 2 MiB.</summary>
-    internal static long ClassBytes(long bytes)
-    {
-        if (bytes <= 256) return 256;
-        if (bytes <= SmallClassLimit) return 1L << (64 - System.Numerics.BitOperations.LeadingZeroCount((ulong)(bytes - 1)));
-        return (bytes + LargeClassStep - 1) / LargeClassStep * LargeClassStep;
-    }
+    private static long ClassBytes(long bytes) => Compute.SizeClasses.Bytes(bytes);
 
     internal void Release<T>(MemoryBuffer1D<T, Stride1D.Dense> buffer, long bytes, bool pooled) where T : unmanaged
     {
