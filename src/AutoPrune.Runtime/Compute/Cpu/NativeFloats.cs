@@ -148,7 +148,7 @@ internal sealed unsafe class HostMemoryPool : IDisposable
                 return;
             }
         }
-        System.Runtime.InteropServices.NativeMemory.Free(block);
+        NativeMemory.Free(block);
     }
 
     internal void Forget(long bytes)
@@ -163,7 +163,7 @@ internal sealed unsafe class HostMemoryPool : IDisposable
         {
             _disposed = true;
             foreach (var stack in _free.Values)
-                while (stack.Count > 0) System.Runtime.InteropServices.NativeMemory.Free((void*)stack.Pop());
+                while (stack.Count > 0) NativeMemory.Free((void*)stack.Pop());
             _free.Clear();
             _pooled = 0;
         }

@@ -208,13 +208,15 @@ internal sealed class DeviceBlas : IDisposable
     private readonly DeviceQueue? _queue;
 
     /// <param name="executor">cuBLAS, or the host reference GEMM.</param>
-    /// <param name="counters">Where calls are counted.</param>
-    /// <param name="queue">The model's stream: calls go through <see cref="DeviceQueue.Enqueue"/>, so that an emulated graph records them; null runs them at once.</param>
-    public DeviceBlas(IGemmExecutor executor, Diagnostics.DeviceCounterSet? counters = null, DeviceQueue? queue = null)
+    /// <param name="queue">
+    /// The model's stream: calls go through <see cref="DeviceQueue.Enqueue"/>, so that an emulated graph records them, and
+    /// are counted in its counters. Null runs them at once and counts them apart.
+    /// </param>
+    public DeviceBlas(IGemmExecutor executor, DeviceQueue? queue = null)
     {
         _exec = executor;
         _queue = queue;
-        Counters = counters ?? new Diagnostics.DeviceCounterSet();
+        Counters = queue?.Counters ?? new Diagnostics.DeviceCounterSet();
     }
 
     /// <summary>Where cuBLAS calls are counted.</summary>

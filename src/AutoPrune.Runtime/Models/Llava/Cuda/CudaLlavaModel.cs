@@ -106,9 +106,9 @@ internal sealed class CudaLlavaModel : ILlavaBackend
             if (device.IsCuda)
             {
                 _blasWorkspace = Memory.Allocate<byte>(CuBlasExecutor.WorkspaceBytes);
-                Blas = new DeviceBlas(new CuBlasExecutor(Queue.NativeStream, DeviceBlas.Ptr(_blasWorkspace.View)), Counters, Queue);
+                Blas = new DeviceBlas(new CuBlasExecutor(Queue.NativeStream, DeviceBlas.Ptr(_blasWorkspace.View)), Queue);
             }
-            else Blas = new DeviceBlas(new HostGemmExecutor(acc), Counters, Queue);
+            else Blas = new DeviceBlas(new HostGemmExecutor(acc), Queue);
             Vision = new CudaVisionTower(this, store, config);
             Projector = new CudaProjector(this, store, config);
             progress?.Invoke(0.1);
