@@ -168,7 +168,7 @@ public sealed class VisionLanguageModel : IDisposable
             using var store = SafeTensorStore.Open(dir, limits);
             Action<double> weights = f => progress?.Report(new LoadProgress("weights", 0.05 + 0.95 * f));
             if (options.CudaGraphs && gpu is null)
-                throw new NotSupportedException(Models.Llava.Cuda.CudaGraph.NeedsCuda);
+                throw new NotSupportedException(Compute.Cuda.CudaGraph.NeedsCuda);
             model = DeviceSelector.CreateBackend(store, config, gpu, DeviceSelector.IsAuto(options.Device), log, weights, cudaGraphs: options.CudaGraphs, cpuPrecision: options.CpuPrecision);
             gpu = null; // owned by the model now (or disposed by the fallback)
             if (anyResImages is not null)

@@ -339,7 +339,7 @@ public static class SpeedBenchmark
     {
         progress?.Report("loading weights");
         var gpu = Compute.DeviceSelector.Open(o.Device, Microsoft.Extensions.Logging.Abstractions.NullLogger.Instance);
-        if (o.CudaGraphs && gpu is null) throw new NotSupportedException(CudaGraph.NeedsCuda);
+        if (o.CudaGraphs && gpu is null) throw new NotSupportedException(Compute.Cuda.CudaGraph.NeedsCuda);
         try
         {
             if (o.ModelDirectory is { } dir)

@@ -1,5 +1,7 @@
 using AutoPrune.Models.Llava.Cuda;
 
+using AutoPrune.Compute.Cuda;
+
 namespace AutoPrune.Models.Llava;
 
 /// <summary>

@@ -2,6 +2,8 @@ using AutoPrune.Compute;
 using AutoPrune.Loading;
 using ILGPU;
 
+using AutoPrune.Compute.Cuda;
+
 namespace AutoPrune.Models.Llava.Cuda;
 
 /// <summary>

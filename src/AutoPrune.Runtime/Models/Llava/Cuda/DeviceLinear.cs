@@ -3,6 +3,8 @@ using AutoPrune.Loading;
 using ILGPU;
 using Half = System.Half;
 
+using AutoPrune.Compute.Cuda;
+
 namespace AutoPrune.Models.Llava.Cuda;
 
 /// <summary>A linear layer on the device: fp16 weight [Out, In], optional fp32 bias.</summary>

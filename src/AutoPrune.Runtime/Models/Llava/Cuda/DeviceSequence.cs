@@ -1,3 +1,5 @@
+using AutoPrune.Compute.Cuda;
+
 namespace AutoPrune.Models.Llava.Cuda;
 
 /// <summary>

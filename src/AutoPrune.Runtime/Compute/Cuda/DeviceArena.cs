@@ -2,7 +2,7 @@ using System.Runtime.InteropServices;
 using ILGPU;
 using ILGPU.Runtime;
 
-namespace AutoPrune.Models.Llava.Cuda;
+namespace AutoPrune.Compute.Cuda;
 
 /// <summary>
 /// Allocates device buffers, counts their bytes, and keeps released scratch buffers for reuse. On CUDA, allocating

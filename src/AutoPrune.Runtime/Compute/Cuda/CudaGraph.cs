@@ -1,7 +1,6 @@
-using AutoPrune.Compute.Cuda;
 using ILGPU.Runtime;
 
-namespace AutoPrune.Models.Llava.Cuda;
+namespace AutoPrune.Compute.Cuda;
 
 /// <summary>
 /// A CUDA graph: the kernels and cuBLAS calls a piece of host code enqueues on the model's stream, captured once and
