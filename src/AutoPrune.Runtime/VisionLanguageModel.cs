@@ -240,7 +240,7 @@ public sealed class VisionLanguageModel : IDisposable
     }
 
     /// <summary>Answers a request and hands the sequence after the prefill and each layer's cached tokens to <paramref name="inspect"/> (tests).</summary>
-    internal async Task<VisionAnswer> AskInspectingAsync(VisionRequest request, Action<Models.Llava.SequenceState, int[]> inspect, CancellationToken ct = default)
+    internal async Task<VisionAnswer> AskInspectingAsync(VisionRequest request, Action<Compute.SequenceState, int[]> inspect, CancellationToken ct = default)
     {
         ObjectDisposedException.ThrowIf(_disposed != 0, this);
         var prepared = Prepare(request) with { OnPrefillState = inspect };

@@ -1,3 +1,4 @@
+using AutoPrune.Compute;
 using System.Diagnostics;
 using AutoPrune.Compute.Cpu;
 using AutoPrune.Generation;

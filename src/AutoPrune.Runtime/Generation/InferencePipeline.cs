@@ -1,3 +1,4 @@
+using AutoPrune.Compute;
 using System.Diagnostics;
 using System.Text;
 using AutoPrune.Diagnostics;

@@ -1,3 +1,4 @@
+using AutoPrune.Compute;
 using AutoPrune.Pruning;
 
 namespace AutoPrune.Generation;
@@ -11,7 +12,7 @@ internal sealed record PreparedRequest(VisionRequest Request, int[] Ids, int Max
     public Action<float[]>? OnPrefillLogits { get; init; }
 
     /// <summary>Receives the sequence after the prefill and the tokens each layer's cache holds (tests).</summary>
-    public Action<Models.Llava.SequenceState, int[]>? OnPrefillState { get; init; }
+    public Action<Compute.SequenceState, int[]>? OnPrefillState { get; init; }
 
     /// <summary>LLaVA-NeXT: each image's visual patches (its tokens without the image_newline rows); null when every image token is a visual token.</summary>
     public int[]? ImagePatches { get; init; }

@@ -38,7 +38,7 @@ internal sealed record PreLlmSelection(float[] Projected, int[] VisualIndex)
         for (int i = 0; i < visualIndex.Length; i++)
         {
             int v = visualIndex[i];
-            positions[prefix + i] = v == Models.Llava.SequenceState.ClsToken ? prefix
+            positions[prefix + i] = v == Compute.SequenceState.ClsToken ? prefix
                 : v >= 0 ? prefix + clsRows + v % patchesPerImage
                 : i > 0 ? positions[prefix + i - 1] : Math.Max(0, prefix - 1);
         }
@@ -50,13 +50,13 @@ internal sealed record PreLlmSelection(float[] Projected, int[] VisualIndex)
     /// A selection of <paramref name="keep"/> of an image's patches (ascending), with the [CLS] row of the "full"
     /// strategy always kept first; <paramref name="rows"/> are the decoder rows of the whole image ([Tokens, dim]).
     /// </summary>
-    public static PreLlmSelection FromRows(Models.Llava.VisionFeatures vision, float[] rows, int[] keep, bool originalPositions)
+    public static PreLlmSelection FromRows(Compute.VisionFeatures vision, float[] rows, int[] keep, bool originalPositions)
     {
         int cls = vision.Tokens - vision.Patches, dim = rows.Length / vision.Tokens;
         var selected = new float[(cls + keep.Length) * dim];
         rows.AsSpan(0, cls * dim).CopyTo(selected);
         for (int i = 0; i < keep.Length; i++) rows.AsSpan((cls + keep[i]) * dim, dim).CopyTo(selected.AsSpan((cls + i) * dim, dim));
-        int[] index = cls == 0 ? keep : [Models.Llava.SequenceState.ClsToken, .. keep];
+        int[] index = cls == 0 ? keep : [Compute.SequenceState.ClsToken, .. keep];
         return new PreLlmSelection(selected, index) { OriginalPositions = originalPositions };
     }
 }
@@ -107,7 +107,7 @@ internal sealed record AnyResImage(Models.Llava.AnyResTokenMap Map, float[] Toke
     }
 
     /// <summary>A per-patch array gathered from each patch's own view: <paramref name="select"/> gives a view's [Grid², width] array.</summary>
-    public float[] Gather(Func<Models.Llava.VisionFeatures, float[]?> select, int width, string what)
+    public float[] Gather(Func<Compute.VisionFeatures, float[]?> select, int width, string what)
     {
         int g = Map.Layout.Grid;
         var result = new float[(long)Patches * width];
@@ -175,7 +175,7 @@ internal sealed record AnyResImage(Models.Llava.AnyResTokenMap Map, float[] Toke
         }
         merged?.AsSpan(0, mergedCount * Hidden).CopyTo(rows.AsSpan(places.Count * Hidden));
         int keptRows = places.Count;
-        for (int j = 0; j < mergedCount; j++) { index[keptRows + j] = Models.Llava.SequenceState.MergedRow; places.Add(-1); }
+        for (int j = 0; j < mergedCount; j++) { index[keptRows + j] = Compute.SequenceState.MergedRow; places.Add(-1); }
         return new PreLlmSelection(rows, index) { OriginalPositions = originalPositions, RunPlaces = places.ToArray(), FullRun = Map.Sequence.Count };
     }
 }

@@ -1,3 +1,4 @@
+using AutoPrune.Compute;
 using AutoPrune.Compute.Cpu;
 using AutoPrune.Compute.Cuda;
 using AutoPrune.Loading;

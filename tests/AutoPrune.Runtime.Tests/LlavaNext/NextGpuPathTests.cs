@@ -1,3 +1,4 @@
+using AutoPrune.Compute;
 using AutoPrune.Pruning;
 using Xunit;
 using Xunit.Abstractions;
@@ -90,7 +91,7 @@ public class NextGpuPathTests(ITestOutputHelper output)
         var pixels = images.Preprocess(File.ReadAllBytes(NextFixture.Image("images/01_640x480.png")));
         int views = pixels.Layout.Views;
         Assert.Equal(5, views);
-        AutoPrune.Models.Llava.VisionFeatures[] one = [], batch = [];
+        AutoPrune.Compute.VisionFeatures[] one = [], batch = [];
         var single = new AutoPrune.Diagnostics.DeviceCounterSet();
         using (AutoPrune.Diagnostics.DeviceCounterSet.BeginRequest(single))
             one = Enumerable.Range(0, views).Select(v => gpu.VisionForward(pixels.View(v))).ToArray();

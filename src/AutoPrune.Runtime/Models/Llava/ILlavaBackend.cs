@@ -1,3 +1,4 @@
+using AutoPrune.Compute;
 using AutoPrune.Loading;
 
 namespace AutoPrune.Models.Llava;
@@ -76,21 +77,4 @@ internal interface IGeneration : IDisposable
 
     /// <summary>Tokens each layer's cache holds.</summary>
     int[] CachedTokensPerLayer();
-}
-
-/// <summary>The CPU backend's generation: <see cref="LlamaDecoder"/> over a host <see cref="KvCache"/>.</summary>
-internal sealed class CpuGeneration(LlamaDecoder decoder, int extraCapacity) : IGeneration
-{
-    private readonly KvCache _cache = new(decoder.Layers, extraCapacity, decoder.Memory);
-
-    public float[] Prefill(SequenceState state, IPrefillHook? hook, CancellationToken ct) => decoder.Prefill(state, _cache, hook, ct);
-    public float[] Step(int tokenId) => decoder.DecodeStep(tokenId, _cache);
-    public int StepGreedy(int tokenId)
-    {
-        var logits = decoder.DecodeStep(tokenId, _cache);
-        Generation.NonFiniteLogitsException.ThrowIfAny(logits, "a decoding step");
-        return Compute.Cpu.CpuOps.ArgMax(logits);
-    }
-    public int[] CachedTokensPerLayer() => _cache.CountsPerLayer();
-    public void Dispose() => _cache.Dispose();
 }

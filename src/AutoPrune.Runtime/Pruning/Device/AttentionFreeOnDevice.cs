@@ -1,3 +1,4 @@
+using AutoPrune.Compute;
 using AutoPrune.Compute.Cuda;
 using AutoPrune.Models.Llava;
 using AutoPrune.Models.Llava.Cuda;

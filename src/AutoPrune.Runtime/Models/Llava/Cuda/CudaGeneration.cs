@@ -1,3 +1,4 @@
+using AutoPrune.Compute;
 using AutoPrune.Compute.Cpu;
 using AutoPrune.Compute.Cuda;
 using ILGPU;
@@ -125,10 +126,10 @@ internal sealed class CudaGeneration : IGeneration
             {
                 // Built on the host (tests, tools): its rows go up.
                 var positions = state.Positions;
-                for (int i = 0; i < n; i++) CheckPositions(positions[i] + _extra);
+                for (int i = 0; i < n; i++) CheckPositions(positions.MaxAt(i) + _extra);
                 _current = 0;
                 _m.Queue.Upload(X(n), state.Hidden.AsSpan(0, n * h));
-                _m.Queue.Upload(Positions(n), positions.AsSpan(0, n));
+                _m.Queue.Upload(Positions(n), positions.Values);
                 _m.Queue.Upload(Visual(n), state.VisualIndex.AsSpan(0, n));
             }
             _version++;
@@ -451,7 +452,7 @@ internal sealed class CudaGeneration : IGeneration
                     rb.Add(pos.Get(rows), rows, r => p = r);
                     rb.Add(vis.Get(rows), rows, r => v = r);
                     rb.Flush();
-                    return (p, v);
+                    return (PositionIds.OneComponent(p), v);
                 }
             });
         }

@@ -1,3 +1,4 @@
+using AutoPrune.Compute;
 using AutoPrune.Compute.Cuda;
 using ILGPU;
 
@@ -24,7 +25,7 @@ internal sealed class CudaLayerView : LayerView
 
     public override float[] Keys() => _gen.LayerKeys(Layer, State.Length);
 
-    public override float[] FinalNorm(ReadOnlySpan<int> rows) => LlamaDecoder.FinalNormRows(State.Hidden, rows, State.Hidden.Length / State.Length, _gen.Model.HostFinalNorm);
+    public override float[] FinalNorm(ReadOnlySpan<int> rows) => Compute.Cpu.CpuLayerView.FinalNormRows(State.Hidden, rows, State.Hidden.Length / State.Length, _gen.Model.HostFinalNorm);
 
     public override DeviceLayerSignals Device { get; }
 }

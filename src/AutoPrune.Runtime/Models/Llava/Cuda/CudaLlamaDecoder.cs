@@ -8,7 +8,7 @@ using Half = System.Half;
 namespace AutoPrune.Models.Llava.Cuda;
 
 /// <summary>
-/// The Llama decoder's weights on the device (prefix <c>language_model.model</c>), mirroring <see cref="LlamaDecoder"/>:
+/// The Llama decoder's weights on the device (prefix <c>language_model.model</c>), mirroring the CPU decoder:
 /// fp16 layers with q|k|v and gate|up stacked, the final norm, the LM head, the token embedding table (fp16, so
 /// sequences are built on the device from token ids) and the RoPE tables. The computation is per request, in
 /// <see cref="CudaGeneration"/>.

@@ -1,3 +1,4 @@
+using AutoPrune.Compute;
 using System.Numerics.Tensors;
 using AutoPrune.Compute.Cpu;
 using AutoPrune.Compute.Cuda;
@@ -404,14 +405,14 @@ internal sealed class CudaLlavaModel : ILlavaBackend
             int lastPosition = !devicePositions ? positions[n - 1]
                 : textAfter > 0 ? firstImageRow + TokensPerImage + textAfter - 1 : firstImageRow + TokensPerImage - 1;
             var device = new DeviceSequence(x, pos, visual, n) { LastPosition = lastPosition };
-            var state = new SequenceState { Length = n, Positions = positions, VisualIndex = vis ?? new int[n], Device = device };
+            var state = new SequenceState { Length = n, Positions = PositionIds.OneComponent(positions), VisualIndex = vis ?? new int[n], Device = device };
             if (vis is null)
             {
                 // Only the device knows which patches the rows are (VisionZip chose them there): the report reads them back at the end.
                 int prefix = Array.FindIndex(source, s => s < 0);
                 int run = 0;
                 for (int i = prefix; i >= 0 && i < n && source[i] < 0; i++) run++;
-                state.AppliedOnDevice(n, run, () => (devicePositions ? Download(pos.View, n) : positions, Download(visual.View, n)), newVersion: false);
+                state.AppliedOnDevice(n, run, () => (PositionIds.OneComponent(devicePositions ? Download(pos.View, n) : positions), Download(visual.View, n)), newVersion: false);
             }
             state.HiddenOnDevice(() => Download(x.View, (long)n * h));
             return state;

@@ -1,3 +1,4 @@
+using AutoPrune.Compute;
 using AutoPrune.Compute.Cuda;
 
 namespace AutoPrune.Models.Llava.Cuda;

@@ -1,4 +1,4 @@
-namespace AutoPrune.Models.Llava;
+namespace AutoPrune.Compute;
 
 /// <summary>Called by the decoder between layers during prefill (a pruning session).</summary>
 internal interface IPrefillHook

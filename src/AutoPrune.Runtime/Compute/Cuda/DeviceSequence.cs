@@ -1,6 +1,5 @@
-using AutoPrune.Compute.Cuda;
 
-namespace AutoPrune.Models.Llava.Cuda;
+namespace AutoPrune.Compute.Cuda;
 
 /// <summary>
 /// A prefill sequence built on the device: hidden states [Rows, Hidden] (fp32), positions and visual indices. A

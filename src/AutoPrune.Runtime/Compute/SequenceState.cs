@@ -1,4 +1,4 @@
-namespace AutoPrune.Models.Llava;
+namespace AutoPrune.Compute;
 
 /// <summary>
 /// The token sequence flowing through the decoder during prefill. On a GPU backend the hidden states, positions and
@@ -9,8 +9,9 @@ internal sealed class SequenceState
 {
     private float[]? _hidden;
     private Func<float[]>? _hiddenSource;
-    private int[]? _positions, _visual;
-    private Func<(int[] Positions, int[] Visual)>? _indexSource;
+    private PositionIds? _positions;
+    private int[]? _visual;
+    private Func<(PositionIds Positions, int[] Visual)>? _indexSource;
     private readonly Dictionary<int, int[]> _visualHistory = [];
     private int _knownVisualRun = -1;
 
@@ -32,8 +33,8 @@ internal sealed class SequenceState
 
     public required int Length;
 
-    /// <summary>RoPE position id of each row.</summary>
-    public required int[] Positions
+    /// <summary>The rows' RoPE positions (one component per row for LLaVA; three for M-RoPE).</summary>
+    public required PositionIds Positions
     {
         get => _positions ??= FetchIndices().Positions;
         set => _positions = value;
@@ -41,7 +42,7 @@ internal sealed class SequenceState
 
     /// <summary>
     /// For each row: the original visual token index (&gt;= 0: 0..V-1 within its image, offset by the earlier images'
-    /// counts; for LLaVA-NeXT an index into the image's <see cref="AnyResTokenMap.Patches"/>), <see cref="TextRow"/>,
+    /// counts; for LLaVA-NeXT an index into the image's token map's patches), <see cref="TextRow"/>,
     /// <see cref="MergedRow"/>, <see cref="NewlineRow"/> or <see cref="ClsToken"/>.
     /// </summary>
     public required int[] VisualIndex
@@ -52,6 +53,9 @@ internal sealed class SequenceState
 
     /// <summary>The sequence's buffers on a GPU (null on the CPU backend, or when the host built it).</summary>
     public Cuda.DeviceSequence? Device { get; set; }
+
+    /// <summary>The prompt's rows as the backend built them, until a decoder session takes them over.</summary>
+    public BuiltSequence? Built { get; set; }
 
     /// <summary>Bumped by every prune; the report asks for the visual indices each layer saw by version.</summary>
     public int Version { get; private set; }
@@ -68,7 +72,7 @@ internal sealed class SequenceState
     /// <summary><see cref="VisualIndex"/> of the vision tower's [CLS] token (kept by <c>vision_feature_select_strategy: "full"</c>): a visual token with no patch of its own.</summary>
     public const int ClsToken = -4;
 
-    private (int[] Positions, int[] Visual) FetchIndices()
+    private (PositionIds Positions, int[] Visual) FetchIndices()
     {
         var src = _indexSource ?? throw new InvalidOperationException("The sequence has no positions or visual indices.");
         var (p, v) = src();
@@ -97,7 +101,7 @@ internal sealed class SequenceState
     /// A prune made on the device: the new length and visual run are known; positions and visual indices stay there
     /// until <paramref name="download"/> is called (on first read) or <see cref="ResolveVisual"/> fills them in.
     /// </summary>
-    public void AppliedOnDevice(int length, int visualRun, Func<(int[] Positions, int[] Visual)> download, bool newVersion = true)
+    public void AppliedOnDevice(int length, int visualRun, Func<(PositionIds Positions, int[] Visual)> download, bool newVersion = true)
     {
         if (!newVersion) _visualHistory.Remove(Version);
         Length = length;
@@ -133,19 +137,16 @@ internal sealed class SequenceState
     public void ApplyRows(PruneAction action)
     {
         int n = action.NewRows.Length;
-        var pos = new int[n];
         var vis = new int[n];
-        var oldPos = Positions;
         var oldVis = VisualIndex;
+        var pos = Positions.Gather(action.NewRows);
         _visualHistory[Version] = oldVis;
         for (int i = 0; i < n; i++)
         {
             int r = action.NewRows[i];
-            if (r >= 0) { pos[i] = oldPos[r]; vis[i] = oldVis[r]; }
-            else { pos[i] = i > 0 ? pos[i - 1] : 0; vis[i] = MergedRow; }
+            vis[i] = r >= 0 ? oldVis[r] : MergedRow;
         }
-        if (action.RenumberPositions)
-            for (int i = 0; i < n; i++) pos[i] = i;
+        if (action.RenumberPositions) pos = pos.Renumbered();
         _positions = pos;
         _visual = vis;
         _indexSource = null;

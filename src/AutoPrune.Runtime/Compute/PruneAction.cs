@@ -1,6 +1,6 @@
 using ILGPU;
 
-namespace AutoPrune.Models.Llava;
+namespace AutoPrune.Compute;
 
 /// <summary>What a prefill hook (a pruning policy) may do after a layer: keep some rows and add merged ones.</summary>
 /// <param name="NewRows">New sequence, in order: a value i &gt;= 0 takes current row i; a value -j-1 takes <paramref name="ExtraRows"/> row j.</param>
