@@ -169,7 +169,8 @@ public sealed class VisionLanguageModel : IDisposable
             Action<double> weights = f => progress?.Report(new LoadProgress("weights", 0.05 + 0.95 * f));
             if (options.CudaGraphs && gpu is null)
                 throw new NotSupportedException(Compute.Cuda.CudaGraph.NeedsCuda);
-            model = DeviceSelector.CreateBackend(store, config, gpu, DeviceSelector.IsAuto(options.Device), log, weights, cudaGraphs: options.CudaGraphs, cpuPrecision: options.CpuPrecision);
+            model = Models.ModelBackends.Create<ILlavaBackend>(gpu, DeviceSelector.IsAuto(options.Device), log, backend => new LlavaModel(backend, store, config, weights),
+                options.CpuPrecision, options.CudaGraphs);
             gpu = null; // owned by the model now (or disposed by the fallback)
             if (anyResImages is not null)
             {

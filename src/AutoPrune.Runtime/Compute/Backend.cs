@@ -79,6 +79,12 @@ internal abstract class Backend : IDisposable
     /// <param name="sections">M-RoPE: how many of the headDim/2 frequencies each position component drives (null: one component).</param>
     public abstract RotaryTable Rotary(float[] inverseFrequencies, int maxPositions, int[]? sections = null);
 
+    /// <summary>
+    /// Called once the model's weights are loaded, with the head dimensions its attention uses: a GPU compiles its kernels
+    /// and checks its fastest attention there.
+    /// </summary>
+    public virtual void Prepare(int decoderHeadDim, params int[] otherHeadDims) { }
+
     // ---------------------------------------------------------------- memory
 
     /// <summary>A buffer of <paramref name="length"/> values from the backend's pool; disposing it gives it back.</summary>
@@ -170,7 +176,9 @@ internal abstract class Backend : IDisposable
     /// (<paramref name="visual"/>: the host's, or, for image rows, <paramref name="imageVisual"/> on the backend) and
     /// positions (<paramref name="positions"/>, or 0..n-1).
     /// </summary>
-    public abstract BuiltSequence BuildSequence(EmbeddingTable table, Tensor? imageRows, ReadOnlySpan<int> source, int[]? visual, Tensor? imageVisual, PositionIds? positions);
+    /// <param name="originalPositions">Positions computed where the rows are from their visual indices (a selection before the LLM only the backend knows), instead of <paramref name="positions"/>.</param>
+    public abstract BuiltSequence BuildSequence(EmbeddingTable table, Tensor? imageRows, ReadOnlySpan<int> source, int[]? visual, Tensor? imageVisual,
+        PositionIds? positions, OriginalPositionRun? originalPositions = null);
 
     /// <summary>Starts one request's decoder state: a KV cache with room for <paramref name="extraCapacity"/> generated tokens per layer.</summary>
     public abstract DecoderSession StartSession(IDecoderWeights weights, DecoderShape shape, int extraCapacity);
@@ -285,6 +293,13 @@ internal sealed class GraphSlot : IDisposable
         Graph = null;
     }
 }
+
+/// <summary>
+/// One image's run of selected rows whose original positions follow from their visual indices: a [CLS] row at the run's
+/// start, patch v at FirstImageRow + ClsRows + v mod patches, a merged row at the position before it, and the text after
+/// at FirstImageRow + TokensPerImage + j.
+/// </summary>
+internal sealed record OriginalPositionRun(int FirstImageRow, int ImageRows, int TokensPerImage, int ClsRows);
 
 /// <summary>
 /// A prompt's rows built on a backend (<see cref="Backend.BuildSequence"/>): hidden states [Rows, Hidden] Float,

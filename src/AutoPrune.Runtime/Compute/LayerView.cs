@@ -24,7 +24,7 @@ internal abstract class LayerView
     /// The same signals computed and kept on the device, for policies that run there (null on the CPU backend): nothing
     /// comes back to the host unless the policy asks.
     /// </summary>
-    public virtual Models.Llava.Cuda.DeviceLayerSignals? Device => null;
+    public virtual Cuda.DeviceLayerSignals? Device => null;
 
     /// <summary>This layer's keys after RoPE, as its KV cache holds them: [n, kvHeads*headDim].</summary>
     public abstract float[] Keys();

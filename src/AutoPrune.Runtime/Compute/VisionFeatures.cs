@@ -17,6 +17,9 @@ internal sealed class VisionFeatures
         init => _features = value;
     }
 
+    /// <summary>The features where the backend that computed them keeps them (null for features made on the host by other code).</summary>
+    public Tensor? FeaturesTensor { get; init; }
+
     public required int Tokens { get; init; }
     public required int Hidden { get; init; }
 
@@ -38,7 +41,7 @@ internal sealed class VisionFeatures
     public int Patches { get; init; }
 
     /// <summary>The same data on a GPU (null on the CPU backend).</summary>
-    public Models.Llava.Cuda.DeviceVisionFeatures? Device { get; init; }
+    public Cuda.DeviceVisionFeatures? Device { get; init; }
 
     /// <summary>
     /// Computed by a CPU backend with <see cref="CpuPrecision.MatchDevice"/>: a selection the host makes on these

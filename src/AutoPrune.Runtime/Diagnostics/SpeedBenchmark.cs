@@ -4,7 +4,7 @@ using AutoPrune.Compute.Cpu;
 using AutoPrune.Generation;
 using AutoPrune.Loading;
 using AutoPrune.Models.Llava;
-using AutoPrune.Models.Llava.Cuda;
+
 using AutoPrune.Pruning;
 
 namespace AutoPrune.Diagnostics;
@@ -116,11 +116,12 @@ public static class SpeedBenchmark
         var (model, anyRes, weights, name) = LoadBackend(o, progress);
         using var owned = model;
         double loadSeconds = sw.Elapsed.TotalSeconds;
-        double? weightsMb = model is CudaLlavaModel g0 ? g0.Memory.CurrentBytes / 1048576.0 : null;
+        var gpuBackend = (model as LlavaModel)?.Backend as Compute.Cuda.CudaBackend;
+        double? weightsMb = gpuBackend is { } g0 ? g0.Memory.CurrentBytes / 1048576.0 : null;
         double? deviceUsed = null;
         void SampleDevice()
         {
-            if (model is CudaLlavaModel { Accelerator: ILGPU.Runtime.Cuda.CudaAccelerator cuda })
+            if (gpuBackend is { Accelerator: ILGPU.Runtime.Cuda.CudaAccelerator cuda })
             {
                 using var bind = cuda.BindScoped();
                 cuda.Synchronize();
@@ -276,7 +277,7 @@ public static class SpeedBenchmark
         }
 
         Release(towerOut);
-        double? peakMb = model is CudaLlavaModel g ? g.Memory.PeakBytes / 1048576.0 : null;
+        double? peakMb = gpuBackend is { } g ? g.Memory.PeakBytes / 1048576.0 : null;
         return new SpeedReport(name, model.Device, weights, shape.Layers, visual, Math.Round(loadSeconds, 2),
             Math.Round(Median(visionMs), 3), Math.Round(Median(projMs), 3), prefill, Math.Round(perToken, 3), o.DecodeTokens,
             peakMb is double p ? Math.Round(p, 1) : null, weightsMb is double w ? Math.Round(w, 1) : null,
@@ -284,7 +285,7 @@ public static class SpeedBenchmark
             deviceUsed is double du ? Math.Round(du, 1) : null, views)
         {
             DecodeCountersPerToken = decodeCounters, DecodeTokenIds = decodedIds, DecodeLogitsSha256 = decodeLogitsHash, CudaGraphs = o.CudaGraphs, VisionCounters = visionCounters, ProjectorCounters = projectorCounters,
-            LongAttention = model is CudaLlavaModel ga ? ga.LongAttention : null,
+            LongAttention = gpuBackend?.LongAttention,
         };
     }
 
@@ -347,16 +348,18 @@ public static class SpeedBenchmark
             {
                 var config = LlavaConfig.Load(dir);
                 using var store = SafeTensorStore.Open(dir);
-                ILlavaBackend m = gpu is null ? new LlavaModel(store, config) : new CudaLlavaModel(store, config, gpu, null, o.CudaGraphs);
-                gpu = null;
+                var device = gpu;
+                gpu = null; // the model owns it now (and disposes it if it cannot start)
+                ILlavaBackend m = LlavaModel.Create(store, config, device, o.CudaGraphs);
                 try { return (m, config.IsAnyRes ? new AnyResAssembler(store, config.TextConfig.HiddenSize) : null, "checkpoint", Path.GetFullPath(dir)); }
                 catch { m.Dispose(); throw; }
             }
             var cfg = LlavaPresets.ByName(o.Architecture);
             CheckMemory(cfg, gpu, o.Architecture);
             var random = new RandomTensorSource(cfg, (ulong)o.Seed);
-            ILlavaBackend r = gpu is null ? new LlavaModel(random, cfg) : new CudaLlavaModel(random, cfg, gpu, null, o.CudaGraphs);
+            var onDevice = gpu;
             gpu = null;
+            ILlavaBackend r = LlavaModel.Create(random, cfg, onDevice, o.CudaGraphs);
             return (r, cfg.IsAnyRes ? new AnyResAssembler(random, cfg.TextConfig.HiddenSize) : null, $"random fp16 (seed {o.Seed})", o.Architecture);
         }
         finally

@@ -173,19 +173,9 @@ internal sealed class InferencePipeline(ILlavaBackend model, LlavaTokenizer toke
     internal static PreLlmRows? SelectBeforeLlm(ILlavaBackend model, PruningSession session, VisionFeatures vision)
     {
         var policy = session.Policy;
-        if (vision.Device is not null && model is Models.Llava.Cuda.CudaLlavaModel gpu)
-        {
-            // On a GPU the selection runs there: nothing but the chosen rows' count comes back before the prefill.
-            if (policy is VisionZipPolicy zip && zip.Options.Positions != PrunedPositions.Original && vision.Tokens == vision.Patches)
-                return new PreLlmRows(Pruning.Device.VisionZipOnDevice.Select(gpu, zip, vision), null, false);
-            if (policy is AutoPrunePolicy auto)
-                return Pruning.Device.AutoPruneOnDevice.SelectBeforeLlm(gpu, auto, vision) is { } rows ? new PreLlmRows(rows, null, rows.OriginalPositions) : null;
-            if (policy is DivPrunePolicy div)
-            {
-                var rows = Pruning.Device.DivPruneOnDevice.Select(gpu, vision, div.PatchesToKeep(vision), div.OriginalPositions);
-                return new PreLlmRows(rows, null, rows.OriginalPositions);
-            }
-        }
+        // Where the vision features are on a GPU the selection runs there (the device-pruner registry): nothing but the
+        // chosen rows' count comes back before the prefill.
+        if (Pruning.Device.DevicePruners.SelectBeforeLlm(policy, vision, model) is { } onDevice) return onDevice;
         if (policy.SelectBeforeLlm(vision, (features, rows) => model.Project(features, rows)) is not { } chosen) return null;
         return new PreLlmRows(ImageRows.OnHost(chosen.Projected, model.Hidden), chosen.VisualIndex, chosen.OriginalPositions);
     }

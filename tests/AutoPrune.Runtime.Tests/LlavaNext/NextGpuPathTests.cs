@@ -86,7 +86,7 @@ public class NextGpuPathTests(ITestOutputHelper output)
         string dir = NextFixture.Model("llama");
         var config = AutoPrune.Loading.LlavaConfig.Load(dir);
         using var store = AutoPrune.Loading.SafeTensorStore.Open(dir);
-        using var gpu = new AutoPrune.Models.Llava.Cuda.CudaLlavaModel(store, config, AutoPrune.Compute.Cuda.CudaDevice.CreateForTests());
+        using var gpu = AutoPrune.Models.Llava.LlavaModel.Create(store, config, AutoPrune.Compute.Cuda.CudaDevice.CreateForTests());
         var images = AutoPrune.Loading.Images.AnyResImageProcessor.Load(dir, config, AutoPrune.Loading.Images.ImagePreprocessor.Load(dir));
         var pixels = images.Preprocess(File.ReadAllBytes(NextFixture.Image("images/01_640x480.png")));
         int views = pixels.Layout.Views;

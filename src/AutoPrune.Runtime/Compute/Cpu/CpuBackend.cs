@@ -270,9 +270,12 @@ internal sealed class CpuBackend(CpuPrecision precision = CpuPrecision.Fp32) : B
     }
 
     public override VisionFeatures KeepVision(Tensor features, Tensor? clsAttention, Tensor? patchKeys, int tokens, int hidden, int heads, int patches)
-        => new()
+    {
+        var f = Host(features).Span.ToArray();
+        return new()
         {
-            Features = Host(features).Span.ToArray(),
+            Features = f,
+            FeaturesTensor = HostTensor.Of(f),
             Tokens = tokens,
             Hidden = hidden,
             ClsAttention = clsAttention is null ? null : Host(clsAttention).Span.ToArray(),
@@ -281,8 +284,10 @@ internal sealed class CpuBackend(CpuPrecision precision = CpuPrecision.Fp32) : B
             Patches = patches,
             MatchDevice = _md,
         };
+    }
 
-    public override BuiltSequence BuildSequence(EmbeddingTable table, Tensor? imageRows, ReadOnlySpan<int> source, int[]? visual, Tensor? imageVisual, PositionIds? positions)
+    public override BuiltSequence BuildSequence(EmbeddingTable table, Tensor? imageRows, ReadOnlySpan<int> source, int[]? visual, Tensor? imageVisual,
+        PositionIds? positions, OriginalPositionRun? originalPositions = null)
     {
         var t = (CpuEmbedding)table;
         int n = source.Length, h = t.Width;
@@ -306,6 +311,7 @@ internal sealed class CpuBackend(CpuPrecision precision = CpuPrecision.Fp32) : B
                 vis[r] = visual?[r] ?? (imageVisual is not null ? imageVis[-s - 1] : -s - 1);
             }
         }
+        if (originalPositions is not null) throw new NotSupportedException("The CPU builds positions from visual indices on the host.");
         var pos = positions ?? PositionIds.Sequential(n);
         return new BuiltSequence(HostTensor.Of(hidden), HostTensor.OfInts(pos.Values.ToArray()), HostTensor.OfInts(vis), n) { LastPosition = n == 0 ? -1 : pos.MaxAt(n - 1) };
     }

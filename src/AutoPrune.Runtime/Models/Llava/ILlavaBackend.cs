@@ -8,7 +8,7 @@ namespace AutoPrune.Models.Llava;
 /// (CudaLlavaModel). Images, sequences and pruning bookkeeping stay on the host; what a backend
 /// keeps on its device is its own business.
 /// </summary>
-internal interface ILlavaBackend : IDisposable
+internal interface ILlavaBackend : IVisualProjector, IDisposable
 {
     LlavaConfig Config { get; }
     /// <summary>"cpu", or the GPU it runs on ("cuda:0 NVIDIA H100 ...").</summary>
@@ -18,7 +18,6 @@ internal interface ILlavaBackend : IDisposable
     /// <summary>Patches per side of the vision grid.</summary>
     int Grid { get; }
     int DecoderLayers { get; }
-    int Hidden { get; }
 
     /// <summary>The device's counters (host syncs, launches, copies, ...); null on the CPU backend.</summary>
     Diagnostics.DeviceCounterSet? Counters => null;

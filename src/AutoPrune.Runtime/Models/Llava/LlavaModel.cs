@@ -85,13 +85,31 @@ internal sealed class LlavaModel : ILlavaBackend
             Projector = new MultiModalProjector(backend, store, config.VisionConfig.HiddenSize, config.TextConfig.HiddenSize,
                 config.ProjectorActivation, config.MultimodalProjectorBias);
             progress?.Invoke(0.1);
-            Decoder = new TextDecoder(backend, store, DecoderSpec(config), f => progress?.Invoke(0.1 + 0.9 * f));
+            Decoder = new TextDecoder(backend, store, DecoderSpec(config), f => progress?.Invoke(0.1 + 0.85 * f));
+            backend.Prepare(config.TextConfig.HeadDim, config.VisionConfig.HiddenSize / config.VisionConfig.NumAttentionHeads);
+            progress?.Invoke(1.0);
         }
         catch
         {
+            Vision?.Dispose();
+            if (ownsBackend) backend.Dispose();
             _mapping?.Dispose();
             throw;
         }
+    }
+
+    /// <summary>
+    /// The model on the CPU backend, or on <paramref name="gpu"/> (which it then owns: disposed with the model, or at once
+    /// when the model cannot start).
+    /// </summary>
+    public static LlavaModel Create(ITensorSource store, LlavaConfig config, Compute.Cuda.CudaDevice? gpu, bool cudaGraphs = false,
+        CpuPrecision precision = CpuPrecision.Fp32, Action<double>? progress = null)
+    {
+        if (gpu is null) return new LlavaModel(store, config, progress, precision);
+        Compute.Cuda.CudaBackend backend;
+        try { backend = new Compute.Cuda.CudaBackend(gpu, cudaGraphs); }
+        catch { gpu.Dispose(); throw; }
+        return new LlavaModel(backend, store, config, progress);
     }
 
     /// <summary>LLaVA's text model as the shared decoder sees it (tensor names, sizes, biases).</summary>
@@ -135,7 +153,7 @@ internal sealed class LlavaModel : ILlavaBackend
 
     public VisionFeatures[] VisionForwardViews(ReadOnlySpan<float> pixels, int views, CancellationToken ct = default) => Vision.Forward(pixels, views, ct);
 
-    /// <summary>Host features in, host rows out.</summary>
+    /// <summary>Host features in, host rows out (an upload and a download on a GPU; the request path uses <see cref="ProjectImage"/>).</summary>
     public float[] Project(ReadOnlySpan<float> features, int rows)
     {
         int vh = Projector.In;
@@ -148,35 +166,114 @@ internal sealed class LlavaModel : ILlavaBackend
         return Backend.Download(y).AsSpan(0, rows * Hidden).ToArray();
     }
 
-    /// <summary>Projected visual tokens [tokens, textHidden] for a vision output.</summary>
-    public ImageRows ProjectImage(VisionFeatures f) => ImageRows.OnHost(Project(f.Features, f.Tokens), Hidden);
+    /// <summary>Projects Float vision features [rows, visionHidden] where the backend computes into rows it keeps there (owned by the caller).</summary>
+    public Tensor Project(Tensor features, int rows)
+    {
+        using var scope = Backend.Enter();
+        return Projector.Forward(features, rows);
+    }
+
+    /// <summary>The image's decoder rows, projected and kept where the backend computes.</summary>
+    public ImageRows ProjectImage(VisionFeatures vision)
+    {
+        if (vision.FeaturesTensor is not { } features) return ImageRows.OnHost(Project(vision.Features, vision.Tokens), Hidden);
+        using var scope = Backend.Enter();
+        return ImageRows.OnBackend(Backend, Projector.Forward(features, vision.Tokens), null, vision.Tokens, Hidden);
+    }
 
     public void Embed(ReadOnlySpan<int> ids, Span<float> dst) => Decoder.Embed(ids, dst);
 
     public IGeneration StartGeneration(int extraCapacity) => new DecoderGeneration(Decoder, Decoder.StartSession(extraCapacity));
 
     /// <summary>
-    /// The prefill sequence: token embeddings with each image's rows spliced in at its placeholder run, built where the
-    /// backend computes (only the token ids, and rows the host holds, go there). <paramref name="visualIndices"/> names each
-    /// image row's patch (default 0..n-1); <paramref name="positions"/> each row's RoPE position when they are not 0..n-1.
+    /// The prefill sequence, built where the backend computes: only the token ids (and image rows the host holds) go
+    /// there; the embedding rows come from the backend's table and the image rows from the projector's output.
+    /// <paramref name="visualIndices"/> names each image row's patch (default 0..n-1); <paramref name="given"/> each row's
+    /// RoPE position when they are not 0..n-1 (a selection before the LLM that keeps the original positions).
     /// </summary>
-    public SequenceState BuildSequence(ReadOnlySpan<int> ids, IReadOnlyList<ImageRows> images, IReadOnlyList<int[]>? visualIndices = null, int[]? positions = null)
+    public SequenceState BuildSequence(ReadOnlySpan<int> ids, IReadOnlyList<ImageRows> images, IReadOnlyList<int[]>? visualIndices = null, int[]? given = null)
     {
         int n = ids.Length, h = Hidden;
         if (n == 0) throw new ArgumentException("The prompt is empty.", nameof(ids));
-        var (source, vis) = SequenceBuilder.Map(this, ids, images.Select(i => i.Rows).ToArray(), visualIndices);
-        var given = positions is null ? null : PositionIds.OneComponent(SequenceBuilder.CheckedPositions(positions, n));
+        int cls = Config.DropClsToken ? 0 : 1;
+        bool backendVisual = images.Any(i => i.Visual is not null);
+        IReadOnlyList<int[]?>? known = backendVisual
+            ? images.Select((img, i) => img.Visual is null ? visualIndices?[i] ?? DefaultVisual(i, img.Rows) : null).ToList()
+            : (IReadOnlyList<int[]?>?)visualIndices;
+        var (source, vis) = SequenceBuilder.Map(this, ids, images.Select(i => i.Rows).ToArray(), known);
         int imageRows = images.Sum(i => i.Rows);
+        int firstImageRow = Array.FindIndex(source, s => s < 0);
+        bool backendPositions = given is null && images.Count == 1 && images[0].OriginalPositions && images[0].Visual is not null && firstImageRow >= 0;
+        var positions = given is null ? null : PositionIds.OneComponent(SequenceBuilder.CheckedPositions(given, n));
         using var scope = Backend.Enter();
-        using var joined = imageRows == 0 ? null : Backend.Allocate((long)imageRows * h, TensorKind.Float);
-        long at = 0;
-        foreach (var img in images)
+        Tensor? joined = null, imageVisual = null;
+        BuiltSequence built;
+        try
         {
-            Backend.Upload(img.ToHost().AsSpan(0, img.Rows * h), joined!.Slice(at, (long)img.Rows * h));
-            at += (long)img.Rows * h;
+            // The images' rows end to end (one image where the backend keeps it: used where it is).
+            Tensor? rows = images.Count == 1 && images[0].Tensor is { } only ? only : null;
+            if (rows is null && imageRows > 0)
+            {
+                rows = joined = Backend.Allocate((long)imageRows * h, TensorKind.Float);
+                long at = 0;
+                foreach (var img in images)
+                {
+                    var dst = joined.Slice(at, (long)img.Rows * h);
+                    if (img.Tensor is { } t) Backend.Copy(t.First((long)img.Rows * h), dst);
+                    else Backend.Upload(img.ToHost().AsSpan(0, img.Rows * h), dst);
+                    at += (long)img.Rows * h;
+                }
+            }
+            // Each image row's visual index, unless it is simply the row number (one image of patches only): from the
+            // backend (VisionZip chose the rows there) or the host.
+            if (backendVisual || visualIndices is not null || images.Count != 1 || cls != 0)
+            {
+                imageVisual = Backend.Allocate(Math.Max(1, imageRows), TensorKind.Int);
+                int at = 0;
+                for (int i = 0; i < images.Count; i++)
+                {
+                    var dst = imageVisual.Slice(at, images[i].Rows);
+                    if (images[i].Visual is { } v) Backend.Copy(v.First(images[i].Rows), dst);
+                    else Backend.Upload(visualIndices?[i] ?? DefaultVisual(i, images[i].Rows), dst);
+                    at += images[i].Rows;
+                }
+            }
+            built = Backend.BuildSequence(Decoder.Embedding, rows, source, vis, imageVisual, positions,
+                backendPositions ? new OriginalPositionRun(firstImageRow, imageRows, TokensPerImage, cls) : null);
         }
-        var built = Backend.BuildSequence(Decoder.Embedding, joined, source, vis, null, given);
-        return new SequenceState { Length = n, Positions = given ?? PositionIds.Sequential(n), VisualIndex = vis!, Built = built };
+        finally
+        {
+            joined?.Dispose();
+            imageVisual?.Dispose();
+        }
+        var hostPositions = positions ?? PositionIds.Sequential(n);
+        // With positions computed by the backend the host knows the last one when text follows the image (it always does
+        // in a prompt); else the full run's end bounds it.
+        int textAfter = n - firstImageRow - imageRows;
+        int lastPosition = !backendPositions ? hostPositions.MaxAt(n - 1)
+            : textAfter > 0 ? firstImageRow + TokensPerImage + textAfter - 1 : firstImageRow + TokensPerImage - 1;
+        built = new BuiltSequence(built.Hidden, built.Positions, built.Visual, n) { LastPosition = lastPosition };
+        var state = new SequenceState { Length = n, Positions = hostPositions, VisualIndex = vis ?? new int[n], Built = built };
+        if (vis is null)
+        {
+            // Only the backend knows which patches the rows are (VisionZip chose them there): the report reads them back at the end.
+            int prefix = firstImageRow;
+            int run = 0;
+            for (int i = prefix; i >= 0 && i < n && source[i] < 0; i++) run++;
+            state.AppliedOnDevice(n, run, () => (backendPositions ? PositionIds.OneComponent(Backend.DownloadInts(built.Positions)) : hostPositions,
+                Backend.DownloadInts(built.Visual)), newVersion: false);
+        }
+        state.HiddenOnDevice(() => Backend.Download(built.Hidden));
+        return state;
+
+        // Image i's rows by default: its [CLS] first with the "full" strategy, then its patches after the earlier images'.
+        int[] DefaultVisual(int image, int count)
+        {
+            int patches = TokensPerImage - cls;
+            var r = new int[count];
+            for (int j = 0; j < count; j++) r[j] = j < cls ? SequenceState.ClsToken : image * patches + j - cls;
+            return r;
+        }
     }
 
     /// <summary>Unmaps the checkpoint's files and frees the backend (the model must not be used afterwards).</summary>

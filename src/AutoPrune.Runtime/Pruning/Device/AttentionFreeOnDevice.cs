@@ -1,7 +1,6 @@
 using AutoPrune.Compute;
 using AutoPrune.Compute.Cuda;
 using AutoPrune.Models.Llava;
-using AutoPrune.Models.Llava.Cuda;
 using ILGPU;
 
 namespace AutoPrune.Pruning.Device;
@@ -107,7 +106,7 @@ internal sealed class AutoPruneOnDevice(AutoPrunePolicy policy) : IDevicePruner
     /// of the "full" strategy always kept; the chosen rows are projected and stay on the device with their patches.
     /// Null when the curve lets every token into layer 0.
     /// </summary>
-    public static ImageRows? SelectBeforeLlm(CudaLlavaModel model, AutoPrunePolicy policy, VisionFeatures vision)
+    public static ImageRows? SelectBeforeLlm(IVisualProjector projector, AutoPrunePolicy policy, VisionFeatures vision)
     {
         var dv = vision.Device ?? throw new ArgumentException("The vision features are not on the device.", nameof(vision));
         int entering = policy.Initial.Entering;
@@ -118,12 +117,12 @@ internal sealed class AutoPruneOnDevice(AutoPrunePolicy policy) : IDevicePruner
         var options = policy.Options;
         bool original = options.Positions != PrunedPositions.Contiguous;
         if (options.AutoPruneBeforeLlmSelection == AutoPruneBeforeLlmSelection.Diversity)
-            return DivPruneOnDevice.Select(model, vision, k, original);
-        lock (model.Sync)
+            return DivPruneOnDevice.Select(projector, vision, k, original);
+        var backend = dv.Backend;
+        using (backend.Enter())
         {
-            using var bind = model.Accelerator.BindScoped();
-            var mem = model.Memory;
-            var ops = model.Ops;
+            var mem = backend.Memory;
+            var ops = backend.Ops;
             int V = dv.Patches, dk = dv.Hidden, grid = (int)Math.Round(Math.Sqrt(V));
             using var score = mem.Allocate<float>(V);
             using var unit = mem.Allocate<float>((long)V * dk);
@@ -140,7 +139,7 @@ internal sealed class AutoPruneOnDevice(AutoPrunePolicy policy) : IDevicePruner
                 ops.CoverageNms(default, score.View, s.View, unit.View, default, default, at.View, kept.View, keptLocal.View, default,
                     Coverage(options, grid, V, dk, k, gridMode: 0, 0, 0, writePlan: 0));
             }
-            return DevicePruners.SelectedRows(model, dv.Features.View, keptLocal.View, cls, k, dv.Hidden, project: true, original);
+            return DevicePruners.SelectedRows(backend, projector, dv.Features.View, keptLocal.View, cls, k, dv.Hidden, project: true, original);
         }
     }
 }
@@ -152,19 +151,19 @@ internal sealed class AutoPruneOnDevice(AutoPrunePolicy policy) : IDevicePruner
 /// </summary>
 internal static class DivPruneOnDevice
 {
-    public static ImageRows Select(CudaLlavaModel model, VisionFeatures vision, int k, bool originalPositions)
+    public static ImageRows Select(IVisualProjector projector, VisionFeatures vision, int k, bool originalPositions)
     {
         var dv = vision.Device ?? throw new ArgumentException("The vision features are not on the device.", nameof(vision));
         int cls = dv.Tokens - dv.Patches, V = dv.Patches;
         k = Math.Clamp(k, 0, V);
-        using var projected = model.ProjectImage(vision);
-        lock (model.Sync)
+        var backend = dv.Backend;
+        using (backend.Enter())
         {
-            using var bind = model.Accelerator.BindScoped();
-            var mem = model.Memory;
-            var ops = model.Ops;
-            int d = projected.Hidden;
-            var rows = projected.Device ?? throw new InvalidOperationException("The projector's output is not on the device.");
+            using var projected = projector.Project(DeviceTensor.Of(dv.Features.View.SubView(0, (long)dv.Tokens * dv.Hidden)), dv.Tokens);
+            var mem = backend.Memory;
+            var ops = backend.Ops;
+            int d = projector.Hidden;
+            var rows = CudaBackend.Dev(projected).F;
             using var keptLocal = mem.Allocate<int>(Math.Max(1, k));
             if (k > 0)
             {
@@ -174,12 +173,12 @@ internal static class DivPruneOnDevice
                 using var dist = mem.Allocate<float>((long)V * V);
                 using var toSet = mem.Allocate<float>(V);
                 using var kept = mem.Allocate<int>(V);
-                ops.L2NormalizeRowsToHalf(rows.View, cls, V, d, unit.View, norms.View);
-                model.Blas.Linear(unit.View, V, d, unit.View, V, cos.View);
+                ops.L2NormalizeRowsToHalf(rows, cls, V, d, unit.View, norms.View);
+                backend.Blas.Linear(unit.View, V, d, unit.View, V, cos.View);
                 ops.QuantizedDistances(cos.View, dist.View, V, DivPruneSelector.Resolution);
                 ops.GreedyMaxMin(dist.View, toSet.View, kept.View, keptLocal.View, V, k);
             }
-            return DevicePruners.SelectedRows(model, rows.View, keptLocal.View, cls, k, d, project: false, originalPositions);
+            return DevicePruners.SelectedRows(backend, projector, rows, keptLocal.View, cls, k, d, project: false, originalPositions);
         }
     }
 }

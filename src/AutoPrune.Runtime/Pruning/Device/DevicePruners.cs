@@ -1,7 +1,6 @@
 using AutoPrune.Compute;
 using AutoPrune.Compute.Cuda;
 using AutoPrune.Models.Llava;
-using AutoPrune.Models.Llava.Cuda;
 using ILGPU;
 
 namespace AutoPrune.Pruning.Device;
@@ -60,30 +59,51 @@ internal static class DevicePruners
     }
 
     /// <summary>
+    /// The rows a policy that chooses before the LLM lets in, selected where the vision features are (a GPU), or null when
+    /// the features are on the host or the policy does not choose there (or is not moved to the device).
+    /// </summary>
+    public static PreLlmRows? SelectBeforeLlm(IPruningPolicy policy, VisionFeatures vision, IVisualProjector projector)
+    {
+        if (vision.Device is null) return null;
+        if (policy is VisionZipPolicy zip && zip.Options.Positions != PrunedPositions.Original && vision.Tokens == vision.Patches)
+            return new PreLlmRows(VisionZipOnDevice.Select(projector, zip, vision), null, false);
+        if (policy is AutoPrunePolicy auto)
+            return AutoPruneOnDevice.SelectBeforeLlm(projector, auto, vision) is { } rows ? new PreLlmRows(rows, null, rows.OriginalPositions) : null;
+        if (policy is DivPrunePolicy div)
+        {
+            var rows = DivPruneOnDevice.Select(projector, vision, div.PatchesToKeep(vision), div.OriginalPositions);
+            return new PreLlmRows(rows, null, rows.OriginalPositions);
+        }
+        return null;
+    }
+
+    /// <summary>
     /// The rows a selection before the LLM lets in, on the device: the first <paramref name="cls"/> rows of
     /// <paramref name="source"/> ([rows, width]) and the kept ones (keptLocal, ascending, offset by cls), projected when
-    /// asked; their visual indices ([CLS] or the patch) stay with them. The caller holds the device lock.
+    /// asked; their visual indices ([CLS] or the patch) stay with them. The caller is inside the backend's Enter.
     /// </summary>
-    internal static ImageRows SelectedRows(CudaLlavaModel model, ArrayView<float> source, ArrayView<int> keptLocal, int cls, int k, int width, bool project, bool originalPositions)
+    internal static ImageRows SelectedRows(CudaBackend backend, IVisualProjector projector, ArrayView<float> source, ArrayView<int> keptLocal, int cls, int k, int width,
+        bool project, bool originalPositions)
     {
-        var mem = model.Memory;
+        var mem = backend.Memory;
         int count = cls + k;
         using var index = mem.Allocate<int>(Math.Max(1, count));
         var visual = mem.Allocate<int>(Math.Max(1, count));
         DeviceBuffer<float>? gathered = null;
         try
         {
-            model.Ops.SelectedRows(keptLocal, cls, k, index.View, visual.View);
+            backend.Ops.SelectedRows(keptLocal, cls, k, index.View, visual.View);
             gathered = mem.Allocate<float>(Math.Max(1, (long)count * width));
-            if (count > 0) model.Ops.RowGatherMixed(source, source, index.View.SubView(0, count), gathered.View.SubView(0, (long)count * width), width);
-            ImageRows rows;
+            if (count > 0) backend.Ops.RowGatherMixed(source, source, index.View.SubView(0, count), gathered.View.SubView(0, (long)count * width), width);
+            Tensor rows;
             if (project)
             {
-                using (gathered) rows = model.DeviceRows(model.Projector.Forward(gathered.View, count), visual, count);
+                using (gathered) rows = projector.Project(DeviceTensor.Of(gathered.View.SubView(0, Math.Max(1, (long)count * width))), count);
             }
-            else rows = model.DeviceRows(gathered, visual, count);
-            rows.OriginalPositions = originalPositions;
-            return rows;
+            else rows = DeviceTensor.Owning(gathered, (long)count * width);
+            var result = ImageRows.OnBackend(backend, rows, DeviceTensor.Owning(visual, count), count, projector.Hidden);
+            result.OriginalPositions = originalPositions;
+            return result;
         }
         catch
         {

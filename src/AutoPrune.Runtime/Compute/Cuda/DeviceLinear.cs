@@ -3,20 +3,14 @@ using AutoPrune.Loading;
 using ILGPU;
 using Half = System.Half;
 
-using AutoPrune.Compute.Cuda;
-
-namespace AutoPrune.Models.Llava.Cuda;
+namespace AutoPrune.Compute.Cuda;
 
 /// <summary>A linear layer on the device: fp16 weight [Out, In], optional fp32 bias.</summary>
-internal sealed class DeviceLinear(DeviceBuffer<ushort> weight, DeviceBuffer<float>? bias, int @in, int @out) : IDisposable
+internal sealed class DeviceLinear(DeviceBuffer<ushort> weight, DeviceBuffer<float>? bias, int @in, int @out)
+    : LinearWeight(@in, @out, bias is not null), IDisposable
 {
     public DeviceBuffer<ushort> Weight { get; } = weight;
     public DeviceBuffer<float>? Bias { get; } = bias;
-    public int In { get; } = @in;
-    public int Out { get; } = @out;
-
-    public static DeviceLinear Load(DeviceArena mem, ITensorSource store, string prefix, int @in, int @out, bool bias)
-        => LoadStacked(mem, store, [(prefix, @out)], @in, bias);
 
     /// <summary>
     /// Several linear layers on the same input stacked into one ([Σ out, in], biases likewise), so one GEMM computes
@@ -34,7 +28,9 @@ internal sealed class DeviceLinear(DeviceBuffer<ushort> weight, DeviceBuffer<flo
             if (b is not null) store.ReadFloat32(prefix + ".bias", @out).CopyTo(b, row);
             row += @out;
         }
-        return new DeviceLinear(mem.Upload(MemoryMarshal.Cast<Half, ushort>(w.AsSpan())), b is null ? null : mem.Upload<float>(b), @in, total);
+        var weights = mem.Upload(MemoryMarshal.Cast<Half, ushort>(w.AsSpan()));
+        try { return new DeviceLinear(weights, b is null ? null : mem.Upload<float>(b), @in, total); }
+        catch { weights.Dispose(); throw; }
     }
 
     /// <summary>Rows [first, first + count) of the weight (one part of a stacked layer, e.g. k of q|k|v) as a layer of its own, sharing the memory.</summary>
@@ -49,14 +45,24 @@ internal sealed class DeviceLinear(DeviceBuffer<ushort> weight, DeviceBuffer<flo
 }
 
 /// <summary>A norm on the device (fp32 weight, bias for LayerNorm).</summary>
-internal sealed class DeviceNorm(DeviceBuffer<float> weight, DeviceBuffer<float>? bias, float eps) : IDisposable
+internal sealed class DeviceNorm(DeviceBuffer<float> weight, DeviceBuffer<float>? bias, float eps, NormKind kind)
+    : NormWeight((int)weight.Length, eps, kind), IDisposable
 {
+    private Cpu.NormWeights? _host;
+
     public DeviceBuffer<float> Weight { get; } = weight;
     public DeviceBuffer<float>? Bias { get; } = bias;
-    public float Eps { get; } = eps;
 
-    public static DeviceNorm Load(DeviceArena mem, ITensorSource store, string prefix, int dim, float eps, bool bias)
-        => new(mem.Upload<float>(store.ReadFloat32(prefix + ".weight", dim)), bias ? mem.Upload<float>(store.ReadFloat32(prefix + ".bias", dim)) : null, eps);
+    public static DeviceNorm Load(DeviceArena mem, ITensorSource store, string prefix, int dim, float eps, NormKind kind)
+    {
+        var w = mem.Upload<float>(store.ReadFloat32(prefix + ".weight", dim));
+        try { return new(w, kind == NormKind.LayerNorm ? mem.Upload<float>(store.ReadFloat32(prefix + ".bias", dim)) : null, eps, kind); }
+        catch { w.Dispose(); throw; }
+    }
+
+    /// <summary>The weights copied to the host once (for host policies that compare normalised hidden states).</summary>
+    internal Cpu.NormWeights Host(DeviceQueue queue) => _host ??= new Cpu.NormWeights(queue.Download(Weight.View, Weight.Length),
+        Bias is null ? null : queue.Download(Bias.View, Bias.Length), Eps);
 
     public void Dispose() { Weight.Dispose(); Bias?.Dispose(); }
 }

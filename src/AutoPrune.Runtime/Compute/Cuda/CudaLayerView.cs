@@ -1,8 +1,7 @@
 using AutoPrune.Compute;
-using AutoPrune.Compute.Cuda;
 using ILGPU;
 
-namespace AutoPrune.Models.Llava.Cuda;
+namespace AutoPrune.Compute.Cuda;
 
 /// <summary>
 /// The GPU decoder's view for pruning policies: the host methods compute on the device and copy the result back (a
@@ -10,9 +9,9 @@ namespace AutoPrune.Models.Llava.Cuda;
 /// </summary>
 internal sealed class CudaLayerView : LayerView
 {
-    private readonly CudaGeneration _gen;
+    private readonly CudaDecoderSession _gen;
 
-    internal CudaLayerView(CudaGeneration gen, int layer, SequenceState state)
+    internal CudaLayerView(CudaDecoderSession gen, int layer, SequenceState state)
         : base(layer, state, gen.Heads, gen.KvHeads, gen.HeadDim, gen.Layers)
     {
         _gen = gen;
@@ -25,7 +24,7 @@ internal sealed class CudaLayerView : LayerView
 
     public override float[] Keys() => _gen.LayerKeys(Layer, State.Length);
 
-    public override float[] FinalNorm(ReadOnlySpan<int> rows) => Compute.Cpu.CpuLayerView.FinalNormRows(State.Hidden, rows, State.Hidden.Length / State.Length, _gen.Model.HostFinalNorm);
+    public override float[] FinalNorm(ReadOnlySpan<int> rows) => Cpu.CpuLayerView.FinalNormRows(State.Hidden, rows, State.Hidden.Length / State.Length, ((DeviceNorm)_gen.Weights.FinalNorm).Host(_gen.CudaBackend.Queue));
 
     public override DeviceLayerSignals Device { get; }
 }
@@ -39,10 +38,10 @@ internal sealed class CudaLayerView : LayerView
 /// </summary>
 internal sealed class DeviceLayerSignals
 {
-    private readonly CudaGeneration _g;
+    private readonly CudaDecoderSession _g;
     private readonly SequenceState _state;
 
-    internal DeviceLayerSignals(CudaGeneration g, int layer, SequenceState state)
+    internal DeviceLayerSignals(CudaDecoderSession g, int layer, SequenceState state)
     {
         _g = g;
         Layer = layer;
@@ -55,8 +54,8 @@ internal sealed class DeviceLayerSignals
     public int Heads => _g.Heads;
     public int KvHeads => _g.KvHeads;
     public int HeadDim => _g.HeadDim;
-    public int Hidden => _g.Model.Hidden;
-    public CudaOps Ops => _g.Model.Ops;
+    public int Hidden => _g.Shape.Hidden;
+    public CudaOps Ops => _g.CudaBackend.Ops;
 
     /// <summary>A device buffer that lives until this layer's prune has been applied.</summary>
     public ArrayView<T> Scratch<T>(long length) where T : unmanaged => _g.LayerScratch<T>(length).View;
@@ -120,7 +119,7 @@ internal sealed class DeviceLayerSignals
     public ArrayView<float> FinalNorm(int rowStart, int rows)
     {
         var result = Scratch<float>((long)rows * Hidden);
-        var norm = _g.Model.Decoder.FinalNorm;
+        var norm = (DeviceNorm)_g.Weights.FinalNorm;
         Ops.RmsNormRows(HiddenStates, rowStart, rows, Hidden, norm.Weight.View, norm.Eps, result);
         return result;
     }
@@ -138,7 +137,7 @@ internal sealed class DeviceLayerSignals
     public ArrayView<float> CosineMatrix(ArrayView<ushort> unitA, int rowsA, ArrayView<ushort> unitB, int rowsB, int dim)
     {
         var result = Scratch<float>((long)rowsA * rowsB);
-        _g.Model.Blas.Linear(unitA, rowsA, dim, unitB, rowsB, result);
+        _g.CudaBackend.Blas.Linear(unitA, rowsA, dim, unitB, rowsB, result);
         return result;
     }
 
@@ -157,16 +156,16 @@ internal sealed class DeviceLayerSignals
     public ArrayView<float> NextLayerQkv() => _g.QkvOnDevice(Layer + 1, Rows);
 
     /// <summary>Each row's RoPE position on the device: [Rows].</summary>
-    public ArrayView<int> Positions => _g.Positions(Rows);
+    public ArrayView<int> Positions => _g.PositionsView(Rows);
 
     /// <summary>The RoPE tables (cos, sin) on the device.</summary>
-    public (ArrayView<float> Cos, ArrayView<float> Sin) Rope => (_g.Model.Decoder.RopeCos.View, _g.Model.Decoder.RopeSin.View);
+    public (ArrayView<float> Cos, ArrayView<float> Sin) Rope => (((CudaRotary)_g.Weights.Rope).Cos.View, ((CudaRotary)_g.Weights.Rope).Sin.View);
 
     /// <summary>The next layer's keys without RoPE of rows [rowStart, +rows): fp32 [rows, KvHeads·HeadDim].</summary>
     public ArrayView<float> NextLayerKeys(int rowStart, int rows) => _g.KeysNoRopeOnDevice(Layer + 1, Rows, rowStart, rows);
 
     /// <summary>A constant table kept on the device with the model (uploaded once).</summary>
-    public ArrayView<float> Constant(string key, Func<float[]> make) => _g.Model.Constant(key, make);
+    public ArrayView<float> Constant(string key, Func<float[]> make) => _g.CudaBackend.Constant(key, make);
 
     /// <summary>
     /// Keeps the top k of V visual rows (scores given, or as the attention mean with <c>ScoreMode</c> 1; ties to the lower
@@ -184,7 +183,7 @@ internal sealed class DeviceLayerSignals
     }
 
     /// <summary>Copies a device result to the host now (one host synchronisation).</summary>
-    public T[] Read<T>(ArrayView<T> src, long length) where T : unmanaged => _g.Model.Queue.Download(src, length);
+    public T[] Read<T>(ArrayView<T> src, long length) where T : unmanaged => _g.CudaBackend.Queue.Download(src, length);
 
     /// <summary>A buffer for a kernel's result that comes back with the prefill's final readback (no wait, no copy of its own).</summary>
     public ArrayView<T> AtEnd<T>(long length, Action<T[]> deliver) where T : unmanaged => _g.AtEnd(length, deliver);

@@ -1,7 +1,6 @@
 using AutoPrune.Compute;
-using AutoPrune.Compute.Cuda;
 
-namespace AutoPrune.Models.Llava.Cuda;
+namespace AutoPrune.Compute.Cuda;
 
 /// <summary>
 /// One image's vision-tower output kept on the device: the selected features [Tokens, Hidden], the [CLS] attention
@@ -10,15 +9,18 @@ namespace AutoPrune.Models.Llava.Cuda;
 /// </summary>
 internal sealed class DeviceVisionFeatures
 {
-    private readonly CudaLlavaModel _m;
+    private readonly CudaBackend _m;
     private int _references = 1;
 
-    internal DeviceVisionFeatures(CudaLlavaModel model, DeviceBuffer<float> features, DeviceBuffer<float>? cls, DeviceBuffer<float>? keys,
+    internal DeviceVisionFeatures(CudaBackend model, DeviceBuffer<float> features, DeviceBuffer<float>? cls, DeviceBuffer<float>? keys,
         int tokens, int hidden, int heads, int patches)
     {
         _m = model;
         Features = features; Cls = cls; Keys = keys; Tokens = tokens; Hidden = hidden; Heads = heads; Patches = patches;
     }
+
+    /// <summary>The backend that computed and holds these buffers.</summary>
+    public CudaBackend Backend => _m;
 
     public DeviceBuffer<float> Features { get; }
     public DeviceBuffer<float>? Cls { get; }
@@ -39,17 +41,14 @@ internal sealed class DeviceVisionFeatures
     public void Release()
     {
         if (Interlocked.Decrement(ref _references) != 0) return;
-        lock (_m.Sync)
-        {
-            using var bind = _m.Accelerator.BindScoped();
-            Features.Dispose();
-            Cls?.Dispose();
-            Keys?.Dispose();
-        }
+        using var scope = _m.Enter();
+        Features.Dispose();
+        Cls?.Dispose();
+        Keys?.Dispose();
     }
 
     /// <summary>Explicit copies to the host (counted: a download each), for the CPU-side code and tests.</summary>
-    public float[] CopyFeaturesToHost() => _m.Download(Features.View, (long)Tokens * Hidden);
-    public float[]? CopyClsToHost() => Cls is null ? null : _m.Download(Cls.View, (long)Heads * Patches);
-    public float[]? CopyKeysToHost() => Keys is null ? null : _m.Download(Keys.View, (long)Patches * Hidden);
+    public float[] CopyFeaturesToHost() => _m.Download(DeviceTensor.Of(Features.View.SubView(0, (long)Tokens * Hidden)));
+    public float[]? CopyClsToHost() => Cls is null ? null : _m.Download(DeviceTensor.Of(Cls.View.SubView(0, (long)Heads * Patches)));
+    public float[]? CopyKeysToHost() => Keys is null ? null : _m.Download(DeviceTensor.Of(Keys.View.SubView(0, (long)Patches * Hidden)));
 }
