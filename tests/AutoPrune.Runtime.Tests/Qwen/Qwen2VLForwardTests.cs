@@ -69,7 +69,7 @@ public class Qwen2VLForwardTests(ITestOutputHelper output)
         var prefill = model.Prefill(ids, [a, b], cache);
         using var store = SafeTensorStore.Open(QwenFixture.Model(QwenFixture.Current), canonicalName: Qwen2VLTensorNames.ToCanonical);
         var reference = new Qwen2VLReference64(store, model.Config);
-        var v64 = reference.Vision([a, b]);
+        var v64 = reference.Vision([a, b], out var received64);
         var logits64 = reference.LastLogits(ids, [a, b], prefill.Positions);
         double visionDiff = both.Select((x, i) => Math.Abs(x - v64[i])).Max();
         double logitDiff = prefill.LastLogits.Select((x, i) => Math.Abs(x - logits64[i])).Max();
@@ -77,6 +77,17 @@ public class Qwen2VLForwardTests(ITestOutputHelper output)
         Assert.True(visionDiff <= Tolerance, $"vision output differs from float64 by {visionDiff}");
         Assert.True(logitDiff <= Tolerance, $"logits differ from float64 by {logitDiff}");
         Assert.Equal(Array.IndexOf(logits64, logits64.Max()), System.Numerics.Tensors.TensorPrimitives.IndexOfMax(prefill.LastLogits));
+
+        // The signal that stands in for [CLS] attention: attention received per merged token in the last full block.
+        var received = model.Vision.Run([a, b], receivedAttention: true).ReceivedAttention!;
+        Assert.Equal(a.MergedTokens + b.MergedTokens, received.Length);
+        double receivedDiff = received.Select((x, i) => Math.Abs(x - received64[i])).Max();
+        output.WriteLine($"received attention: image 1 in [{received[..4].Min():E3}, {received[..4].Max():E3}], image 2 in [{received[4..].Min():E3}, {received[4..].Max():E3}], max diff vs fp64 {receivedDiff:E2}");
+        Assert.True(receivedDiff <= 1e-7, $"received attention differs from float64 by {receivedDiff}");
+        Assert.Equal(1.0, received[..a.MergedTokens].Sum(x => (double)x), 5);
+        Assert.Equal(1.0, received[a.MergedTokens..].Sum(x => (double)x), 5);
+        Assert.Equal(model.Vision.Forward([a, b]), model.Vision.Run([a, b], receivedAttention: true).Embeddings);
+
         // Text after the second image continues from its largest position + 1.
         Assert.Equal(prefill.Positions.Max() + 1 - ids.Length, prefill.RopeDelta);
     }

@@ -62,8 +62,12 @@ internal sealed class Qwen2VLReference64
                 }
     }
 
-    /// <summary>Masked attention: query r sees key j when <paramref name="visible"/>(r, j).</summary>
-    private static double[] Attend(double[] q, double[] k, double[] v, int n, int heads, int kvHeads, int hd, Func<int, int, bool> visible)
+    /// <summary>
+    /// Masked attention: query r sees key j when <paramref name="visible"/>(r, j). With <paramref name="received"/>, adds
+    /// each probability p(r, j) / (heads · <paramref name="weightOf"/>(r)) to received[j].
+    /// </summary>
+    private static double[] Attend(double[] q, double[] k, double[] v, int n, int heads, int kvHeads, int hd, Func<int, int, bool> visible,
+        double[]? received = null, Func<int, double>? weightOf = null)
     {
         var o = new double[n * heads * hd];
         var s = new double[n];
@@ -88,6 +92,7 @@ internal sealed class Qwen2VLReference64
                 {
                     if (s[j] == 0) continue;
                     double p = s[j] / sum;
+                    if (received is not null) received[j] += p / (heads * weightOf!(r));
                     for (int i = 0; i < hd; i++) o[(r * heads + h) * hd + i] += p * v[(j * kvHeads + kh) * hd + i];
                 }
             }
@@ -96,7 +101,13 @@ internal sealed class Qwen2VLReference64
     }
 
     /// <summary>The vision tower's merged tokens ([Σ merged, out]) for images given as (pixel_values, grid).</summary>
-    public double[] Vision(IReadOnlyList<Qwen2VLImage> images)
+    public double[] Vision(IReadOnlyList<Qwen2VLImage> images) => Vision(images, out _);
+
+    /// <summary>
+    /// As <see cref="Vision(IReadOnlyList{Qwen2VLImage})"/>, and per merged token the attention its patches receive in the
+    /// last full-attention block, averaged over heads and over the query patches of its image.
+    /// </summary>
+    public double[] Vision(IReadOnlyList<Qwen2VLImage> images, out double[] receivedPerToken)
     {
         var vc = _c.Vision;
         int hid = vc.HiddenSize, heads = vc.NumHeads, hd = vc.HeadDim, inter = vc.IntermediateSize, m = vc.SpatialMergeSize;
@@ -114,6 +125,8 @@ internal sealed class Qwen2VLReference64
                         for (int mw = 0; mw < m; mw++) { img.Add(k); row.Add(bh * m + mh); col.Add(bw * m + mw); }
         }
         int n = img.Count;
+        var received = new double[n];
+        int lastFull = vc.FullAttBlockIndexes!.Max();
         var x = Linear(pixels.ToArray(), n, W("model.visual.patch_embed.proj.weight"), null, vc.PatchValues, hid);
         int quarter = hd / 4;
         double Angle(int r, int i) => (i < quarter ? row[r] : col[r]) / Math.Pow(10000, 2.0 * (i % quarter) / (hd / 2));
@@ -133,7 +146,7 @@ internal sealed class Qwen2VLReference64
             }
             Rope(q, n, heads, hd, Angle);
             Rope(k, n, heads, hd, Angle);
-            var att = Linear(Attend(q, k, v, n, heads, heads, hd, Visible), n, W(p + "attn.proj.weight"), W(p + "attn.proj.bias"), hid, hid);
+            var att = Linear(Attend(q, k, v, n, heads, heads, hd, Visible, b == lastFull ? received : null, r => images[img[r]].Patches), n, W(p + "attn.proj.weight"), W(p + "attn.proj.bias"), hid, hid);
             for (int i = 0; i < x.Length; i++) x[i] += att[i];
             xn = RmsNorm(x, n, hid, W(p + "norm2.weight"), 1e-6);
             var g = Linear(xn, n, W(p + "mlp.gate_proj.weight"), W(p + "mlp.gate_proj.bias"), hid, inter);
@@ -143,6 +156,8 @@ internal sealed class Qwen2VLReference64
             for (int i = 0; i < x.Length; i++) x[i] += d[i];
         }
         int unit = m * m, tokens = n / unit;
+        receivedPerToken = new double[tokens];
+        for (int r = 0; r < n; r++) receivedPerToken[r / unit] += received[r];
         var h1 = Linear(RmsNorm(x, n, hid, W("model.visual.merger.ln_q.weight"), 1e-6), tokens, W("model.visual.merger.mlp.0.weight"), W("model.visual.merger.mlp.0.bias"), hid * unit, hid * unit);
         for (int i = 0; i < h1.Length; i++) h1[i] = 0.5 * h1[i] * (1 + Erf(h1[i] / Math.Sqrt(2)));
         return Linear(h1, tokens, W("model.visual.merger.mlp.2.weight"), W("model.visual.merger.mlp.2.bias"), hid * unit, vc.OutHiddenSize);

@@ -1,4 +1,5 @@
 using System.Numerics.Tensors;
+using AutoPrune.Compute;
 using AutoPrune.Compute.Cpu;
 using AutoPrune.Loading;
 
@@ -88,7 +89,7 @@ internal sealed record QwenNorm(float[] Weight, float Eps)
 }
 
 /// <summary>Attention over contiguous segments (windows, images): each segment's rows attend only to each other.</summary>
-internal static class SegmentAttention
+internal static partial class SegmentAttention
 {
     /// <summary>
     /// o = softmax(q kᵀ / sqrt(hd)) v within each segment [cu[s], cu[s+1]) of rows; q, k, v, o are [rows, heads·hd].
@@ -103,6 +104,61 @@ internal static class SegmentAttention
             if (len <= 0) continue;
             Attention.MultiHead(q.Slice(start * dim, len * dim), k.Slice(start * dim, len * dim), v.Slice(start * dim, len * dim),
                 o.Slice(start * dim, len * dim), len, len, heads, heads, hd, causal: false);
+        }
+    }
+}
+
+internal static partial class SegmentAttention
+{
+    private const int BlockRows = 64;
+
+    /// <summary>
+    /// Adds to <paramref name="received"/>[j] the attention key row j receives within its segment: softmax(q kᵀ / sqrt(hd))
+    /// summed over the segment's query rows, divided by (segment length · heads), summed over heads. Scores are computed
+    /// 64 query rows at a time with the blocked GEMM, so only a [64, segment] tile exists per head; heads run in parallel
+    /// into their own column sums, added in head order (the result does not depend on the thread count).
+    /// </summary>
+    public static void Received(float[] q, float[] k, int heads, int hd, ReadOnlySpan<int> cu, float[] received)
+    {
+        int dim = heads * hd;
+        float scale = 1f / MathF.Sqrt(hd);
+        var isa = Gemm.DetectedIsa;
+        for (int s = 0; s + 1 < cu.Length; s++)
+        {
+            int start = cu[s], len = cu[s + 1] - cu[s];
+            if (len <= 0) continue;
+            var sums = new double[heads][];
+            Parallel.For(0, heads, ComputeScheduler.Options(), h =>
+            {
+                var colSum = new double[len];
+                var tile = System.Buffers.ArrayPool<float>.Shared.Rent(BlockRows * len);
+                try
+                {
+                    for (int r0 = 0; r0 < len; r0 += BlockRows)
+                    {
+                        int rows = Math.Min(BlockRows, len - r0);
+                        var sc = tile.AsSpan(0, rows * len);
+                        Gemm.MatMulTransBCore(q.AsSpan((start + r0) * dim + h * hd), dim, rows, hd, k.AsSpan(start * dim + h * hd), dim, len,
+                            sc, len, default, false, isa, 1);
+                        for (int i = 0; i < rows; i++)
+                        {
+                            var row = sc.Slice(i * len, len);
+                            TensorPrimitives.Multiply(row, scale, row);
+                            CpuOps.Softmax(row);
+                            for (int j = 0; j < len; j++) colSum[j] += row[j];
+                        }
+                    }
+                }
+                finally { System.Buffers.ArrayPool<float>.Shared.Return(tile); }
+                sums[h] = colSum;
+            });
+            double norm = 1.0 / ((double)len * heads);
+            for (int j = 0; j < len; j++)
+            {
+                double t = 0;
+                for (int h = 0; h < heads; h++) t += sums[h][j];
+                received[start + j] += (float)(t * norm);
+            }
         }
     }
 }

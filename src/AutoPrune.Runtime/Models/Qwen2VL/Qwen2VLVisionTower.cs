@@ -66,7 +66,13 @@ internal sealed class Qwen2VLVisionTower
     public int Depth => _blocks.Length;
 
     /// <summary>Merged tokens after the tower for all images ([Σ merged, out_hidden_size]) in the processor's order.</summary>
-    public float[] Forward(IReadOnlyList<Qwen2VLImage> images, CancellationToken ct = default)
+    public float[] Forward(IReadOnlyList<Qwen2VLImage> images, CancellationToken ct = default) => Run(images, false, ct).Embeddings;
+
+    /// <summary>
+    /// The merged tokens and, with <paramref name="receivedAttention"/>, the attention each merged token receives in the last
+    /// full-attention block (see <see cref="Qwen2VLVisionOutput.ReceivedAttention"/>).
+    /// </summary>
+    public Qwen2VLVisionOutput Run(IReadOnlyList<Qwen2VLImage> images, bool receivedAttention, CancellationToken ct = default)
     {
         ArgumentNullException.ThrowIfNull(images);
         var grids = images.Select(i => i.Grid).ToArray();
@@ -81,11 +87,11 @@ internal sealed class Qwen2VLVisionTower
             img.PixelValues.CopyTo(pixels, at);
             at += img.PixelValues.Length;
         }
-        return Forward(pixels, geometry, ct);
+        return Run(pixels, geometry, receivedAttention, ct);
     }
 
     /// <summary>The tower on <c>pixel_values</c> ([patches, in·tp·p²]) laid out as <paramref name="geometry"/> says.</summary>
-    public float[] Forward(ReadOnlySpan<float> pixelValues, Qwen2VLVisionGeometry geometry, CancellationToken ct = default)
+    public Qwen2VLVisionOutput Run(ReadOnlySpan<float> pixelValues, Qwen2VLVisionGeometry geometry, bool receivedAttention = false, CancellationToken ct = default)
     {
         int n = geometry.Patches, h = _cfg.HiddenSize;
         var embedded = PatchEmbed(pixelValues, n);
@@ -93,18 +99,30 @@ internal sealed class Qwen2VLVisionTower
         var x = new float[n * h];
         for (int i = 0; i < n; i++) embedded.AsSpan(order[i] * h, h).CopyTo(x.AsSpan(i * h, h));
         var (cos, sin) = RotaryTables(geometry, order);
+        int lastFull = LastFullAttentionBlock;
+        float[]? received = receivedAttention && lastFull >= 0 ? new float[n] : null;
         for (int b = 0; b < _blocks.Length; b++)
         {
             ct.ThrowIfCancellationRequested();
-            Block(b, x, n, cos, sin, _cfg.IsFullAttention(b) ? geometry.CuSeqlens : geometry.CuWindowSeqlens);
+            Block(b, x, n, cos, sin, _cfg.IsFullAttention(b) ? geometry.CuSeqlens : geometry.CuWindowSeqlens, b == lastFull ? received : null);
         }
         var merged = Merger(x, n);
-        int tokens = geometry.MergedTokens, outDim = _cfg.OutHiddenSize;
+        int tokens = geometry.MergedTokens, outDim = _cfg.OutHiddenSize, unit = _cfg.MergeUnit;
         var result = new float[tokens * outDim];
         for (int t = 0; t < tokens; t++)
             merged.AsSpan(geometry.ReverseIndex[t] * outDim, outDim).CopyTo(result.AsSpan(t * outDim, outDim));
-        return result;
+        float[]? perToken = null;
+        if (received is not null)
+        {
+            // Patch rows are in window order: row r belongs to merged token WindowIndex[r / m²] of the processor's order.
+            perToken = new float[tokens];
+            for (int r = 0; r < n; r++) perToken[geometry.WindowIndex[r / unit]] += received[r];
+        }
+        return new Qwen2VLVisionOutput(result, perToken);
     }
+
+    /// <summary>The last block with full attention (-1 when every block is windowed).</summary>
+    public int LastFullAttentionBlock => _cfg.FullAttBlockIndexes is { Length: > 0 } f ? f.Max() : -1;
 
     /// <summary>[n, in·tp·p²] patch rows → [n, hidden].</summary>
     public float[] PatchEmbed(ReadOnlySpan<float> pixelValues, int n)
@@ -134,8 +152,11 @@ internal sealed class Qwen2VLVisionTower
         return (cos, sin);
     }
 
-    /// <summary>One vision block on x ([n, hidden], window order) in place; attention within the segments of <paramref name="cu"/>.</summary>
-    public void Block(int index, float[] x, int n, ReadOnlySpan<float> cos, ReadOnlySpan<float> sin, ReadOnlySpan<int> cu)
+    /// <summary>
+    /// One vision block on x ([n, hidden], window order) in place; attention within the segments of <paramref name="cu"/>.
+    /// With <paramref name="received"/> ([n]), also the attention each patch receives (<see cref="SegmentAttention.Received"/>).
+    /// </summary>
+    public void Block(int index, float[] x, int n, ReadOnlySpan<float> cos, ReadOnlySpan<float> sin, ReadOnlySpan<int> cu, float[]? received = null)
     {
         var w = _blocks[index];
         int h = _cfg.HiddenSize, heads = _cfg.NumHeads, hd = _cfg.HeadDim;
@@ -155,6 +176,7 @@ internal sealed class Qwen2VLVisionTower
         QwenRope.Apply(k, n, heads, hd, cos, sin);
         var att = new float[n * h];
         SegmentAttention.Forward(q, k, v, att, heads, hd, cu);
+        if (received is not null) SegmentAttention.Received(q, k, heads, hd, cu, received);
         var proj = w.Proj.Forward(att, n);
         QwenMath.AddInPlace(x, proj);
 
@@ -178,3 +200,12 @@ internal sealed class Qwen2VLVisionTower
         return _merger2.Forward(hidden, tokens);
     }
 }
+
+/// <summary>The vision tower's output.</summary>
+/// <param name="Embeddings">Merged tokens, [Σ merged, out_hidden_size], in the processor's order, image after image.</param>
+/// <param name="ReceivedAttention">
+/// Per merged token (same order), the attention it receives in the last full-attention block: the softmax probability
+/// landing on its m² patches, averaged over the heads and over every query patch of its image frame. Each frame's values
+/// sum to 1. The tower has no [CLS] token; this is the signal that stands in for [CLS] attention. Null unless asked for.
+/// </param>
+internal sealed record Qwen2VLVisionOutput(float[] Embeddings, float[]? ReceivedAttention);
