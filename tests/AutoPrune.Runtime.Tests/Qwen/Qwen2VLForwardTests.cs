@@ -188,6 +188,31 @@ public class Qwen2VLForwardTests(ITestOutputHelper output)
         Assert.True(MaxAbsDiff(c.LastLogits, la) > 1e-3f, "tying changed nothing: the test would not see a wrong head");
     }
 
+    [Theory]
+    [InlineData("BF16")]
+    [InlineData("F32")]
+    public void Bf16_and_fp32_checkpoints_match_the_float64_computation(string dtype)
+    {
+        var type = Enum.Parse<DType>(dtype);
+        // Released Qwen2.5-VL checkpoints are bf16: the same weights rounded to bf16 (or kept in fp32) must give what the
+        // float64 computation gives on those very values.
+        using var dir = new TempDir();
+        WriteVariant(dir.Path, t => t.Select(x => (x.Name, type, x.Shape, x.Data)).ToList());
+        var c = QwenFixture.ImageCases(QwenFixture.Current).First(x => x.Image == "images/06_50x60.png");
+        var img = QwenFixture.Preprocess(c.Image!);
+        using var model = Qwen2VLCpuModel.Load(dir.Path);
+        using var store = SafeTensorStore.Open(dir.Path, canonicalName: Qwen2VLTensorNames.ToCanonical);
+        Assert.Equal(type, store.GetInfo("model.visual.blocks.0.attn.qkv.weight").DType);
+        var prefill = model.Prefill(c.InputIds, [img], model.CreateCache(c.InputIds.Length, 0));
+        var logits64 = new Qwen2VLReference64(store, model.Config).LastLogits(c.InputIds, [img], prefill.Positions);
+        double diff = prefill.LastLogits.Select((x, i) => Math.Abs(x - logits64[i])).Max();
+        float fromFp16 = MaxAbsDiff(c.LastLogits, prefill.LastLogits);
+        output.WriteLine($"{type}: logits vs float64 on the same weights {diff:E2}; vs the fp16 reference {fromFp16:E2}");
+        Assert.True(diff <= Tolerance, $"{type} logits differ from float64 by {diff}");
+        if (type == DType.BF16) Assert.True(fromFp16 > Tolerance, "rounding to bf16 changed nothing: the weights were not bf16");
+        else Assert.True(fromFp16 <= Tolerance, "fp32 copies of the fp16 weights must give the reference's logits");
+    }
+
     [Fact]
     public void Missing_and_unexpected_tensors_are_named()
     {
