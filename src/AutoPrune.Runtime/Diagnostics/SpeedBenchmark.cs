@@ -304,16 +304,19 @@ public static class SpeedBenchmark
     {
         int prefix = Array.IndexOf(ids, model.Config.ImageTokenIndex);
         var session = new PruningSession(shape, options, prefix) { Newlines = map?.Layout.FeatureRows ?? 0 };
-        if (map is not null) session.SetAnyRes(map);
-        else session.SetVision(vision);
+        var image = map is not null
+            ? VisualImage.FromAnyRes(map, tokens!, model.Hidden, session.ViewShares, (f, n) => model.Project(f, n))
+            : VisualImage.FromVision(vision, VisualTokenMap.Square(model.Grid, !model.Config.DropClsToken), model.Hidden, (f, n) => model.Project(f, n));
+        session.SetImage(image, map is null ? vision : null);
         var sw = Stopwatch.StartNew();
         // Policies that choose before the LLM (VisionZip, DivPrune, AutoPrune's first stage) shorten the prompt; their selection is timed too.
-        var chosen = map is not null ? InferencePipeline.SelectBeforeLlm(model, session, map, tokens!) : InferencePipeline.SelectBeforeLlm(model, session, vision);
-        int[]? positions = null;
+        var chosen = InferencePipeline.SelectBeforeLlm(model, session, image, map is null ? vision : null);
+        PositionIds? positions = null;
         if (chosen is not null)
         {
+            int full = ids.Length;
             ids = InferencePipeline.ShortenImageRun(ids, model.Config.ImageTokenIndex, chosen.Rows.Rows);
-            positions = chosen.Positions(ids.Length, prefix, model.TokensPerImage, vision.Patches);
+            positions = chosen.Positions(ids.Length, prefix, PositionIds.Sequential(full));
         }
         int textTokens = ids.Length - (Array.LastIndexOf(ids, model.Config.ImageTokenIndex) + 1);
         SequenceState state;

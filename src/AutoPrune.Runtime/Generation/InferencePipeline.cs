@@ -127,9 +127,10 @@ internal sealed class InferencePipeline(ILlavaBackend model, LlavaTokenizer toke
                     var (imageRows, map) = anyRes.Assemble(model, encoded);
                     if (map.Sequence.Count != p.ImageTokens[i])
                         throw new ImageDecodeException($"The image {image.Name} is {map.Layout.ImageWidth}x{map.Layout.ImageHeight} ({map.Sequence.Count} tokens) now, not what its header said when the request was queued ({p.ImageTokens[i]} tokens); it changed in between.");
-                    session.SetAnyRes(map);
+                    var visualImage = VisualImage.FromAnyRes(map, imageRows, model.Hidden, session.ViewShares, (f, n) => model.Project(f, n));
+                    session.SetImage(visualImage);
                     // Policies that choose before the LLM keep some of the patches (and every image_newline row) of the one image.
-                    if (p.Request.Images.Count == 1 && SelectBeforeLlm(model, session, map, imageRows) is { } kept)
+                    if (p.Request.Images.Count == 1 && SelectBeforeLlm(model, session, visualImage, null) is { } kept)
                     {
                         selected = kept;
                         projected.Add(kept.Rows);
@@ -144,9 +145,10 @@ internal sealed class InferencePipeline(ILlavaBackend model, LlavaTokenizer toke
                     continue;
                 }
                 var vision = encoded.Views[0];
-                session.SetVision(vision);
+                var image1 = VisualImage.FromVision(vision, VisualTokenMap.Square(model.Grid, !model.Config.DropClsToken), model.Hidden, (f, n) => model.Project(f, n));
+                session.SetImage(image1, vision);
                 // Policies that choose before the LLM (VisionZip, DivPrune, AutoPrune's selection before layer 0) hand back the rows that enter it.
-                if (SelectBeforeLlm(model, session, vision) is { } chosen)
+                if (SelectBeforeLlm(model, session, image1, vision) is { } chosen)
                 {
                     selected = chosen;
                     projected.Add(chosen.Rows);
@@ -167,31 +169,17 @@ internal sealed class InferencePipeline(ILlavaBackend model, LlavaTokenizer toke
     }
 
     /// <summary>
-    /// The rows a policy that chooses before the LLM lets in, projected (on a GPU, VisionZip's stay on the device and
-    /// only the device knows their patches), or null when the policy does not choose there.
+    /// The rows a policy that chooses before the LLM lets in, projected, or null when the policy does not choose there.
+    /// Where the vision features are on a GPU and the image is LLaVA-1.5's square grid, the selection runs there (the
+    /// device-pruner registry): nothing but the chosen rows' count comes back before the prefill, and only the device knows
+    /// their patches.
     /// </summary>
-    internal static PreLlmRows? SelectBeforeLlm(ILlavaBackend model, PruningSession session, VisionFeatures vision)
+    internal static PreLlmRows? SelectBeforeLlm(ILlavaBackend model, PruningSession session, VisualImage image, VisionFeatures? vision)
     {
         var policy = session.Policy;
-        // Where the vision features are on a GPU the selection runs there (the device-pruner registry): nothing but the
-        // chosen rows' count comes back before the prefill.
-        if (Pruning.Device.DevicePruners.SelectBeforeLlm(policy, vision, model) is { } onDevice) return onDevice;
-        if (policy.SelectBeforeLlm(vision, (features, rows) => model.Project(features, rows)) is not { } chosen) return null;
-        return new PreLlmRows(ImageRows.OnHost(chosen.Projected, model.Hidden), chosen.VisualIndex, chosen.OriginalPositions);
-    }
-
-    /// <summary>
-    /// What of a LLaVA-NeXT image a policy that chooses before the LLM lets in (its patches' rows and every image_newline
-    /// row, then merged rows), on the host, or null when the policy does not choose there.
-    /// </summary>
-    internal static PreLlmRows? SelectBeforeLlm(ILlavaBackend model, PruningSession session, AnyResTokenMap map, float[] tokens)
-    {
-        var image = new AnyResImage(map, tokens, model.Hidden, session.ViewShares);
-        if (session.Policy.SelectBeforeLlm(image, (features, rows) => model.Project(features, rows)) is not { } chosen) return null;
-        return new PreLlmRows(ImageRows.OnHost(chosen.Projected, model.Hidden), chosen.VisualIndex, chosen.OriginalPositions)
-        {
-            RunPlaces = chosen.RunPlaces, FullRun = chosen.FullRun,
-        };
+        if (vision is not null && image.Map.SquareGrid is not null && Pruning.Device.DevicePruners.SelectBeforeLlm(policy, vision, model) is { } onDevice)
+            return onDevice;
+        return policy.SelectBeforeLlm(image) is { } chosen ? PreLlmRows.OnHost(chosen, model.Hidden) : null;
     }
 
     /// <summary>Decodes and resizes a LLaVA-1.5 image (its own span, timed into <paramref name="preprocessMs"/>).</summary>
@@ -222,7 +210,7 @@ internal sealed class InferencePipeline(ILlavaBackend model, LlavaTokenizer toke
         var ids = encoded.Ids;
         int visualInPrompt = ids.Count(t => t == model.Config.ImageTokenIndex);
         int prefix = Math.Max(0, Array.IndexOf(ids, model.Config.ImageTokenIndex));
-        var positions = encoded.Selected?.Positions(ids.Length, prefix, model.TokensPerImage, shape.GridSize * shape.GridSize);
+        var positions = encoded.Selected?.Positions(ids.Length, prefix, PositionIds.Sequential(p.Ids.Length));
         SequenceState state;
         try { state = model.BuildSequence(ids, encoded.Projected, encoded.VisualIndices, positions); }
         finally { foreach (var rows in encoded.Projected) rows.Dispose(); }

@@ -1,6 +1,5 @@
 using AutoPrune.Compute;
 using System.Numerics.Tensors;
-using AutoPrune.Models.Llava;
 
 namespace AutoPrune.Pruning;
 
@@ -21,7 +20,7 @@ internal sealed class AdaptPrunePolicy(ModelShape shape, PruningOptions options)
             float norm = MathF.Sqrt(TensorPrimitives.SumOfSquares<float>(src));
             TensorPrimitives.Multiply(src, norm > 0 ? 1f / norm : 0f, features.AsSpan(i * kd, kd));
         }
-        if (ctx.TokenMap is { } map) return ctx.Build(SelectAnyRes(ctx, map, attention, features, kd, step.Kept), null, renumber: false);
+        if (ctx.TokenMap is { SquareGrid: null } map) return ctx.Build(SelectByGeometry(ctx, map, attention, features, kd, step.Kept), null, renumber: false);
         // The grid prior and the spatial NMS need a patch per token: a [CLS] token ("full") has none and is kept.
         var (cls, patches) = ctx.SplitCls();
         if (cls.Length == 0)
@@ -34,10 +33,10 @@ internal sealed class AdaptPrunePolicy(ModelShape shape, PruningOptions options)
     }
 
     /// <summary>
-    /// A LLaVA-NeXT image: the prior and the NMS on each token's place in the original image (base view and tiles
-    /// together, or each view with its quota under <see cref="BudgetScope.PerView"/>).
+    /// Tokens placed anywhere in an image (LLaVA-NeXT's views, Qwen2.5-VL's merged grid): the prior and the NMS on each
+    /// token's place in the original image (all views together, or each view with its quota under <see cref="BudgetScope.PerView"/>).
     /// </summary>
-    private int[] SelectAnyRes(PruneContext ctx, AnyResTokenMap map, float[] attention, float[] unitKeys, int kd, int k)
+    private int[] SelectByGeometry(PruneContext ctx, VisualTokenMap map, float[] attention, float[] unitKeys, int kd, int k)
     {
         var patches = Enumerable.Range(0, ctx.VisualCount).Select(ctx.Patch).ToArray();
         var prior = map.Geometry.PositionalPrior(patches, Options.AdaptPruneSigmaPFactor);

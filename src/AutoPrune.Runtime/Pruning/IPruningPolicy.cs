@@ -1,6 +1,4 @@
 using AutoPrune.Compute;
-using System.Numerics.Tensors;
-using AutoPrune.Models.Llava;
 
 namespace AutoPrune.Pruning;
 
@@ -22,21 +20,14 @@ internal interface IPruningPolicy
     /// <summary>Receives the vision tower's output before the LLM runs.</summary>
     void OnVision(VisionFeatures vision) { }
 
-    /// <summary>
-    /// Chooses what of one image enters the LLM (VisionZip, DivPrune): the projected rows and their original patch
-    /// indices. Null (the default) lets every visual token in, projected as it is.
-    /// </summary>
-    /// <param name="project">The model's projector: vision features [rows, visionHidden] to decoder rows.</param>
-    PreLlmSelection? SelectBeforeLlm(VisionFeatures vision, Func<float[], int, float[]> project) => null;
-
-    /// <summary>Receives a LLaVA-NeXT image's token map (views, places, each view's [CLS] attention) before the LLM runs.</summary>
-    void OnAnyRes(AnyResTokenMap map) { }
+    /// <summary>Receives the request's (first) image as pruning sees it (token map, signals) before the LLM runs.</summary>
+    void OnImage(VisualImage image) { }
 
     /// <summary>
-    /// Chooses what of a LLaVA-NeXT image enters the LLM (VisionZip, DivPrune, AutoPrune's first stage): the kept
-    /// patches' rows with every image_newline row in place, and merged rows at the run's end. Null lets every token in.
+    /// Chooses what of one image enters the LLM (VisionZip, DivPrune, AutoPrune's first stage): the kept tokens' rows with
+    /// every [CLS] and separator row in place, and merged rows at the run's end. Null (the default) lets every token in.
     /// </summary>
-    PreLlmSelection? SelectBeforeLlm(AnyResImage image, Func<float[], int, float[]> project) => null;
+    PreLlmSelection? SelectBeforeLlm(VisualImage image) => null;
 
     /// <summary>Called after decoder layer <c>view.Layer</c>; returns the new sequence or null to keep it.</summary>
     PruneAction? AfterLayer(LayerView view, PruneContext ctx);

@@ -1,6 +1,5 @@
 using AutoPrune.Compute;
 using System.Numerics.Tensors;
-using AutoPrune.Models.Llava;
 
 namespace AutoPrune.Pruning;
 
@@ -19,11 +18,11 @@ internal sealed class PruneContext
     public required PruningOptions Options { get; init; }
 
     /// <summary>
-    /// LLaVA-NeXT only (null otherwise): where each visual patch of the image came from (view, row, column, area in
-    /// the original image), which of the image's rows are image_newline tokens, and each view's [CLS] attention.
-    /// Rows of the sequence name their patch through <see cref="SequenceState.VisualIndex"/>.
+    /// The image's visual tokens (null for a request without one): where each came from (view, cell, place in the original
+    /// image) and the image's run (separator rows, [CLS]). Rows of the sequence name their token through
+    /// <see cref="SequenceState.VisualIndex"/>.
     /// </summary>
-    public AnyResTokenMap? TokenMap { get; init; }
+    public VisualTokenMap? TokenMap { get; init; }
 
     /// <summary>image_newline rows inside the image's run (LLaVA-NeXT; 0 otherwise): kept in place by every prune.</summary>
     public int Newlines { get; init; }
@@ -73,7 +72,7 @@ internal sealed class PruneContext
     {
         int v = State.VisualIndex[VisualRows[i]];
         if (v < 0) return -1;
-        return TokenMap is null ? v % (Shape.GridSize * Shape.GridSize) : v;
+        return TokenMap is null or { SquareGrid: not null } ? v % (Shape.GridSize * Shape.GridSize) : v;
     }
 
     /// <summary>New rows: the prefix, the kept visual rows (in order, image_newline rows kept in place), merged tokens, then the text.</summary>

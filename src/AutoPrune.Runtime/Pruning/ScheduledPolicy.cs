@@ -1,6 +1,4 @@
 using AutoPrune.Compute;
-using System.Numerics.Tensors;
-using AutoPrune.Models.Llava;
 
 namespace AutoPrune.Pruning;
 
@@ -10,8 +8,7 @@ internal abstract class ScheduledPolicy(ModelShape shape, PruningOptions options
     public LayerSchedule? Schedule { get; protected set; } = ScheduleSolver.Solve(shape, options);
     public PruningMethod Method => options.Method;
     public virtual bool RunsInDecoder => true;
-    public virtual PreLlmSelection? SelectBeforeLlm(VisionFeatures vision, Func<float[], int, float[]> project) => null;
-    public virtual PreLlmSelection? SelectBeforeLlm(AnyResImage image, Func<float[], int, float[]> project) => null;
+    public virtual PreLlmSelection? SelectBeforeLlm(VisualImage image) => null;
     public virtual IReadOnlyDictionary<string, double> RuntimeSignals { get; } = new Dictionary<string, double>();
     internal PruningOptions Options => options;
 

@@ -1,6 +1,5 @@
 using AutoPrune.Compute;
 using System.Numerics.Tensors;
-using AutoPrune.Models.Llava;
 
 namespace AutoPrune.Pruning;
 
@@ -11,10 +10,10 @@ internal static class ViewQuotas
     /// Candidates by group: one group per view (by their patches' views), then one for tokens without a patch (merged).
     /// <paramref name="patches"/> gives each candidate's patch (negative: none).
     /// </summary>
-    public static int[][] Groups(int[] patches, AnyResTokenMap map, int views)
+    public static int[][] Groups(int[] patches, VisualTokenMap map, int views)
     {
         var lists = Enumerable.Range(0, views + 1).Select(_ => new List<int>()).ToArray();
-        for (int i = 0; i < patches.Length; i++) lists[patches[i] >= 0 ? map.Patches[patches[i]].View : views].Add(i);
+        for (int i = 0; i < patches.Length; i++) lists[patches[i] >= 0 ? map.Tokens[patches[i]].View : views].Add(i);
         return lists.Select(l => l.ToArray()).ToArray();
     }
 

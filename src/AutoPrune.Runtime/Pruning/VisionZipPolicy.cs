@@ -1,6 +1,4 @@
 using AutoPrune.Compute;
-using System.Numerics.Tensors;
-using AutoPrune.Models.Llava;
 
 namespace AutoPrune.Pruning;
 
@@ -10,33 +8,32 @@ internal sealed class VisionZipPolicy(ModelShape shape, PruningOptions options) 
     public override bool RunsInDecoder => false;
     protected override PruneAction? Prune(LayerView view, PruneContext ctx, PruneStep step) => null;
 
-    public override PreLlmSelection SelectBeforeLlm(VisionFeatures vision, Func<float[], int, float[]> project)
-    {
-        var zip = Select(vision);
-        return new PreLlmSelection(project(zip.Hidden, zip.Count), [.. zip.Dominant, .. Enumerable.Repeat(-2, zip.ContextualTargets.Length)])
-        {
-            OriginalPositions = Options.Positions == PrunedPositions.Original,
-        };
-    }
-
     /// <summary>
-    /// A LLaVA-NeXT image: each patch scored by its own view's [CLS] attention, keys compared across views (base view and
-    /// tiles together), contextual tokens merged in the vision tower's space and projected; under
-    /// <see cref="BudgetScope.PerView"/> each view picks its own dominant and contextual tokens from its share.
+    /// Dominant tokens by the [CLS] attention (summed over heads; on a tower without [CLS], the attention each token
+    /// receives) and contextual tokens merged from the rest by key similarity, in the features' space, then projected.
+    /// LLaVA-1.5's "full" strategy keeps its [CLS] row as a dominant token. On a LLaVA-NeXT image each patch is scored by its
+    /// own view's [CLS] attention and keys are compared across views; under <see cref="BudgetScope.PerView"/> each view
+    /// picks its own dominant and contextual tokens from its share.
     /// </summary>
-    public override PreLlmSelection SelectBeforeLlm(AnyResImage image, Func<float[], int, float[]> project)
+    public override PreLlmSelection SelectBeforeLlm(VisualImage image)
     {
         var step = Schedule!.Steps.Single(s => s.AfterLayer == -1);
-        var first = image.Map.Views[0];
-        int heads = first.Heads, vh = first.Hidden;
+        bool original = Options.Positions == PrunedPositions.Original;
+        int heads = image.ClsHeads, fd = image.FeatureDim, n = image.Count;
         var cls = image.ClsAttention();
-        var keys = image.Gather(v => v.PatchKeys, vh, "attention at the feature layer");
-        var features = image.Gather(v => v.Features, vh, "features");
-        int n = image.Patches;
-        var groups = image.ViewShares is null ? [Enumerable.Range(0, n).ToArray()] : ViewQuotas.Groups(Enumerable.Range(0, n).ToArray(), image.Map, image.ViewShares.Length)[..^1];
-        // Request scope: the schedule's D + C over all patches; per view: each view's share of D + C, split the same way.
+        var keys = image.Keys();
+        var features = image.Features();
+        if (image.Map.SquareGrid is not null)
+        {
+            var zip = VisionZipSelector.Select(cls, heads, keys, features, fd, step.Kept - (image.Map.HasCls ? 1 : 0), step.Recycled);
+            int c = zip.ContextualTargets.Length;
+            return image.Select(zip.Dominant, c == 0 ? null : zip.Hidden.AsSpan(zip.Dominant.Length * fd, c * fd).ToArray(), c, original);
+        }
+        int[][] groups = image.ViewShares is null ? [Enumerable.Range(0, n).ToArray()] : ViewQuotas.Groups(Enumerable.Range(0, n).ToArray(), image.Map, image.ViewShares.Length)[..^1];
+        // Request scope: the schedule's D + C over all tokens; per view: each view's share of D + C, split the same way.
         var budgets = image.ViewShares is null ? [step.Kept + step.Recycled]
             : ViewQuotas.Apportion(step.Kept + step.Recycled, image.ViewShares, groups.Select(g => g.Length).ToArray());
+        int dk = image.KeyDim;
         var dominant = new List<int>();
         var contextual = new List<float>();
         int dominantCount = 0, contextualCount = 0;
@@ -48,24 +45,23 @@ internal sealed class VisionZipPolicy(ModelShape shape, PruningOptions options) 
             var gcls = new float[heads * group.Length];
             for (int h = 0; h < heads; h++)
                 for (int j = 0; j < group.Length; j++) gcls[h * group.Length + j] = cls[h * n + group[j]];
-            var gkeys = new float[group.Length * vh];
-            var gfeat = new float[group.Length * vh];
+            var gkeys = new float[group.Length * dk];
+            var gfeat = new float[group.Length * fd];
             for (int j = 0; j < group.Length; j++)
             {
-                keys.AsSpan(group[j] * vh, vh).CopyTo(gkeys.AsSpan(j * vh, vh));
-                features.AsSpan(group[j] * vh, vh).CopyTo(gfeat.AsSpan(j * vh, vh));
+                keys.AsSpan(group[j] * dk, dk).CopyTo(gkeys.AsSpan(j * dk, dk));
+                features.AsSpan(group[j] * fd, fd).CopyTo(gfeat.AsSpan(j * fd, fd));
             }
-            var zip = VisionZipSelector.Select(gcls, heads, gkeys, gfeat, vh, d, c);
+            var zip = VisionZipSelector.Select(gcls, heads, gkeys, gfeat, fd, d, c);
             dominant.AddRange(zip.Dominant.Select(j => group[j]));
-            contextual.AddRange(zip.Hidden.AsSpan(zip.Dominant.Length * vh, zip.ContextualTargets.Length * vh).ToArray());
+            contextual.AddRange(zip.Hidden.AsSpan(zip.Dominant.Length * fd, zip.ContextualTargets.Length * fd).ToArray());
             dominantCount += zip.Dominant.Length;
             contextualCount += zip.ContextualTargets.Length;
         }
         _signals["dominant"] = dominantCount;
         _signals["contextual"] = contextualCount;
         dominant.Sort();
-        var merged = contextualCount == 0 ? null : project([.. contextual], contextualCount);
-        return image.Select([.. dominant], merged, Options.Positions == PrunedPositions.Original);
+        return image.Select([.. dominant], contextualCount == 0 ? null : [.. contextual], contextualCount, original);
     }
 
     private readonly Dictionary<string, double> _signals = new(StringComparer.Ordinal);

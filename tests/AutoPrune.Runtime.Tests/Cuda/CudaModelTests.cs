@@ -33,6 +33,10 @@ public sealed class TwoBackendFixture : IDisposable
 
     internal float[] Pixels(string image) => Images.PreprocessFile(TestData.Image(image), false);
 
+    /// <summary>The image as pruning sees it, from the GPU path's vision features (LLaVA-1.5's square grid).</summary>
+    internal VisualImage Image(VisionFeatures vision)
+        => VisualImage.FromVision(vision, VisualTokenMap.Square(Gpu.Grid, cls: false), Gpu.Hidden, (f, n) => Gpu.Project(f, n));
+
     /// <summary>The request path's prompt on a backend: tower, projector and sequence (on a GPU all on the device; its buffers released).</summary>
     internal static SequenceState Sequence(ILlavaBackend model, int[] ids, float[] pixels)
     {

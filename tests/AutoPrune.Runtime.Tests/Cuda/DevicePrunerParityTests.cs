@@ -42,7 +42,7 @@ public sealed class DevicePrunerParityTests(TwoBackendFixture fx, ITestOutputHel
         var vision = fx.Gpu.VisionForward(fx.Pixels(row.Image));
         try
         {
-            session.SetVision(vision);
+            session.SetImage(fx.Image(vision), vision);
             SequenceState state;
             using (var rows = fx.Gpu.ProjectImage(vision)) state = fx.Gpu.BuildSequence(ids, [rows]);
             var counters = new Diagnostics.DeviceCounterSet();
@@ -113,7 +113,9 @@ public sealed class DevicePrunerParityTests(TwoBackendFixture fx, ITestOutputHel
         WithGpuVision(rowId, vision =>
         {
             policy.OnVision(vision);
-            var host = policy.SelectBeforeLlm(vision, (f, n) => fx.Gpu.Project(f, n))!;
+            var image = fx.Image(vision);
+            policy.OnImage(image);
+            var host = policy.SelectBeforeLlm(image)!;
             using var device = AutoPruneOnDevice.SelectBeforeLlm(fx.Gpu, policy, vision)!;
             Assert.Equal(policy.Initial.Entering, device.Rows);
             Assert.Equal(host.VisualIndex, fx.GpuBackend.DownloadInts(device.Visual!.First(device.Rows)));
@@ -134,7 +136,7 @@ public sealed class DevicePrunerParityTests(TwoBackendFixture fx, ITestOutputHel
         var policy = (DivPrunePolicy)PruningPolicies.Create(Shape, new PruningOptions { Method = PruningMethod.DivPrune, Budget = budget });
         WithGpuVision(rowId, vision =>
         {
-            var host = policy.SelectBeforeLlm(vision, (f, n) => fx.Gpu.Project(f, n));
+            var host = policy.SelectBeforeLlm(fx.Image(vision));
             int k = policy.PatchesToKeep(vision);
             using var device = DivPruneOnDevice.Select(fx.Gpu, vision, k, originalPositions: false);
             var kept = fx.GpuBackend.DownloadInts(device.Visual!.First(device.Rows));

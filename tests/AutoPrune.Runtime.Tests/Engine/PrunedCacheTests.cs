@@ -27,7 +27,7 @@ public sealed class PrunedCacheTests(TinyModelFixture fx) : IClassFixture<TinyMo
         var model = fx.Model;
         var vision = model.Vision.Forward(fx.Images.PreprocessFile(TestData.Image(row.Image), false));
         var pruning = new PruningSession(Shape, AutoPrune.Runtime.Tests.Pruning.ScheduleTests.Options(method) with { Budget = 192 }, prefix);
-        pruning.SetVision(vision);
+        pruning.SetImage(VisualImage.FromVision(vision, VisualTokenMap.Square(model.Grid, cls: false), model.Hidden, (f, n) => model.Project(f, n)), vision);
         var state = fx.Sequence(ids, model.Project(vision.Features, vision.Tokens));
         using var generation = (DecoderGeneration)model.StartGeneration(3);
         var session = (CpuDecoderSession)generation.Session;

@@ -50,7 +50,7 @@ internal interface ILlavaBackend : IVisualProjector, IDisposable
     /// </summary>
     /// <paramref name="positions"/>: each row's RoPE position when they are not 0..n-1 (a selection before the LLM that keeps
     /// the original positions).
-    SequenceState BuildSequence(ReadOnlySpan<int> ids, IReadOnlyList<ImageRows> images, IReadOnlyList<int[]>? visualIndices = null, int[]? positions = null);
+    SequenceState BuildSequence(ReadOnlySpan<int> ids, IReadOnlyList<ImageRows> images, IReadOnlyList<int[]>? visualIndices = null, PositionIds? positions = null);
 
     /// <summary>Copies the token embedding of each id into <paramref name="dst"/> ([ids, Hidden]).</summary>
     void Embed(ReadOnlySpan<int> ids, Span<float> dst);

@@ -191,7 +191,7 @@ internal sealed class LlavaModel : ILlavaBackend
     /// <paramref name="visualIndices"/> names each image row's patch (default 0..n-1); <paramref name="given"/> each row's
     /// RoPE position when they are not 0..n-1 (a selection before the LLM that keeps the original positions).
     /// </summary>
-    public SequenceState BuildSequence(ReadOnlySpan<int> ids, IReadOnlyList<ImageRows> images, IReadOnlyList<int[]>? visualIndices = null, int[]? given = null)
+    public SequenceState BuildSequence(ReadOnlySpan<int> ids, IReadOnlyList<ImageRows> images, IReadOnlyList<int[]>? visualIndices = null, PositionIds? given = null)
     {
         int n = ids.Length, h = Hidden;
         if (n == 0) throw new ArgumentException("The prompt is empty.", nameof(ids));
@@ -204,7 +204,8 @@ internal sealed class LlavaModel : ILlavaBackend
         int imageRows = images.Sum(i => i.Rows);
         int firstImageRow = Array.FindIndex(source, s => s < 0);
         bool backendPositions = given is null && images.Count == 1 && images[0].OriginalPositions && images[0].Visual is not null && firstImageRow >= 0;
-        var positions = given is null ? null : PositionIds.OneComponent(SequenceBuilder.CheckedPositions(given, n));
+        if (given is not null && given.Count != n) throw new ArgumentException($"{given.Count} positions for a prompt of {n} rows.", nameof(given));
+        var positions = given?.Validate();
         using var scope = Backend.Enter();
         Tensor? joined = null, imageVisual = null;
         BuiltSequence built;

@@ -20,7 +20,7 @@ internal sealed class AutoPruneOnDevice(AutoPrunePolicy policy) : IDevicePruner
     public bool ReadsAttention(int layer) => layer <= 1 || DevicePruners.PrunesAfter(policy.Schedule!, layer);
 
     /// <summary>Recycling merges on the host, and LLaVA-NeXT images and host-only vision features stay with the host code.</summary>
-    public bool Handles(PruneContext ctx) => !policy.Options.AutoPruneRecycle && ctx.TokenMap is null && policy.VisionOnDevice && ctx.TextCount > 0;
+    public bool Handles(PruneContext ctx) => !policy.Options.AutoPruneRecycle && (ctx.TokenMap is null or { SquareGrid: not null }) && policy.VisionOnDevice && ctx.TextCount > 0;
 
     public IReadOnlyDictionary<string, double> Signals { get; } = new Dictionary<string, double>();
 

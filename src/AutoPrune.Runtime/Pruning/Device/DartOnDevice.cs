@@ -14,8 +14,8 @@ internal sealed class DartOnDevice(LayerSchedule schedule, PruningOptions option
 {
     public bool ReadsAttention(int layer) => DevicePruners.PrunesAfter(schedule, layer);
 
-    /// <summary>LLaVA-NeXT images stay with the host code.</summary>
-    public bool Handles(PruneContext ctx) => ctx.TokenMap is null;
+    /// <summary>Token maps other than LLaVA-1.5's square grid (LLaVA-NeXT, Qwen2.5-VL) stay with the host code.</summary>
+    public bool Handles(PruneContext ctx) => ctx.TokenMap is null or { SquareGrid: not null };
 
     public IReadOnlyDictionary<string, double> Signals { get; } = new Dictionary<string, double>();
 
