@@ -391,7 +391,7 @@ public sealed class VisionLanguageModel : IDisposable
             throw new ArgumentException($"The prompt ({ids.Length} tokens) leaves no room to answer in the model's context of {context} tokens.", nameof(request));
         // An explicit method that cannot serve this request is an error; a default one falls back to None with a note.
         var (resolved, note) = Pruning.PruningCapabilities.Resolve(request.Pruning, request.DefaultPruning ?? _options.DefaultPruning,
-            new Pruning.PruningRequestShape(request.Images.Count, _model.Config.IsAnyRes));
+            new Pruning.PruningRequestShape(request.Images.Count, _model.Config.IsAnyRes) { Signals = _model.Signals });
         var pruning = WithCalibration(resolved);
         // LLaVA-NeXT: the policy sees the image's own visual tokens (its patches, without the image_newline rows) and views.
         var pruningShape = layouts is { Length: > 0 } ? Shape with { VisualTokens = layouts[0].Patches, ViewPatches = layouts[0].ViewPatches() } : null;

@@ -19,6 +19,9 @@ internal interface ILlavaBackend : IVisualProjector, IDisposable
     int Grid { get; }
     int DecoderLayers { get; }
 
+    /// <summary>The pruning signals this model provides (without attention layers in the vision tower, none of its own).</summary>
+    Pruning.PruningSignals Signals { get; }
+
     /// <summary>The device's counters (host syncs, launches, copies, ...); null on the CPU backend.</summary>
     Diagnostics.DeviceCounterSet? Counters => null;
 

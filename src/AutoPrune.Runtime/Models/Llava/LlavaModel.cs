@@ -144,6 +144,10 @@ internal sealed class LlavaModel : ILlavaBackend
     public Diagnostics.DeviceCounterSet? Counters => Backend.Counters;
     public int Grid => Vision.Grid;
     public int DecoderLayers => Decoder.Layers;
+
+    /// <summary>Every signal, except the vision tower's attention and keys when its feature layer is the embedding layer.</summary>
+    public Pruning.PruningSignals Signals => Config.ResolvedFeatureLayerIndex > 0 ? Pruning.PruningSignals.All
+        : Pruning.PruningSignals.All & ~(Pruning.PruningSignals.VisionAttention | Pruning.PruningSignals.VisionKeys);
     public int Hidden => Decoder.Hidden;
 
     /// <summary>Number of visual tokens one image contributes.</summary>
