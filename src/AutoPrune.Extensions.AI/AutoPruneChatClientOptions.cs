@@ -56,6 +56,10 @@ public sealed class AutoPruneChatClientOptions
     /// <summary>Extra runtime options (logging, limits); <see cref="Device"/>, <see cref="PadToSquare"/> and <see cref="MaxConcurrentRequests"/> override its values.</summary>
     public ModelOptions? ModelOptions { get; set; }
 
+    /// <summary>What was wrong with the configuration section these settings were bound from (unknown keys, a bad
+    /// <c>Pruning</c> subsection); reported first by <see cref="Validate"/>.</summary>
+    internal IReadOnlyList<string> ConfigurationProblems { get; set; } = [];
+
     internal ModelOptions ToModelOptions()
     {
         var o = (ModelOptions ?? new ModelOptions()) with { Device = Device, PadToSquare = PadToSquare };
@@ -100,7 +104,7 @@ public sealed class AutoPruneChatClientOptions
     /// <returns>One message per problem; empty when the settings are usable.</returns>
     public IReadOnlyList<string> Validate()
     {
-        var problems = new List<string>();
+        var problems = new List<string>(ConfigurationProblems);
         if (string.IsNullOrWhiteSpace(ModelDirectory))
         {
             problems.Add($"No model directory for the AutoPrune chat client: set '{SectionName}:{nameof(ModelDirectory)}' in configuration or pass it to the registration.");
