@@ -88,7 +88,7 @@ internal static class ChatRequestTranslator
             return (budget is double bb ? p with { Budget = bb } : p, null);
         }
         if (configured is null && budget is null) return (null, null); // the model's DefaultPruning applies
-        var d = configured ?? new PruningOptions();
+        var d = configured ?? PruningOptions.Default; // a budget alone keeps the default method
         return (null, budget is double fb ? d with { Budget = fb } : d);
     }
 

@@ -100,7 +100,7 @@ public sealed class VisionLanguageModel : IDisposable
             problems.Add(e.Message);
             return problems;
         }
-        if (!config.IsAnyRes && CheckPruning(ShapeOf(config), options.DefaultPruning) is { } pruning) problems.Add($"ModelOptions.DefaultPruning: {pruning}");
+        if (!config.IsAnyRes && CheckPruning(ShapeOf(config), Configured(options.DefaultPruning)) is { } pruning) problems.Add($"ModelOptions.DefaultPruning: {pruning}");
         return problems;
     }
 
@@ -114,6 +114,13 @@ public sealed class VisionLanguageModel : IDisposable
         ArgumentNullException.ThrowIfNull(pruning);
         if (CheckPruning(Shape, pruning) is { } problem) throw new ArgumentException(problem, nameof(pruning));
     }
+
+    /// <summary>
+    /// A default pruning that was configured, or null for the built-in <see cref="Pruning.PruningOptions.Default"/>, which is
+    /// not checked at load: on a model too small for its budget it runs unpruned with a note (see <see cref="Prepare"/>).
+    /// </summary>
+    private static Pruning.PruningOptions? Configured(Pruning.PruningOptions? pruning) =>
+        ReferenceEquals(pruning, Pruning.PruningOptions.Default) ? null : pruning;
 
     /// <summary>Why <paramref name="pruning"/> cannot run on a model of <paramref name="shape"/> (an infeasible budget), or null.</summary>
     private static string? CheckPruning(Pruning.ModelShape shape, Pruning.PruningOptions? pruning)
@@ -151,7 +158,7 @@ public sealed class VisionLanguageModel : IDisposable
         var sw = Stopwatch.StartNew();
         progress?.Report(new LoadProgress("config", 0));
         var config = LlavaConfig.Load(dir, limits);
-        if (!config.IsAnyRes && CheckPruning(ShapeOf(config), options.DefaultPruning) is { } pruning)
+        if (!config.IsAnyRes && CheckPruning(ShapeOf(config), Configured(options.DefaultPruning)) is { } pruning)
             throw new ArgumentException($"ModelOptions.DefaultPruning cannot run on '{dir}': {pruning}", nameof(options));
         progress?.Report(new LoadProgress("tokenizer", 0.02));
         var tokenizer = LlavaTokenizer.Load(dir, config.ImageTokenIndex, limits, config.TextConfig.VocabSize);
@@ -390,13 +397,25 @@ public sealed class VisionLanguageModel : IDisposable
         if (maxNew < 1)
             throw new ArgumentException($"The prompt ({ids.Length} tokens) leaves no room to answer in the model's context of {context} tokens.", nameof(request));
         // An explicit method that cannot serve this request is an error; a default one falls back to None with a note.
-        var (resolved, note) = Pruning.PruningCapabilities.Resolve(request.Pruning, request.DefaultPruning ?? _options.DefaultPruning,
+        var fallback = request.DefaultPruning ?? _options.DefaultPruning;
+        var (resolved, note) = Pruning.PruningCapabilities.Resolve(request.Pruning, fallback,
             new Pruning.PruningRequestShape(request.Images.Count, _model.Config.IsAnyRes) { Signals = _model.Signals });
         var pruning = WithCalibration(resolved);
         // LLaVA-NeXT: the policy sees the image's own visual tokens (its patches, without the image_newline rows) and views.
         var pruningShape = layouts is { Length: > 0 } ? Shape with { VisualTokens = layouts[0].Patches, ViewPatches = layouts[0].ViewPatches() } : null;
         if (pruning.Method != Pruning.PruningMethod.None)
-            _ = new Pruning.PruningSession(pruningShape ?? Shape, pruning, 0); // an infeasible budget fails here, before queueing
+        {
+            try
+            {
+                _ = new Pruning.PruningSession(pruningShape ?? Shape, pruning, 0); // an infeasible budget fails here, before queueing
+            }
+            catch (ArgumentException e) when (request.Pruning is null && ReferenceEquals(fallback, Pruning.PruningOptions.Default))
+            {
+                // The built-in default never fails a request (a configured one does, naming the smallest feasible budget).
+                pruning = pruning with { Method = Pruning.PruningMethod.None };
+                note = $"The default pruning ('{Pruning.PruningMethods.Name(Pruning.PruningOptions.Default.Method)}', budget {Pruning.PruningOptions.DefaultBudget:0}) cannot run on this request ({e.Message}); it ran unpruned (method none).";
+            }
+        }
         return new PreparedRequest(request with { Generation = g }, ids, maxNew, pruning, note is null ? [] : [note], imageTokens)
         {
             ImagePatches = layouts?.Select(l => l.Patches).ToArray(),

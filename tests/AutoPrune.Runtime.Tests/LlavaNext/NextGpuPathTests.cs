@@ -19,7 +19,7 @@ public class NextGpuPathTests(ITestOutputHelper output)
     [MemberData(nameof(Cases))]
     public async Task The_gpu_code_path_runs_the_tiles(string variant, string image)
     {
-        using var model = VisionLanguageModel.Load(NextFixture.Model(variant), new ModelOptions { Device = "ilgpu-cpu" });
+        using var model = VisionLanguageModel.Load(NextFixture.Model(variant), new ModelOptions { Device = "ilgpu-cpu", DefaultPruning = null });
         var r = NextFixture.References(variant).Single(x => x.Image == image);
         var request = VisionRequest.Create(r.Question, ImageInput.FromFile(NextFixture.Image(r.Image))) with
         { Generation = new GenerationOptions { MaxNewTokens = 5 } };
@@ -45,8 +45,8 @@ public class NextGpuPathTests(ITestOutputHelper output)
         // (Not the 50x60 image: upscaled 20-fold, its tiles' patches are near-duplicates whose fp16 scores reorder AdaptPrune's NMS.)
         foreach (var (variant, image) in full ? new[] { ("llama", "images/00_336x336.png"), ("mistral", "images/01_640x480.png") } : [("llama", "images/00_336x336.png")])
         {
-            using var cpu = VisionLanguageModel.Load(NextFixture.Model(variant), new ModelOptions { Device = "cpu" });
-            using var gpu = VisionLanguageModel.Load(NextFixture.Model(variant), new ModelOptions { Device = "ilgpu-cpu" });
+            using var cpu = VisionLanguageModel.Load(NextFixture.Model(variant), new ModelOptions { Device = "cpu", DefaultPruning = null });
+            using var gpu = VisionLanguageModel.Load(NextFixture.Model(variant), new ModelOptions { Device = "ilgpu-cpu", DefaultPruning = null });
             foreach (var scope in full ? new[] { BudgetScope.Request, BudgetScope.PerView } : [BudgetScope.Request])
                 foreach (var method in Enum.GetValues<PruningMethod>().Where(m => m != PruningMethod.None))
                 {

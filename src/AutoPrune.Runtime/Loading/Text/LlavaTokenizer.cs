@@ -28,6 +28,25 @@ internal sealed class LlavaTokenizer
 {
     internal const char SpaceSymbol = '\u2581'; // ▁
 
+    /// <summary>
+    /// Most pieces a tokenizer file may declare when the model's <c>vocab_size</c> is not known (with it, that is the
+    /// limit): 1,048,576, four times the largest vocabulary of a released LLM. Counted before the tokenizer is built.
+    /// </summary>
+    internal const int MaxVocabulary = 1 << 20;
+
+    /// <summary>
+    /// The most pieces a tokenizer file is read with, counted before it is built: twice the model's <c>vocab_size</c> plus
+    /// 1,024 (a file slightly over it is built and refused with the exact id that has no embedding row), at most
+    /// <see cref="MaxVocabulary"/>; a file far over it (millions of entries) is refused in a fraction of a second.
+    /// </summary>
+    internal static int PieceLimit(int? modelVocabSize) =>
+        modelVocabSize is int v && v > 0 ? (int)Math.Min((long)v * 2 + 1024, MaxVocabulary) : MaxVocabulary;
+
+    /// <summary>Why a tokenizer may have at most <paramref name="maxPieces"/> pieces, for the error message.</summary>
+    internal static string VocabularyLimitReason(int maxPieces, int? modelVocabSize = null) => modelVocabSize is int v && maxPieces < MaxVocabulary
+        ? $"far more than config.json's text_config.vocab_size = {v:N0} (every piece needs an embedding row)"
+        : $"the most a tokenizer may have ({MaxVocabulary:N0})";
+
     private readonly SentencePieceTokenizer _sp;
     private readonly int _spVocabSize;
     // Special / added tokens recognised in the prompt text, longest first so that the longest match wins.
@@ -160,9 +179,14 @@ internal sealed class LlavaTokenizer
         }
 
         SentencePieceTokenizer sp;
+        int maxPieces = PieceLimit(modelVocabSize);
         if (File.Exists(modelPath))
         {
             var bytes = ModelFiles.ReadBytes(modelPath, limits.TokenizerBytes, tokenizerLimit);
+            // Before Microsoft.ML.Tokenizers builds it: an empty file, bytes that are not a ModelProto and too many pieces
+            // are named here (the library says "Object reference not set..." for an empty one, and builds any size).
+            if (CheckSentencePieceModel(bytes, maxPieces, modelVocabSize) is { } problem)
+                throw new ModelLoadException($"tokenizer.model is not a usable SentencePiece model: {problem}.", modelPath);
             try
             {
                 using var ms = new MemoryStream(bytes, writable: false);
@@ -178,7 +202,7 @@ internal sealed class LlavaTokenizer
             TokenizerJsonConverter.Result converted;
             try
             {
-                converted = TokenizerJsonConverter.Convert(ModelFiles.ReadBytes(jsonPath, limits.TokenizerBytes, tokenizerLimit));
+                converted = TokenizerJsonConverter.Convert(ModelFiles.ReadBytes(jsonPath, limits.TokenizerBytes, tokenizerLimit), maxPieces, modelVocabSize);
             }
             catch (Exception ex) when (ex is JsonException or FormatException or InvalidOperationException or KeyNotFoundException or NotSupportedException)
             {
@@ -215,6 +239,50 @@ internal sealed class LlavaTokenizer
         var tokenizer = new LlavaTokenizer(sp, imageTokenId, imageToken, added, bosToken, eosToken, addBos, legacy);
         tokenizer.CheckAgainstModel(modelVocabSize, configPath);
         return tokenizer;
+    }
+
+    /// <summary>
+    /// What makes <paramref name="bytes"/> unusable as a SentencePiece <c>ModelProto</c>, read from its top-level protobuf
+    /// fields without building anything: empty, not protobuf, no pieces (field 1), or more than <paramref name="maxPieces"/>.
+    /// Null when it looks usable (the library then parses it).
+    /// </summary>
+    internal static string? CheckSentencePieceModel(ReadOnlySpan<byte> bytes, int maxPieces, int? modelVocabSize = null)
+    {
+        if (bytes.Length == 0) return "the file is empty (0 bytes); expected a SentencePiece ModelProto as sentencepiece writes it";
+        int pieces = 0, pos = 0;
+        while (pos < bytes.Length)
+        {
+            if (!ReadVarint(bytes, ref pos, out ulong tag) || tag >> 3 == 0)
+                return $"byte {pos} is not a protobuf field, so this is not a SentencePiece ModelProto";
+            int field = (int)Math.Min(tag >> 3, int.MaxValue);
+            switch ((int)(tag & 7))
+            {
+                case 0: if (!ReadVarint(bytes, ref pos, out _)) return $"field {field} is cut off at byte {pos}"; break;
+                case 1: pos += 8; break;
+                case 5: pos += 4; break;
+                case 2:
+                    if (!ReadVarint(bytes, ref pos, out ulong length) || length > (ulong)(bytes.Length - pos))
+                        return $"field {field} at byte {pos} is longer than the file";
+                    pos += (int)length;
+                    if (field == 1 && ++pieces > maxPieces) return $"it has more than {maxPieces:N0} pieces, {VocabularyLimitReason(maxPieces, modelVocabSize)}";
+                    break;
+                default: return $"field {field} has wire type {tag & 7}, which a SentencePiece ModelProto does not use";
+            }
+        }
+        if (pos > bytes.Length) return "its last field is cut off";
+        return pieces == 0 ? "it has no pieces (protobuf field 1)" : null;
+    }
+
+    private static bool ReadVarint(ReadOnlySpan<byte> b, ref int pos, out ulong value)
+    {
+        value = 0;
+        for (int shift = 0; shift < 64 && pos < b.Length; shift += 7)
+        {
+            byte x = b[pos++];
+            value |= (ulong)(x & 0x7F) << shift;
+            if (x < 0x80) return true;
+        }
+        return false;
     }
 
     /// <summary>Ids past the tokenizer's own, up to the model's <c>vocab_size</c>: padding rows that decode to no text.</summary>
