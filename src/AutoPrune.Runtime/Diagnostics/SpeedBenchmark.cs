@@ -207,7 +207,7 @@ public static class SpeedBenchmark
             if (method == PruningMethod.None && budget < visual)
             {
                 int keep = Math.Max(1, (int)Math.Round(budget));
-                runIds = InferencePipeline.ShortenImageRun(ids, cfg.ImageTokenIndex, keep);
+                runIds = LlavaRuntime.ShortenImageRun(ids, cfg.ImageTokenIndex, keep);
                 runProjected = projectedRows.FirstRows(keep);
                 runShape = shape with { VisualTokens = keep };
             }
@@ -310,12 +310,12 @@ public static class SpeedBenchmark
         session.SetImage(image, map is null ? vision : null);
         var sw = Stopwatch.StartNew();
         // Policies that choose before the LLM (VisionZip, DivPrune, AutoPrune's first stage) shorten the prompt; their selection is timed too.
-        var chosen = InferencePipeline.SelectBeforeLlm(model, session, image, map is null ? vision : null);
+        var chosen = LlavaRuntime.SelectBeforeLlm(model, session, image, map is null ? vision : null);
         PositionIds? positions = null;
         if (chosen is not null)
         {
             int full = ids.Length;
-            ids = InferencePipeline.ShortenImageRun(ids, model.Config.ImageTokenIndex, chosen.Rows.Rows);
+            ids = LlavaRuntime.ShortenImageRun(ids, model.Config.ImageTokenIndex, chosen.Rows.Rows);
             positions = chosen.Positions(ids.Length, prefix, PositionIds.Sequential(full));
         }
         int textTokens = ids.Length - (Array.LastIndexOf(ids, model.Config.ImageTokenIndex) + 1);

@@ -2,39 +2,19 @@ using AutoPrune.Compute;
 using System.Diagnostics;
 using System.Text;
 using AutoPrune.Diagnostics;
-using AutoPrune.Loading.Images;
-using AutoPrune.Loading.Text;
-using AutoPrune.Models.Llava;
+using AutoPrune.Models;
 using AutoPrune.Pruning;
 
 namespace AutoPrune.Generation;
 
 /// <summary>
-/// One request through a loaded model, in its three stages: <see cref="EncodeImages"/> (preprocessing, vision tower,
-/// projector, LLaVA-NeXT's tile assembly and VisionZip's selection), <see cref="Prefill"/> (the prompt through the
-/// decoder with the pruning session between layers) and <see cref="Decode"/> (the generation loop). Stateless between
-/// requests except for the vision cache; thread-safe.
+/// One request through a loaded model, in its three stages: the family's <see cref="ModelRuntime.Encode"/>
+/// (preprocessing, vision tower, projector, a selection before the LLM), <see cref="Prefill"/> (the prompt through the
+/// decoder with the request's pruning session between layers) and <see cref="Decode"/> (the generation loop), the same for
+/// every family. Stateless between requests; thread-safe.
 /// </summary>
-/// <param name="anyRes">LLaVA-NeXT's image path; null for LLaVA-1.5.</param>
-internal sealed class InferencePipeline(ILlavaBackend model, LlavaTokenizer tokenizer, ImagePreprocessor images, AnyResPipeline? anyRes,
-    ModelShape shape, LruCache<string, EncodedImage> visionCache, bool padToSquare)
+internal sealed class InferencePipeline(ModelRuntime model)
 {
-    /// <summary>
-    /// The projected visual tokens of each image (on a GPU they stay on the device; <see cref="Prefill"/> builds the prompt
-    /// from them and releases them) and the prompt ids they go into.
-    /// </summary>
-    internal sealed record EncodedImages(int[] Ids, List<ImageRows> Projected, List<int[]>? VisualIndices, PruningSession Session, double PreprocessMs, double VisionMs)
-    {
-        /// <summary>What a policy chose before the LLM (VisionZip, DivPrune, AutoPrune's selection before layer 0), if anything.</summary>
-        public PreLlmRows? Selected { get; init; }
-
-        /// <summary>
-        /// The images' vision features, held until the prefill ends (a policy may read them there: AutoPrune's [CLS] term
-        /// at layer 0), then released; with no vision cache that frees them.
-        /// </summary>
-        public IReadOnlyList<EncodedImage> Held { get; init; } = [];
-    }
-
     /// <summary>The decoder state after the prompt, with the logits at its last position and what pruning did.</summary>
     internal sealed record PrefilledPrompt(IGeneration Generation, float[] Logits, PruningReport Report, double PrefillMs);
 
@@ -54,7 +34,7 @@ internal sealed class InferencePipeline(ILlavaBackend model, LlavaTokenizer toke
         // GPU backends: everything this request makes the device do, by stage (exact even with concurrent requests).
         var counters = model.Counters is null ? null : new DeviceCounterSet();
         using var counting = counters is null ? null : DeviceCounterSet.BeginRequest(counters);
-        var encoded = EncodeImages(p, telemetry, ct);
+        var encoded = model.Encode(p, telemetry, ct);
         var afterVision = counters?.Snapshot();
         var prefilled = Prefill(p, encoded, telemetry, ct);
         var afterPrefill = counters?.Snapshot();
@@ -77,122 +57,6 @@ internal sealed class InferencePipeline(ILlavaBackend model, LlavaTokenizer toke
         }));
     }
 
-    /// <summary>Preprocessing, vision tower and projector for each image (VisionZip selects its tokens here; LLaVA-NeXT assembles its views).</summary>
-    public EncodedImages EncodeImages(PreparedRequest p, RequestTelemetry telemetry, CancellationToken ct)
-    {
-        var sw = Stopwatch.StartNew();
-        int imageToken = model.Config.ImageTokenIndex;
-        int prefix = Math.Max(0, Array.IndexOf(p.Ids, imageToken));
-        // A pruning method sees the first image's run (for LLaVA-NeXT its size decides how long, and its views); None counts them all.
-        var sessionShape = p.PruningShape ?? (p.ImageTokens.Length > 0 ? shape with { VisualTokens = p.ImageTokens[0] } : shape);
-        var patches = p.ImagePatches ?? p.ImageTokens;
-        var session = new PruningSession(sessionShape, p.Pruning, prefix, patches.Sum(), p.PruningNotes) { Newlines = p.ImageTokens.Sum() - patches.Sum() };
-        var ids = p.Ids;
-        var projected = new List<ImageRows>(p.Request.Images.Count);
-        var held = new List<EncodedImage>(p.Request.Images.Count);
-        List<int[]>? visualIndices = anyRes is null ? null : [];
-        PreLlmRows? selected = null;
-        double preprocessMs = 0;
-        try
-        {
-            for (int i = 0; i < p.Request.Images.Count; i++)
-            {
-                ct.ThrowIfCancellationRequested();
-                var image = p.Request.Images[i];
-                // The cache is keyed by the image's content (SHA-256 of its bytes, read once and within the file limit), so a
-                // file rewritten in place is never answered from it.
-                var clock = Stopwatch.StartNew();
-                ReadOnlyMemory<byte> bytes = image.Path is not null ? ImagePreprocessor.ReadFile(image.Path, images.MaxFileBytes) : image.Bytes;
-                string key = $"{Convert.ToHexString(System.Security.Cryptography.SHA256.HashData(bytes.Span))}|{padToSquare}";
-                // A hit takes a reference to the (GPU's device) features before the cache could drop them.
-                EncodedImage? encoded = visionCache.TryGet(key, out var cached) ? cached : null;
-                bool hit = encoded is not null;
-                if (!hit) preprocessMs += clock.Elapsed.TotalMilliseconds; // reading and hashing count as preprocessing on a miss; a hit reports 0
-                float[]? pixels = hit || anyRes is not null ? null : Preprocess(image, bytes.Span, i, telemetry, ref preprocessMs);
-                using var span = telemetry.Stage(AutoPruneTelemetry.Spans.Vision);
-                span?.SetTag(AutoPruneTelemetry.Tags.ImageIndex, i);
-                span?.SetTag(AutoPruneTelemetry.Tags.VisionCached, hit);
-                if (encoded is null)
-                {
-                    // LLaVA-NeXT preprocesses its views inside the vision span (the tiles are cut as they are encoded).
-                    encoded = anyRes is not null
-                        ? anyRes.Encode(model, bytes.Span, image.Path, ref preprocessMs, ct)
-                        : new EncodedImage([model.VisionForward(pixels, ct)], null);
-                    encoded.Retain(); // the cache's own reference
-                    if (!visionCache.Add(key, encoded)) encoded.Release();
-                }
-                held.Add(encoded);
-                if (anyRes is not null)
-                {
-                    var (imageRows, map) = anyRes.Assemble(model, encoded);
-                    if (map.Sequence.Count != p.ImageTokens[i])
-                        throw new ImageDecodeException($"The image {image.Name} is {map.Layout.ImageWidth}x{map.Layout.ImageHeight} ({map.Sequence.Count} tokens) now, not what its header said when the request was queued ({p.ImageTokens[i]} tokens); it changed in between.");
-                    var visualImage = VisualImage.FromAnyRes(map, imageRows, model.Hidden, session.ViewShares, (f, n) => model.Project(f, n));
-                    session.SetImage(visualImage);
-                    // Policies that choose before the LLM keep some of the patches (and every image_newline row) of the one image.
-                    if (p.Request.Images.Count == 1 && SelectBeforeLlm(model, session, visualImage, null) is { } kept)
-                    {
-                        selected = kept;
-                        projected.Add(kept.Rows);
-                        visualIndices = [kept.VisualIndex!];
-                        ids = ShortenImageRun(ids, imageToken, kept.Rows.Rows);
-                        continue;
-                    }
-                    // Visual indices stay unique across images: each image's patches follow the earlier images' patches.
-                    int offset = visualIndices!.Sum(v => v.Count(x => x >= 0));
-                    visualIndices!.Add(map.Sequence.Select(x => x >= 0 ? x + offset : x).ToArray());
-                    projected.Add(ImageRows.OnHost(imageRows, model.Hidden));
-                    continue;
-                }
-                var vision = encoded.Views[0];
-                var image1 = VisualImage.FromVision(vision, VisualTokenMap.Square(model.Grid, !model.Config.DropClsToken), model.Hidden, (f, n) => model.Project(f, n));
-                session.SetImage(image1, vision);
-                // Policies that choose before the LLM (VisionZip, DivPrune, AutoPrune's selection before layer 0) hand back the rows that enter it.
-                if (SelectBeforeLlm(model, session, image1, vision) is { } chosen)
-                {
-                    selected = chosen;
-                    projected.Add(chosen.Rows);
-                    if (chosen.VisualIndex is not null) visualIndices = [chosen.VisualIndex];
-                    ids = ShortenImageRun(ids, imageToken, chosen.Rows.Rows);
-                }
-                else
-                    projected.Add(model.ProjectImage(vision));
-            }
-        }
-        catch
-        {
-            foreach (var rows in projected) rows.Dispose();
-            foreach (var e in held) e.Release();
-            throw;
-        }
-        return new EncodedImages(ids, projected, visualIndices, session, preprocessMs, sw.Elapsed.TotalMilliseconds - preprocessMs) { Selected = selected, Held = held };
-    }
-
-    /// <summary>
-    /// The rows a policy that chooses before the LLM lets in, projected, or null when the policy does not choose there.
-    /// Where the vision features are on a GPU and the image is LLaVA-1.5's square grid, the selection runs there (the
-    /// device-pruner registry): nothing but the chosen rows' count comes back before the prefill, and only the device knows
-    /// their patches.
-    /// </summary>
-    internal static PreLlmRows? SelectBeforeLlm(ILlavaBackend model, PruningSession session, VisualImage image, VisionFeatures? vision)
-    {
-        var policy = session.Policy;
-        if (vision is not null && image.Map.SquareGrid is not null && Pruning.Device.DevicePruners.SelectBeforeLlm(policy, vision, model) is { } onDevice)
-            return onDevice;
-        return policy.SelectBeforeLlm(image) is { } chosen ? PreLlmRows.OnHost(chosen, model.Hidden) : null;
-    }
-
-    /// <summary>Decodes and resizes a LLaVA-1.5 image (its own span, timed into <paramref name="preprocessMs"/>).</summary>
-    private float[] Preprocess(ImageInput image, ReadOnlySpan<byte> bytes, int index, RequestTelemetry telemetry, ref double preprocessMs)
-    {
-        using var span = telemetry.Stage(AutoPruneTelemetry.Spans.Preprocess);
-        span?.SetTag(AutoPruneTelemetry.Tags.ImageIndex, index);
-        var clock = Stopwatch.StartNew();
-        var pixels = images.Preprocess(bytes, padToSquare, image.Path);
-        preprocessMs += clock.Elapsed.TotalMilliseconds;
-        return pixels;
-    }
-
     /// <summary>
     /// Builds the prompt's embeddings and runs them through every decoder layer, pruning between layers; releases the
     /// images' vision features at the end, whatever happens.
@@ -200,29 +64,23 @@ internal sealed class InferencePipeline(ILlavaBackend model, LlavaTokenizer toke
     public PrefilledPrompt Prefill(PreparedRequest p, EncodedImages encoded, RequestTelemetry telemetry, CancellationToken ct)
     {
         try { return PrefillCore(p, encoded, telemetry, ct); }
-        finally { foreach (var e in encoded.Held) e.Release(); }
+        finally { encoded.Release(); }
     }
 
     private PrefilledPrompt PrefillCore(PreparedRequest p, EncodedImages encoded, RequestTelemetry telemetry, CancellationToken ct)
     {
         using var span = telemetry.Stage(AutoPruneTelemetry.Spans.Prefill);
         var sw = Stopwatch.StartNew();
-        var ids = encoded.Ids;
-        int visualInPrompt = ids.Count(t => t == model.Config.ImageTokenIndex);
-        int prefix = Math.Max(0, Array.IndexOf(ids, model.Config.ImageTokenIndex));
-        var positions = encoded.Selected?.Positions(ids.Length, prefix, PositionIds.Sequential(p.Ids.Length));
-        SequenceState state;
-        try { state = model.BuildSequence(ids, encoded.Projected, encoded.VisualIndices, positions); }
-        finally { foreach (var rows in encoded.Projected) rows.Dispose(); }
+        var state = model.BuildSequence(p, encoded);
         var generation = model.StartGeneration(p.MaxNew);
         try
         {
-            var session = encoded.Session;
+            var session = p.Session;
             var logits = generation.Prefill(state, session.NeedsDecoderHook ? session : null, ct);
             NonFiniteLogitsException.ThrowIfAny(logits, "the last prompt position");
             p.OnPrefillLogits?.Invoke((float[])logits.Clone());
             p.OnPrefillState?.Invoke(state, generation.CachedTokensPerLayer());
-            var report = session.Finish(state, ids.Length - prefix - visualInPrompt);
+            var report = session.Finish(state, encoded.TextTokens);
             span?.SetTag(AutoPruneTelemetry.Tags.VisualTokensKept, report.AvgVisualTokensProcessed);
             span?.SetTag(AutoPruneTelemetry.Tags.FlopsRatio, report.FlopsRatio);
             return new PrefilledPrompt(generation, logits, report, sw.Elapsed.TotalMilliseconds);
@@ -243,7 +101,7 @@ internal sealed class InferencePipeline(ILlavaBackend model, LlavaTokenizer toke
         var g = p.Request.Generation;
         var logits = prefilled.Logits;
         var sampler = new Sampler(g);
-        var decoder = tokenizer.CreateStreamingDecoder();
+        var decoder = model.Tokenizer.CreateStreamingDecoder();
         var tokens = new List<int>();
         var text = new StringBuilder();
         var finish = AnswerFinishReason.Length;
@@ -254,7 +112,7 @@ internal sealed class InferencePipeline(ILlavaBackend model, LlavaTokenizer toke
             ct.ThrowIfCancellationRequested();
             int next = greedyNext ?? sampler.Next(logits);
             telemetry.FirstToken();
-            if (next == tokenizer.EosId) { finish = AnswerFinishReason.Stop; break; }
+            if (model.Tokenizer.IsEnd(next)) { finish = AnswerFinishReason.Stop; break; }
             tokens.Add(next);
             string piece = decoder.Push(next);
             text.Append(piece);
@@ -291,12 +149,5 @@ internal sealed class InferencePipeline(ILlavaBackend model, LlavaTokenizer toke
             Device = model.Device,
             Report = prefilled.Report,
         };
-    }
-
-    /// <summary>Replaces the (single) run of image tokens with <paramref name="count"/> of them.</summary>
-    internal static int[] ShortenImageRun(int[] ids, int imageToken, int count)
-    {
-        int first = Array.IndexOf(ids, imageToken), last = Array.LastIndexOf(ids, imageToken);
-        return [.. ids.AsSpan(0, first), .. Enumerable.Repeat(imageToken, count), .. ids.AsSpan(last + 1)];
     }
 }

@@ -17,6 +17,11 @@ internal sealed class PruningSession : IPrefillHook
     private readonly IReadOnlyList<string> _notes;
     private readonly Device.IDevicePruner? _device;
 
+    private static long s_created;
+
+    /// <summary>Sessions created so far in this process (each solves its method's schedule): tests count one per request.</summary>
+    internal static long Created => Interlocked.Read(ref s_created);
+
     /// <summary>Creates the policy: an infeasible budget fails here, before any work.</summary>
     /// <param name="shape">The model's shape (<see cref="ModelShape.VisualTokens"/> is one image's).</param>
     /// <param name="options">The pruning to run.</param>
@@ -33,6 +38,7 @@ internal sealed class PruningSession : IPrefillHook
     public PruningSession(ModelShape shape, PruningOptions options, int prefixTokens, int? visualTokens = null, IReadOnlyList<string>? notes = null,
         bool deviceSelection = true)
     {
+        Interlocked.Increment(ref s_created);
         _shape = visualTokens is int v && options.Method == PruningMethod.None ? shape with { VisualTokens = v, ViewPatches = null } : shape;
         _options = options;
         _prefix = prefixTokens;

@@ -1,4 +1,5 @@
 using AutoPrune.Compute.Cpu;
+using AutoPrune.Models.Text;
 using AutoPrune.Models.Llava;
 using AutoPrune.Pruning;
 using Xunit;

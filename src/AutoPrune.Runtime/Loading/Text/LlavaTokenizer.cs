@@ -24,8 +24,11 @@ namespace AutoPrune.Loading.Text;
 /// whitespace escaping (space -> ▁, dummy prefix) itself, so that it can decide per segment.
 /// </para>
 /// </summary>
-internal sealed class LlavaTokenizer
+internal sealed class LlavaTokenizer : Models.ITextTokenizer
 {
+    public bool IsEnd(int id) => id == EosId;
+    Models.ITokenStream Models.ITextTokenizer.CreateStreamingDecoder() => CreateStreamingDecoder();
+
     internal const char SpaceSymbol = '\u2581'; // ▁
 
     /// <summary>
@@ -468,7 +471,7 @@ internal sealed class LlavaTokenizer
     /// it ends in an incomplete UTF-8 sequence of byte-fallback tokens. (The prefix/read offset scheme of
     /// Hugging Face text-generation-inference: only a short window of ids is re-decoded per token.)
     /// </summary>
-    internal sealed class StreamingDecoder
+    internal sealed class StreamingDecoder : Models.ITokenStream
     {
         private readonly LlavaTokenizer _tok;
         private readonly List<int> _ids = new();

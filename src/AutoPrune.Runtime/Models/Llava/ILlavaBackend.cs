@@ -61,22 +61,3 @@ internal interface ILlavaBackend : IVisualProjector, IDisposable
     /// <summary>Starts one request's decoding: a KV cache with room for <paramref name="extraCapacity"/> generated tokens.</summary>
     IGeneration StartGeneration(int extraCapacity);
 }
-
-/// <summary>One request's decoder state (its KV cache) on a backend.</summary>
-internal interface IGeneration : IDisposable
-{
-    /// <summary>Runs the prompt through every layer (a hook may shrink it between layers); logits at the last position.</summary>
-    float[] Prefill(SequenceState state, IPrefillHook? hook, CancellationToken ct);
-
-    /// <summary>Runs one generated token through every layer; its logits.</summary>
-    float[] Step(int tokenId);
-
-    /// <summary>
-    /// Runs one generated token through every layer and returns the greedy next token (the first largest logit):
-    /// on a GPU only that id comes back, not the vocabulary-sized logits.
-    /// </summary>
-    int StepGreedy(int tokenId);
-
-    /// <summary>Tokens each layer's cache holds.</summary>
-    int[] CachedTokensPerLayer();
-}

@@ -290,17 +290,6 @@ internal sealed class LlavaModel : ILlavaBackend
     }
 }
 
-/// <summary>One request's decoding: the shared decoder over its backend session.</summary>
-internal sealed class DecoderGeneration(TextDecoder decoder, DecoderSession session) : IGeneration
-{
-    public DecoderSession Session => session;
-    public float[] Prefill(SequenceState state, IPrefillHook? hook, CancellationToken ct) => decoder.Prefill(session, state, hook, ct);
-    public float[] Step(int tokenId) => decoder.Step(session, tokenId);
-    public int StepGreedy(int tokenId) => decoder.StepGreedy(session, tokenId);
-    public int[] CachedTokensPerLayer() => session.CachedTokensPerLayer();
-    public void Dispose() => session.Dispose();
-}
-
 /// <summary>Builds prefill sequences for any backend.</summary>
 internal static class SequenceBuilder
 {

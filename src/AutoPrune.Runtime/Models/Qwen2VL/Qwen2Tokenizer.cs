@@ -21,8 +21,11 @@ namespace AutoPrune.Models.Qwen2VL;
 /// <c>tokenizer_config.json</c>'s <c>eos_token</c>.
 /// </para>
 /// </summary>
-internal sealed class Qwen2Tokenizer
+internal sealed class Qwen2Tokenizer : ITextTokenizer
 {
+    public bool IsEnd(int id) => EosIds.Contains(id);
+    ITokenStream ITextTokenizer.CreateStreamingDecoder() => CreateStreamingDecoder();
+
     public const string TokenizerFile = "tokenizer.json";
     public const string TokenizerConfigFile = "tokenizer_config.json";
     public const string GenerationConfigFile = "generation_config.json";
@@ -415,7 +418,7 @@ internal sealed class Qwen2Tokenizer
     /// ids. A character whose UTF-8 bytes are split over tokens is emitted once its last byte arrives; bytes that can no
     /// longer become a character are emitted as U+FFFD.
     /// </summary>
-    internal sealed class StreamingDecoder
+    internal sealed class StreamingDecoder : ITokenStream
     {
         private readonly Qwen2Tokenizer _tok;
         private readonly bool _skipSpecial;
