@@ -350,7 +350,7 @@ public static class SpeedBenchmark
             if (o.ModelDirectory is { } dir)
             {
                 var config = LlavaConfig.Load(dir);
-                using var store = SafeTensorStore.Open(dir);
+                using var store = TensorNames.Open(dir);
                 var device = gpu;
                 gpu = null; // the model owns it now (and disposes it if it cannot start)
                 ILlavaBackend m = LlavaModel.Create(store, config, device, o.CudaGraphs);

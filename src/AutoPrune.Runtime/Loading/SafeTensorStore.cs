@@ -6,13 +6,15 @@ using System.Runtime.InteropServices;
 using System.Text;
 using System.Text.Json;
 
+using AutoPrune.Models.Llava;
+
 namespace AutoPrune.Loading;
 
 /// <summary>
 /// Read-only, memory-mapped view of the tensors of a Hugging Face checkpoint folder: either a single
 /// <c>model.safetensors</c> or a <c>model.safetensors.index.json</c> with its shards. Everything is
 /// validated at <see cref="Open"/>; tensors are widened to fp32 on read. Names are canonical (see
-/// <see cref="TensorNames"/>). Thread-safe for concurrent reads.
+/// the model family's name map). Thread-safe for concurrent reads.
 /// </summary>
 internal sealed unsafe class SafeTensorStore : ITensorSource, IDisposable
 {
@@ -192,11 +194,11 @@ internal sealed unsafe class SafeTensorStore : ITensorSource, IDisposable
 
     // ------------------------------------------------------------------ opening
 
-    /// <param name="canonicalName">Maps a checkpoint key to the name the store uses (and that callers ask for); default
-    /// <see cref="TensorNames.ToCanonical"/> (LLaVA's key maps). A model family with other key layouts passes its own.</param>
-    public static SafeTensorStore Open(string folder, InputFileLimits? limits = null, Func<string, string>? canonicalName = null)
+    /// <param name="canonicalName">Maps a checkpoint key to the name the store uses (and that callers ask for): the model
+    /// family's tensor-name map (LLaVA's <c>TensorNames.ToCanonical</c>, Qwen2.5-VL's own).</param>
+    public static SafeTensorStore Open(string folder, InputFileLimits? limits, Func<string, string> canonicalName)
     {
-        canonicalName ??= TensorNames.ToCanonical;
+        ArgumentNullException.ThrowIfNull(canonicalName);
         if (string.IsNullOrWhiteSpace(folder))
             throw new ModelLoadException("The checkpoint folder path is empty.", folder);
         string full;

@@ -31,7 +31,7 @@ public sealed class BackendSelectionTests
     public void AutoFallsBackToTheCpuWithAWarningWhenTheGpuBackendCannotStart()
     {
         var config = LlavaConfig.Load(TestData.ModelDir);
-        using var store = SafeTensorStore.Open(TestData.ModelDir);
+        using var store = TensorNames.Open(TestData.ModelDir);
         var log = new ListLogger();
         var gpu = CudaDevice.CreateForTests();
         using var model = Create(store, config, gpu, auto: true, log, Failing);
@@ -47,7 +47,7 @@ public sealed class BackendSelectionTests
     public void ANamedDeviceFailsInsteadOfFallingBack()
     {
         var config = LlavaConfig.Load(TestData.ModelDir);
-        using var store = SafeTensorStore.Open(TestData.ModelDir);
+        using var store = TensorNames.Open(TestData.ModelDir);
         var gpu = CudaDevice.CreateForTests();
         var e = Assert.Throws<InvalidOperationException>(() => Create(store, config, gpu, auto: false, new ListLogger(), Failing));
         Assert.Contains("cublasCreate_v2", e.Message);
@@ -58,7 +58,7 @@ public sealed class BackendSelectionTests
     public void CheckpointErrorsAreNeverMaskedByTheFallback()
     {
         var config = LlavaConfig.Load(TestData.ModelDir);
-        using var store = SafeTensorStore.Open(TestData.ModelDir);
+        using var store = TensorNames.Open(TestData.ModelDir);
         var gpu = CudaDevice.CreateForTests();
         Assert.Throws<ModelLoadException>(() => Create(store, config, gpu, auto: true, new ListLogger(),
             d => throw new ModelLoadException("Tensor 'x' in file 'y' has shape [1] but [2] was expected.", "y", "x")));

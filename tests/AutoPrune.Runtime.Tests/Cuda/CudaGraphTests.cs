@@ -70,7 +70,7 @@ public sealed class GraphedModelPair : IDisposable
     public GraphedModelPair()
     {
         var config = LlavaConfig.Load(TestData.ModelDir);
-        using var store = SafeTensorStore.Open(TestData.ModelDir);
+        using var store = TensorNames.Open(TestData.ModelDir);
         Plain = LlavaModel.Create(store, config, CudaDevice.CreateForTests());
         Graphed = LlavaModel.Create(store, config, CudaDevice.CreateForTests(), cudaGraphs: true);
     }

@@ -24,7 +24,7 @@ public sealed class TwoBackendFixture : IDisposable
     public TwoBackendFixture()
     {
         var config = LlavaConfig.Load(TestData.ModelDir);
-        using var store = SafeTensorStore.Open(TestData.ModelDir);
+        using var store = TensorNames.Open(TestData.ModelDir);
         Cpu = new LlavaModel(store, config);
         CpuMatched = new LlavaModel(store, config, precision: CpuPrecision.MatchDevice);
         Gpu = LlavaModel.Create(store, config, CudaDevice.CreateForTests());

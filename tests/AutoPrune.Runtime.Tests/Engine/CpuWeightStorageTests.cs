@@ -20,7 +20,7 @@ public sealed class CpuWeightStorageTests
     {
         var config = LlavaConfig.Load(TestData.ModelDir);
         LlavaModel model;
-        using (var store = SafeTensorStore.Open(TestData.ModelDir))
+        using (var store = TensorNames.Open(TestData.ModelDir))
             model = new LlavaModel(store, config);
         using (model)
         {

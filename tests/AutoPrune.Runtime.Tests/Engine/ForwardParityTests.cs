@@ -16,7 +16,7 @@ public sealed class TinyModelFixture
     public TinyModelFixture()
     {
         var config = LlavaConfig.Load(TestData.ModelDir);
-        using var store = SafeTensorStore.Open(TestData.ModelDir);
+        using var store = TensorNames.Open(TestData.ModelDir);
         Model = new LlavaModel(store, config);
         Images = ImagePreprocessor.Load(TestData.ModelDir);
     }

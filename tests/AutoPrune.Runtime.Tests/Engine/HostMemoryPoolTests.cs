@@ -14,7 +14,7 @@ public sealed class HostMemoryPoolTests
     private static (LlavaModel Model, AutoPrune.Loading.Images.ImagePreprocessor Images) Load()
     {
         var config = LlavaConfig.Load(TestData.ModelDir);
-        using var store = SafeTensorStore.Open(TestData.ModelDir);
+        using var store = TensorNames.Open(TestData.ModelDir);
         return (new LlavaModel(store, config), AutoPrune.Loading.Images.ImagePreprocessor.Load(TestData.ModelDir));
     }
 

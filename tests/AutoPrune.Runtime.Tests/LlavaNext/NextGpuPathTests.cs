@@ -3,6 +3,8 @@ using AutoPrune.Pruning;
 using Xunit;
 using Xunit.Abstractions;
 
+using AutoPrune.Models.Llava;
+
 namespace AutoPrune.Tests.LlavaNext;
 
 /// <summary>
@@ -84,8 +86,8 @@ public class NextGpuPathTests(ITestOutputHelper output)
     public void The_views_go_through_the_tower_as_one_batch()
     {
         string dir = NextFixture.Model("llama");
-        var config = AutoPrune.Loading.LlavaConfig.Load(dir);
-        using var store = AutoPrune.Loading.SafeTensorStore.Open(dir);
+        var config = AutoPrune.Models.Llava.LlavaConfig.Load(dir);
+        using var store = AutoPrune.Models.Llava.TensorNames.Open(dir);
         using var gpu = AutoPrune.Models.Llava.LlavaModel.Create(store, config, AutoPrune.Compute.Cuda.CudaDevice.CreateForTests());
         var images = AutoPrune.Loading.Images.AnyResImageProcessor.Load(dir, config, AutoPrune.Loading.Images.ImagePreprocessor.Load(dir));
         var pixels = images.Preprocess(File.ReadAllBytes(NextFixture.Image("images/01_640x480.png")));

@@ -5,6 +5,8 @@ using AutoPrune.Tests.Loading;
 using Xunit;
 using Xunit.Abstractions;
 
+using AutoPrune.Models.Llava;
+
 namespace AutoPrune.Tests.Qwen;
 
 /// <summary>
@@ -67,7 +69,7 @@ public class Qwen2VLForwardTests(ITestOutputHelper output)
 
         var cache = model.CreateCache(ids.Length, 0);
         var prefill = model.Prefill(ids, [a, b], cache);
-        using var store = SafeTensorStore.Open(QwenFixture.Model(QwenFixture.Current), canonicalName: Qwen2VLTensorNames.ToCanonical);
+        using var store = SafeTensorStore.Open(QwenFixture.Model(QwenFixture.Current), null, Qwen2VLTensorNames.ToCanonical);
         var reference = new Qwen2VLReference64(store, model.Config);
         var v64 = reference.Vision([a, b], out var received64);
         var logits64 = reference.LastLogits(ids, [a, b], prefill.Positions);
@@ -98,7 +100,7 @@ public class Qwen2VLForwardTests(ITestOutputHelper output)
         // Validates the float64 path itself on a case with stored logits (the 1280x720 image: several windows, edge windows).
         var c = QwenFixture.ImageCases(QwenFixture.Current).First(x => x.Image == "images/07_1280x720.png");
         var model = QwenFixture.LoadedModel(QwenFixture.Current);
-        using var store = SafeTensorStore.Open(QwenFixture.Model(QwenFixture.Current), canonicalName: Qwen2VLTensorNames.ToCanonical);
+        using var store = SafeTensorStore.Open(QwenFixture.Model(QwenFixture.Current), null, Qwen2VLTensorNames.ToCanonical);
         var img = QwenFixture.Preprocess(c.Image!);
         var (pos, _) = Qwen2VLRopeIndex.Compute(c.InputIds, [img.Grid], Qwen2VLRopeIndex.TokenIds.Of(model.Config), 2);
         var logits64 = new Qwen2VLReference64(store, model.Config).LastLogits(c.InputIds, [img], pos);
@@ -138,8 +140,8 @@ public class Qwen2VLForwardTests(ITestOutputHelper output)
     [Fact]
     public void Both_key_layouts_hold_the_same_tensors()
     {
-        using var a = SafeTensorStore.Open(QwenFixture.Model(QwenFixture.Current), canonicalName: Qwen2VLTensorNames.ToCanonical);
-        using var b = SafeTensorStore.Open(QwenFixture.Model(QwenFixture.Legacy), canonicalName: Qwen2VLTensorNames.ToCanonical);
+        using var a = SafeTensorStore.Open(QwenFixture.Model(QwenFixture.Current), null, Qwen2VLTensorNames.ToCanonical);
+        using var b = SafeTensorStore.Open(QwenFixture.Model(QwenFixture.Legacy), null, Qwen2VLTensorNames.ToCanonical);
         Assert.Equal(a.Names, b.Names);
         Assert.Equal(2, b.Files.Count);
         Assert.Equal("model.visual.blocks.0.attn.qkv.weight", Qwen2VLTensorNames.ToCanonical("visual.blocks.0.attn.qkv.weight"));
@@ -157,7 +159,7 @@ public class Qwen2VLForwardTests(ITestOutputHelper output)
         string src = QwenFixture.Model(QwenFixture.Current);
         foreach (var f in Directory.GetFiles(src).Where(f => !f.EndsWith(".safetensors", StringComparison.Ordinal)))
             File.Copy(f, Path.Combine(dir, Path.GetFileName(f)));
-        using (var store = SafeTensorStore.Open(src, canonicalName: Qwen2VLTensorNames.ToCanonical))
+        using (var store = SafeTensorStore.Open(src, null, Qwen2VLTensorNames.ToCanonical))
         {
             var tensors = store.Names.Select(n => (n, DType.F16, store.GetInfo(n).Shape, store.ReadFloat32(n))).ToList();
             SafeTensorWriter.Write(Path.Combine(dir, "model.safetensors"), edit(tensors));
@@ -201,7 +203,7 @@ public class Qwen2VLForwardTests(ITestOutputHelper output)
         var c = QwenFixture.ImageCases(QwenFixture.Current).First(x => x.Image == "images/06_50x60.png");
         var img = QwenFixture.Preprocess(c.Image!);
         using var model = Qwen2VLCpuModel.Load(dir.Path);
-        using var store = SafeTensorStore.Open(dir.Path, canonicalName: Qwen2VLTensorNames.ToCanonical);
+        using var store = SafeTensorStore.Open(dir.Path, null, Qwen2VLTensorNames.ToCanonical);
         Assert.Equal(type, store.GetInfo("model.visual.blocks.0.attn.qkv.weight").DType);
         var prefill = model.Prefill(c.InputIds, [img], model.CreateCache(c.InputIds.Length, 0));
         var logits64 = new Qwen2VLReference64(store, model.Config).LastLogits(c.InputIds, [img], prefill.Positions);

@@ -1,3 +1,5 @@
+using AutoPrune.Loading;
+using AutoPrune.Models.Llava;
 using System.Text;
 using System.Text.Json;
 

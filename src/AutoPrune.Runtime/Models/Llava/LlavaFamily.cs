@@ -67,7 +67,7 @@ internal sealed class LlavaFamily : IModelFamily
         LlavaModel model;
         try
         {
-            using var store = SafeTensorStore.Open(dir, limits);
+            using var store = TensorNames.Open(dir, limits);
             Action<double> weights = f => progress?.Report(new LoadProgress("weights", 0.05 + 0.95 * f));
             if (options.CudaGraphs && gpu is null)
                 throw new NotSupportedException(Compute.Cuda.CudaGraph.NeedsCuda);

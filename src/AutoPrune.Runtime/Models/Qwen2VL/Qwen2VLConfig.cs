@@ -1,3 +1,4 @@
+using AutoPrune.Models.Llava;
 using System.Text.Json;
 using System.Text.Json.Serialization;
 using AutoPrune.Loading;

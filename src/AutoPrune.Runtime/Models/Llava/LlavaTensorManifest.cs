@@ -1,4 +1,6 @@
-namespace AutoPrune.Loading;
+using AutoPrune.Loading;
+
+namespace AutoPrune.Models.Llava;
 
 /// <summary>
 /// The tensors (canonical name and shape) a LLaVA model of a given config reads, in the order

@@ -1,7 +1,11 @@
 using System.Text.Json;
 using System.Text.Json.Serialization;
 
-namespace AutoPrune.Loading;
+using AutoPrune.Models.Llava;
+
+using AutoPrune.Loading;
+
+namespace AutoPrune.Models.Llava;
 
 /// <summary>
 /// <c>config.json</c> of a LLaVA checkpoint: Hugging Face <c>LlavaConfig</c> (<c>model_type: llava</c>, LLaVA-1.5) or
@@ -9,7 +13,7 @@ namespace AutoPrune.Loading;
 /// fields take the Hugging Face defaults. Use <see cref="Load"/>, which also validates; <see cref="Validate"/> checks a
 /// config built in code.
 /// </summary>
-public sealed partial class LlavaConfig
+internal sealed partial class LlavaConfig
 {
     public const string FileName = "config.json";
     public const string SupportedModelType = "llava";
@@ -153,7 +157,7 @@ public sealed partial class LlavaConfig
 /// defaults differ for the fields that leave the file: intermediate_size 14336, num_key_value_heads 8,
 /// max_position_embeddings 131072 and sliding_window 4096.
 /// </summary>
-public sealed class LlamaTextConfig
+internal sealed class LlamaTextConfig
 {
     internal static readonly string[] SupportedRopeTypes = { "default" };
     internal static readonly string[] SupportedModelTypes = { "llama", "mistral" };
@@ -295,7 +299,7 @@ public sealed class LlamaTextConfig
 }
 
 /// <summary><c>rope_parameters</c> (transformers 5) or <c>rope_scaling</c> (older) object.</summary>
-public sealed class RopeParameters
+internal sealed class RopeParameters
 {
     [JsonPropertyName("rope_type")] public string? RopeType { get; set; }
 
@@ -311,7 +315,7 @@ public sealed class RopeParameters
 }
 
 /// <summary><c>vision_config</c> of a LLaVA checkpoint (Hugging Face <c>CLIPVisionConfig</c> defaults).</summary>
-public sealed class ClipVisionConfig
+internal sealed class ClipVisionConfig
 {
     [JsonPropertyName("model_type")] public string? ModelType { get; set; } = "clip_vision_model";
     [JsonPropertyName("hidden_size")] public int HiddenSize { get; set; } = 768;

@@ -1,13 +1,15 @@
 using System.Text.Json.Serialization;
 
-namespace AutoPrune.Loading;
+using AutoPrune.Loading;
+
+namespace AutoPrune.Models.Llava;
 
 /// <summary>
 /// The LLaVA-NeXT (<c>model_type: llava_next</c>, Hugging Face <c>LlavaNextConfig</c>) part of the config: the
 /// resolutions an image may be tiled at. Everything else (text and vision configs, projector, feature layer) is
 /// shared with LLaVA-1.5; the learned <c>image_newline</c> vector is a tensor of the checkpoint, not a config field.
 /// </summary>
-public sealed partial class LlavaConfig
+internal sealed partial class LlavaConfig
 {
     public const string NextModelType = "llava_next";
 

@@ -1,4 +1,4 @@
-namespace AutoPrune.Loading;
+namespace AutoPrune.Models.Llava;
 
 /// <summary>
 /// The one place where checkpoint key names are renamed. Canonical names are the legacy
@@ -23,6 +23,9 @@ internal static class TensorNames
     /// <summary>Maps a checkpoint key (legacy or newer layout) to its canonical name.</summary>
     private const string VisionTower = "vision_tower.";
     private const string VisionModel = "vision_tower.vision_model.";
+
+    /// <summary>A LLaVA checkpoint's safetensors, under these canonical names.</summary>
+    public static Loading.SafeTensorStore Open(string folder, InputFileLimits? limits = null) => Loading.SafeTensorStore.Open(folder, limits, ToCanonical);
 
     public static string ToCanonical(string name)
     {

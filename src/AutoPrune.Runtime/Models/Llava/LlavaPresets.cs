@@ -1,6 +1,8 @@
 using System.Globalization;
 
-namespace AutoPrune.Loading;
+using AutoPrune.Loading;
+
+namespace AutoPrune.Models.Llava;
 
 /// <summary>
 /// Configurations of known LLaVA checkpoints, for speed measurements with generated weights
