@@ -139,6 +139,11 @@ public partial class ReadmeTests(ITestOutputHelper output)
                 Assert.Equal("0", stdout.Trim());
             if (Regex.IsMatch(command, @"samples/(SemanticKernelChat|HostedChat) -c Release( +#.*)?$"))
                 Assert.Contains("answer:   0", stdout);
+            // The samples prune with the one default (issue 28, item 3): autoprune at 128.
+            if (command.Contains("samples/SemanticKernelChat", StringComparison.Ordinal))
+                Assert.Contains("pruning:  autoprune, 128 visual tokens per layer", stdout);
+            if (command.Contains("samples/MLNetBatch", StringComparison.Ordinal))
+                Assert.Matches(@"pruning\s+AutoPrune\s+\(budget\s+128\)", stdout); // the console wraps the line
         }
         Assert.True(File.Exists(Path.Combine(dir, "autoprune-options.json")), "recommend wrote no options file");
         Assert.True(File.Exists(Path.Combine(dir, "out", "results.json")), "eval wrote no results");
