@@ -64,6 +64,9 @@ internal static class CommonOptions
         DefaultValueFactory = _ => PruningOptions.DefaultBudget,
     };
 
+    /// <summary>The image formats every command reads (SkiaSharp's decoders), as the README lists them.</summary>
+    public const string ImageFormats = "PNG, JPEG, WebP, GIF, BMP, ICO or WBMP";
+
     /// <summary>The default method's name: <see cref="PruningOptions.Default"/>'s, the default of every surface.</summary>
     public static string DefaultMethodName => PruningMethods.Name(PruningOptions.Default.Method);
 

@@ -32,15 +32,17 @@ internal static class ConfigurationBinding
             if (string.Equals(child.Key, nameof(AutoPruneChatClientOptions.Pruning), StringComparison.OrdinalIgnoreCase)) pruning = child;
             else if (!OtherSections.Contains(child.Key, StringComparer.OrdinalIgnoreCase)) Unknown(child, typeof(AutoPruneChatClientOptions), problems);
         }
+        // Everything but Pruning through the binder (Pruning is read as an options file below, so its errors are reported once).
+        var rest = section.AsEnumerable(makePathsRelative: true)
+            .Where(kv => !string.Equals(kv.Key.Split(':')[0], nameof(AutoPruneChatClientOptions.Pruning), StringComparison.OrdinalIgnoreCase));
         try
         {
-            section.Bind(options);
+            new ConfigurationBuilder().AddInMemoryCollection(rest).Build().Bind(options);
         }
         catch (InvalidOperationException e)
         {
             problems.Add($"Configuration section '{Path(section)}': {e.Message}");
         }
-        options.Pruning = null; // the binder's copy skipped Preset and unknown keys; the subsection is read as an options file
         if (pruning is not null && (pruning.Value is not null || pruning.GetChildren().Any()))
         {
             try { options.Pruning = PruningOptions.Parse(ToJson(pruning, typeof(PruningOptions))?.ToJsonString() ?? "null", $"Configuration section '{pruning.Path}'"); }
