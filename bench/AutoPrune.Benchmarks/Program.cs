@@ -11,6 +11,8 @@ public static class Program
     {
         if (args.Length > 0 && args[0] == "gemm-quick")
             return GemmQuick.Run(args[1..]);
+        if (args.Length > 0 && args[0] == "quant-gemv")
+            return QuantGemvBench.Run(args[1..]);
         if (args.Length > 0 && args[0] == "gguf-export")
             return GgufCheck.Run(args[1..]);
         BenchmarkSwitcher.FromAssembly(typeof(Program).Assembly).Run(args);

@@ -222,6 +222,35 @@ public sealed class QuantizedMatrixTests
         Assert.Equal([0f, 0f], y);
     }
 
+    /// <summary>The kernels' fp16 scale conversions (scalar, and 8 gathered at a block stride) are exact for all 65,536 values.</summary>
+    [Fact]
+    public unsafe void Scale_conversions_are_exact_for_every_fp16_value()
+    {
+        var blocks = new byte[65536 * 18];
+        for (int h = 0; h < 65536; h++) { blocks[h * 18] = (byte)h; blocks[h * 18 + 1] = (byte)(h >> 8); }
+        var eight = new float[8];
+        fixed (byte* p = blocks) fixed (float* e = eight)
+        {
+            for (int h = 0; h < 65536; h++)
+            {
+                float want = (float)BitConverter.UInt16BitsToHalf((ushort)h);
+                float got = QuantKernels.Half(p + h * 18);
+                Assert.True(float.IsNaN(want) ? float.IsNaN(got) : BitConverter.SingleToInt32Bits(want) == BitConverter.SingleToInt32Bits(got), $"fp16 0x{h:X4}: {got} vs {want}");
+            }
+            if (!Avx2.IsSupported) return;
+            var strides = QuantKernels.Strides(18);
+            for (int h = 0; h + 8 <= 65536; h += 8)
+            {
+                QuantKernels.Scales8(p + h * 18, strides, e);
+                for (int i = 0; i < 8; i++)
+                {
+                    float want = (float)BitConverter.UInt16BitsToHalf((ushort)(h + i));
+                    Assert.True(float.IsNaN(want) ? float.IsNaN(eight[i]) : BitConverter.SingleToInt32Bits(want) == BitConverter.SingleToInt32Bits(eight[i]), $"gathered fp16 0x{h + i:X4}");
+                }
+            }
+        }
+    }
+
     [Fact]
     public void Permuting_rows_moves_whole_blocks()
     {

@@ -19,15 +19,39 @@ internal static unsafe class QuantKernels
 {
     // ------------------------------------------------------------------ shared helpers
 
-    /// <summary>fp16 bits → fp32, exact (normals and subnormals by an exponent shift and a 2^112 rescale; Inf/NaN through Half).</summary>
+    /// <summary>
+    /// fp16 bits → fp32, exact: sign and exponent+mantissa moved to fp32 position and rescaled by 2^112 (exact for normals,
+    /// subnormals and zeros; the sign rides along in the bits, so there is no data-dependent branch — a Q4_0 or Q6_K scale's
+    /// sign is random). Inf/NaN (never a valid block scale) go through <see cref="System.Half"/>.
+    /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     internal static float Half(byte* p)
     {
         uint h = *(ushort*)p;
-        uint em = h & 0x7FFF;
-        if (em >= 0x7C00) return (float)BitConverter.UInt16BitsToHalf((ushort)h);
-        float f = BitConverter.UInt32BitsToSingle(em << 13) * 5.192296858534828e33f; // 2^112
-        return (h & 0x8000) != 0 ? -f : f;
+        if ((h & 0x7C00) == 0x7C00) return (float)BitConverter.UInt16BitsToHalf((ushort)h);
+        return BitConverter.UInt32BitsToSingle(((h & 0x8000) << 16) | ((h & 0x7FFF) << 13)) * 5.192296858534828e33f; // 2^112
+    }
+
+    /// <summary>Byte offsets 0, 1, ..., 7 block strides apart, for gathering 8 blocks' fp16 scales.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    internal static Vector256<int> Strides(int blockBytes) => Vector256.Create(0, 1, 2, 3, 4, 5, 6, 7) * blockBytes;
+
+    /// <summary>
+    /// The fp16 scales at the start of 8 consecutive blocks (<paramref name="strides"/> = <see cref="Strides"/>), widened
+    /// exactly to fp32 in registers (same arithmetic as <see cref="Half"/>; Inf/NaN exponents kept as Inf/NaN), stored to
+    /// <paramref name="dst"/>. The gather reads 4 bytes per block, all inside the block.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    internal static Vector256<float> Scales8(byte* p, Vector256<int> strides, float* dst)
+    {
+        var h = Avx2.GatherVector256((int*)p, strides, 1) & Vector256.Create(0xFFFF);
+        var em = (h & Vector256.Create(0x7FFF)) << 13;
+        var f = em.AsSingle() * Vector256.Create(0x77800000).AsSingle(); // * 2^112
+        var infNan = Vector256.Equals(h & Vector256.Create(0x7C00), Vector256.Create(0x7C00));
+        f = Vector256.ConditionalSelect(infNan.AsSingle(), (em | Vector256.Create(0x7F800000)).AsSingle(), f);
+        f = (f.AsInt32() | ((h & Vector256.Create(0x8000)) << 16)).AsSingle();
+        f.Store(dst);
+        return f;
     }
 
     /// <summary>
@@ -107,21 +131,27 @@ internal static unsafe class QuantKernels
     private static float DotQ8_0Avx2(byte* row, float* x, int nb)
     {
         Vector256<float> acc0 = default, acc1 = default;
+        float* ds = stackalloc float[8];
+        var strides = Strides(34);
         int b = 0;
-        for (; b + 2 <= nb; b += 2)
+        for (; b + 8 <= nb; b += 8)
         {
-            byte* p = row + (nint)b * 34;
-            float* xb = x + (nint)b * 32;
-            var s = I8(p + 2) * L(xb);
-            s = Fma.MultiplyAdd(I8(p + 10), L(xb + 8), s);
-            s = Fma.MultiplyAdd(I8(p + 18), L(xb + 16), s);
-            s = Fma.MultiplyAdd(I8(p + 26), L(xb + 24), s);
-            acc0 = Fma.MultiplyAdd(Vector256.Create(Half(p)), s, acc0);
-            var t = I8(p + 36) * L(xb + 32);
-            t = Fma.MultiplyAdd(I8(p + 44), L(xb + 40), t);
-            t = Fma.MultiplyAdd(I8(p + 52), L(xb + 48), t);
-            t = Fma.MultiplyAdd(I8(p + 60), L(xb + 56), t);
-            acc1 = Fma.MultiplyAdd(Vector256.Create(Half(p + 34)), t, acc1);
+            Scales8(row + (nint)b * 34, strides, ds);
+            for (int k = 0; k < 8; k += 2)
+            {
+                byte* p = row + (nint)(b + k) * 34;
+                float* xb = x + (nint)(b + k) * 32;
+                var s = I8(p + 2) * L(xb);
+                s = Fma.MultiplyAdd(I8(p + 10), L(xb + 8), s);
+                s = Fma.MultiplyAdd(I8(p + 18), L(xb + 16), s);
+                s = Fma.MultiplyAdd(I8(p + 26), L(xb + 24), s);
+                acc0 = Fma.MultiplyAdd(Vector256.Create(ds[k]), s, acc0);
+                var t = I8(p + 36) * L(xb + 32);
+                t = Fma.MultiplyAdd(I8(p + 44), L(xb + 40), t);
+                t = Fma.MultiplyAdd(I8(p + 52), L(xb + 48), t);
+                t = Fma.MultiplyAdd(I8(p + 60), L(xb + 56), t);
+                acc1 = Fma.MultiplyAdd(Vector256.Create(ds[k + 1]), t, acc1);
+            }
         }
         for (; b < nb; b++)
         {
@@ -138,26 +168,31 @@ internal static unsafe class QuantKernels
 
     private static float DotQ4_0Avx2(byte* row, float* x, int nb, float* sum32)
     {
-        Vector256<float> acc0 = default, acc1 = default;
+        Vector256<float> acc0 = default, acc1 = default, corr = default;
         var mask = Vector256.Create(0x0F);
-        float corr0 = 0, corr1 = 0;
-        int b = 0;
-        for (; b < nb; b++)
+        float* ds = stackalloc float[8];
+        var strides = Strides(18);
+        float tailCorr = 0;
+        for (int b = 0; b < nb; b += 8)
         {
-            byte* p = row + (nint)b * 18;
-            float* xb = x + (nint)b * 32;
-            float d = Half(p);
-            var v = Avx2.ConvertToVector256Int32(p + 2);
-            var w = Avx2.ConvertToVector256Int32(p + 10);
-            var s = F(v & mask) * L(xb);
-            var t = F(w & mask) * L(xb + 8);
-            s = Fma.MultiplyAdd(F(Avx2.ShiftRightLogical(v, 4)), L(xb + 16), s);
-            t = Fma.MultiplyAdd(F(Avx2.ShiftRightLogical(w, 4)), L(xb + 24), t);
-            var dv = Vector256.Create(d);
-            if ((b & 1) == 0) { acc0 = Fma.MultiplyAdd(dv, s + t, acc0); corr0 = MathF.FusedMultiplyAdd(d, sum32[b], corr0); }
-            else { acc1 = Fma.MultiplyAdd(dv, s + t, acc1); corr1 = MathF.FusedMultiplyAdd(d, sum32[b], corr1); }
+            int n = Math.Min(8, nb - b);
+            if (n == 8) corr = Fma.MultiplyAdd(Scales8(row + (nint)b * 18, strides, ds), L(sum32 + b), corr);
+            else for (int k = 0; k < n; k++) { ds[k] = Half(row + (nint)(b + k) * 18); tailCorr = MathF.FusedMultiplyAdd(ds[k], sum32[b + k], tailCorr); }
+            for (int k = 0; k < n; k++)
+            {
+                byte* p = row + (nint)(b + k) * 18;
+                float* xb = x + (nint)(b + k) * 32;
+                var v = Avx2.ConvertToVector256Int32(p + 2);
+                var w = Avx2.ConvertToVector256Int32(p + 10);
+                var s = F(v & mask) * L(xb);
+                var t = F(w & mask) * L(xb + 8);
+                s = Fma.MultiplyAdd(F(Avx2.ShiftRightLogical(v, 4)), L(xb + 16), s);
+                t = Fma.MultiplyAdd(F(Avx2.ShiftRightLogical(w, 4)), L(xb + 24), t);
+                if ((k & 1) == 0) acc0 = Fma.MultiplyAdd(Vector256.Create(ds[k]), s + t, acc0);
+                else acc1 = Fma.MultiplyAdd(Vector256.Create(ds[k]), s + t, acc1);
+            }
         }
-        return Vector256.Sum(acc0 + acc1) - 8 * (corr0 + corr1);
+        return Vector256.Sum(acc0 + acc1) - 8 * (Vector256.Sum(corr) + tailCorr);
     }
 
     /// <summary>For Q5_0's 5th bits: entry b (256 × 8 ints) holds 16 in lane i when bit i of b is set.</summary>
@@ -173,31 +208,37 @@ internal static unsafe class QuantKernels
 
     private static float DotQ5_0Avx2(byte* row, float* x, int nb, float* sum32)
     {
-        Vector256<float> acc0 = default, acc1 = default;
+        Vector256<float> acc0 = default, acc1 = default, corr = default;
         var mask = Vector256.Create(0x0F);
         int* tab = s_bit4;
-        float corr0 = 0, corr1 = 0;
-        for (int b = 0; b < nb; b++)
+        float* ds = stackalloc float[8];
+        var strides = Strides(22);
+        float tailCorr = 0;
+        for (int b = 0; b < nb; b += 8)
         {
-            byte* p = row + (nint)b * 22;
-            float* xb = x + (nint)b * 32;
-            float d = Half(p);
-            byte* qh = p + 2;
-            var v = Avx2.ConvertToVector256Int32(p + 6);
-            var w = Avx2.ConvertToVector256Int32(p + 14);
-            var q0 = (v & mask) | Vector256.Load(tab + qh[0] * 8);
-            var q1 = (w & mask) | Vector256.Load(tab + qh[1] * 8);
-            var q2 = Avx2.ShiftRightLogical(v, 4) | Vector256.Load(tab + qh[2] * 8);
-            var q3 = Avx2.ShiftRightLogical(w, 4) | Vector256.Load(tab + qh[3] * 8);
-            var s = F(q0) * L(xb);
-            var t = F(q1) * L(xb + 8);
-            s = Fma.MultiplyAdd(F(q2), L(xb + 16), s);
-            t = Fma.MultiplyAdd(F(q3), L(xb + 24), t);
-            var dv = Vector256.Create(d);
-            if ((b & 1) == 0) { acc0 = Fma.MultiplyAdd(dv, s + t, acc0); corr0 = MathF.FusedMultiplyAdd(d, sum32[b], corr0); }
-            else { acc1 = Fma.MultiplyAdd(dv, s + t, acc1); corr1 = MathF.FusedMultiplyAdd(d, sum32[b], corr1); }
+            int n = Math.Min(8, nb - b);
+            if (n == 8) corr = Fma.MultiplyAdd(Scales8(row + (nint)b * 22, strides, ds), L(sum32 + b), corr);
+            else for (int k = 0; k < n; k++) { ds[k] = Half(row + (nint)(b + k) * 22); tailCorr = MathF.FusedMultiplyAdd(ds[k], sum32[b + k], tailCorr); }
+            for (int k = 0; k < n; k++)
+            {
+                byte* p = row + (nint)(b + k) * 22;
+                float* xb = x + (nint)(b + k) * 32;
+                byte* qh = p + 2;
+                var v = Avx2.ConvertToVector256Int32(p + 6);
+                var w = Avx2.ConvertToVector256Int32(p + 14);
+                var q0 = (v & mask) | Vector256.Load(tab + qh[0] * 8);
+                var q1 = (w & mask) | Vector256.Load(tab + qh[1] * 8);
+                var q2 = Avx2.ShiftRightLogical(v, 4) | Vector256.Load(tab + qh[2] * 8);
+                var q3 = Avx2.ShiftRightLogical(w, 4) | Vector256.Load(tab + qh[3] * 8);
+                var s = F(q0) * L(xb);
+                var t = F(q1) * L(xb + 8);
+                s = Fma.MultiplyAdd(F(q2), L(xb + 16), s);
+                t = Fma.MultiplyAdd(F(q3), L(xb + 24), t);
+                if ((k & 1) == 0) acc0 = Fma.MultiplyAdd(Vector256.Create(ds[k]), s + t, acc0);
+                else acc1 = Fma.MultiplyAdd(Vector256.Create(ds[k]), s + t, acc1);
+            }
         }
-        return Vector256.Sum(acc0 + acc1) - 16 * (corr0 + corr1);
+        return Vector256.Sum(acc0 + acc1) - 16 * (Vector256.Sum(corr) + tailCorr);
     }
 
     private static float DotQ4_KAvx2(byte* row, float* x, int nb, float* sum32)
@@ -241,27 +282,30 @@ internal static unsafe class QuantKernels
 
     private static float DotQ6_KAvx2(byte* row, float* x, int nb, float* sum16)
     {
-        Vector256<float> acc0 = default, acc1 = default;
+        Vector256<float> acc0 = default, acc1 = default, corr = default;
         var m15 = Vector256.Create(0x0F);
         var m3 = Vector256.Create(0x03);
         var m12 = Vector256.Create(0x0C);
         var m48 = Vector256.Create(0x30);
         var m192 = Vector256.Create(0xC0);
-        float corr = 0;
+        float* ds = stackalloc float[16];
         for (int b = 0; b < nb; b++)
         {
             byte* p = row + (nint)b * 210;
-            sbyte* sc = (sbyte*)(p + 192);
-            float d = Half(p + 208);
+            var d = Vector256.Create(Half(p + 208));
+            // d·sc for the 16 sub-blocks, and Σ d·sc·Σx (the −32 offset) as a vector
+            var s0 = d * F(Avx2.ConvertToVector256Int32((sbyte*)(p + 192)));
+            var s1 = d * F(Avx2.ConvertToVector256Int32((sbyte*)(p + 200)));
+            s0.Store(ds);
+            s1.Store(ds + 8);
             float* xs = sum16 + (nint)b * 16;
-            float c = 0;
-            for (int g = 0; g < 16; g++) c = MathF.FusedMultiplyAdd(sc[g], xs[g], c);
-            corr = MathF.FusedMultiplyAdd(d * 32, c, corr);
+            corr = Fma.MultiplyAdd(s0, L(xs), corr);
+            corr = Fma.MultiplyAdd(s1, L(xs + 8), corr);
             for (int n = 0; n < 2; n++)
             {
                 byte* ql = p + 64 * n;
                 byte* qh = p + 128 + 32 * n;
-                sbyte* s = sc + 8 * n;
+                float* s = ds + 8 * n;
                 float* xb = x + (nint)b * 256 + 128 * n;
                 for (int half = 0; half < 2; half++)
                 {
@@ -272,22 +316,22 @@ internal static unsafe class QuantKernels
                     var b1 = Avx2.ConvertToVector256Int32(ql + 32 + l + 8);
                     var h0 = Avx2.ConvertToVector256Int32(qh + l);
                     var h1 = Avx2.ConvertToVector256Int32(qh + l + 8);
-                    var s1 = F((a0 & m15) | Avx2.ShiftLeftLogical(h0 & m3, 4)) * L(xb + l);
-                    s1 = Fma.MultiplyAdd(F((a1 & m15) | Avx2.ShiftLeftLogical(h1 & m3, 4)), L(xb + l + 8), s1);
-                    var s2 = F((b0 & m15) | Avx2.ShiftLeftLogical(h0 & m12, 2)) * L(xb + 32 + l);
-                    s2 = Fma.MultiplyAdd(F((b1 & m15) | Avx2.ShiftLeftLogical(h1 & m12, 2)), L(xb + 32 + l + 8), s2);
-                    var s3 = F(Avx2.ShiftRightLogical(a0, 4) | (h0 & m48)) * L(xb + 64 + l);
-                    s3 = Fma.MultiplyAdd(F(Avx2.ShiftRightLogical(a1, 4) | (h1 & m48)), L(xb + 64 + l + 8), s3);
-                    var s4 = F(Avx2.ShiftRightLogical(b0, 4) | Avx2.ShiftRightLogical(h0 & m192, 2)) * L(xb + 96 + l);
-                    s4 = Fma.MultiplyAdd(F(Avx2.ShiftRightLogical(b1, 4) | Avx2.ShiftRightLogical(h1 & m192, 2)), L(xb + 96 + l + 8), s4);
-                    acc0 = Fma.MultiplyAdd(Vector256.Create(d * s[half]), s1, acc0);
-                    acc1 = Fma.MultiplyAdd(Vector256.Create(d * s[half + 2]), s2, acc1);
-                    acc0 = Fma.MultiplyAdd(Vector256.Create(d * s[half + 4]), s3, acc0);
-                    acc1 = Fma.MultiplyAdd(Vector256.Create(d * s[half + 6]), s4, acc1);
+                    var q1 = F((a0 & m15) | Avx2.ShiftLeftLogical(h0 & m3, 4)) * L(xb + l);
+                    q1 = Fma.MultiplyAdd(F((a1 & m15) | Avx2.ShiftLeftLogical(h1 & m3, 4)), L(xb + l + 8), q1);
+                    var q2 = F((b0 & m15) | Avx2.ShiftLeftLogical(h0 & m12, 2)) * L(xb + 32 + l);
+                    q2 = Fma.MultiplyAdd(F((b1 & m15) | Avx2.ShiftLeftLogical(h1 & m12, 2)), L(xb + 32 + l + 8), q2);
+                    var q3 = F(Avx2.ShiftRightLogical(a0, 4) | (h0 & m48)) * L(xb + 64 + l);
+                    q3 = Fma.MultiplyAdd(F(Avx2.ShiftRightLogical(a1, 4) | (h1 & m48)), L(xb + 64 + l + 8), q3);
+                    var q4 = F(Avx2.ShiftRightLogical(b0, 4) | Avx2.ShiftRightLogical(h0 & m192, 2)) * L(xb + 96 + l);
+                    q4 = Fma.MultiplyAdd(F(Avx2.ShiftRightLogical(b1, 4) | Avx2.ShiftRightLogical(h1 & m192, 2)), L(xb + 96 + l + 8), q4);
+                    acc0 = Fma.MultiplyAdd(Vector256.Create(s[half]), q1, acc0);
+                    acc1 = Fma.MultiplyAdd(Vector256.Create(s[half + 2]), q2, acc1);
+                    acc0 = Fma.MultiplyAdd(Vector256.Create(s[half + 4]), q3, acc0);
+                    acc1 = Fma.MultiplyAdd(Vector256.Create(s[half + 6]), q4, acc1);
                 }
             }
         }
-        return Vector256.Sum(acc0 + acc1) - corr;
+        return Vector256.Sum(acc0 + acc1) - 32 * Vector256.Sum(corr);
     }
 
     // ------------------------------------------------------------------ AVX-512F
@@ -317,14 +361,25 @@ internal static unsafe class QuantKernels
     private static float DotQ8_0Avx512(byte* row, float* x, int nb)
     {
         Vector512<float> acc0 = default, acc1 = default;
-        for (int b = 0; b < nb; b++)
+        int b = 0;
+        for (; b + 2 <= nb; b += 2)
         {
             byte* p = row + (nint)b * 34;
             float* xb = x + (nint)b * 32;
             var s = F(Avx512F.ConvertToVector512Int32(Vector128.Load((sbyte*)(p + 2)))) * L16(xb);
             s = Fma16(F(Avx512F.ConvertToVector512Int32(Vector128.Load((sbyte*)(p + 18)))), L16(xb + 16), s);
-            var dv = Vector512.Create(Half(p));
-            if ((b & 1) == 0) acc0 = Fma16(dv, s, acc0); else acc1 = Fma16(dv, s, acc1);
+            acc0 = Fma16(Vector512.Create(Half(p)), s, acc0);
+            var t = F(Avx512F.ConvertToVector512Int32(Vector128.Load((sbyte*)(p + 36)))) * L16(xb + 32);
+            t = Fma16(F(Avx512F.ConvertToVector512Int32(Vector128.Load((sbyte*)(p + 52)))), L16(xb + 48), t);
+            acc1 = Fma16(Vector512.Create(Half(p + 34)), t, acc1);
+        }
+        for (; b < nb; b++)
+        {
+            byte* p = row + (nint)b * 34;
+            float* xb = x + (nint)b * 32;
+            var s = F(Avx512F.ConvertToVector512Int32(Vector128.Load((sbyte*)(p + 2)))) * L16(xb);
+            s = Fma16(F(Avx512F.ConvertToVector512Int32(Vector128.Load((sbyte*)(p + 18)))), L16(xb + 16), s);
+            acc0 = Fma16(Vector512.Create(Half(p)), s, acc0);
         }
         return Vector512.Sum(acc0 + acc1);
     }
@@ -332,45 +387,59 @@ internal static unsafe class QuantKernels
     private static float DotQ4_0Avx512(byte* row, float* x, int nb, float* sum32)
     {
         Vector512<float> acc0 = default, acc1 = default;
+        Vector256<float> corr = default;
         var mask = Vector512.Create(0x0F);
-        float corr0 = 0, corr1 = 0;
-        for (int b = 0; b < nb; b++)
+        float* ds = stackalloc float[8];
+        var strides = Strides(18);
+        float tailCorr = 0;
+        for (int b = 0; b < nb; b += 8)
         {
-            byte* p = row + (nint)b * 18;
-            float* xb = x + (nint)b * 32;
-            float d = Half(p);
-            var v = U16(p + 2);
-            var s = Fma16(F(Avx512F.ShiftRightLogical(v, 4)), L16(xb + 16), F(v & mask) * L16(xb));
-            var dv = Vector512.Create(d);
-            if ((b & 1) == 0) { acc0 = Fma16(dv, s, acc0); corr0 = MathF.FusedMultiplyAdd(d, sum32[b], corr0); }
-            else { acc1 = Fma16(dv, s, acc1); corr1 = MathF.FusedMultiplyAdd(d, sum32[b], corr1); }
+            int n = Math.Min(8, nb - b);
+            if (n == 8) corr = Fma.MultiplyAdd(Scales8(row + (nint)b * 18, strides, ds), L(sum32 + b), corr);
+            else for (int k = 0; k < n; k++) { ds[k] = Half(row + (nint)(b + k) * 18); tailCorr = MathF.FusedMultiplyAdd(ds[k], sum32[b + k], tailCorr); }
+            for (int k = 0; k < n; k++)
+            {
+                byte* p = row + (nint)(b + k) * 18;
+                float* xb = x + (nint)(b + k) * 32;
+                var v = U16(p + 2);
+                var s = Fma16(F(Avx512F.ShiftRightLogical(v, 4)), L16(xb + 16), F(v & mask) * L16(xb));
+                if ((k & 1) == 0) acc0 = Fma16(Vector512.Create(ds[k]), s, acc0);
+                else acc1 = Fma16(Vector512.Create(ds[k]), s, acc1);
+            }
         }
-        return Vector512.Sum(acc0 + acc1) - 8 * (corr0 + corr1);
+        return Vector512.Sum(acc0 + acc1) - 8 * (Vector256.Sum(corr) + tailCorr);
     }
 
     private static float DotQ5_0Avx512(byte* row, float* x, int nb, float* sum32)
     {
         Vector512<float> acc0 = default, acc1 = default;
+        Vector256<float> corr = default;
         var mask = Vector512.Create(0x0F);
         var one = Vector512.Create(1u);
         var shLo = Vector512.Create(0u, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
         var shHi = shLo + Vector512.Create(16u);
-        float corr0 = 0, corr1 = 0;
-        for (int b = 0; b < nb; b++)
+        float* ds = stackalloc float[8];
+        var strides = Strides(22);
+        float tailCorr = 0;
+        for (int b = 0; b < nb; b += 8)
         {
-            byte* p = row + (nint)b * 22;
-            float* xb = x + (nint)b * 32;
-            float d = Half(p);
-            var qh = Vector512.Create(*(uint*)(p + 2));
-            var hLo = Avx512F.ShiftLeftLogical(Avx512F.ShiftRightLogicalVariable(qh, shLo) & one, 4).AsInt32();
-            var hHi = Avx512F.ShiftLeftLogical(Avx512F.ShiftRightLogicalVariable(qh, shHi) & one, 4).AsInt32();
-            var v = U16(p + 6);
-            var s = Fma16(F(Avx512F.ShiftRightLogical(v, 4) | hHi), L16(xb + 16), F((v & mask) | hLo) * L16(xb));
-            var dv = Vector512.Create(d);
-            if ((b & 1) == 0) { acc0 = Fma16(dv, s, acc0); corr0 = MathF.FusedMultiplyAdd(d, sum32[b], corr0); }
-            else { acc1 = Fma16(dv, s, acc1); corr1 = MathF.FusedMultiplyAdd(d, sum32[b], corr1); }
+            int n = Math.Min(8, nb - b);
+            if (n == 8) corr = Fma.MultiplyAdd(Scales8(row + (nint)b * 22, strides, ds), L(sum32 + b), corr);
+            else for (int k = 0; k < n; k++) { ds[k] = Half(row + (nint)(b + k) * 22); tailCorr = MathF.FusedMultiplyAdd(ds[k], sum32[b + k], tailCorr); }
+            for (int k = 0; k < n; k++)
+            {
+                byte* p = row + (nint)(b + k) * 22;
+                float* xb = x + (nint)(b + k) * 32;
+                var qh = Vector512.Create(*(uint*)(p + 2));
+                var hLo = Avx512F.ShiftLeftLogical(Avx512F.ShiftRightLogicalVariable(qh, shLo) & one, 4).AsInt32();
+                var hHi = Avx512F.ShiftLeftLogical(Avx512F.ShiftRightLogicalVariable(qh, shHi) & one, 4).AsInt32();
+                var v = U16(p + 6);
+                var s = Fma16(F(Avx512F.ShiftRightLogical(v, 4) | hHi), L16(xb + 16), F((v & mask) | hLo) * L16(xb));
+                if ((k & 1) == 0) acc0 = Fma16(Vector512.Create(ds[k]), s, acc0);
+                else acc1 = Fma16(Vector512.Create(ds[k]), s, acc1);
+            }
         }
-        return Vector512.Sum(acc0 + acc1) - 16 * (corr0 + corr1);
+        return Vector512.Sum(acc0 + acc1) - 16 * (Vector256.Sum(corr) + tailCorr);
     }
 
     private static float DotQ4_KAvx512(byte* row, float* x, int nb, float* sum32)
@@ -405,27 +474,24 @@ internal static unsafe class QuantKernels
 
     private static float DotQ6_KAvx512(byte* row, float* x, int nb, float* sum16)
     {
-        Vector512<float> acc0 = default, acc1 = default;
+        Vector512<float> acc0 = default, acc1 = default, corr = default;
         var m15 = Vector512.Create(0x0F);
         var m3 = Vector512.Create(0x03);
         var m12 = Vector512.Create(0x0C);
         var m48 = Vector512.Create(0x30);
         var m192 = Vector512.Create(0xC0);
-        float corr = 0;
+        float* ds = stackalloc float[16];
         for (int b = 0; b < nb; b++)
         {
             byte* p = row + (nint)b * 210;
-            sbyte* sc = (sbyte*)(p + 192);
-            float d = Half(p + 208);
-            float* xs = sum16 + (nint)b * 16;
-            float c = 0;
-            for (int g = 0; g < 16; g++) c = MathF.FusedMultiplyAdd(sc[g], xs[g], c);
-            corr = MathF.FusedMultiplyAdd(d * 32, c, corr);
+            var sc = Vector512.Create(Half(p + 208)) * F(Avx512F.ConvertToVector512Int32(Vector128.Load((sbyte*)(p + 192))));
+            sc.Store(ds);
+            corr = Fma16(sc, L16(sum16 + (nint)b * 16), corr);
             for (int n = 0; n < 2; n++)
             {
                 byte* ql = p + 64 * n;
                 byte* qh = p + 128 + 32 * n;
-                sbyte* s = sc + 8 * n;
+                float* s = ds + 8 * n;
                 float* xb = x + (nint)b * 256 + 128 * n;
                 for (int half = 0; half < 2; half++)
                 {
@@ -437,14 +503,14 @@ internal static unsafe class QuantKernels
                     var s2 = F((bb & m15) | Avx512F.ShiftLeftLogical(h & m12, 2)) * L16(xb + 32 + l);
                     var s3 = F(Avx512F.ShiftRightLogical(a, 4) | (h & m48)) * L16(xb + 64 + l);
                     var s4 = F(Avx512F.ShiftRightLogical(bb, 4) | Avx512F.ShiftRightLogical(h & m192, 2)) * L16(xb + 96 + l);
-                    acc0 = Fma16(Vector512.Create(d * s[half]), s1, acc0);
-                    acc1 = Fma16(Vector512.Create(d * s[half + 2]), s2, acc1);
-                    acc0 = Fma16(Vector512.Create(d * s[half + 4]), s3, acc0);
-                    acc1 = Fma16(Vector512.Create(d * s[half + 6]), s4, acc1);
+                    acc0 = Fma16(Vector512.Create(s[half]), s1, acc0);
+                    acc1 = Fma16(Vector512.Create(s[half + 2]), s2, acc1);
+                    acc0 = Fma16(Vector512.Create(s[half + 4]), s3, acc0);
+                    acc1 = Fma16(Vector512.Create(s[half + 6]), s4, acc1);
                 }
             }
         }
-        return Vector512.Sum(acc0 + acc1) - corr;
+        return Vector512.Sum(acc0 + acc1) - 32 * Vector512.Sum(corr);
     }
 
     // ------------------------------------------------------------------ exact SIMD dequantization (GEMM panels)
