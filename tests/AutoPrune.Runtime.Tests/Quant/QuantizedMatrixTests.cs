@@ -9,9 +9,9 @@ using Xunit;
 namespace AutoPrune.Tests.Quant;
 
 /// <summary>
-/// The fused products over quantized weights: GEMV on every instruction set against float64 math on the exactly
-/// dequantized weights, the GEMM bit for bit against the repository's fp32 GEMM on the dequantized matrix (same ISA),
-/// results independent of the thread count, bias / accumulate / strides, and no fp32 copy of the weights.
+/// The fused products over quantized weights: GEMV and small-batch GEMM on every instruction set against float64 math on
+/// the exactly dequantized weights, the panel GEMM bit for bit against the repository's fp32 GEMM on the dequantized
+/// matrix (same ISA), results independent of the thread count, bias / accumulate / strides, and no fp32 copy of the weights.
 /// </summary>
 public sealed class QuantizedMatrixTests
 {
@@ -69,13 +69,14 @@ public sealed class QuantizedMatrixTests
         }
     }
 
+    /// <summary>The panel path (batches above <see cref="QuantizedMatrix.SmallBatchRows"/>, or forced) is the repository's GEMM on dequantized tiles.</summary>
     [Theory]
     [MemberData(nameof(Formats))]
-    public void Gemm_equals_the_fp32_gemm_on_dequantized_weights_bit_for_bit(string formatName)
+    public void Panel_gemm_equals_the_fp32_gemm_on_dequantized_weights_bit_for_bit(string formatName)
     {
         var format = Enum.Parse<QuantFormat>(formatName);
         var r = new Random((int)format + 100);
-        foreach (var (rows, mult, batch) in new[] { (37, 1, 2), (130, 3, 7), (64, 2, 13), (200, 8, 3) })
+        foreach (var (rows, mult, batch, force) in new[] { (37, 1, 2, true), (130, 3, 7, true), (64, 2, 17, false), (200, 8, 3, true), (70, 2, 40, false) })
         {
             int cols = ColsFor(format, mult);
             var m = QuantizedMatrix.Quantize(format, Weights(r, rows, cols), rows, cols);
@@ -86,7 +87,7 @@ public sealed class QuantizedMatrixTests
             {
                 var got = new float[batch * rows];
                 var want = new float[batch * rows];
-                m.GemmCore(x, cols, batch, got, rows, bias, false, isa, 1);
+                m.GemmCore(x, cols, batch, got, rows, bias, false, isa, 1, forcePanels: force);
                 if (format.IsBlockQuantized())
                     Gemm.MatMulTransBCore(x, cols, batch, cols, wd, cols, rows, want, rows, bias, false, isa, 1, tiled: true);
                 else
@@ -99,6 +100,36 @@ public sealed class QuantizedMatrixTests
                     Gemm.MatMulTransBCore(x, cols, batch, cols, wd, cols, rows, want, rows, bias, false, isa, 1, tiled: true);
                     for (int i = 0; i < got.Length; i++) Assert.True(Math.Abs(got[i] - want[i]) <= 1e-4f * (1 + Math.Abs(want[i])), $"{format} {isa} plain {i}");
                 }
+            }
+        }
+    }
+
+    /// <summary>Small batches (each weight row decoded once, dotted with every row of X) against float64 math, every ISA, bias included.</summary>
+    [Theory]
+    [MemberData(nameof(Formats))]
+    public void Small_batch_gemm_is_within_float_rounding_of_exact_math(string formatName)
+    {
+        var format = Enum.Parse<QuantFormat>(formatName);
+        var r = new Random((int)format + 200);
+        foreach (var (rows, mult, batch) in new[] { (37, 1, 2), (70, 3, 5), (9, 8, QuantizedMatrix.SmallBatchRows) })
+        {
+            int cols = ColsFor(format, mult);
+            var m = QuantizedMatrix.Quantize(format, Weights(r, rows, cols), rows, cols);
+            var wd = m.Dequantize();
+            var x = Vec(r, batch * cols);
+            var bias = Vec(r, rows);
+            foreach (var isa in Isas())
+            {
+                var y = new float[batch * rows];
+                m.GemmCore(x, cols, batch, y, rows, bias, false, isa, 1);
+                for (int i = 0; i < batch; i++)
+                    for (int o = 0; o < rows; o++)
+                    {
+                        double exact = bias[o], mag = Math.Abs(bias[o]);
+                        for (int k = 0; k < cols; k++) { exact += (double)wd[o * cols + k] * x[i * cols + k]; mag += Math.Abs((double)wd[o * cols + k] * x[i * cols + k]); }
+                        double tol = 4e-7 * Math.Sqrt(cols) * mag + 1e-7 * mag + 1e-12;
+                        Assert.True(Math.Abs(y[i * rows + o] - exact) <= tol, $"{format} {isa} {batch}x{rows}x{cols} [{i},{o}]: {y[i * rows + o]} vs exact {exact}");
+                    }
             }
         }
     }
@@ -116,17 +147,21 @@ public sealed class QuantizedMatrixTests
         var x = Vec(r, 5 * cols);
         foreach (var isa in Isas())
         {
-            float[]? gemv1 = null, gemm1 = null;
+            float[]? gemv1 = null, gemm1 = null, panels1 = null;
             foreach (int threads in new[] { 1, 2, 3 })
             {
                 var gv = new float[rows];
                 m.GemvCore(x.AsSpan(0, cols), gv, default, false, isa, threads);
                 var gm = new float[5 * rows];
                 m.GemmCore(x, cols, 5, gm, rows, default, false, isa, threads);
+                var gp = new float[5 * rows];
+                m.GemmCore(x, cols, 5, gp, rows, default, false, isa, threads, forcePanels: true);
                 gemv1 ??= gv;
                 gemm1 ??= gm;
+                panels1 ??= gp;
                 Assert.Equal(gemv1, gv);
                 Assert.Equal(gemm1, gm);
+                Assert.Equal(panels1, gp);
             }
         }
     }
@@ -196,7 +231,12 @@ public sealed class QuantizedMatrixTests
             var y = new float[4 * rows];
             m.GemvCore(x.AsSpan(0, cols), y, default, false, Gemm.DetectedIsa, 1);
             m.GemmCore(x, cols, 4, y, rows, default, false, Gemm.DetectedIsa, 1); // warm the pools
+            m.GemmCore(x, cols, 4, y, rows, default, false, Gemm.DetectedIsa, 1, forcePanels: true);
             long before = GC.GetAllocatedBytesForCurrentThread();
+            m.GemmCore(x, cols, 4, y, rows, default, false, Gemm.DetectedIsa, 1, forcePanels: true);
+            long panels = GC.GetAllocatedBytesForCurrentThread() - before;
+            Assert.True(panels < 64 * 1024, $"{format} panel GEMM allocated {panels} bytes");
+            before = GC.GetAllocatedBytesForCurrentThread();
             m.GemvCore(x.AsSpan(0, cols), y, default, false, Gemm.DetectedIsa, 1);
             long gemv = GC.GetAllocatedBytesForCurrentThread() - before;
             before = GC.GetAllocatedBytesForCurrentThread();

@@ -513,6 +513,58 @@ internal static unsafe class QuantKernels
         return Vector512.Sum(acc0 + acc1) - 32 * Vector512.Sum(corr);
     }
 
+    // ------------------------------------------------------------------ fp32 dots of one row with up to 4 rows of X
+
+    /// <summary>dot(w, x_j) for the <paramref name="n"/> (1–4) rows x_j = x + j·ldx, k a multiple of 16; FMA chains in element order.</summary>
+    internal static (float, float, float, float) Dot4Scalar(float* w, float* x, int ldx, int n, int k)
+    {
+        float s0 = 0, s1 = 0, s2 = 0, s3 = 0;
+        float* x1 = n > 1 ? x + ldx : x, x2 = n > 2 ? x + 2 * (nint)ldx : x, x3 = n > 3 ? x + 3 * (nint)ldx : x;
+        for (int p = 0; p < k; p++)
+        {
+            float v = w[p];
+            s0 = MathF.FusedMultiplyAdd(v, x[p], s0);
+            s1 = MathF.FusedMultiplyAdd(v, x1[p], s1);
+            s2 = MathF.FusedMultiplyAdd(v, x2[p], s2);
+            s3 = MathF.FusedMultiplyAdd(v, x3[p], s3);
+        }
+        return (s0, s1, s2, s3);
+    }
+
+    /// <summary>As <see cref="Dot4Scalar"/> with Vector256 (two accumulators per row of X). Rows past n repeat row 0 and are discarded.</summary>
+    internal static (float, float, float, float) Dot4Avx2(float* w, float* x, int ldx, int n, int k)
+    {
+        float* x1 = n > 1 ? x + ldx : x, x2 = n > 2 ? x + 2 * (nint)ldx : x, x3 = n > 3 ? x + 3 * (nint)ldx : x;
+        Vector256<float> a0 = default, b0 = default, a1 = default, b1 = default, a2 = default, b2 = default, a3 = default, b3 = default;
+        for (int p = 0; p < k; p += 16)
+        {
+            var w0 = L(w + p);
+            var w1 = L(w + p + 8);
+            a0 = Fma.MultiplyAdd(w0, L(x + p), a0); b0 = Fma.MultiplyAdd(w1, L(x + p + 8), b0);
+            a1 = Fma.MultiplyAdd(w0, L(x1 + p), a1); b1 = Fma.MultiplyAdd(w1, L(x1 + p + 8), b1);
+            a2 = Fma.MultiplyAdd(w0, L(x2 + p), a2); b2 = Fma.MultiplyAdd(w1, L(x2 + p + 8), b2);
+            a3 = Fma.MultiplyAdd(w0, L(x3 + p), a3); b3 = Fma.MultiplyAdd(w1, L(x3 + p + 8), b3);
+        }
+        return (Vector256.Sum(a0 + b0), Vector256.Sum(a1 + b1), Vector256.Sum(a2 + b2), Vector256.Sum(a3 + b3));
+    }
+
+    /// <summary>As <see cref="Dot4Avx2"/> with Vector512 (k a multiple of 32).</summary>
+    internal static (float, float, float, float) Dot4Avx512(float* w, float* x, int ldx, int n, int k)
+    {
+        float* x1 = n > 1 ? x + ldx : x, x2 = n > 2 ? x + 2 * (nint)ldx : x, x3 = n > 3 ? x + 3 * (nint)ldx : x;
+        Vector512<float> a0 = default, b0 = default, a1 = default, b1 = default, a2 = default, b2 = default, a3 = default, b3 = default;
+        for (int p = 0; p < k; p += 32)
+        {
+            var w0 = L16(w + p);
+            var w1 = L16(w + p + 16);
+            a0 = Fma16(w0, L16(x + p), a0); b0 = Fma16(w1, L16(x + p + 16), b0);
+            a1 = Fma16(w0, L16(x1 + p), a1); b1 = Fma16(w1, L16(x1 + p + 16), b1);
+            a2 = Fma16(w0, L16(x2 + p), a2); b2 = Fma16(w1, L16(x2 + p + 16), b2);
+            a3 = Fma16(w0, L16(x3 + p), a3); b3 = Fma16(w1, L16(x3 + p + 16), b3);
+        }
+        return (Vector512.Sum(a0 + b0), Vector512.Sum(a1 + b1), Vector512.Sum(a2 + b2), Vector512.Sum(a3 + b3));
+    }
+
     // ------------------------------------------------------------------ exact SIMD dequantization (GEMM panels)
 
     /// <summary>

@@ -8,8 +8,9 @@ namespace AutoPrune.Compute.Quant;
 /// A weight matrix <c>W[Rows, Cols]</c> in one of the <see cref="QuantFormat"/>s, each row a whole number of blocks
 /// (<see cref="RowBytes"/>), rows consecutive in <see cref="Blocks"/> — ggml's layout, so a GGUF tensor's bytes are used as
 /// they are (a view of the mapped file). The products never widen the matrix: <see cref="Gemv"/> dots each row's blocks with
-/// x in registers, <c>Gemm</c> dequantizes one panel (64 rows × one k-block) at a time into a small fp32 tile that the
-/// repository's GEMM micro-kernel consumes. Activations and accumulation stay fp32.
+/// x in registers; <c>Gemm</c> with up to <see cref="SmallBatchRows"/> rows of X decodes one weight row at a time into an
+/// L1 buffer and dots it with every row of X, and with more rows dequantizes one panel (64 rows × one k-block) at a time
+/// into a small fp32 tile that the repository's GEMM micro-kernel consumes. Activations and accumulation stay fp32.
 /// <para>
 /// Threads split the output rows (never a row's sum), so results do not depend on the thread count. F32, F16 and BF16 run
 /// through <see cref="Compute.Cpu.Gemm"/>'s own paths (widening per tile).
@@ -179,7 +180,11 @@ internal sealed class QuantizedMatrix
         }
     }
 
-    internal unsafe void GemmCore(ReadOnlySpan<float> x, int ldx, int m, Span<float> y, int ldy, ReadOnlySpan<float> bias, bool accumulate, GemmIsa isa, int threads)
+    /// <summary>Up to this many rows of X the GEMM decodes each weight row once and dots it with every X row (<see cref="SmallBatchCore"/>).</summary>
+    internal const int SmallBatchRows = 16;
+
+    /// <param name="forcePanels">Use the panel path (dequantized tiles through <see cref="Compute.Cpu.Gemm"/>'s micro-kernel) even for a small batch.</param>
+    internal unsafe void GemmCore(ReadOnlySpan<float> x, int ldx, int m, Span<float> y, int ldy, ReadOnlySpan<float> bias, bool accumulate, GemmIsa isa, int threads, bool forcePanels = false)
     {
         ArgumentOutOfRangeException.ThrowIfNegative(m);
         if (m == 0 || Rows == 0) return;
@@ -199,6 +204,11 @@ internal sealed class QuantizedMatrix
             return;
         }
         isa = Effective(isa);
+        if (m <= SmallBatchRows && !forcePanels)
+        {
+            SmallBatchCore(x, ldx, m, y, ldy, bias, accumulate, isa, threads);
+            return;
+        }
         int kc = Math.Min(Cols, Compute.Cpu.Gemm.GetBlocking(isa).KC);
         int be = Format.BlockElements();
         kc = Math.Max(be, kc / be * be);
@@ -214,6 +224,74 @@ internal sealed class QuantizedMatrix
             if (parts == 1) job.Panels(0, panels);
             else Parallel.For(0, parts, ComputeScheduler.Options(parts), part =>
                 job.Panels(part * perPart, Math.Min(panels, (part + 1) * perPart)));
+        }
+    }
+
+    /// <summary>
+    /// Small batches: each weight row is dequantized once (exactly, SIMD) into an L1-resident buffer and dotted with every
+    /// row of X, four X rows per pass (two accumulators each), so the weights stream once and no tile is packed. Threads
+    /// split the weight rows.
+    /// </summary>
+    private unsafe void SmallBatchCore(ReadOnlySpan<float> x, int ldx, int m, Span<float> y, int ldy, ReadOnlySpan<float> bias, bool accumulate, GemmIsa isa, int threads)
+    {
+        int units = (Rows + GemvRowUnit - 1) / GemvRowUnit;
+        int parts = (long)Rows * Cols < ParallelThresholdWeights ? 1 : Math.Max(1, Math.Min(Math.Min(threads, Environment.ProcessorCount), units));
+        int perPart = (units + parts - 1) / parts;
+        parts = (units + perPart - 1) / perPart;
+        using var pin = Blocks.Pin();
+        fixed (float* px = x) fixed (float* py = y) fixed (float* pb = bias)
+        {
+            var job = new SmallBatchJob(this, (byte*)pin.Pointer, px, ldx, m, py, ldy, bias.IsEmpty ? null : pb, accumulate, isa);
+            if (parts == 1) job.Rows(0, Rows);
+            else Parallel.For(0, parts, ComputeScheduler.Options(parts), part =>
+            {
+                int r0 = part * perPart * GemvRowUnit;
+                job.Rows(r0, Math.Min(Rows, r0 + perPart * GemvRowUnit));
+            });
+        }
+    }
+
+    private sealed unsafe class SmallBatchJob(QuantizedMatrix w, byte* blocks, float* x, int ldx, int m, float* y, int ldy, float* bias, bool acc, GemmIsa isa)
+    {
+        public void Rows(int r0, int r1)
+        {
+            int k = w.Cols, nb = k / w.Format.BlockElements();
+            float[] buffer = ArrayPool<float>.Shared.Rent(k + 16);
+            try
+            {
+                fixed (float* raw = buffer)
+                {
+                    float* wr = (float*)(((nint)raw + 63) & ~(nint)63);
+                    for (int r = r0; r < r1; r++)
+                    {
+                        QuantKernels.DequantizeBlocks(w.Format, blocks + r * w.RowBytes, 0, nb, wr, isa != GemmIsa.Scalar);
+                        for (int i = 0; i < m; i += 4)
+                        {
+                            int n = Math.Min(4, m - i);
+                            float* x0 = x + (nint)i * ldx;
+                            var (d0, d1, d2, d3) = isa switch
+                            {
+                                GemmIsa.Avx512 => QuantKernels.Dot4Avx512(wr, x0, ldx, n, k),
+                                GemmIsa.Avx2 => QuantKernels.Dot4Avx2(wr, x0, ldx, n, k),
+                                _ => QuantKernels.Dot4Scalar(wr, x0, ldx, n, k),
+                            };
+                            Store(i, r, d0);
+                            if (n > 1) Store(i + 1, r, d1);
+                            if (n > 2) Store(i + 2, r, d2);
+                            if (n > 3) Store(i + 3, r, d3);
+                        }
+                    }
+                }
+            }
+            finally { ArrayPool<float>.Shared.Return(buffer); }
+        }
+
+        private void Store(int i, int r, float v)
+        {
+            float* c = y + (nint)i * ldy + r;
+            if (bias != null) v += bias[r];
+            if (acc) v += *c;
+            *c = v;
         }
     }
 
