@@ -1,3 +1,4 @@
+using AutoPrune.Compute.Quant;
 using AutoPrune.Loading;
 using AutoPrune.Loading.Gguf;
 using Xunit;
@@ -57,6 +58,51 @@ public sealed class GgufExportTests : IDisposable
         foreach (var p in want.EnumerateObject()) Assert.True(p.Value.GetString() == plan[p.Name].ToString(), $"{variant} {p.Name}: {plan[p.Name]}, llama.cpp chose {p.Value.GetString()}");
         Assert.Equal(want.EnumerateObject().Count(), plan.Count);
         if (variant != "f16") Assert.Equal(want.EnumerateObject().Select(p => p.Name), order.Select(t => t.Name)); // the quantizer's tensor order
+    }
+
+    /// <summary>The file types the fixture has no file for: each tensor holds the checkpoint's values as the format rounds them.</summary>
+    [Theory]
+    [InlineData("f32")]
+    [InlineData("bf16")]
+    [InlineData("q5_0")]
+    public void Other_file_types_hold_the_checkpoint_as_their_format_rounds_it(string type)
+    {
+        Assert.True(QuantMix.TryParse(type, out var ftype));
+        var r = LlavaGgufExporter.Export(TestData.ModelDir, _dir, ftype);
+        using var g = GgufLlavaSource.Open(r.TextPath, r.MmprojPath);
+        using var st = SafeTensorStore.Open(TestData.ModelDir);
+        using var f16 = GgufFile.Open(GgufTestData.Text("f16"));
+        Assert.Equal((long)ftype, g.Text.GetInteger("general.file_type"));
+        if (ftype != LlamaFileType.MostlyQ5_0)
+        {
+            // a converter's output: the f16 file's keys and tensors in the same order
+            Assert.Equal(f16.Metadata.Select(kv => kv.Key), g.Text.Metadata.Select(kv => kv.Key));
+            Assert.Equal(f16.Tensors.Select(t => t.Name), g.Text.Tensors.Select(t => t.Name));
+        }
+        foreach (var name in g.Names.Where(n => n.StartsWith("language_model.", StringComparison.Ordinal)))
+        {
+            var want = st.ReadFloat32(name);
+            var got = g.ReadFloat32(name);
+            var stored = g.TypeOf(name);
+            var shape = st.GetInfo(name).Shape;
+            if (shape.Length == 1) { Assert.Equal(GgmlType.F32, stored); Assert.Equal(want, got); continue; }
+            switch (ftype)
+            {
+                case LlamaFileType.AllF32:
+                    Assert.Equal(GgmlType.F32, stored);
+                    Assert.Equal(want, got);
+                    break;
+                case LlamaFileType.MostlyBF16:
+                    Assert.Equal(GgmlType.BF16, stored);
+                    for (int i = 0; i < want.Length; i++) Assert.Equal(BitConverter.Int32BitsToSingle(BlockCodec.ToBFloat16(want[i]) << 16), got[i]);
+                    break;
+                default:
+                    Assert.Equal(name == "language_model.lm_head.weight" ? GgmlType.Q8_0 : GgmlType.Q5_0, stored);
+                    var q = QuantizedMatrix.Quantize(stored.ToQuantFormat()!.Value, want, (int)shape[0], (int)shape[1]);
+                    Assert.Equal(q.Dequantize(), got);
+                    break;
+            }
+        }
     }
 
     [Fact]

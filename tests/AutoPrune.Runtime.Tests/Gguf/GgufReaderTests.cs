@@ -38,6 +38,20 @@ public sealed class GgufReaderTests
         Assert.Equal(files.GetProperty("general.file_type").GetInt64(), f.GetInteger("general.file_type"));
     }
 
+    /// <summary>Version 2 has version 3's layout (3 only added big-endian files): the same bytes with version 2 read the same.</summary>
+    [Fact]
+    public void Version_2_files_read_like_version_3()
+    {
+        var bytes = File.ReadAllBytes(GgufTestData.Text("Q4_0"));
+        System.Buffers.Binary.BinaryPrimitives.WriteUInt32LittleEndian(bytes.AsSpan(4), 2);
+        using var v2 = GgufFile.FromBytes(bytes);
+        using var v3 = GgufFile.Open(GgufTestData.Text("Q4_0"));
+        Assert.Equal(2u, v2.Version);
+        Assert.Equal(v3.Metadata.Select(kv => (kv.Key, kv.Value.ToString())), v2.Metadata.Select(kv => (kv.Key, kv.Value.ToString())));
+        Assert.Equal(v3.Tensors.Select(t => (t.Name, t.Type, t.Offset, t.ByteSize)), v2.Tensors.Select(t => (t.Name, t.Type, t.Offset, t.ByteSize)));
+        Assert.Equal(v3.ReadFloat32(v3.GetTensor("blk.3.ffn_up.weight")), v2.ReadFloat32(v2.GetTensor("blk.3.ffn_up.weight")));
+    }
+
     [Fact]
     public void Data_offsets_match_the_dequant_checks()
     {

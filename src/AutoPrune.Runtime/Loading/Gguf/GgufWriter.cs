@@ -41,10 +41,21 @@ internal sealed class GgufWriter
 
     /// <summary>
     /// Sets a key the way llama.cpp's <c>gguf_set_val_*</c> does: an existing entry is removed and the new one appended
-    /// (so a quantizer's <c>general.file_type</c> ends up last).
+    /// (so a quantizer's <c>general.file_type</c> ends up last); with <paramref name="inPlace"/> an existing entry keeps
+    /// its position.
     /// </summary>
-    public GgufWriter Set(string key, GgufValue value)
+    public GgufWriter Set(string key, GgufValue value, bool inPlace = false)
     {
+        int at = _metadata.FindIndex(kv => kv.Key == key);
+        if (inPlace && at >= 0)
+        {
+            Remove(key);
+            Add(key, value);
+            var entry = _metadata[^1];
+            _metadata.RemoveAt(_metadata.Count - 1);
+            _metadata.Insert(at, entry);
+            return this;
+        }
         Remove(key);
         return Add(key, value);
     }

@@ -139,15 +139,14 @@ internal static class LlavaGgufExporter
         w.Add("general.quantization_version", GgufValue.Of(2u));
         AddVocabulary(w, src, tc.VocabSize);
 
-        // The f16 conversion, then (for other file types) what llama.cpp's quantizer makes of it.
-        var f16Types = tensors.ToDictionary(t => t.Gguf, t => t.Ne.Length < 2 ? GgmlType.F32 : GgmlType.F16, StringComparer.Ordinal);
-        Dictionary<string, GgmlType> types;
-        var order = tensors;
-        if (fileType == LlamaFileType.MostlyF16) types = f16Types;
+        // f16 / bf16 / f32: what the converter writes (checkpoint order, general.file_type in place). Quantized types: what
+        // llama.cpp's quantizer makes of the f16 file (its tensor order, the two keys it sets moved to the end).
+        bool converted = fileType is LlamaFileType.MostlyF16 or LlamaFileType.MostlyBF16 or LlamaFileType.AllF32;
+        var order = converted ? tensors : QuantMix.ProcessingOrder(tensors, t => t.Gguf);
+        var types = QuantMix.Plan(fileType, order.Select(t => (t.Gguf, t.Ne)).ToList(), tc.NumHiddenLayers);
+        if (converted) w.Set("general.file_type", GgufValue.Of((uint)fileType), inPlace: true);
         else
         {
-            order = QuantMix.ProcessingOrder(tensors, t => t.Gguf);
-            types = QuantMix.Plan(fileType, order.Select(t => (t.Gguf, t.Ne)).ToList(), tc.NumHiddenLayers);
             w.Set("general.quantization_version", GgufValue.Of(2u));
             w.Set("general.file_type", GgufValue.Of((uint)fileType));
         }
