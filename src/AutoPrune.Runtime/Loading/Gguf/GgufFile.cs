@@ -97,7 +97,9 @@ internal sealed unsafe class GgufFile : IDisposable
     public GgufTensorInfo GetTensor(string name)
     {
         if (_byName.TryGetValue(name, out var t)) return t;
-        string tail = name.Contains('.') ? name[(name.LastIndexOf('.', Math.Max(0, name.LastIndexOf('.') - 1)) + 1)..] : name;
+        // Help the reader: names sharing the last two dotted components ("attn_q.weight").
+        var parts = name.Split('.');
+        string tail = parts.Length >= 2 ? "." + parts[^2] + "." + parts[^1] : name;
         var similar = _tensors.Where(x => x.Name.EndsWith(tail, StringComparison.Ordinal)).Take(5).Select(x => x.Name).ToArray();
         throw new ModelLoadException(
             $"GGUF file '{Path}' has no tensor '{name}' ({_tensors.Count} tensors)." + (similar.Length > 0 ? $" Similar names: {string.Join(", ", similar)}." : ""),
