@@ -222,15 +222,16 @@ internal static class TokenizerJsonConverter
     private static bool IsBytePiece(string p) =>
         p.Length == 6 && p.StartsWith("<0x", StringComparison.Ordinal) && p[5] == '>' && Uri.IsHexDigit(p[3]) && Uri.IsHexDigit(p[4]);
 
-    private static void WriteVarint(Stream s, ulong v)
+    // Protobuf writers, shared with Gguf.GgufVocabulary (a SentencePiece ModelProto from GGUF metadata).
+    internal static void WriteVarint(Stream s, ulong v)
     {
         while (v >= 0x80) { s.WriteByte((byte)(v | 0x80)); v >>= 7; }
         s.WriteByte((byte)v);
     }
 
-    private static void WriteVarintField(Stream s, int field, ulong v) { WriteVarint(s, (ulong)(field << 3)); WriteVarint(s, v); }
+    internal static void WriteVarintField(Stream s, int field, ulong v) { WriteVarint(s, (ulong)(field << 3)); WriteVarint(s, v); }
 
-    private static void WriteFloat(Stream s, int field, float f)
+    internal static void WriteFloat(Stream s, int field, float f)
     {
         WriteVarint(s, (ulong)((field << 3) | 5));
         Span<byte> b = stackalloc byte[4];
@@ -238,12 +239,12 @@ internal static class TokenizerJsonConverter
         s.Write(b);
     }
 
-    private static void WriteBytes(Stream s, int field, byte[] data)
+    internal static void WriteBytes(Stream s, int field, byte[] data)
     {
         WriteVarint(s, (ulong)((field << 3) | 2));
         WriteVarint(s, (ulong)data.Length);
         s.Write(data);
     }
 
-    private static void WriteString(Stream s, int field, string text) => WriteBytes(s, field, Encoding.UTF8.GetBytes(text));
+    internal static void WriteString(Stream s, int field, string text) => WriteBytes(s, field, Encoding.UTF8.GetBytes(text));
 }
