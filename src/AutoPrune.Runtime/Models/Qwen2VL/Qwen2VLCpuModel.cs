@@ -1,3 +1,4 @@
+using AutoPrune.Compute;
 using AutoPrune.Loading;
 
 namespace AutoPrune.Models.Qwen2VL;
@@ -91,7 +92,7 @@ internal sealed class Qwen2VLCpuModel : IDisposable
     {
         int pos = Qwen2VLRopeIndex.DecodePosition(cache.Length, ropeDelta);
         var x = Decoder.Embed([token]);
-        Decoder.Forward(x, 1, PositionIds.Sequential(1, pos, Qwen2VLRopeIndex.Components), cache, ct);
+        Decoder.Forward(x, 1, PositionIds.Sequential(1, Qwen2VLRopeIndex.Components, pos), cache, ct);
         return Decoder.Logits(x, 0);
     }
 
