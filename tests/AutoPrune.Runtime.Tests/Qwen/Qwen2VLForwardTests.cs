@@ -153,7 +153,7 @@ public class Qwen2VLForwardTests(ITestOutputHelper output)
     }
 
     /// <summary>Writes a copy of the current-layout checkpoint with <paramref name="edit"/> applied to its tensors and config.</summary>
-    private static void WriteVariant(string dir, Func<List<(string Name, DType Type, long[] Shape, float[] Data)>, List<(string, DType, long[], float[])>> edit, Action<JsonObject>? config = null)
+    internal static void WriteVariant(string dir, Func<List<(string Name, DType Type, long[] Shape, float[] Data)>, List<(string, DType, long[], float[])>> edit, Action<JsonObject>? config = null)
     {
         string src = QwenFixture.Model(QwenFixture.Current);
         foreach (var f in Directory.GetFiles(src).Where(f => !f.EndsWith(".safetensors", StringComparison.Ordinal)))
