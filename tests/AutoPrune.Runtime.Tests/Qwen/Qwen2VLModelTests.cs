@@ -33,22 +33,25 @@ public sealed class QwenBackendFixture : IDisposable
     }
 
     /// <summary>What one prompt gives on a backend: the merged tokens, the prefill and step logits, the greedy ids.</summary>
-    /// <param name="FirstDecodePosition">The position the first decode token got (the CPU cache's, read after the prefill; -1 on a GPU, where it stays on the device).</param>
-    internal sealed record Result(float[]? Vision, float[]? Received, List<float[]> Logits, int[] Greedy, int FirstDecodePosition);
+    /// <param name="FirstDecodePosition">The position the first decode token gets in the last layer (the CPU cache's, read after the prefill; -1 on a GPU, where it stays on the device).</param>
+    /// <param name="Prompt">The prompt's positions as built; <paramref name="AfterPrefill"/> the sequence's after the prefill (a hook's prunes applied).</param>
+    internal sealed record Result(float[]? Vision, float[]? Received, List<float[]> Logits, int[] Greedy, int FirstDecodePosition, PositionIds Prompt, PositionIds AfterPrefill);
 
     /// <summary>
     /// Runs a prompt: the images' merged tokens (and received attention), the prefill, <paramref name="logitSteps"/> decode
     /// steps whose logits are kept, then greedy steps up to <paramref name="greedy"/> ids.
     /// </summary>
-    internal static Result Run(Qwen2VLModel model, int[] ids, IReadOnlyList<Qwen2VLImage> images, int greedy, int logitSteps = 0, bool received = false)
+    internal static Result Run(Qwen2VLModel model, int[] ids, IReadOnlyList<Qwen2VLImage> images, int greedy, int logitSteps = 0, bool received = false, IPrefillHook? hook = null)
     {
         using var tokens = images.Count > 0 ? model.EncodeImages(images, received) : null;
         var vision = tokens?.ToHost();
         var recv = tokens?.ReceivedToHost();
         var state = model.BuildSequence(ids, tokens);
+        var prompt = state.Positions;
         using var gen = model.StartGeneration(Math.Max(greedy, logitSteps + 1));
-        var logits = new List<float[]> { gen.Prefill(state, null, CancellationToken.None) };
-        int decodePosition = ((DecoderGeneration)gen).Session.Cache(0) is CpuKvLayer kv ? kv.NextPosition : -1;
+        var logits = new List<float[]> { gen.Prefill(state, hook, CancellationToken.None) };
+        // The last layer's (a prune between layers may renumber the later layers' positions only).
+        int decodePosition = ((DecoderGeneration)gen).Session.Cache(model.DecoderLayers - 1) is CpuKvLayer kv ? kv.NextPosition : -1;
         var out_ = new List<int> { CpuOps.ArgMax(logits[0]) };
         for (int s = 0; s < logitSteps; s++)
         {
@@ -56,7 +59,7 @@ public sealed class QwenBackendFixture : IDisposable
             out_.Add(CpuOps.ArgMax(logits[^1]));
         }
         while (out_.Count < greedy) out_.Add(gen.StepGreedy(out_[^1]));
-        return new Result(vision, recv, logits, out_.Take(Math.Max(greedy, 1)).ToArray(), decodePosition);
+        return new Result(vision, recv, logits, out_.Take(Math.Max(greedy, 1)).ToArray(), decodePosition, prompt, state.Positions);
     }
 
     public void Dispose()
@@ -287,5 +290,114 @@ public sealed class Qwen2VLModelTests(QwenBackendFixture fx, ITestOutputHelper o
         Assert.Throws<ArgumentException>(() => model.BuildSequence(c.InputIds, other));
         Assert.Throws<ArgumentException>(() => model.BuildSequence(c.InputIds, null));
         Assert.Contains("outside the vocabulary", Assert.Throws<ArgumentOutOfRangeException>(() => model.BuildSequence([1, 2, 9999], null)).Message);
+    }
+
+    /// <summary>Keeps the text and every other merged token after one layer, reading the host signals first (as a policy on the host would).</summary>
+    private sealed class KeepEveryOtherImageRow(int layer, bool renumber) : IPrefillHook
+    {
+        public int[] Kept { get; private set; } = [];
+        public float[] LastRowAttention { get; private set; } = [];
+        public float[] NextQueries { get; private set; } = [];
+
+        public PruneAction? AfterLayer(LayerView view)
+        {
+            if (view.Layer != layer) return null;
+            int n = view.State.Length;
+            LastRowAttention = view.AttentionRows([n - 1]);
+            NextQueries = view.NextLayerQueryKeys().Q;
+            var visual = view.State.VisualIndex;
+            Kept = Enumerable.Range(0, n).Where(i => visual[i] < 0 || visual[i] % 2 == 0).ToArray();
+            return new PruneAction(Kept, null, renumber);
+        }
+
+        public bool ReadsAttention(int l) => l == layer;
+    }
+
+    /// <summary>
+    /// A prune between layers on a Qwen sequence (the decoder sessions' M-RoPE bookkeeping): the kept rows keep their three
+    /// position components (or are renumbered in all three), the layer's attention rows and the next layer's queries are
+    /// rotated by M-RoPE, and the emulated GPU equals the matched CPU bit for bit in signals and logits.
+    /// </summary>
+    [Theory]
+    [InlineData(false)]
+    [InlineData(true)]
+    public void A_prune_between_layers_keeps_each_rows_m_rope_positions_on_both_backends(bool renumber)
+    {
+        var c = QwenFixture.ImageCases(QwenFixture.Current).First(x => x.Image == "images/00_336x336.png");
+        var images = Images(c);
+        var results = new List<(QwenBackendFixture.Result R, KeepEveryOtherImageRow Hook)>();
+        foreach (var model in new[] { fx.Gpu(QwenFixture.Current), fx.Matched(QwenFixture.Current), fx.Cpu(QwenFixture.Current) })
+        {
+            var hook = new KeepEveryOtherImageRow(1, renumber);
+            results.Add((QwenBackendFixture.Run(model, c.InputIds, images, 3, logitSteps: 1, hook: hook), hook));
+        }
+        var (gpu, gh) = results[0];
+        var (matched, mh) = results[1];
+        var (cpu, ch) = results[2];
+        var expected = gpu.Prompt.Gather(gh.Kept);
+        if (renumber) expected = expected.Renumbered();
+        output.WriteLine($"kept {gh.Kept.Length} of {c.InputIds.Length} rows; renumbered {renumber}; GPU vs matched: {Differing(matched.Logits[0], gpu.Logits[0])} + {Differing(matched.Logits[1], gpu.Logits[1])} logits, " +
+            $"{Differing(mh.LastRowAttention, gh.LastRowAttention)} attention, {Differing(mh.NextQueries, gh.NextQueries)} queries differ; vs fp32 CPU logits {MaxAbsDiff(cpu.Logits[0], gpu.Logits[0]):E2}");
+        Assert.Equal(c.InputIds.Length - c.NumImageTokens / 2, gh.Kept.Length);
+        foreach (var r in new[] { gpu, matched, cpu })
+        {
+            Assert.Equal(3, r.AfterPrefill.Components);
+            Assert.Equal(expected.Values.ToArray(), r.AfterPrefill.Values.ToArray());
+            // The last layer decodes after the last kept row's largest position (renumbered: after the new length).
+            if (r.FirstDecodePosition >= 0) Assert.Equal(expected.MaxAt(expected.Count - 1) + 1, r.FirstDecodePosition);
+        }
+        Assert.Equal(0, Differing(mh.NextQueries, gh.NextQueries));
+        for (int s = 0; s < 2; s++) Assert.Equal(0, Differing(matched.Logits[s], gpu.Logits[s]));
+        Assert.Equal(matched.Greedy, gpu.Greedy);
+        Assert.True(MaxAbsDiff(cpu.Logits[0], gpu.Logits[0]) <= 1e-2f);
+        // The signals the hook read are M-RoPE's on every backend (the host's attention rows are the CPU engine's
+        // arithmetic, not the device's, so they agree to float rounding only).
+        Assert.True(MaxAbsDiff(mh.LastRowAttention, gh.LastRowAttention) <= 1e-6f);
+        Assert.True(MaxAbsDiff(ch.LastRowAttention, gh.LastRowAttention) <= 1e-3f);
+        Assert.True(MaxAbsDiff(ch.NextQueries, gh.NextQueries) <= 2e-2f * Math.Max(1f, ch.NextQueries.Max(MathF.Abs)));
+        // Pruning changed the answer's logits (the hook did something).
+        Assert.True(MaxAbsDiff(QwenBackendFixture.Run(fx.Cpu(QwenFixture.Current), c.InputIds, images, 1).Logits[0], cpu.Logits[0]) > 1e-4f);
+    }
+
+    /// <summary>
+    /// The 2D vision rotary embedding as a backend <see cref="RotaryTable"/> (frequencies [f0..f(q-1), f0..f(q-1)], sections
+    /// [q, q], positions [rows, columns]) turns q exactly as the standalone tower's own cos/sin tables do, on the CPU and
+    /// on the GPU path's tables.
+    /// </summary>
+    [Fact]
+    public void The_vision_rotary_table_reproduces_the_standalone_tables_exactly()
+    {
+        var standalone = QwenFixture.LoadedModel(QwenFixture.Current).Vision;
+        var cfg = standalone.Config;
+        var geometry = Qwen2VLVisionGeometry.Create([(1, 16, 58), (1, 4, 4)], 2, 4);
+        var order = geometry.PatchOrder();
+        var (cos, sin) = standalone.RotaryTables(geometry, order);
+        int n = geometry.Patches, heads = cfg.NumHeads, hd = cfg.HeadDim, h = heads * hd;
+        var x = Enumerable.Range(0, n * h).Select(i => MathF.Sin(i * 0.37f) * 3f).ToArray();
+        var expected = (float[])x.Clone();
+        QwenRope.Apply(expected, n, heads, hd, cos, sin);
+        var qkv = new float[n * 3 * h];
+        for (int r = 0; r < n; r++)
+            for (int part = 0; part < 3; part++) x.AsSpan(r * h, h).CopyTo(qkv.AsSpan(r * 3 * h + part * h, h));
+        var positions = new int[2 * n];
+        for (int r = 0; r < n; r++) { positions[r] = geometry.RotaryRows[order[r]]; positions[n + r] = geometry.RotaryCols[order[r]]; }
+        foreach (var model in new[] { fx.Cpu(QwenFixture.Current), fx.Gpu(QwenFixture.Current) })
+        {
+            var b = model.Backend;
+            using var scope = b.Enter();
+            using var tq = b.Allocate(qkv.Length, TensorKind.Float);
+            b.Upload(qkv, tq);
+            using var tp = b.Allocate(positions.Length, TensorKind.Int);
+            b.Upload(positions, tp);
+            using var q32 = b.Allocate(n * h, TensorKind.Float);
+            using var k32 = b.Allocate(n * h, TensorKind.Float);
+            using var q = b.Allocate(n * h, TensorKind.Half);
+            using var k = b.Allocate(n * h, TensorKind.Half);
+            using var v = b.Allocate(n * h, TensorKind.Half);
+            b.SplitHeads(tq, n, new HeadLayout(heads, heads, hd), model.Vision.Rope, tp, q32, k32, q, k, v, null);
+            Assert.Equal(0, Differing(expected, b.Download(q32)));
+            Assert.Equal(0, Differing(expected, b.Download(k32)));
+        }
+        Assert.Equal([hd / 4, hd / 4], fx.Cpu(QwenFixture.Current).Vision.Rope.Sections!);
     }
 }
