@@ -17,6 +17,8 @@ public static class Program
             return QuantGemvBench.Run(args[1..]);
         if (args.Length > 0 && args[0] == "gguf-export")
             return GgufCheck.Run(args[1..]);
+        if (args.Length > 0 && args[0] == "qwen-seam")
+            return QwenSeam.Run(args[1..]);
         BenchmarkSwitcher.FromAssembly(typeof(Program).Assembly).Run(args);
         return 0;
     }

@@ -1,4 +1,5 @@
 using System.Diagnostics;
+using AutoPrune.Compute;
 using AutoPrune.Compute.Cpu;
 using AutoPrune.Loading;
 using AutoPrune.Models.Qwen2VL;
@@ -70,7 +71,7 @@ internal static class QwenQuick
         Console.WriteLine($"vision tower estimate (28 windowed + 4 full blocks + merger): {28 * windowed + 4 * full + merger:F1} ms");
         Report("vision tower, whole (measured)", 1, () => vision.Run(pixels, geometry));
 
-        var positions = PositionIds.Sequential(tokens, 0, 3);
+        var positions = PositionIds.Sequential(tokens, 3);
         var hiddenRows = decoder.Embed(new int[tokens]);
         var (tc, ts) = decoder.RotaryTables(positions);
         double prefill = Report($"decoder (7B shape): one layer, prefill of {tokens} tokens", repeats, () =>
@@ -80,7 +81,7 @@ internal static class QwenQuick
         });
         var step = new Qwen2KvCache(2, config.Text.KvDim, tokens + 1) { Length = tokens };
         var one = decoder.Embed([0]);
-        var (oc, os) = decoder.RotaryTables(PositionIds.Sequential(1, tokens, 3));
+        var (oc, os) = decoder.RotaryTables(PositionIds.Sequential(1, 3, tokens));
         double decode = Report($"decoder (7B shape): one layer, a decode step after {tokens} tokens", repeats, () => decoder.Layer(0, (float[])one.Clone(), 1, oc, os, step));
         Console.WriteLine($"28 layers (7B): prefill {28 * prefill:F0} ms, decode step {28 * decode:F1} ms (LM head and embeddings not included)");
         return 0;

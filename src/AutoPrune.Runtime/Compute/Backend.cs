@@ -151,6 +151,50 @@ internal abstract class Backend : IDisposable
     /// <summary>Attention probabilities of query rows over a window of key columns (from fp32 q and k): [heads, rows, cols].</summary>
     public abstract void AttentionWindow(Tensor q32, Tensor k32, Tensor result, Cuda.AttentionShape shape, Cuda.WindowShape window);
 
+    /// <summary>
+    /// Non-causal multi-head attention within each of <paramref name="segments"/> (a vision tower's windows or images):
+    /// the rows of a segment attend to each other only. q, k, v and the output Half [rows, heads·headDim]. Each segment
+    /// computes what <see cref="Attention"/> on its rows alone computes (the same kernel choice and arithmetic), but on a
+    /// GPU every segment short enough for the fused kernel runs in one launch together.
+    /// </summary>
+    public abstract void SegmentAttention(Tensor q, Tensor k, Tensor v, Tensor output, int heads, int headDim, RowSegments segments, Workspace work);
+
+    /// <summary>
+    /// The attention each key row receives within its segment, summed over groups of <paramref name="groupRows"/>
+    /// consecutive rows (a merged token's patches; no group crosses a segment boundary): Float
+    /// <paramref name="result"/>[g] = Σ_(j in g) Σ_h Σ_(i in seg(j)) softmax_i(q_i·k_j/√d) / (len(seg)·heads), from fp32
+    /// q and k after RoPE ([rows, heads·headDim]). Each segment's values sum to 1. Deterministic: on a GPU row maxima and
+    /// sums first, then each group's sum in a fixed order (no atomics).
+    /// </summary>
+    public abstract void ReceivedAttention(Tensor q32, Tensor k32, int heads, int headDim, RowSegments segments, int groupRows, Tensor result, Workspace work);
+
+    /// <summary>Float rows by index: <paramref name="destination"/> row r = <paramref name="source"/> row index[r] (Int), [rows, width].</summary>
+    public abstract void GatherRows(Tensor source, Tensor index, int rows, int width, Tensor destination);
+
+    /// <summary>
+    /// Row segments [offsets[s], offsets[s + 1]) for <see cref="SegmentAttention"/> and <see cref="ReceivedAttention"/>:
+    /// the offsets on the host (planning) and on the backend (kernels), uploaded once here. Checked: they start at 0 and
+    /// never decrease.
+    /// </summary>
+    public RowSegments Segments(int[] offsets)
+    {
+        ArgumentNullException.ThrowIfNull(offsets);
+        if (offsets.Length < 1 || offsets[0] != 0)
+            throw new ArgumentException($"Segment offsets must start at 0 (got [{string.Join(", ", offsets.Take(4))}{(offsets.Length > 4 ? ", ..." : "")}]).", nameof(offsets));
+        int max = 0;
+        for (int s = 1; s < offsets.Length; s++)
+        {
+            int len = offsets[s] - offsets[s - 1];
+            if (len < 0) throw new ArgumentException($"Segment offset {s} ({offsets[s]}) is below the one before it ({offsets[s - 1]}).", nameof(offsets));
+            max = Math.Max(max, len);
+        }
+        using var scope = Enter();
+        var t = Allocate(offsets.Length, TensorKind.Int);
+        try { Upload(offsets, t); }
+        catch { t.Dispose(); throw; }
+        return new RowSegments((int[])offsets.Clone(), t, max);
+    }
+
     /// <summary>Rows of <paramref name="table"/> for the ids in <paramref name="ids"/> (Int) into Float <paramref name="destination"/>.</summary>
     public abstract void Embed(EmbeddingTable table, Tensor ids, int count, Tensor destination);
 
@@ -184,6 +228,30 @@ internal abstract class Backend : IDisposable
     public abstract DecoderSession StartSession(IDecoderWeights weights, DecoderShape shape, int extraCapacity);
 
     public abstract void Dispose();
+}
+
+/// <summary>
+/// Contiguous row segments [Offsets[s], Offsets[s + 1]) (from <see cref="Backend.Segments"/>): the offsets on the host and,
+/// as an Int tensor of the same values, where the backend computes.
+/// </summary>
+internal sealed class RowSegments(int[] offsets, Tensor onBackend, int maxLength) : IDisposable
+{
+    public int[] Offsets { get; } = offsets;
+    public Tensor OnBackend { get; } = onBackend;
+
+    /// <summary>Segments.</summary>
+    public int Count => Offsets.Length - 1;
+
+    /// <summary>Rows covered (the last offset).</summary>
+    public int Rows => Offsets[^1];
+
+    /// <summary>The longest segment's rows.</summary>
+    public int MaxLength { get; } = maxLength;
+
+    public int Start(int segment) => Offsets[segment];
+    public int Length(int segment) => Offsets[segment + 1] - Offsets[segment];
+
+    public void Dispose() => OnBackend.Dispose();
 }
 
 /// <summary>Which norm a <see cref="NormWeight"/> computes.</summary>

@@ -21,7 +21,15 @@ internal sealed class PositionIds
     public int Components { get; }
 
     /// <summary>Component <paramref name="component"/> of token <paramref name="token"/>'s position.</summary>
-    public int this[int component, int token] => _values[component * Count + token];
+    public int this[int component, int token]
+    {
+        get
+        {
+            if ((uint)component >= (uint)Components) throw new ArgumentOutOfRangeException(nameof(component), component, $"Positions have {Components} component(s).");
+            if ((uint)token >= (uint)Count) throw new ArgumentOutOfRangeException(nameof(token), token, $"Positions hold {Count} token(s).");
+            return _values[component * Count + token];
+        }
+    }
 
     /// <summary>One component's positions for every token.</summary>
     public ReadOnlySpan<int> Component(int component) => _values.AsSpan(component * Count, Count);
@@ -38,6 +46,34 @@ internal sealed class PositionIds
         for (int c = 0; c < components; c++)
             for (int i = 0; i < count; i++) v[c * count + i] = i;
         return new PositionIds(components, count, v);
+    }
+
+    /// <summary>
+    /// <paramref name="count"/> tokens at <paramref name="start"/>, start + 1, ..., the same in every component (a text
+    /// run: M-RoPE's text tokens have equal components, as have decode tokens).
+    /// </summary>
+    public static PositionIds Sequential(int count, int components, int start)
+    {
+        ArgumentOutOfRangeException.ThrowIfNegative(start);
+        var p = Sequential(count, components);
+        if (start != 0)
+            for (int i = 0; i < p._values.Length; i++) p._values[i] += start;
+        return p;
+    }
+
+    /// <summary>
+    /// Token-major values (token t's components at [t·components, t·components + components)) turned component-major;
+    /// checked as <see cref="FromValues"/>.
+    /// </summary>
+    public static PositionIds FromTokenMajor(int components, ReadOnlySpan<int> tokenMajor)
+    {
+        if (components < 1 || tokenMajor.Length % components != 0)
+            throw new ArgumentException($"{tokenMajor.Length} position values are not a whole number of {components}-component positions.", nameof(tokenMajor));
+        int n = tokenMajor.Length / components;
+        var v = new int[tokenMajor.Length];
+        for (int t = 0; t < n; t++)
+            for (int c = 0; c < components; c++) v[c * n + t] = tokenMajor[t * components + c];
+        return FromValues(components, n, v);
     }
 
     /// <summary>One position per token (taken over, not copied).</summary>
@@ -96,6 +132,8 @@ internal sealed class PositionIds
     public PositionIds Gather(ReadOnlySpan<int> rows)
     {
         int n = rows.Length;
+        foreach (int r in rows)
+            if (r >= Count) throw new ArgumentOutOfRangeException(nameof(rows), r, $"Row {r} is not one of the {Count} tokens.");
         var v = new int[Components * n];
         for (int c = 0; c < Components; c++)
         {
@@ -105,6 +143,43 @@ internal sealed class PositionIds
         }
         return new PositionIds(Components, n, v);
     }
+
+    /// <summary>Tokens [start, start + length).</summary>
+    public PositionIds Slice(int start, int length)
+    {
+        if (start < 0 || length < 0 || start > Count - length)
+            throw new ArgumentOutOfRangeException(nameof(start), $"[{start}, {start}+{length}) is not within the {Count} tokens.");
+        var v = new int[Components * length];
+        for (int c = 0; c < Components; c++) _values.AsSpan(c * Count + start, length).CopyTo(v.AsSpan(c * length, length));
+        return new PositionIds(Components, length, v);
+    }
+
+    /// <summary>These tokens followed by <paramref name="other"/>'s (same number of components), e.g. a prompt's and its decode tokens'.</summary>
+    public PositionIds Append(PositionIds other)
+    {
+        ArgumentNullException.ThrowIfNull(other);
+        if (other.Components != Components)
+            throw new ArgumentException($"Cannot append {other.Components}-component positions to {Components}-component ones.", nameof(other));
+        int n = Count + other.Count;
+        var v = new int[Components * n];
+        for (int c = 0; c < Components; c++)
+        {
+            Component(c).CopyTo(v.AsSpan(c * n, Count));
+            other.Component(c).CopyTo(v.AsSpan(c * n + Count, other.Count));
+        }
+        return new PositionIds(Components, n, v);
+    }
+
+    /// <summary>Every value token-major (token t's components at [t·Components, t·Components + Components)), as a new array.</summary>
+    public int[] ToTokenMajor()
+    {
+        var r = new int[_values.Length];
+        for (int c = 0; c < Components; c++)
+            for (int t = 0; t < Count; t++) r[t * Components + c] = _values[c * Count + t];
+        return r;
+    }
+
+    public override string ToString() => $"PositionIds({Count} tokens x {Components})";
 
     /// <summary>The same tokens numbered 0..Count-1 in every component.</summary>
     public PositionIds Renumbered() => Sequential(Count, Components);

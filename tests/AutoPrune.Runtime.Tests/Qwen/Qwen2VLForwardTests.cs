@@ -1,4 +1,5 @@
 using System.Text.Json.Nodes;
+using AutoPrune.Compute;
 using AutoPrune.Loading;
 using AutoPrune.Models.Qwen2VL;
 using AutoPrune.Tests.Loading;
@@ -129,7 +130,7 @@ public class Qwen2VLForwardTests(ITestOutputHelper output)
         for (int i = 0, r = 0; i < c.InputIds.Length; i++)
             if (seq[i] == model.Config.ImageTokenId) visual.AsSpan(r++ * 96, 96).CopyTo(x.AsSpan(i * 96, 96));
         int L = c.InputIds.Length;
-        var positions = prefill.Positions.Append(PositionIds.Sequential(2, L + prefill.RopeDelta, 3));
+        var positions = prefill.Positions.Append(PositionIds.Sequential(2, 3, L + prefill.RopeDelta));
         var full = model.CreateCache(seq.Length, 0);
         model.Decoder.Forward(x, seq.Length, positions, full);
         Assert.True(MaxAbsDiff(model.Decoder.Logits(x, L), l2) <= 1e-5f, $"step 1 differs by {MaxAbsDiff(model.Decoder.Logits(x, L), l2)}");
@@ -154,7 +155,7 @@ public class Qwen2VLForwardTests(ITestOutputHelper output)
     }
 
     /// <summary>Writes a copy of the current-layout checkpoint with <paramref name="edit"/> applied to its tensors and config.</summary>
-    private static void WriteVariant(string dir, Func<List<(string Name, DType Type, long[] Shape, float[] Data)>, List<(string, DType, long[], float[])>> edit, Action<JsonObject>? config = null)
+    internal static void WriteVariant(string dir, Func<List<(string Name, DType Type, long[] Shape, float[] Data)>, List<(string, DType, long[], float[])>> edit, Action<JsonObject>? config = null)
     {
         string src = QwenFixture.Model(QwenFixture.Current);
         foreach (var f in Directory.GetFiles(src).Where(f => !f.EndsWith(".safetensors", StringComparison.Ordinal)))

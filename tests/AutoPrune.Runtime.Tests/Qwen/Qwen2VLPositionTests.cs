@@ -1,3 +1,4 @@
+using AutoPrune.Compute;
 using AutoPrune.Models.Qwen2VL;
 using Xunit;
 
@@ -17,7 +18,7 @@ public class Qwen2VLPositionTests
         var (pos, delta) = Qwen2VLRopeIndex.Compute(c.InputIds, grids, Ids, mergeSize: 2);
         Assert.Equal(3, pos.Components);
         Assert.Equal(c.InputIds.Length, pos.Count);
-        for (int comp = 0; comp < 3; comp++) Assert.Equal(c.PositionIds[comp], pos.Component(comp));
+        for (int comp = 0; comp < 3; comp++) Assert.Equal(c.PositionIds[comp], pos.Component(comp).ToArray());
         Assert.Equal(c.RopeDeltas, delta);
         // Decode steps 1..5 feed the token at cache position L, L+1, ...
         var decode = Enumerable.Range(0, c.DecodePositionIds.Length).Select(s => Qwen2VLRopeIndex.DecodePosition(c.InputIds.Length + s, delta)).ToArray();
@@ -50,7 +51,7 @@ public class Qwen2VLPositionTests
             [14, 14, 14], [15, 15, 15], [16, 16, 16], [17, 17, 17],      // continues at 10 + 4
         ];
         Assert.Equal(expected.Length, pos.Count);
-        for (int t = 0; t < expected.Length; t++) Assert.Equal(expected[t], pos.Token(t).ToArray());
+        for (int t = 0; t < expected.Length; t++) Assert.Equal(expected[t], pos.At(t));
         Assert.Equal(18 - 24, delta);
     }
 
@@ -74,19 +75,25 @@ public class Qwen2VLPositionTests
         int[] kept = [0, 5, 7, 13, 19, 23];
         var g = pos.Gather(kept);
         Assert.Equal(kept.Length, g.Count);
-        for (int i = 0; i < kept.Length; i++) Assert.Equal(pos.Token(kept[i]).ToArray(), g.Token(i).ToArray());
+        for (int i = 0; i < kept.Length; i++) Assert.Equal(pos.At(kept[i]), g.At(i));
         Assert.Equal(17, pos.Max());
         Assert.Equal(13, pos.Gather([19]).Max());
-        Assert.Equal(pos.Token(12).ToArray(), pos.Slice(12, 3).Token(0).ToArray());
+        Assert.Equal(pos.At(12), pos.Slice(12, 3).At(0));
         Assert.Equal(pos.Values.ToArray(), pos.Slice(0, 10).Append(pos.Slice(10, 14)).Values.ToArray());
-        Assert.Equal(11, pos[17, 1]);
+        Assert.Equal(11, pos[1, 17]);
+        // The token-major view and back.
+        var tm = pos.ToTokenMajor();
+        Assert.Equal(pos.At(17), tm[(17 * 3)..(18 * 3)]);
+        Assert.Equal(pos.Values.ToArray(), PositionIds.FromTokenMajor(3, tm).Values.ToArray());
         Assert.Throws<ArgumentOutOfRangeException>(() => pos.Gather([24]));
-        Assert.Throws<ArgumentOutOfRangeException>(() => pos[0, 3]);
+        Assert.Throws<ArgumentOutOfRangeException>(() => pos[3, 0]);
+        Assert.Throws<ArgumentOutOfRangeException>(() => pos[0, 24]);
         Assert.Throws<ArgumentOutOfRangeException>(() => pos.Slice(20, 5));
-        Assert.Throws<ArgumentException>(() => new PositionIds(3, new int[4]));
+        Assert.Throws<ArgumentException>(() => PositionIds.FromValues(3, 2, new int[4]));
+        Assert.Throws<ArgumentException>(() => PositionIds.FromTokenMajor(3, new int[4]));
         // One component: the usual 1D positions (LLaVA).
-        var seq = PositionIds.Sequential(5, start: 7);
-        Assert.Equal([7, 8, 9, 10, 11], seq.Component(0));
+        var seq = PositionIds.Sequential(5, 1, start: 7);
+        Assert.Equal([7, 8, 9, 10, 11], seq.Component(0).ToArray());
         Assert.Equal(11, seq.Max());
         Assert.Equal(-1, PositionIds.Sequential(0).Max());
     }

@@ -1,3 +1,4 @@
+using AutoPrune.Compute;
 using AutoPrune.Loading;
 using AutoPrune.Models.Qwen2VL;
 
@@ -180,7 +181,7 @@ internal sealed class Qwen2VLReference64
         }
         var sec = tc.MropeSection;
         int Comp(int i) => i < sec[0] ? 0 : i < sec[0] + sec[1] ? 1 : 2;
-        double Angle(int r, int i) => positions[r, Comp(i)] / Math.Pow(tc.RopeTheta, 2.0 * i / hd);
+        double Angle(int r, int i) => positions[Comp(i), r] / Math.Pow(tc.RopeTheta, 2.0 * i / hd);
         for (int l = 0; l < tc.NumHiddenLayers; l++)
         {
             string lp = $"{p}layers.{l}.";

@@ -223,6 +223,49 @@ internal sealed class CpuBackend(CpuPrecision precision = CpuPrecision.Fp32) : B
                 probs.AsSpan((h * rows.Length + r) * full, cols).CopyTo(dst.Slice((h * rows.Length + r) * cols, cols));
     }
 
+    public override void SegmentAttention(Tensor q, Tensor k, Tensor v, Tensor output, int heads, int headDim, RowSegments segments, Workspace work)
+    {
+        long length = (long)segments.Rows * heads * headDim;
+        var o = Host(output).Span[..(int)length];
+        SegmentOps.Attend(Host(q).Span[..(int)length], Host(k).Span[..(int)length], Host(v).Span[..(int)length], o, heads, headDim, segments.Offsets, _md);
+    }
+
+    public override void ReceivedAttention(Tensor q32, Tensor k32, int heads, int headDim, RowSegments segments, int groupRows, Tensor result, Workspace work)
+    {
+        SegmentOps.CheckGroups(segments, groupRows);
+        int rows = segments.Rows, groups = rows / groupRows;
+        var q = Host(q32).Span;
+        var k = Host(k32).Span;
+        var dst = Host(result).Span[..groups];
+        if (_md)
+        {
+            SegmentOps.ReceivedMatchDevice(q, k, heads, headDim, segments.Offsets, groupRows, dst);
+            return;
+        }
+        var perRow = new float[rows];
+        SegmentOps.Received(q[..(rows * heads * headDim)], k[..(rows * heads * headDim)], heads, headDim, segments.Offsets, perRow);
+        for (int g = 0; g < groups; g++)
+        {
+            float sum = 0;
+            for (int c = 0; c < groupRows; c++) sum += perRow[g * groupRows + c];
+            dst[g] = sum;
+        }
+    }
+
+    public override void GatherRows(Tensor source, Tensor index, int rows, int width, Tensor destination)
+    {
+        var src = Host(source).Span;
+        var idx = Host(index).Ints;
+        var dst = Host(destination).Span;
+        int available = src.Length / Math.Max(1, width);
+        for (int r = 0; r < rows; r++)
+        {
+            int s = idx[r];
+            if ((uint)s >= (uint)available) throw new ArgumentOutOfRangeException(nameof(index), s, $"Row index {s} (entry {r}) is outside the source's {available} rows.");
+            src.Slice(s * width, width).CopyTo(dst.Slice(r * width, width));
+        }
+    }
+
     public override void Embed(EmbeddingTable table, Tensor ids, int count, Tensor destination)
     {
         var t = (CpuEmbedding)table;

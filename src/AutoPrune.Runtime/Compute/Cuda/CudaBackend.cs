@@ -343,11 +343,10 @@ internal sealed class CudaBackend : Backend
     public override void SplitHeads(Tensor qkv, int rows, HeadLayout layout, RotaryTable? rope, Tensor? positions,
         Tensor? q32, Tensor? k32, Tensor q, Tensor? k, Tensor? v, KvLayer? cache)
     {
-        if (rope?.Sections is not null) throw new NotSupportedException("M-RoPE sections are not supported by the GPU backend yet.");
         var c = cache as CudaKvLayer;
         bool signals = q32 is not null;
         var shape = new QkvShape(layout.Heads, layout.KvHeads, layout.HeadDim, rope is null ? 0 : 1, signals ? 1 : 0,
-            StateSlot: c?.Slot ?? -1, CacheCount: c is null ? 0 : rows);
+            StateSlot: c?.Slot ?? -1, CacheCount: c is null ? 0 : rows).WithSections(rope?.Sections);
         var r = rope as CudaRotary;
         var kv = layout.KvDim;
         var kh = c is not null ? c.K.Slice(0, (long)rows * kv) : Dev(k!).H;
@@ -417,6 +416,60 @@ internal sealed class CudaBackend : Backend
         }
     }
 
+    /// <summary>
+    /// Every segment of at most <see cref="FusedAttentionMaxPairs"/> query × key pairs (a vision tower's windows, small
+    /// images) in one variable-length fused launch (in row chunks when its scores would pass
+    /// <see cref="AttentionBlockElements"/>); each longer segment as its own <see cref="Attention"/> (tiled, or the GEMMs).
+    /// </summary>
+    public override void SegmentAttention(Tensor q, Tensor k, Tensor v, Tensor output, int heads, int headDim, RowSegments segments, Workspace work)
+    {
+        int n = segments.Rows, dim = heads * headDim, shortest = 0;
+        bool anyShort = false;
+        for (int s = 0; s < segments.Count; s++)
+        {
+            long len = segments.Length(s);
+            if (len > 0 && len * len <= FusedAttentionMaxPairs) { anyShort = true; shortest = Math.Max(shortest, (int)len); }
+        }
+        var qv = Dev(q).H;
+        var kv = Dev(k).H;
+        var vv = Dev(v).H;
+        var ov = Dev(output).H;
+        if (anyShort)
+        {
+            int chunk = (int)Math.Clamp(AttentionBlockElements / ((long)heads * shortest), 1, n);
+            var scores = Dev(work.Get("seg.scores", (long)heads * Math.Min(chunk, n) * shortest, TensorKind.Float)).F;
+            for (int first = 0; first < n; first += chunk)
+            {
+                int rows = Math.Min(chunk, n - first);
+                Ops.VarlenFusedAttention(qv, kv, vv, Dev(segments.OnBackend).I, scores, ov,
+                    new SegmentShape(n, heads, headDim, 1f / MathF.Sqrt(headDim), segments.Count, first, rows, shortest, FusedAttentionMaxPairs, 1));
+            }
+        }
+        for (int s = 0; s < segments.Count; s++)
+        {
+            int start = segments.Start(s), len = segments.Length(s);
+            if (len == 0 || (long)len * len <= FusedAttentionMaxPairs) continue;
+            Attention(q.Rows(start, len, dim), k.Rows(start, len, dim), v.Rows(start, len, dim), output.Rows(start, len, dim),
+                AttentionShape.Create(len, len, heads, heads, headDim, causal: false), -1, work);
+        }
+    }
+
+    public override void ReceivedAttention(Tensor q32, Tensor k32, int heads, int headDim, RowSegments segments, int groupRows, Tensor result, Workspace work)
+    {
+        Cpu.SegmentOps.CheckGroups(segments, groupRows);
+        int n = segments.Rows;
+        var stats = Dev(work.Get("recv.stats", 2L * heads * n, TensorKind.Float)).F;
+        Ops.ReceivedAttention(Dev(q32).F, Dev(k32).F, Dev(segments.OnBackend).I, stats, Dev(result).F,
+            new SegmentShape(n, heads, headDim, 1f / MathF.Sqrt(headDim), segments.Count, 0, n, 0, 0, groupRows));
+    }
+
+    public override void GatherRows(Tensor source, Tensor index, int rows, int width, Tensor destination)
+    {
+        if (rows == 0) return;
+        var src = Dev(source).F;
+        Ops.RowGatherMixed(src, src, Dev(index).I.SubView(0, rows), Dev(destination).F, width);
+    }
+
     public override void AttentionWindow(Tensor q32, Tensor k32, Tensor result, AttentionShape shape, WindowShape window)
         => Ops.AttentionWindow(Dev(q32).F, Dev(k32).F, Dev(result).F, shape, window);
 
@@ -469,9 +522,11 @@ internal sealed class CudaBackend : Backend
         PositionIds? positions, OriginalPositionRun? originalPositions = null)
     {
         var t = (DeviceEmbedding)table;
-        int n = source.Length, h = t.Width;
+        int n = source.Length, h = t.Width, components = positions?.Components ?? 1;
+        if (positions is not null && positions.Count != n) throw new ArgumentException($"{positions.Count} positions for a sequence of {n} rows.", nameof(positions));
+        if (components > 1 && originalPositions is not null) throw new NotSupportedException("Original positions computed on the device are one component per row.");
         var x = Memory.Allocate<float>((long)n * h);
-        var pos = Memory.Allocate<int>(n);
+        var pos = Memory.Allocate<int>((long)components * n);
         var vis = Memory.Allocate<int>(n);
         using var src = Memory.Allocate<int>(n);
         try
@@ -490,7 +545,10 @@ internal sealed class CudaBackend : Backend
             x.Dispose(); pos.Dispose(); vis.Dispose();
             throw;
         }
-        return new BuiltSequence(DeviceTensor.Owning(x, (long)n * h), DeviceTensor.Owning(pos, n), DeviceTensor.Owning(vis, n), n);
+        return new BuiltSequence(DeviceTensor.Owning(x, (long)n * h), DeviceTensor.Owning(pos, (long)components * n), DeviceTensor.Owning(vis, n), n)
+        {
+            LastPosition = positions is null || n == 0 ? n - 1 : positions.MaxAt(n - 1),
+        };
     }
 
     public override void RunReplayable(GraphSlot slot, Action launches)

@@ -77,7 +77,10 @@ internal sealed class CudaDecoderSession : DecoderSession
 
     /// <summary>The current sequence's hidden states [n, Hidden].</summary>
     internal ArrayView<float> X(int n) => _current < 0 ? CudaBackend.Dev(_built!.Hidden).F.SubView(0, (long)n * H) : _sets[_current].X.Get((long)n * H);
-    internal ArrayView<int> PositionsView(int n) => _current < 0 ? CudaBackend.Dev(_built!.Positions).I.SubView(0, n) : _sets[_current].Positions.Get(n);
+    /// <summary>Position components per row: the current sequence's positions are [Components, n].</summary>
+    internal int Components => Weights.Rope.Components;
+
+    internal ArrayView<int> PositionsView(int n) => _current < 0 ? CudaBackend.Dev(_built!.Positions).I.SubView(0, (long)Components * n) : _sets[_current].Positions.Get((long)Components * n);
     internal ArrayView<int> Visual(int n) => _current < 0 ? CudaBackend.Dev(_built!.Visual).I.SubView(0, n) : _sets[_current].Visual.Get(n);
 
     public override Tensor Hidden(int rows) => DeviceTensor.Of(X(rows));
@@ -93,6 +96,8 @@ internal sealed class CudaDecoderSession : DecoderSession
         {
             // Built on the device: take it over (its positions are increasing, the host knows the last).
             if (built.Rows != n) throw new ArgumentException($"The device sequence has {built.Rows} rows but the state {n}.", nameof(state));
+            if (built.Positions.Length < (long)Components * n)
+                throw new ArgumentException($"The device sequence holds {built.Positions.Length} position values; the decoder's rotary embedding needs {Components} per row ({Components * (long)n}).", nameof(state));
             CheckPositions(built.LastPosition + ExtraCapacity);
             _built = built;
             state.Built = null;
@@ -102,6 +107,8 @@ internal sealed class CudaDecoderSession : DecoderSession
         {
             // Built on the host (tests, tools): its rows go up.
             var positions = state.Positions;
+            if (positions.Components != Components || positions.Count != n)
+                throw new ArgumentException($"The sequence has {positions.Count} positions of {positions.Components} component(s); the decoder needs {n} of {Components}.", nameof(state));
             for (int i = 0; i < n; i++) CheckPositions(positions.MaxAt(i) + ExtraCapacity);
             _current = 0;
             _b.Queue.Upload(X(n), state.Hidden.AsSpan(0, n * h));
@@ -315,8 +322,8 @@ internal sealed class CudaDecoderSession : DecoderSession
         var norm = (DeviceNorm)Weights.InputNorm(nextLayer);
         int width = Shape.Heads.Width;
         bool reuse = _computedQkv is { } c && c.Layer == nextLayer && c.Version == _version && extraRows == 0;
-        var shape = new GatherShape(rows, h, action.RenumberPositions ? 1 : 0, snapshot ? n : 0, reuse ? width : 0);
-        _b.Ops.GatherSequenceNormed(X(n), extra, plan, set.X.Get((long)rows * h), PositionsView(n), set.Positions.Get(rows), Visual(n), set.Visual.Get(rows),
+        var shape = new GatherShape(rows, h, action.RenumberPositions ? 1 : 0, snapshot ? n : 0, reuse ? width : 0, Components, n);
+        _b.Ops.GatherSequenceNormed(X(n), extra, plan, set.X.Get((long)rows * h), PositionsView(n), set.Positions.Get((long)Components * rows), Visual(n), set.Visual.Get(rows),
             history, CudaBackend.Dev(Work.Get("xn", (long)rows * h, TensorKind.Half)).H, norm.Weight.View, norm.Eps, shape,
             reuse ? _computedQkv!.Value.Qkv : default, reuse ? F(Work.Get("qkv", (long)rows * width, TensorKind.Float)) : default);
         _preparedFor = (nextLayer, reuse);
@@ -327,15 +334,16 @@ internal sealed class CudaDecoderSession : DecoderSession
         {
             var pos = set.Positions;
             var vis = set.Visual;
+            int components = Components;
             state.AppliedOnDevice(rows, visualRun, () =>
             {
                 using var scope = _b.Enter();
                 var rb = _b.Queue.BeginReadback(_b.Memory);
                 int[] p = [], v = [];
-                rb.Add(pos.Get(rows), rows, r => p = r);
+                rb.Add(pos.Get((long)components * rows), (long)components * rows, r => p = r);
                 rb.Add(vis.Get(rows), rows, r => v = r);
                 rb.Flush();
-                return (PositionIds.OneComponent(p), v);
+                return (components == 1 ? PositionIds.OneComponent(p) : PositionIds.FromValues(components, rows, p), v);
             });
         }
         ExposeHidden(state, rows); // (positions only shrink or stay: the check at the start covers them)
@@ -380,7 +388,7 @@ internal sealed class CudaDecoderSession : DecoderSession
         return _b.Queue.Download(result.View, size);
     }
 
-    private QkvShape QkvShapeOf(bool rope) => new(Heads, KvHeads, HeadDim, rope ? 1 : 0, 1);
+    private QkvShape QkvShapeOf(bool rope) => new QkvShape(Heads, KvHeads, HeadDim, rope ? 1 : 0, 1).WithSections(rope ? Weights.Rope.Sections : null);
 
     /// <summary>
     /// Layer <paramref name="layer"/>'s queries and keys (its input norm and optionally RoPE) on the current hidden states,

@@ -155,8 +155,9 @@ internal sealed class DeviceLayerSignals
     /// <summary>The next layer's q|k|v projection of every row (its input norm and the GEMM, before RoPE): fp32 [Rows, Width].</summary>
     public ArrayView<float> NextLayerQkv() => _g.QkvOnDevice(Layer + 1, Rows);
 
-    /// <summary>Each row's RoPE position on the device: [Rows].</summary>
-    public ArrayView<int> Positions => _g.PositionsView(Rows);
+    /// <summary>Each row's RoPE position on the device: [Rows] (one position per row; M-RoPE's several components are refused).</summary>
+    public ArrayView<int> Positions => _g.Components == 1 ? _g.PositionsView(Rows)
+        : throw new NotSupportedException($"The decoder's positions have {_g.Components} M-RoPE components; this device signal reads one position per row.");
 
     /// <summary>The RoPE tables (cos, sin) on the device.</summary>
     public (ArrayView<float> Cos, ArrayView<float> Sin) Rope => (((CudaRotary)_g.Weights.Rope).Cos.View, ((CudaRotary)_g.Weights.Rope).Sin.View);

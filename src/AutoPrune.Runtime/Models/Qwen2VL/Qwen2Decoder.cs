@@ -1,3 +1,4 @@
+using AutoPrune.Compute;
 using AutoPrune.Compute.Cpu;
 using AutoPrune.Loading;
 
@@ -121,10 +122,9 @@ internal sealed class Qwen2Decoder
         var sin = new float[n * half];
         for (int t = 0; t < n; t++)
         {
-            var pos = positions.Token(t);
             for (int i = 0; i < half; i++)
             {
-                float a = pos[_componentOf[i]] * _invFreq[i];
+                float a = positions[_componentOf[i], t] * _invFreq[i];
                 cos[t * half + i] = MathF.Cos(a);
                 sin[t * half + i] = MathF.Sin(a);
             }

@@ -1,3 +1,4 @@
+using AutoPrune.Compute;
 using AutoPrune.Loading;
 
 namespace AutoPrune.Models.Qwen2VL;
@@ -12,6 +13,11 @@ internal sealed record Qwen2VLPrefill(float[] LastLogits, PositionIds Positions,
 /// <see cref="Qwen2VLRopeIndex"/>, the Qwen2 decoder with a KV cache, and greedy decoding. Loads both key layouts
 /// (<see cref="Qwen2VLTensorNames"/>), one file or sharded, tied or untied LM head; every tensor of the checkpoint must be
 /// used (as transformers' strict loading). Not thread-safe per sequence; the weights are shared read-only.
+/// <para>
+/// Not the engine's forward: that is <see cref="Qwen2VLModel"/>, written once over the backend ops. This standalone fp32
+/// forward (its own layers, no backend) stays as the independent reference the backend model is tested against, and as
+/// the baseline of the benchmark that checks the seam is not slower.
+/// </para>
 /// </summary>
 internal sealed class Qwen2VLCpuModel : IDisposable
 {
@@ -91,7 +97,7 @@ internal sealed class Qwen2VLCpuModel : IDisposable
     {
         int pos = Qwen2VLRopeIndex.DecodePosition(cache.Length, ropeDelta);
         var x = Decoder.Embed([token]);
-        Decoder.Forward(x, 1, PositionIds.Sequential(1, pos, Qwen2VLRopeIndex.Components), cache, ct);
+        Decoder.Forward(x, 1, PositionIds.Sequential(1, Qwen2VLRopeIndex.Components, pos), cache, ct);
         return Decoder.Logits(x, 0);
     }
 

@@ -110,57 +110,12 @@ internal static partial class SegmentAttention
 
 internal static partial class SegmentAttention
 {
-    private const int BlockRows = 64;
-
     /// <summary>
-    /// Adds to <paramref name="received"/>[j] the attention key row j receives within its segment: softmax(q kᵀ / sqrt(hd))
-    /// summed over the segment's query rows, divided by (segment length · heads), summed over heads. Scores are computed
-    /// 64 query rows at a time with the blocked GEMM, so only a [64, segment] tile exists per head; heads run in parallel
-    /// into their own column sums, added in head order (the result does not depend on the thread count).
+    /// Adds to <paramref name="received"/>[j] the attention key row j receives within its segment (see
+    /// <see cref="SegmentOps.Received"/>, the CPU backend's fp32 form of <c>Backend.ReceivedAttention</c>).
     /// </summary>
     public static void Received(float[] q, float[] k, int heads, int hd, ReadOnlySpan<int> cu, float[] received)
-    {
-        int dim = heads * hd;
-        float scale = 1f / MathF.Sqrt(hd);
-        var isa = Gemm.DetectedIsa;
-        for (int s = 0; s + 1 < cu.Length; s++)
-        {
-            int start = cu[s], len = cu[s + 1] - cu[s];
-            if (len <= 0) continue;
-            var sums = new double[heads][];
-            Parallel.For(0, heads, ComputeScheduler.Options(), h =>
-            {
-                var colSum = new double[len];
-                var tile = System.Buffers.ArrayPool<float>.Shared.Rent(BlockRows * len);
-                try
-                {
-                    for (int r0 = 0; r0 < len; r0 += BlockRows)
-                    {
-                        int rows = Math.Min(BlockRows, len - r0);
-                        var sc = tile.AsSpan(0, rows * len);
-                        Gemm.MatMulTransBCore(q.AsSpan((start + r0) * dim + h * hd), dim, rows, hd, k.AsSpan(start * dim + h * hd), dim, len,
-                            sc, len, default, false, isa, 1);
-                        for (int i = 0; i < rows; i++)
-                        {
-                            var row = sc.Slice(i * len, len);
-                            TensorPrimitives.Multiply(row, scale, row);
-                            CpuOps.Softmax(row);
-                            for (int j = 0; j < len; j++) colSum[j] += row[j];
-                        }
-                    }
-                }
-                finally { System.Buffers.ArrayPool<float>.Shared.Return(tile); }
-                sums[h] = colSum;
-            });
-            double norm = 1.0 / ((double)len * heads);
-            for (int j = 0; j < len; j++)
-            {
-                double t = 0;
-                for (int h = 0; h < heads; h++) t += sums[h][j];
-                received[start + j] += (float)(t * norm);
-            }
-        }
-    }
+        => SegmentOps.Received(q, k, heads, hd, cu, received);
 }
 
 /// <summary>Small element-wise helpers.</summary>

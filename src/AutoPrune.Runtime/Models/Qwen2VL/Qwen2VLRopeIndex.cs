@@ -1,3 +1,5 @@
+using AutoPrune.Compute;
+
 namespace AutoPrune.Models.Qwen2VL;
 
 /// <summary>
@@ -34,7 +36,7 @@ internal static class Qwen2VLRopeIndex
         {
             if (inputIds.Contains(ids.Image))
                 throw new ArgumentException("The prompt holds image tokens but no image grid was given.", nameof(imageGrids));
-            return (PositionIds.Sequential(n, 0, Components), 0);
+            return (PositionIds.Sequential(n, Components), 0);
         }
 
         // transformers counts the images as the vision-start tokens followed by an image token.
@@ -75,13 +77,15 @@ internal static class Qwen2VLRopeIndex
         }
         for (int i = st; i < n; i++, next++)
             Fill(v, i, next, next, next);
-        var positions = new PositionIds(Components, v);
+        var positions = PositionIds.FromValues(Components, n, v);
         return (positions, positions.Max() + 1 - n);
     }
 
+    /// <summary>Token <paramref name="token"/>'s (t, h, w) into component-major values of <paramref name="v"/>.Length / 3 tokens.</summary>
     private static void Fill(int[] v, int token, int t, int h, int w)
     {
-        v[token * 3] = t; v[token * 3 + 1] = h; v[token * 3 + 2] = w;
+        int n = v.Length / Components;
+        v[token] = t; v[n + token] = h; v[2 * n + token] = w;
     }
 
     /// <summary>The position (every component) of the token at <paramref name="cachePosition"/> in a decode step.</summary>
