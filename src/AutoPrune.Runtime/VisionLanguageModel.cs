@@ -389,6 +389,7 @@ public sealed class VisionLanguageModel : IDisposable
         int maxNew = Math.Min(g.MaxNewTokens, context - ids.Length);
         if (maxNew < 1)
             throw new ArgumentException($"The prompt ({ids.Length} tokens) leaves no room to answer in the model's context of {context} tokens.", nameof(request));
+        RequestValidator.CheckResponseFormatBudget(g, maxNew);
         // An explicit method that cannot serve this request is an error; a default one falls back to None with a note.
         var (resolved, note) = Pruning.PruningCapabilities.Resolve(request.Pruning, request.DefaultPruning ?? _options.DefaultPruning,
             new Pruning.PruningRequestShape(request.Images.Count, _model.Config.IsAnyRes));
