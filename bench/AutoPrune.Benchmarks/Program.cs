@@ -13,6 +13,8 @@ public static class Program
             return GemmQuick.Run(args[1..]);
         if (args.Length > 0 && args[0] == "qwen-quick")
             return QwenQuick.Run(args[1..]);
+        if (args.Length > 0 && args[0] == "structured-quick")
+            return StructuredQuick.Run(args[1..]);
         BenchmarkSwitcher.FromAssembly(typeof(Program).Assembly).Run(args);
         return 0;
     }

@@ -83,6 +83,26 @@ public sealed class TokenMaskTests
         Assert.True(completes > 10, $"{completes} complete states");
     }
 
+    /// <summary>The masked argmax is the first largest logit among the allowed ids, whether they come in full 64-id words or one by one.</summary>
+    [Fact]
+    public void MaskedArgMaxIsTheFirstLargestAllowedLogit()
+    {
+        Gen.Select(Gen.Int[1, 700], Gen.Int[0, 3], Gen.Int).Sample((n, density, seed) =>
+        {
+            var rng = new Random(seed);
+            var bits = new ulong[(n + 63) / 64];
+            for (int w = 0; w < bits.Length; w++)
+                bits[w] = density switch { 0 => 0, 1 => (ulong)rng.NextInt64() & (ulong)rng.NextInt64(), 2 => ulong.MaxValue, _ => rng.Next(2) == 0 ? ulong.MaxValue : (ulong)rng.NextInt64() };
+            if (n % 64 != 0) bits[^1] &= (1UL << (n % 64)) - 1;
+            var mask = new TokenMask(bits, bits.Sum(b => System.Numerics.BitOperations.PopCount(b)), 0);
+            var logits = Enumerable.Range(0, n).Select(_ => (float)rng.Next(0, 8)).ToArray(); // many ties
+            int expected = -1;
+            for (int id = 0; id < n; id++)
+                if (mask.IsAllowed(id) && (expected < 0 || logits[id] > logits[expected])) expected = id;
+            Assert.Equal(expected, mask.ArgMax(logits));
+        }, iter: 2000);
+    }
+
     [Fact]
     public void ACompleteDocumentWithNothingMoreAllowedForcesTheEndToken()
     {

@@ -40,12 +40,31 @@ internal sealed class TokenMask
         int best = -1;
         float max = float.NegativeInfinity;
         for (int w = 0; w < Bits.Length; w++)
-            for (ulong word = Bits[w]; word != 0; word &= word - 1)
+        {
+            ulong word = Bits[w];
+            int start = w * 64;
+            if (word == ulong.MaxValue)
             {
-                int id = w * 64 + BitOperations.TrailingZeroCount(word);
+                // A run of words whose every id is allowed (inside a string most are): one vectorized scan.
+                int end = w + 1;
+                while (end < Bits.Length && Bits[end] == ulong.MaxValue) end++;
+                int stop = Math.Min(end * 64, logits.Length);
+                if (stop > start)
+                {
+                    var run = logits[start..stop];
+                    int k = System.Numerics.Tensors.TensorPrimitives.IndexOfMax(run); // the first largest
+                    if (best < 0 || run[k] > max) { best = start + k; max = run[k]; }
+                }
+                w = end - 1;
+                continue;
+            }
+            for (; word != 0; word &= word - 1)
+            {
+                int id = start + BitOperations.TrailingZeroCount(word);
                 if (id >= logits.Length) return best;
                 if (best < 0 || logits[id] > max) { best = id; max = logits[id]; }
             }
+        }
         return best;
     }
 }
@@ -198,6 +217,9 @@ internal sealed class ConstrainedDecoding
     }
 
     public JsonGrammar Grammar => _masker.Recognizer.Grammar;
+
+    /// <summary>The recognizer state of the text so far.</summary>
+    public RecognizerState State => _state;
 
     /// <summary>True when the text so far is a complete document.</summary>
     public bool IsComplete => _masker.Recognizer.IsComplete(in _state);
