@@ -17,14 +17,17 @@ internal sealed record GrammarLimits
     /// <summary>UTF-16 code units of a key of an object whose keys are free (no <c>properties</c>: "any object", maps).</summary>
     public int MaxKeyLength { get; init; } = 128;
 
-    /// <summary>Digits before the decimal point (15: every such integer is exact in a double).</summary>
-    public int MaxIntegerDigits { get; init; } = 15;
+    /// <summary>Digits of an <c>integer</c> (9: every value fits a 32-bit int, the type schema generators map from).</summary>
+    public int MaxIntegerDigits { get; init; } = 9;
+
+    /// <summary>Digits before the decimal point of a <c>number</c> (15: every such integer is exact in a double).</summary>
+    public int MaxNumberDigits { get; init; } = 15;
 
     /// <summary>Digits after the decimal point.</summary>
     public int MaxFractionDigits { get; init; } = 15;
 
-    /// <summary>Digits of an exponent (2: at most 1e99, finite in a double).</summary>
-    public int MaxExponentDigits { get; init; } = 2;
+    /// <summary>Digits of an exponent (1: at most 10^24 with 15 digits, within a float's range).</summary>
+    public int MaxExponentDigits { get; init; } = 1;
 
     public static GrammarLimits Default { get; } = new();
 }
@@ -271,7 +274,7 @@ internal sealed class StringNode : GrammarNode
     public override void FirstBytes(bool[] set) => set['"'] = true;
 }
 
-/// <summary>A number (<c>-?(0|[1-9]d*)(.d+)?([eE][+-]?d+)?</c>, digits bounded) or an integer (no fraction or exponent).</summary>
+/// <summary>A number (<c>-?(0|[1-9]d*)(.d+)?([eE][+-]?d+)?</c>, digits bounded by <see cref="GrammarLimits"/>) or an integer (no fraction or exponent).</summary>
 internal sealed class NumberNode : GrammarNode
 {
     public NumberNode(bool integer) { Integer = integer; MinBytes = 1; }

@@ -480,7 +480,7 @@ internal sealed class JsonRecognizer(JsonGrammar grammar)
                 return -1;
             case NumZero:
             case NumInt:
-                if (digit && t.Phase == NumInt && t.A < _limits.MaxIntegerDigits) { t.A++; return 1; }
+                if (digit && t.Phase == NumInt && t.A < (integer ? _limits.MaxIntegerDigits : _limits.MaxNumberDigits)) { t.A++; return 1; }
                 if (!integer && b == (byte)'.') { t.Phase = NumFracStart; t.A = 0; return 1; }
                 if (!integer && b is (byte)'e' or (byte)'E') { t.Phase = NumExpStart; t.A = 0; return 1; }
                 return digit ? -1 : 0;
