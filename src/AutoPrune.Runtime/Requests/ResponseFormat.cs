@@ -32,7 +32,8 @@ public enum ResponseFormatKind
 /// </summary>
 public sealed class ResponseFormat : IEquatable<ResponseFormat>
 {
-    private static readonly LruCache<string, JsonGrammar> Compiled = new(128);
+    /// <summary>Recently compiled schemas, by the SHA-256 of their name and text (so that large schemas are not kept as keys).</summary>
+    private static readonly LruCache<string, JsonGrammar> Compiled = new(64);
 
     private ResponseFormat(ResponseFormatKind kind, string? schema, string? name, JsonGrammar? grammar)
     {
@@ -55,7 +56,7 @@ public sealed class ResponseFormat : IEquatable<ResponseFormat>
     public static ResponseFormat ForJsonSchema(string schema, string? name = null)
     {
         ArgumentNullException.ThrowIfNull(schema);
-        string key = (name ?? "") + "\0" + schema;
+        string key = Convert.ToHexString(System.Security.Cryptography.SHA256.HashData(System.Text.Encoding.UTF8.GetBytes((name ?? "") + "\0" + schema)));
         if (!Compiled.TryGet(key, out var grammar))
         {
             grammar = JsonSchemaCompiler.Compile(schema, name);

@@ -161,6 +161,39 @@ public sealed class TokenMaskTests
         Assert.True(masker.Recognizer.IsComplete(in s));
     }
 
+    /// <summary>The mask cache shared by every grammar stays within its byte bound (emptied when full) while masks stay right.</summary>
+    [Fact]
+    public void TheSharedMaskCacheStaysWithinItsByteBound()
+    {
+        long limit = TokenMasker.MaxCacheBytes;
+        TokenMasker.MaxCacheBytes = 32 << 10;
+        try
+        {
+            var vocab = SyntheticVocabulary.Value; // 2,500-byte masks: about a dozen fit
+            long peak = 0, last = 0;
+            int drops = 0, states = 0;
+            for (int g = 0; g < 6; g++)
+            {
+                // below minItems every item count is its own state: many masks
+                var masker = TokenMasker.For(JsonSchemaCompiler.Compile("""{"type":"array","items":{"type":"integer"},"minItems":60}"""), vocab);
+                foreach (var (state, _) in StructuredSupport.RandomWalk(masker.Recognizer, new Random(g), 120, 0.6, false))
+                {
+                    Assert.True(masker.BruteForce(in state, 1000).Bits.AsSpan().SequenceEqual(masker.Mask(in state, 1000).Bits));
+                    long now = TokenMasker.CacheBytes;
+                    if (now < last) drops++;
+                    last = now;
+                    peak = Math.Max(peak, now);
+                    states++;
+                }
+            }
+            Assert.True(states > 500, $"{states} states");
+            Assert.True(drops > 0, $"the cache was never emptied over {states} states");
+            // other tests may add a few (small) masks at the same time
+            Assert.InRange(peak, 1, TokenMasker.MaxCacheBytes + (16 << 10));
+        }
+        finally { TokenMasker.MaxCacheBytes = limit; }
+    }
+
     [Fact]
     public void MasksAreCachedByStateAndReusedInsideStrings()
     {

@@ -73,16 +73,20 @@ internal sealed class TokenMask
 /// The token masks of one grammar over one vocabulary: for a recognizer state, every id whose bytes keep the output a
 /// valid prefix (found by walking the vocabulary trie against the recognizer, copying the state at each edge and
 /// skipping subtrees it rejects), and the end ids when the document is complete. Masks are cached by the state's
-/// <see cref="JsonRecognizer.Key"/> (so a string's later characters reuse the first one's mask), bounded in bytes;
-/// thread-safe, shared by every request that uses the grammar.
+/// <see cref="JsonRecognizer.Key"/> (so a string's later characters reuse the first one's mask) in one cache shared by
+/// every grammar and vocabulary and bounded in bytes (<see cref="MaxCacheBytes"/>; when full it is emptied); thread-safe,
+/// shared by every request that uses the grammar.
 /// </summary>
 internal sealed class TokenMasker
 {
-    /// <summary>Bytes of cached masks per grammar and vocabulary.</summary>
-    public const long MaxCacheBytes = 64L << 20;
+    /// <summary>Bytes of cached masks in the process, all grammars and vocabularies together (128 MiB; tests lower it).</summary>
+    internal static long MaxCacheBytes { get; set; } = 128L << 20;
 
-    private readonly ConcurrentDictionary<string, TokenMask> _cache = new(StringComparer.Ordinal);
-    private readonly int _maxEntries;
+    private static readonly ConcurrentDictionary<(long Masker, string State), TokenMask> Cache = new();
+    private static readonly Lock ClearLock = new();
+    private static long s_cacheBytes, s_nextId;
+
+    private readonly long _id = Interlocked.Increment(ref s_nextId);
     private long _hits, _walks;
 
     private TokenMasker(JsonGrammar grammar, TokenVocabulary vocabulary)
@@ -90,8 +94,10 @@ internal sealed class TokenMasker
         Recognizer = new JsonRecognizer(grammar);
         Vocabulary = vocabulary;
         Words = (vocabulary.Size + 63) / 64;
-        _maxEntries = (int)Math.Clamp(MaxCacheBytes / (Words * 8L + 96), 16, 1 << 16);
     }
+
+    /// <summary>Bytes the shared mask cache holds now (approximately, under concurrent use).</summary>
+    public static long CacheBytes => Interlocked.Read(ref s_cacheBytes);
 
     /// <summary>The masker of <paramref name="grammar"/> over <paramref name="vocabulary"/>, made once and kept with the grammar.</summary>
     public static TokenMasker For(JsonGrammar grammar, TokenVocabulary vocabulary) =>
@@ -106,7 +112,6 @@ internal sealed class TokenMasker
     /// <summary>Masks answered from the cache, and masks computed by walking the trie.</summary>
     public long CacheHits => Interlocked.Read(ref _hits);
     public long Walks => Interlocked.Read(ref _walks);
-    public int CachedMasks => _cache.Count;
 
     /// <summary>
     /// The ids allowed after <paramref name="s"/> when <paramref name="tokensAfter"/> tokens may follow the chosen one: an id
@@ -115,16 +120,32 @@ internal sealed class TokenMasker
     /// </summary>
     public TokenMask Mask(in RecognizerState s, int tokensAfter)
     {
-        string key = Recognizer.Key(in s, Vocabulary.MaxTokenBytes);
-        if (_cache.TryGetValue(key, out var mask)) Interlocked.Increment(ref _hits);
+        var key = (_id, Recognizer.Key(in s, Vocabulary.MaxTokenBytes));
+        if (Cache.TryGetValue(key, out var mask)) Interlocked.Increment(ref _hits);
         else
         {
             mask = Compute(in s, int.MaxValue);
-            if (_cache.Count >= _maxEntries) _cache.Clear();
-            _cache.TryAdd(key, mask);
+            Remember(key, mask);
         }
         // Near the end of the budget some allowed tokens would leave too little room: recompute with the budget (not cached).
         return mask.MaxCostAfter <= tokensAfter ? mask : Compute(in s, tokensAfter);
+    }
+
+    private static void Remember((long, string State) key, TokenMask mask)
+    {
+        long size = mask.Bits.Length * 8L + key.State.Length * 2L + 160; // the bits, the key, the entry and its objects
+        if (Interlocked.Add(ref s_cacheBytes, size) > MaxCacheBytes)
+        {
+            lock (ClearLock)
+            {
+                if (Interlocked.Read(ref s_cacheBytes) > MaxCacheBytes)
+                {
+                    Cache.Clear();
+                    Interlocked.Exchange(ref s_cacheBytes, size);
+                }
+            }
+        }
+        if (!Cache.TryAdd(key, mask)) Interlocked.Add(ref s_cacheBytes, -size);
     }
 
     /// <summary>The mask of <paramref name="s"/> by walking the trie (no cache).</summary>
