@@ -73,6 +73,12 @@ public sealed class JsonSchemaCompilerTests
         Assert.Contains("nests objects and arrays 21 levels deep", e.Message);
         Assert.Contains("at most 20", e.Message);
         Assert.ThrowsAny<ArgumentException>(() => ResponseFormat.ForJsonSchema(new string(' ', JsonSchemaCompiler.MaxSchemaBytes + 1)));
+        // a long chain of references (d0 -> d1 -> ... ) is refused, not followed until the stack overflows
+        var chain = new StringBuilder("{\"$ref\":\"#/$defs/d0\",\"$defs\":{");
+        for (int i = 0; i < 20_000; i++) chain.Append($"\"d{i}\":{{\"$ref\":\"#/$defs/d{i + 1}\"}},");
+        chain.Append("\"d20000\":{\"type\":\"string\"}}}");
+        var e2 = Assert.ThrowsAny<ArgumentException>(() => ResponseFormat.ForJsonSchema(chain.ToString()));
+        Assert.Contains("nests more than 256 subschemas", e2.Message);
     }
 
     /// <summary>The shortest document of each schema, written out: what the token budget check and the decoder count on.</summary>

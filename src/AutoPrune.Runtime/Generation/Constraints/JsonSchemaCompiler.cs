@@ -98,8 +98,13 @@ internal sealed class JsonSchemaCompiler
 
     private static ArgumentException Invalid(string pointer, string what) => new($"The JSON schema is invalid at '{Show(pointer)}': {what}.", "schema");
 
+    /// <summary>Subschemas one inside another, references followed included (a longer chain is refused before the stack runs out).</summary>
+    public const int MaxNesting = 256;
+
     private GrammarNode Schema(JsonElement s, string ptr)
     {
+        if (_onPath.Count >= MaxNesting)
+            throw new ArgumentException($"The JSON schema nests more than {MaxNesting} subschemas (references followed included) at '{Show(ptr)}'; simplify it.", "schema");
         if (s.ValueKind == JsonValueKind.True) return _b.Any;
         if (s.ValueKind == JsonValueKind.False) throw Invalid(ptr, "the schema false matches no value");
         if (s.ValueKind != JsonValueKind.Object) throw Invalid(ptr, $"a schema must be an object or a boolean, not {Kind(s)}");
