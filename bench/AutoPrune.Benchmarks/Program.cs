@@ -19,6 +19,8 @@ public static class Program
             return GgufCheck.Run(args[1..]);
         if (args.Length > 0 && args[0] == "qwen-seam")
             return QwenSeam.Run(args[1..]);
+        if (args.Length > 0 && args[0] == "structured-quick")
+            return StructuredQuick.Run(args[1..]);
         BenchmarkSwitcher.FromAssembly(typeof(Program).Assembly).Run(args);
         return 0;
     }

@@ -75,8 +75,7 @@ internal sealed partial class ChatCompletionReader(AutoPruneServerOptions option
         if (r.Logprobs == true) throw OpenAIException.BadRequest("'logprobs' is not supported by this server.", "logprobs", "unsupported_parameter");
         if (r.Tools is { ValueKind: JsonValueKind.Array } tools && tools.GetArrayLength() > 0)
             throw OpenAIException.BadRequest("'tools' is not supported: the local model has no function calling.", "tools", "unsupported_parameter");
-        if (r.ResponseFormat?.Type is { } format && format != "text")
-            throw OpenAIException.BadRequest($"'response_format' type '{format}' is not supported: the model answers in free text only.", "response_format", "unsupported_value");
+        var responseFormat = ReadResponseFormat(r.ResponseFormat);
         if (r.MaxTokens is < 1) throw OpenAIException.BadRequest($"'max_tokens' must be at least 1 (got {r.MaxTokens}).", "max_tokens", "invalid_value");
         if (r.MaxCompletionTokens is < 1) throw OpenAIException.BadRequest($"'max_completion_tokens' must be at least 1 (got {r.MaxCompletionTokens}).", "max_completion_tokens", "invalid_value");
         if (r.StreamOptions is not null && r.Stream != true)
@@ -99,6 +98,7 @@ internal sealed partial class ChatCompletionReader(AutoPruneServerOptions option
             StopSequences = ReadStop(r.Stop),
             FrequencyPenalty = r.FrequencyPenalty is float fp && fp != 0 ? fp : null,
             PresencePenalty = r.PresencePenalty is float pp && pp != 0 ? pp : null,
+            ResponseFormat = responseFormat,
         };
         if (r.AutoPrune is { } knobs)
         {
@@ -112,6 +112,36 @@ internal sealed partial class ChatCompletionReader(AutoPruneServerOptions option
         }
         var ignored = r.Other?.Keys.ToList() ?? [];
         return new ParsedChatRequest(messages, chat, r.Stream == true, r.StreamOptions?.IncludeUsage == true, ignored);
+    }
+
+    /// <summary>
+    /// <c>response_format</c>: <c>text</c> (or absent), <c>json_object</c>, or <c>json_schema</c> with
+    /// <c>json_schema.schema</c> (and optional <c>name</c>, <c>description</c>; answers are always strict). The schema is
+    /// compiled here, so one outside the supported subset is a 400 naming the keyword, with <c>param</c> the schema.
+    /// </summary>
+    private static ChatResponseFormat? ReadResponseFormat(ResponseFormatDto? format)
+    {
+        if (format is null) return null;
+        switch (format.Type)
+        {
+            case null:
+                throw OpenAIException.BadRequest("Missing required parameter: 'response_format.type'.", "response_format.type", "missing_required_parameter");
+            case "text":
+                return null;
+            case "json_object":
+                return ChatResponseFormat.Json;
+            case "json_schema":
+                if (format.Other?.GetValueOrDefault("json_schema") is not { ValueKind: JsonValueKind.Object } js)
+                    throw OpenAIException.BadRequest("'response_format' of type 'json_schema' needs a 'json_schema' object.", "response_format.json_schema", "missing_required_parameter");
+                if (!js.TryGetProperty("schema", out var schema) || schema.ValueKind != JsonValueKind.Object)
+                    throw OpenAIException.BadRequest("Missing required parameter: 'response_format.json_schema.schema' (a JSON schema object).", "response_format.json_schema.schema", "missing_required_parameter");
+                string? Text(string key) => js.TryGetProperty(key, out var v) && v.ValueKind == JsonValueKind.String ? v.GetString() : null;
+                try { _ = AutoPrune.ResponseFormat.ForJsonSchema(schema.GetRawText(), Text("name")); }
+                catch (ArgumentException e) { throw OpenAIException.BadRequest(e.Message.Split(" (Parameter", 2)[0], "response_format.json_schema.schema", "invalid_value"); }
+                return ChatResponseFormat.ForJsonSchema(schema.Clone(), Text("name"), Text("description"));
+            default:
+                throw OpenAIException.BadRequest($"'response_format' type '{format.Type}' is not supported; use 'text', 'json_object' or 'json_schema'.", "response_format.type", "unsupported_value");
+        }
     }
 
     private static object Knob<T>(Func<T> read, string param, string code) where T : notnull

@@ -92,7 +92,17 @@ internal sealed class InferencePipeline(ModelRuntime model)
         }
     }
 
-    /// <summary>Generates the answer token by token, emitting each piece of text as it is decoded.</summary>
+    private Constraints.TokenVocabulary? _vocabulary;
+
+    /// <summary>The tokenizer's vocabulary as bytes, for structured output (built on the first request that asks for it).</summary>
+    internal Constraints.TokenVocabulary Vocabulary => LazyInitializer.EnsureInitialized(ref _vocabulary,
+        () => new Constraints.TokenVocabulary(model.Tokenizer.TokenBytes(), model.Tokenizer.EndIds, model.Tokenizer.DropsLeadingSpace, model.Info.VocabSize));
+
+    /// <summary>
+    /// Generates the answer token by token, emitting each piece of text as it is decoded. With a JSON response format each
+    /// step's logits are masked to the tokens that keep the answer a valid prefix (on a GPU this downloads the logits of
+    /// every step instead of the greedy id alone).
+    /// </summary>
     public VisionAnswer Decode(PreparedRequest p, PrefilledPrompt prefilled, RequestTelemetry telemetry, Action<AnswerChunk> emit, CancellationToken ct,
         DecodeCounting? counting = null)
     {
@@ -107,12 +117,14 @@ internal sealed class InferencePipeline(ModelRuntime model)
         var finish = AnswerFinishReason.Length;
         var stops = g.StopSequences?.Where(s => !string.IsNullOrEmpty(s)).ToArray() ?? [];
         int? greedyNext = null;
+        var constraint = g.ResponseFormat?.Grammar is { } grammar ? new Constraints.ConstrainedDecoding(grammar, Vocabulary) : null;
         for (int step = 0; step < p.MaxNew; step++)
         {
             ct.ThrowIfCancellationRequested();
-            int next = greedyNext ?? sampler.Next(logits);
+            int next = constraint is null ? greedyNext ?? sampler.Next(logits) : sampler.Next(logits, constraint.NextMask(p.MaxNew - step));
             telemetry.FirstToken();
             if (model.Tokenizer.IsEnd(next)) { finish = AnswerFinishReason.Stop; break; }
+            constraint?.Accept(next);
             tokens.Add(next);
             string piece = decoder.Push(next);
             text.Append(piece);
@@ -131,7 +143,7 @@ internal sealed class InferencePipeline(ModelRuntime model)
             {
                 // Greedy decoding asks the backend for the next id only (a GPU then returns 4 bytes, not the logits).
                 counting?.Begin();
-                if (sampler.IsGreedy) greedyNext = prefilled.Generation.StepGreedy(next);
+                if (sampler.IsGreedy && constraint is null) greedyNext = prefilled.Generation.StepGreedy(next);
                 else NonFiniteLogitsException.ThrowIfAny(logits = prefilled.Generation.Step(next), $"decoding step {step + 1}");
                 counting?.End();
             }

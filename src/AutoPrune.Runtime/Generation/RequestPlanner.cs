@@ -49,6 +49,7 @@ internal sealed class RequestPlanner
         int maxNew = Math.Min(g.MaxNewTokens, context - ids.Length);
         if (maxNew < 1)
             throw new ArgumentException($"The prompt ({ids.Length} tokens) leaves no room to answer in the model's context of {context} tokens.", nameof(request));
+        RequestValidator.CheckResponseFormatBudget(g, maxNew);
         // An explicit method that cannot serve this request is an error; a default one falls back to None with a note.
         var fallback = request.DefaultPruning ?? _options.DefaultPruning;
         var (resolved, note) = PruningCapabilities.Resolve(request.Pruning, fallback,

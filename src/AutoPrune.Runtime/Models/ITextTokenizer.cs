@@ -11,6 +11,15 @@ internal interface ITextTokenizer
 
     /// <summary>The most characters one token stands for (bounds a prompt's characters by its token limit).</summary>
     int LongestTokenChars { get; }
+
+    /// <summary>Every id that ends generation.</summary>
+    IReadOnlyList<int> EndIds { get; }
+
+    /// <summary>Each id's bytes as generated text (null for ids that never appear in an answer), for structured output.</summary>
+    byte[]?[] TokenBytes();
+
+    /// <summary>Whether the streaming decoder drops one leading space of the answer (SentencePiece Llama decoding).</summary>
+    bool DropsLeadingSpace { get; }
 }
 
 /// <summary>Turns generated ids into text as they come.</summary>

@@ -27,6 +27,8 @@ namespace AutoPrune.Loading.Text;
 internal sealed class LlavaTokenizer : Models.ITextTokenizer
 {
     public bool IsEnd(int id) => id == EosId;
+    IReadOnlyList<int> Models.ITextTokenizer.EndIds => [EosId];
+    bool Models.ITextTokenizer.DropsLeadingSpace => true;
     Models.ITokenStream Models.ITextTokenizer.CreateStreamingDecoder() => CreateStreamingDecoder();
 
     internal const char SpaceSymbol = '\u2581'; // ▁
@@ -460,6 +462,29 @@ internal sealed class LlavaTokenizer : Models.ITextTokenizer
         EnsurePieces();
         if ((uint)id < (uint)_pieces!.Length) return _pieces[id];
         return _addedContent.TryGetValue(id, out var c) ? c : null;
+    }
+
+    /// <summary>
+    /// Every id's decoded bytes, as <see cref="Decode"/> writes them (structured output masks tokens by them): a piece's
+    /// UTF-8 with ▁ as a space, a byte-fallback piece <c>&lt;0xNN&gt;</c> its byte, an added token that is not special its
+    /// text; null for the ids that decode to nothing (BOS, EOS, UNK, <c>&lt;image&gt;</c>, <c>&lt;pad&gt;</c>, other special
+    /// tokens). <see cref="Decode"/> drops one leading space of the whole answer, which this list does not show.
+    /// </summary>
+    public byte[]?[] TokenBytes()
+    {
+        EnsurePieces();
+        var result = new byte[]?[VocabSize];
+        for (int id = 0; id < VocabSize; id++)
+        {
+            if (_skipOnDecode.Contains(id)) continue;
+            if (id < _spVocabSize)
+            {
+                if (_byteValue![id] >= 0) result[id] = [(byte)_byteValue[id]];
+                else if (_pieces![id] is { } piece) result[id] = Encoding.UTF8.GetBytes(piece.Replace(SpaceSymbol, ' '));
+            }
+            else if (_addedContent.TryGetValue(id, out var text)) result[id] = Encoding.UTF8.GetBytes(text);
+        }
+        return result;
     }
 
     /// <summary>Creates an incremental decoder for streaming generation.</summary>

@@ -24,6 +24,8 @@ namespace AutoPrune.Models.Qwen2VL;
 internal sealed class Qwen2Tokenizer : ITextTokenizer
 {
     public bool IsEnd(int id) => EosIds.Contains(id);
+    IReadOnlyList<int> ITextTokenizer.EndIds => EosIds;
+    bool ITextTokenizer.DropsLeadingSpace => false;
     ITokenStream ITextTokenizer.CreateStreamingDecoder() => CreateStreamingDecoder();
 
     public const string TokenizerFile = "tokenizer.json";
@@ -408,6 +410,25 @@ internal sealed class Qwen2Tokenizer : ITextTokenizer
             return;
         }
         foreach (char ch in text) bytes.Add(ByteLevelAlphabet.ByteOf(ch));
+    }
+
+    /// <summary>
+    /// Every id's decoded bytes, as <see cref="Decode"/> writes them (structured output masks tokens by them): a vocabulary
+    /// token's characters mapped back through the byte-level alphabet, an added token that is not special its bytes; null
+    /// for special added tokens (<c>&lt;|im_end|&gt;</c>, <c>&lt;|image_pad|&gt;</c>, ...) and unused ids.
+    /// </summary>
+    public byte[]?[] TokenBytes()
+    {
+        var result = new byte[]?[VocabSize];
+        var bytes = new List<byte>(16);
+        for (int id = 0; id < VocabSize; id++)
+        {
+            if (_tokenText[id] is null || _isSpecial[id]) continue;
+            bytes.Clear();
+            AppendBytes(id, skipSpecial: true, bytes);
+            result[id] = bytes.ToArray();
+        }
+        return result;
     }
 
     /// <summary>Creates an incremental decoder for streaming generation.</summary>
