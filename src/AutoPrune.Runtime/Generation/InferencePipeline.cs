@@ -80,7 +80,7 @@ internal sealed class InferencePipeline(ModelRuntime model)
             NonFiniteLogitsException.ThrowIfAny(logits, "the last prompt position");
             p.OnPrefillLogits?.Invoke((float[])logits.Clone());
             p.OnPrefillState?.Invoke(state, generation.CachedTokensPerLayer());
-            var report = session.Finish(state, encoded.TextTokens);
+            var report = session.Finish(state, encoded.TextTokens) with { VisionFlops = encoded.VisionFlops };
             span?.SetTag(AutoPruneTelemetry.Tags.VisualTokensKept, report.AvgVisualTokensProcessed);
             span?.SetTag(AutoPruneTelemetry.Tags.FlopsRatio, report.FlopsRatio);
             return new PrefilledPrompt(generation, logits, report, sw.Elapsed.TotalMilliseconds);

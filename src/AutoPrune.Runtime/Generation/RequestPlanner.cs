@@ -52,9 +52,18 @@ internal sealed class RequestPlanner
         RequestValidator.CheckResponseFormatBudget(g, maxNew);
         // An explicit method that cannot serve this request is an error; a default one falls back to None with a note.
         var fallback = request.DefaultPruning ?? _options.DefaultPruning;
+        bool builtIn = ReferenceEquals(fallback, PruningOptions.Default);
+        if (builtIn) fallback = _model.DefaultPruning; // the family's own default (a fraction where image sizes vary)
         var (resolved, note) = PruningCapabilities.Resolve(request.Pruning, fallback,
             new PruningRequestShape(request.Images.Count, _model.MultiViewImages) { Signals = _model.Signals });
         var pruning = WithCalibration(resolved);
+        // Where an image's token count follows its size, a count budget of at least all of them leaves nothing to prune.
+        if (pruning.Method != PruningMethod.None && plan.PruningShape is { } sized && pruning.Budget >= 1 && pruning.BudgetScope == BudgetScope.Request
+            && pruning.Budget >= sized.VisualTokens)
+        {
+            note = $"The budget of {pruning.Budget.ToString(System.Globalization.CultureInfo.InvariantCulture)} visual tokens is at least the image's {sized.VisualTokens}: nothing to prune; '{PruningMethods.Name(pruning.Method)}' did not run (method none).";
+            pruning = pruning with { Method = PruningMethod.None };
+        }
         // A pruning method sees the first image's run (for LLaVA-NeXT its size decides how long, and its views); None counts them all.
         var shape = plan.PruningShape ?? (imageTokens.Length > 0 ? _model.Shape with { VisualTokens = imageTokens[0] } : _model.Shape);
         var patches = plan.ImagePatches ?? imageTokens;
@@ -66,11 +75,11 @@ internal sealed class RequestPlanner
             // The plan is solved here, once: an infeasible budget fails before queueing, and the session runs the request.
             session = Session(pruning, note);
         }
-        catch (ArgumentException e) when (pruning.Method != PruningMethod.None && request.Pruning is null && ReferenceEquals(fallback, PruningOptions.Default))
+        catch (ArgumentException e) when (pruning.Method != PruningMethod.None && request.Pruning is null && builtIn)
         {
             // The built-in default never fails a request (a configured one does, naming the smallest feasible budget).
             pruning = pruning with { Method = PruningMethod.None };
-            note = $"The default pruning ('{PruningMethods.Name(PruningOptions.Default.Method)}', budget {PruningOptions.DefaultBudget:0}) cannot run on this request ({e.Message}); it ran unpruned (method none).";
+            note = $"The default pruning ('{PruningMethods.Name(fallback!.Method)}', budget {fallback.Budget.ToString(System.Globalization.CultureInfo.InvariantCulture)}) cannot run on this request ({e.Message}); it ran unpruned (method none).";
             session = Session(pruning, note);
         }
         return new PreparedRequest(request with { Generation = g }, ids, maxNew, pruning, note is null ? [] : [note], imageTokens)

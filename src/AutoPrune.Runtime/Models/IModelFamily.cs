@@ -29,7 +29,7 @@ internal interface IModelFamily
 internal static class ModelFamilies
 {
     /// <summary>Every family, the one that names unsupported types last.</summary>
-    public static IReadOnlyList<IModelFamily> All { get; } = [Llava.LlavaFamily.Instance];
+    public static IReadOnlyList<IModelFamily> All { get; } = [Qwen2VL.Qwen2VLFamily.Instance, Llava.LlavaFamily.Instance];
 
     /// <summary>
     /// The family of <paramref name="folder"/> by its <c>config.json</c>'s <c>model_type</c>. A type no family claims goes

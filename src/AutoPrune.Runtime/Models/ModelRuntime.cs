@@ -39,6 +39,12 @@ internal abstract class ModelRuntime : IDisposable
     /// <summary>Whether an image is cut into several views (LLaVA-NeXT's base view and tiles).</summary>
     public virtual bool MultiViewImages => false;
 
+    /// <summary>
+    /// The pruning this family runs when nothing is configured (<see cref="Pruning.PruningOptions.Default"/>, AutoPrune at 128
+    /// visual tokens, unless the family's images vary in size: then a fraction of each image's tokens).
+    /// </summary>
+    public virtual Pruning.PruningOptions DefaultPruning => Pruning.PruningOptions.Default;
+
     /// <summary>The AutoPrune calibration found in the model folder at load, if any.</summary>
     public Pruning.AutoPruneCalibration? Calibration { get; init; }
 
@@ -85,6 +91,9 @@ internal abstract class EncodedImages(int[] ids, double preprocessMs, double vis
     public int[] Ids { get; } = ids;
     public double PreprocessMs { get; } = preprocessMs;
     public double VisionMs { get; } = visionMs;
+
+    /// <summary>The vision tower's (and projector's or merger's) FLOPs for these images (0 when the family does not count them).</summary>
+    public virtual double VisionFlops => 0;
 
     /// <summary>Prompt tokens after the prefix that are not visual tokens (text, markers, separator rows).</summary>
     public abstract int TextTokens { get; }

@@ -60,20 +60,23 @@ internal sealed class VisualImage
     private readonly Func<float[]?> _clsAttention, _keys, _features;
     private readonly Func<float[]> _clsMean;
     private readonly Func<float[], int, float[]>? _project;
-    private readonly float[]? _runRows;       // the run's rows in the decoder's space (separators included), when already projected
+    private readonly Func<float[]>? _runRowsSource; // the run's rows in the decoder's space (separators included), when already projected
+    private float[]? _runRows;                       // ... fetched on first use (a GPU's merged tokens come to the host only when read)
     private readonly float[]? _clsFeature;    // the [CLS] row in the vision tower's space, when the run starts with one
     private float[]? _projected;              // every token (and the [CLS] row first) projected, once asked for
 
     private VisualImage(VisualTokenMap map, int hidden, int clsHeads, Func<float[]?> clsAttention, Func<float[]> clsMean, Func<float[]?> keys, int keyDim,
-        Func<float[]?> features, int featureDim, float[]? runRows, float[]? clsFeature, Func<float[], int, float[]>? project, double[]? viewShares, bool matchDevice)
+        Func<float[]?> features, int featureDim, Func<float[]>? runRows, float[]? clsFeature, Func<float[], int, float[]>? project, double[]? viewShares, bool matchDevice)
     {
         Map = map; Hidden = hidden; ClsHeads = clsHeads; _clsAttention = clsAttention; _clsMean = clsMean; _keys = keys; KeyDim = keyDim;
-        _features = features; FeatureDim = featureDim; _runRows = runRows; _clsFeature = clsFeature; _project = project; ViewShares = viewShares;
+        _features = features; FeatureDim = featureDim; _runRowsSource = runRows; _clsFeature = clsFeature; _project = project; ViewShares = viewShares;
         MatchDevice = matchDevice;
     }
 
     public VisualTokenMap Map { get; }
     public int Count => Map.Count;
+
+    private float[]? RunRows => _runRowsSource is null ? null : _runRows ??= _runRowsSource();
 
     /// <summary>The decoder's width.</summary>
     public int Hidden { get; }
@@ -105,11 +108,11 @@ internal sealed class VisualImage
     /// <summary>[Count, Hidden]: every token in the decoder's space, by visual index.</summary>
     public float[] ProjectedTokens()
     {
-        if (_runRows is not null)
+        if (RunRows is { } runRows)
         {
             var rows = new float[(long)Count * Hidden];
             for (int t = 0; t < Map.Sequence.Count; t++)
-                if (Map.Sequence[t] is int v and >= 0) _runRows.AsSpan(t * Hidden, Hidden).CopyTo(rows.AsSpan(v * Hidden, Hidden));
+                if (Map.Sequence[t] is int v and >= 0) runRows.AsSpan(t * Hidden, Hidden).CopyTo(rows.AsSpan(v * Hidden, Hidden));
             return rows;
         }
         var all = ProjectedAll();
@@ -160,10 +163,10 @@ internal sealed class VisualImage
         var rows = new float[(long)(run + mergedRows) * h];
         var index = new int[run + mergedRows];
         for (int i = 0; i < run; i++) index[i] = Map.Sequence[places[i]];
-        if (_runRows is not null)
+        if (RunRows is { } runRows)
         {
             // The run is already in the decoder's space (LLaVA-NeXT's assembled tokens, Qwen2.5-VL's merged tokens).
-            for (int i = 0; i < run; i++) _runRows.AsSpan(places[i] * h, h).CopyTo(rows.AsSpan(i * h, h));
+            for (int i = 0; i < run; i++) runRows.AsSpan(places[i] * h, h).CopyTo(rows.AsSpan(i * h, h));
             if (mergedRows > 0) ProjectFeatures(mergedFeatures!, mergedRows).AsSpan(0, mergedRows * h).CopyTo(rows.AsSpan(run * h));
         }
         else if (_projected is not null && mergedRows == 0)
@@ -251,7 +254,7 @@ internal sealed class VisualImage
             return result;
         }
         return new VisualImage(map.Map, hidden, first.Heads, ClsPerHead, map.ClsAttentionMean, () => Gather(v => v.PatchKeys), vh,
-            () => Gather(v => v.Features), vh, tokens, null, project, viewShares, matchDevice: false);
+            () => Gather(v => v.Features), vh, () => tokens, null, project, viewShares, matchDevice: false);
     }
 
     /// <summary>
@@ -259,7 +262,12 @@ internal sealed class VisualImage
     /// <paramref name="received"/> (the attention each token receives in the last full-attention block) stands in for the
     /// [CLS] attention, and the tokens themselves are the keys and features.
     /// </summary>
-    public static VisualImage FromTokens(VisualTokenMap map, float[] tokens, float[]? received, int hidden, double[]? viewShares, bool matchDevice = false)
-        => new(map, hidden, 1, () => received, () => received ?? throw new NotSupportedException("The method needs the attention each visual token receives in the vision tower, which this model did not compute."),
-            () => tokens, hidden, () => tokens, hidden, tokens, null, null, viewShares, matchDevice);
+    public static VisualImage FromTokens(VisualTokenMap map, Func<float[]> tokens, Func<float[]?>? received, int hidden, double[]? viewShares, bool matchDevice = false)
+    {
+        float[]? cached = null;
+        float[] Tokens() => cached ??= tokens();
+        received ??= () => null;
+        return new(map, hidden, 1, received, () => received() ?? throw new NotSupportedException("The method needs the attention each visual token receives in the vision tower, which this model did not compute."),
+            Tokens, hidden, Tokens, hidden, Tokens, null, null, viewShares, matchDevice);
+    }
 }

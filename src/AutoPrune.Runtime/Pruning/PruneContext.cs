@@ -79,6 +79,7 @@ internal sealed class PruneContext
     public PruneAction Build(int[] keepLocal, float[]? merged, bool renumber)
     {
         renumber = Options.Positions switch { PrunedPositions.Original => false, PrunedPositions.Contiguous => true, _ => renumber };
+        if (Shape.PositionComponents > 1) renumber = false; // M-RoPE positions hold the image's layout: always the originals
         int mergedCount = merged is null ? 0 : merged.Length / Shape.HiddenSize;
         var rows = new int[Prefix + keepLocal.Length + Newlines + mergedCount + TextCount];
         int o = 0;

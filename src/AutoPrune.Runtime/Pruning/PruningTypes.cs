@@ -103,6 +103,12 @@ public sealed record ModelShape(int Layers, int Heads, int HiddenSize, int Inter
     /// </summary>
     public IReadOnlyList<int>? ViewPatches { get; init; }
 
+    /// <summary>
+    /// Components of a token's rotary position: 1 (LLaVA), or 3 for Qwen2.5-VL's M-RoPE (temporal, height, width), where
+    /// every prune keeps each token's original position (renumbering would lose the image's 2D layout).
+    /// </summary>
+    public int PositionComponents { get; init; } = 1;
+
     internal void Validate()
     {
         if (Layers < 1) throw new ArgumentOutOfRangeException(nameof(Layers), Layers, "A model needs at least one decoder layer.");
@@ -161,6 +167,12 @@ public sealed record PruningReport(
     /// (null for LLaVA-1.5, whose indices are row * grid + column of the one view).
     /// </summary>
     public ImagePatchMap? Patches { get; init; }
+
+    /// <summary>
+    /// FLOPs of the vision tower (and projector or merger) for the request's images: work pruning inside the LLM does not
+    /// shrink, reported beside <see cref="PrefillFlops"/> (which counts the decoder's prefill only); 0 when not measured.
+    /// </summary>
+    public double VisionFlops { get; init; }
 }
 
 /// <summary>Where a LLaVA-NeXT image's visual patches lie in the original image (for explanations).</summary>

@@ -123,6 +123,8 @@ public sealed class BadInputTests(PublicModelFixture fx) : IClassFixture<PublicM
         var dir = ModelWithConfig(c => c["model_type"] = "qwen2_vl");
         var e = LoadFails(dir);
         Assert.Contains("qwen2_vl", e.Message);
+        Assert.Contains("not supported yet", e.Message);
+        Assert.Contains("qwen2_5_vl", e.Message);
         Assert.Contains("llava", e.Message);
     }
 

@@ -16,6 +16,9 @@ namespace AutoPrune
 
         /// <summary>LLaVA-1.6 Mistral: <c>[INST] &lt;image&gt;\n{q} [/INST] {a}&lt;/s&gt;[INST] {q2} [/INST]</c>.</summary>
         Mistral,
+
+        /// <summary>Qwen2.5-VL's ChatML template: <c>&lt;|im_start|&gt;user\n&lt;|vision_start|&gt;&lt;|image_pad|&gt;&lt;|vision_end|&gt;{q}&lt;|im_end|&gt;\n&lt;|im_start|&gt;assistant\n</c>.</summary>
+        ChatML,
     }
 }
 

@@ -121,8 +121,9 @@ internal sealed partial class LlavaConfig
         if (ModelType is not (SupportedModelType or NextModelType))
         {
             throw new ModelLoadException(
-                $"Config '{src}': model_type is {ConfigValidator.Show(ModelType)}; supported are '{SupportedModelType}' (LlavaForConditionalGeneration, e.g. llava-hf/llava-1.5-7b-hf) " +
-                $"and '{NextModelType}' (LlavaNextForConditionalGeneration, e.g. llava-hf/llava-v1.6-mistral-7b-hf).",
+                $"Config '{src}': model_type is {ConfigValidator.Show(ModelType)}; supported are '{SupportedModelType}' (LlavaForConditionalGeneration, e.g. llava-hf/llava-1.5-7b-hf), " +
+                $"'{NextModelType}' (LlavaNextForConditionalGeneration, e.g. llava-hf/llava-v1.6-mistral-7b-hf), " +
+                $"and 'qwen2_5_vl' (Qwen2_5_VLForConditionalGeneration, e.g. Qwen/Qwen2.5-VL-3B-Instruct).",
                 src);
         }
 

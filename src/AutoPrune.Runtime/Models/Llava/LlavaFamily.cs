@@ -44,8 +44,13 @@ internal sealed class LlavaFamily : IModelFamily
         }
         if (!config.IsAnyRes && RequestPlanner.CheckPruning(ShapeOf(config), RequestPlanner.Configured(options.DefaultPruning)) is { } pruning)
             problems.Add($"ModelOptions.DefaultPruning: {pruning}");
+        if (options.PromptFormat == PromptFormat.ChatML)
+            problems.Add(ChatMLRefused(folder));
         return problems;
     }
+
+    private static string ChatMLRefused(string dir)
+        => $"ModelOptions.PromptFormat is ChatML (Qwen2.5-VL's template), but '{dir}' is a LLaVA checkpoint, which takes Vicuna or Mistral (or Auto).";
 
     public ModelRuntime Load(string dir, ModelOptions options, ILogger log, IProgress<LoadProgress>? progress)
     {
@@ -55,6 +60,8 @@ internal sealed class LlavaFamily : IModelFamily
         var config = LlavaConfig.Load(dir, limits);
         if (!config.IsAnyRes && RequestPlanner.CheckPruning(ShapeOf(config), RequestPlanner.Configured(options.DefaultPruning)) is { } pruning)
             throw new ArgumentException($"ModelOptions.DefaultPruning cannot run on '{dir}': {pruning}", nameof(options));
+        if (options.PromptFormat == PromptFormat.ChatML)
+            throw new ArgumentException(ChatMLRefused(dir), nameof(options));
         progress?.Report(new LoadProgress("tokenizer", 0.02));
         var tokenizer = LlavaTokenizer.Load(dir, config.ImageTokenIndex, limits, config.TextConfig.VocabSize);
         var promptFormat = options.PromptFormat == PromptFormat.Auto ? PromptFormats.Detect(dir, config, limits) : options.PromptFormat;

@@ -230,7 +230,7 @@ internal sealed class Qwen2VLConfig : Qwen2VLTextFields
             foreach (var (type, name) in NotYetSupported)
                 if (ModelType == type)
                     throw new ModelLoadException(
-                        $"Config '{src}': model_type '{type}' ({name}) is not supported yet; of the Qwen vision-language models this runtime runs '{SupportedModelType}' (Qwen2.5-VL, e.g. Qwen/Qwen2.5-VL-3B-Instruct).", src);
+                        $"Config '{src}': model_type '{type}' ({name}) is not supported yet; of the Qwen vision-language models this runtime runs '{SupportedModelType}' (Qwen2.5-VL, e.g. Qwen/Qwen2.5-VL-3B-Instruct); its other model types are 'llava' and 'llava_next'.", src);
             throw new ModelLoadException(
                 $"Config '{src}': model_type is {ConfigValidator.Show(ModelType)}; a Qwen2.5-VL checkpoint has '{SupportedModelType}' (Qwen2_5_VLForConditionalGeneration).", src);
         }

@@ -139,6 +139,42 @@ internal sealed class Qwen2VLModel : IDisposable
         return state;
     }
 
+    /// <summary>
+    /// A prompt whose image run holds <paramref name="rows"/> (on the backend, [count, Hidden]) in place of the image pads,
+    /// each named by <paramref name="visualIndex"/> (a merged token, or <see cref="SequenceState.MergedRow"/>), at
+    /// <paramref name="positions"/> (a selection before the LLM: the kept tokens keep their original 3-component positions).
+    /// </summary>
+    public SequenceState BuildSequence(ReadOnlySpan<int> ids, Tensor rows, int[] visualIndex, PositionIds positions)
+    {
+        int n = ids.Length, imageToken = Config.ImageTokenId, vocab = Config.Text.VocabSize;
+        if (positions.Count != n) throw new ArgumentException($"{positions.Count} positions for a prompt of {n} rows.", nameof(positions));
+        var source = new int[n];
+        var visual = new int[n];
+        int row = 0;
+        for (int i = 0; i < n; i++)
+        {
+            int id = ids[i];
+            if (id == imageToken)
+            {
+                if (row == visualIndex.Length) throw new ArgumentException($"The prompt has more image tokens than the {visualIndex.Length} rows given.", nameof(ids));
+                visual[i] = visualIndex[row];
+                source[i] = -(row++) - 1;
+            }
+            else
+            {
+                if ((uint)id >= (uint)vocab) throw new ArgumentOutOfRangeException(nameof(ids), id, $"Token id {id} (position {i}) is outside the vocabulary (size {vocab}).");
+                source[i] = id;
+                visual[i] = SequenceState.TextRow;
+            }
+        }
+        if (row != visualIndex.Length) throw new ArgumentException($"The prompt has {row} image tokens but {visualIndex.Length} rows were given.", nameof(ids));
+        using var scope = Backend.Enter();
+        var built = Backend.BuildSequence(Decoder.Embedding, rows, source, visual, null, positions);
+        var state = new SequenceState { Length = n, Positions = positions, VisualIndex = visual, Built = built };
+        state.HiddenOnDevice(() => Backend.Download(built.Hidden));
+        return state;
+    }
+
     /// <summary>One request's decoding (a KV cache with room for <paramref name="extraCapacity"/> generated tokens per layer).</summary>
     public IGeneration StartGeneration(int extraCapacity) => new DecoderGeneration(Decoder, Decoder.StartSession(extraCapacity));
 
