@@ -81,8 +81,8 @@ public sealed class AutoPruneServerOptions
         Check(MaxMessages >= 1, nameof(MaxMessages), MaxMessages, "must be at least 1");
         Check(RemoteImages.TimeoutSeconds > 0, $"{nameof(RemoteImages)}:{nameof(RemoteImageOptions.TimeoutSeconds)}", RemoteImages.TimeoutSeconds, "must be positive");
         foreach (var host in RemoteImages.AllowedHosts)
-            Check(!string.IsNullOrWhiteSpace(host) && Uri.CheckHostName(host.Trim()) != UriHostNameType.Unknown,
-                $"{nameof(RemoteImages)}:{nameof(RemoteImageOptions.AllowedHosts)}", $"'{host}'", "must list host names or IP addresses");
+            Check(RemoteImageOptions.Parse(host) is not null,
+                $"{nameof(RemoteImages)}:{nameof(RemoteImageOptions.AllowedHosts)}", $"'{host}'", "must list host names or IP addresses, each with an optional ':port' (1-65535)");
         if (!string.IsNullOrWhiteSpace(ApiKeyFile) && !File.Exists(ApiKeyFile))
             problems.Add($"'{SectionName}:{nameof(ApiKeyFile)}': the API key file '{Path.GetFullPath(ApiKeyFile)}' does not exist.");
         foreach (var key in ApiKeys)
@@ -94,9 +94,61 @@ public sealed class AutoPruneServerOptions
 /// <summary>Which remote images the server may download, and how much of them.</summary>
 public sealed class RemoteImageOptions
 {
-    /// <summary>Host names (exact, case-insensitive) whose <c>http</c>/<c>https</c> image URLs are fetched; empty (the default) refuses every remote URL.</summary>
+    /// <summary>
+    /// Hosts whose <c>http</c>/<c>https</c> image URLs are fetched, each <c>host</c> (exact, case-insensitive; the scheme's
+    /// default port only: 80 for http, 443 for https) or <c>host:port</c> (that port only; <c>[::1]:8080</c> for IPv6).
+    /// Empty (the default) refuses every remote URL.
+    /// </summary>
     public List<string> AllowedHosts { get; set; } = [];
 
     /// <summary>Longest time one download may take.</summary>
     public double TimeoutSeconds { get; set; } = 10;
+
+    /// <summary>An allow-list entry as host and port (null: the scheme's default port); null when it cannot be read.</summary>
+    internal static (string Host, int? Port)? Parse(string? entry)
+    {
+        if (string.IsNullOrWhiteSpace(entry)) return null;
+        var e = entry.Trim();
+        string host;
+        int? port = null;
+        string? portText = null;
+        if (e.StartsWith('['))
+        {
+            int close = e.IndexOf(']');
+            if (close < 0) return null;
+            host = e[1..close];
+            var rest = e[(close + 1)..];
+            if (rest.Length > 0)
+            {
+                if (rest[0] != ':') return null;
+                portText = rest[1..];
+            }
+        }
+        else if (e.IndexOf(':') is int colon and >= 0 && e.IndexOf(':', colon + 1) < 0)
+        {
+            host = e[..colon];
+            portText = e[(colon + 1)..];
+        }
+        else host = e; // a name, an IPv4 address, or a bare IPv6 address (the default port)
+        if (portText is not null)
+        {
+            if (!int.TryParse(portText, System.Globalization.NumberStyles.None, System.Globalization.CultureInfo.InvariantCulture, out int p) || p is < 1 or > 65535) return null;
+            port = p;
+        }
+        if (host.Length == 0 || Uri.CheckHostName(host) == UriHostNameType.Unknown) return null;
+        return (host, port);
+    }
+
+    /// <summary>Whether <paramref name="entry"/> allows <paramref name="uri"/>: the same host, and the entry's port or, without one, the scheme's default port.</summary>
+    internal static bool Allows(string entry, Uri uri, bool ignorePort = false)
+    {
+        if (Parse(entry) is not var (host, port)) return false;
+        string target = uri.IdnHost.Trim('[', ']');
+        bool sameHost = System.Net.IPAddress.TryParse(host, out var a) && System.Net.IPAddress.TryParse(target, out var b)
+            ? a.Equals(b)
+            : string.Equals(host.TrimEnd('.'), target.TrimEnd('.'), StringComparison.OrdinalIgnoreCase);
+        if (!sameHost) return false;
+        if (ignorePort) return true;
+        return port is int p ? uri.Port == p : uri.IsDefaultPort;
+    }
 }

@@ -13,12 +13,14 @@ internal sealed record ParsedChatRequest(List<ChatMessage> Messages, ChatOptions
 /// Reads the OpenAI chat completion schema into Microsoft.Extensions.AI messages and options. Every refusal is an
 /// <see cref="OpenAIException"/> naming the field (its <c>param</c>) and the problem.
 /// </summary>
-internal sealed partial class ChatCompletionReader(AutoPruneServerOptions options, ImageSource images, string modelId)
+/// <param name="maxOutputTokens">The most tokens the model generates for one answer (its limit and context); larger <c>max_tokens</c> are clamped to it.</param>
+internal sealed partial class ChatCompletionReader(AutoPruneServerOptions options, ImageSource images, string modelId, int maxOutputTokens)
 {
     /// <summary>Parses a body (already size-limited) into a request object; malformed JSON and wrong types are 400s naming the field.</summary>
     public static ChatCompletionRequest Deserialize(ReadOnlySpan<byte> body)
     {
         if (body.IsEmpty) throw OpenAIException.BadRequest("The request body is empty; send a JSON object with 'messages'.", code: "invalid_json");
+        JsonTextValidator.Check(body); // invalid UTF-8 or a lone surrogate anywhere: a 400 naming the field, before any string is read
         ChatCompletionRequest? request;
         try
         {
@@ -71,17 +73,9 @@ internal sealed partial class ChatCompletionReader(AutoPruneServerOptions option
             throw OpenAIException.BadRequest($"'messages' holds {r.Messages.Count} messages; this server accepts at most {options.MaxMessages}.", "messages", "too_many_messages");
         if (r.Model is { Length: > 0 } model && !string.Equals(model, modelId, StringComparison.Ordinal))
             throw new OpenAIException(StatusCodes.Status404NotFound, $"The model '{model}' does not exist; this server serves '{modelId}' (see GET /v1/models).", "model", "model_not_found");
-        if (r.N is int n && n != 1) throw OpenAIException.BadRequest($"'n' must be 1 (got {n}): one choice per request.", "n", "unsupported_value");
-        if (r.Logprobs == true) throw OpenAIException.BadRequest("'logprobs' is not supported by this server.", "logprobs", "unsupported_parameter");
-        if (r.Tools is { ValueKind: JsonValueKind.Array } tools && tools.GetArrayLength() > 0)
-            throw OpenAIException.BadRequest("'tools' is not supported: the local model has no function calling.", "tools", "unsupported_parameter");
-        if (r.ResponseFormat?.Type is { } format && format != "text")
-            throw OpenAIException.BadRequest($"'response_format' type '{format}' is not supported: the model answers in free text only.", "response_format", "unsupported_value");
-        if (r.MaxTokens is < 1) throw OpenAIException.BadRequest($"'max_tokens' must be at least 1 (got {r.MaxTokens}).", "max_tokens", "invalid_value");
-        if (r.MaxCompletionTokens is < 1) throw OpenAIException.BadRequest($"'max_completion_tokens' must be at least 1 (got {r.MaxCompletionTokens}).", "max_completion_tokens", "invalid_value");
-        if (r.StreamOptions is not null && r.Stream != true)
-            throw OpenAIException.BadRequest("'stream_options' is only allowed when 'stream' is true.", "stream_options", "invalid_value");
+        CheckOptions(r);
 
+        CountImages(r.Messages);
         var messages = new List<ChatMessage>(r.Messages.Count);
         int imageCount = 0;
         for (int i = 0; i < r.Messages.Count; i++)
@@ -92,13 +86,13 @@ internal sealed partial class ChatCompletionReader(AutoPruneServerOptions option
 
         var chat = new ChatOptions
         {
-            MaxOutputTokens = r.MaxCompletionTokens ?? r.MaxTokens,
+            // Clients send large defaults (4096, 16384): more than the model can give is clamped to what it can, and the
+            // answer ends with finish_reason "length" where the limit or the context stops it.
+            MaxOutputTokens = (r.MaxCompletionTokens ?? r.MaxTokens) is int max ? Math.Min(max, maxOutputTokens) : null,
             Temperature = r.Temperature,
             TopP = r.TopP,
             Seed = r.Seed,
             StopSequences = ReadStop(r.Stop),
-            FrequencyPenalty = r.FrequencyPenalty is float fp && fp != 0 ? fp : null,
-            PresencePenalty = r.PresencePenalty is float pp && pp != 0 ? pp : null,
         };
         if (r.AutoPrune is { } knobs)
         {
@@ -114,6 +108,89 @@ internal sealed partial class ChatCompletionReader(AutoPruneServerOptions option
         return new ParsedChatRequest(messages, chat, r.Stream == true, r.StreamOptions?.IncludeUsage == true, ignored);
     }
 
+    /// <summary>More images than the limit are refused before any of them is decoded, naming the first one over it.</summary>
+    private void CountImages(List<ChatMessageDto?> messages)
+    {
+        int count = 0;
+        for (int i = 0; i < messages.Count; i++)
+        {
+            if (messages[i]?.Content is not { ValueKind: JsonValueKind.Array } parts) continue;
+            int p = 0;
+            foreach (var part in parts.EnumerateArray())
+            {
+                if (part.ValueKind == JsonValueKind.Object && part.TryGetProperty("type", out var type) && type.ValueKind == JsonValueKind.String &&
+                    type.ValueEquals("image_url"u8) && ++count > options.MaxImagesPerRequest)
+                    throw OpenAIException.BadRequest($"The request holds more than {options.MaxImagesPerRequest} image(s), this server's limit per request.", $"messages[{i}].content[{p}]", "too_many_images");
+                p++;
+            }
+        }
+    }
+
+    /// <summary>The sampling and feature fields, each refused with its own name as <c>param</c> (OpenAI's ranges; what the model cannot do by name).</summary>
+    private static void CheckOptions(ChatCompletionRequest r)
+    {
+        if (r.N is int n && n != 1) throw OpenAIException.BadRequest($"'n' must be 1 (got {n}): one choice per request.", "n", "unsupported_value");
+        if (r.MaxTokens is < 1) throw OpenAIException.BadRequest($"'max_tokens' must be at least 1 (got {r.MaxTokens}).", "max_tokens", "invalid_value");
+        if (r.MaxCompletionTokens is < 1) throw OpenAIException.BadRequest($"'max_completion_tokens' must be at least 1 (got {r.MaxCompletionTokens}).", "max_completion_tokens", "invalid_value");
+        if (r.Temperature is float t && !(t >= 0 && t <= 2))
+            throw OpenAIException.BadRequest($"'temperature' must be between 0 and 2 (got {Number(t)}).", "temperature", "invalid_value");
+        if (r.TopP is float p && !(p > 0 && p <= 1))
+            throw OpenAIException.BadRequest($"'top_p' must be greater than 0 and at most 1 (got {Number(p)}).", "top_p", "invalid_value");
+        if (r.Seed is long seed && seed is < int.MinValue or > int.MaxValue)
+            throw OpenAIException.BadRequest($"'seed' must fit in a 32-bit signed integer (got {seed}).", "seed", "invalid_value");
+        Penalty(r.FrequencyPenalty, "frequency_penalty");
+        Penalty(r.PresencePenalty, "presence_penalty");
+        if (r.Logprobs == true) throw OpenAIException.BadRequest("'logprobs' is not supported by this server: it returns no log probabilities.", "logprobs", "unsupported_parameter");
+        if (r.TopLogprobs is { ValueKind: not JsonValueKind.Null })
+            throw OpenAIException.BadRequest("'top_logprobs' is not supported by this server: it returns no log probabilities.", "top_logprobs", "unsupported_parameter");
+        switch (r.LogitBias)
+        {
+            case null or { ValueKind: JsonValueKind.Null }:
+                break;
+            case { ValueKind: JsonValueKind.Object } bias:
+                if (bias.EnumerateObject().Any())
+                    throw OpenAIException.BadRequest("'logit_bias' is not supported by this server: token probabilities cannot be biased; send {} or leave it out.", "logit_bias", "unsupported_parameter");
+                break;
+            default:
+                throw OpenAIException.BadRequest("Invalid type for 'logit_bias': expected an object mapping token ids to biases.", "logit_bias", "invalid_type");
+        }
+        switch (r.Tools)
+        {
+            case null or { ValueKind: JsonValueKind.Null }:
+                break;
+            case { ValueKind: JsonValueKind.Array } tools:
+                if (tools.GetArrayLength() > 0) throw OpenAIException.BadRequest("'tools' is not supported: the local model has no function calling.", "tools", "unsupported_parameter");
+                break;
+            default:
+                throw OpenAIException.BadRequest("Invalid type for 'tools': expected an array.", "tools", "invalid_type");
+        }
+        switch (r.ToolChoice)
+        {
+            case null or { ValueKind: JsonValueKind.Null }:
+                break;
+            case { ValueKind: JsonValueKind.String } choice when choice.ValueEquals("none") || choice.ValueEquals("auto"):
+                break;
+            case { ValueKind: JsonValueKind.String or JsonValueKind.Object }:
+                throw OpenAIException.BadRequest("'tool_choice' can only be 'none' or 'auto': the local model has no function calling.", "tool_choice", "unsupported_value");
+            default:
+                throw OpenAIException.BadRequest("Invalid type for 'tool_choice': expected a string or an object.", "tool_choice", "invalid_type");
+        }
+        if (r.ResponseFormat?.Type is { } format && format != "text")
+            throw OpenAIException.BadRequest($"'response_format' type '{format}' is not supported: the model answers in free text only.", "response_format", "unsupported_value");
+        if (r.StreamOptions is not null && r.Stream != true)
+            throw OpenAIException.BadRequest("'stream_options' is only allowed when 'stream' is true.", "stream_options", "invalid_value");
+    }
+
+    /// <summary>OpenAI's penalties are in [-2, 2]; the model has none, so only 0 (or nothing) is accepted.</summary>
+    private static void Penalty(float? value, string name)
+    {
+        if (value is not float v || v == 0) return;
+        if (!(v >= -2 && v <= 2)) throw OpenAIException.BadRequest($"'{name}' must be between -2 and 2 (got {Number(v)}).", name, "invalid_value");
+        throw OpenAIException.BadRequest($"'{name}' is not supported by this server (got {Number(v)}): the model has no repetition penalties; send 0 or leave it out.", name, "unsupported_parameter");
+    }
+
+    private static string Number(float v) => v.ToString("R", System.Globalization.CultureInfo.InvariantCulture);
+
     private static object Knob<T>(Func<T> read, string param, string code) where T : notnull
     {
         try { return read(); }
@@ -123,19 +200,25 @@ internal sealed partial class ChatCompletionReader(AutoPruneServerOptions option
     private static List<string>? ReadStop(JsonElement? stop)
     {
         if (stop is not { } s || s.ValueKind == JsonValueKind.Null) return null;
-        if (s.ValueKind == JsonValueKind.String) return s.GetString() is { Length: > 0 } one ? [one] : null;
+        if (s.ValueKind == JsonValueKind.String) return s.GetString() is { Length: > 0 } one ? [CheckStop(one, "stop")] : null;
         if (s.ValueKind != JsonValueKind.Array) throw OpenAIException.BadRequest("Invalid type for 'stop': expected a string or an array of strings.", "stop", "invalid_type");
         var list = new List<string>();
         int i = 0;
         foreach (var item in s.EnumerateArray())
         {
             if (item.ValueKind != JsonValueKind.String) throw OpenAIException.BadRequest($"Invalid type for 'stop[{i}]': expected a string.", $"stop[{i}]", "invalid_type");
-            if (item.GetString() is { Length: > 0 } text) list.Add(text);
+            if (item.GetString() is { Length: > 0 } text) list.Add(CheckStop(text, $"stop[{i}]"));
             i++;
         }
         if (list.Count > 4) throw OpenAIException.BadRequest($"'stop' holds {list.Count} sequences; at most 4 are allowed.", "stop", "invalid_value");
         return list.Count == 0 ? null : list;
     }
+
+    /// <summary>The model's limit on one stop sequence.</summary>
+    internal const int MaxStopChars = 4096;
+
+    private static string CheckStop(string stop, string param) => stop.Length <= MaxStopChars ? stop
+        : throw OpenAIException.BadRequest($"'{param}' is {stop.Length:N0} characters long; a stop sequence may have at most {MaxStopChars:N0}.", param, "invalid_value");
 
     private async Task<ChatMessage> ReadMessageAsync(ChatMessageDto m, int index, Func<int> nextImage, CancellationToken ct)
     {
@@ -188,15 +271,15 @@ internal sealed partial class ChatCompletionReader(AutoPruneServerOptions option
             case "image_url" when role == ChatRole.User:
                 if (nextImage() > options.MaxImagesPerRequest)
                     throw OpenAIException.BadRequest($"The request holds more than {options.MaxImagesPerRequest} image(s), this server's limit per request.", at, "too_many_images");
-                string? url = null;
+                JsonElement? url = null;
                 if (part.TryGetProperty("image_url", out var image))
                 {
-                    if (image.ValueKind == JsonValueKind.String) url = image.GetString();
-                    else if (image.ValueKind == JsonValueKind.Object && image.TryGetProperty("url", out var u) && u.ValueKind == JsonValueKind.String) url = u.GetString();
+                    if (image.ValueKind == JsonValueKind.String) url = image;
+                    else if (image.ValueKind == JsonValueKind.Object && image.TryGetProperty("url", out var u) && u.ValueKind == JsonValueKind.String) url = u;
                 }
-                if (string.IsNullOrEmpty(url))
+                if (url is not { } urlString || urlString.ValueEquals(""u8))
                     throw OpenAIException.BadRequest($"'{at}.image_url.url' must be a string: a data: URL (data:image/png;base64,...) or an allowed http(s) URL.", $"{at}.image_url.url", "invalid_type");
-                return await images.ReadAsync(url, $"{at}.image_url.url", ct).ConfigureAwait(false);
+                return await images.ReadAsync(urlString, $"{at}.image_url.url", ct).ConfigureAwait(false);
             case "image_url":
                 throw OpenAIException.BadRequest($"'{at}' is an image in a {role} message; images are allowed in user messages only.", at, "unsupported_content_type");
             default:

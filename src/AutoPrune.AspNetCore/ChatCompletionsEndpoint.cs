@@ -50,7 +50,7 @@ internal static class ChatCompletionsEndpoint
             var body = await ReadBodyAsync(context, host.Options.MaxRequestBodyBytes).ConfigureAwait(false);
             var raw = ChatCompletionReader.Deserialize(body.AsSpan());
             body = null; // the decoded request holds what is needed; let the raw body go
-            var reader = new ChatCompletionReader(host.Options, host.Images, host.ModelId);
+            var reader = new ChatCompletionReader(host.Options, host.Images, host.ModelId, host.MaxOutputTokens);
             var parsed = await reader.ReadAsync(raw, aborted).ConfigureAwait(false);
             stream = parsed.Stream;
             if (parsed.IgnoredFields.Count > 0)
@@ -256,7 +256,7 @@ internal static class ChatCompletionsEndpoint
         OpenAIException o => o,
         InfeasibleBudgetException b => OpenAIException.BadRequest(Clean(b.Message), "autoprune.budget", "infeasible_budget"),
         ArgumentException a when a.Message.Contains("pruning method", StringComparison.OrdinalIgnoreCase) => OpenAIException.BadRequest(Clean(a.Message), "autoprune.method", "unknown_method"),
-        ArgumentException a => OpenAIException.BadRequest(Clean(a.Message), null, "invalid_request"),
+        ArgumentException a => OpenAIException.BadRequest(Clean(a.Message), a.ParamName is "request" or "messages" ? "messages" : null, "invalid_request"),
         NotSupportedException n => OpenAIException.BadRequest(Clean(n.Message), null, "unsupported_parameter"),
         TimeoutException when host is not null => TimedOut(host),
         OperationCanceledException when timeout.IsCancellationRequested && host is not null => TimedOut(host),

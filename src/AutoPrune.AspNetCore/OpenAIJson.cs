@@ -20,6 +20,8 @@ internal sealed class ChatCompletionRequest
     [JsonPropertyName("frequency_penalty")] public float? FrequencyPenalty { get; set; }
     [JsonPropertyName("presence_penalty")] public float? PresencePenalty { get; set; }
     [JsonPropertyName("logprobs")] public bool? Logprobs { get; set; }
+    [JsonPropertyName("top_logprobs")] public JsonElement? TopLogprobs { get; set; }
+    [JsonPropertyName("logit_bias")] public JsonElement? LogitBias { get; set; }
     [JsonPropertyName("tools")] public JsonElement? Tools { get; set; }
     [JsonPropertyName("tool_choice")] public JsonElement? ToolChoice { get; set; }
     [JsonPropertyName("response_format")] public ResponseFormatDto? ResponseFormat { get; set; }

@@ -1,7 +1,9 @@
 using System.Net;
 using System.Text.Json.Nodes;
 using Microsoft.AspNetCore.Builder;
+using Microsoft.AspNetCore.Hosting;
 using Microsoft.AspNetCore.Http;
+using Microsoft.Extensions.Logging;
 
 namespace AutoPrune.AspNetCore.Tests;
 
@@ -51,19 +53,28 @@ public sealed class OperationsTests(LibraryFixture library)
     private static string Flatten(Exception e) => e is AggregateException a ? string.Join(" ", a.Flatten().InnerExceptions.Select(x => x.Message)) : e.Message + " " + e.InnerException?.Message;
 
     [Fact]
-    public async Task Remote_images_are_fetched_only_from_allowed_hosts_within_the_size_limit()
+    public async Task Remote_images_are_fetched_only_from_allowed_hosts_and_ports_within_the_size_limit_and_errors_echo_nothing_found()
     {
         var png = File.ReadAllBytes(TestData.Image(TestData.KnownImage));
+        // The image host: its own loopback port, so the allow-list entry names it.
+        var images = WebApplication.CreateBuilder();
+        images.WebHost.UseUrls("http://127.0.0.1:0");
+        images.Logging.ClearProviders();
+        await using var imageHost = images.Build();
+        imageHost.MapGet("/images/ok.png", () => Results.Bytes(png, "image/png"));
+        imageHost.MapGet("/images/big.png", () => Results.Bytes(new byte[png.Length + 1], "image/png"));
+        imageHost.MapGet("/images/text", () => Results.Text("not an image"));
+        imageHost.MapGet("/images/redirect", () => Results.Redirect("/images/ok.png"));
+        imageHost.MapGet("/images/broken", () => Results.Problem("internal details", statusCode: 500));
+        await imageHost.StartAsync();
+        int port = new Uri(imageHost.Urls.First()).Port;
+        int closed = ClosedPort();
+
         await using var server = await LoopbackServer.StartAsync(Api.Settings(
-            ("AutoPrune:Server:RemoteImages:AllowedHosts:0", "127.0.0.1"),
-            ("AutoPrune:Server:MaxImageBytes", png.Length.ToString())),
-            map: app =>
-            {
-                app.MapGet("/images/ok.png", () => Results.Bytes(png, "image/png"));
-                app.MapGet("/images/big.png", () => Results.Bytes(new byte[png.Length + 1], "image/png"));
-                app.MapGet("/images/text", () => Results.Text("not an image"));
-                app.MapGet("/images/redirect", () => Results.Redirect("/images/ok.png"));
-            });
+            ("AutoPrune:Server:RemoteImages:AllowedHosts:0", $"127.0.0.1:{port}"),
+            ("AutoPrune:Server:RemoteImages:AllowedHosts:1", $"127.0.0.1:{closed}"),
+            ("AutoPrune:Server:RemoteImages:AllowedHosts:2", "localhost"),
+            ("AutoPrune:Server:MaxImageBytes", png.Length.ToString())));
         using var http = server.CreateClient();
 
         async Task<(HttpStatusCode, JsonNode)> Ask(string url)
@@ -74,19 +85,56 @@ public sealed class OperationsTests(LibraryFixture library)
             return (response.StatusCode, JsonNode.Parse(await response.Content.ReadAsStringAsync())!);
         }
 
-        var (status, ok) = await Ask(new Uri(server.Address, "/images/ok.png").ToString());
+        var (status, ok) = await Ask($"http://127.0.0.1:{port}/images/ok.png");
         Assert.Equal(HttpStatusCode.OK, status);
         Assert.Equal((await library.AskAsync(TestData.KnownQuestion, TestData.KnownImage)).Text, (string?)ok["choices"]![0]!["message"]!["content"]);
 
-        foreach (var (path, code) in new[] { ("/images/big.png", "image_too_large"), ("/images/text", "unsupported_content_type"), ("/images/redirect", "image_download_failed") })
+        var messages = new Dictionary<string, string>();
+        foreach (var (url, code) in new[]
+                 {
+                     ($"http://127.0.0.1:{port}/images/big.png", "image_too_large"),
+                     ($"http://127.0.0.1:{port}/images/text", "unsupported_content_type"),
+                     ($"http://127.0.0.1:{port}/images/redirect", "image_download_failed"),
+                     ($"http://127.0.0.1:{port}/images/broken", "image_download_failed"),
+                     ($"http://127.0.0.1:{closed}/images/ok.png", "image_download_failed"), // allowed, but nothing listens
+                 })
         {
-            var (s, e) = await Ask(new Uri(server.Address, path).ToString());
+            var (s, e) = await Ask(url);
             Assert.Equal(HttpStatusCode.BadRequest, s);
             Assert.Equal(code, (string?)e["error"]!["code"]);
+            string message = (string)e["error"]!["message"]!;
+            Assert.Contains("'127.0.0.1'", message);
+            // Nothing the fetch found: no status line, reason, content type, length, body or socket error.
+            foreach (var found in new[] { "302", "Found", "500", "Internal", "text/plain", "refused", "internal details", (png.Length + 1).ToString("N0") })
+                Assert.DoesNotContain(found, message, StringComparison.OrdinalIgnoreCase);
+            messages[url] = message;
         }
-        var (other, denied) = await Ask($"http://localhost:{server.Address.Port}/images/ok.png");
-        Assert.Equal(HttpStatusCode.BadRequest, other);
-        Assert.Equal("image_host_not_allowed", (string?)denied["error"]!["code"]);
+        // A closed port and a server error read the same: the allowed host is no port probe.
+        Assert.Equal(messages[$"http://127.0.0.1:{port}/images/broken"], messages[$"http://127.0.0.1:{closed}/images/ok.png"]);
+
+        // The host with a port that is not listed, and a host listed without a port (its scheme's default, 80, only).
+        foreach (var (url, words) in new[]
+                 {
+                     ($"http://127.0.0.1:{ClosedPort()}/images/ok.png", "is not in this server's allow-list"),
+                     ($"http://localhost:{port}/images/ok.png", "an entry without a port allows http's default port 80 only"),
+                     ($"http://127.0.0.2:{port}/images/ok.png", "the host '127.0.0.2' is not in this server's allow-list"),
+                 })
+        {
+            var (s, e) = await Ask(url);
+            Assert.Equal(HttpStatusCode.BadRequest, s);
+            Assert.Equal("image_host_not_allowed", (string?)e["error"]!["code"]);
+            Assert.Contains(words, (string)e["error"]!["message"]!);
+        }
+    }
+
+    /// <summary>A loopback port nothing listens on (bound, then released).</summary>
+    private static int ClosedPort()
+    {
+        var listener = new System.Net.Sockets.TcpListener(IPAddress.Loopback, 0);
+        listener.Start();
+        int port = ((IPEndPoint)listener.LocalEndpoint).Port;
+        listener.Stop();
+        return port;
     }
 
     [Fact]
