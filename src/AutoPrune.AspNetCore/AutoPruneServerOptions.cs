@@ -38,8 +38,22 @@ public sealed class AutoPruneServerOptions
     /// <summary>On shutdown, how long in-flight requests may take to finish before they are cancelled (the host's shutdown timeout).</summary>
     public double ShutdownTimeoutSeconds { get; set; } = 30;
 
-    /// <summary>Largest request body, in bytes (413 beyond it).</summary>
+    /// <summary>Largest request body, in bytes (413 beyond it); at most <see cref="MaxRequestBodyLimit"/>.</summary>
     public long MaxRequestBodyBytes { get; set; } = 32 * 1024 * 1024;
+
+    /// <summary>The largest <see cref="MaxRequestBodyBytes"/> accepted: 2 GiB - 1 (a body is held in memory, and one JSON string of it must fit a .NET string).</summary>
+    public const long MaxRequestBodyLimit = int.MaxValue;
+
+    /// <summary>
+    /// The bytes of request bodies the server holds at once, all requests together: a body is admitted (before it is read)
+    /// only if its Content-Length, or a chunked body as it arrives, fits what is left, and keeps its share until its
+    /// request ends; one that does not fit is answered 429 with <c>Retry-After</c>. Null (the default): 4 ×
+    /// <see cref="MaxRequestBodyBytes"/> (128 MiB). At least <see cref="MaxRequestBodyBytes"/>.
+    /// </summary>
+    public long? MaxConcurrentBodyBytes { get; set; }
+
+    /// <summary>Longest time the whole request body may take to arrive (408 past it, and the connection closes); null: only Kestrel's minimum data rate.</summary>
+    public double? RequestBodyTimeoutSeconds { get; set; } = 60;
 
     /// <summary>Largest image, in bytes after base64 decoding or download (400 beyond it).</summary>
     public long MaxImageBytes { get; set; } = 16 * 1024 * 1024;
@@ -62,6 +76,12 @@ public sealed class AutoPruneServerOptions
     /// <summary>The timeout as a <see cref="TimeSpan"/>, or null.</summary>
     internal TimeSpan? RequestTimeout => RequestTimeoutSeconds is double s and > 0 ? TimeSpan.FromSeconds(s) : null;
 
+    /// <summary>The body timeout as a <see cref="TimeSpan"/>, or null.</summary>
+    internal TimeSpan? RequestBodyTimeout => RequestBodyTimeoutSeconds is double s and > 0 ? TimeSpan.FromSeconds(s) : null;
+
+    /// <summary><see cref="MaxConcurrentBodyBytes"/>, or its default.</summary>
+    internal long ConcurrentBodyBytes => MaxConcurrentBodyBytes ?? 4 * MaxRequestBodyBytes;
+
     /// <summary>One message per setting that cannot work (empty when all are fine).</summary>
     public IReadOnlyList<string> Validate()
     {
@@ -75,7 +95,10 @@ public sealed class AutoPruneServerOptions
         Check(RetryAfterSeconds >= 1, nameof(RetryAfterSeconds), RetryAfterSeconds, "must be at least 1");
         Check(RequestTimeoutSeconds is null or > 0, nameof(RequestTimeoutSeconds), RequestTimeoutSeconds, "must be positive, or empty for no limit");
         Check(ShutdownTimeoutSeconds >= 0, nameof(ShutdownTimeoutSeconds), ShutdownTimeoutSeconds, "must be 0 or more");
-        Check(MaxRequestBodyBytes >= 1024, nameof(MaxRequestBodyBytes), MaxRequestBodyBytes, "must be at least 1024");
+        Check(MaxRequestBodyBytes is >= 1024 and <= MaxRequestBodyLimit, nameof(MaxRequestBodyBytes), MaxRequestBodyBytes, $"must be between 1,024 and {MaxRequestBodyLimit:N0} (2 GiB - 1)");
+        Check(MaxConcurrentBodyBytes is null || MaxConcurrentBodyBytes >= MaxRequestBodyBytes, nameof(MaxConcurrentBodyBytes), MaxConcurrentBodyBytes,
+            $"must be at least MaxRequestBodyBytes ({MaxRequestBodyBytes:N0}), or empty for 4 x MaxRequestBodyBytes");
+        Check(RequestBodyTimeoutSeconds is null or > 0, nameof(RequestBodyTimeoutSeconds), RequestBodyTimeoutSeconds, "must be positive, or empty for no limit");
         Check(MaxImageBytes >= 1, nameof(MaxImageBytes), MaxImageBytes, "must be at least 1");
         Check(MaxImagesPerRequest >= 0, nameof(MaxImagesPerRequest), MaxImagesPerRequest, "must be 0 or more");
         Check(MaxMessages >= 1, nameof(MaxMessages), MaxMessages, "must be at least 1");

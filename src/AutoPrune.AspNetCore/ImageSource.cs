@@ -1,7 +1,6 @@
 using System.Buffers;
 using System.Buffers.Text;
 using System.Net.Http.Headers;
-using System.Runtime.InteropServices;
 using System.Text;
 using System.Text.Json;
 using Microsoft.Extensions.AI;
@@ -22,26 +21,68 @@ internal sealed class ImageSource(AutoPruneServerOptions options, IHttpClientFac
     /// <summary>The named <see cref="HttpClient"/> used for remote images (no redirects, no cookies).</summary>
     public const string HttpClientName = "AutoPrune.RemoteImages";
 
-    /// <summary>Reads the image of an <c>image_url</c> JSON string (a data: URL is decoded from the body's UTF-8 bytes, without a UTF-16 copy).</summary>
-    public async Task<DataContent> ReadAsync(JsonElement url, string param, CancellationToken ct)
+    /// <summary>
+    /// Reads the image of an <c>image_url</c> given as its JSON string token in the body (quotes included): a data: URL
+    /// is decoded from the body's UTF-8 bytes, with no UTF-16 copy of a string that can be tens of megabytes.
+    /// </summary>
+    /// <param name="token">The string token, in the request body's own buffer: an escaped data: URL is unescaped in place (the body is not used again).</param>
+    public async Task<DataContent> ReadAsync(Memory<byte> token, bool escaped, string param, CancellationToken ct)
     {
-        var raw = JsonMarshal.GetRawUtf8Value(url);
-        if (raw.Length >= 2 && raw[0] == (byte)'"') raw = raw[1..^1];
-        if (raw.IndexOf((byte)'\\') < 0 && raw.Length >= 5 && Ascii.EqualsIgnoreCase(raw[..5], "data:"u8))
-            return Checked(FromDataUrl(raw, param), param);
-        return await ReadAsync(url.GetString()!, param, ct).ConfigureAwait(false);
+        var quoted = token.Span;
+        var raw = quoted[1..^1];
+        if (raw.Length >= 5 && Ascii.EqualsIgnoreCase(raw[..5], "data:"u8))
+            // Serializers that escape '+' or '/' (\u002B, \/, as System.Text.Json does by default): unescaped where they
+            // lie (an escape is longer than what it stands for), never copied to a string.
+            return Checked(FromDataUrl(token[1..(1 + (escaped ? UnescapeInPlace(raw) : raw.Length))], param), param);
+        var reader = new Utf8JsonReader(quoted);
+        reader.Read();
+        return await ReadAsync(reader.GetString()!, param, ct).ConfigureAwait(false);
     }
 
     public async Task<DataContent> ReadAsync(string url, string param, CancellationToken ct)
     {
-        if (url.StartsWith("data:", StringComparison.OrdinalIgnoreCase)) return Checked(FromDataUrl(Encoding.UTF8.GetBytes(url), param), param);
+        if (url.StartsWith("data:", StringComparison.OrdinalIgnoreCase)) return Checked(FromDataUrl(Encoding.UTF8.GetBytes(url).AsMemory(), param), param);
         if (!Uri.TryCreate(url, UriKind.Absolute, out var uri) || (uri.Scheme != Uri.UriSchemeHttp && uri.Scheme != Uri.UriSchemeHttps))
             throw OpenAIException.BadRequest($"'{param}' must be a data: URL (data:image/png;base64,...) or an http(s) URL; got '{Shorten(url)}'.", param, "invalid_image_url");
         return Checked(await DownloadAsync(uri, param, ct).ConfigureAwait(false), param);
     }
 
-    private DataContent FromDataUrl(ReadOnlySpan<byte> url, string param)
+    /// <summary>Unescapes a JSON string's bytes (already checked: valid escapes, no lone surrogate) where they lie; returns the new length.</summary>
+    internal static int UnescapeInPlace(Span<byte> s)
     {
+        int r = s.IndexOf((byte)'\\');
+        if (r < 0) return s.Length;
+        int w = r;
+        while (r < s.Length)
+        {
+            byte b = s[r];
+            if (b != (byte)'\\') { s[w++] = b; r++; continue; }
+            byte e = s[r + 1];
+            if (e != (byte)'u')
+            {
+                s[w++] = e switch { (byte)'b' => 8, (byte)'f' => 12, (byte)'n' => 10, (byte)'r' => 13, (byte)'t' => 9, _ => e }; // \" \\ \/ stand for themselves
+                r += 2;
+                continue;
+            }
+            int unit = Hex(s.Slice(r + 2, 4));
+            r += 6;
+            int code = unit;
+            if (unit is >= 0xD800 and <= 0xDBFF)
+            {
+                code = 0x10000 + ((unit - 0xD800) << 10) + (Hex(s.Slice(r + 2, 4)) - 0xDC00);
+                r += 6;
+            }
+            w += new Rune(code).EncodeToUtf8(s[w..]);
+        }
+        return w;
+
+        static int Hex(ReadOnlySpan<byte> h) => int.Parse(h, System.Globalization.NumberStyles.AllowHexSpecifier, System.Globalization.CultureInfo.InvariantCulture);
+    }
+
+    /// <summary>A data: URL's image, base64-decoded where it lies (the decoded bytes are shorter), so the image costs no memory beyond the body's.</summary>
+    private DataContent FromDataUrl(Memory<byte> urlMemory, string param)
+    {
+        var url = urlMemory.Span;
         int comma = url.IndexOf((byte)',');
         if (comma < 0) throw OpenAIException.BadRequest($"'{param}' is not a valid data: URL (no ',' before the data).", param, "invalid_image_url");
         var header = url[5..comma];
@@ -52,22 +93,26 @@ internal sealed class ImageSource(AutoPruneServerOptions options, IHttpClientFac
         if (!mediaType.StartsWith("image/", StringComparison.Ordinal) || mediaType.Length == 6)
             throw OpenAIException.BadRequest($"'{param}' has content type '{(mediaType.Length == 0 ? "(none)" : Shorten(mediaType))}', an unsupported content type; send an image (image/png, image/jpeg, image/webp, ...).", param, "unsupported_content_type");
         if (!base64) throw OpenAIException.BadRequest($"'{param}' must be base64-encoded (data:{Shorten(mediaType)};base64,...).", param, "invalid_base64");
-        var data = url[(comma + 1)..];
+        var data = urlMemory[(comma + 1)..];
         long maxChars = (options.MaxImageBytes + 2) / 3 * 4 + 4;
         if (data.Length > maxChars)
             throw OpenAIException.BadRequest($"The image in '{param}' is about {data.Length / 4L * 3:N0} bytes; this server's limit is {options.MaxImageBytes:N0} bytes per image.", param, "image_too_large");
-        var bytes = new byte[data.Length / 4 * 3 + 3];
-        int written;
-        if (Base64.DecodeFromUtf8(data, bytes, out int consumed, out written) != OperationStatus.Done || consumed != data.Length)
-        {
-            // Not strict base64 (whitespace inside, say): the lenient decoder, over characters.
-            var chars = Encoding.UTF8.GetString(data);
-            if (!Convert.TryFromBase64Chars(chars, bytes, out written)) written = 0;
-        }
-        if (written == 0) throw OpenAIException.BadRequest($"The image data in '{param}' is not valid base64.", param, "invalid_base64");
+        // Whitespace inside the data (line-wrapped base64) is dropped first, in place too.
+        var span = data.Span;
+        int length = span.IndexOfAny(" \t\r\n"u8) < 0 ? span.Length : Compact(span);
+        if (Base64.DecodeFromUtf8InPlace(span[..length], out int written) != OperationStatus.Done || written == 0)
+            throw OpenAIException.BadRequest($"The image data in '{param}' is not valid base64.", param, "invalid_base64");
         if (written > options.MaxImageBytes)
             throw OpenAIException.BadRequest($"The image in '{param}' is {written:N0} bytes; this server's limit is {options.MaxImageBytes:N0} bytes per image.", param, "image_too_large");
-        return new DataContent(bytes.AsMemory(0, written), mediaType) { Name = param };
+        return new DataContent(data[..written], mediaType) { Name = param };
+
+        static int Compact(Span<byte> s)
+        {
+            int w = 0;
+            foreach (byte b in s)
+                if (b is not ((byte)' ' or (byte)'\t' or (byte)'\r' or (byte)'\n')) s[w++] = b;
+            return w;
+        }
     }
 
     /// <summary>

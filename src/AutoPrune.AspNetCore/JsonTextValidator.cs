@@ -1,4 +1,3 @@
-using System.Buffers;
 using System.Text;
 using System.Text.Json;
 using System.Text.Unicode;
@@ -13,8 +12,8 @@ namespace AutoPrune.AspNetCore;
 /// </summary>
 internal static class JsonTextValidator
 {
-    /// <summary>Escaped strings up to this many bytes are unescaped into a pooled buffer; longer ones into a buffer of their own (never pooled).</summary>
-    private const int PooledUnescapeBytes = 64 * 1024;
+    /// <summary>The most JSON values (and property names) a body may hold: far more than any chat needs, and what bounds the parsed document's index.</summary>
+    public const int MaxTokens = 100_000;
 
     /// <summary>
     /// Throws a 400 naming the first string that is not text. Syntax errors are left to the deserializer (it reports them
@@ -24,10 +23,13 @@ internal static class JsonTextValidator
     {
         var reader = new Utf8JsonReader(body, new JsonReaderOptions { CommentHandling = JsonCommentHandling.Disallow, MaxDepth = 64 });
         var path = new List<Frame>();
+        int tokens = 0;
         try
         {
             while (reader.Read())
             {
+                if (++tokens > MaxTokens)
+                    throw OpenAIException.BadRequest($"The request body holds more than {MaxTokens:N0} JSON values; a chat completion needs far fewer.", Param(path, includeLast: true), "too_many_values");
                 switch (reader.TokenType)
                 {
                     case JsonTokenType.StartObject:
@@ -69,43 +71,55 @@ internal static class JsonTextValidator
         if (path.Count > 0 && path[^1].IsArray) path[^1] = path[^1] with { Index = path[^1].Index + 1 };
     }
 
-    /// <summary>Whether the current string token is text; its value (decoded) when it is a property name.</summary>
+    /// <summary>Whether the current string token is text; its value (decoded) when it is a property name. Nothing is copied for a value.</summary>
     private static bool IsText(ref Utf8JsonReader reader, out string? name)
     {
         name = null;
-        bool wantName = reader.TokenType == JsonTokenType.PropertyName;
-        if (!reader.ValueIsEscaped)
+        // The raw bytes must be UTF-8; escapes are ASCII, and the only thing they can add that is not text is a lone
+        // surrogate (\ud800 without its pair), which the scan below finds without unescaping anything.
+        var raw = reader.HasValueSequence ? System.Buffers.BuffersExtensions.ToArray(reader.ValueSequence) : reader.ValueSpan;
+        if (!Utf8.IsValid(raw) || (reader.ValueIsEscaped && HasLoneSurrogate(raw))) return false;
+        if (reader.TokenType == JsonTokenType.PropertyName) name = reader.GetString();
+        return true;
+    }
+
+    /// <summary>Whether the escaped JSON string <paramref name="raw"/> holds a <c>\uXXXX</c> surrogate that is not one half of a pair.</summary>
+    internal static bool HasLoneSurrogate(ReadOnlySpan<byte> raw)
+    {
+        bool pendingHigh = false;
+        int i = 0;
+        while (true)
         {
-            bool valid = reader.HasValueSequence ? IsValid(reader.ValueSequence) : Utf8.IsValid(reader.ValueSpan);
-            if (valid && wantName) name = reader.GetString();
-            return valid;
-        }
-        // Escapes: unescape to UTF-8 (which refuses a lone surrogate escape) and check what comes out.
-        long length = reader.HasValueSequence ? reader.ValueSequence.Length : reader.ValueSpan.Length;
-        byte[]? rented = length <= PooledUnescapeBytes ? ArrayPool<byte>.Shared.Rent((int)length) : null;
-        var buffer = rented ?? new byte[length];
-        try
-        {
-            int written = reader.CopyString(buffer);
-            var text = buffer.AsSpan(0, written);
-            if (!Utf8.IsValid(text)) return false;
-            if (wantName) name = Encoding.UTF8.GetString(text);
-            return true;
-        }
-        catch (InvalidOperationException)
-        {
-            return false; // an escaped lone surrogate (or an escape that does not decode)
-        }
-        finally
-        {
-            if (rented is not null) ArrayPool<byte>.Shared.Return(rented);
+            int next = raw[i..].IndexOf((byte)'\\');
+            if (next < 0) return pendingHigh;
+            // Text between escapes ends a pending high surrogate.
+            if (pendingHigh && next > 0) return true;
+            i += next;
+            if (i + 1 >= raw.Length) return pendingHigh;
+            if (raw[i + 1] != (byte)'u')
+            {
+                if (pendingHigh) return true;
+                i += 2;
+                continue;
+            }
+            if (i + 6 > raw.Length || !TryHex(raw.Slice(i + 2, 4), out int unit)) return true; // the reader refuses this first
+            bool high = unit is >= 0xD800 and <= 0xDBFF, low = unit is >= 0xDC00 and <= 0xDFFF;
+            if (pendingHigh != low) return true; // a low without its high, or a high followed by something else
+            pendingHigh = high;
+            i += 6;
         }
     }
 
-    private static bool IsValid(ReadOnlySequence<byte> sequence)
+    private static bool TryHex(ReadOnlySpan<byte> hex, out int value)
     {
-        if (sequence.IsSingleSegment) return Utf8.IsValid(sequence.FirstSpan);
-        return Utf8.IsValid(sequence.ToArray());
+        value = 0;
+        foreach (byte b in hex)
+        {
+            int d = b is >= (byte)'0' and <= (byte)'9' ? b - '0' : b is >= (byte)'a' and <= (byte)'f' ? b - 'a' + 10 : b is >= (byte)'A' and <= (byte)'F' ? b - 'A' + 10 : -1;
+            if (d < 0) return false;
+            value = value * 16 + d;
+        }
+        return true;
     }
 
     /// <summary>The JSON path of the current value (<c>messages[0].content[1].text</c>), or of the object holding the property.</summary>

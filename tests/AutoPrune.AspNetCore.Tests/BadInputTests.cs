@@ -20,7 +20,7 @@ public sealed class BadInputTests(LibraryFixture library, InProcessServer server
     public static TheoryData<string, string, string, string?> Cases() => new()
     {
         // name, body, words the message must contain, param
-        { "malformed JSON", """{"messages": [{"role": "user", "content": "hi"}""", "not valid JSON", "messages[1]" },
+        { "malformed JSON", """{"messages": [{"role": "user", "content": "hi"}""", "not valid JSON", null },
         { "not an object", "[1, 2]", "must be a JSON object", null },
         { "empty body", "", "empty", null },
         { "wrong type: max_tokens", Valid(b => b["max_tokens"] = "eight"), "Invalid type for 'max_tokens': expected an integer", "max_tokens" },
@@ -113,6 +113,30 @@ public sealed class BadInputTests(LibraryFixture library, InProcessServer server
             var answer = JsonNode.Parse(text)!;
             Assert.Equal(expected.Text, (string?)answer["choices"]![0]!["message"]!["content"]);
             Assert.Equal(expected.Usage!.OutputTokenCount, (long)answer["usage"]!["completion_tokens"]!);
+        }
+    }
+
+    [Fact]
+    public async Task Data_urls_with_escapes_or_line_wrapped_base64_give_the_same_answer()
+    {
+        using var client = await server.ReadyClientAsync();
+        string expected = (await library.AskAsync(TestData.KnownQuestion, TestData.KnownImage)).Text;
+        var base64 = Convert.ToBase64String(File.ReadAllBytes(TestData.Image(TestData.KnownImage)));
+        var wrapped = string.Join("\r\n", base64.Chunk(76).Select(c => new string(c)));
+        foreach (var (what, url) in new[]
+                 {
+                     ("plain (no escapes at all)", "data:image/png;base64," + base64),
+                     ("'/' and '+' escaped", "data:image\\/png;base64," + base64.Replace("/", "\\/").Replace("+", "\\u002B")),
+                     ("every character escaped", string.Concat(("data:image/png;base64," + base64).Select(c => $"\\u{(int)c:X4}"))),
+                     ("wrapped at 76 characters (MIME)", "data:image/png;base64," + wrapped.Replace("\r\n", "\\r\\n")),
+                 })
+        {
+            // Written by hand: the JSON string is exactly as given (System.Text.Json would escape '+' itself).
+            string body = $$$"""{"model": "{{{Api.ModelId}}}", "max_tokens": {{{Api.MaxTokens}}}, "messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "{{{url}}}"}}, {"type": "text", "text": "{{{TestData.KnownQuestion}}}"}]}]}""";
+            using var response = await client.SendAsync(Api.Post(body));
+            string text = await response.Content.ReadAsStringAsync();
+            Assert.True(response.StatusCode == HttpStatusCode.OK, $"{what}: {(int)response.StatusCode} {text}");
+            Assert.Equal(expected, (string?)JsonNode.Parse(text)!["choices"]![0]!["message"]!["content"]);
         }
     }
 
