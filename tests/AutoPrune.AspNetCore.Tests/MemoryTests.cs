@@ -98,6 +98,51 @@ public sealed class MemoryTests(LibraryFixture library)
         }
     }
 
+    /// <summary>The documented bound on what three 7071 x 7071 images leave in the working set once answered (README, SECURITY.md).</summary>
+    private const long LargeImagesBound = 150_000_000;
+
+    [Fact]
+    public async Task Three_images_of_50_megapixels_leave_the_working_set_near_its_baseline()
+    {
+        using var cancel = new CancellationTokenSource(Patience);
+        // 7071 x 7071 = 49,999,041 pixels, just under the default MaxImagePixels; a flat colour, so the PNG is small.
+        byte[] png;
+        using (var bitmap = new SkiaSharp.SKBitmap(7071, 7071, SkiaSharp.SKColorType.Rgba8888, SkiaSharp.SKAlphaType.Opaque))
+        {
+            bitmap.Erase(new SkiaSharp.SKColor(40, 90, 200));
+            using var data = bitmap.Encode(SkiaSharp.SKEncodedImageFormat.Png, 100);
+            png = data.ToArray();
+        }
+        var json = Api.Body("What color is the picture?", TestData.KnownImage);
+        json["messages"]![0]!["content"]![0]!["image_url"]!["url"] = "data:image/png;base64," + Convert.ToBase64String(png);
+        var body = Encoding.UTF8.GetBytes(json.ToJsonString());
+
+        await using var server = await LoopbackServer.StartAsync(Api.Settings());
+        using var http = server.CreateClient(Patience);
+        Assert.Equal(200, (await AskAsync(http, Encoding.UTF8.GetBytes(Api.Body(TestData.KnownQuestion, TestData.KnownImage).ToJsonString()), cancel.Token)).Status);
+        var before = Measure.Now(collect: true);
+
+        using var sampler = new Sampler();
+        var answers = new List<string?>();
+        for (int i = 0; i < 3; i++)
+        {
+            var (status, text) = await AskAsync(http, body, cancel.Token);
+            Assert.True(status == 200, $"{status} {text}");
+            answers.Add(text);
+        }
+        var peak = sampler.Stop();
+        await Task.Delay(TimeSpan.FromSeconds(2), cancel.Token); // idle, as a server between requests: no collection is forced
+        var idle = Measure.Now();
+        var collected = Measure.Now(collect: true);
+
+        Console.WriteLine($"three {png.Length / 1024} KB PNGs of 7071 x 7071: working set {before.WorkingSet / 1e6:F0} MB before, peak {peak.WorkingSet / 1e6:F0} MB, " +
+            $"{idle.WorkingSet / 1e6:F0} MB 2 s after (+{(idle.WorkingSet - before.WorkingSet) / 1e6:F0}), {collected.WorkingSet / 1e6:F0} MB after a forced collection; " +
+            $"GC heap {before.Heap / 1e6:F0} / peak {peak.Heap / 1e6:F0} / {idle.Heap / 1e6:F0} MB; GC committed {before.Committed / 1e6:F0} / {idle.Committed / 1e6:F0} MB; native peak {peak.Native / 1e6:F0} MB");
+        Assert.All(answers, a => Assert.Equal(answers[0], a));
+        Assert.True(idle.WorkingSet - before.WorkingSet < LargeImagesBound,
+            $"three 50-megapixel images left {(idle.WorkingSet - before.WorkingSet) / 1e6:F0} MB in the working set; the documented bound is {LargeImagesBound / 1e6:F0} MB");
+    }
+
     private static async Task<(int Status, string? Text)> AskAsync(HttpClient http, byte[] body, CancellationToken ct)
     {
         using var request = new HttpRequestMessage(HttpMethod.Post, "/v1/chat/completions") { Content = new ByteArrayContent(body) };
