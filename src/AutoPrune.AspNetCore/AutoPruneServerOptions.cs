@@ -106,8 +106,12 @@ public sealed class AutoPruneServerOptions
         foreach (var host in RemoteImages.AllowedHosts)
             Check(RemoteImageOptions.Parse(host) is not null,
                 $"{nameof(RemoteImages)}:{nameof(RemoteImageOptions.AllowedHosts)}", $"'{host}'", "must list host names or IP addresses, each with an optional ':port' (1-65535)");
-        if (!string.IsNullOrWhiteSpace(ApiKeyFile) && !File.Exists(ApiKeyFile))
-            problems.Add($"'{SectionName}:{nameof(ApiKeyFile)}': the API key file '{Path.GetFullPath(ApiKeyFile)}' does not exist.");
+        if (!string.IsNullOrWhiteSpace(ApiKeyFile))
+        {
+            // Read as the server will read it: a FIFO or a device is refused here, at validation, not a hang or an unbounded read at start.
+            try { AspNetCore.ApiKeys.ReadKeyFile(ApiKeyFile); }
+            catch (InvalidOperationException e) { problems.Add($"'{SectionName}:{nameof(ApiKeyFile)}': {e.Message}"); }
+        }
         foreach (var key in ApiKeys)
             if (string.IsNullOrWhiteSpace(key)) problems.Add($"'{SectionName}:{nameof(ApiKeys)}' holds an empty key.");
         return problems;

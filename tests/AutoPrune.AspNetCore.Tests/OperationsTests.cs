@@ -50,6 +50,96 @@ public sealed class OperationsTests(LibraryFixture library)
         Assert.False(LoopbackGuard.IsLoopback("http://10.1.2.3:8080"));
     }
 
+    [Fact]
+    public async Task Ready_polls_while_the_model_loads_or_after_it_failed_log_nothing_at_error_level()
+    {
+        // A model whose weights cannot load (a shard cut short): start-up validation passes, loading fails once, and
+        // /ready stays 503; every poll must not log an error of its own.
+        var dir = Directory.CreateTempSubdirectory("autoprune-broken-model-").FullName;
+        try
+        {
+            foreach (var file in Directory.GetFiles(TestData.ModelDir)) File.Copy(file, Path.Combine(dir, Path.GetFileName(file)));
+            var shard = Directory.GetFiles(dir, "*.safetensors").OrderBy(f => f, StringComparer.Ordinal).Last();
+            using (var stream = new FileStream(shard, FileMode.Open)) stream.SetLength(stream.Length / 2);
+            foreach (var (model, broken) in new[] { (TestData.ModelDir, false), (dir, true) })
+            {
+                var logs = new LogCapture();
+                await using var server = await LoopbackServer.StartAsync(Api.Settings(("AutoPrune:ModelDirectory", model)), waitReady: false, logs: logs);
+                using var http = server.CreateClient();
+                int unready = 0;
+                for (int i = 0; i < 600; i++)
+                {
+                    using var ready = await http.GetAsync("/ready");
+                    if (ready.IsSuccessStatusCode) break;
+                    Assert.Equal(HttpStatusCode.ServiceUnavailable, ready.StatusCode);
+                    unready++;
+                    if (broken && server.Host.Failure is not null && unready >= 10)
+                    {
+                        Assert.Contains("could not be loaded", await ready.Content.ReadAsStringAsync());
+                        break;
+                    }
+                    await Task.Delay(broken ? 20 : 5);
+                }
+                var errors = logs.AtLeast(Microsoft.Extensions.Logging.LogLevel.Warning);
+                Console.WriteLine($"{(broken ? "broken" : "good")} model: {unready} polls answered 503; warnings and errors logged: {errors.Count}");
+                if (broken)
+                {
+                    Assert.True(unready >= 10);
+                    // The failed load itself, once; nothing per poll.
+                    Assert.True(errors.Count == 1, string.Join("\n", errors));
+                    Assert.Contains("Loading the model for the OpenAI endpoint failed", errors[0]);
+                }
+                else
+                {
+                    Assert.True(errors.Count == 0, string.Join("\n", errors));
+                }
+            }
+        }
+        finally
+        {
+            Directory.Delete(dir, recursive: true);
+        }
+    }
+
+    [Fact]
+    public async Task The_API_key_file_is_read_like_every_input_file_a_fifo_or_a_device_is_refused_at_start_without_blocking()
+    {
+        var dir = Directory.CreateTempSubdirectory("autoprune-keys-").FullName;
+        try
+        {
+            string fifo = Path.Combine(dir, "keys.fifo");
+            Assert.Equal(0, Mono.Unix.Native.Syscall.mkfifo(fifo, Mono.Unix.Native.FilePermissions.DEFFILEMODE));
+            string big = Path.Combine(dir, "big.txt");
+            File.WriteAllText(big, string.Concat(Enumerable.Repeat("k-0123456789abcdef\n", 60_000))); // 1.1 MB
+            string binary = Path.Combine(dir, "binary.bin");
+            File.WriteAllBytes(binary, [0x6B, 0x00, 0xFF, 0xFE, 0x0A]);
+            string comments = Path.Combine(dir, "comments.txt");
+            File.WriteAllText(comments, "# no key here\n\n");
+            foreach (var (file, words) in new[]
+                     {
+                         (fifo, "is a FIFO"), // was: the start blocked on open, forever
+                         ("/dev/zero", "not a regular file"), // was: read without end (2.96 GB in 3 s)
+                         (dir, "is a directory"),
+                         (big, "above the 1,048,576-byte limit (AutoPrune:Server:ApiKeyFile)"),
+                         (binary, "is not UTF-8 text"),
+                         (comments, "holds no key"),
+                         (Path.Combine(dir, "missing.txt"), "does not exist"),
+                     })
+            {
+                var problems = new AutoPruneServerOptions { ApiKeyFile = file }.Validate();
+                Assert.Contains(problems, p => p.Contains("'AutoPrune:Server:ApiKeyFile'") && p.Contains(file) && p.Contains(words));
+                var start = LoopbackServer.StartAsync(Api.Settings(("AutoPrune:Server:ApiKeyFile", file), ("AutoPrune:Server:Warmup", "false")), waitReady: false);
+                var error = await Assert.ThrowsAnyAsync<Exception>(() => start.WaitAsync(TimeSpan.FromSeconds(30)));
+                Assert.IsNotType<TimeoutException>(error);
+                Assert.Contains(words, Flatten(error));
+            }
+        }
+        finally
+        {
+            Directory.Delete(dir, recursive: true);
+        }
+    }
+
     private static string Flatten(Exception e) => e is AggregateException a ? string.Join(" ", a.Flatten().InnerExceptions.Select(x => x.Message)) : e.Message + " " + e.InnerException?.Message;
 
     [Fact]
