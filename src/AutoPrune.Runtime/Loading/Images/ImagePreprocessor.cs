@@ -336,6 +336,17 @@ internal sealed class ImagePreprocessor
         }
     }
 
+    /// <summary>
+    /// <see cref="DecodePixels(ReadOnlySpan{byte}, long, string?, Action{int, int}?)"/> copied to a managed array, for
+    /// callers that keep byte[] pipelines (one RGB array; the RGBA frame stays native). Prefer DecodePixels: a managed
+    /// array of a large image is memory the GC keeps after the request.
+    /// </summary>
+    internal static (byte[] Rgb, int Width, int Height) DecodeRgb(ReadOnlySpan<byte> encoded, long maxPixels, string? path, Action<int, int>? checkStages = null)
+    {
+        using var decoded = DecodePixels(encoded, maxPixels, path, checkStages);
+        return (decoded.Rgb.ToArray(), decoded.Width, decoded.Height);
+    }
+
     private static unsafe DecodedPixels DecodePixels(SKData data, int length, long maxPixels, string? path, Action<int, int>? checkStages)
     {
         using var codec = OpenCodec(SKCodec.Create(data), length, Math.Min(maxPixels, ImageSizePlan.MaxBufferPixels), path);
