@@ -11,6 +11,16 @@ public static class Program
     {
         if (args.Length > 0 && args[0] == "gemm-quick")
             return GemmQuick.Run(args[1..]);
+        if (args.Length > 0 && args[0] == "qwen-quick")
+            return QwenQuick.Run(args[1..]);
+        if (args.Length > 0 && args[0] == "quant-gemv")
+            return QuantGemvBench.Run(args[1..]);
+        if (args.Length > 0 && args[0] == "gguf-export")
+            return GgufCheck.Run(args[1..]);
+        if (args.Length > 0 && args[0] == "qwen-seam")
+            return QwenSeam.Run(args[1..]);
+        if (args.Length > 0 && args[0] == "structured-quick")
+            return StructuredQuick.Run(args[1..]);
         BenchmarkSwitcher.FromAssembly(typeof(Program).Assembly).Run(args);
         return 0;
     }

@@ -9,7 +9,7 @@ public static class AskCommand
 {
     public static Command Create()
     {
-        var image = new Option<FileInfo[]>("--image", "-i") { Description = "Image file (PNG, JPEG, WebP). Repeat for several images; leave out for a question without an image.", AllowMultipleArgumentsPerToken = false };
+        var image = new Option<FileInfo[]>("--image", "-i") { Description = "Image file (" + CommonOptions.ImageFormats + "). Repeat for several images (as many as the model's context holds); leave out for a question without an image.", AllowMultipleArgumentsPerToken = false };
         var question = new Option<string>("--question", "-q") { Description = "The question.", Required = true };
         var model = CommonOptions.Model();
         var device = CommonOptions.Device();

@@ -15,7 +15,7 @@ public static class BenchCommand
 {
     public static Command Create()
     {
-        var image = new Option<FileInfo?>("--image", "-i") { Description = "Image file (required unless --speed or --random-weights)." };
+        var image = new Option<FileInfo?>("--image", "-i") { Description = "Image file (" + CommonOptions.ImageFormats + "; required unless --speed or --random-weights)." };
         var question = new Option<string>("--question", "-q") { Description = "The question.", DefaultValueFactory = _ => "How many objects are there?" };
         var methods = new Option<string>("--methods") { Description = "Comma-separated methods or 'all'; 'none' (the reference) always runs first.", DefaultValueFactory = _ => "all" };
         var budgets = new Option<string>("--budgets") { Description = "Comma-separated visual-token budgets.", DefaultValueFactory = _ => "96,128,192" };

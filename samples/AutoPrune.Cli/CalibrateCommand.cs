@@ -34,7 +34,8 @@ public static class CalibrateCommand
             var file = parse.GetValue(data)!;
             var (rows, bad) = EvalData.Read(file.FullName, parse.GetValue(imagesRoot)?.FullName, parse.GetValue(limit), requireAnswer: false);
             foreach (var b in bad) CommonOptions.Err.MarkupLine($"[yellow]warning:[/] {Markup.Escape($"{file.Name} line {b.Line}: {b.Reason}; row skipped")}");
-            if (rows.Count < 2) throw new ArgumentException($"'{file.FullName}' has {rows.Count} usable row(s); calibration needs at least 2 (100 or more give a stable range).");
+            if (rows.Count < 2) throw new ArgumentException($"'{file.FullName}' has {rows.Count} usable row(s) ({bad.Count} skipped); calibration needs at least 2 (100 or more give a stable range).");
+            CommonOptions.Err.MarkupLine(Markup.Escape(EvalData.Summary("calibrate", rows.Count, bad)));
             var budgetList = EvalCommand.ParseBudgets(parse.GetValue(budgets)!);
             var baseOptions = CommonOptions.LoadOptionsFile(parse.GetValue(options));
             string modelDir = parse.GetValue(model)!;

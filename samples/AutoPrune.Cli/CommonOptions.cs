@@ -43,8 +43,8 @@ internal static class CommonOptions
     {
         var o = new Option<string>("--method")
         {
-            Description = "Pruning method: " + string.Join(", ", PruningMethods.Names) + ". Default: autoprune (a default falls back to none, with a note, on a request it cannot serve, e.g. without an image).",
-            DefaultValueFactory = _ => "autoprune",
+            Description = "Pruning method: " + string.Join(", ", PruningMethods.Names) + $". Default: {DefaultMethodName} (a default falls back to none, with a note, on a request it cannot serve, e.g. without an image).",
+            DefaultValueFactory = _ => DefaultMethodName,
         };
         o.Validators.Add(r =>
         {
@@ -60,9 +60,15 @@ internal static class CommonOptions
 
     public static Option<double> Budget() => new("--budget", "-b")
     {
-        Description = "Visual-token budget: a count (e.g. 128) or a fraction of the visual tokens (e.g. 0.22).",
-        DefaultValueFactory = _ => 128,
+        Description = $"Visual-token budget: a count (e.g. 128) or a fraction of the visual tokens (e.g. 0.22). Default: {PruningOptions.DefaultBudget:0}.",
+        DefaultValueFactory = _ => PruningOptions.DefaultBudget,
     };
+
+    /// <summary>The image formats every command reads (SkiaSharp's decoders), as the README lists them.</summary>
+    public const string ImageFormats = "PNG, JPEG, WebP, GIF, BMP, ICO or WBMP";
+
+    /// <summary>The default method's name: <see cref="PruningOptions.Default"/>'s, the default of every surface.</summary>
+    public static string DefaultMethodName => PruningMethods.Name(PruningOptions.Default.Method);
 
     /// <summary><c>--options FILE</c>: pruning options as JSON (written by <c>recommend</c>, or by hand).</summary>
     public static Option<FileInfo?> OptionsFile() => new("--options")

@@ -67,7 +67,9 @@ public static class EvalCommand
             if (settings.Limit is < 1) throw new ArgumentException("--limit must be at least 1.");
             var run = await EvalRunner.RunAsync(settings, ct);
             EvalOutputs.PrintTable(AnsiConsole.Console, run);
-            return run.Rows == 0 ? 1 : 0;
+            // Every row failed when answered (an unreadable image, say): nothing was measured.
+            if (run.Rows == 0) throw new ArgumentException($"No row of '{Path.GetFullPath(settings.Data)}' could be answered ({run.BadRows.Count} skipped; see the warnings above).");
+            return 0;
         }));
         return cmd;
     }
@@ -167,6 +169,7 @@ public static class EvalRunner
         var wall = Stopwatch.StartNew();
         var (rows, bad) = EvalData.Read(s.Data, s.ImagesRoot, s.Limit, s.AllowAbsoluteImagePaths);
         foreach (var b in bad) CommonOptions.Err.MarkupLine($"[yellow]warning:[/] {Markup.Escape($"{Path.GetFileName(s.Data)} line {b.Line}: {b.Reason}; row skipped")}");
+        if (rows.Count == 0) throw new ArgumentException(EvalData.NoUsableRows(s.Data, bad.Count));
         Directory.CreateDirectory(s.OutDir);
 
         using var vlm = await CommonOptions.LoadAsync(s.Model, new ModelOptions

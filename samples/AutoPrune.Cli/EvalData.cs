@@ -15,6 +15,14 @@ public static class EvalData
     private static readonly string[] Required = ["id", "image", "question", "answer"];
     private static readonly string[] RequiredWithoutAnswer = ["id", "image", "question"];
 
+    /// <summary>The error of a data file without one usable row: the file and how many rows were skipped.</summary>
+    public static string NoUsableRows(string path, int skipped) =>
+        $"No usable rows in '{Path.GetFullPath(path)}': {skipped} row(s) skipped (each is named with its line above); a row is a JSON object with id, image, question and answer, and its image a file under the images root.";
+
+    /// <summary>One line counting what was used and skipped, e.g. <c>verify: 206 rows used, 2 skipped (lines 4, 9)</c>.</summary>
+    public static string Summary(string command, int used, IReadOnlyList<BadRow> bad) =>
+        $"{command}: {used} row(s) used, {bad.Count} skipped" + (bad.Count == 0 ? "" : $" (line{(bad.Count > 1 ? "s" : "")} {string.Join(", ", bad.Take(20).Select(b => b.Line))}{(bad.Count > 20 ? ", ..." : "")})");
+
     /// <summary>Answers are compared after trimming and case folding.</summary>
     public static string Normalize(string s) => s.Trim().ToLowerInvariant();
 
@@ -70,6 +78,12 @@ public static class EvalData
                     continue;
                 }
                 var o = doc.RootElement;
+                // JSON may escape a lone UTF-16 surrogate ("q\ud800?"), which is no text: the row is bad, not the run.
+                if (BadText(o) is { } badField)
+                {
+                    bad.Add(new BadRow(lineNo, $"field '{badField}' is not valid text (a lone UTF-16 surrogate such as \\ud800)"));
+                    continue;
+                }
                 var missing = required.Where(f => !o.TryGetProperty(f, out var v) || v.ValueKind is JsonValueKind.Null || Scalar(v).Length == 0).ToList();
                 if (missing.Count > 0)
                 {
@@ -131,6 +145,23 @@ public static class EvalData
             return null;
         }
         return full;
+    }
+
+    /// <summary>The first field whose string value cannot be read as text (an escaped lone surrogate), or null.</summary>
+    private static string? BadText(JsonElement row)
+    {
+        int index = 0;
+        foreach (var p in row.EnumerateObject())
+        {
+            string name;
+            try { name = p.Name; }
+            catch (InvalidOperationException) { return $"#{index + 1} (its name)"; }
+            index++;
+            if (p.Value.ValueKind != JsonValueKind.String) continue;
+            try { _ = p.Value.GetString(); }
+            catch (InvalidOperationException) { return name; }
+        }
+        return null;
     }
 
     private static string Scalar(JsonElement e) => e.ValueKind switch

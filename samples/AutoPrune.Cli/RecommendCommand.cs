@@ -56,7 +56,8 @@ public static class RecommendCommand
             var file = parse.GetValue(data)!;
             var (rows, bad) = EvalData.Read(file.FullName, parse.GetValue(imagesRoot)?.FullName, parse.GetValue(limit));
             foreach (var b in bad) CommonOptions.Err.MarkupLine($"[yellow]warning:[/] {Markup.Escape($"{file.Name} line {b.Line}: {b.Reason}; row skipped")}");
-            if (rows.Count == 0) throw new ArgumentException($"No usable rows in '{file.FullName}'.");
+            if (rows.Count == 0) throw new ArgumentException(EvalData.NoUsableRows(file.FullName, bad.Count));
+            CommonOptions.Err.MarkupLine(Markup.Escape(EvalData.Summary("recommend", rows.Count, bad)));
             var methodList = EvalCommand.ParseMethods(parse.GetValue(methods)!).Where(m => m != "none").Select(m => PruningMethods.Parse(m, "--methods")).ToList();
             if (methodList.Count == 0) throw new ArgumentException("--methods names no pruning method.");
             var acc = parse.GetValue(accounting) == "published" ? BudgetAccounting.Published : BudgetAccounting.Processed;

@@ -20,8 +20,8 @@ public static class ServeCommand
         var urls = new Option<string?>("--urls") { Description = $"Addresses to listen on, ';'-separated (configuration key urls). Default: {AutoPruneServer.DefaultUrl}. Without an API key only loopback addresses are allowed." };
         var keyFile = new Option<FileInfo?>("--api-key-file") { Description = "File of API keys, one per line (AutoPrune:Server:ApiKeyFile); clients send 'Authorization: Bearer KEY'." };
         var device = new Option<string?>("--device") { Description = "auto, cpu, cuda[:N] or ilgpu-cpu (AutoPrune:Device)." };
-        var method = new Option<string?>("--method") { Description = "Default pruning method of requests that name none (AutoPrune:Method): " + string.Join(", ", Pruning.PruningMethods.Names) + "." };
-        var budget = new Option<double?>("--budget", "-b") { Description = "Default visual-token budget (AutoPrune:Budget): a count or a fraction." };
+        var method = new Option<string?>("--method") { Description = "Default pruning method of requests that name none (AutoPrune:Method): " + string.Join(", ", Pruning.PruningMethods.Names) + $". Default: {CommonOptions.DefaultMethodName}, as on every surface." };
+        var budget = new Option<double?>("--budget", "-b") { Description = $"Default visual-token budget (AutoPrune:Budget): a count or a fraction. Default: {Pruning.PruningOptions.DefaultBudget:0}." };
         var options = new Option<FileInfo?>("--options") { Description = "Default pruning options file (AutoPrune:PruningOptionsFile), as 'recommend' writes it." };
         var cmd = new Command("serve", "Serve the model over an OpenAI-compatible HTTP API (chat completions with images, streaming, pruning per request). " +
             "Other settings come from appsettings.json, environment variables or --Section:Key=value options (see the README's \"Server\" section).")

@@ -53,8 +53,9 @@ public static class VerifyCommand
             if (!(parse.GetValue(minOverlap) is var mo && mo is >= 0 and <= 1)) throw new ArgumentException("--min-kept-overlap must be between 0 and 1.");
             if (parse.GetValue(outFile) is { } target) CommonOptions.OutputFile(target, "--out");
             var (rows, bad) = EvalData.Read(file.FullName, parse.GetValue(imagesRoot)?.FullName, parse.GetValue(limit), parse.GetValue(allowAbsolute));
-            foreach (var b in bad) CommonOptions.Err.MarkupLine(Markup.Escape($"verify: line {b.Line} skipped: {b.Reason}"));
-            if (rows.Count == 0) throw new ArgumentException($"No usable rows in '{file.FullName}'.");
+            foreach (var b in bad) CommonOptions.Err.MarkupLine($"[yellow]warning:[/] {Markup.Escape($"{file.Name} line {b.Line}: {b.Reason}; row skipped")}");
+            if (rows.Count == 0) throw new ArgumentException(EvalData.NoUsableRows(file.FullName, bad.Count));
+            CommonOptions.Err.MarkupLine(Markup.Escape(EvalData.Summary("verify", rows.Count, bad)));
             var pruning = CommonOptions.Pruning(parse, options, method, budget, accounting: null);
             var items = rows.Select(r => (r.ImagePath, r.Question)).ToList();
             Task<DeviceComparisonReport> Compare(IProgress<int>? progress) => DeviceComparison.RunAsync(parse.GetValue(model)!, parse.GetValue(device)!,

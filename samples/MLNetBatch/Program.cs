@@ -192,7 +192,7 @@ internal sealed record BatchOptions(string Input, string Model, string Output, i
           --out FILE            CSV to write (default: mlnet-answers.csv)
           --limit N             first N rows only, 0 for all (default: 20)
           --max-new-tokens N    (default: 16)
-          --method M            pruning method: none, fastv, pdrop, sparsevlm, ... (default: none)
+          --method M            pruning method: none, fastv, pdrop, sparsevlm, visionzip, adaptprune, divprune, dart, autoprune (default: autoprune)
           --budget B            visual-token budget, tokens (>= 1) or a fraction (default: 128)
           --mlimage             load images into an MLImage column with LoadImages instead of passing paths
           --table-rows N        rows shown in the table (default: 50)
@@ -205,8 +205,8 @@ internal sealed record BatchOptions(string Input, string Model, string Output, i
         string model = Path.Combine(root, "samples", "models", "shapes-llava-tiny");
         string output = "mlnet-answers.csv";
         int limit = 20, maxNew = 16, tableRows = 50;
-        var method = PruningMethod.None;
-        double budget = 128;
+        var method = PruningOptions.Default.Method;   // autoprune at 128, the default of every surface
+        double budget = PruningOptions.DefaultBudget;
         bool mlImage = false, help = false;
         try
         {

@@ -16,7 +16,7 @@ internal static class ChatClient
             new ChatOptions
             {
                 MaxOutputTokens = 32,
-                AdditionalProperties = new() { ["method"] = "autoprune", ["budget"] = 128 },  // or 0.1 = 10 % of the visual tokens
+                AdditionalProperties = new() { ["method"] = "autoprune", ["budget"] = 128 },  // or 0.3 = 30 % of the visual tokens
             });
 
         Console.WriteLine(response.Text);                                   // 0

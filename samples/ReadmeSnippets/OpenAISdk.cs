@@ -12,7 +12,9 @@ internal static class OpenAISdk
             new OpenAIClientOptions { Endpoint = new Uri("http://127.0.0.1:8080/v1") });
 
         var options = new ChatCompletionOptions { MaxOutputTokenCount = 32 };
-        options.Patch.Set("$.autoprune"u8, BinaryData.FromString("""{"method": "autoprune", "budget": 64}"""));  // optional
+        #pragma warning disable SCME0001 // ChatCompletionOptions.Patch (extra JSON fields) is marked experimental in OpenAI 2.x; it is the SDK's way to send one
+        options.Patch.Set("$.autoprune"u8, BinaryData.FromString("""{"method": "autoprune", "budget": 96}"""));  // optional
+        #pragma warning restore SCME0001
 
         ChatCompletion answer = await chat.CompleteChatAsync(
             [ChatMessage.CreateUserMessage(

@@ -11,7 +11,7 @@ var root = FindRepoRoot();
 string model = Path.Combine(root, "samples", "models", "shapes-llava-tiny");
 string image = Path.Combine(root, "tests", "data", "shapes-vqa-dev", "images", "0002.png");
 string question = "How many blue objects are there?";
-string method = "none";
+string? method = null;   // null: the default, autoprune at 128 visual tokens (PruningOptions.Default), as on every surface
 double? budget = null;
 var positional = new List<string>();
 for (int i = 0; i < args.Length; i++)
@@ -41,7 +41,7 @@ history.AddUserMessage([new ImageContent(await File.ReadAllBytesAsync(image), "i
 var settings = new AutoPrunePromptExecutionSettings
 {
     MaxTokens = 32,
-    PruningMethod = PruningMethods.Parse(method, "--method"),
+    PruningMethod = method is null ? null : PruningMethods.Parse(method, "--method"),
     Budget = budget,
 };
 

@@ -24,7 +24,7 @@ internal static class ChatCompletionBinder
             reader.Read();
             if (reader.TokenType == JsonTokenType.Null) throw OpenAIException.BadRequest("The request body is JSON null; send a JSON object with 'messages'.", code: "invalid_json");
             if (reader.TokenType != JsonTokenType.StartObject) throw OpenAIException.BadRequest("The request body must be a JSON object (got a value of another type).", null, "invalid_type");
-            var r = ReadRequest(ref reader);
+            var r = ReadRequest(ref reader, body);
             if (reader.Read()) throw new JsonException("More data follows the JSON object."); // (the reader itself refuses most trailing data)
             return r;
         }
@@ -36,7 +36,7 @@ internal static class ChatCompletionBinder
         }
     }
 
-    private static ChatCompletionRequest ReadRequest(ref Utf8JsonReader reader)
+    private static ChatCompletionRequest ReadRequest(ref Utf8JsonReader reader, ReadOnlySpan<byte> body)
     {
         var r = new ChatCompletionRequest();
         while (reader.Read() && reader.TokenType == JsonTokenType.PropertyName)
@@ -93,10 +93,7 @@ internal static class ChatCompletionBinder
                     reader.Skip();
                     break;
                 case "response_format":
-                    if (Object(ref reader, name))
-                        while (NextProperty(ref reader, out string key))
-                            if (key == "type") r.ResponseFormatType = String(ref reader, "response_format.type");
-                            else reader.Skip();
+                    r.ResponseFormat = ResponseFormat(ref reader, body);
                     break;
                 case "autoprune": r.AutoPrune = Knobs(ref reader); break;
                 default:
@@ -106,6 +103,37 @@ internal static class ChatCompletionBinder
             }
         }
         return r;
+    }
+
+    private static ResponseFormatDto? ResponseFormat(ref Utf8JsonReader reader, ReadOnlySpan<byte> body)
+    {
+        if (!Object(ref reader, "response_format")) return null;
+        var format = new ResponseFormatDto();
+        while (NextProperty(ref reader, out string key))
+        {
+            if (key == "type") format.Type = String(ref reader, "response_format.type");
+            else if (key == "json_schema" && reader.TokenType == JsonTokenType.StartObject)
+            {
+                format.HasJsonSchema = true;
+                while (NextProperty(ref reader, out string field))
+                {
+                    switch (field)
+                    {
+                        case "schema" when reader.TokenType == JsonTokenType.StartObject:
+                            // The schema's own JSON text, as the client sent it (compiled by the reader, then given to the model).
+                            int start = checked((int)reader.TokenStartIndex);
+                            reader.Skip();
+                            format.Schema = System.Text.Encoding.UTF8.GetString(body[start..checked((int)reader.BytesConsumed)]);
+                            break;
+                        case "name": format.Name = String(ref reader, "response_format.json_schema.name"); break;
+                        case "description": format.Description = String(ref reader, "response_format.json_schema.description"); break;
+                        default: reader.Skip(); break;
+                    }
+                }
+            }
+            else reader.Skip();
+        }
+        return format;
     }
 
     private static List<ChatMessageDto?>? Messages(ref Utf8JsonReader reader)

@@ -26,6 +26,9 @@ internal sealed class ChatCompletionReader(AutoPruneServerOptions options, Image
         if (r.Model is { Length: > 0 } model && !string.Equals(model, modelId, StringComparison.Ordinal))
             throw new OpenAIException(StatusCodes.Status404NotFound, $"The model '{Shorten(model)}' does not exist; this server serves '{modelId}' (see GET /v1/models).", "model", "model_not_found");
         CheckOptions(r);
+        var responseFormat = ReadResponseFormat(r.ResponseFormat);
+        if (responseFormat is not null && r.Stop is { Count: > 0 })
+            throw OpenAIException.BadRequest("'stop' cannot be combined with a JSON 'response_format': a stop sequence could cut the JSON document short; the document ends by itself.", "stop", "invalid_value");
 
         CountImages(r.Messages);
         var messages = new List<ChatMessage>(r.Messages.Count);
@@ -44,6 +47,7 @@ internal sealed class ChatCompletionReader(AutoPruneServerOptions options, Image
             TopP = r.TopP,
             Seed = r.Seed,
             StopSequences = r.Stop,
+            ResponseFormat = responseFormat,
         };
         if (r.AutoPrune is { } knobs)
         {
@@ -93,8 +97,6 @@ internal sealed class ChatCompletionReader(AutoPruneServerOptions options, Image
         if (r.ToolCount > 0) throw OpenAIException.BadRequest("'tools' is not supported: the local model has no function calling.", "tools", "unsupported_parameter");
         if (r.ToolChoice is { } choice && choice is not ("none" or "auto"))
             throw OpenAIException.BadRequest("'tool_choice' can only be 'none' or 'auto': the local model has no function calling.", "tool_choice", "unsupported_value");
-        if (r.ResponseFormatType is { } format && format != "text")
-            throw OpenAIException.BadRequest($"'response_format' type '{Shorten(format)}' is not supported: the model answers in free text only.", "response_format", "unsupported_value");
         if (r.HasStreamOptions && r.Stream != true)
             throw OpenAIException.BadRequest("'stream_options' is only allowed when 'stream' is true.", "stream_options", "invalid_value");
     }
@@ -111,6 +113,36 @@ internal sealed class ChatCompletionReader(AutoPruneServerOptions options, Image
 
     /// <summary>A client's string quoted in a message: at most 64 characters of it.</summary>
     private static string Shorten(string s) => s.Length <= 64 ? s : s[..64] + "...";
+
+    /// <summary>
+    /// <c>response_format</c>: <c>text</c> (or absent), <c>json_object</c>, or <c>json_schema</c> with
+    /// <c>json_schema.schema</c> (and optional <c>name</c>, <c>description</c>; answers are always strict). The schema is
+    /// compiled here, so one outside the supported subset is a 400 naming the keyword, with <c>param</c> the schema.
+    /// </summary>
+    private static ChatResponseFormat? ReadResponseFormat(ResponseFormatDto? format)
+    {
+        if (format is null) return null;
+        switch (format.Type)
+        {
+            case null:
+                throw OpenAIException.BadRequest("Missing required parameter: 'response_format.type'.", "response_format.type", "missing_required_parameter");
+            case "text":
+                return null;
+            case "json_object":
+                return ChatResponseFormat.Json;
+            case "json_schema":
+                if (!format.HasJsonSchema)
+                    throw OpenAIException.BadRequest("'response_format' of type 'json_schema' needs a 'json_schema' object.", "response_format.json_schema", "missing_required_parameter");
+                if (format.Schema is not { } schema)
+                    throw OpenAIException.BadRequest("Missing required parameter: 'response_format.json_schema.schema' (a JSON schema object).", "response_format.json_schema.schema", "missing_required_parameter");
+                try { _ = AutoPrune.ResponseFormat.ForJsonSchema(schema, format.Name); }
+                catch (ArgumentException e) { throw OpenAIException.BadRequest(e.Message.Split(" (Parameter", 2)[0], "response_format.json_schema.schema", "invalid_value"); }
+                using (var document = JsonDocument.Parse(schema))
+                    return ChatResponseFormat.ForJsonSchema(document.RootElement.Clone(), format.Name, format.Description);
+            default:
+                throw OpenAIException.BadRequest($"'response_format' type '{Shorten(format.Type)}' is not supported; use 'text', 'json_object' or 'json_schema'.", "response_format.type", "unsupported_value");
+        }
+    }
 
     private static object Knob<T>(Func<T> read, string param, string code) where T : notnull
     {

@@ -257,13 +257,22 @@ internal static class ChatCompletionsEndpoint
         OpenAIException o => o,
         InfeasibleBudgetException b => OpenAIException.BadRequest(Clean(b.Message), "autoprune.budget", "infeasible_budget"),
         ArgumentException a when a.Message.Contains("pruning method", StringComparison.OrdinalIgnoreCase) => OpenAIException.BadRequest(Clean(a.Message), "autoprune.method", "unknown_method"),
-        ArgumentException a => OpenAIException.BadRequest(Clean(a.Message), a.ParamName is "request" or "messages" ? "messages" : null, "invalid_request"),
+        ArgumentException a => OpenAIException.BadRequest(Clean(a.Message), ParamOf(a), "invalid_request"),
         NotSupportedException n => OpenAIException.BadRequest(Clean(n.Message), null, "unsupported_parameter"),
         TimeoutException when host is not null => TimedOut(host),
         OperationCanceledException when timeout.IsCancellationRequested && host is not null => TimedOut(host),
         OperationCanceledException or ObjectDisposedException when host?.HardStop.IsCancellationRequested == true || host?.IsStopping == true => ShuttingDown(),
         _ => new OpenAIException(StatusCodes.Status500InternalServerError, "The server failed to answer this request.", code: "server_error", inner: e),
     };
+
+    /// <summary>
+    /// The field a refusal of the model is about: the response format's minimum length is a matter of max_tokens; the
+    /// other request-level refusals (prompt length, the final user message) are about the messages.
+    /// </summary>
+    private static string? ParamOf(ArgumentException a) =>
+        a.ParamName is not ("request" or "messages") ? null
+        : a.Message.StartsWith("The response format (", StringComparison.Ordinal) ? "max_tokens"
+        : "messages";
 
     private static OpenAIException TimedOut(ModelHost host) =>
         new(StatusCodes.Status504GatewayTimeout, $"The request did not finish within this server's timeout of {host.Options.RequestTimeoutSeconds:0.###} s.", code: "timeout");

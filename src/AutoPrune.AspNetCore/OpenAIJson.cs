@@ -35,7 +35,7 @@ internal sealed class ChatCompletionRequest
     public int? ToolCount { get; set; }
     /// <summary><c>tool_choice</c> as a string; "(object)" for an object naming a function.</summary>
     public string? ToolChoice { get; set; }
-    public string? ResponseFormatType { get; set; }
+    public ResponseFormatDto? ResponseFormat { get; set; }
     public AutoPruneExtensionDto? AutoPrune { get; set; }
     /// <summary>The names of the top-level fields the server ignores.</summary>
     public List<string> Ignored { get; } = [];
@@ -64,6 +64,18 @@ internal sealed class ContentPartDto
     public bool HasText { get; set; }
     /// <summary>Where the image URL string lies in the body (the string token, quotes included), so a data: URL is decoded from the body's bytes.</summary>
     public BodySlice? ImageUrl { get; set; }
+}
+
+/// <summary>The request's <c>response_format</c> object.</summary>
+internal sealed class ResponseFormatDto
+{
+    public string? Type { get; set; }
+    /// <summary>Whether a <c>json_schema</c> object was sent.</summary>
+    public bool HasJsonSchema { get; set; }
+    /// <summary>The JSON text of <c>json_schema.schema</c> when it is an object.</summary>
+    public string? Schema { get; set; }
+    public string? Name { get; set; }
+    public string? Description { get; set; }
 }
 
 /// <summary>A JSON string token in the request body: its bytes (quotes included) and whether it holds escapes.</summary>

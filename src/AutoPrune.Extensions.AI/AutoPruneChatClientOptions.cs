@@ -18,13 +18,17 @@ public sealed class AutoPruneChatClientOptions
     public string Device { get; set; } = "auto";
 
     /// <summary>
-    /// Pruning method used when a request does not name one (see <see cref="PruningMethods.Names"/>; null or "none" prunes
-    /// nothing). A default never fails a request: one it cannot serve (no image, several images) runs unpruned and the
+    /// Pruning method used when a request does not name one (see <see cref="PruningMethods.Names"/>; "none" prunes
+    /// nothing). Null keeps the default, <see cref="PruningOptions.Default"/>'s <c>autoprune</c> (or <see cref="Pruning"/>'s
+    /// method). A default never fails a request: one it cannot serve (no image, several images) runs unpruned and the
     /// report's notes say why.
     /// </summary>
     public string? Method { get; set; }
 
-    /// <summary>Visual-token budget used when a request does not give one: &gt;= 1 tokens, in (0, 1) a fraction of the visual tokens.</summary>
+    /// <summary>
+    /// Visual-token budget used when a request does not give one: &gt;= 1 tokens, in (0, 1) a fraction of the visual tokens.
+    /// Null keeps the default, <see cref="PruningOptions.DefaultBudget"/> (128), or <see cref="Pruning"/>'s budget.
+    /// </summary>
     public double? Budget { get; set; }
 
     /// <summary>
@@ -52,6 +56,10 @@ public sealed class AutoPruneChatClientOptions
     /// <summary>Extra runtime options (logging, limits); <see cref="Device"/>, <see cref="PadToSquare"/> and <see cref="MaxConcurrentRequests"/> override its values.</summary>
     public ModelOptions? ModelOptions { get; set; }
 
+    /// <summary>What was wrong with the configuration section these settings were bound from (unknown keys, a bad
+    /// <c>Pruning</c> subsection); reported first by <see cref="Validate"/>.</summary>
+    internal IReadOnlyList<string> ConfigurationProblems { get; set; } = [];
+
     internal ModelOptions ToModelOptions()
     {
         var o = (ModelOptions ?? new ModelOptions()) with { Device = Device, PadToSquare = PadToSquare };
@@ -73,12 +81,18 @@ public sealed class AutoPruneChatClientOptions
         return string.IsNullOrWhiteSpace(PruningOptionsFile) ? null : PruningOptions.Load(PruningOptionsFile);
     }
 
-    /// <summary>The default pruning this configuration gives a request that names no method: the configured options with Method and Budget over them.</summary>
+    /// <summary>
+    /// The default pruning this configuration gives a request that names no method: the configured options (else
+    /// <see cref="PruningOptions.Default"/>, AutoPrune at 128) with Method and Budget over them; null when nothing is
+    /// configured, so the model's <see cref="ModelOptions.DefaultPruning"/> (the same built-in default unless the model
+    /// was loaded with another) applies.
+    /// </summary>
     internal PruningOptions? DefaultPruning(PruningOptions? basePruning)
     {
         var method = DefaultMethod;
         if (basePruning is null && method is null && Budget is null) return null;
-        var d = (basePruning ?? new PruningOptions()) with { Method = method ?? basePruning?.Method ?? PruningMethod.None };
+        var d = basePruning ?? PruningOptions.Default;
+        if (method is PruningMethod m) d = d with { Method = m };
         return Budget is double b ? d with { Budget = b } : d;
     }
 
@@ -90,7 +104,7 @@ public sealed class AutoPruneChatClientOptions
     /// <returns>One message per problem; empty when the settings are usable.</returns>
     public IReadOnlyList<string> Validate()
     {
-        var problems = new List<string>();
+        var problems = new List<string>(ConfigurationProblems);
         if (string.IsNullOrWhiteSpace(ModelDirectory))
         {
             problems.Add($"No model directory for the AutoPrune chat client: set '{SectionName}:{nameof(ModelDirectory)}' in configuration or pass it to the registration.");

@@ -43,7 +43,7 @@ internal static class AutoPruneRegistration
         Action<AutoPruneChatClientOptions>? configure)
     {
         section ??= sp.GetService<IConfiguration>()?.GetSection(AutoPruneChatClientOptions.SectionName);
-        section?.Bind(options);
+        if (section is not null) ConfigurationBinding.Bind(section, options);
         if (modelDirectory is not null) options.ModelDirectory = modelDirectory;
         configure?.Invoke(options);
         if (options.ModelOptions?.LoggerFactory is null && sp.GetService<ILoggerFactory>() is { } loggers)

@@ -32,7 +32,7 @@ public static class ChatOptionsSupport
         [nameof(ChatOptions.Instructions)] = ChatOptionSupport.Supported,        // a system message after the chat's own
         [nameof(ChatOptions.AdditionalProperties)] = ChatOptionSupport.Supported, // "method", "budget", "pruning_method"; other keys are ignored with a warning
         [nameof(ChatOptions.ModelId)] = ChatOptionSupport.Supported,             // null or this client's model id; another id is rejected
-        [nameof(ChatOptions.ResponseFormat)] = ChatOptionSupport.Supported,      // null or Text; JSON formats are rejected
+        [nameof(ChatOptions.ResponseFormat)] = ChatOptionSupport.Supported,      // Text, Json (any object) or ForJsonSchema: constrained decoding
         [nameof(ChatOptions.ToolMode)] = ChatOptionSupport.Supported,            // null, None or Auto (there are no tools); RequireAny/RequireSpecific are rejected
         [nameof(ChatOptions.Tools)] = ChatOptionSupport.Rejected,                // when non-empty: no function calling
         [nameof(ChatOptions.TopK)] = ChatOptionSupport.Rejected,
@@ -60,8 +60,6 @@ public static class ChatOptionsSupport
             throw Rejected(nameof(ChatOptions.Tools), $"{tools.Count} tool(s) were given, but the local model has no function calling");
         if (o.ToolMode is RequiredChatToolMode)
             throw Rejected(nameof(ChatOptions.ToolMode), "a tool call is required, but the local model has no function calling");
-        if (o.ResponseFormat is ChatResponseFormatJson json)
-            throw Rejected(nameof(ChatOptions.ResponseFormat), $"{(json.Schema is null ? "JSON" : "a JSON schema")} was asked for, but the model answers in free text only");
         if (o.ModelId is { } id && !string.Equals(id, modelId, StringComparison.Ordinal))
             throw Rejected(nameof(ChatOptions.ModelId), $"'{id}' was asked for, but this client serves '{modelId}'");
         if (o.TopK is not null) throw Rejected(nameof(ChatOptions.TopK), "top-k sampling is not implemented (use TopP)");

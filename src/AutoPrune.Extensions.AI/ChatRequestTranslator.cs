@@ -59,8 +59,21 @@ internal static class ChatRequestTranslator
             g = g with { Seed = (int)seed };
         }
         if (o.StopSequences is { Count: > 0 } stops) g = g with { StopSequences = stops.ToArray() };
+        if (ToResponseFormat(o.ResponseFormat) is { } format) g = g with { ResponseFormat = format };
         return g;
     }
+
+    /// <summary>
+    /// <see cref="ChatResponseFormat.Json"/> is any JSON object, <see cref="ChatResponseFormat.ForJsonSchema(System.Text.Json.JsonElement, string?, string?)"/>
+    /// a document valid against the schema (decoding constrained; a schema outside the supported subset is an
+    /// <see cref="ArgumentException"/> naming the keyword); null and <see cref="ChatResponseFormat.Text"/> are free text.
+    /// </summary>
+    internal static ResponseFormat? ToResponseFormat(ChatResponseFormat? format) => format switch
+    {
+        ChatResponseFormatJson { Schema: { } schema } json => ResponseFormat.ForJsonSchema(schema.GetRawText(), json.SchemaName),
+        ChatResponseFormatJson => ResponseFormat.JsonObject,
+        _ => null,
+    };
 
     /// <summary>
     /// The request's pruning: a method named in the chat options is explicit (it must serve the request); without one,
@@ -88,7 +101,7 @@ internal static class ChatRequestTranslator
             return (budget is double bb ? p with { Budget = bb } : p, null);
         }
         if (configured is null && budget is null) return (null, null); // the model's DefaultPruning applies
-        var d = configured ?? new PruningOptions();
+        var d = configured ?? PruningOptions.Default; // a budget alone keeps the default method
         return (null, budget is double fb ? d with { Budget = fb } : d);
     }
 

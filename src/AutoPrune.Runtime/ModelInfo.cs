@@ -1,3 +1,5 @@
+using AutoPrune.Models.Llava;
+
 namespace AutoPrune;
 
 /// <summary>Facts about a loaded model.</summary>
@@ -7,7 +9,7 @@ public sealed record ModelInfo(string Directory, string Device, int DecoderLayer
     int VisualTokensPerImage, int GridSize, int VocabSize, int ContextLength)
 {
     /// <summary>config.json's model_type: "llava" (LLaVA-1.5) or "llava_next" (LLaVA-1.6, anyres).</summary>
-    public string ModelType { get; init; } = Loading.LlavaConfig.SupportedModelType;
+    public string ModelType { get; init; } = Models.Llava.LlavaConfig.SupportedModelType;
     /// <summary>The text model's type: "llama" or "mistral".</summary>
     public string TextModelType { get; init; } = "llama";
     /// <summary>The prompt format conversations are written in.</summary>

@@ -58,11 +58,13 @@ public sealed record ModelOptions
     public int VisionCacheSize { get; init; } = 4;
 
     /// <summary>
-    /// Pruning used by requests that set neither <see cref="VisionRequest.Pruning"/> nor <see cref="VisionRequest.DefaultPruning"/>;
-    /// null means no pruning. Its budget is checked against the model at <see cref="VisionLanguageModel.Load"/>; a request it
-    /// cannot serve (no image, several images) runs unpruned and the report says why.
+    /// Pruning used by requests that set neither <see cref="VisionRequest.Pruning"/> nor <see cref="VisionRequest.DefaultPruning"/>:
+    /// <see cref="PruningOptions.Default"/> (AutoPrune, budget 128) unless set; null means no pruning. A budget set here is
+    /// checked against the model at <see cref="VisionLanguageModel.Load"/>; a request it cannot serve (no image, several
+    /// images) runs unpruned and the report says why. The built-in default also runs unpruned, with a note, on a model or
+    /// image where its budget is not feasible, instead of failing the load or the request.
     /// </summary>
-    public PruningOptions? DefaultPruning { get; init; }
+    public PruningOptions? DefaultPruning { get; init; } = PruningOptions.Default;
 
     /// <summary>Largest file of each kind the runtime reads (config, tokenizer, index, image files); see <see cref="InputFileLimits"/>.</summary>
     public InputFileLimits FileLimits { get; init; } = new();

@@ -46,8 +46,24 @@ internal static class RequestValidator
         if (g.MaxNewTokens < 1 || g.MaxNewTokens > options.MaxNewTokensLimit)
             throw new ArgumentOutOfRangeException(nameof(request), $"MaxNewTokens must be between 1 and {options.MaxNewTokensLimit} (got {g.MaxNewTokens}).");
         _ = new Sampler(g); // temperature, top-p and stop sequences
+        if (g.ResponseFormat?.Grammar is not null && g.StopSequences?.Any(s => !string.IsNullOrEmpty(s)) == true)
+            throw new ArgumentException($"StopSequences cannot be combined with ResponseFormat {g.ResponseFormat}: a stop sequence could cut the JSON document short; the document ends by itself.", nameof(request));
         (request.Pruning ?? request.DefaultPruning ?? options.DefaultPruning ?? new PruningOptions()).Validate();
         return g;
+    }
+
+    /// <summary>
+    /// A JSON response format must fit the tokens the request may generate (<paramref name="maxNew"/>: MaxNewTokens, or
+    /// less when the context is nearly full): its shortest document, one token per byte, is what the decoder may need to
+    /// finish it from any point, so a smaller budget is refused here rather than cut.
+    /// </summary>
+    public static void CheckResponseFormatBudget(GenerationOptions g, int maxNew)
+    {
+        if (g.ResponseFormat?.Grammar is not { } grammar || grammar.MinBytes <= maxNew) return;
+        throw new ArgumentException(
+            $"The response format ({grammar.Description}) needs up to {grammar.MinBytes} tokens to be sure to finish its shortest document, but this request " +
+            $"may generate only {maxNew} (MaxNewTokens {g.MaxNewTokens}{(maxNew < g.MaxNewTokens ? ", less the room the prompt leaves in the context" : "")}). Allow more tokens or simplify the schema.",
+            "request");
     }
 
     /// <summary>

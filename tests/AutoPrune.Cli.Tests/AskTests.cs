@@ -19,6 +19,22 @@ public class AskTests
         return (p.ExitCode, stdout.Result, stderr.Result);
     }
 
+    /// <summary>The one default of every surface (<c>PruningOptions.Default</c>): <c>ask</c> without --method/--budget prunes with autoprune at 128.</summary>
+    [Fact]
+    public void Ask_with_an_image_and_no_pruning_option_prunes_with_autoprune_at_128()
+    {
+        var (rc, stdout, stderr) = Run("ask", "-i", Path.Combine(Repo.Root, "tests", "data", "shapes-vqa-dev", "images", "0002.png"), "-q", "How many blue objects are there?",
+            "--model", Repo.Model, "--device", "cpu", "--max-tokens", "4", "--json");
+        Assert.True(rc == 0, stderr);
+        using var doc = JsonDocument.Parse(stdout);
+        var json = doc.RootElement;
+        Assert.Equal("0", json.GetProperty("answer").GetString());
+        Assert.Equal("autoprune", json.GetProperty("method").GetString());
+        Assert.Equal(128, json.GetProperty("budget").GetDouble());
+        Assert.Equal(AutoPrune.Pruning.PruningOptions.DefaultBudget, json.GetProperty("budget").GetDouble());
+        Assert.InRange(json.GetProperty("avg_visual_tokens_per_layer").GetDouble(), 127.5, 128.5);
+    }
+
     [Fact]
     public void Ask_without_an_image_answers_and_the_default_method_falls_back_to_none_with_a_note()
     {

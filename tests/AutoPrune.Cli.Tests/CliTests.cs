@@ -1,6 +1,7 @@
 using System.CommandLine;
 using System.Text.Json;
 using AutoPrune.Cli;
+using AutoPrune.Pruning;
 using Xunit;
 
 // The commands print to the process's console, and some tests capture it: run the CLI tests one at a time.
@@ -194,6 +195,29 @@ public class CommandTests
         Assert.Equal(new byte[] { 0x89, 0x50, 0x4E, 0x47, 0x0D, 0x0A, 0x1A, 0x0A }, png[..8]);
         using var bmp = SkiaSharp.SKBitmap.Decode(png);
         Assert.Equal(3 * 240 + 4 * 8, bmp.Width);
+        // Issue 28: the question and the answer above the panels (one row of three: 26 + 240 + 26 + 2 * 8 px), a legend below.
+        int panels = 26 + 240 + 26 + 2 * 8;
+        Assert.True(bmp.Height > panels + 3 * 20 + 5 * 20, $"height {bmp.Height}: no room for the header and the legend");
+        bool Ink(int top, int bottom) => Enumerable.Range(top, bottom - top).Any(y => Enumerable.Range(0, bmp.Width).Any(x => bmp.GetPixel(x, y).Red < 80));
+        Assert.True(Ink(0, 28), "no text above the panels");
+        Assert.True(Ink(bmp.Height - 60, bmp.Height), "no legend below the panels");
+    }
+
+    [Fact]
+    public async Task The_explain_picture_names_the_question_the_answer_and_what_its_marks_mean()
+    {
+        using var model = VisionLanguageModel.Load(Repo.Model, new ModelOptions { Device = "cpu" });
+        var answer = await model.AskAsync(VisionRequest.Create("How many blue objects are there?", ImageInput.FromFile(Repo.Image(2))));
+        var header = ExplainPicture.Header("How many blue objects are there?", answer);
+        Assert.Equal("Q: How many blue objects are there?", header[0]);
+        Assert.Equal("A: 0", header[1]);
+        Assert.StartsWith("autoprune, budget 128 (processed): 128.0 of 576 visual tokens per layer", header[2]);
+        Assert.Equal(["clear", "darkened", "yellow outline", "+ N merged"], ExplainPicture.Legend.Select(e => e.Mark));
+        var panels = PruningVisualizer.RenderPng(File.ReadAllBytes(Repo.Image(2)), answer.Report, model.Info.GridSize, [0]);
+        using var bare = SkiaSharp.SKBitmap.Decode(panels);
+        using var composed = SkiaSharp.SKBitmap.Decode(ExplainPicture.Compose(panels, "How many blue objects are there?", answer));
+        Assert.Equal(Math.Max(bare.Width, 560), composed.Width);
+        Assert.True(composed.Height >= bare.Height + 8 + 3 * 20 + 8 + 5 * 20, $"{composed.Height} vs {bare.Height}");
     }
 
     [Fact]

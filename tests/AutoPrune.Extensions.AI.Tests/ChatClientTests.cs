@@ -47,6 +47,36 @@ public sealed class ChatClientTests(ModelFixture fx) : IClassFixture<ModelFixtur
         Assert.Contains("no image", e.Message);
     }
 
+    /// <summary>
+    /// Issue 28: <c>[text, image]</c> (the order most OpenAI examples use) built <c>USER: question\n&lt;image&gt;</c>, 588
+    /// tokens, and answered "red"; the model's chat template puts a message's images first whatever the order, so both
+    /// orders give <c>ask</c>'s 589-token prompt and its answer.
+    /// </summary>
+    [Fact]
+    public async Task Text_then_image_gives_asks_prompt_and_answer_like_image_then_text()
+    {
+        const string image = "0000.png", question = "Is there a green circle?";
+        var ask = await fx.Model.AskAsync(VisionRequest.Create(question, ImageInput.FromFile(TestData.Image(image))) with
+        {
+            Generation = new GenerationOptions { MaxNewTokens = ModelFixture.MaxTokens },
+        });
+        Assert.Equal(589, ask.PromptTokens);
+        Assert.Equal("yes", ask.Text);
+        using var client = fx.Client();
+        var bytes = File.ReadAllBytes(TestData.Image(image));
+        foreach (var parts in new List<AIContent>[]
+        {
+            [new DataContent(bytes, "image/png"), new TextContent(question)],
+            [new TextContent(question), new DataContent(bytes, "image/png")],
+        })
+        {
+            var response = await client.GetResponseAsync([new ChatMessage(ChatRole.User, parts)]);
+            Assert.Equal(ask.PromptTokens, response.Usage!.InputTokenCount);
+            Assert.Equal(ask.Text, response.Text);
+            Assert.Equal(ask.TokenIds, ((VisionAnswer)response.RawRepresentation!).TokenIds);
+        }
+    }
+
     [Fact]
     public async Task GetPruningReport_works_on_the_response_its_message_streaming_updates_and_their_merge()
     {

@@ -63,4 +63,56 @@ public sealed class PruningOptionsConfigurationTests
         var problems = options.Validate();
         Assert.Contains(problems, p => p.Contains("AutoPrune:Pruning") && p.Contains("Budget"));
     }
+
+    private static AutoPruneChatClientOptions Bound(params (string Key, string? Value)[] values)
+    {
+        var settings = new Dictionary<string, string?> { ["AutoPrune:ModelDirectory"] = TestData.ModelDir, ["AutoPrune:Device"] = "cpu" };
+        foreach (var (k, v) in values) settings[k] = v;
+        var config = new ConfigurationBuilder().AddInMemoryCollection(settings).Build();
+        var services = new ServiceCollection();
+        services.AddAutoPruneChatClient(config.GetSection("AutoPrune"));
+        using var sp = services.BuildServiceProvider();
+        try { return sp.GetRequiredService<IChatClient>().GetService<AutoPruneChatClientOptions>()!; }
+        catch (Microsoft.Extensions.Options.OptionsValidationException e) { throw new ArgumentException(string.Join(" || ", e.Failures)); }
+    }
+
+    /// <summary>Issue 28, item 5: "AutoPrune:Pruning:Preset=autoprune-paper" was ignored silently; it is applied as in a file.</summary>
+    [Fact]
+    public void A_preset_in_the_configuration_section_is_applied_and_other_keys_override_it()
+    {
+        var o = Bound(("AutoPrune:Pruning:Preset", "autoprune-paper"), ("AutoPrune:Pruning:Budget", "96"));
+        Assert.Equal(PruningOptions.AutoPrunePaper(96), o.Pruning);
+        Assert.Equal(PruningOptions.Parse("""{"Preset": "autoprune-paper", "Budget": 96}"""), o.Pruning);
+        // Every type an options file holds, from configuration strings: enums, numbers, booleans, a nested calibration.
+        var all = Bound(("AutoPrune:Pruning:Method", "dart"), ("AutoPrune:Pruning:Accounting", "published"), ("AutoPrune:Pruning:AutoPruneRecycle", "true"),
+            ("AutoPrune:Pruning:DartVisualPivots", "6"), ("AutoPrune:Pruning:AutoPruneCalibration:low", "0.1"), ("AutoPrune:Pruning:AutoPruneCalibration:high", "0.4"),
+            ("AutoPrune:Pruning:AutoPruneCalibration:samples", "100")).Pruning!;
+        Assert.Equal((PruningMethod.Dart, BudgetAccounting.Published, true, 6), (all.Method, all.Accounting, all.AutoPruneRecycle, all.DartVisualPivots));
+        Assert.Equal((0.1, 0.4, 100), (all.AutoPruneCalibration!.Low, all.AutoPruneCalibration.High, all.AutoPruneCalibration.Samples));
+    }
+
+    /// <summary>Issue 28, item 5: unknown keys passed; now each is refused naming the key, in the section and in Pruning.</summary>
+    [Theory]
+    [InlineData("AutoPrune:Pruning:Budgett", "96", "Configuration section 'AutoPrune:Pruning': unknown field 'Budgett'")]
+    [InlineData("AutoPrune:Pruning:Preset", "autoprune-papr", "field 'Preset' is 'autoprune-papr', not a preset")]
+    [InlineData("AutoPrune:Pruning:Budget", "lots", "field 'Budget' has a value that is not a number")]
+    [InlineData("AutoPrune:Pruning:Method", "turbo", "Method")]
+    [InlineData("AutoPrune:Pruning:AutoPruneCoverage", "2", "field 'AutoPruneCoverage' = 2 is out of range")]
+    [InlineData("AutoPrune:Methd", "fastv", "Configuration key 'AutoPrune:Methd' is not a setting")]
+    [InlineData("AutoPrune:ModelOptions:MaxImagePixel", "100", "Configuration key 'AutoPrune:ModelOptions:MaxImagePixel' is not a setting")]
+    public void An_unknown_key_or_a_bad_value_in_the_section_fails_at_start_naming_it(string key, string value, string expected)
+    {
+        var e = Assert.Throws<ArgumentException>(() => Bound((key, value)));
+        Assert.Contains(expected, e.Message);
+        Assert.DoesNotContain(" || ", e.Message); // one problem, reported once (the binder does not report Pruning's too)
+    }
+
+    [Fact]
+    public void Known_keys_of_the_section_and_the_servers_own_section_pass()
+    {
+        var o = Bound(("AutoPrune:Method", "fastv"), ("AutoPrune:Budget", "0.5"), ("AutoPrune:MaxOutputTokens", "7"), ("AutoPrune:ModelOptions:MaxImagePixels", "1000000"),
+            ("AutoPrune:ModelOptions:FileLimits:ConfigBytes", "1000000"), ("AutoPrune:Server:QueueLimit", "3"), ("AutoPrune:modelid", "m"));
+        Assert.Equal(("fastv", 0.5, 7, 1_000_000L, "m"), (o.Method, o.Budget, o.MaxOutputTokens, o.ModelOptions!.MaxImagePixels, o.ModelId));
+        Assert.Null(o.Pruning);
+    }
 }

@@ -143,7 +143,6 @@ public sealed class TranslationTests
     {
         { nameof(ChatOptions.Tools), new ChatOptions { Tools = [AIFunctionFactory.Create(() => 1, "one")] } },
         { nameof(ChatOptions.ToolMode), new ChatOptions { ToolMode = ChatToolMode.RequireAny } },
-        { nameof(ChatOptions.ResponseFormat), new ChatOptions { ResponseFormat = ChatResponseFormat.Json } },
         { nameof(ChatOptions.ModelId), new ChatOptions { ModelId = "gpt-4o" } },
         { nameof(ChatOptions.TopK), new ChatOptions { TopK = 5 } },
         { nameof(ChatOptions.FrequencyPenalty), new ChatOptions { FrequencyPenalty = 0.5f } },

@@ -28,13 +28,16 @@ public sealed class LlavaNextTests
         using var model = VisionLanguageModel.Load(dir, new ModelOptions { Device = "cpu" });
         var direct = await model.AskAsync(VisionRequest.Create(rows[0].Question, ImageInput.FromFile(Path.Combine(Next, rows[0].ImagePath))) with { Generation = options.Generation });
         Assert.Equal(direct.Text.Trim(), answered.Answer);
-        Assert.Equal(1056f, answered.KeptVisualTokens); // unpruned: every visual patch of a 50x60 image (its 24 image_newline tokens are not visual tokens)
+        // No pruning configured: the one default of every surface, AutoPrune at 128 of the 50x60 image's 1,056 patches.
+        Assert.Equal(AutoPrune.Pruning.PruningMethod.AutoPrune, direct.Report.Method);
+        Assert.Equal((float)direct.Report.AvgVisualTokensProcessed, answered.KeptVisualTokens, 3);
+        Assert.Equal(128f, answered.KeptVisualTokens, 0.5f);
 
         var loaded = ml.Transforms.LoadImages("Image", Next, "ImagePath").Fit(data).Transform(data);
         using var byImage = ml.Transforms.AnswerVisualQuestion("Answer", "Image", "Question", model, options).Fit(loaded);
         var fromImage = Assert.Single(ml.Data.CreateEnumerable<VqaOutput>(byImage.Transform(loaded), reuseRowObject: false));
         Assert.Equal("", fromImage.Error);
-        Assert.Equal(1056f, fromImage.KeptVisualTokens);
+        Assert.Equal(answered.KeptVisualTokens, fromImage.KeptVisualTokens);
     }
 
     [Fact]

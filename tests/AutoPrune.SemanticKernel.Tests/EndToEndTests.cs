@@ -33,7 +33,8 @@ public sealed class EndToEndTests(ChatFixture fx) : IClassFixture<ChatFixture>
         Assert.Equal(reference.TokenIds.Count, response.Usage.OutputTokenCount);
         Assert.False(string.IsNullOrEmpty(response.ResponseId));
         var report = Assert.IsType<PruningReport>(response.AdditionalProperties![PruningKnobs.ReportKey]);
-        Assert.Equal(PruningMethod.None, report.Method);
+        Assert.Equal(PruningMethod.AutoPrune, report.Method); // the one default, as ask's (PruningOptions.Default)
+        Assert.Equal(PruningOptions.DefaultBudget, report.BudgetAsked);
         Assert.Equal("shapes-llava-tiny", response.ModelId);
 
         // IChatClient, image as a file: URI
@@ -61,6 +62,36 @@ public sealed class EndToEndTests(ChatFixture fx) : IClassFixture<ChatFixture>
         kh.AddUserMessage([new ImageContent(bytes, "image/png"), new SkText(Question)]);
         var kernelAnswer = await kernel.GetRequiredService<IChatCompletionService>().GetChatMessageContentAsync(kh, kernel: kernel);
         Assert.Equal(reference.Text, kernelAnswer.Content);
+    }
+
+    /// <summary>
+    /// Issue 28: a Semantic Kernel user message <c>[text, image]</c> gives <c>ask</c>'s 589-token prompt and answer, as
+    /// <c>[image, text]</c> does (the chat template puts the images first); with no settings the service prunes with the
+    /// one default, AutoPrune at 128.
+    /// </summary>
+    [Fact]
+    public async Task Text_then_image_in_a_chat_history_gives_asks_prompt_and_answer_and_the_default_pruning()
+    {
+        const string image = "0000.png", question = "Is there a green circle?";
+        var reference = await fx.ReferenceAsync(image, question);
+        Assert.Equal(589, reference.PromptTokens);
+        Assert.Equal("yes", reference.Text);
+        Assert.Equal(RunCli(image, question, ChatFixture.MaxTokens), reference.Text);
+        var bytes = File.ReadAllBytes(TestData.Image(image));
+        foreach (var order in new[] { "image first", "text first" })
+        {
+            var history = new ChatHistory();
+            history.AddUserMessage(order == "image first"
+                ? [new ImageContent(bytes, "image/png"), new SkText(question)]
+                : [new SkText(question), new ImageContent(bytes, "image/png")]);
+            var sk = await fx.Service.GetChatMessageContentAsync(history);
+            Assert.Equal(reference.Text, sk.Content);
+            var usage = Assert.IsType<UsageDetails>(sk.Metadata!["Usage"]);
+            Assert.Equal(reference.PromptTokens, usage.InputTokenCount);
+            var report = Assert.IsType<PruningReport>(sk.Metadata![PruningKnobs.ReportKey]);
+            Assert.Equal(PruningMethod.AutoPrune, report.Method);
+            Assert.Equal(PruningOptions.DefaultBudget, report.BudgetAsked);
+        }
     }
 
     [Fact]

@@ -1,6 +1,4 @@
 using AutoPrune.Compute.Cuda;
-using AutoPrune.Loading;
-using AutoPrune.Models.Llava;
 using Microsoft.Extensions.Logging;
 
 namespace AutoPrune.Compute;
@@ -70,38 +68,6 @@ internal static class DeviceSelector
         if (d.StartsWith("cuda", StringComparison.Ordinal))
             return CudaDevice.Open(d); // throws NotSupportedException naming the missing piece
         throw new ArgumentException($"Unknown device '{device}': expected {ExpectedNames}.", nameof(device));
-    }
-
-    /// <summary>
-    /// The CPU model, or the GPU model on <paramref name="gpu"/> (which it then owns). With <paramref name="auto"/>, a GPU
-    /// model that fails to start (kernels the driver rejects, cuBLAS that will not initialise) falls back to the CPU
-    /// with a warning and <paramref name="gpu"/> is disposed; a device asked for by name fails instead. Checkpoint
-    /// errors (<see cref="ModelLoadException"/>) are never masked.
-    /// </summary>
-    public static ILlavaBackend CreateBackend(ITensorSource store, LlavaConfig config, CudaDevice? gpu, bool auto, ILogger log,
-        Action<double>? progress = null, Func<ITensorSource, LlavaConfig, CudaDevice, Action<double>?, ILlavaBackend>? gpuFactory = null,
-        bool cudaGraphs = false, CpuPrecision cpuPrecision = CpuPrecision.Fp32)
-    {
-        if (gpu is null) return new LlavaModel(store, config, progress, cpuPrecision);
-        gpuFactory ??= (s, c, d, p) => new Models.Llava.Cuda.CudaLlavaModel(s, c, d, p, cudaGraphs);
-        try
-        {
-            var backend = gpuFactory(store, config, gpu, progress);
-            if (backend is Models.Llava.Cuda.CudaLlavaModel { TiledAttentionWarning: { } warning }) log.LogWarning("{Warning}", warning);
-            return backend;
-        }
-        catch (Exception e) when (auto && e is not ModelLoadException)
-        {
-            log.LogWarning("Device auto: the GPU backend could not start on {Gpu} ({Error}: {Message}); running on the CPU",
-                gpu.Description, e.GetType().Name, e.Message);
-            gpu.Dispose();
-            return new LlavaModel(store, config, progress, cpuPrecision);
-        }
-        catch
-        {
-            gpu.Dispose();
-            throw;
-        }
     }
 
     private static string Normalise(string? device) => (device ?? "").Trim().ToLowerInvariant();

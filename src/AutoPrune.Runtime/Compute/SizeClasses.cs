@@ -1,7 +1,7 @@
 namespace AutoPrune.Compute;
 
 /// <summary>
-/// The size classes the buffer pools round requests up to (<see cref="Models.Llava.Cuda.DeviceArena"/> on the device,
+/// The size classes the buffer pools round requests up to (<see cref="Cuda.DeviceArena"/> on the device,
 /// <see cref="Cpu.HostMemoryPool"/> on the host), so that slightly different prompt lengths, and a pruned layer's
 /// shorter cache, reuse the same buffers.
 /// </summary>

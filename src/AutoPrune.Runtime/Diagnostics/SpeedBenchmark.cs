@@ -1,9 +1,10 @@
+using AutoPrune.Compute;
 using System.Diagnostics;
 using AutoPrune.Compute.Cpu;
 using AutoPrune.Generation;
 using AutoPrune.Loading;
 using AutoPrune.Models.Llava;
-using AutoPrune.Models.Llava.Cuda;
+
 using AutoPrune.Pruning;
 
 namespace AutoPrune.Diagnostics;
@@ -115,11 +116,12 @@ public static class SpeedBenchmark
         var (model, anyRes, weights, name) = LoadBackend(o, progress);
         using var owned = model;
         double loadSeconds = sw.Elapsed.TotalSeconds;
-        double? weightsMb = model is CudaLlavaModel g0 ? g0.Memory.CurrentBytes / 1048576.0 : null;
+        var gpuBackend = (model as LlavaModel)?.Backend as Compute.Cuda.CudaBackend;
+        double? weightsMb = gpuBackend is { } g0 ? g0.Memory.CurrentBytes / 1048576.0 : null;
         double? deviceUsed = null;
         void SampleDevice()
         {
-            if (model is CudaLlavaModel { Accelerator: ILGPU.Runtime.Cuda.CudaAccelerator cuda })
+            if (gpuBackend is { Accelerator: ILGPU.Runtime.Cuda.CudaAccelerator cuda })
             {
                 using var bind = cuda.BindScoped();
                 cuda.Synchronize();
@@ -205,7 +207,7 @@ public static class SpeedBenchmark
             if (method == PruningMethod.None && budget < visual)
             {
                 int keep = Math.Max(1, (int)Math.Round(budget));
-                runIds = InferencePipeline.ShortenImageRun(ids, cfg.ImageTokenIndex, keep);
+                runIds = LlavaRuntime.ShortenImageRun(ids, cfg.ImageTokenIndex, keep);
                 runProjected = projectedRows.FirstRows(keep);
                 runShape = shape with { VisualTokens = keep };
             }
@@ -275,7 +277,7 @@ public static class SpeedBenchmark
         }
 
         Release(towerOut);
-        double? peakMb = model is CudaLlavaModel g ? g.Memory.PeakBytes / 1048576.0 : null;
+        double? peakMb = gpuBackend is { } g ? g.Memory.PeakBytes / 1048576.0 : null;
         return new SpeedReport(name, model.Device, weights, shape.Layers, visual, Math.Round(loadSeconds, 2),
             Math.Round(Median(visionMs), 3), Math.Round(Median(projMs), 3), prefill, Math.Round(perToken, 3), o.DecodeTokens,
             peakMb is double p ? Math.Round(p, 1) : null, weightsMb is double w ? Math.Round(w, 1) : null,
@@ -283,7 +285,7 @@ public static class SpeedBenchmark
             deviceUsed is double du ? Math.Round(du, 1) : null, views)
         {
             DecodeCountersPerToken = decodeCounters, DecodeTokenIds = decodedIds, DecodeLogitsSha256 = decodeLogitsHash, CudaGraphs = o.CudaGraphs, VisionCounters = visionCounters, ProjectorCounters = projectorCounters,
-            LongAttention = model is CudaLlavaModel ga ? ga.LongAttention : null,
+            LongAttention = gpuBackend?.LongAttention,
         };
     }
 
@@ -302,16 +304,19 @@ public static class SpeedBenchmark
     {
         int prefix = Array.IndexOf(ids, model.Config.ImageTokenIndex);
         var session = new PruningSession(shape, options, prefix) { Newlines = map?.Layout.FeatureRows ?? 0 };
-        if (map is not null) session.SetAnyRes(map);
-        else session.SetVision(vision);
+        var image = map is not null
+            ? VisualImage.FromAnyRes(map, tokens!, model.Hidden, session.ViewShares, (f, n) => model.Project(f, n))
+            : VisualImage.FromVision(vision, VisualTokenMap.Square(model.Grid, !model.Config.DropClsToken), model.Hidden, (f, n) => model.Project(f, n));
+        session.SetImage(image, map is null ? vision : null);
         var sw = Stopwatch.StartNew();
         // Policies that choose before the LLM (VisionZip, DivPrune, AutoPrune's first stage) shorten the prompt; their selection is timed too.
-        var chosen = map is not null ? InferencePipeline.SelectBeforeLlm(model, session, map, tokens!) : InferencePipeline.SelectBeforeLlm(model, session, vision);
-        int[]? positions = null;
+        var chosen = LlavaRuntime.SelectBeforeLlm(model, session, image, map is null ? vision : null);
+        PositionIds? positions = null;
         if (chosen is not null)
         {
-            ids = InferencePipeline.ShortenImageRun(ids, model.Config.ImageTokenIndex, chosen.Rows.Rows);
-            positions = chosen.Positions(ids.Length, prefix, model.TokensPerImage, vision.Patches);
+            int full = ids.Length;
+            ids = LlavaRuntime.ShortenImageRun(ids, model.Config.ImageTokenIndex, chosen.Rows.Rows);
+            positions = chosen.Positions(ids.Length, prefix, PositionIds.Sequential(full));
         }
         int textTokens = ids.Length - (Array.LastIndexOf(ids, model.Config.ImageTokenIndex) + 1);
         SequenceState state;
@@ -339,23 +344,25 @@ public static class SpeedBenchmark
     {
         progress?.Report("loading weights");
         var gpu = Compute.DeviceSelector.Open(o.Device, Microsoft.Extensions.Logging.Abstractions.NullLogger.Instance);
-        if (o.CudaGraphs && gpu is null) throw new NotSupportedException(CudaGraph.NeedsCuda);
+        if (o.CudaGraphs && gpu is null) throw new NotSupportedException(Compute.Cuda.CudaGraph.NeedsCuda);
         try
         {
             if (o.ModelDirectory is { } dir)
             {
                 var config = LlavaConfig.Load(dir);
-                using var store = SafeTensorStore.Open(dir);
-                ILlavaBackend m = gpu is null ? new LlavaModel(store, config) : new CudaLlavaModel(store, config, gpu, null, o.CudaGraphs);
-                gpu = null;
+                using var store = TensorNames.Open(dir);
+                var device = gpu;
+                gpu = null; // the model owns it now (and disposes it if it cannot start)
+                ILlavaBackend m = LlavaModel.Create(store, config, device, o.CudaGraphs);
                 try { return (m, config.IsAnyRes ? new AnyResAssembler(store, config.TextConfig.HiddenSize) : null, "checkpoint", Path.GetFullPath(dir)); }
                 catch { m.Dispose(); throw; }
             }
             var cfg = LlavaPresets.ByName(o.Architecture);
             CheckMemory(cfg, gpu, o.Architecture);
             var random = new RandomTensorSource(cfg, (ulong)o.Seed);
-            ILlavaBackend r = gpu is null ? new LlavaModel(random, cfg) : new CudaLlavaModel(random, cfg, gpu, null, o.CudaGraphs);
+            var onDevice = gpu;
             gpu = null;
+            ILlavaBackend r = LlavaModel.Create(random, cfg, onDevice, o.CudaGraphs);
             return (r, cfg.IsAnyRes ? new AnyResAssembler(random, cfg.TextConfig.HiddenSize) : null, $"random fp16 (seed {o.Seed})", o.Architecture);
         }
         finally

@@ -1,39 +1,20 @@
+using AutoPrune.Compute;
 using System.Diagnostics;
 using System.Text;
 using AutoPrune.Diagnostics;
-using AutoPrune.Loading.Images;
-using AutoPrune.Loading.Text;
-using AutoPrune.Models.Llava;
+using AutoPrune.Models;
 using AutoPrune.Pruning;
 
 namespace AutoPrune.Generation;
 
 /// <summary>
-/// One request through a loaded model, in its three stages: <see cref="EncodeImages"/> (preprocessing, vision tower,
-/// projector, LLaVA-NeXT's tile assembly and VisionZip's selection), <see cref="Prefill"/> (the prompt through the
-/// decoder with the pruning session between layers) and <see cref="Decode"/> (the generation loop). Stateless between
-/// requests except for the vision cache; thread-safe.
+/// One request through a loaded model, in its three stages: the family's <see cref="ModelRuntime.Encode"/>
+/// (preprocessing, vision tower, projector, a selection before the LLM), <see cref="Prefill"/> (the prompt through the
+/// decoder with the request's pruning session between layers) and <see cref="Decode"/> (the generation loop), the same for
+/// every family. Stateless between requests; thread-safe.
 /// </summary>
-/// <param name="anyRes">LLaVA-NeXT's image path; null for LLaVA-1.5.</param>
-internal sealed class InferencePipeline(ILlavaBackend model, LlavaTokenizer tokenizer, ImagePreprocessor images, AnyResPipeline? anyRes,
-    ModelShape shape, LruCache<string, EncodedImage> visionCache, bool padToSquare)
+internal sealed class InferencePipeline(ModelRuntime model)
 {
-    /// <summary>
-    /// The projected visual tokens of each image (on a GPU they stay on the device; <see cref="Prefill"/> builds the prompt
-    /// from them and releases them) and the prompt ids they go into.
-    /// </summary>
-    internal sealed record EncodedImages(int[] Ids, List<ImageRows> Projected, List<int[]>? VisualIndices, PruningSession Session, double PreprocessMs, double VisionMs)
-    {
-        /// <summary>What a policy chose before the LLM (VisionZip, DivPrune, AutoPrune's selection before layer 0), if anything.</summary>
-        public PreLlmRows? Selected { get; init; }
-
-        /// <summary>
-        /// The images' vision features, held until the prefill ends (a policy may read them there: AutoPrune's [CLS] term
-        /// at layer 0), then released; with no vision cache that frees them.
-        /// </summary>
-        public IReadOnlyList<EncodedImage> Held { get; init; } = [];
-    }
-
     /// <summary>The decoder state after the prompt, with the logits at its last position and what pruning did.</summary>
     internal sealed record PrefilledPrompt(IGeneration Generation, float[] Logits, PruningReport Report, double PrefillMs);
 
@@ -53,7 +34,7 @@ internal sealed class InferencePipeline(ILlavaBackend model, LlavaTokenizer toke
         // GPU backends: everything this request makes the device do, by stage (exact even with concurrent requests).
         var counters = model.Counters is null ? null : new DeviceCounterSet();
         using var counting = counters is null ? null : DeviceCounterSet.BeginRequest(counters);
-        var encoded = EncodeImages(p, telemetry, ct);
+        var encoded = model.Encode(p, telemetry, ct);
         var afterVision = counters?.Snapshot();
         var prefilled = Prefill(p, encoded, telemetry, ct);
         var afterPrefill = counters?.Snapshot();
@@ -76,144 +57,6 @@ internal sealed class InferencePipeline(ILlavaBackend model, LlavaTokenizer toke
         }));
     }
 
-    /// <summary>Preprocessing, vision tower and projector for each image (VisionZip selects its tokens here; LLaVA-NeXT assembles its views).</summary>
-    public EncodedImages EncodeImages(PreparedRequest p, RequestTelemetry telemetry, CancellationToken ct)
-    {
-        var sw = Stopwatch.StartNew();
-        int imageToken = model.Config.ImageTokenIndex;
-        int prefix = Math.Max(0, Array.IndexOf(p.Ids, imageToken));
-        // A pruning method sees the first image's run (for LLaVA-NeXT its size decides how long, and its views); None counts them all.
-        var sessionShape = p.PruningShape ?? (p.ImageTokens.Length > 0 ? shape with { VisualTokens = p.ImageTokens[0] } : shape);
-        var patches = p.ImagePatches ?? p.ImageTokens;
-        var session = new PruningSession(sessionShape, p.Pruning, prefix, patches.Sum(), p.PruningNotes) { Newlines = p.ImageTokens.Sum() - patches.Sum() };
-        var ids = p.Ids;
-        var projected = new List<ImageRows>(p.Request.Images.Count);
-        var held = new List<EncodedImage>(p.Request.Images.Count);
-        List<int[]>? visualIndices = anyRes is null ? null : [];
-        PreLlmRows? selected = null;
-        double preprocessMs = 0;
-        try
-        {
-            for (int i = 0; i < p.Request.Images.Count; i++)
-            {
-                ct.ThrowIfCancellationRequested();
-                var image = p.Request.Images[i];
-                // The cache is keyed by the image's content (SHA-256 of its bytes, read once and within the file limit), so a
-                // file rewritten in place is never answered from it.
-                var clock = Stopwatch.StartNew();
-                ReadOnlyMemory<byte> bytes = image.Path is not null ? ImagePreprocessor.ReadFile(image.Path, images.MaxFileBytes) : image.Bytes;
-                string key = $"{Convert.ToHexString(System.Security.Cryptography.SHA256.HashData(bytes.Span))}|{padToSquare}";
-                // A hit takes a reference to the (GPU's device) features before the cache could drop them.
-                EncodedImage? encoded = visionCache.TryGet(key, out var cached) ? cached : null;
-                bool hit = encoded is not null;
-                if (!hit) preprocessMs += clock.Elapsed.TotalMilliseconds; // reading and hashing count as preprocessing on a miss; a hit reports 0
-                float[]? pixels = hit || anyRes is not null ? null : Preprocess(image, bytes.Span, i, telemetry, ref preprocessMs);
-                using var span = telemetry.Stage(AutoPruneTelemetry.Spans.Vision);
-                span?.SetTag(AutoPruneTelemetry.Tags.ImageIndex, i);
-                span?.SetTag(AutoPruneTelemetry.Tags.VisionCached, hit);
-                if (encoded is null)
-                {
-                    // LLaVA-NeXT preprocesses its views inside the vision span (the tiles are cut as they are encoded).
-                    encoded = anyRes is not null
-                        ? anyRes.Encode(model, bytes.Span, image.Path, ref preprocessMs, ct)
-                        : new EncodedImage([model.VisionForward(pixels, ct)], null);
-                    encoded.Retain(); // the cache's own reference
-                    if (!visionCache.Add(key, encoded)) encoded.Release();
-                }
-                held.Add(encoded);
-                if (anyRes is not null)
-                {
-                    var (imageRows, map) = anyRes.Assemble(model, encoded);
-                    if (map.Sequence.Count != p.ImageTokens[i])
-                        throw new ImageDecodeException($"The image {image.Name} is {map.Layout.ImageWidth}x{map.Layout.ImageHeight} ({map.Sequence.Count} tokens) now, not what its header said when the request was queued ({p.ImageTokens[i]} tokens); it changed in between.");
-                    session.SetAnyRes(map);
-                    // Policies that choose before the LLM keep some of the patches (and every image_newline row) of the one image.
-                    if (p.Request.Images.Count == 1 && SelectBeforeLlm(model, session, map, imageRows) is { } kept)
-                    {
-                        selected = kept;
-                        projected.Add(kept.Rows);
-                        visualIndices = [kept.VisualIndex!];
-                        ids = ShortenImageRun(ids, imageToken, kept.Rows.Rows);
-                        continue;
-                    }
-                    // Visual indices stay unique across images: each image's patches follow the earlier images' patches.
-                    int offset = visualIndices!.Sum(v => v.Count(x => x >= 0));
-                    visualIndices!.Add(map.Sequence.Select(x => x >= 0 ? x + offset : x).ToArray());
-                    projected.Add(ImageRows.OnHost(imageRows, model.Hidden));
-                    continue;
-                }
-                var vision = encoded.Views[0];
-                session.SetVision(vision);
-                // Policies that choose before the LLM (VisionZip, DivPrune, AutoPrune's selection before layer 0) hand back the rows that enter it.
-                if (SelectBeforeLlm(model, session, vision) is { } chosen)
-                {
-                    selected = chosen;
-                    projected.Add(chosen.Rows);
-                    if (chosen.VisualIndex is not null) visualIndices = [chosen.VisualIndex];
-                    ids = ShortenImageRun(ids, imageToken, chosen.Rows.Rows);
-                }
-                else
-                    projected.Add(model.ProjectImage(vision));
-            }
-        }
-        catch
-        {
-            foreach (var rows in projected) rows.Dispose();
-            foreach (var e in held) e.Release();
-            throw;
-        }
-        return new EncodedImages(ids, projected, visualIndices, session, preprocessMs, sw.Elapsed.TotalMilliseconds - preprocessMs) { Selected = selected, Held = held };
-    }
-
-    /// <summary>
-    /// The rows a policy that chooses before the LLM lets in, projected (on a GPU, VisionZip's stay on the device and
-    /// only the device knows their patches), or null when the policy does not choose there.
-    /// </summary>
-    internal static PreLlmRows? SelectBeforeLlm(ILlavaBackend model, PruningSession session, VisionFeatures vision)
-    {
-        var policy = session.Policy;
-        if (vision.Device is not null && model is Models.Llava.Cuda.CudaLlavaModel gpu)
-        {
-            // On a GPU the selection runs there: nothing but the chosen rows' count comes back before the prefill.
-            if (policy is VisionZipPolicy zip && zip.Options.Positions != PrunedPositions.Original && vision.Tokens == vision.Patches)
-                return new PreLlmRows(Pruning.Device.VisionZipOnDevice.Select(gpu, zip, vision), null, false);
-            if (policy is AutoPrunePolicy auto)
-                return Pruning.Device.AutoPruneOnDevice.SelectBeforeLlm(gpu, auto, vision) is { } rows ? new PreLlmRows(rows, null, rows.OriginalPositions) : null;
-            if (policy is DivPrunePolicy div)
-            {
-                var rows = Pruning.Device.DivPruneOnDevice.Select(gpu, vision, div.PatchesToKeep(vision), div.OriginalPositions);
-                return new PreLlmRows(rows, null, rows.OriginalPositions);
-            }
-        }
-        if (policy.SelectBeforeLlm(vision, (features, rows) => model.Project(features, rows)) is not { } chosen) return null;
-        return new PreLlmRows(ImageRows.OnHost(chosen.Projected, model.Hidden), chosen.VisualIndex, chosen.OriginalPositions);
-    }
-
-    /// <summary>
-    /// What of a LLaVA-NeXT image a policy that chooses before the LLM lets in (its patches' rows and every image_newline
-    /// row, then merged rows), on the host, or null when the policy does not choose there.
-    /// </summary>
-    internal static PreLlmRows? SelectBeforeLlm(ILlavaBackend model, PruningSession session, AnyResTokenMap map, float[] tokens)
-    {
-        var image = new AnyResImage(map, tokens, model.Hidden, session.ViewShares);
-        if (session.Policy.SelectBeforeLlm(image, (features, rows) => model.Project(features, rows)) is not { } chosen) return null;
-        return new PreLlmRows(ImageRows.OnHost(chosen.Projected, model.Hidden), chosen.VisualIndex, chosen.OriginalPositions)
-        {
-            RunPlaces = chosen.RunPlaces, FullRun = chosen.FullRun,
-        };
-    }
-
-    /// <summary>Decodes and resizes a LLaVA-1.5 image (its own span, timed into <paramref name="preprocessMs"/>).</summary>
-    private float[] Preprocess(ImageInput image, ReadOnlySpan<byte> bytes, int index, RequestTelemetry telemetry, ref double preprocessMs)
-    {
-        using var span = telemetry.Stage(AutoPruneTelemetry.Spans.Preprocess);
-        span?.SetTag(AutoPruneTelemetry.Tags.ImageIndex, index);
-        var clock = Stopwatch.StartNew();
-        var pixels = images.Preprocess(bytes, padToSquare, image.Path);
-        preprocessMs += clock.Elapsed.TotalMilliseconds;
-        return pixels;
-    }
-
     /// <summary>
     /// Builds the prompt's embeddings and runs them through every decoder layer, pruning between layers; releases the
     /// images' vision features at the end, whatever happens.
@@ -221,29 +64,23 @@ internal sealed class InferencePipeline(ILlavaBackend model, LlavaTokenizer toke
     public PrefilledPrompt Prefill(PreparedRequest p, EncodedImages encoded, RequestTelemetry telemetry, CancellationToken ct)
     {
         try { return PrefillCore(p, encoded, telemetry, ct); }
-        finally { foreach (var e in encoded.Held) e.Release(); }
+        finally { encoded.Release(); }
     }
 
     private PrefilledPrompt PrefillCore(PreparedRequest p, EncodedImages encoded, RequestTelemetry telemetry, CancellationToken ct)
     {
         using var span = telemetry.Stage(AutoPruneTelemetry.Spans.Prefill);
         var sw = Stopwatch.StartNew();
-        var ids = encoded.Ids;
-        int visualInPrompt = ids.Count(t => t == model.Config.ImageTokenIndex);
-        int prefix = Math.Max(0, Array.IndexOf(ids, model.Config.ImageTokenIndex));
-        var positions = encoded.Selected?.Positions(ids.Length, prefix, model.TokensPerImage, shape.GridSize * shape.GridSize);
-        SequenceState state;
-        try { state = model.BuildSequence(ids, encoded.Projected, encoded.VisualIndices, positions); }
-        finally { foreach (var rows in encoded.Projected) rows.Dispose(); }
+        var state = model.BuildSequence(p, encoded);
         var generation = model.StartGeneration(p.MaxNew);
         try
         {
-            var session = encoded.Session;
+            var session = p.Session;
             var logits = generation.Prefill(state, session.NeedsDecoderHook ? session : null, ct);
             NonFiniteLogitsException.ThrowIfAny(logits, "the last prompt position");
             p.OnPrefillLogits?.Invoke((float[])logits.Clone());
             p.OnPrefillState?.Invoke(state, generation.CachedTokensPerLayer());
-            var report = session.Finish(state, ids.Length - prefix - visualInPrompt);
+            var report = session.Finish(state, encoded.TextTokens);
             span?.SetTag(AutoPruneTelemetry.Tags.VisualTokensKept, report.AvgVisualTokensProcessed);
             span?.SetTag(AutoPruneTelemetry.Tags.FlopsRatio, report.FlopsRatio);
             return new PrefilledPrompt(generation, logits, report, sw.Elapsed.TotalMilliseconds);
@@ -255,7 +92,17 @@ internal sealed class InferencePipeline(ILlavaBackend model, LlavaTokenizer toke
         }
     }
 
-    /// <summary>Generates the answer token by token, emitting each piece of text as it is decoded.</summary>
+    private Constraints.TokenVocabulary? _vocabulary;
+
+    /// <summary>The tokenizer's vocabulary as bytes, for structured output (built on the first request that asks for it).</summary>
+    internal Constraints.TokenVocabulary Vocabulary => LazyInitializer.EnsureInitialized(ref _vocabulary,
+        () => new Constraints.TokenVocabulary(model.Tokenizer.TokenBytes(), model.Tokenizer.EndIds, model.Tokenizer.DropsLeadingSpace, model.Info.VocabSize));
+
+    /// <summary>
+    /// Generates the answer token by token, emitting each piece of text as it is decoded. With a JSON response format each
+    /// step's logits are masked to the tokens that keep the answer a valid prefix (on a GPU this downloads the logits of
+    /// every step instead of the greedy id alone).
+    /// </summary>
     public VisionAnswer Decode(PreparedRequest p, PrefilledPrompt prefilled, RequestTelemetry telemetry, Action<AnswerChunk> emit, CancellationToken ct,
         DecodeCounting? counting = null)
     {
@@ -264,18 +111,20 @@ internal sealed class InferencePipeline(ILlavaBackend model, LlavaTokenizer toke
         var g = p.Request.Generation;
         var logits = prefilled.Logits;
         var sampler = new Sampler(g);
-        var decoder = tokenizer.CreateStreamingDecoder();
+        var decoder = model.Tokenizer.CreateStreamingDecoder();
         var tokens = new List<int>();
         var text = new StringBuilder();
         var finish = AnswerFinishReason.Length;
         var stops = g.StopSequences?.Where(s => !string.IsNullOrEmpty(s)).ToArray() ?? [];
         int? greedyNext = null;
+        var constraint = g.ResponseFormat?.Grammar is { } grammar ? new Constraints.ConstrainedDecoding(grammar, Vocabulary) : null;
         for (int step = 0; step < p.MaxNew; step++)
         {
             ct.ThrowIfCancellationRequested();
-            int next = greedyNext ?? sampler.Next(logits);
+            int next = constraint is null ? greedyNext ?? sampler.Next(logits) : sampler.Next(logits, constraint.NextMask(p.MaxNew - step));
             telemetry.FirstToken();
-            if (next == tokenizer.EosId) { finish = AnswerFinishReason.Stop; break; }
+            if (model.Tokenizer.IsEnd(next)) { finish = AnswerFinishReason.Stop; break; }
+            constraint?.Accept(next);
             tokens.Add(next);
             string piece = decoder.Push(next);
             text.Append(piece);
@@ -294,7 +143,7 @@ internal sealed class InferencePipeline(ILlavaBackend model, LlavaTokenizer toke
             {
                 // Greedy decoding asks the backend for the next id only (a GPU then returns 4 bytes, not the logits).
                 counting?.Begin();
-                if (sampler.IsGreedy) greedyNext = prefilled.Generation.StepGreedy(next);
+                if (sampler.IsGreedy && constraint is null) greedyNext = prefilled.Generation.StepGreedy(next);
                 else NonFiniteLogitsException.ThrowIfAny(logits = prefilled.Generation.Step(next), $"decoding step {step + 1}");
                 counting?.End();
             }
@@ -312,12 +161,5 @@ internal sealed class InferencePipeline(ILlavaBackend model, LlavaTokenizer toke
             Device = model.Device,
             Report = prefilled.Report,
         };
-    }
-
-    /// <summary>Replaces the (single) run of image tokens with <paramref name="count"/> of them.</summary>
-    internal static int[] ShortenImageRun(int[] ids, int imageToken, int count)
-    {
-        int first = Array.IndexOf(ids, imageToken), last = Array.LastIndexOf(ids, imageToken);
-        return [.. ids.AsSpan(0, first), .. Enumerable.Repeat(imageToken, count), .. ids.AsSpan(last + 1)];
     }
 }

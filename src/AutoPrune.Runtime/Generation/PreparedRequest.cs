@@ -1,3 +1,4 @@
+using AutoPrune.Compute;
 using AutoPrune.Pruning;
 
 namespace AutoPrune.Generation;
@@ -11,10 +12,16 @@ internal sealed record PreparedRequest(VisionRequest Request, int[] Ids, int Max
     public Action<float[]>? OnPrefillLogits { get; init; }
 
     /// <summary>Receives the sequence after the prefill and the tokens each layer's cache holds (tests).</summary>
-    public Action<Models.Llava.SequenceState, int[]>? OnPrefillState { get; init; }
+    public Action<Compute.SequenceState, int[]>? OnPrefillState { get; init; }
 
     /// <summary>LLaVA-NeXT: each image's visual patches (its tokens without the image_newline rows); null when every image token is a visual token.</summary>
     public int[]? ImagePatches { get; init; }
+
+    /// <summary>Rows before the first image's run.</summary>
+    public int Prefix { get; init; }
+
+    /// <summary>The request's pruning session, its plan solved when the request was prepared (one per request).</summary>
+    public PruningSession Session { get; init; } = null!;
 
     /// <summary>LLaVA-NeXT: the shape the pruning policy sees (the first image's patches and views); null for LLaVA-1.5's fixed shape.</summary>
     public ModelShape? PruningShape { get; init; }

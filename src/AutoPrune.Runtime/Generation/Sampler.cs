@@ -35,19 +35,36 @@ internal sealed class Sampler
     public int Next(ReadOnlySpan<float> logits)
     {
         if (_rng is null) return Compute.Cpu.CpuOps.ArgMax(logits);
+        var idx = new int[logits.Length];
+        for (int i = 0; i < idx.Length; i++) idx[i] = i;
+        return Sample(logits, idx);
+    }
+
+    /// <summary>As <see cref="Next(ReadOnlySpan{float})"/> among the ids <paramref name="mask"/> allows (structured output);
+    /// -1 when it allows none of the logits' ids.</summary>
+    public int Next(ReadOnlySpan<float> logits, Constraints.TokenMask mask)
+    {
+        if (_rng is null) return mask.ArgMax(logits);
         int n = logits.Length;
-        var idx = new int[n];
+        var idx = mask.Ids().TakeWhile(id => id < n).ToArray();
+        return idx.Length == 0 ? -1 : Sample(logits, idx);
+    }
+
+    /// <summary>Temperature and top-p sampling among the candidate ids <paramref name="idx"/> (reordered in place).</summary>
+    private int Sample(ReadOnlySpan<float> logits, int[] idx)
+    {
+        int n = idx.Length;
         var p = new double[n];
         double max = double.NegativeInfinity;
-        for (int i = 0; i < n; i++) max = Math.Max(max, logits[i]);
+        for (int i = 0; i < n; i++) max = Math.Max(max, logits[idx[i]]);
         double sum = 0;
-        for (int i = 0; i < n; i++) { idx[i] = i; p[i] = Math.Exp((logits[i] - max) / _temperature); sum += p[i]; }
+        for (int i = 0; i < n; i++) { p[i] = Math.Exp((logits[idx[i]] - max) / _temperature); sum += p[i]; }
         Array.Sort(p, idx); // ascending
         Array.Reverse(p); Array.Reverse(idx);
         double cut = _topP * sum, acc = 0;
         int keep = 0;
         while (keep < n) { acc += p[keep++]; if (acc >= cut) break; }
-        double r = _rng.NextDouble() * acc;
+        double r = _rng!.NextDouble() * acc;
         for (int i = 0; i < keep; i++)
         {
             r -= p[i];

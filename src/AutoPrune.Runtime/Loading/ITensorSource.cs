@@ -2,7 +2,7 @@ namespace AutoPrune.Loading;
 
 /// <summary>
 /// Where a model's weights come from: a checkpoint folder (<see cref="SafeTensorStore"/>) or generated weights for
-/// speed measurements (RandomTensorSource). Names are canonical (see <see cref="TensorNames"/>); when
+/// speed measurements (RandomTensorSource). Names are canonical (see the family's tensor-name map, e.g. LLaVA's TensorNames); when
 /// an expected shape is given the tensor must have exactly that shape.
 /// </summary>
 internal interface ITensorSource

@@ -1,3 +1,5 @@
+using AutoPrune.Loading;
+using AutoPrune.Models.Llava;
 using AutoPrune.Compute;
 using System.Numerics.Tensors;
 using System.Runtime.CompilerServices;

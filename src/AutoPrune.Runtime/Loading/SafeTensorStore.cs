@@ -6,13 +6,15 @@ using System.Runtime.InteropServices;
 using System.Text;
 using System.Text.Json;
 
+using AutoPrune.Models.Llava;
+
 namespace AutoPrune.Loading;
 
 /// <summary>
 /// Read-only, memory-mapped view of the tensors of a Hugging Face checkpoint folder: either a single
 /// <c>model.safetensors</c> or a <c>model.safetensors.index.json</c> with its shards. Everything is
 /// validated at <see cref="Open"/>; tensors are widened to fp32 on read. Names are canonical (see
-/// <see cref="TensorNames"/>). Thread-safe for concurrent reads.
+/// the model family's name map). Thread-safe for concurrent reads.
 /// </summary>
 internal sealed unsafe class SafeTensorStore : ITensorSource, IDisposable
 {
@@ -29,11 +31,13 @@ internal sealed unsafe class SafeTensorStore : ITensorSource, IDisposable
     private readonly Dictionary<string, (Shard Shard, Entry Entry)> _tensors;
     private readonly string[] _names;
     private readonly HashSet<string> _read = new(StringComparer.Ordinal);
+    private readonly Func<string, string> _canonical;
     private bool _disposed;
 
-    private SafeTensorStore(string folder, List<Shard> shards, Dictionary<string, (Shard, Entry)> tensors)
+    private SafeTensorStore(string folder, List<Shard> shards, Dictionary<string, (Shard, Entry)> tensors, Func<string, string> canonical)
     {
         _folder = folder;
+        _canonical = canonical;
         _shards = shards;
         _tensors = tensors;
         _names = tensors.Keys.OrderBy(n => n, StringComparer.Ordinal).ToArray();
@@ -48,7 +52,7 @@ internal sealed unsafe class SafeTensorStore : ITensorSource, IDisposable
     /// <summary>The safetensors files backing this store (full paths).</summary>
     public IReadOnlyList<string> Files => _shards.Select(s => s.Path).ToArray();
 
-    public bool Contains(string name) => _tensors.ContainsKey(TensorNames.ToCanonical(name));
+    public bool Contains(string name) => _tensors.ContainsKey(_canonical(name));
 
     public TensorInfo GetInfo(string name)
     {
@@ -190,8 +194,11 @@ internal sealed unsafe class SafeTensorStore : ITensorSource, IDisposable
 
     // ------------------------------------------------------------------ opening
 
-    public static SafeTensorStore Open(string folder, InputFileLimits? limits = null)
+    /// <param name="canonicalName">Maps a checkpoint key to the name the store uses (and that callers ask for): the model
+    /// family's tensor-name map (LLaVA's <c>TensorNames.ToCanonical</c>, Qwen2.5-VL's own).</param>
+    public static SafeTensorStore Open(string folder, InputFileLimits? limits, Func<string, string> canonicalName)
     {
+        ArgumentNullException.ThrowIfNull(canonicalName);
         if (string.IsNullOrWhiteSpace(folder))
             throw new ModelLoadException("The checkpoint folder path is empty.", folder);
         string full;
@@ -212,24 +219,24 @@ internal sealed unsafe class SafeTensorStore : ITensorSource, IDisposable
         string indexPath = Path.Combine(full, IndexFileName);
         string singlePath = Path.Combine(full, SingleFileName);
         if (File.Exists(indexPath))
-            return OpenSharded(full, indexPath, (limits ?? new()).IndexBytes);
+            return OpenSharded(full, indexPath, (limits ?? new()).IndexBytes, canonicalName);
         if (File.Exists(singlePath))
-            return OpenSingle(full, singlePath);
+            return OpenSingle(full, singlePath, canonicalName);
 
         throw new ModelLoadException(
             $"Checkpoint folder '{full}' contains neither '{SingleFileName}' nor '{IndexFileName}'. Files present: {ListFolder(full)}.",
             full);
     }
 
-    private static SafeTensorStore OpenSingle(string folder, string path)
+    private static SafeTensorStore OpenSingle(string folder, string path, Func<string, string> canonical)
     {
-        var shard = Shard.Open(path);
+        var shard = Shard.Open(path, canonical);
         try
         {
             var tensors = new Dictionary<string, (Shard, Entry)>(StringComparer.Ordinal);
             foreach (var entry in shard.Entries.Values)
                 AddCanonical(tensors, shard, entry, path);
-            return new SafeTensorStore(folder, new List<Shard> { shard }, tensors);
+            return new SafeTensorStore(folder, new List<Shard> { shard }, tensors, canonical);
         }
         catch
         {
@@ -238,7 +245,7 @@ internal sealed unsafe class SafeTensorStore : ITensorSource, IDisposable
         }
     }
 
-    private static SafeTensorStore OpenSharded(string folder, string indexPath, long maxIndexBytes)
+    private static SafeTensorStore OpenSharded(string folder, string indexPath, long maxIndexBytes, Func<string, string> canonical)
     {
         var weightMap = ReadIndex(indexPath, maxIndexBytes);
         var shards = new List<Shard>();
@@ -257,7 +264,7 @@ internal sealed unsafe class SafeTensorStore : ITensorSource, IDisposable
                             $"Index '{indexPath}' maps tensor '{rawName}' to shard '{shardRel}', but file '{shardPath}' does not exist. Files present: {ListFolder(folder)}.",
                             shardPath, rawName);
                     }
-                    shard = Shard.Open(shardPath);
+                    shard = Shard.Open(shardPath, canonical);
                     shards.Add(shard);
                     shardByRel.Add(shardRel, shard);
                 }
@@ -270,7 +277,7 @@ internal sealed unsafe class SafeTensorStore : ITensorSource, IDisposable
                 AddCanonical(tensors, shard, entry, indexPath);
             }
             RefuseUnlisted(indexPath, weightMap, shardByRel);
-            return new SafeTensorStore(folder, shards, tensors);
+            return new SafeTensorStore(folder, shards, tensors, canonical);
         }
         catch
         {
@@ -428,7 +435,7 @@ internal sealed unsafe class SafeTensorStore : ITensorSource, IDisposable
     {
         ObjectDisposedException.ThrowIf(_disposed, this);
         ArgumentNullException.ThrowIfNull(name);
-        string canonical = TensorNames.ToCanonical(name);
+        string canonical = _canonical(name);
         if (_tensors.TryGetValue(canonical, out var found))
             return found;
 
@@ -532,14 +539,15 @@ internal sealed unsafe class SafeTensorStore : ITensorSource, IDisposable
         private bool _pointerAcquired;
 
         public string Path { get; private init; } = "";
+        private Func<string, string> Canonical { get; init; } = TensorNames.ToCanonical;
         public long FileLength { get; private set; }
         public byte* Base { get; private set; }
         public byte* DataStart { get; private set; }
         public Dictionary<string, Entry> Entries { get; } = new(StringComparer.Ordinal);
 
-        public static Shard Open(string path)
+        public static Shard Open(string path, Func<string, string> canonical)
         {
-            var shard = new Shard { Path = path };
+            var shard = new Shard { Path = path, Canonical = canonical };
             try
             {
                 shard.Map();
@@ -708,7 +716,7 @@ internal sealed unsafe class SafeTensorStore : ITensorSource, IDisposable
             return new Entry
             {
                 RawName = rawName,
-                Name = TensorNames.ToCanonical(rawName),
+                Name = Canonical(rawName),
                 DType = dtype,
                 Shape = shape,
                 ElementCount = count,

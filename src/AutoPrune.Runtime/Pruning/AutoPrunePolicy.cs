@@ -1,6 +1,6 @@
+using AutoPrune.Compute;
 using System.Globalization;
 using System.Numerics.Tensors;
-using AutoPrune.Models.Llava;
 
 namespace AutoPrune.Pruning;
 
@@ -27,6 +27,7 @@ internal sealed class AutoPrunePolicy : IPruningPolicy
     private readonly Dictionary<string, double> _signals = new(StringComparer.Ordinal);
     private VisionFeatures? _vision;
     private float[]? _clsMeanHost;
+    private VisualImage? _image;
 
     public AutoPrunePolicy(ModelShape shape, PruningOptions options)
     {
@@ -52,7 +53,6 @@ internal sealed class AutoPrunePolicy : IPruningPolicy
         if (vision.Device is null ? vision.ClsAttention is null : vision.Device.Cls is null)
             throw new NotSupportedException("AutoPrune needs the vision tower's [CLS] attention, but this model's feature layer is the embedding layer.");
         _vision = vision;
-        _clsMeanHost = null;
     }
 
     /// <summary>Whether the request's vision features are on a GPU (the device selections need them there).</summary>
@@ -61,92 +61,59 @@ internal sealed class AutoPrunePolicy : IPruningPolicy
     /// <summary>The vision features of the request (set by <see cref="OnVision"/>).</summary>
     internal VisionFeatures Vision => _vision ?? throw new InvalidOperationException("AutoPrune has not seen the vision features.");
 
-    /// <summary>The [CLS] attention's head mean per patch, computed on the host when the host code first needs it.</summary>
-    private float[] ClsMean
-    {
-        get
-        {
-            if (_clsMeanHost is not null) return _clsMeanHost;
-            var vision = Vision;
-            var cls = vision.ClsAttention!;
-            var mean = new float[vision.Patches];
-            for (int h = 0; h < vision.Heads; h++)
-                TensorPrimitives.Add(mean, cls.AsSpan(h * vision.Patches, vision.Patches), mean);
-            TensorPrimitives.Multiply(mean, 1f / vision.Heads, mean);
-            return _clsMeanHost = mean;
-        }
-    }
+    /// <summary>The [CLS] attention's head mean per token (or the attention each token receives), computed on the host when the host code first needs it.</summary>
+    private float[] ClsMean => _clsMeanHost ??= (_image ?? throw new InvalidOperationException("AutoPrune has not seen the image.")).ClsMean();
 
     /// <summary>The visual tokens entering layer 0 and the count after layer 0's pre-selection.</summary>
     internal (int Entering, int N0) Initial => _initial;
 
     internal PruningOptions Options => _options;
 
-    /// <summary>A LLaVA-NeXT image: each patch's [CLS] term is its own view's [CLS] attention, averaged over heads.</summary>
-    public void OnAnyRes(AnyResTokenMap map)
+    /// <summary>The request's image: its map and the vision tower's signals per token.</summary>
+    public void OnImage(VisualImage image)
     {
-        _clsMeanHost = map.ClsAttentionMean();
+        _image = image;
+        _clsMeanHost = null;
     }
 
     /// <summary>
-    /// Stage 0 of a LLaVA-NeXT image: the curve's first count, by each view's own [CLS] attention with coverage over the
-    /// vision keys and the patches' places in the original image (or by diversity of the projected patches).
+    /// Stage 0 (before the LLM): the curve's first count, by the [CLS] attention (or the attention each token receives)
+    /// with coverage over the vision keys and the tokens' places in the image, or by diversity of the projected tokens;
+    /// LLaVA-1.5's "full" [CLS] row is always kept.
     /// </summary>
-    public PreLlmSelection? SelectBeforeLlm(AnyResImage image, Func<float[], int, float[]> project)
+    public PreLlmSelection? SelectBeforeLlm(VisualImage image)
     {
-        if (_initial.Entering >= image.Patches) return null;
+        int cls = image.Map.HasCls ? 1 : 0;
+        if (_initial.Entering >= image.Count + cls) return null;
         bool original = _options.Positions != PrunedPositions.Contiguous;
+        int k = _initial.Entering - cls;
         int[] keep;
         if (_options.AutoPruneBeforeLlmSelection == AutoPruneBeforeLlmSelection.Diversity)
         {
-            var rows = image.PatchRows();
+            var rows = image.ProjectedTokens();
             int d = image.Hidden;
-            keep = image.SelectByScope(_initial.Entering, (candidates, q) =>
-            {
-                var f = new float[candidates.Length * d];
-                for (int j = 0; j < candidates.Length; j++) rows.AsSpan(candidates[j] * d, d).CopyTo(f.AsSpan(j * d, d));
-                return DivPruneSelector.Select(f, d, q);
-            });
+            keep = image.Map.SquareGrid is not null ? DivPruneSelector.Select(rows, d, k)
+                : image.SelectByScope(k, (candidates, q) =>
+                {
+                    var f = new float[candidates.Length * d];
+                    for (int j = 0; j < candidates.Length; j++) rows.AsSpan(candidates[j] * d, d).CopyTo(f.AsSpan(j * d, d));
+                    return DivPruneSelector.Select(f, d, q);
+                });
         }
         else
         {
-            int dk = image.Map.Views[0].Hidden;
-            var unit = CoverageNms.Normalize(image.Gather(v => v.PatchKeys, dk, "attention at the feature layer"), dk);
-            var cls = _clsMeanHost ?? image.Map.ClsAttentionMean();
-            keep = image.SelectByScope(_initial.Entering, (candidates, q) =>
-            {
-                var f = new float[candidates.Length * dk];
-                for (int j = 0; j < candidates.Length; j++) unit.AsSpan(candidates[j] * dk, dk).CopyTo(f.AsSpan(j * dk, dk));
-                return SelectAt(candidates.Select(c => cls[c]).ToArray(), f, dk, candidates, q, image.Map.Geometry);
-            });
+            int dk = image.KeyDim;
+            var unit = CoverageNms.Normalize(image.Keys(), dk);
+            var score = ClsMean;
+            keep = image.Map.SquareGrid is not null ? Select(score, unit, dk, Enumerable.Range(0, image.Count).ToArray(), k)
+                : image.SelectByScope(k, (candidates, q) =>
+                {
+                    var f = new float[candidates.Length * dk];
+                    for (int j = 0; j < candidates.Length; j++) unit.AsSpan(candidates[j] * dk, dk).CopyTo(f.AsSpan(j * dk, dk));
+                    return SelectAt(candidates.Select(c => score[c]).ToArray(), f, dk, candidates, q, image.Map.Geometry);
+                });
         }
-        return image.Select(keep, null, original);
-    }
-
-    /// <summary>Stage 0 (before the LLM): the curve's first count, by [CLS] attention with coverage over the vision keys.</summary>
-    public PreLlmSelection? SelectBeforeLlm(VisionFeatures vision, Func<float[], int, float[]> project)
-    {
-        if (_initial.Entering >= vision.Tokens) return null;
-        if (vision.PatchKeys is null)
-            throw new NotSupportedException("AutoPrune's selection before the LLM needs the vision tower's attention, but this model's feature layer is the embedding layer.");
-        int cls = vision.Tokens - vision.Patches; // the "full" strategy's [CLS] row is always kept
-        bool original = _options.Positions != PrunedPositions.Contiguous;
-        if (_options.AutoPruneBeforeLlmSelection == AutoPruneBeforeLlmSelection.Diversity)
-        {
-            var projected = project(vision.Features, vision.Tokens);
-            int d = projected.Length / vision.Tokens;
-            return PreLlmSelection.FromRows(vision, projected, DivPruneSelector.Select(projected.AsSpan(cls * d), d, _initial.Entering - cls), original);
-        }
-        var grid = Enumerable.Range(0, vision.Patches).ToArray();
-        int dk = vision.PatchKeys.Length / vision.Patches;
-        var keep = Select(ClsMean, CoverageNms.Normalize(vision.PatchKeys, dk), dk, grid, _initial.Entering - cls);
-        // Project only the rows that enter the LLM.
-        int dim = vision.Hidden;
-        var features = new float[(cls + keep.Length) * dim];
-        vision.Features.AsSpan(0, cls * dim).CopyTo(features);
-        for (int i = 0; i < keep.Length; i++) vision.Features.AsSpan((cls + keep[i]) * dim, dim).CopyTo(features.AsSpan((cls + i) * dim, dim));
-        var rows = project(features, cls + keep.Length);
-        return new PreLlmSelection(rows, cls == 0 ? keep : [SequenceState.ClsToken, .. keep]) { OriginalPositions = original };
+        return image.Select(keep, null, 0, original);
     }
 
     public PruneAction? AfterLayer(LayerView view, PruneContext ctx)
@@ -249,7 +216,7 @@ internal sealed class AutoPrunePolicy : IPruningPolicy
         var grid = new int[n];
         for (int i = 0; i < n; i++) grid[i] = ctx.Patch(i);
         var unit = CoverageNms.Normalize(ctx.VisualHidden(), d);
-        if (ctx.TokenMap is not { } map) return Select(scores, unit, d, grid, k);
+        if (ctx.TokenMap is not { SquareGrid: null } map) return Select(scores, unit, d, grid, k);
         return ctx.SelectByScope(k, (candidates, q) =>
         {
             var f = new float[candidates.Length * d];
@@ -258,8 +225,8 @@ internal sealed class AutoPrunePolicy : IPruningPolicy
         });
     }
 
-    /// <summary>The coverage selection on a LLaVA-NeXT image: distances between the patches' places in the original image.</summary>
-    private int[] SelectAt(float[] scores, float[] unitFeatures, int dim, int[] patches, int k, AnyResGeometry geometry)
+    /// <summary>The coverage selection by geometry (LLaVA-NeXT, Qwen2.5-VL): distances between the tokens' places in the original image.</summary>
+    private int[] SelectAt(float[] scores, float[] unitFeatures, int dim, int[] patches, int k, VisualGeometry geometry)
     {
         if (_options.AutoPruneCoverage <= 0) return TopK.SelectInOrder(scores, k);
         return CoverageNms.Select(scores, unitFeatures, dim, patches, geometry, k, Math.Min(1, _options.AutoPruneCoverage),

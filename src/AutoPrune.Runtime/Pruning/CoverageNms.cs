@@ -75,7 +75,7 @@ internal static class CoverageNms
     /// d² = ((x_j - x_i) / w_i)² + ((y_j - y_i) / h_i)². Ties go to the lower index, as on the grid.
     /// </summary>
     public static int[] Select(ReadOnlySpan<float> scores, ReadOnlySpan<float> unitFeatures, int dim, ReadOnlySpan<int> patches,
-        Models.Llava.AnyResGeometry geometry, int k, double strength, double distanceLimit, double distanceSigma, double similaritySigma)
+        VisualGeometry geometry, int k, double strength, double distanceLimit, double distanceSigma, double similaritySigma)
     {
         int n = scores.Length;
         if (patches.Length != n) throw new ArgumentException($"Expected {n} patch indices, got {patches.Length}.", nameof(patches));

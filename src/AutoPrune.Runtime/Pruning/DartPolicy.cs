@@ -1,3 +1,4 @@
+using AutoPrune.Compute;
 using System.Numerics.Tensors;
 using AutoPrune.Models.Llava;
 

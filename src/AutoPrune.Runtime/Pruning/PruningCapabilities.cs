@@ -11,11 +11,22 @@ public static class PruningCapabilities
 {
     /// <summary>Whether <paramref name="method"/> can prune a request of this shape; if not, why (a clause such as "the request has no image").</summary>
     public static bool CanServe(PruningMethod method, PruningRequestShape request, out string? reason)
+        => CanServe(new PruningOptions { Method = method }, request, out reason);
+
+    /// <summary>
+    /// Whether <paramref name="options"/>' method, with those options, can prune a request of this shape on a model
+    /// providing <see cref="PruningRequestShape.Signals"/>; if not, why (naming the missing signal).
+    /// </summary>
+    public static bool CanServe(PruningOptions options, PruningRequestShape request, out string? reason)
     {
+        ArgumentNullException.ThrowIfNull(options);
         ArgumentOutOfRangeException.ThrowIfNegative(request.Images);
+        var method = options.Method;
+        var missing = PruningSignalNeeds.Of(options) & ~request.Signals;
         reason = method == PruningMethod.None ? null
             : request.Images == 0 ? "the request has no image, so there are no visual tokens to prune"
             : request.Images > 1 ? $"it prunes the visual tokens of one image per request and the request has {request.Images}"
+            : missing != PruningSignals.None ? $"it reads {PruningSignalNeeds.Describe(missing)}, which this model does not provide"
             : null;
         return reason is null;
     }
@@ -29,12 +40,12 @@ public static class PruningCapabilities
     {
         if (requested is not null)
         {
-            if (CanServe(requested.Method, request, out var reason)) return (requested, null);
+            if (CanServe(requested, request, out var reason)) return (requested, null);
             throw new NotSupportedException(
                 $"Pruning method '{PruningMethods.Name(requested.Method)}' cannot serve this request: {reason}. Use method 'none' (or leave the method unset to use the default).");
         }
         var chosen = fallback ?? new PruningOptions();
-        if (CanServe(chosen.Method, request, out var why)) return (chosen, null);
+        if (CanServe(chosen, request, out var why)) return (chosen, null);
         return (chosen with { Method = PruningMethod.None },
             $"The default method '{PruningMethods.Name(chosen.Method)}' cannot serve this request ({why}); it ran unpruned (method none).");
     }

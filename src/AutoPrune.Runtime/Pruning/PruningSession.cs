@@ -1,4 +1,4 @@
-using AutoPrune.Models.Llava;
+using AutoPrune.Compute;
 
 namespace AutoPrune.Pruning;
 
@@ -17,6 +17,11 @@ internal sealed class PruningSession : IPrefillHook
     private readonly IReadOnlyList<string> _notes;
     private readonly Device.IDevicePruner? _device;
 
+    private static long s_created;
+
+    /// <summary>Sessions created so far in this process (each solves its method's schedule): tests count one per request.</summary>
+    internal static long Created => Interlocked.Read(ref s_created);
+
     /// <summary>Creates the policy: an infeasible budget fails here, before any work.</summary>
     /// <param name="shape">The model's shape (<see cref="ModelShape.VisualTokens"/> is one image's).</param>
     /// <param name="options">The pruning to run.</param>
@@ -33,6 +38,7 @@ internal sealed class PruningSession : IPrefillHook
     public PruningSession(ModelShape shape, PruningOptions options, int prefixTokens, int? visualTokens = null, IReadOnlyList<string>? notes = null,
         bool deviceSelection = true)
     {
+        Interlocked.Increment(ref s_created);
         _shape = visualTokens is int v && options.Method == PruningMethod.None ? shape with { VisualTokens = v, ViewPatches = null } : shape;
         _options = options;
         _prefix = prefixTokens;
@@ -51,17 +57,19 @@ internal sealed class PruningSession : IPrefillHook
     /// <summary>Whether the decoder must call this session between layers.</summary>
     public bool NeedsDecoderHook => Policy.RunsInDecoder;
 
-    public void SetVision(VisionFeatures vision) => Policy.OnVision(vision);
+    /// <summary>The (first) image's token map (views, token places, separator rows), handed to the policy in every <see cref="PruneContext"/>.</summary>
+    public VisualTokenMap? TokenMap { get; private set; }
 
-    /// <summary>A LLaVA-NeXT image's token map (views, patch origins, newline rows), handed to the policy in every <see cref="PruneContext"/>.</summary>
-    public AnyResTokenMap? TokenMap { get; private set; }
-
-    /// <summary>The (first) LLaVA-NeXT image of the request: its map goes to the policy and into every <see cref="PruneContext"/>.</summary>
-    public void SetAnyRes(AnyResTokenMap map)
+    /// <summary>
+    /// The request's (first) image: its map goes into every <see cref="PruneContext"/>, it and (LLaVA-1.5, where the device
+    /// selections read them) its vision features to the policy.
+    /// </summary>
+    public void SetImage(VisualImage image, VisionFeatures? vision = null)
     {
         if (TokenMap is not null) return;
-        TokenMap = map;
-        if (_options.Method != PruningMethod.None) Policy.OnAnyRes(map);
+        TokenMap = image.Map;
+        if (vision is not null) Policy.OnVision(vision);
+        if (_options.Method != PruningMethod.None) Policy.OnImage(image);
     }
 
     /// <summary>
@@ -77,7 +85,7 @@ internal sealed class PruningSession : IPrefillHook
     /// On a GPU, methods whose selection runs on the device (<see cref="Device.DevicePruners"/>) announce the layers whose
     /// attention they read; policies still on the host (and every policy on a LLaVA-NeXT image) read every layer's.
     /// </summary>
-    public bool ReadsAttention(int layer) => TokenMap is not null ? true : _device?.ReadsAttention(layer) ?? true;
+    public bool ReadsAttention(int layer) => TokenMap is { SquareGrid: null } ? true : _device?.ReadsAttention(layer) ?? true;
 
     public PruneAction? AfterLayer(LayerView view)
     {
@@ -87,8 +95,8 @@ internal sealed class PruningSession : IPrefillHook
             State = view.State, Prefix = _prefix, VisualCount = view.State.VisualRows(_prefix) - Newlines, Shape = _shape, Options = _options,
             TokenMap = TokenMap, Newlines = Newlines, ViewShares = ViewShares,
         };
-        // The device pruners select on LLaVA-1.5's grid; a LLaVA-NeXT image (newline rows, views) runs the host code.
-        if (_device is not null && view.Device is { } dev && TokenMap is null && _device.Handles(ctx))
+        // The device pruners select on LLaVA-1.5's square grid; any other token map (newline rows, views, merged grids) runs the host code.
+        if (_device is not null && view.Device is { } dev && (TokenMap is null or { SquareGrid: not null }) && _device.Handles(ctx))
         {
             _device.BeforeSteps(dev, ctx);
             foreach (var step in Policy.Schedule!.Steps)
@@ -128,7 +136,7 @@ internal sealed class PruningSession : IPrefillHook
             : Policy.RuntimeSignals.Concat(_device.Signals).ToDictionary(kv => kv.Key, kv => kv.Value, StringComparer.Ordinal);
         var report = PruningReports.Create(schedule, _shape, _prefix, textTokens + Newlines, asked, _processedIndices, signals, notes);
         // The patches' places go with the report when its indices are this image's (one LLaVA-NeXT image in the request).
-        bool oneImage = TokenMap is not null && _processedIndices.All(l => l.All(v => v < TokenMap.Patches.Count));
+        bool oneImage = TokenMap?.ToReport() is not null && _processedIndices.All(l => l.All(v => v < TokenMap.Count));
         return oneImage ? report with { Patches = TokenMap!.ToReport() } : report;
     }
 }

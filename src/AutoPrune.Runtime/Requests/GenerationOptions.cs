@@ -13,4 +13,10 @@ public sealed record GenerationOptions
     public int? Seed { get; init; }
     /// <summary>Generation stops when the text ends with one of these (not included in the answer).</summary>
     public IReadOnlyList<string>? StopSequences { get; init; }
+    /// <summary>
+    /// The answer's shape: null or <see cref="AutoPrune.ResponseFormat.Text"/> for free text, or a JSON object or a JSON
+    /// document valid against a schema (decoding constrained token by token; see <see cref="AutoPrune.ResponseFormat"/>).
+    /// Cannot be combined with <see cref="StopSequences"/>.
+    /// </summary>
+    public ResponseFormat? ResponseFormat { get; init; }
 }

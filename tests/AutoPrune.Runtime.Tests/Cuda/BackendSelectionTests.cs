@@ -22,17 +22,19 @@ public sealed class BackendSelectionTests
             => Entries.Add((logLevel, formatter(state, exception)));
     }
 
-    private static ILlavaBackend Failing(ITensorSource s, LlavaConfig c, CudaDevice d, Action<double>? p)
-        => throw new InvalidOperationException("cublasCreate_v2 failed with cublasStatus 1 (CUBLAS_STATUS_NOT_INITIALIZED).");
+    private static Backend Failing(CudaDevice d) => throw new InvalidOperationException("cublasCreate_v2 failed with cublasStatus 1 (CUBLAS_STATUS_NOT_INITIALIZED).");
+
+    private static ILlavaBackend Create(SafeTensorStore store, LlavaConfig config, CudaDevice gpu, bool auto, ILogger log, Func<CudaDevice, Backend> gpuBackend)
+        => Models.ModelBackends.Create<ILlavaBackend>(gpu, auto, log, b => new LlavaModel(b, store, config), gpuBackend: gpuBackend);
 
     [Fact]
     public void AutoFallsBackToTheCpuWithAWarningWhenTheGpuBackendCannotStart()
     {
         var config = LlavaConfig.Load(TestData.ModelDir);
-        using var store = SafeTensorStore.Open(TestData.ModelDir);
+        using var store = TensorNames.Open(TestData.ModelDir);
         var log = new ListLogger();
         var gpu = CudaDevice.CreateForTests();
-        using var model = DeviceSelector.CreateBackend(store, config, gpu, auto: true, log, gpuFactory: Failing);
+        using var model = Create(store, config, gpu, auto: true, log, Failing);
         Assert.IsType<LlavaModel>(model);
         Assert.Equal("cpu", model.Device);
         var warning = Assert.Single(log.Entries, e => e.Level == LogLevel.Warning);
@@ -45,9 +47,9 @@ public sealed class BackendSelectionTests
     public void ANamedDeviceFailsInsteadOfFallingBack()
     {
         var config = LlavaConfig.Load(TestData.ModelDir);
-        using var store = SafeTensorStore.Open(TestData.ModelDir);
+        using var store = TensorNames.Open(TestData.ModelDir);
         var gpu = CudaDevice.CreateForTests();
-        var e = Assert.Throws<InvalidOperationException>(() => DeviceSelector.CreateBackend(store, config, gpu, auto: false, new ListLogger(), gpuFactory: Failing));
+        var e = Assert.Throws<InvalidOperationException>(() => Create(store, config, gpu, auto: false, new ListLogger(), Failing));
         Assert.Contains("cublasCreate_v2", e.Message);
         gpu.Dispose(); // a second dispose is harmless
     }
@@ -56,9 +58,9 @@ public sealed class BackendSelectionTests
     public void CheckpointErrorsAreNeverMaskedByTheFallback()
     {
         var config = LlavaConfig.Load(TestData.ModelDir);
-        using var store = SafeTensorStore.Open(TestData.ModelDir);
+        using var store = TensorNames.Open(TestData.ModelDir);
         var gpu = CudaDevice.CreateForTests();
-        Assert.Throws<ModelLoadException>(() => DeviceSelector.CreateBackend(store, config, gpu, auto: true, new ListLogger(),
-            gpuFactory: (s, c, d, p) => throw new ModelLoadException("Tensor 'x' in file 'y' has shape [1] but [2] was expected.", "y", "x")));
+        Assert.Throws<ModelLoadException>(() => Create(store, config, gpu, auto: true, new ListLogger(),
+            d => throw new ModelLoadException("Tensor 'x' in file 'y' has shape [1] but [2] was expected.", "y", "x")));
     }
 }

@@ -3,7 +3,7 @@ using AutoPrune.Compute.Cuda;
 using AutoPrune.Diagnostics;
 using AutoPrune.Loading;
 using AutoPrune.Models.Llava;
-using AutoPrune.Models.Llava.Cuda;
+
 using AutoPrune.Loading.Images;
 using ILGPU;
 using ILGPU.Runtime;
@@ -63,16 +63,16 @@ public sealed class EmulatedGraphSemanticsTests(IlgpuCpuFixture fx) : IClassFixt
 /// <summary>The fixture model twice on the GPU code path (ILGPU's CPU accelerator): without and with CUDA graphs.</summary>
 public sealed class GraphedModelPair : IDisposable
 {
-    internal CudaLlavaModel Plain { get; }
-    internal CudaLlavaModel Graphed { get; }
+    internal LlavaModel Plain { get; }
+    internal LlavaModel Graphed { get; }
     internal ImagePreprocessor Images { get; } = ImagePreprocessor.Load(TestData.ModelDir);
 
     public GraphedModelPair()
     {
         var config = LlavaConfig.Load(TestData.ModelDir);
-        using var store = SafeTensorStore.Open(TestData.ModelDir);
-        Plain = new CudaLlavaModel(store, config, CudaDevice.CreateForTests());
-        Graphed = new CudaLlavaModel(store, config, CudaDevice.CreateForTests(), cudaGraphs: true);
+        using var store = TensorNames.Open(TestData.ModelDir);
+        Plain = LlavaModel.Create(store, config, CudaDevice.CreateForTests());
+        Graphed = LlavaModel.Create(store, config, CudaDevice.CreateForTests(), cudaGraphs: true);
     }
 
     internal float[] Pixels(int row) => Images.PreprocessFile(TestData.Image(TestData.Dev.Single(r => r.Id == row).Image), false);
@@ -118,7 +118,7 @@ public sealed class CudaGraphModelTests(GraphedModelPair fx) : IClassFixture<Gra
         }
     }
 
-    private static List<float[]> Forced(CudaLlavaModel model, int[] ids, float[] pixels, int[] fed)
+    private static List<float[]> Forced(LlavaModel model, int[] ids, float[] pixels, int[] fed)
     {
         var state = TwoBackendFixture.Sequence(model, ids, pixels);
         using var gen = model.StartGeneration(fed.Length);
@@ -136,13 +136,13 @@ public sealed class CudaGraphModelTests(GraphedModelPair fx) : IClassFixture<Gra
         var (plainTokens, _) = Greedy(fx.Plain, reference.InputIds, pixels, 8);
         var (graphedTokens, counters) = Greedy(fx.Graphed, reference.InputIds, pixels, 8);
         Assert.Equal(plainTokens, graphedTokens);
-        Assert.True(counters[0].Enqueued >= 8 * fx.Graphed.Decoder.Layers.Length, "the first step runs ungraphed");
+        Assert.True(counters[0].Enqueued >= 8 * fx.Graphed.Decoder.Layers, "the first step runs ungraphed");
         // Everything else zero: no cuBLAS call, upload or allocation of its own.
         var replay = new DeviceCounters { Launches = 1, HostSyncs = 1, D2HBytes = 4, D2HCopies = 1 };
         Assert.All(counters.Skip(1), c => Assert.Equal(replay, c));
     }
 
-    private static (int[] Tokens, List<DeviceCounters> PerStep) Greedy(CudaLlavaModel model, int[] ids, float[] pixels, int steps)
+    private static (int[] Tokens, List<DeviceCounters> PerStep) Greedy(LlavaModel model, int[] ids, float[] pixels, int steps)
     {
         var state = TwoBackendFixture.Sequence(model, ids, pixels);
         using var gen = model.StartGeneration(steps);

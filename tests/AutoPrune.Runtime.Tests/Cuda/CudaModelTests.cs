@@ -1,9 +1,10 @@
+using AutoPrune.Compute;
 using AutoPrune.Compute.Cpu;
 using AutoPrune.Compute.Cuda;
 using AutoPrune.Loading;
 using AutoPrune.Loading.Images;
 using AutoPrune.Models.Llava;
-using AutoPrune.Models.Llava.Cuda;
+
 using AutoPrune.Pruning;
 using Xunit;
 using Xunit.Abstractions;
@@ -16,20 +17,25 @@ public sealed class TwoBackendFixture : IDisposable
     internal LlavaModel Cpu { get; }
     /// <summary>The CPU backend computing with the device's precision (<see cref="CpuPrecision.MatchDevice"/>).</summary>
     internal LlavaModel CpuMatched { get; }
-    internal CudaLlavaModel Gpu { get; }
+    internal LlavaModel Gpu { get; }
+    internal CudaBackend GpuBackend => (CudaBackend)Gpu.Backend;
     internal ImagePreprocessor Images { get; }
 
     public TwoBackendFixture()
     {
         var config = LlavaConfig.Load(TestData.ModelDir);
-        using var store = SafeTensorStore.Open(TestData.ModelDir);
+        using var store = TensorNames.Open(TestData.ModelDir);
         Cpu = new LlavaModel(store, config);
         CpuMatched = new LlavaModel(store, config, precision: CpuPrecision.MatchDevice);
-        Gpu = new CudaLlavaModel(store, config, CudaDevice.CreateForTests());
+        Gpu = LlavaModel.Create(store, config, CudaDevice.CreateForTests());
         Images = ImagePreprocessor.Load(TestData.ModelDir);
     }
 
     internal float[] Pixels(string image) => Images.PreprocessFile(TestData.Image(image), false);
+
+    /// <summary>The image as pruning sees it, from the GPU path's vision features (LLaVA-1.5's square grid).</summary>
+    internal VisualImage Image(VisionFeatures vision)
+        => VisualImage.FromVision(vision, VisualTokenMap.Square(Gpu.Grid, cls: false), Gpu.Hidden, (f, n) => Gpu.Project(f, n));
 
     /// <summary>The request path's prompt on a backend: tower, projector and sequence (on a GPU all on the device; its buffers released).</summary>
     internal static SequenceState Sequence(ILlavaBackend model, int[] ids, float[] pixels)
@@ -129,26 +135,26 @@ public sealed class CudaModelTests(TwoBackendFixture fx, ITestOutputHelper outpu
         var reference = TestData.References[0];
         var pixels = fx.Pixels(TestData.Dev.Single(r => r.Id == reference.Id).Image);
         var whole = TwoBackendFixture.Run(fx.Gpu, reference.InputIds, pixels, steps: 1);
-        long saved = fx.Gpu.AttentionBlockElements;
+        long saved = fx.GpuBackend.AttentionBlockElements;
         try
         {
-            fx.Gpu.AttentionBlockElements = 4L * 600 * 37; // 37 query rows per block: many uneven chunks
+            fx.GpuBackend.AttentionBlockElements = 4L * 600 * 37; // 37 query rows per block: many uneven chunks
             var chunked = TwoBackendFixture.Run(fx.Gpu, reference.InputIds, pixels, steps: 1);
             for (int s = 0; s < whole.Count; s++)
                 Assert.True(MaxAbsDiff(whole[s], chunked[s]) <= 1e-5f, $"step {s}: chunked attention differs by {MaxAbsDiff(whole[s], chunked[s])}");
         }
-        finally { fx.Gpu.AttentionBlockElements = saved; }
+        finally { fx.GpuBackend.AttentionBlockElements = saved; }
     }
 
     [Fact]
     public void DeviceMemoryIsReturnedWhenAGenerationEnds()
     {
-        long before = fx.Gpu.Memory.CurrentBytes;
+        long before = ((CudaBackend)fx.Gpu.Backend).Memory.CurrentBytes;
         var reference = TestData.References[1];
         var pixels = fx.Pixels(TestData.Dev.Single(r => r.Id == reference.Id).Image);
         TwoBackendFixture.Run(fx.Gpu, reference.InputIds, pixels, steps: 1);
-        Assert.Equal(before, fx.Gpu.Memory.CurrentBytes);
-        Assert.True(fx.Gpu.Memory.PeakBytes > before, "the peak must include the request's caches and scratch");
+        Assert.Equal(before, ((CudaBackend)fx.Gpu.Backend).Memory.CurrentBytes);
+        Assert.True(((CudaBackend)fx.Gpu.Backend).Memory.PeakBytes > before, "the peak must include the request's caches and scratch");
     }
 
     /// <summary>
@@ -161,12 +167,12 @@ public sealed class CudaModelTests(TwoBackendFixture fx, ITestOutputHelper outpu
         var reference = TestData.References[2];
         var pixels = fx.Pixels(TestData.Dev.Single(r => r.Id == reference.Id).Image);
         TwoBackendFixture.Run(fx.Gpu, reference.InputIds, pixels, steps: 2);
-        long allocations = fx.Gpu.Memory.Allocations;
+        long allocations = ((CudaBackend)fx.Gpu.Backend).Memory.Allocations;
         var again = TwoBackendFixture.Run(fx.Gpu, reference.InputIds, pixels, steps: 2);
-        Assert.Equal(allocations, fx.Gpu.Memory.Allocations);
+        Assert.Equal(allocations, ((CudaBackend)fx.Gpu.Backend).Memory.Allocations);
         int[] longer = [.. reference.InputIds[..^1], reference.InputIds[^2], reference.InputIds[^1]]; // one more text token
         TwoBackendFixture.Run(fx.Gpu, longer, pixels, steps: 2);
-        Assert.Equal(allocations, fx.Gpu.Memory.Allocations);
+        Assert.Equal(allocations, ((CudaBackend)fx.Gpu.Backend).Memory.Allocations);
         Assert.Equal(CpuOps.ArgMax(again[0]), CpuOps.ArgMax(TwoBackendFixture.Run(fx.Cpu, reference.InputIds, pixels, steps: 0)[0]));
     }
 

@@ -54,7 +54,7 @@ public sealed class DeviceBlasTests(IlgpuCpuFixture fx) : IClassFixture<IlgpuCpu
 
     /// <summary>
     /// The attention's score GEMM for query-head group g: per kv head b, C_b = Q[rows, head b·group+g] · K[rows, head b]ᵀ,
-    /// operands addressed with offsets, row strides and batch strides, as <c>CudaLlavaModel.Attend</c> issues it.
+    /// operands addressed with offsets, row strides and batch strides, as <c>LlavaModel.Attend</c> issues it.
     /// </summary>
     [Theory]
     [InlineData(4, 4, 6, 9, 8)]   // multi-head

@@ -1,3 +1,4 @@
+using AutoPrune.Compute;
 using AutoPrune.Models.Llava;
 using AutoPrune.Pruning;
 using AutoPrune.Pruning.Device;
@@ -41,7 +42,7 @@ public sealed class DevicePrunerParityTests(TwoBackendFixture fx, ITestOutputHel
         var vision = fx.Gpu.VisionForward(fx.Pixels(row.Image));
         try
         {
-            session.SetVision(vision);
+            session.SetImage(fx.Image(vision), vision);
             SequenceState state;
             using (var rows = fx.Gpu.ProjectImage(vision)) state = fx.Gpu.BuildSequence(ids, [rows]);
             var counters = new Diagnostics.DeviceCounterSet();
@@ -85,7 +86,7 @@ public sealed class DevicePrunerParityTests(TwoBackendFixture fx, ITestOutputHel
             var zip = policy.Select(vision); // host code on the GPU path's features (copied back)
             var hostRows = fx.Gpu.Project(zip.Hidden, zip.Count);
             using var deviceRows = VisionZipOnDevice.Select(fx.Gpu, policy, vision);
-            var visual = fx.Gpu.Download(deviceRows.Visual!.View, zip.Count);
+            var visual = fx.GpuBackend.DownloadInts(deviceRows.Visual!.First(zip.Count));
             Assert.Equal([.. zip.Dominant, .. Enumerable.Repeat(-2, zip.ContextualTargets.Length)], visual);
             Assert.Equal(hostRows, deviceRows.ToHost());
         });
@@ -112,10 +113,12 @@ public sealed class DevicePrunerParityTests(TwoBackendFixture fx, ITestOutputHel
         WithGpuVision(rowId, vision =>
         {
             policy.OnVision(vision);
-            var host = policy.SelectBeforeLlm(vision, (f, n) => fx.Gpu.Project(f, n))!;
+            var image = fx.Image(vision);
+            policy.OnImage(image);
+            var host = policy.SelectBeforeLlm(image)!;
             using var device = AutoPruneOnDevice.SelectBeforeLlm(fx.Gpu, policy, vision)!;
             Assert.Equal(policy.Initial.Entering, device.Rows);
-            Assert.Equal(host.VisualIndex, fx.Gpu.Download(device.Visual!.View, device.Rows));
+            Assert.Equal(host.VisualIndex, fx.GpuBackend.DownloadInts(device.Visual!.First(device.Rows)));
             Assert.Equal(host.Projected, device.ToHost());
             Assert.True(device.OriginalPositions);
         });
@@ -133,10 +136,10 @@ public sealed class DevicePrunerParityTests(TwoBackendFixture fx, ITestOutputHel
         var policy = (DivPrunePolicy)PruningPolicies.Create(Shape, new PruningOptions { Method = PruningMethod.DivPrune, Budget = budget });
         WithGpuVision(rowId, vision =>
         {
-            var host = policy.SelectBeforeLlm(vision, (f, n) => fx.Gpu.Project(f, n));
+            var host = policy.SelectBeforeLlm(fx.Image(vision));
             int k = policy.PatchesToKeep(vision);
             using var device = DivPruneOnDevice.Select(fx.Gpu, vision, k, originalPositions: false);
-            var kept = fx.Gpu.Download(device.Visual!.View, device.Rows);
+            var kept = fx.GpuBackend.DownloadInts(device.Visual!.First(device.Rows));
             Assert.Equal(k, kept.Length);
             Assert.Equal(kept.Order(), kept);
             double overlap = (double)host.VisualIndex.Intersect(kept).Count() / k;
@@ -215,7 +218,7 @@ public sealed class DevicePrunerParityTests(TwoBackendFixture fx, ITestOutputHel
         Run(TestData.Dev.Single(r => r.Id == 3), Options(method, budget), onDevice: true, (session, counters) => hook = new CountingHook(session, counters));
         var layers = hook!.Layers;
         // Attention is one launch at any length here: fused on short rows, tiled on the tensor cores on long ones.
-        Assert.True(fx.Gpu.TiledAttention && fx.Gpu.Ops.TiledAttentionRuns(fx.Gpu.HeadDim));
+        Assert.True(fx.GpuBackend.TiledAttention && fx.GpuBackend.Ops.TiledAttentionRuns(fx.Gpu.Decoder.Layout.HeadDim));
         const long Unprepared = 9;
         var costs = Enumerable.Range(0, layers.Count - 1)
             .Where(i => layers[i].Pruned && (method != PruningMethod.AutoPrune || layers[i].Layer >= 2))

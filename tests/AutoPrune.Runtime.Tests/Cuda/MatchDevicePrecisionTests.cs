@@ -25,7 +25,7 @@ public sealed class MatchDevicePrecisionTests(TwoBackendFixture fx, ITestOutputH
     public void TheEmulatedDeviceSumsItsRowsInOneGroupThread()
     {
         // DeviceNumerics.SequentialSum is the order of the row kernels' reductions only with one thread per group.
-        Assert.Equal(1, fx.Gpu.Ops.RowGroupSize);
+        Assert.Equal(1, fx.GpuBackend.Ops.RowGroupSize);
     }
 
     [Fact]

@@ -1,3 +1,4 @@
+using AutoPrune.Compute.Cpu;
 using AutoPrune.Loading;
 using AutoPrune.Models.Llava;
 using Xunit;
@@ -10,19 +11,22 @@ namespace AutoPrune.Tests.Engine;
 /// </summary>
 public sealed class CpuWeightStorageTests
 {
-    private static IEnumerable<Linear> AllLinears(LlavaModel m) => m.Vision.Linears.Concat(m.Projector.Linears).Concat(m.Decoder.Linears);
+    /// <summary>Every weight the model's linear layers hold (stacked layers: each part), with its shape.</summary>
+    private static IEnumerable<(WeightData Weight, int In, int Out)> AllLinears(LlavaModel m)
+        => m.Vision.Linears.Concat(m.Projector.Linears).Concat(m.Decoder.Linears).Cast<CpuLinear>().SelectMany(l => l.Parts.Select(p => (p.Weight, l.In, p.Out)));
 
     [Fact]
     public void AnFp16CheckpointStaysFp16MappedFromItsFiles()
     {
         var config = LlavaConfig.Load(TestData.ModelDir);
         LlavaModel model;
-        using (var store = SafeTensorStore.Open(TestData.ModelDir))
+        using (var store = TensorNames.Open(TestData.ModelDir))
             model = new LlavaModel(store, config);
         using (model)
         {
             var linears = AllLinears(model).ToList();
-            Assert.Equal(config.ResolvedFeatureLayerIndex * 6 + 2 + config.TextConfig.NumHiddenLayers * 7 + 1, linears.Count);
+            // The patch embedding, q, k, v, out, fc1, fc2 per tower layer, the projector's two, q, k, v, o, gate, up, down per decoder layer, the LM head.
+            Assert.Equal(1 + config.ResolvedFeatureLayerIndex * 6 + 2 + config.TextConfig.NumHiddenLayers * 7 + 1, linears.Count);
             Assert.All(linears, l => Assert.Equal(DType.F16, l.Weight.Type));
             // Views of the mapped file, not arrays.
             Assert.All(linears, l => Assert.True(System.Runtime.InteropServices.MemoryMarshal.TryGetMemoryManager<Half, NativeMemory<Half>>(l.Weight.F16, out _)));

@@ -1,3 +1,4 @@
+using AutoPrune.Compute;
 using AutoPrune.Loading;
 using AutoPrune.Loading.Images;
 using AutoPrune.Models.Llava;
@@ -15,7 +16,7 @@ public sealed class TinyModelFixture
     public TinyModelFixture()
     {
         var config = LlavaConfig.Load(TestData.ModelDir);
-        using var store = SafeTensorStore.Open(TestData.ModelDir);
+        using var store = TensorNames.Open(TestData.ModelDir);
         Model = new LlavaModel(store, config);
         Images = ImagePreprocessor.Load(TestData.ModelDir);
     }
@@ -25,9 +26,13 @@ public sealed class TinyModelFixture
         var pixels = Images.PreprocessFile(imagePath, false);
         var vision = Model.Vision.Forward(pixels);
         var projected = Model.Project(vision.Features, vision.Tokens);
-        var state = SequenceBuilder.Build(Model, ids, [projected]);
-        return Model.Decoder.Prefill(state, new KvCache(Model.Decoder.Layers, 4), null, CancellationToken.None);
+        var state = Sequence(ids, projected);
+        using var generation = Model.StartGeneration(4);
+        return generation.Prefill(state, null, CancellationToken.None);
     }
+
+    /// <summary>The prefill sequence of a prompt with one image's projected rows.</summary>
+    internal SequenceState Sequence(int[] ids, float[] projected) => Model.BuildSequence(ids, [ImageRows.OnHost(projected, Model.Hidden)]);
 }
 
 public sealed class ForwardParityTests(TinyModelFixture fx) : IClassFixture<TinyModelFixture>

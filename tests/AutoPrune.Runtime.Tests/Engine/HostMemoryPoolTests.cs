@@ -14,7 +14,7 @@ public sealed class HostMemoryPoolTests
     private static (LlavaModel Model, AutoPrune.Loading.Images.ImagePreprocessor Images) Load()
     {
         var config = LlavaConfig.Load(TestData.ModelDir);
-        using var store = SafeTensorStore.Open(TestData.ModelDir);
+        using var store = TensorNames.Open(TestData.ModelDir);
         return (new LlavaModel(store, config), AutoPrune.Loading.Images.ImagePreprocessor.Load(TestData.ModelDir));
     }
 
@@ -35,7 +35,7 @@ public sealed class HostMemoryPoolTests
         var (model, images) = Load();
         using (model)
         {
-            var pool = model.Decoder.Memory;
+            var pool = ((AutoPrune.Compute.Cpu.CpuBackend)model.Backend).Memory;
             var reference = TestData.References[0];
             var pixels = images.PreprocessFile(TestData.Image(TestData.Dev.Single(r => r.Id == reference.Id).Image), false);
             var first = Answer(model, reference.InputIds, pixels, 2);
@@ -52,7 +52,7 @@ public sealed class HostMemoryPoolTests
             Assert.Equal(allocations, pool.Allocations);
             Assert.Equal(0, pool.OutstandingBytes);
         }
-        Assert.Equal(0, model.Decoder.Memory.PooledBytes); // the model's disposal freed what the pool kept
+        Assert.Equal(0, ((AutoPrune.Compute.Cpu.CpuBackend)model.Backend).Memory.PooledBytes); // the model's disposal freed what the pool kept
     }
 
     [Fact]

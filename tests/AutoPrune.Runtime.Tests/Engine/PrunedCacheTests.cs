@@ -1,3 +1,5 @@
+using AutoPrune.Compute.Cpu;
+using AutoPrune.Models.Text;
 using AutoPrune.Models.Llava;
 using AutoPrune.Pruning;
 using Xunit;
@@ -25,32 +27,33 @@ public sealed class PrunedCacheTests(TinyModelFixture fx) : IClassFixture<TinyMo
         int prefix = Array.IndexOf(ids, 400), text = ids.Length - prefix - 576;
         var model = fx.Model;
         var vision = model.Vision.Forward(fx.Images.PreprocessFile(TestData.Image(row.Image), false));
-        var session = new PruningSession(Shape, AutoPrune.Runtime.Tests.Pruning.ScheduleTests.Options(method) with { Budget = 192 }, prefix);
-        session.SetVision(vision);
-        var state = SequenceBuilder.Build(model, ids, [model.Project(vision.Features, vision.Tokens)]);
-        var cache = new KvCache(model.Decoder.Layers, 3);
-        model.Decoder.Prefill(state, cache, session, CancellationToken.None);
-        var report = session.Finish(state, text);
+        var pruning = new PruningSession(Shape, AutoPrune.Runtime.Tests.Pruning.ScheduleTests.Options(method) with { Budget = 192 }, prefix);
+        pruning.SetImage(VisualImage.FromVision(vision, VisualTokenMap.Square(model.Grid, cls: false), model.Hidden, (f, n) => model.Project(f, n)), vision);
+        var state = fx.Sequence(ids, model.Project(vision.Features, vision.Tokens));
+        using var generation = (DecoderGeneration)model.StartGeneration(3);
+        var session = (CpuDecoderSession)generation.Session;
+        generation.Prefill(state, pruning, CancellationToken.None);
+        var report = pruning.Finish(state, text);
 
-        var counts = cache.CountsPerLayer();
+        var counts = generation.CachedTokensPerLayer();
         for (int l = 0; l < counts.Length; l++)
         {
             Assert.Equal(prefix + report.VisualTokensPerLayer[l] + text, counts[l]);
             int expectedNext = renumbered ? counts[l] : ids.Length; // original positions keep the last token's id
-            Assert.Equal(expectedNext, cache[l].NextPosition);
+            Assert.Equal(expectedNext, ((CpuKvLayer)session.Cache(l)).NextPosition);
         }
         Assert.True(counts[^1] < counts[0]);
-        long fullBytes = 8L * ids.Length * 2 * 192 * 4;
-        Assert.True(cache.Bytes < fullBytes, $"pruned cache {cache.Bytes} B vs unpruned {fullBytes} B");
+        long fullBytes = 8L * (ids.Length + 3) * 2 * 192 * 4;
+        Assert.True(session.CacheBytes < fullBytes, $"pruned cache {session.CacheBytes} B vs unpruned {fullBytes} B");
 
         // Decode two tokens: every layer grows by one and advances its own numbering.
-        model.Decoder.DecodeStep(319, cache);
-        model.Decoder.DecodeStep(2, cache);
-        var after = cache.CountsPerLayer();
+        generation.Step(319);
+        generation.Step(2);
+        var after = generation.CachedTokensPerLayer();
         for (int l = 0; l < after.Length; l++)
         {
             Assert.Equal(counts[l] + 2, after[l]);
-            Assert.Equal((renumbered ? counts[l] : ids.Length) + 2, cache[l].NextPosition);
+            Assert.Equal((renumbered ? counts[l] : ids.Length) + 2, ((CpuKvLayer)session.Cache(l)).NextPosition);
         }
     }
 
@@ -65,17 +68,18 @@ public sealed class PrunedCacheTests(TinyModelFixture fx) : IClassFixture<TinyMo
         var row = TestData.Dev.Single(r => r.Id == reference.Id);
         var model = fx.Model;
         var vision = model.Vision.Forward(fx.Images.PreprocessFile(TestData.Image(row.Image), false));
-        var state = SequenceBuilder.Build(model, reference.InputIds, [model.Project(vision.Features, vision.Tokens)]);
-        var cache = new KvCache(model.Decoder.Layers, 2);
-        model.Decoder.Prefill(state, cache, null, CancellationToken.None);
-        Assert.Equal(8L * (reference.InputIds.Length + 2) * 2 * 192 * 4, cache.Bytes);
-        var logits = model.Decoder.DecodeStep(319, cache);
+        var state = fx.Sequence(reference.InputIds, model.Project(vision.Features, vision.Tokens));
+        var generation = (DecoderGeneration)model.StartGeneration(2);
+        var session = (CpuDecoderSession)generation.Session;
+        generation.Prefill(state, null, CancellationToken.None);
+        Assert.Equal(8L * (reference.InputIds.Length + 2) * 2 * 192 * 4, session.CacheBytes);
+        var logits = generation.Step(319);
         Assert.All(logits, l => Assert.True(float.IsFinite(l)));
-        cache.Dispose();
-        Assert.Equal(0, cache.Bytes);
-        Assert.Throws<ObjectDisposedException>(() => model.Decoder.DecodeStep(2, cache));
-        Assert.Throws<ObjectDisposedException>(() => model.Decoder.Prefill(state, cache, null, CancellationToken.None));
-        cache.Dispose(); // twice is harmless
+        generation.Dispose();
+        Assert.Equal(0, session.CacheBytes);
+        Assert.Throws<ObjectDisposedException>(() => generation.Step(2));
+        Assert.Throws<ObjectDisposedException>(() => generation.Prefill(state, null, CancellationToken.None));
+        generation.Dispose(); // twice is harmless
     }
 
     /// <summary>Exhaustive on the fixture's shape: every integer budget from each method's minimum to 288, both accountings.</summary>

@@ -1,3 +1,4 @@
+using AutoPrune.Compute;
 using AutoPrune.Compute.Cpu;
 using AutoPrune.Models.Llava;
 using AutoPrune.Pruning;
@@ -101,9 +102,9 @@ public sealed class PrunedEngineTests(PublicModelFixture fx) : IClassFixture<Pub
             var capture = new CaptureHook(K - 1);
             var pixels = fx2.Images.PreprocessFile(TestData.Image(row.Image), false);
             var vision = model.Vision.Forward(pixels);
-            var state = SequenceBuilder.Build(model, reference.InputIds, [model.Project(vision.Features, vision.Tokens)]);
-            model.Decoder.Prefill(state, new KvCache(model.Decoder.Layers, 1), capture, CancellationToken.None);
-            int n = reference.InputIds.Length, heads = model.Decoder.Heads, kvHeads = model.Decoder.KvHeads, hd = model.Decoder.HeadDim;
+            var state = fx2.Sequence(reference.InputIds, model.Project(vision.Features, vision.Tokens));
+            using (var generation = model.StartGeneration(1)) generation.Prefill(state, capture, CancellationToken.None);
+            int n = reference.InputIds.Length, heads = model.Decoder.Layout.Heads, kvHeads = model.Decoder.Layout.KvHeads, hd = model.Decoder.Layout.HeadDim;
             int prefix = Array.IndexOf(reference.InputIds, 400);
             var score = new double[576];
             for (int h = 0; h < heads; h++)

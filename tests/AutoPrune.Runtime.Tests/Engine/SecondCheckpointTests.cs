@@ -165,6 +165,27 @@ public sealed class SecondCheckpointTests : IDisposable
     }
 
     /// <summary>
+    /// The built-in default pruning (AutoPrune at 128) on a model with only 65 visual tokens: the load does not fail and a
+    /// request runs unpruned with a note saying why, while the same pruning configured explicitly is refused at load.
+    /// </summary>
+    [Fact]
+    public async Task The_built_in_default_runs_unpruned_with_a_note_on_a_model_too_small_for_its_budget()
+    {
+        var dir = WriteCheckpoint("gqa-bf16-default", gqa: true);
+        using var model = VisionLanguageModel.Load(dir, new ModelOptions { Device = "cpu" });
+        Assert.Empty(VisionLanguageModel.Validate(dir, new ModelOptions { Device = "cpu" }));
+        var row = TestData.Dev[0];
+        var a = await model.AskAsync(VisionRequest.Create(row.Question, ImageInput.FromFile(TestData.Image(row.Image))) with
+        { Generation = new GenerationOptions { MaxNewTokens = 3 } });
+        Assert.Equal(AutoPrune.Pruning.PruningMethod.None, a.Report.Method);
+        Assert.Contains(a.Report.Notes, n => n.Contains("default pruning ('autoprune', budget 128)", StringComparison.Ordinal) && n.Contains("65", StringComparison.Ordinal));
+
+        var configured = new ModelOptions { Device = "cpu", DefaultPruning = new AutoPrune.Pruning.PruningOptions { Method = AutoPrune.Pruning.PruningMethod.AutoPrune, Budget = 128 } };
+        Assert.Contains("ModelOptions.DefaultPruning", Assert.Single(VisionLanguageModel.Validate(dir, configured)));
+        Assert.Throws<ArgumentException>(() => VisionLanguageModel.Load(dir, configured));
+    }
+
+    /// <summary>
     /// The GPU code path (Device = "ilgpu-cpu") on the grouped-query bf16 checkpoint: bf16 rounded to fp16 on upload,
     /// batched attention with 2 query heads per KV head, the "full" strategy and a positive feature layer. Its greedy
     /// tokens equal the CPU backend's and its top logits are within fp16 tolerance.

@@ -3,6 +3,8 @@ using AutoPrune.Loading.Images;
 using Xunit;
 using Xunit.Abstractions;
 
+using AutoPrune.Models.Llava;
+
 namespace AutoPrune.Tests.LlavaNext;
 
 /// <summary>LLaVA-NeXT preprocessing against what Hugging Face's LlavaNextImageProcessor produced for the fixture images.</summary>

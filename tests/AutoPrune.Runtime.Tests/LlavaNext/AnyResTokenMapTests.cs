@@ -1,3 +1,4 @@
+using AutoPrune.Compute;
 using AutoPrune.Loading;
 using AutoPrune.Loading.Images;
 using AutoPrune.Models.Llava;
@@ -15,7 +16,7 @@ public class AnyResTokenMapTests
     {
         string dir = NextFixture.Model("llama");
         var config = LlavaConfig.Load(dir);
-        using var store = SafeTensorStore.Open(dir);
+        using var store = TensorNames.Open(dir);
         var model = new LlavaModel(store, config);
         var assembler = new AnyResAssembler(store, config.TextConfig.HiddenSize);
         var pixels = AnyResImageProcessor.Load(dir, config).Preprocess(File.ReadAllBytes(NextFixture.Image(image)));

@@ -4,6 +4,8 @@ using AutoPrune.Loading.Images;
 using AutoPrune.Tests.Loading;
 using Xunit;
 
+using AutoPrune.Models.Llava;
+
 namespace AutoPrune.Tests.LlavaNext;
 
 /// <summary>llava_next configs (Llama and Mistral text models) and the hostile ones that must fail naming their field.</summary>

@@ -4,6 +4,8 @@ using AutoPrune.Pruning;
 using AutoPrune.Tests.Loading;
 using Xunit;
 
+using AutoPrune.Models.Llava;
+
 namespace AutoPrune.Tests.LlavaNext;
 
 /// <summary>The two LLaVA-NeXT fixture models, loaded once for the engine tests below.</summary>
@@ -199,7 +201,7 @@ public class NextEngineTests(NextModelsFixture fx) : IClassFixture<NextModelsFix
     private static void RewriteWeights(TempDir dir, Func<string, string?> rename)
     {
         var tensors = new List<(string, DType, long[], float[])>();
-        using (var store = SafeTensorStore.Open(dir.Path))
+        using (var store = TensorNames.Open(dir.Path))
             foreach (var name in store.Names)
                 if (rename(name) is { } to)
                 {

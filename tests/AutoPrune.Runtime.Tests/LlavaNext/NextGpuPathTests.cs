@@ -1,6 +1,9 @@
+using AutoPrune.Compute;
 using AutoPrune.Pruning;
 using Xunit;
 using Xunit.Abstractions;
+
+using AutoPrune.Models.Llava;
 
 namespace AutoPrune.Tests.LlavaNext;
 
@@ -18,7 +21,7 @@ public class NextGpuPathTests(ITestOutputHelper output)
     [MemberData(nameof(Cases))]
     public async Task The_gpu_code_path_runs_the_tiles(string variant, string image)
     {
-        using var model = VisionLanguageModel.Load(NextFixture.Model(variant), new ModelOptions { Device = "ilgpu-cpu" });
+        using var model = VisionLanguageModel.Load(NextFixture.Model(variant), new ModelOptions { Device = "ilgpu-cpu", DefaultPruning = null });
         var r = NextFixture.References(variant).Single(x => x.Image == image);
         var request = VisionRequest.Create(r.Question, ImageInput.FromFile(NextFixture.Image(r.Image))) with
         { Generation = new GenerationOptions { MaxNewTokens = 5 } };
@@ -44,8 +47,8 @@ public class NextGpuPathTests(ITestOutputHelper output)
         // (Not the 50x60 image: upscaled 20-fold, its tiles' patches are near-duplicates whose fp16 scores reorder AdaptPrune's NMS.)
         foreach (var (variant, image) in full ? new[] { ("llama", "images/00_336x336.png"), ("mistral", "images/01_640x480.png") } : [("llama", "images/00_336x336.png")])
         {
-            using var cpu = VisionLanguageModel.Load(NextFixture.Model(variant), new ModelOptions { Device = "cpu" });
-            using var gpu = VisionLanguageModel.Load(NextFixture.Model(variant), new ModelOptions { Device = "ilgpu-cpu" });
+            using var cpu = VisionLanguageModel.Load(NextFixture.Model(variant), new ModelOptions { Device = "cpu", DefaultPruning = null });
+            using var gpu = VisionLanguageModel.Load(NextFixture.Model(variant), new ModelOptions { Device = "ilgpu-cpu", DefaultPruning = null });
             foreach (var scope in full ? new[] { BudgetScope.Request, BudgetScope.PerView } : [BudgetScope.Request])
                 foreach (var method in Enum.GetValues<PruningMethod>().Where(m => m != PruningMethod.None))
                 {
@@ -83,14 +86,14 @@ public class NextGpuPathTests(ITestOutputHelper output)
     public void The_views_go_through_the_tower_as_one_batch()
     {
         string dir = NextFixture.Model("llama");
-        var config = AutoPrune.Loading.LlavaConfig.Load(dir);
-        using var store = AutoPrune.Loading.SafeTensorStore.Open(dir);
-        using var gpu = new AutoPrune.Models.Llava.Cuda.CudaLlavaModel(store, config, AutoPrune.Compute.Cuda.CudaDevice.CreateForTests());
+        var config = AutoPrune.Models.Llava.LlavaConfig.Load(dir);
+        using var store = AutoPrune.Models.Llava.TensorNames.Open(dir);
+        using var gpu = AutoPrune.Models.Llava.LlavaModel.Create(store, config, AutoPrune.Compute.Cuda.CudaDevice.CreateForTests());
         var images = AutoPrune.Loading.Images.AnyResImageProcessor.Load(dir, config, AutoPrune.Loading.Images.ImagePreprocessor.Load(dir));
         var pixels = images.Preprocess(File.ReadAllBytes(NextFixture.Image("images/01_640x480.png")));
         int views = pixels.Layout.Views;
         Assert.Equal(5, views);
-        AutoPrune.Models.Llava.VisionFeatures[] one = [], batch = [];
+        AutoPrune.Compute.VisionFeatures[] one = [], batch = [];
         var single = new AutoPrune.Diagnostics.DeviceCounterSet();
         using (AutoPrune.Diagnostics.DeviceCounterSet.BeginRequest(single))
             one = Enumerable.Range(0, views).Select(v => gpu.VisionForward(pixels.View(v))).ToArray();

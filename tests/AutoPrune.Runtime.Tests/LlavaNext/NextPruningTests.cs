@@ -1,3 +1,4 @@
+using AutoPrune.Compute;
 using AutoPrune.Models.Llava;
 using AutoPrune.Pruning;
 using Xunit;

@@ -2,6 +2,8 @@ using System.Text.Json.Nodes;
 using AutoPrune.Loading;
 using Xunit;
 
+using AutoPrune.Models.Llava;
+
 namespace AutoPrune.Tests.Loading;
 
 public class LlavaConfigTests

@@ -3,6 +3,8 @@ using AutoPrune.Loading;
 using Xunit;
 using Xunit.Abstractions;
 
+using AutoPrune.Models.Llava;
+
 namespace AutoPrune.Tests.Loading;
 
 public class LlavaPresetsTests(ITestOutputHelper output)
@@ -90,7 +92,7 @@ public class LlavaPresetsTests(ITestOutputHelper output)
     [Fact]
     public void Checkpoint_manifest_matches_the_fixture_checkpoint()
     {
-        using var store = SafeTensorStore.Open(TestData.ModelDir);
+        using var store = TensorNames.Open(TestData.ModelDir);
         var inCheckpoint = store.Names
             .Select(n => $"{n} {TensorInfo.FormatShape(store.GetInfo(n).Shape)}").Order(StringComparer.Ordinal).ToList();
         var manifest = LlavaTensorManifest.Tensors(LlavaPresets.TinyTest(), checkpoint: true)

@@ -29,12 +29,12 @@ public class RandomModelTests
 
         var ids = Prompt(model);
         var state = model.BuildSequence(ids, [projected]);
-        var cache = new KvCache(model.Decoder.Layers, 4);
-        var logits = model.Decoder.Prefill(state, cache, null, CancellationToken.None);
-        Assert.Equal(ids.Length, cache.CountsPerLayer()[^1]);
+        using var generation = model.StartGeneration(4);
+        var logits = generation.Prefill(state, null, CancellationToken.None);
+        Assert.Equal(ids.Length, generation.CachedTokensPerLayer()[^1]);
 
         int next = Array.IndexOf(logits, logits.Max());
-        var step = model.Decoder.DecodeStep(next, cache);
+        var step = generation.Step(next);
         return (logits, step);
     }
 

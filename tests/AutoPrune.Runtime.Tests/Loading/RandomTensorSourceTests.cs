@@ -3,6 +3,8 @@ using AutoPrune.Loading;
 using Xunit;
 using Xunit.Abstractions;
 
+using AutoPrune.Models.Llava;
+
 namespace AutoPrune.Tests.Loading;
 
 public class RandomTensorSourceTests(ITestOutputHelper output)

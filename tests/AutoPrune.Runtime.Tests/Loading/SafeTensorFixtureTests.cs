@@ -3,6 +3,8 @@ using System.Text.Json;
 using AutoPrune.Loading;
 using Xunit;
 
+using AutoPrune.Models.Llava;
+
 namespace AutoPrune.Tests.Loading;
 
 public class SafeTensorFixtureTests
@@ -12,7 +14,7 @@ public class SafeTensorFixtureTests
     [Fact]
     public void Opens_sharded_fp16_fixture_with_all_index_entries()
     {
-        using var store = SafeTensorStore.Open(Model);
+        using var store = TensorNames.Open(Model);
         using var index = JsonDocument.Parse(File.ReadAllText(Path.Combine(Model, "model.safetensors.index.json")));
         int entries = index.RootElement.GetProperty("weight_map").EnumerateObject().Count();
 
@@ -37,7 +39,7 @@ public class SafeTensorFixtureTests
     [InlineData("vision_tower.vision_model.pre_layrnorm.weight", new long[] { 128 })]
     public void Fixture_tensors_have_expected_shapes_and_dtype(string name, long[] shape)
     {
-        using var store = SafeTensorStore.Open(Model);
+        using var store = TensorNames.Open(Model);
         Assert.True(store.Contains(name));
         var info = store.GetInfo(name);
         Assert.Equal(name, info.Name);
@@ -53,7 +55,7 @@ public class SafeTensorFixtureTests
     public void Fixture_values_match_an_independent_decode_of_the_file()
     {
         const string name = "language_model.model.embed_tokens.weight";
-        using var store = SafeTensorStore.Open(Model);
+        using var store = TensorNames.Open(Model);
         var info = store.GetInfo(name);
         var values = store.ReadFloat32(name, 402, 192);
 
@@ -74,7 +76,7 @@ public class SafeTensorFixtureTests
     [Fact]
     public void Tracks_unused_tensors()
     {
-        using var store = SafeTensorStore.Open(Model);
+        using var store = TensorNames.Open(Model);
         Assert.Equal(store.Names.Count, store.UnusedTensors().Count);
         store.ReadFloat32("language_model.model.norm.weight");
         var buf = new float[402 * 192];
@@ -92,7 +94,7 @@ public class SafeTensorFixtureTests
     public void Fixture_config_matches_fixture_tensors()
     {
         var cfg = LlavaConfig.Load(Model);
-        using var store = SafeTensorStore.Open(Model);
+        using var store = TensorNames.Open(Model);
         var t = cfg.TextConfig;
         var v = cfg.VisionConfig;
         Assert.Equal("llava", cfg.ModelType);

@@ -2,6 +2,8 @@ using System.Buffers.Binary;
 using AutoPrune.Loading;
 using Xunit;
 
+using AutoPrune.Models.Llava;
+
 namespace AutoPrune.Tests.Loading;
 
 public class SafeTensorRoundTripTests
@@ -38,7 +40,7 @@ public class SafeTensorRoundTripTests
         IDisposable lease;
         WeightData f32, f16, bf16;
         float[] f16Wide, bf16Wide;
-        using (var store = SafeTensorStore.Open(dir.Path))
+        using (var store = TensorNames.Open(dir.Path))
         {
             f32 = store.ReadWeight("f32", n);
             f16 = store.ReadWeight("f16", n);
@@ -76,7 +78,7 @@ public class SafeTensorRoundTripTests
             ("bf16", DType.BF16, new long[] { n }, data),
         });
 
-        using var store = SafeTensorStore.Open(dir.Path);
+        using var store = TensorNames.Open(dir.Path);
         var f32 = store.ReadFloat32("f32", n);
         var f16 = store.ReadFloat32("f16", n);
         var bf16 = store.ReadFloat32("bf16", n);
@@ -134,7 +136,7 @@ public class SafeTensorRoundTripTests
         Assert.Equal(0UL, n % 8);
         Assert.Equal((long)(8 + n + 12 + 4), bytes.LongLength);
 
-        using var store = SafeTensorStore.Open(dir.Path);
+        using var store = TensorNames.Open(dir.Path);
         Assert.Equal(new[] { "a", "empty", "scalar" }, store.Names);
         Assert.Equal(new float[] { 1, 2, 3, 4, 5, 6 }, store.ReadFloat32("a", 2, 3));
         Assert.Equal(new float[] { 7 }, store.ReadFloat32("scalar"));
@@ -155,7 +157,7 @@ public class SafeTensorRoundTripTests
             ("lm_head.weight", DType.F16, new long[] { 1, 2 }, one),
         });
 
-        using var store = SafeTensorStore.Open(dir.Path);
+        using var store = TensorNames.Open(dir.Path);
         Assert.Equal(new[]
         {
             "language_model.lm_head.weight",
@@ -199,7 +201,7 @@ public class SafeTensorRoundTripTests
         File.WriteAllText(dir.File("model.safetensors.index.json"),
             """{"metadata":{"total_size":12},"weight_map":{"model.language_model.norm.weight":"a.safetensors","lm_head.weight":"./b.safetensors"}}""");
 
-        using var store = SafeTensorStore.Open(dir.Path);
+        using var store = TensorNames.Open(dir.Path);
         Assert.Equal(new float[] { 1, 2, 3 }, store.ReadFloat32("language_model.model.norm.weight", 3));
         Assert.Equal(new float[] { 4, 5, 6 }, store.ReadFloat32("language_model.lm_head.weight", 1, 3));
         Assert.EndsWith("b.safetensors", store.GetInfo("language_model.lm_head.weight").FilePath);

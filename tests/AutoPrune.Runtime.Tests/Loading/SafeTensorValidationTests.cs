@@ -1,6 +1,8 @@
 using AutoPrune.Loading;
 using Xunit;
 
+using AutoPrune.Models.Llava;
+
 namespace AutoPrune.Tests.Loading;
 
 /// <summary>Every broken checkpoint gives a <see cref="ModelLoadException"/> naming the file and the tensor.</summary>
@@ -8,7 +10,7 @@ public class SafeTensorValidationTests
 {
     private static ModelLoadException OpenFails(TempDir dir)
     {
-        var ex = Assert.Throws<ModelLoadException>(() => { using var _ = SafeTensorStore.Open(dir.Path); });
+        var ex = Assert.Throws<ModelLoadException>(() => { using var _ = TensorNames.Open(dir.Path); });
         Assert.False(string.IsNullOrWhiteSpace(ex.Message));
         return ex;
     }
@@ -34,7 +36,7 @@ public class SafeTensorValidationTests
     public void Missing_folder()
     {
         var path = Path.Combine(Path.GetTempPath(), "autoprune-does-not-exist-" + Guid.NewGuid().ToString("N"));
-        var ex = Assert.Throws<ModelLoadException>(() => SafeTensorStore.Open(path));
+        var ex = Assert.Throws<ModelLoadException>(() => TensorNames.Open(path));
         Assert.Contains(path, ex.Message);
         Assert.Contains("does not exist", ex.Message);
     }
@@ -92,7 +94,7 @@ public class SafeTensorValidationTests
         using var dir = new TempDir();
         RawSafeTensors.Write(dir.File("model.safetensors"),
             """{"__metadata__":{"format":"pt"},"w":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}}""", 8);
-        using var store = SafeTensorStore.Open(dir.Path);
+        using var store = TensorNames.Open(dir.Path);
         Assert.Equal(new[] { "w" }, store.Names);
         Assert.Equal(new float[] { 0, 0 }, store.ReadFloat32("w", 2));
     }
@@ -266,7 +268,7 @@ public class SafeTensorValidationTests
         {
             ("language_model.model.layers.0.self_attn.q_proj.weight", DType.F16, new long[] { 2, 3 }, new float[6]),
         });
-        return SafeTensorStore.Open(dir.Path);
+        return TensorNames.Open(dir.Path);
     }
 
     [Fact]

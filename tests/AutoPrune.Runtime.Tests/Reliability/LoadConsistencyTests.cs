@@ -3,6 +3,8 @@ using AutoPrune.Loading;
 using AutoPrune.Loading.Text;
 using Xunit;
 
+using AutoPrune.Models.Llava;
+
 namespace AutoPrune.Tests.Reliability;
 
 /// <summary>Issue 16, rows 11, 12 and 16 (config side): a checkpoint whose files disagree is refused at load, naming both sides.</summary>
@@ -24,7 +26,7 @@ public sealed class LoadConsistencyTests
     {
         using var m = new ModelFolder();
         // A third shard holding a copy of a tensor that lives in shard 2, plus one tensor of its own listed by the index.
-        using (var store = SafeTensorStore.Open(m.Path))
+        using (var store = TensorNames.Open(m.Path))
         {
             var norm = store.ReadFloat32("language_model.model.norm.weight");
             SafeTensorWriter.Write(m.File("model-extra.safetensors"),

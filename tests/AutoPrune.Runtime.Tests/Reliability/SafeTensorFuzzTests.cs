@@ -5,6 +5,8 @@ using AutoPrune.Loading;
 using CsCheck;
 using Xunit;
 
+using AutoPrune.Models.Llava;
+
 namespace AutoPrune.Tests.Reliability;
 
 /// <summary>
@@ -136,7 +138,7 @@ public sealed partial class SafeTensorFuzzTests : IDisposable
             File.WriteAllBytes(path, bytes);
             var error = FuzzSupport.Attempt(() =>
             {
-                using var store = SafeTensorStore.Open(dir);
+                using var store = TensorNames.Open(dir);
                 foreach (var name in store.Names)
                 {
                     var info = store.GetInfo(name);
@@ -188,7 +190,7 @@ public sealed partial class SafeTensorFuzzTests : IDisposable
                 if (edit == 2) index = index.Remove(Math.Min(at, index.Length - 1), 1);
                 File.WriteAllText(Path.Combine(ckpt, SafeTensorStore.IndexFileName), index);
                 SafeTensorStore? loaded = null;
-                var error = FuzzSupport.Attempt(() => loaded = SafeTensorStore.Open(ckpt), AllocationLimit, "index");
+                var error = FuzzSupport.Attempt(() => loaded = TensorNames.Open(ckpt), AllocationLimit, "index");
                 FuzzSupport.AssertClean(error, $"index {index}", typeof(ModelLoadException));
                 if (loaded is not null)
                 {

@@ -1,3 +1,4 @@
+using AutoPrune.Compute;
 using ILGPU;
 using ILGPU.Algorithms;
 using ILGPU.Runtime;

@@ -14,8 +14,28 @@ internal readonly record struct ElementRange(long Count, int Stride);
 /// <summary>Layout of a fused [rows, (Heads + 2·KvHeads)·HeadDim] q|k|v projection for <see cref="CudaKernels.QkvSplitRopeKernel"/>.</summary>
 /// <param name="Signals">1: also write q and k in fp32 (a pruning policy reads this layer's attention); 0: fp16 only.</param>
 /// <param name="StateSlot">&gt;= 0: a prefill layer; its KV cache length (<paramref name="CacheCount"/>) and next position go to that slot of the decode state.</param>
-internal readonly record struct QkvShape(int Heads, int KvHeads, int HeadDim, int Rope, int Signals = 1, int StateSlot = -1, int CacheCount = 0)
+/// <param name="Components">Position components per row (positions are [Components, rows]); 1 for one position per row.</param>
+/// <param name="Bound1">M-RoPE: rotary frequencies i ≥ Bound1 turn by component 1 (Bound2: 2, Bound3: 3); see <see cref="WithSections"/>.</param>
+internal readonly record struct QkvShape(int Heads, int KvHeads, int HeadDim, int Rope, int Signals = 1, int StateSlot = -1, int CacheCount = 0,
+    int Components = 1, int Bound1 = int.MaxValue, int Bound2 = int.MaxValue, int Bound3 = int.MaxValue)
 {
+    /// <summary>Most M-RoPE position components the split kernel takes.</summary>
+    public const int MaxComponents = 4;
+
+    /// <summary>
+    /// This shape with M-RoPE <paramref name="sections"/> (frequencies per position component, as
+    /// <see cref="RotaryTable.Sections"/>; null: one component): frequency i turns by the component whose section holds it.
+    /// </summary>
+    public QkvShape WithSections(int[]? sections)
+    {
+        if (sections is null) return this with { Components = 1, Bound1 = int.MaxValue, Bound2 = int.MaxValue, Bound3 = int.MaxValue };
+        if (sections.Length < 1 || sections.Length > MaxComponents)
+            throw new ArgumentException($"M-RoPE with {sections.Length} position components: the GPU split kernel takes 1 to {MaxComponents}.", nameof(sections));
+        Span<int> bounds = [int.MaxValue, int.MaxValue, int.MaxValue];
+        for (int c = 1, at = 0; c < sections.Length; c++) bounds[c - 1] = at += sections[c - 1];
+        return this with { Components = sections.Length, Bound1 = bounds[0], Bound2 = bounds[1], Bound3 = bounds[2] };
+    }
+
     public int QDim => Heads * HeadDim;
     public int KvDim => KvHeads * HeadDim;
     public int Width => QDim + 2 * KvDim;
@@ -166,6 +186,8 @@ internal static class CudaKernels
     /// Splits a fused q|k|v projection row by row ([rows, Width]) in one pass: applies rotate-half RoPE (when
     /// s.Rope != 0) to q and k at each row's position, writes q and k in fp32 (for pruning signals) and q, k, v in fp16
     /// (q for the score GEMM, k and v into the KV cache views, which start at the cache row the first row goes to).
+    /// Positions are [Components, rows]: frequency i turns by the component of its M-RoPE section (s.Bound1..3), so one
+    /// component reads positions[r]. A prefill layer's next decode position is the last row's largest component + 1.
     /// One thread per (row, head, i &lt; HeadDim/2) pair.
     /// </summary>
     internal static void QkvSplitRopeKernel(Index1D t0, ArrayView<float> qkv, ArrayView<int> positions, ArrayView<float> cos, ArrayView<float> sin,
@@ -173,12 +195,14 @@ internal static class CudaKernels
         ArrayView<int> layerState)
     {
         int hd = s.HeadDim, half = hd / 2, pairs = s.PairsPerRow;
+        long rows = range.Count / pairs;
         // A prefill layer leaves its KV cache's length and next position on the device for decoding (stateSlot >= 0).
         if (t0 == 0 && s.StateSlot >= 0)
         {
-            long rows = range.Count / pairs;
+            int last = positions[rows - 1];
+            for (int c = 1; c < s.Components; c++) last = XMath.Max(last, positions[c * rows + rows - 1]);
             layerState[2 * s.StateSlot] = s.CacheCount;
-            layerState[2 * s.StateSlot + 1] = positions[rows - 1] + 1;
+            layerState[2 * s.StateSlot + 1] = last + 1;
         }
         for (long e = t0; e < range.Count; e += range.Stride)
         {
@@ -191,7 +215,8 @@ internal static class CudaKernels
             float x1 = qkv[src], x2 = qkv[src + half];
             if (section < 2 && s.Rope != 0)
             {
-                long tab = (long)positions[r] * half + i;
+                int component = (i >= s.Bound1 ? 1 : 0) + (i >= s.Bound2 ? 1 : 0) + (i >= s.Bound3 ? 1 : 0);
+                long tab = (long)positions[component * rows + r] * half + i;
                 float c = cos[tab], sn = sin[tab];
                 float y1 = x1 * c - x2 * sn, y2 = x2 * c + x1 * sn;
                 x1 = y1;
@@ -564,7 +589,7 @@ internal sealed partial class CudaOps
         [
             _layerNorm.Value, _quickGelu.Value, _gelu.Value, _attentionRowsGrouped.Value, _argMax.Value, _toHalf.Value, _addBias.Value, _add.Value, _rowGatherMixed.Value, _qkvSplitRope.Value, _siluMulSplitToHalf.Value,
             _rmsToHalf.Value, _layerNormToHalf.Value, _maskedSoftmaxToHalf.Value, _argMaxRows.Value,
-            .. SequenceKernelsLoaded(), .. DecodeKernelsLoaded(), .. FusedAttentionKernelsLoaded(), .. TiledAttentionKernelsLoaded(), .. HalfMlpKernelsLoaded(), .. SignalKernelsLoaded(), .. CoverageKernelsLoaded(),
+            .. SequenceKernelsLoaded(), .. DecodeKernelsLoaded(), .. FusedAttentionKernelsLoaded(), .. TiledAttentionKernelsLoaded(), .. SegmentKernelsLoaded(), .. HalfMlpKernelsLoaded(), .. SignalKernelsLoaded(), .. CoverageKernelsLoaded(),
         ];
         return all.Count(k => k is not null);
     }
@@ -658,12 +683,12 @@ internal sealed partial class CudaOps
             CheckRows(rows, shape.QDim, q.Length, nameof(q));
             CheckRows(rows, shape.KvDim, k.Length, nameof(k));
         }
-        Require(shape.StateSlot < 0 || (layerState.Length >= 2 * shape.StateSlot + 2 && positions.Length >= rows),
+        Require(shape.StateSlot < 0 || (layerState.Length >= 2 * shape.StateSlot + 2 && positions.Length >= (long)shape.Components * rows),
             $"layer state ({layerState.Length}) must hold slot {shape.StateSlot} and positions ({positions.Length}) every row.");
         if (shape.StateSlot < 0 && layerState.Length == 0) layerState = positions; // never written
         CheckRows(rows, shape.KvDim, kHalf.Length, nameof(kHalf));
         CheckRows(rows, shape.KvDim, vHalf.Length, nameof(vHalf));
-        Require(shape.Rope == 0 || positions.Length >= rows, $"positions has {positions.Length} elements, fewer than rows ({rows}).");
+        Require(shape.Rope == 0 || positions.Length >= (long)shape.Components * rows, $"positions has {positions.Length} elements, fewer than {shape.Components} component(s) × rows ({rows}).");
         long n = (long)rows * shape.PairsPerRow;
         if (n > 0)
         {

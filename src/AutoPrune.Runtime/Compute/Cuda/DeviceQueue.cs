@@ -51,7 +51,7 @@ internal sealed class DeviceQueue : IDisposable
     /// Every piece of device work goes through here: a kernel launch, a cuBLAS call, a device copy. It runs at once
     /// (on CUDA it is queued on <see cref="Stream"/>, and while a native graph is being captured the driver records it),
     /// except while an emulated graph is being recorded (<see cref="BeginRecording"/>): then it is kept, with the
-    /// arguments it captured, to be replayed by <see cref="Models.Llava.Cuda.CudaGraph.Launch"/>.
+    /// arguments it captured, to be replayed by <see cref="CudaGraph.Launch"/>.
     /// </summary>
     /// <remarks>
     /// Callers build <paramref name="work"/> from their arguments as they stand at the call and change none of them
@@ -146,9 +146,9 @@ internal sealed class DeviceQueue : IDisposable
     /// Collects device results and brings them back together: each is copied (device to device) into one staging
     /// buffer, which then comes back in one copy with one host synchronisation.
     /// </summary>
-    public Readback BeginReadback(Models.Llava.Cuda.DeviceArena arena) => new(this, arena);
+    public Readback BeginReadback(DeviceArena arena) => new(this, arena);
 
-    internal sealed class Readback(DeviceQueue queue, Models.Llava.Cuda.DeviceArena arena)
+    internal sealed class Readback(DeviceQueue queue, DeviceArena arena)
     {
         private readonly List<(long Offset, long Bytes, Action<ReadOnlySpan<byte>> Deliver)> _items = [];
         private readonly List<(Action<ArrayView<byte>> Copy, long Offset)> _copies = [];

@@ -36,7 +36,7 @@ internal static class SequenceKernels
     /// A prune's new sequence and the next layer's input RMSNorm in one launch, one group per new row r (Grid.IdxX).
     /// Row r takes source row plan[r] (≥ 0) or merged row -plan[r] - 1 of extra; its visual index follows (-2 for a merged
     /// row); its position is r (renumber) or the source row's position (a merged row takes the position of the row before
-    /// it). When historyLength &gt; 0 the source's visual indices are also copied to history (the report reads them back
+    /// it), in every one of g.Components position components (positions [Components, rows]). When historyLength &gt; 0 the source's visual indices are also copied to history (the report reads them back
     /// at the end). The row is gathered into dstX and xn[r] = fp16(RMSNorm(row) · weight) with the reduction of
     /// <see cref="CudaKernels.RmsNormToHalfKernel"/> (same threads, same order: the same bits), so the next layer skips its
     /// norm. With QkvWidth &gt; 0 the next layer's q|k|v projection (srcQkv, [old rows, QkvWidth], computed by a prune
@@ -69,12 +69,15 @@ internal static class SequenceKernels
         if (tid == 0)
         {
             dstVis[r] = p >= 0 ? srcVis[p] : -2;
-            if (g.Renumber != 0) dstPos[r] = r;
+            if (g.Renumber != 0)
+            {
+                for (int c = 0; c < g.Components; c++) dstPos[(long)c * g.Rows + r] = r;
+            }
             else
             {
                 long j = r;
                 while (j >= 0 && plan[j] < 0) j--;
-                dstPos[r] = j >= 0 ? srcPos[plan[j]] : 0;
+                for (int c = 0; c < g.Components; c++) dstPos[(long)c * g.Rows + r] = j >= 0 ? srcPos[(long)c * g.SourceRows + plan[j]] : 0;
             }
         }
         for (long e = (long)r * step + tid; e < g.HistoryLength; e += (long)Grid.DimX * step) history[e] = srcVis[e];
@@ -96,7 +99,9 @@ internal readonly record struct NextLayerInput(ArrayView<ushort> Xn, ArrayView<f
 /// <param name="Renumber">1: positions 0..Rows-1; 0: the kept rows' own positions.</param>
 /// <param name="HistoryLength">Visual indices of the old sequence copied to history (0: none).</param>
 /// <param name="QkvWidth">Width of a q|k|v projection gathered with the rows (0: none; the next layer's norm is written instead).</param>
-internal readonly record struct GatherShape(int Rows, int Hidden, int Renumber, int HistoryLength, int QkvWidth = 0);
+/// <param name="Components">Position components per row (positions [Components, rows]).</param>
+/// <param name="SourceRows">Rows of the old sequence (the stride of its position components; only read when Components &gt; 1).</param>
+internal readonly record struct GatherShape(int Rows, int Hidden, int Renumber, int HistoryLength, int QkvWidth = 0, int Components = 1, int SourceRows = 0);
 
 internal sealed partial class CudaOps
 {
@@ -145,7 +150,8 @@ internal sealed partial class CudaOps
         else srcQkv = dstQkv = dstX; // (unused)
         CheckRows(shape.Rows, shape.Hidden, xn.Length, nameof(xn));
         Require(weight.Length >= shape.Hidden, $"weight has {weight.Length} elements, fewer than hidden ({shape.Hidden}).");
-        Require(plan.Length >= shape.Rows && dstPos.Length >= shape.Rows && dstVis.Length >= shape.Rows, $"plan, positions and visual indices must hold {shape.Rows} rows.");
+        Require(plan.Length >= shape.Rows && dstPos.Length >= (long)shape.Components * shape.Rows && dstVis.Length >= shape.Rows, $"plan, positions and visual indices must hold {shape.Rows} rows.");
+        Require(shape.Components == 1 || (shape.SourceRows > 0 && srcPos.Length >= (long)shape.Components * shape.SourceRows), $"source positions must hold {shape.Components} components of {shape.SourceRows} rows.");
         Require(shape.HistoryLength <= Math.Min(history.Length, srcVis.Length), $"history ({history.Length}) must hold {shape.HistoryLength} visual indices.");
         if (shape.Rows == 0) return;
         if (history.Length == 0) history = dstVis;

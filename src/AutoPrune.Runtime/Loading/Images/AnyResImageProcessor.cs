@@ -1,3 +1,5 @@
+using AutoPrune.Models.Llava;
+
 namespace AutoPrune.Loading.Images;
 
 /// <summary>One image preprocessed for LLaVA-NeXT: its views as CHW float32 and how they were cut.</summary>

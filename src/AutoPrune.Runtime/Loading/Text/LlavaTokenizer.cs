@@ -24,9 +24,33 @@ namespace AutoPrune.Loading.Text;
 /// whitespace escaping (space -> ▁, dummy prefix) itself, so that it can decide per segment.
 /// </para>
 /// </summary>
-internal sealed class LlavaTokenizer
+internal sealed class LlavaTokenizer : Models.ITextTokenizer
 {
+    public bool IsEnd(int id) => id == EosId;
+    IReadOnlyList<int> Models.ITextTokenizer.EndIds => [EosId];
+    bool Models.ITextTokenizer.DropsLeadingSpace => true;
+    Models.ITokenStream Models.ITextTokenizer.CreateStreamingDecoder() => CreateStreamingDecoder();
+
     internal const char SpaceSymbol = '\u2581'; // ▁
+
+    /// <summary>
+    /// Most pieces a tokenizer file may declare when the model's <c>vocab_size</c> is not known (with it, that is the
+    /// limit): 1,048,576, four times the largest vocabulary of a released LLM. Counted before the tokenizer is built.
+    /// </summary>
+    internal const int MaxVocabulary = 1 << 20;
+
+    /// <summary>
+    /// The most pieces a tokenizer file is read with, counted before it is built: twice the model's <c>vocab_size</c> plus
+    /// 1,024 (a file slightly over it is built and refused with the exact id that has no embedding row), at most
+    /// <see cref="MaxVocabulary"/>; a file far over it (millions of entries) is refused in a fraction of a second.
+    /// </summary>
+    internal static int PieceLimit(int? modelVocabSize) =>
+        modelVocabSize is int v && v > 0 ? (int)Math.Min((long)v * 2 + 1024, MaxVocabulary) : MaxVocabulary;
+
+    /// <summary>Why a tokenizer may have at most <paramref name="maxPieces"/> pieces, for the error message.</summary>
+    internal static string VocabularyLimitReason(int maxPieces, int? modelVocabSize = null) => modelVocabSize is int v && maxPieces < MaxVocabulary
+        ? $"far more than config.json's text_config.vocab_size = {v:N0} (every piece needs an embedding row)"
+        : $"the most a tokenizer may have ({MaxVocabulary:N0})";
 
     private readonly SentencePieceTokenizer _sp;
     private readonly int _spVocabSize;
@@ -160,9 +184,14 @@ internal sealed class LlavaTokenizer
         }
 
         SentencePieceTokenizer sp;
+        int maxPieces = PieceLimit(modelVocabSize);
         if (File.Exists(modelPath))
         {
             var bytes = ModelFiles.ReadBytes(modelPath, limits.TokenizerBytes, tokenizerLimit);
+            // Before Microsoft.ML.Tokenizers builds it: an empty file, bytes that are not a ModelProto and too many pieces
+            // are named here (the library says "Object reference not set..." for an empty one, and builds any size).
+            if (CheckSentencePieceModel(bytes, maxPieces, modelVocabSize) is { } problem)
+                throw new ModelLoadException($"tokenizer.model is not a usable SentencePiece model: {problem}.", modelPath);
             try
             {
                 using var ms = new MemoryStream(bytes, writable: false);
@@ -178,7 +207,7 @@ internal sealed class LlavaTokenizer
             TokenizerJsonConverter.Result converted;
             try
             {
-                converted = TokenizerJsonConverter.Convert(ModelFiles.ReadBytes(jsonPath, limits.TokenizerBytes, tokenizerLimit));
+                converted = TokenizerJsonConverter.Convert(ModelFiles.ReadBytes(jsonPath, limits.TokenizerBytes, tokenizerLimit), maxPieces, modelVocabSize);
             }
             catch (Exception ex) when (ex is JsonException or FormatException or InvalidOperationException or KeyNotFoundException or NotSupportedException)
             {
@@ -215,6 +244,50 @@ internal sealed class LlavaTokenizer
         var tokenizer = new LlavaTokenizer(sp, imageTokenId, imageToken, added, bosToken, eosToken, addBos, legacy);
         tokenizer.CheckAgainstModel(modelVocabSize, configPath);
         return tokenizer;
+    }
+
+    /// <summary>
+    /// What makes <paramref name="bytes"/> unusable as a SentencePiece <c>ModelProto</c>, read from its top-level protobuf
+    /// fields without building anything: empty, not protobuf, no pieces (field 1), or more than <paramref name="maxPieces"/>.
+    /// Null when it looks usable (the library then parses it).
+    /// </summary>
+    internal static string? CheckSentencePieceModel(ReadOnlySpan<byte> bytes, int maxPieces, int? modelVocabSize = null)
+    {
+        if (bytes.Length == 0) return "the file is empty (0 bytes); expected a SentencePiece ModelProto as sentencepiece writes it";
+        int pieces = 0, pos = 0;
+        while (pos < bytes.Length)
+        {
+            if (!ReadVarint(bytes, ref pos, out ulong tag) || tag >> 3 == 0)
+                return $"byte {pos} is not a protobuf field, so this is not a SentencePiece ModelProto";
+            int field = (int)Math.Min(tag >> 3, int.MaxValue);
+            switch ((int)(tag & 7))
+            {
+                case 0: if (!ReadVarint(bytes, ref pos, out _)) return $"field {field} is cut off at byte {pos}"; break;
+                case 1: pos += 8; break;
+                case 5: pos += 4; break;
+                case 2:
+                    if (!ReadVarint(bytes, ref pos, out ulong length) || length > (ulong)(bytes.Length - pos))
+                        return $"field {field} at byte {pos} is longer than the file";
+                    pos += (int)length;
+                    if (field == 1 && ++pieces > maxPieces) return $"it has more than {maxPieces:N0} pieces, {VocabularyLimitReason(maxPieces, modelVocabSize)}";
+                    break;
+                default: return $"field {field} has wire type {tag & 7}, which a SentencePiece ModelProto does not use";
+            }
+        }
+        if (pos > bytes.Length) return "its last field is cut off";
+        return pieces == 0 ? "it has no pieces (protobuf field 1)" : null;
+    }
+
+    private static bool ReadVarint(ReadOnlySpan<byte> b, ref int pos, out ulong value)
+    {
+        value = 0;
+        for (int shift = 0; shift < 64 && pos < b.Length; shift += 7)
+        {
+            byte x = b[pos++];
+            value |= (ulong)(x & 0x7F) << shift;
+            if (x < 0x80) return true;
+        }
+        return false;
     }
 
     /// <summary>Ids past the tokenizer's own, up to the model's <c>vocab_size</c>: padding rows that decode to no text.</summary>
@@ -391,6 +464,29 @@ internal sealed class LlavaTokenizer
         return _addedContent.TryGetValue(id, out var c) ? c : null;
     }
 
+    /// <summary>
+    /// Every id's decoded bytes, as <see cref="Decode"/> writes them (structured output masks tokens by them): a piece's
+    /// UTF-8 with ▁ as a space, a byte-fallback piece <c>&lt;0xNN&gt;</c> its byte, an added token that is not special its
+    /// text; null for the ids that decode to nothing (BOS, EOS, UNK, <c>&lt;image&gt;</c>, <c>&lt;pad&gt;</c>, other special
+    /// tokens). <see cref="Decode"/> drops one leading space of the whole answer, which this list does not show.
+    /// </summary>
+    public byte[]?[] TokenBytes()
+    {
+        EnsurePieces();
+        var result = new byte[]?[VocabSize];
+        for (int id = 0; id < VocabSize; id++)
+        {
+            if (_skipOnDecode.Contains(id)) continue;
+            if (id < _spVocabSize)
+            {
+                if (_byteValue![id] >= 0) result[id] = [(byte)_byteValue[id]];
+                else if (_pieces![id] is { } piece) result[id] = Encoding.UTF8.GetBytes(piece.Replace(SpaceSymbol, ' '));
+            }
+            else if (_addedContent.TryGetValue(id, out var text)) result[id] = Encoding.UTF8.GetBytes(text);
+        }
+        return result;
+    }
+
     /// <summary>Creates an incremental decoder for streaming generation.</summary>
     public StreamingDecoder CreateStreamingDecoder() => new(this);
 
@@ -400,7 +496,7 @@ internal sealed class LlavaTokenizer
     /// it ends in an incomplete UTF-8 sequence of byte-fallback tokens. (The prefix/read offset scheme of
     /// Hugging Face text-generation-inference: only a short window of ids is re-decoded per token.)
     /// </summary>
-    internal sealed class StreamingDecoder
+    internal sealed class StreamingDecoder : Models.ITokenStream
     {
         private readonly LlavaTokenizer _tok;
         private readonly List<int> _ids = new();

@@ -1,3 +1,5 @@
+using AutoPrune.Loading;
+using AutoPrune.Models.Llava;
 using System.Text;
 using System.Text.Json;
 
@@ -32,12 +34,54 @@ namespace AutoPrune.Loading.Text
         /// The prompt text of a conversation. Roles: <c>system</c> (first only), <c>user</c>, <c>assistant</c>. When the
         /// last turn is the user's, the text ends where the model's answer starts.
         /// </summary>
-        public static string Format(PromptFormat format, IReadOnlyList<(string Role, string Text)> turns, string eosToken = "</s>") => format switch
+        /// <remarks>
+        /// A user turn's <c>&lt;image&gt;</c> placeholders go where the checkpoint family's chat template puts a message's
+        /// images: first, each followed by a newline, then the turn's text (<see cref="ImagesFirst"/>). Hugging Face's llava
+        /// and llava-next templates render a message's images before its text whatever the order of its parts, so
+        /// <c>[text, image]</c> and <c>[image, text]</c> give the same prompt on every surface.
+        /// </remarks>
+        public static string Format(PromptFormat format, IReadOnlyList<(string Role, string Text)> turns, string eosToken = "</s>")
         {
-            PromptFormat.Vicuna => LlavaTokenizer.FormatConversation(turns, imageCount: 0, eosToken: eosToken),
-            PromptFormat.Mistral => Mistral(turns, eosToken),
-            _ => throw new ArgumentOutOfRangeException(nameof(format), format, "A concrete prompt format is needed (Vicuna or Mistral)."),
-        };
+            ArgumentNullException.ThrowIfNull(turns);
+            var placed = turns.Select(t => string.Equals(t.Role, "user", StringComparison.OrdinalIgnoreCase) ? (t.Role, ImagesFirst(t.Text)) : t).ToList();
+            return format switch
+            {
+                PromptFormat.Vicuna => LlavaTokenizer.FormatConversation(placed, imageCount: 0, eosToken: eosToken),
+                PromptFormat.Mistral => Mistral(placed, eosToken),
+                _ => throw new ArgumentOutOfRangeException(nameof(format), format, "A concrete prompt format is needed (Vicuna or Mistral)."),
+            };
+        }
+
+        /// <summary>
+        /// A user turn's text with its <c>&lt;image&gt;</c> placeholders moved to the start, each followed by a newline, in
+        /// their order: <c>"q\n&lt;image&gt;"</c> and <c>"&lt;image&gt;\nq"</c> both become <c>"&lt;image&gt;\nq"</c>. The
+        /// separator next to a placeholder (the newline the adapters write between an image and its text, else a space that
+        /// would be doubled) is removed with it. A text without a placeholder is returned as it is.
+        /// </summary>
+        internal static string ImagesFirst(string text)
+        {
+            ArgumentNullException.ThrowIfNull(text);
+            const string image = Prompting.ImagePlaceholder;
+            int at = text.IndexOf(image, StringComparison.Ordinal);
+            if (at < 0) return text;
+            var rest = new StringBuilder(text.Length);
+            int count = 0, i = 0;
+            while (at >= 0)
+            {
+                rest.Append(text, i, at - i);
+                count++;
+                i = at + image.Length;
+                if (i < text.Length && text[i] == '\n') i++;                                      // "<image>\n" before text
+                else if (rest.Length > 0 && rest[^1] == '\n') rest.Length--;                     // "text\n<image>"
+                else if (rest.Length > 0 && rest[^1] == ' ' && (i == text.Length || text[i] == ' ')) rest.Length--; // "a <image> b"
+                else if (rest.Length == 0 && i < text.Length && text[i] == ' ') i++;              // "<image> text"
+                at = text.IndexOf(image, i, StringComparison.Ordinal);
+            }
+            rest.Append(text, i, text.Length - i);
+            var sb = new StringBuilder(count * (image.Length + 1) + rest.Length);
+            for (int k = 0; k < count; k++) sb.Append(image).Append('\n');
+            return sb.Append(rest).ToString();
+        }
 
         /// <summary>
         /// Mistral-Instruct's format as LLaVA-1.6 Mistral uses it: each user turn is <c>[INST] {text} [/INST]</c>, each

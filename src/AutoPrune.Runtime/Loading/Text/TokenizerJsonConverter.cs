@@ -23,23 +23,48 @@ internal static class TokenizerJsonConverter
     // sentencepiece_model.proto piece types
     private const int TypeNormal = 1, TypeUnknown = 2, TypeControl = 3, TypeUserDefined = 4, TypeByte = 6;
 
-    public static Result Convert(byte[] tokenizerJson)
+    /// <summary>Merges allowed per vocabulary entry (Llama's tokenizer.json has about 2 for its 32,000 pieces).</summary>
+    internal const int MaxMergesPerPiece = 16;
+
+    /// <param name="tokenizerJson">The file's bytes (already bounded by <c>ModelOptions.FileLimits.TokenizerBytes</c>).</param>
+    /// <param name="maxPieces">Most vocabulary entries accepted (<see cref="LlavaTokenizer.PieceLimit"/> of the model's
+    /// <c>vocab_size</c>: every piece needs an embedding row). Counted on the parsed document before any piece is materialised, so
+    /// a file with millions of entries is refused in a fraction of a second instead of being built.</param>
+    /// <exception cref="FormatException">A missing or malformed field, named.</exception>
+    public static Result Convert(byte[] tokenizerJson, int maxPieces = LlavaTokenizer.MaxVocabulary, int? modelVocabSize = null)
     {
+        CheckVocabularySize(tokenizerJson, maxPieces, modelVocabSize);
         using var doc = JsonDocument.Parse(tokenizerJson);
         var root = doc.RootElement;
-        var model = root.GetProperty("model");
-        string type = model.TryGetProperty("type", out var t) ? t.GetString() ?? "" : "BPE";
+        if (root.ValueKind != JsonValueKind.Object)
+            throw new FormatException($"expected a JSON object (a Hugging Face tokenizer.json), got {root.ValueKind.ToString().ToLowerInvariant()}");
+        if (!root.TryGetProperty("model", out var model) || model.ValueKind != JsonValueKind.Object)
+            throw new FormatException("it has no \"model\" object; a Hugging Face tokenizer.json holds the tokenizer in \"model\" (type, vocab, merges)");
+        string type = model.TryGetProperty("type", out var t) && t.ValueKind == JsonValueKind.String ? t.GetString() ?? "" : "BPE";
         if (type != "BPE")
             throw new NotSupportedException($"tokenizer.json model type '{type}' is not supported; a Llama tokenizer (BPE with byte fallback) is expected.");
         bool byteFallback = model.TryGetProperty("byte_fallback", out var bf) && bf.ValueKind == JsonValueKind.True;
         string? unkToken = model.TryGetProperty("unk_token", out var u) && u.ValueKind == JsonValueKind.String ? u.GetString() : null;
 
-        var vocab = model.GetProperty("vocab");
+        if (!model.TryGetProperty("vocab", out var vocab) || vocab.ValueKind != JsonValueKind.Object)
+            throw new FormatException("\"model.vocab\" is missing or not an object of piece -> id");
+        int entries = 0;
+        foreach (var _ in vocab.EnumerateObject())
+            if (++entries > maxPieces)
+                throw new FormatException($"\"model.vocab\" has more than {maxPieces:N0} entries, {LlavaTokenizer.VocabularyLimitReason(maxPieces, modelVocabSize)}");
+        if (model.TryGetProperty("merges", out var mergeList))
+        {
+            if (mergeList.ValueKind != JsonValueKind.Array) throw new FormatException("\"model.merges\" is not an array");
+            long maxMerges = (long)MaxMergesPerPiece * Math.Max(entries, 1);
+            if (mergeList.GetArrayLength() > maxMerges)
+                throw new FormatException($"\"model.merges\" has {mergeList.GetArrayLength():N0} entries for {entries:N0} pieces; at most {maxMerges:N0} ({MaxMergesPerPiece} per piece) are accepted");
+        }
         int maxId = -1;
         var pieces = new Dictionary<int, string>();
         foreach (var p in vocab.EnumerateObject())
         {
-            int id = p.Value.GetInt32();
+            if (p.Value.ValueKind != JsonValueKind.Number || !p.Value.TryGetInt32(out int id))
+                throw new FormatException($"the id of piece '{p.Name}' in \"model.vocab\" is not an integer");
             if (id < 0) throw new FormatException($"negative id for piece '{p.Name}'");
             if (!pieces.TryAdd(id, p.Name)) throw new FormatException($"id {id} is used by two pieces");
             maxId = Math.Max(maxId, id);
@@ -63,10 +88,14 @@ internal static class TokenizerJsonConverter
                     left = s[..sp];
                     right = s[(sp + 1)..];
                 }
-                else
+                else if (m.ValueKind == JsonValueKind.Array && m.GetArrayLength() == 2 && m[0].ValueKind == JsonValueKind.String && m[1].ValueKind == JsonValueKind.String)
                 {
                     left = m[0].GetString()!;
                     right = m[1].GetString()!;
+                }
+                else
+                {
+                    throw new FormatException($"merge {rank} in \"model.merges\" is neither \"left right\" nor [\"left\", \"right\"]");
                 }
                 scores.TryAdd(left + right, -rank);
                 rank++;
@@ -130,6 +159,45 @@ internal static class TokenizerJsonConverter
         return new Result(ms.ToArray(), added);
     }
 
+    /// <summary>
+    /// Counts <c>model.vocab</c>'s entries with a forward-only reader, before any document is built, and refuses a file
+    /// with more than <paramref name="maxPieces"/> as soon as it has read that many (a file with millions is refused
+    /// after reading a few thousand entries). Malformed JSON is left to the full parse, which reports its position.
+    /// </summary>
+    private static void CheckVocabularySize(byte[] json, int maxPieces, int? modelVocabSize)
+    {
+        var r = new Utf8JsonReader(json, new JsonReaderOptions { AllowTrailingCommas = true, CommentHandling = JsonCommentHandling.Skip });
+        try
+        {
+            if (!r.Read() || r.TokenType != JsonTokenType.StartObject) return;
+            if (!Find(ref r, "model") || !Find(ref r, "vocab")) return;
+            int entries = 0;
+            while (r.Read() && r.TokenType != JsonTokenType.EndObject)
+            {
+                if (r.TokenType == JsonTokenType.PropertyName && ++entries > maxPieces)
+                    throw new FormatException($"\"model.vocab\" has more than {maxPieces:N0} entries, {LlavaTokenizer.VocabularyLimitReason(maxPieces, modelVocabSize)}");
+                if (r.TokenType is JsonTokenType.StartObject or JsonTokenType.StartArray) r.Skip();
+            }
+        }
+        catch (JsonException)
+        {
+            // reported by JsonDocument.Parse
+        }
+
+        // Moves into the object value of the property <paramref name="name"/> of the object the reader is in.
+        static bool Find(ref Utf8JsonReader r, string name)
+        {
+            while (r.Read() && r.TokenType == JsonTokenType.PropertyName)
+            {
+                bool match = r.ValueTextEquals(name);
+                if (!r.Read()) return false;
+                if (match) return r.TokenType == JsonTokenType.StartObject;
+                if (r.TokenType is JsonTokenType.StartObject or JsonTokenType.StartArray) r.Skip();
+            }
+            return false;
+        }
+    }
+
     private static int IdOf(Dictionary<int, string> pieces, string piece)
     {
         foreach (var (id, p) in pieces) if (p == piece) return id;
@@ -154,15 +222,16 @@ internal static class TokenizerJsonConverter
     private static bool IsBytePiece(string p) =>
         p.Length == 6 && p.StartsWith("<0x", StringComparison.Ordinal) && p[5] == '>' && Uri.IsHexDigit(p[3]) && Uri.IsHexDigit(p[4]);
 
-    private static void WriteVarint(Stream s, ulong v)
+    // Protobuf writers, shared with Gguf.GgufVocabulary (a SentencePiece ModelProto from GGUF metadata).
+    internal static void WriteVarint(Stream s, ulong v)
     {
         while (v >= 0x80) { s.WriteByte((byte)(v | 0x80)); v >>= 7; }
         s.WriteByte((byte)v);
     }
 
-    private static void WriteVarintField(Stream s, int field, ulong v) { WriteVarint(s, (ulong)(field << 3)); WriteVarint(s, v); }
+    internal static void WriteVarintField(Stream s, int field, ulong v) { WriteVarint(s, (ulong)(field << 3)); WriteVarint(s, v); }
 
-    private static void WriteFloat(Stream s, int field, float f)
+    internal static void WriteFloat(Stream s, int field, float f)
     {
         WriteVarint(s, (ulong)((field << 3) | 5));
         Span<byte> b = stackalloc byte[4];
@@ -170,12 +239,12 @@ internal static class TokenizerJsonConverter
         s.Write(b);
     }
 
-    private static void WriteBytes(Stream s, int field, byte[] data)
+    internal static void WriteBytes(Stream s, int field, byte[] data)
     {
         WriteVarint(s, (ulong)((field << 3) | 2));
         WriteVarint(s, (ulong)data.Length);
         s.Write(data);
     }
 
-    private static void WriteString(Stream s, int field, string text) => WriteBytes(s, field, Encoding.UTF8.GetBytes(text));
+    internal static void WriteString(Stream s, int field, string text) => WriteBytes(s, field, Encoding.UTF8.GetBytes(text));
 }

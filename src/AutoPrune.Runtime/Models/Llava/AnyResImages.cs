@@ -1,3 +1,4 @@
+using AutoPrune.Compute;
 using AutoPrune.Loading;
 using AutoPrune.Loading.Images;
 
@@ -41,14 +42,19 @@ internal sealed class AnyResTokenMap
     /// <summary>Per view (0 = base): the vision tower's output, [CLS] attention [Heads, Grid²] and patch keys included.</summary>
     public IReadOnlyList<VisionFeatures> Views { get; }
 
-    private AnyResGeometry? _geometry;
+    private Pruning.VisualTokenMap? _map;
 
     /// <summary>Each patch's centre and size in the original image (the geometry pruning policies use).</summary>
-    public AnyResGeometry Geometry => _geometry ??= AnyResGeometry.Create(this);
+    public Pruning.VisualGeometry Geometry => Map.Geometry;
+
+    /// <summary>The image's visual tokens as pruning sees them (views, places, the run with its image_newline rows).</summary>
+    public Pruning.VisualTokenMap Map => _map ??= Pruning.VisualTokenMap.FromTokens(Layout.ImageWidth, Layout.ImageHeight,
+        [.. Enumerable.Repeat((Layout.Grid, Layout.Grid), Layout.Views)],
+        Patches.Select(p => new Pruning.VisualToken(p.View, p.Row, p.Col, p.Left, p.Top, p.Right, p.Bottom)).ToArray(),
+        [.. Sequence], AnyResGeometry.Create(this));
 
     /// <summary>The patches' areas as a report carries them (for explanations).</summary>
-    public Pruning.ImagePatchMap ToReport()
-        => new(Layout.ImageWidth, Layout.ImageHeight, Layout.Views, Patches.Select(p => new Pruning.PatchArea(p.View, p.Left, p.Top, p.Right, p.Bottom)).ToArray());
+    public Pruning.ImagePatchMap ToReport() => Map.ToReport()!;
 
     /// <summary>Per patch: the mean over heads of its own view's [CLS] attention (at the vision tower's feature layer).</summary>
     public float[] ClsAttentionMean()
@@ -111,25 +117,11 @@ internal sealed class AnyResTokenMap
 /// <summary>
 /// Where each patch of a LLaVA-NeXT image lies in the original image, for the policies that use geometry: its centre in
 /// original pixels and the size of its own patch there (a base-view patch is a Grid-th of the image; a tile patch is
-/// smaller, by the tiling's scale). Distances between tokens are measured in the size of the patch they are measured
-/// from, so "5 patches" means 5 base-view patches around a base-view token and 5 tile patches around a tile token.
+/// smaller, by the tiling's scale).
 /// </summary>
-internal sealed class AnyResGeometry
+internal static class AnyResGeometry
 {
-    private AnyResGeometry(float[] x, float[] y, float[] w, float[] h, int width, int height) { X = x; Y = y; W = w; H = h; Width = width; Height = height; }
-
-    /// <summary>Centre of each patch, original pixels from the left.</summary>
-    public float[] X { get; }
-    /// <summary>Centre of each patch, original pixels from the top.</summary>
-    public float[] Y { get; }
-    /// <summary>Width of each patch's own patch grid cell in original pixels.</summary>
-    public float[] W { get; }
-    /// <summary>Height of each patch's own grid cell in original pixels.</summary>
-    public float[] H { get; }
-    public int Width { get; }
-    public int Height { get; }
-
-    public static AnyResGeometry Create(AnyResTokenMap map)
+    public static Pruning.VisualGeometry Create(AnyResTokenMap map)
     {
         var l = map.Layout;
         int n = map.Patches.Count, g = l.Grid;
@@ -150,29 +142,7 @@ internal sealed class AnyResGeometry
                 cw[i] = p * sx; ch[i] = p * sy;
             }
         }
-        return new AnyResGeometry(x, y, cw, ch, l.ImageWidth, l.ImageHeight);
-    }
-
-    /// <summary>
-    /// AdaptPrune's positional prior over the original image: G = exp(-(u² + v²) / (8 f²)) with u, v the token's centre
-    /// relative to the image's centre in half-widths and half-heights, normalised to max 1 over <paramref name="patches"/>.
-    /// On LLaVA-1.5's square grid this is the spec's exp(-(x² + y²) / (2 σ²)) with σ = f·g.
-    /// </summary>
-    public float[] PositionalPrior(ReadOnlySpan<int> patches, double sigmaFactor)
-    {
-        var prior = new double[patches.Length];
-        double max = 0, twoS = 8 * sigmaFactor * sigmaFactor;
-        for (int i = 0; i < patches.Length; i++)
-        {
-            int v = patches[i];
-            if (v < 0) continue;
-            double u = (X[v] - Width / 2.0) / (Width / 2.0), t = (Y[v] - Height / 2.0) / (Height / 2.0);
-            prior[i] = Math.Exp(-(u * u + t * t) / twoS);
-            max = Math.Max(max, prior[i]);
-        }
-        var result = new float[patches.Length];
-        for (int i = 0; i < result.Length; i++) result[i] = max > 0 ? (float)(prior[i] / max) : 0f;
-        return result;
+        return new Pruning.VisualGeometry(x, y, cw, ch, l.ImageWidth, l.ImageHeight);
     }
 }
 

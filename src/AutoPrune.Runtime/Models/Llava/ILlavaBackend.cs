@@ -1,3 +1,4 @@
+using AutoPrune.Compute;
 using AutoPrune.Loading;
 
 namespace AutoPrune.Models.Llava;
@@ -7,7 +8,7 @@ namespace AutoPrune.Models.Llava;
 /// (CudaLlavaModel). Images, sequences and pruning bookkeeping stay on the host; what a backend
 /// keeps on its device is its own business.
 /// </summary>
-internal interface ILlavaBackend : IDisposable
+internal interface ILlavaBackend : IVisualProjector, IDisposable
 {
     LlavaConfig Config { get; }
     /// <summary>"cpu", or the GPU it runs on ("cuda:0 NVIDIA H100 ...").</summary>
@@ -17,7 +18,9 @@ internal interface ILlavaBackend : IDisposable
     /// <summary>Patches per side of the vision grid.</summary>
     int Grid { get; }
     int DecoderLayers { get; }
-    int Hidden { get; }
+
+    /// <summary>The pruning signals this model provides (without attention layers in the vision tower, none of its own).</summary>
+    Pruning.PruningSignals Signals { get; }
 
     /// <summary>The device's counters (host syncs, launches, copies, ...); null on the CPU backend.</summary>
     Diagnostics.DeviceCounterSet? Counters => null;
@@ -50,47 +53,11 @@ internal interface ILlavaBackend : IDisposable
     /// </summary>
     /// <paramref name="positions"/>: each row's RoPE position when they are not 0..n-1 (a selection before the LLM that keeps
     /// the original positions).
-    SequenceState BuildSequence(ReadOnlySpan<int> ids, IReadOnlyList<ImageRows> images, IReadOnlyList<int[]>? visualIndices = null, int[]? positions = null);
+    SequenceState BuildSequence(ReadOnlySpan<int> ids, IReadOnlyList<ImageRows> images, IReadOnlyList<int[]>? visualIndices = null, PositionIds? positions = null);
 
     /// <summary>Copies the token embedding of each id into <paramref name="dst"/> ([ids, Hidden]).</summary>
     void Embed(ReadOnlySpan<int> ids, Span<float> dst);
 
     /// <summary>Starts one request's decoding: a KV cache with room for <paramref name="extraCapacity"/> generated tokens.</summary>
     IGeneration StartGeneration(int extraCapacity);
-}
-
-/// <summary>One request's decoder state (its KV cache) on a backend.</summary>
-internal interface IGeneration : IDisposable
-{
-    /// <summary>Runs the prompt through every layer (a hook may shrink it between layers); logits at the last position.</summary>
-    float[] Prefill(SequenceState state, IPrefillHook? hook, CancellationToken ct);
-
-    /// <summary>Runs one generated token through every layer; its logits.</summary>
-    float[] Step(int tokenId);
-
-    /// <summary>
-    /// Runs one generated token through every layer and returns the greedy next token (the first largest logit):
-    /// on a GPU only that id comes back, not the vocabulary-sized logits.
-    /// </summary>
-    int StepGreedy(int tokenId);
-
-    /// <summary>Tokens each layer's cache holds.</summary>
-    int[] CachedTokensPerLayer();
-}
-
-/// <summary>The CPU backend's generation: <see cref="LlamaDecoder"/> over a host <see cref="KvCache"/>.</summary>
-internal sealed class CpuGeneration(LlamaDecoder decoder, int extraCapacity) : IGeneration
-{
-    private readonly KvCache _cache = new(decoder.Layers, extraCapacity, decoder.Memory);
-
-    public float[] Prefill(SequenceState state, IPrefillHook? hook, CancellationToken ct) => decoder.Prefill(state, _cache, hook, ct);
-    public float[] Step(int tokenId) => decoder.DecodeStep(tokenId, _cache);
-    public int StepGreedy(int tokenId)
-    {
-        var logits = decoder.DecodeStep(tokenId, _cache);
-        Generation.NonFiniteLogitsException.ThrowIfAny(logits, "a decoding step");
-        return Compute.Cpu.CpuOps.ArgMax(logits);
-    }
-    public int[] CachedTokensPerLayer() => _cache.CountsPerLayer();
-    public void Dispose() => _cache.Dispose();
 }

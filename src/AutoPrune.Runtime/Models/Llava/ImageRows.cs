@@ -1,55 +1,68 @@
-using AutoPrune.Models.Llava.Cuda;
+using AutoPrune.Compute;
 
 namespace AutoPrune.Models.Llava;
 
 /// <summary>
-/// One image's rows for the decoder ([Rows, Hidden], the projector's output): host memory on the CPU backend, device
-/// memory on a GPU, with an explicit copy to the host. <see cref="Visual"/> names each row's patch when the rows are not
-/// simply patches 0..Rows-1 (VisionZip's selection, made on the device).
+/// One image's rows for the decoder ([Rows, Hidden], the projector's output): on the host, or where a backend computes
+/// (a GPU's device memory), with an explicit copy to the host. <see cref="Visual"/> names each row's patch when only
+/// the backend knows which patches the rows are (VisionZip's selection, made on the device).
 /// </summary>
 internal sealed class ImageRows : IDisposable
 {
     private float[]? _host;
+    private readonly Backend? _backend;
+    private Tensor? _rows, _visual;
+    private readonly bool _owns;
 
-    private ImageRows(float[]? host, DeviceBuffer<float>? device, DeviceBuffer<int>? visual, Func<float[]>? copy, Action? release, int rows, int hidden)
+    private ImageRows(float[]? host, Backend? backend, Tensor? rows, Tensor? visual, bool owns, int count, int hidden)
     {
-        _host = host; Device = device; Visual = visual; _copy = copy; _release = release; Rows = rows; Hidden = hidden;
+        _host = host; _backend = backend; _rows = rows; _visual = visual; _owns = owns; Rows = count; Hidden = hidden;
     }
-
-    private readonly Func<float[]>? _copy;
-    private Action? _release;
 
     public int Rows { get; }
     public int Hidden { get; }
-    public DeviceBuffer<float>? Device { get; }
-    public DeviceBuffer<int>? Visual { get; }
+
+    /// <summary>The rows where the backend computes (null for rows built on the host).</summary>
+    public Tensor? Tensor => _rows;
+
+    /// <summary>Each row's visual index where the backend computes, when the host does not know them (null otherwise).</summary>
+    public Tensor? Visual => _visual;
 
     /// <summary>
     /// The rows were chosen before the LLM and keep their original RoPE positions (their patches' places in the full image
-    /// run); with <see cref="Visual"/> on the device the prompt builder computes the positions there.
+    /// run); with <see cref="Visual"/> on the backend the prompt builder computes the positions there.
     /// </summary>
     public bool OriginalPositions { get; set; }
 
     public static ImageRows OnHost(float[] rows, int hidden)
     {
         if (hidden < 1 || rows.Length % hidden != 0) throw new ArgumentException($"{rows.Length} values are not rows of {hidden}.", nameof(rows));
-        return new(rows, null, null, null, null, rows.Length / hidden, hidden);
+        return new(rows, null, null, null, false, rows.Length / hidden, hidden);
     }
 
-    /// <param name="release">Returns the device buffers (under the device's lock).</param>
-    internal static ImageRows OnDevice(DeviceBuffer<float> rows, DeviceBuffer<int>? visual, Func<float[]> copyToHost, Action release, int count, int hidden)
-        => new(null, rows, visual, copyToHost, release, count, hidden);
+    /// <summary>Rows (and visual indices) on <paramref name="backend"/>, owned: disposing gives them back.</summary>
+    public static ImageRows OnBackend(Backend backend, Tensor rows, Tensor? visual, int count, int hidden)
+        => new(null, backend, rows, visual, true, count, hidden);
 
     /// <summary>The first <paramref name="rows"/> rows, sharing the memory (the result releases nothing; this one still owns it).</summary>
     public ImageRows FirstRows(int rows)
     {
         if (rows < 0 || rows > Rows) throw new ArgumentOutOfRangeException(nameof(rows), rows, $"An image of {Rows} rows.");
-        if (Device is null) return OnHost(ToHost().AsSpan(0, rows * Hidden).ToArray(), Hidden);
-        return new(null, Device, Visual, () => ToHost().AsSpan(0, rows * Hidden).ToArray(), null, rows, Hidden);
+        if (_rows is null) return OnHost(ToHost().AsSpan(0, rows * Hidden).ToArray(), Hidden);
+        return new(null, _backend, _rows.First((long)rows * Hidden), _visual?.First(rows), false, rows, Hidden);
     }
 
-    /// <summary>The rows on the host: the array itself on the CPU, a (counted) copy from a GPU.</summary>
-    public float[] ToHost() => _host ??= _copy!();
+    /// <summary>The rows on the host: the array itself, or a (counted, on a GPU) copy from the backend.</summary>
+    public float[] ToHost() => _host ??= _backend!.Download(_rows!.First((long)Rows * Hidden));
 
-    public void Dispose() => Interlocked.Exchange(ref _release, null)?.Invoke();
+    public void Dispose()
+    {
+        if (!_owns || _backend is null) return;
+        var rows = Interlocked.Exchange(ref _rows, null);
+        var visual = Interlocked.Exchange(ref _visual, null);
+        if (rows is null && visual is null) return;
+        using var scope = _backend.Enter();
+        rows?.Dispose();
+        visual?.Dispose();
+    }
 }

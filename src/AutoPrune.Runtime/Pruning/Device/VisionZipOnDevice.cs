@@ -1,6 +1,6 @@
+using AutoPrune.Compute;
 using AutoPrune.Compute.Cuda;
 using AutoPrune.Models.Llava;
-using AutoPrune.Models.Llava.Cuda;
 
 namespace AutoPrune.Pruning.Device;
 
@@ -12,7 +12,7 @@ namespace AutoPrune.Pruning.Device;
 /// </summary>
 internal static class VisionZipOnDevice
 {
-    public static ImageRows Select(CudaLlavaModel model, VisionZipPolicy policy, VisionFeatures vision)
+    public static ImageRows Select(IVisualProjector projector, VisionZipPolicy policy, VisionFeatures vision)
     {
         var dv = vision.Device ?? throw new ArgumentException("The vision features are not on the device.", nameof(vision));
         var step = policy.Schedule!.Steps.Single(s => s.AfterLayer == -1);
@@ -23,11 +23,11 @@ internal static class VisionZipOnDevice
         int V = dv.Patches, dim = dv.Hidden;
         int D = Math.Clamp(step.Kept, 0, V), rest = V - D, C = Math.Clamp(step.Recycled, 0, rest);
         int stepSize = C > 0 ? Math.Max(1, rest / C) : 1;
-        lock (model.Sync)
+        var backend = dv.Backend;
+        using (backend.Enter())
         {
-            using var bind = model.Accelerator.BindScoped();
-            var mem = model.Memory;
-            var ops = model.Ops;
+            var mem = backend.Memory;
+            var ops = backend.Ops;
             using var score = mem.Allocate<float>(V);
             using var kept = mem.Allocate<int>(V);
             using var dom = mem.Allocate<int>(Math.Max(1, D));
@@ -43,7 +43,7 @@ internal static class VisionZipOnDevice
                 ops.TopKPlan(score.View, default, default, kept.View, dom.View, default, new PlanShape(V, D, 0, 0, 0, 0, 0, 0, 0, 0));
                 ops.VisionZipMerge(kept.View, dom.View, dv.Keys.View, dv.Features.View, restRows.View, targets.View, norms.View, assign.View, merged.View, visual.View,
                     new ZipShape(V, D, C, dv.Heads, dim, dim, stepSize));
-                return model.DeviceRows(model.Projector.Forward(merged.View, D + C), visual, D + C);
+                return ImageRows.OnBackend(backend, projector.Project(DeviceTensor.Of(merged.View), D + C), DeviceTensor.Owning(visual, D + C), D + C, projector.Hidden);
             }
             catch
             {
