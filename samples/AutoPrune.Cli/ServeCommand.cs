@@ -1,6 +1,7 @@
 using System.CommandLine;
 using AutoPrune.AspNetCore;
 using Microsoft.AspNetCore.Builder;
+using Microsoft.Extensions.Hosting;
 using Microsoft.Extensions.Options;
 
 namespace AutoPrune.Cli;
@@ -43,19 +44,44 @@ public static class ServeCommand
             var builder = AutoPruneServer.CreateBuilder(passThrough, settings);
             if (string.IsNullOrWhiteSpace(builder.Configuration["AutoPrune:ModelDirectory"]))
                 builder.Configuration["AutoPrune:ModelDirectory"] = CommonOptions.DefaultModelDirectory();
-            await using var app = AutoPruneServer.Build(builder);
             try
             {
+                // Building maps the endpoints, which resolves the model's settings: their validation fails here or at start.
+                await using var app = AutoPruneServer.Build(builder);
                 // The host stops on SIGINT/SIGTERM (or ct), finishing in-flight requests within AutoPrune:Server:ShutdownTimeoutSeconds.
                 using var stop = ct.Register(() => app.Lifetime.StopApplication());
-                await app.RunAsync();
+                await app.StartAsync(ct);
+                // One write, so that log lines from other threads cannot land inside the block.
+                var banner = new System.Text.StringBuilder("autoprune serve: an OpenAI-compatible server (POST /v1/chat/completions, GET /v1/models, /health, /ready, /metrics)").AppendLine();
+                foreach (var line in AutoPruneServer.Describe(app)) banner.Append("  ").AppendLine(line);
+                Console.Out.Write(banner.ToString());
+                Console.Out.Flush();
+                await app.WaitForShutdownAsync();
             }
-            catch (OptionsValidationException e)
+            catch (Exception e) when (ValidationFailures(e) is { Count: > 0 } failures)
             {
-                throw new ArgumentException(string.Join(" ", e.Failures));
+                throw new ArgumentException(string.Join(" ", failures));
             }
             return 0;
         }));
         return cmd;
+    }
+
+    /// <summary>
+    /// The settings problems in a start-up failure (one OptionsValidationException, or several from each validated
+    /// registration), each once, without .NET's " (Parameter 'x')" tails; empty for any other failure.
+    /// </summary>
+    internal static IReadOnlyList<string> ValidationFailures(Exception e)
+    {
+        var all = e is AggregateException a ? a.Flatten().InnerExceptions : [e];
+        if (all.Count == 0 || !all.All(x => x is OptionsValidationException)) return [];
+        return all.Cast<OptionsValidationException>().SelectMany(x => x.Failures).Select(Clean).Distinct(StringComparer.Ordinal).ToList();
+    }
+
+    private static string Clean(string failure)
+    {
+        int tail = failure.IndexOf(" (Parameter '", StringComparison.Ordinal);
+        string clean = tail < 0 ? failure : failure[..tail];
+        return clean.EndsWith('.') ? clean : clean + ".";
     }
 }

@@ -1,6 +1,7 @@
 using System.Net;
 using System.Security.Cryptography;
 using System.Text;
+using AutoPrune.Loading;
 using Microsoft.AspNetCore.Http;
 using Microsoft.Net.Http.Headers;
 
@@ -20,21 +21,44 @@ internal sealed class ApiKeys
 
     public int Count => _hashes.Length;
 
+    /// <summary>The largest API key file read.</summary>
+    public const int MaxKeyFileBytes = 1024 * 1024;
+
     /// <summary>Keys from configuration and from the key file (one per line; blank lines and '#' comments skipped).</summary>
     public static ApiKeys Load(AutoPruneServerOptions options)
     {
         var keys = options.ApiKeys.Where(k => !string.IsNullOrWhiteSpace(k)).Select(k => k.Trim()).ToList();
-        if (!string.IsNullOrWhiteSpace(options.ApiKeyFile))
-        {
-            var path = Path.GetFullPath(options.ApiKeyFile);
-            var info = new FileInfo(path);
-            if (!info.Exists) throw new InvalidOperationException($"The API key file '{path}' does not exist.");
-            if (info.Length > 1024 * 1024) throw new InvalidOperationException($"The API key file '{path}' is {info.Length:N0} bytes; at most 1 MiB is read.");
-            var fromFile = File.ReadAllLines(path).Select(l => l.Trim()).Where(l => l.Length > 0 && !l.StartsWith('#')).ToList();
-            if (fromFile.Count == 0) throw new InvalidOperationException($"The API key file '{path}' holds no key.");
-            keys.AddRange(fromFile);
-        }
+        if (!string.IsNullOrWhiteSpace(options.ApiKeyFile)) keys.AddRange(ReadKeyFile(options.ApiKeyFile));
         return new ApiKeys(keys);
+    }
+
+    /// <summary>
+    /// The keys in a key file, read as every other input file is (<see cref="InputFile"/>): a regular file only (a FIFO,
+    /// a device such as /dev/zero, a socket or a directory is refused by name, without blocking), at most 1 MiB,
+    /// enforced while reading, and UTF-8 text.
+    /// </summary>
+    /// <exception cref="InvalidOperationException">The file cannot be used; the message names it and says why.</exception>
+    public static List<string> ReadKeyFile(string file)
+    {
+        var path = Path.GetFullPath(file);
+        string text;
+        try
+        {
+            text = InputFile.ReadAllText(path, MaxKeyFileBytes, "The API key file", $"{AutoPruneServerOptions.SectionName}:{nameof(AutoPruneServerOptions.ApiKeyFile)}");
+        }
+        catch (InputFileException e)
+        {
+            throw new InvalidOperationException(e.Message, e);
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+        {
+            throw new InvalidOperationException($"The API key file '{path}' cannot be read: {e.Message}", e);
+        }
+        if (text.Contains('\uFFFD') || text.Contains('\0'))
+            throw new InvalidOperationException($"The API key file '{path}' is not UTF-8 text (one key per line).");
+        var keys = text.Split('\n').Select(l => l.Trim()).Where(l => l.Length > 0 && !l.StartsWith('#')).ToList();
+        if (keys.Count == 0) throw new InvalidOperationException($"The API key file '{path}' holds no key.");
+        return keys;
     }
 
     /// <summary>Whether <paramref name="presented"/> is one of the keys (constant time in the keys' contents).</summary>

@@ -3,7 +3,6 @@ using Microsoft.AspNetCore.Diagnostics.HealthChecks;
 using Microsoft.AspNetCore.Http;
 using Microsoft.AspNetCore.Routing;
 using Microsoft.Extensions.DependencyInjection;
-using Microsoft.Extensions.Diagnostics.HealthChecks;
 using Microsoft.Extensions.Logging;
 
 namespace Microsoft.AspNetCore.Builder;
@@ -43,10 +42,15 @@ public static class AutoPruneEndpointRouteBuilderExtensions
         var host = endpoints.ServiceProvider.GetService<ModelHost>()
             ?? throw new InvalidOperationException("Call services.AddAutoPruneServer() before MapAutoPruneOperations().");
         endpoints.MapHealthChecks("/health", new HealthCheckOptions { Predicate = _ => false });
-        endpoints.MapHealthChecks("/ready", new HealthCheckOptions
+        // /ready answers from the model's state itself, not through the health check service: that one logs every
+        // unhealthy result as an error, and 503 is the normal answer while the model loads (probes poll it every few seconds).
+        var readyLog = endpoints.ServiceProvider.GetService<ILoggerFactory>()?.CreateLogger("AutoPrune.AspNetCore.Ready");
+        endpoints.MapGet("/ready", (HttpContext context) =>
         {
-            Predicate = c => c.Tags.Contains(ModelReadyHealthCheck.Tag),
-            ResultStatusCodes = { [HealthStatus.Unhealthy] = StatusCodes.Status503ServiceUnavailable, [HealthStatus.Degraded] = StatusCodes.Status503ServiceUnavailable },
+            var (healthy, why) = ModelReadyHealthCheck.State(host);
+            if (!healthy) readyLog?.LogDebug("/ready: 503, {Reason}", why);
+            context.Response.Headers.CacheControl = "no-store";
+            return Results.Text(healthy ? "Healthy" : $"Unhealthy: {why}", "text/plain", statusCode: healthy ? StatusCodes.Status200OK : StatusCodes.Status503ServiceUnavailable);
         });
         if (host.Options.MetricsPath is { Length: > 0 } metrics) endpoints.MapPrometheusScrapingEndpoint(metrics);
         return endpoints;

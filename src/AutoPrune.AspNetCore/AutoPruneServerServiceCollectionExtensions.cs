@@ -63,15 +63,23 @@ internal sealed class AutoPruneServerOptionsValidator : IValidateOptions<AutoPru
     }
 }
 
-/// <summary><c>/ready</c>: healthy once the model is loaded and warmed, and until shutdown begins.</summary>
+/// <summary>
+/// Readiness: healthy once the model is loaded and warmed, and until shutdown begins. <c>/ready</c> answers from
+/// <see cref="State"/> directly; the check is registered (tag "ready") for apps that map their own health endpoints.
+/// </summary>
 internal sealed class ModelReadyHealthCheck(ModelHost host) : IHealthCheck
 {
     public const string Tag = "ready";
 
-    public Task<HealthCheckResult> CheckHealthAsync(HealthCheckContext context, CancellationToken cancellationToken = default) =>
-        Task.FromResult(
-            host.IsStopping ? HealthCheckResult.Unhealthy("The server is shutting down.") :
-            host.IsReady ? HealthCheckResult.Healthy($"Model {host.ModelId} is loaded and warmed.") :
-            host.Failure is { } failure ? HealthCheckResult.Unhealthy($"The model could not be loaded: {failure}") :
-            HealthCheckResult.Unhealthy("The model is loading."));
+    public static (bool Healthy, string Description) State(ModelHost host) =>
+        host.IsStopping ? (false, "The server is shutting down.") :
+        host.IsReady ? (true, $"Model {host.ModelId} is loaded and warmed.") :
+        host.Failure is { } failure ? (false, $"The model could not be loaded: {failure}") :
+        (false, "The model is loading.");
+
+    public Task<HealthCheckResult> CheckHealthAsync(HealthCheckContext context, CancellationToken cancellationToken = default)
+    {
+        var (healthy, description) = State(host);
+        return Task.FromResult(healthy ? HealthCheckResult.Healthy(description) : HealthCheckResult.Unhealthy(description));
+    }
 }

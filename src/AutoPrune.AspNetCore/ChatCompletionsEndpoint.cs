@@ -47,11 +47,12 @@ internal static class ChatCompletionsEndpoint
                     host.Failure is { } f ? $"The model could not be loaded: {f}" : "The model is still loading; retry shortly (GET /ready says when it is ready).", code: "model_not_ready");
             }
             CheckContentType(context.Request);
-            var body = await ReadBodyAsync(context, host.Options.MaxRequestBodyBytes).ConfigureAwait(false);
-            var raw = ChatCompletionReader.Deserialize(body.AsSpan());
-            body = null; // the decoded request holds what is needed; let the raw body go
-            var reader = new ChatCompletionReader(host.Options, host.Images, host.ModelId);
-            var parsed = await reader.ReadAsync(raw, aborted).ConfigureAwait(false);
+            // Admission by bytes, before the body is read: its share of MaxConcurrentBodyBytes is held until the request ends.
+            using var reservation = new BodyReservation(host.Bodies);
+            var body = await RequestBody.ReadAsync(context, host, reservation).ConfigureAwait(false);
+            var reader = new ChatCompletionReader(host.Options, host.Images, host.ModelId, host.MaxOutputTokens);
+            var parsed = await reader.ReadAsync(ChatCompletionBinder.Read(body.Span), body, aborted).ConfigureAwait(false); // (images are decoded from the body's buffer)
+            body = default; // the parsed request holds what is needed (text, image bytes); let the raw body go
             stream = parsed.Stream;
             if (parsed.IgnoredFields.Count > 0)
                 log.LogDebug("Ignored request fields: {Fields}", string.Join(", ", parsed.IgnoredFields));
@@ -256,13 +257,22 @@ internal static class ChatCompletionsEndpoint
         OpenAIException o => o,
         InfeasibleBudgetException b => OpenAIException.BadRequest(Clean(b.Message), "autoprune.budget", "infeasible_budget"),
         ArgumentException a when a.Message.Contains("pruning method", StringComparison.OrdinalIgnoreCase) => OpenAIException.BadRequest(Clean(a.Message), "autoprune.method", "unknown_method"),
-        ArgumentException a => OpenAIException.BadRequest(Clean(a.Message), null, "invalid_request"),
+        ArgumentException a => OpenAIException.BadRequest(Clean(a.Message), ParamOf(a), "invalid_request"),
         NotSupportedException n => OpenAIException.BadRequest(Clean(n.Message), null, "unsupported_parameter"),
         TimeoutException when host is not null => TimedOut(host),
         OperationCanceledException when timeout.IsCancellationRequested && host is not null => TimedOut(host),
         OperationCanceledException or ObjectDisposedException when host?.HardStop.IsCancellationRequested == true || host?.IsStopping == true => ShuttingDown(),
         _ => new OpenAIException(StatusCodes.Status500InternalServerError, "The server failed to answer this request.", code: "server_error", inner: e),
     };
+
+    /// <summary>
+    /// The field a refusal of the model is about: the response format's minimum length is a matter of max_tokens; the
+    /// other request-level refusals (prompt length, the final user message) are about the messages.
+    /// </summary>
+    private static string? ParamOf(ArgumentException a) =>
+        a.ParamName is not ("request" or "messages") ? null
+        : a.Message.StartsWith("The response format (", StringComparison.Ordinal) ? "max_tokens"
+        : "messages";
 
     private static OpenAIException TimedOut(ModelHost host) =>
         new(StatusCodes.Status504GatewayTimeout, $"The request did not finish within this server's timeout of {host.Options.RequestTimeoutSeconds:0.###} s.", code: "timeout");
@@ -282,37 +292,6 @@ internal static class ChatCompletionsEndpoint
             return;
         throw new OpenAIException(StatusCodes.Status415UnsupportedMediaType, $"The request's Content-Type is '{type}'; send 'application/json'.", code: "unsupported_media_type");
     }
-
-    /// <summary>The whole body, refused with 413 beyond <paramref name="limit"/> bytes (by its Content-Length, or while reading).</summary>
-    private static async Task<byte[]> ReadBodyAsync(HttpContext context, long limit)
-    {
-        var request = context.Request;
-        if (request.ContentLength is long declared && declared > limit) throw TooLarge(limit);
-        if (context.Features.Get<IHttpMaxRequestBodySizeFeature>() is { IsReadOnly: false } feature) feature.MaxRequestBodySize = limit;
-        using var buffer = new MemoryStream(request.ContentLength is long n ? (int)n : 4096);
-        var chunk = ArrayPool<byte>.Shared.Rent(81920);
-        try
-        {
-            int read;
-            while ((read = await request.Body.ReadAsync(chunk, context.RequestAborted).ConfigureAwait(false)) > 0)
-            {
-                if (buffer.Length + read > limit) throw TooLarge(limit);
-                buffer.Write(chunk, 0, read);
-            }
-        }
-        catch (BadHttpRequestException e) when (e.StatusCode == StatusCodes.Status413PayloadTooLarge)
-        {
-            throw TooLarge(limit);
-        }
-        finally
-        {
-            ArrayPool<byte>.Shared.Return(chunk);
-        }
-        return buffer.ToArray();
-    }
-
-    private static OpenAIException TooLarge(long limit) =>
-        new(StatusCodes.Status413PayloadTooLarge, $"The request body is larger than this server's limit of {limit:N0} bytes.", code: "request_too_large");
 
     private static async Task WriteErrorAsync(HttpContext context, OpenAIException error)
     {

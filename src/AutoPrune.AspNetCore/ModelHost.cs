@@ -43,10 +43,12 @@ internal sealed class ModelHost : IDisposable
             QueueProcessingOrder = QueueProcessingOrder.OldestFirst,
         });
         ModelId = Client.GetService<ChatClientMetadata>()?.DefaultModelId ?? "autoprune";
-        Images = new ImageSource(Options, services.GetService<IHttpClientFactory>());
+        Bodies = new BodyBudget(Options.ConcurrentBodyBytes);
+        Images = new ImageSource(Options, services.GetService<IHttpClientFactory>(), Client.Options.ModelOptions?.MaxImagePixels ?? new ModelOptions().MaxImagePixels);
         _meter = meters.Create(MeterName);
-        _rejected = _meter.CreateCounter<long>("autoprune.server.rejected", "{request}", "Chat completions refused with 429 because the queue was full.");
+        _rejected = _meter.CreateCounter<long>("autoprune.server.rejected", "{request}", "Chat completions refused with 429 because the queue or the concurrent-body budget was full.");
         _meter.CreateObservableGauge("autoprune.server.queued", () => (long)(Queue.GetStatistics()?.CurrentQueuedCount ?? 0), "{request}", "Chat completions waiting for the model.");
+        _meter.CreateObservableGauge("autoprune.server.body_bytes", () => Bodies.InUse, "By", "Request body bytes held (admitted against MaxConcurrentBodyBytes).");
         _meter.CreateObservableGauge("autoprune.server.running", () => (long)(Permits - (Queue.GetStatistics()?.CurrentAvailablePermits ?? Permits)), "{request}", "Chat completions running on the model.");
         lifetime.ApplicationStopping.Register(() =>
         {
@@ -62,6 +64,12 @@ internal sealed class ModelHost : IDisposable
     public int Permits { get; }
     public string ModelId { get; }
     public ImageSource Images { get; }
+
+    /// <summary>The bytes of request bodies held at once (<see cref="AutoPruneServerOptions.MaxConcurrentBodyBytes"/>).</summary>
+    public BodyBudget Bodies { get; }
+
+    /// <summary>The most tokens one answer can have (the model's <c>MaxNewTokensLimit</c> and its context); set once the model is loaded.</summary>
+    public int MaxOutputTokens { get; private set; } = 1;
 
     /// <summary>When the server started (the models list's <c>created</c>).</summary>
     public long Created { get; } = DateTimeOffset.UtcNow.ToUnixTimeSeconds();
@@ -93,6 +101,8 @@ internal sealed class ModelHost : IDisposable
         {
             var started = System.Diagnostics.Stopwatch.StartNew();
             var model = await Task.Run(() => Client.Model, ct).ConfigureAwait(false);
+            int limit = Client.Options.ModelOptions?.MaxNewTokensLimit ?? new ModelOptions().MaxNewTokensLimit;
+            MaxOutputTokens = Math.Max(1, Math.Min(limit, model.Info.ContextLength));
             if (Options.Warmup)
             {
                 var request = Client.CreateRequest([new ChatMessage(ChatRole.User, "Hello")], new ChatOptions { MaxOutputTokens = 1 });

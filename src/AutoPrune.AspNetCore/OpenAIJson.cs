@@ -3,59 +3,95 @@ using System.Text.Json.Serialization;
 
 namespace AutoPrune.AspNetCore;
 
-/// <summary>The body of <c>POST /v1/chat/completions</c> (the fields the server reads; others are ignored).</summary>
+/// <summary>
+/// The body of <c>POST /v1/chat/completions</c>: the fields the server reads, read by <see cref="ChatCompletionBinder"/>
+/// (wrong types are refused there, naming the field), checked and translated by <see cref="ChatCompletionReader"/>.
+/// Fields it does not know are skipped, never held.
+/// </summary>
 internal sealed class ChatCompletionRequest
 {
-    [JsonPropertyName("model")] public string? Model { get; set; }
-    [JsonPropertyName("messages")] public List<ChatMessageDto?>? Messages { get; set; }
-    [JsonPropertyName("stream")] public bool? Stream { get; set; }
-    [JsonPropertyName("stream_options")] public StreamOptionsDto? StreamOptions { get; set; }
-    [JsonPropertyName("max_tokens")] public int? MaxTokens { get; set; }
-    [JsonPropertyName("max_completion_tokens")] public int? MaxCompletionTokens { get; set; }
-    [JsonPropertyName("temperature")] public float? Temperature { get; set; }
-    [JsonPropertyName("top_p")] public float? TopP { get; set; }
-    [JsonPropertyName("seed")] public long? Seed { get; set; }
-    [JsonPropertyName("stop")] public JsonElement? Stop { get; set; }
-    [JsonPropertyName("n")] public int? N { get; set; }
-    [JsonPropertyName("frequency_penalty")] public float? FrequencyPenalty { get; set; }
-    [JsonPropertyName("presence_penalty")] public float? PresencePenalty { get; set; }
-    [JsonPropertyName("logprobs")] public bool? Logprobs { get; set; }
-    [JsonPropertyName("tools")] public JsonElement? Tools { get; set; }
-    [JsonPropertyName("tool_choice")] public JsonElement? ToolChoice { get; set; }
-    [JsonPropertyName("response_format")] public ResponseFormatDto? ResponseFormat { get; set; }
-    [JsonPropertyName("autoprune")] public AutoPruneExtensionDto? AutoPrune { get; set; }
-    [JsonExtensionData] public Dictionary<string, JsonElement>? Other { get; set; }
+    public string? Model { get; set; }
+    public List<ChatMessageDto?>? Messages { get; set; }
+    public bool? Stream { get; set; }
+    /// <summary>Whether a non-null <c>stream_options</c> object was sent.</summary>
+    public bool HasStreamOptions { get; set; }
+    public bool? IncludeUsage { get; set; }
+    public int? MaxTokens { get; set; }
+    public int? MaxCompletionTokens { get; set; }
+    public float? Temperature { get; set; }
+    public float? TopP { get; set; }
+    public long? Seed { get; set; }
+    /// <summary>The non-empty stop sequences (a string or an array of strings), in order.</summary>
+    public List<string>? Stop { get; set; }
+    public int? N { get; set; }
+    public float? FrequencyPenalty { get; set; }
+    public float? PresencePenalty { get; set; }
+    public bool? Logprobs { get; set; }
+    /// <summary>Whether a non-null <c>top_logprobs</c> was sent.</summary>
+    public bool HasTopLogprobs { get; set; }
+    /// <summary>How many entries <c>logit_bias</c> holds (null: absent or null).</summary>
+    public int? LogitBiasEntries { get; set; }
+    /// <summary>How many tools <c>tools</c> holds (null: absent or null).</summary>
+    public int? ToolCount { get; set; }
+    /// <summary><c>tool_choice</c> as a string; "(object)" for an object naming a function.</summary>
+    public string? ToolChoice { get; set; }
+    public ResponseFormatDto? ResponseFormat { get; set; }
+    public AutoPruneExtensionDto? AutoPrune { get; set; }
+    /// <summary>The names of the top-level fields the server ignores.</summary>
+    public List<string> Ignored { get; } = [];
 }
 
 internal sealed class ChatMessageDto
 {
-    [JsonPropertyName("role")] public string? Role { get; set; }
-    [JsonPropertyName("content")] public JsonElement? Content { get; set; }
-    [JsonPropertyName("name")] public string? Name { get; set; }
-    [JsonPropertyName("tool_calls")] public JsonElement? ToolCalls { get; set; }
-    [JsonExtensionData] public Dictionary<string, JsonElement>? Other { get; set; }
+    public string? Role { get; set; }
+    /// <summary>The content: a string, or content parts; <see cref="ContentKind"/> says which (or what else was sent).</summary>
+    public JsonValueKind ContentKind { get; set; } = JsonValueKind.Undefined;
+    public string? ContentText { get; set; }
+    public List<ContentPartDto>? Parts { get; set; }
+    public string? Name { get; set; }
+    /// <summary>How many tool calls <c>tool_calls</c> holds (null: absent, null or not an array).</summary>
+    public int? ToolCallCount { get; set; }
 }
 
-internal sealed class StreamOptionsDto
+/// <summary>One content part: its JSON kind, and the fields the server reads.</summary>
+internal sealed class ContentPartDto
 {
-    [JsonPropertyName("include_usage")] public bool? IncludeUsage { get; set; }
+    public JsonValueKind Kind { get; set; }
+    /// <summary>The <c>type</c> when it is a string.</summary>
+    public string? Type { get; set; }
+    /// <summary>The <c>text</c> when it is a string.</summary>
+    public string? Text { get; set; }
+    public bool HasText { get; set; }
+    /// <summary>Where the image URL string lies in the body (the string token, quotes included), so a data: URL is decoded from the body's bytes.</summary>
+    public BodySlice? ImageUrl { get; set; }
 }
 
+/// <summary>The request's <c>response_format</c> object.</summary>
 internal sealed class ResponseFormatDto
 {
-    [JsonPropertyName("type")] public string? Type { get; set; }
-    [JsonExtensionData] public Dictionary<string, JsonElement>? Other { get; set; }
+    public string? Type { get; set; }
+    /// <summary>Whether a <c>json_schema</c> object was sent.</summary>
+    public bool HasJsonSchema { get; set; }
+    /// <summary>The JSON text of <c>json_schema.schema</c> when it is an object.</summary>
+    public string? Schema { get; set; }
+    public string? Name { get; set; }
+    public string? Description { get; set; }
 }
+
+/// <summary>A JSON string token in the request body: its bytes (quotes included) and whether it holds escapes.</summary>
+internal readonly record struct BodySlice(int Start, int Length, bool Escaped);
 
 /// <summary>The request's <c>"autoprune"</c> extension field: pruning knobs for this request.</summary>
 internal sealed class AutoPruneExtensionDto
 {
     /// <summary>A method name (see <c>PruningMethods.Names</c>).</summary>
-    [JsonPropertyName("method")] public JsonElement? Method { get; set; }
+    public string? Method { get; set; }
 
-    /// <summary>A visual-token budget: &gt;= 1 tokens, (0, 1) a fraction.</summary>
-    [JsonPropertyName("budget")] public JsonElement? Budget { get; set; }
-    [JsonExtensionData] public Dictionary<string, JsonElement>? Other { get; set; }
+    /// <summary>A visual-token budget (a number, or a numeric string): &gt;= 1 tokens, (0, 1) a fraction.</summary>
+    public object? Budget { get; set; }
+
+    /// <summary>Fields other than method and budget (refused).</summary>
+    public List<string>? Other { get; set; }
 }
 
 internal sealed record ChatCompletionResponse(
@@ -105,7 +141,6 @@ internal sealed record ModelDto(
     ReadCommentHandling = JsonCommentHandling.Disallow,
     AllowTrailingCommas = false,
     NumberHandling = JsonNumberHandling.Strict)]
-[JsonSerializable(typeof(ChatCompletionRequest))]
 [JsonSerializable(typeof(ChatCompletionResponse))]
 [JsonSerializable(typeof(OpenAIErrorBody))]
 [JsonSerializable(typeof(ModelListDto))]

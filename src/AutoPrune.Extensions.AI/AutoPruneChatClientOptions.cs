@@ -121,11 +121,11 @@ public sealed class AutoPruneChatClientOptions
         }
         catch (ArgumentException e)
         {
-            problems.Add(e.Message);
+            problems.Add(e.Message.Split(" (Parameter '", 2)[0]); // the message names the setting; no .NET parameter tail
         }
         var model = ToModelOptions();
         foreach (var problem in VisionLanguageModel.Validate(ModelDirectory, pruning is null ? model : model with { DefaultPruning = pruning }))
-            problems.Add(problem.Replace("ModelOptions.DefaultPruning", $"'{SectionName}:{nameof(Method)}'/'{SectionName}:{nameof(Budget)}'", StringComparison.Ordinal));
+            problems.Add(problem.Replace("ModelOptions.DefaultPruning", $"'{SectionName}:{nameof(Method)}'/'{SectionName}:{nameof(Budget)}'", StringComparison.Ordinal).Split(" (Parameter '", 2)[0]);
         return problems;
     }
 

@@ -23,8 +23,8 @@ internal static class AutoPruneRegistration
         services.TryAddSingleton<AutoPruneModelCache>();
         services.TryAddEnumerable(ServiceDescriptor.Singleton<IValidateOptions<AutoPruneChatClientOptions>, AutoPruneChatClientOptionsValidator>());
         services.AddOptions<AutoPruneChatClientOptions>(name)
-            .Configure<IServiceProvider>((o, sp) => Fill(o, sp, section, modelDirectory, configure))
-            .ValidateOnStart();
+            .Configure<IServiceProvider>((o, sp) => Fill(o, sp, section, modelDirectory, configure));
+        StartupCheck.Add(services, name);
 
         Lazy<VisionLanguageModel> Model(IServiceProvider sp) => sp.GetRequiredService<AutoPruneModelCache>().Get(OptionsOf(sp, name));
         if (key is null) services.TryAddSingleton(sp => Model(sp).Value);
@@ -48,5 +48,45 @@ internal static class AutoPruneRegistration
         configure?.Invoke(options);
         if (options.ModelOptions?.LoggerFactory is null && sp.GetService<ILoggerFactory>() is { } loggers)
             options.ModelOptions = (options.ModelOptions ?? new ModelOptions()) with { LoggerFactory = loggers };
+    }
+}
+
+/// <summary>
+/// Validates every AutoPrune registration of a container at start, as one check: registrations on the same settings
+/// (an <c>IChatClient</c> and a Semantic Kernel service, say) fail with the same problems, and each problem is reported
+/// once, not once per registration.
+/// </summary>
+internal sealed class StartupCheck
+{
+    private readonly List<string> _names = [];
+
+    public static void Add(IServiceCollection services, string name)
+    {
+        var check = services.FirstOrDefault(d => d.ServiceType == typeof(StartupCheck) && !d.IsKeyedService)?.ImplementationInstance as StartupCheck;
+        if (check is null)
+        {
+            check = new StartupCheck();
+            services.AddSingleton(check);
+            services.AddOptions<Result>().ValidateOnStart();
+            services.TryAddEnumerable(ServiceDescriptor.Singleton<IValidateOptions<Result>, Validator>());
+        }
+        check._names.Add(name);
+    }
+
+    /// <summary>The options type the check validates (it holds nothing).</summary>
+    internal sealed class Result;
+
+    private sealed class Validator(StartupCheck check, IOptionsMonitor<AutoPruneChatClientOptions> registrations) : IValidateOptions<Result>
+    {
+        public ValidateOptionsResult Validate(string? name, Result options)
+        {
+            var problems = new List<string>();
+            foreach (var registration in check._names)
+            {
+                try { _ = registrations.Get(registration); }
+                catch (OptionsValidationException e) { problems.AddRange(e.Failures); }
+            }
+            return problems.Count == 0 ? ValidateOptionsResult.Success : ValidateOptionsResult.Fail(problems.Distinct(StringComparer.Ordinal));
+        }
     }
 }

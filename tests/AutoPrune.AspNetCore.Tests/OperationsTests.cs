@@ -1,7 +1,9 @@
 using System.Net;
 using System.Text.Json.Nodes;
 using Microsoft.AspNetCore.Builder;
+using Microsoft.AspNetCore.Hosting;
 using Microsoft.AspNetCore.Http;
+using Microsoft.Extensions.Logging;
 
 namespace AutoPrune.AspNetCore.Tests;
 
@@ -48,22 +50,121 @@ public sealed class OperationsTests(LibraryFixture library)
         Assert.False(LoopbackGuard.IsLoopback("http://10.1.2.3:8080"));
     }
 
+    [Fact]
+    public async Task Ready_polls_while_the_model_loads_or_after_it_failed_log_nothing_at_error_level()
+    {
+        // A model whose weights cannot load (a shard cut short): start-up validation passes, loading fails once, and
+        // /ready stays 503; every poll must not log an error of its own.
+        var dir = Directory.CreateTempSubdirectory("autoprune-broken-model-").FullName;
+        try
+        {
+            foreach (var file in Directory.GetFiles(TestData.ModelDir)) File.Copy(file, Path.Combine(dir, Path.GetFileName(file)));
+            var shard = Directory.GetFiles(dir, "*.safetensors").OrderBy(f => f, StringComparer.Ordinal).Last();
+            using (var stream = new FileStream(shard, FileMode.Open)) stream.SetLength(stream.Length / 2);
+            foreach (var (model, broken) in new[] { (TestData.ModelDir, false), (dir, true) })
+            {
+                var logs = new LogCapture();
+                await using var server = await LoopbackServer.StartAsync(Api.Settings(("AutoPrune:ModelDirectory", model)), waitReady: false, logs: logs);
+                using var http = server.CreateClient();
+                int unready = 0;
+                for (int i = 0; i < 600; i++)
+                {
+                    using var ready = await http.GetAsync("/ready");
+                    if (ready.IsSuccessStatusCode) break;
+                    Assert.Equal(HttpStatusCode.ServiceUnavailable, ready.StatusCode);
+                    unready++;
+                    if (broken && server.Host.Failure is not null && unready >= 10)
+                    {
+                        Assert.Contains("could not be loaded", await ready.Content.ReadAsStringAsync());
+                        break;
+                    }
+                    await Task.Delay(broken ? 20 : 5);
+                }
+                var errors = logs.AtLeast(Microsoft.Extensions.Logging.LogLevel.Warning);
+                Console.WriteLine($"{(broken ? "broken" : "good")} model: {unready} polls answered 503; warnings and errors logged: {errors.Count}");
+                if (broken)
+                {
+                    Assert.True(unready >= 10);
+                    // The failed load itself, once; nothing per poll.
+                    Assert.True(errors.Count == 1, string.Join("\n", errors));
+                    Assert.Contains("Loading the model for the OpenAI endpoint failed", errors[0]);
+                }
+                else
+                {
+                    Assert.True(errors.Count == 0, string.Join("\n", errors));
+                }
+            }
+        }
+        finally
+        {
+            Directory.Delete(dir, recursive: true);
+        }
+    }
+
+    [Fact]
+    public async Task The_API_key_file_is_read_like_every_input_file_a_fifo_or_a_device_is_refused_at_start_without_blocking()
+    {
+        var dir = Directory.CreateTempSubdirectory("autoprune-keys-").FullName;
+        try
+        {
+            string fifo = Path.Combine(dir, "keys.fifo");
+            Assert.Equal(0, Mono.Unix.Native.Syscall.mkfifo(fifo, Mono.Unix.Native.FilePermissions.DEFFILEMODE));
+            string big = Path.Combine(dir, "big.txt");
+            File.WriteAllText(big, string.Concat(Enumerable.Repeat("k-0123456789abcdef\n", 60_000))); // 1.1 MB
+            string binary = Path.Combine(dir, "binary.bin");
+            File.WriteAllBytes(binary, [0x6B, 0x00, 0xFF, 0xFE, 0x0A]);
+            string comments = Path.Combine(dir, "comments.txt");
+            File.WriteAllText(comments, "# no key here\n\n");
+            foreach (var (file, words) in new[]
+                     {
+                         (fifo, "is a FIFO"), // was: the start blocked on open, forever
+                         ("/dev/zero", "not a regular file"), // was: read without end (2.96 GB in 3 s)
+                         (dir, "is a directory"),
+                         (big, "above the 1,048,576-byte limit (AutoPrune:Server:ApiKeyFile)"),
+                         (binary, "is not UTF-8 text"),
+                         (comments, "holds no key"),
+                         (Path.Combine(dir, "missing.txt"), "does not exist"),
+                     })
+            {
+                var problems = new AutoPruneServerOptions { ApiKeyFile = file }.Validate();
+                Assert.Contains(problems, p => p.Contains("'AutoPrune:Server:ApiKeyFile'") && p.Contains(file) && p.Contains(words));
+                var start = LoopbackServer.StartAsync(Api.Settings(("AutoPrune:Server:ApiKeyFile", file), ("AutoPrune:Server:Warmup", "false")), waitReady: false);
+                var error = await Assert.ThrowsAnyAsync<Exception>(() => start.WaitAsync(TimeSpan.FromSeconds(30)));
+                Assert.IsNotType<TimeoutException>(error);
+                Assert.Contains(words, Flatten(error));
+            }
+        }
+        finally
+        {
+            Directory.Delete(dir, recursive: true);
+        }
+    }
+
     private static string Flatten(Exception e) => e is AggregateException a ? string.Join(" ", a.Flatten().InnerExceptions.Select(x => x.Message)) : e.Message + " " + e.InnerException?.Message;
 
     [Fact]
-    public async Task Remote_images_are_fetched_only_from_allowed_hosts_within_the_size_limit()
+    public async Task Remote_images_are_fetched_only_from_allowed_hosts_and_ports_within_the_size_limit_and_errors_echo_nothing_found()
     {
         var png = File.ReadAllBytes(TestData.Image(TestData.KnownImage));
+        // The image host: its own loopback port, so the allow-list entry names it.
+        var images = WebApplication.CreateBuilder();
+        images.WebHost.UseUrls("http://127.0.0.1:0");
+        images.Logging.ClearProviders();
+        await using var imageHost = images.Build();
+        imageHost.MapGet("/images/ok.png", () => Results.Bytes(png, "image/png"));
+        imageHost.MapGet("/images/big.png", () => Results.Bytes(new byte[png.Length + 1], "image/png"));
+        imageHost.MapGet("/images/text", () => Results.Text("not an image"));
+        imageHost.MapGet("/images/redirect", () => Results.Redirect("/images/ok.png"));
+        imageHost.MapGet("/images/broken", () => Results.Problem("internal details", statusCode: 500));
+        await imageHost.StartAsync();
+        int port = new Uri(imageHost.Urls.First()).Port;
+        int closed = ClosedPort();
+
         await using var server = await LoopbackServer.StartAsync(Api.Settings(
-            ("AutoPrune:Server:RemoteImages:AllowedHosts:0", "127.0.0.1"),
-            ("AutoPrune:Server:MaxImageBytes", png.Length.ToString())),
-            map: app =>
-            {
-                app.MapGet("/images/ok.png", () => Results.Bytes(png, "image/png"));
-                app.MapGet("/images/big.png", () => Results.Bytes(new byte[png.Length + 1], "image/png"));
-                app.MapGet("/images/text", () => Results.Text("not an image"));
-                app.MapGet("/images/redirect", () => Results.Redirect("/images/ok.png"));
-            });
+            ("AutoPrune:Server:RemoteImages:AllowedHosts:0", $"127.0.0.1:{port}"),
+            ("AutoPrune:Server:RemoteImages:AllowedHosts:1", $"127.0.0.1:{closed}"),
+            ("AutoPrune:Server:RemoteImages:AllowedHosts:2", "localhost"),
+            ("AutoPrune:Server:MaxImageBytes", png.Length.ToString())));
         using var http = server.CreateClient();
 
         async Task<(HttpStatusCode, JsonNode)> Ask(string url)
@@ -74,19 +175,56 @@ public sealed class OperationsTests(LibraryFixture library)
             return (response.StatusCode, JsonNode.Parse(await response.Content.ReadAsStringAsync())!);
         }
 
-        var (status, ok) = await Ask(new Uri(server.Address, "/images/ok.png").ToString());
+        var (status, ok) = await Ask($"http://127.0.0.1:{port}/images/ok.png");
         Assert.Equal(HttpStatusCode.OK, status);
         Assert.Equal((await library.AskAsync(TestData.KnownQuestion, TestData.KnownImage)).Text, (string?)ok["choices"]![0]!["message"]!["content"]);
 
-        foreach (var (path, code) in new[] { ("/images/big.png", "image_too_large"), ("/images/text", "unsupported_content_type"), ("/images/redirect", "image_download_failed") })
+        var messages = new Dictionary<string, string>();
+        foreach (var (url, code) in new[]
+                 {
+                     ($"http://127.0.0.1:{port}/images/big.png", "image_too_large"),
+                     ($"http://127.0.0.1:{port}/images/text", "unsupported_content_type"),
+                     ($"http://127.0.0.1:{port}/images/redirect", "image_download_failed"),
+                     ($"http://127.0.0.1:{port}/images/broken", "image_download_failed"),
+                     ($"http://127.0.0.1:{closed}/images/ok.png", "image_download_failed"), // allowed, but nothing listens
+                 })
         {
-            var (s, e) = await Ask(new Uri(server.Address, path).ToString());
+            var (s, e) = await Ask(url);
             Assert.Equal(HttpStatusCode.BadRequest, s);
             Assert.Equal(code, (string?)e["error"]!["code"]);
+            string message = (string)e["error"]!["message"]!;
+            Assert.Contains("'127.0.0.1'", message);
+            // Nothing the fetch found: no status line, reason, content type, length, body or socket error.
+            foreach (var found in new[] { "302", "Found", "500", "Internal", "text/plain", "refused", "internal details", (png.Length + 1).ToString("N0") })
+                Assert.DoesNotContain(found, message, StringComparison.OrdinalIgnoreCase);
+            messages[url] = message;
         }
-        var (other, denied) = await Ask($"http://localhost:{server.Address.Port}/images/ok.png");
-        Assert.Equal(HttpStatusCode.BadRequest, other);
-        Assert.Equal("image_host_not_allowed", (string?)denied["error"]!["code"]);
+        // A closed port and a server error read the same: the allowed host is no port probe.
+        Assert.Equal(messages[$"http://127.0.0.1:{port}/images/broken"], messages[$"http://127.0.0.1:{closed}/images/ok.png"]);
+
+        // The host with a port that is not listed, and a host listed without a port (its scheme's default, 80, only).
+        foreach (var (url, words) in new[]
+                 {
+                     ($"http://127.0.0.1:{ClosedPort()}/images/ok.png", "is not in this server's allow-list"),
+                     ($"http://localhost:{port}/images/ok.png", "an entry without a port allows http's default port 80 only"),
+                     ($"http://127.0.0.2:{port}/images/ok.png", "the host '127.0.0.2' is not in this server's allow-list"),
+                 })
+        {
+            var (s, e) = await Ask(url);
+            Assert.Equal(HttpStatusCode.BadRequest, s);
+            Assert.Equal("image_host_not_allowed", (string?)e["error"]!["code"]);
+            Assert.Contains(words, (string)e["error"]!["message"]!);
+        }
+    }
+
+    /// <summary>A loopback port nothing listens on (bound, then released).</summary>
+    private static int ClosedPort()
+    {
+        var listener = new System.Net.Sockets.TcpListener(IPAddress.Loopback, 0);
+        listener.Start();
+        int port = ((IPEndPoint)listener.LocalEndpoint).Port;
+        listener.Stop();
+        return port;
     }
 
     [Fact]

@@ -9,6 +9,7 @@ using Microsoft.AspNetCore.Mvc.Testing;
 using Microsoft.Extensions.Configuration;
 using Microsoft.Extensions.DependencyInjection;
 using Microsoft.Extensions.Hosting;
+using Microsoft.Extensions.Logging;
 
 namespace AutoPrune.AspNetCore.Tests;
 
@@ -179,10 +180,17 @@ public sealed class LoopbackServer : IAsyncDisposable
     internal ModelHost Host => App.Services.GetRequiredService<ModelHost>();
 
     /// <summary>Starts a server from command-line style settings (as <c>autoprune serve</c> passes them), waits until it is ready.</summary>
-    internal static async Task<LoopbackServer> StartAsync(Dictionary<string, string?> settings, string urls = "http://127.0.0.1:0", Action<WebApplication>? map = null, bool waitReady = true)
+    internal static async Task<LoopbackServer> StartAsync(Dictionary<string, string?> settings, string urls = "http://127.0.0.1:0", Action<WebApplication>? map = null, bool waitReady = true,
+        LogCapture? logs = null)
     {
         var args = settings.Select(kv => $"--{kv.Key}={kv.Value}").Append($"--urls={urls}").ToArray();
-        var app = AutoPruneServer.Build(AutoPruneServer.CreateBuilder(args));
+        var builder = AutoPruneServer.CreateBuilder(args);
+        if (logs is not null)
+        {
+            builder.Logging.SetMinimumLevel(LogLevel.Debug);
+            builder.Logging.AddProvider(logs);
+        }
+        var app = AutoPruneServer.Build(builder);
         map?.Invoke(app);
         await app.StartAsync();
         var server = new LoopbackServer(app, new Uri(app.Urls.First()));
@@ -208,4 +216,99 @@ public sealed class LoopbackServer : IAsyncDisposable
 public sealed class ServerCollection : ICollectionFixture<LibraryFixture>
 {
     public const string Name = "server";
+}
+
+/// <summary>Every log entry of a server, to check what it logs (and at which level) under bad traffic.</summary>
+public sealed class LogCapture : ILoggerProvider
+{
+    private readonly System.Collections.Concurrent.ConcurrentQueue<Entry> _entries = new();
+
+    public sealed record Entry(LogLevel Level, string Category, string Message, Exception? Exception);
+
+    public IReadOnlyList<Entry> Entries => _entries.ToArray();
+
+    /// <summary>Entries at <paramref name="level"/> or above, one line each, for assertion messages.</summary>
+    public List<string> AtLeast(LogLevel level) =>
+        Entries.Where(e => e.Level >= level).Select(e => $"{e.Level} {e.Category}: {e.Message}{(e.Exception is null ? "" : " [" + e.Exception.GetType().Name + "]")}").ToList();
+
+    public ILogger CreateLogger(string categoryName) => new Logger(this, categoryName);
+
+    public void Dispose() { }
+
+    private sealed class Logger(LogCapture owner, string category) : ILogger
+    {
+        public IDisposable? BeginScope<TState>(TState state) where TState : notnull => null;
+        public bool IsEnabled(LogLevel logLevel) => true;
+        public void Log<TState>(LogLevel logLevel, EventId eventId, TState state, Exception? exception, Func<TState, Exception?, string> formatter) =>
+            owner._entries.Enqueue(new Entry(logLevel, category, formatter(state, exception), exception));
+    }
+}
+
+/// <summary>HTTP/1.1 over a raw socket: requests that no HTTP client would send (broken framing, stalled bodies).</summary>
+internal static class RawHttp
+{
+    /// <summary>The head of a POST to the chat completions endpoint; <paramref name="framing"/> is the Content-Length or Transfer-Encoding line(s).</summary>
+    public static byte[] Head(string framing, string extra = "") =>
+        Encoding.ASCII.GetBytes($"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n{extra}{framing}\r\n\r\n");
+
+    public static async Task<System.Net.Sockets.Socket> ConnectAsync(Uri address)
+    {
+        var socket = new System.Net.Sockets.Socket(System.Net.Sockets.AddressFamily.InterNetwork, System.Net.Sockets.SocketType.Stream, System.Net.Sockets.ProtocolType.Tcp) { NoDelay = true };
+        await socket.ConnectAsync(System.Net.IPAddress.Loopback, address.Port);
+        return socket;
+    }
+
+    /// <summary>Reads one response (head and a Content-Length body, or up to the close); the status, the head and the body.</summary>
+    public static async Task<(int Status, string Head, string Body)> ReadResponseAsync(System.Net.Sockets.Socket socket, CancellationToken ct)
+    {
+        var data = new List<byte>();
+        var buffer = new byte[8192];
+        int headEnd = -1;
+        long? length = null;
+        bool chunked = false;
+        while (true)
+        {
+            if (headEnd >= 0 && length is long l && data.Count >= headEnd + l) break;
+            if (chunked && Encoding.ASCII.GetString(data.ToArray(), headEnd, data.Count - headEnd).Contains("\r\n0\r\n\r\n", StringComparison.Ordinal)) break;
+            int n;
+            try { n = await socket.ReceiveAsync(buffer, System.Net.Sockets.SocketFlags.None, ct); }
+            catch (System.Net.Sockets.SocketException) when (headEnd >= 0) { break; }
+            if (n == 0) break;
+            data.AddRange(buffer.AsSpan(0, n).ToArray());
+            if (headEnd < 0)
+            {
+                int at = System.Text.Encoding.ASCII.GetString(data.ToArray()).IndexOf("\r\n\r\n", StringComparison.Ordinal);
+                if (at >= 0)
+                {
+                    headEnd = at + 4;
+                    var head = Encoding.ASCII.GetString(data.ToArray(), 0, headEnd);
+                    var m = System.Text.RegularExpressions.Regex.Match(head, @"(?im)^content-length:\s*(\d+)");
+                    if (m.Success) length = long.Parse(m.Groups[1].Value);
+                    chunked = System.Text.RegularExpressions.Regex.IsMatch(head, @"(?im)^transfer-encoding:\s*chunked");
+                }
+            }
+        }
+        var all = data.ToArray();
+        if (headEnd < 0) return (0, Encoding.ASCII.GetString(all), "");
+        var headText = Encoding.ASCII.GetString(all, 0, headEnd);
+        int status = int.Parse(headText.Split(' ', 3)[1]);
+        var body = Encoding.UTF8.GetString(all, headEnd, all.Length - headEnd);
+        if (chunked)
+        {
+            // size CRLF data CRLF ... 0 CRLF CRLF
+            var decoded = new StringBuilder();
+            int at = 0;
+            while (at < body.Length)
+            {
+                int eol = body.IndexOf("\r\n", at, StringComparison.Ordinal);
+                if (eol < 0) break;
+                int size = Convert.ToInt32(body[at..eol].Split(';')[0], 16);
+                if (size == 0) break;
+                decoded.Append(body, eol + 2, size);
+                at = eol + 2 + size + 2;
+            }
+            body = decoded.ToString();
+        }
+        return (status, headText, body);
+    }
 }

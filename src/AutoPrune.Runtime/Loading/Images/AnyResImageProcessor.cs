@@ -94,8 +94,8 @@ internal sealed class AnyResImageProcessor
     /// <summary>Decodes and preprocesses an encoded image.</summary>
     public AnyResPixels Preprocess(ReadOnlySpan<byte> encoded, string? path = null)
     {
-        var (rgb, w, h) = ImagePreprocessor.DecodeRgb(encoded, MaxPixels, path);
-        return PreprocessRgb(rgb, w, h);
+        using var decoded = ImagePreprocessor.DecodePixels(encoded, MaxPixels, path);
+        return PreprocessPixels(decoded.Rgb, decoded.Width, decoded.Height);
     }
 
     /// <summary>Preprocesses decoded interleaved RGB bytes (HWC).</summary>
@@ -103,6 +103,12 @@ internal sealed class AnyResImageProcessor
     {
         ArgumentNullException.ThrowIfNull(rgb);
         if (rgb.Length != checked(width * height * 3)) throw new ArgumentException($"Expected {width * height * 3} RGB bytes, got {rgb.Length}.", nameof(rgb));
+        return PreprocessPixels(rgb, width, height);
+    }
+
+    /// <summary><see cref="PreprocessRgb"/> of pixels anywhere (a native decode buffer); every stage it makes is image-tile sized.</summary>
+    internal AnyResPixels PreprocessPixels(ReadOnlyMemory<byte> rgb, int width, int height)
+    {
         var layout = Grid.Plan(width, height);
         int t = layout.TileSize, resample = _clip.Config.Resample;
         int viewLength = 3 * t * t;
@@ -113,11 +119,11 @@ internal sealed class AnyResImageProcessor
         var pixels = new float[checked(layout.Views * viewLength)];
 
         // Base view: the whole image squeezed to tile size.
-        var baseView = PilResampler.ResizeTorchAntialias(rgb, width, height, t, t, resample);
+        var baseView = PilResampler.ResizePixelsTorchAntialias(rgb, width, height, t, t, resample);
         _clip.PreprocessRgb(baseView, t, t).CopyTo(pixels.AsSpan(0, viewLength));
 
         // Tiles: resize into the canvas keeping the aspect ratio, pad with zeros (centred), cut row-major.
-        var resized = PilResampler.ResizeTorchAntialias(rgb, width, height, layout.ResizedWidth, layout.ResizedHeight, resample);
+        var resized = PilResampler.ResizePixelsTorchAntialias(rgb, width, height, layout.ResizedWidth, layout.ResizedHeight, resample);
         int cw = layout.CanvasWidth;
         var canvas = new byte[checked(cw * layout.CanvasHeight * 3)];
         for (int y = 0; y < layout.ResizedHeight; y++)

@@ -172,8 +172,8 @@ internal sealed class ImagePreprocessor
     /// <summary>Preprocesses encoded image bytes; <paramref name="path"/> (may be null) names the image in errors.</summary>
     public float[] Preprocess(ReadOnlySpan<byte> encodedImage, bool padToSquare, string? path)
     {
-        var (rgb, w, h) = DecodeRgb(encodedImage, MaxPixels, path, (w, h) => ImageSizePlan.Create(w, h, padToSquare, Config, MaxPixels, path));
-        return PreprocessRgb(rgb, w, h, padToSquare);
+        using var decoded = DecodePixels(encodedImage, MaxPixels, path, (w, h) => ImageSizePlan.Create(w, h, padToSquare, Config, MaxPixels, path));
+        return PreprocessPixels(decoded.Rgb, decoded.Width, decoded.Height, padToSquare);
     }
 
     /// <summary>
@@ -190,20 +190,41 @@ internal sealed class ImagePreprocessor
         ArgumentNullException.ThrowIfNull(rgb);
         if (width <= 0 || height <= 0) throw new ImageDecodeException($"The image has a zero size ({width}x{height}).");
         if (rgb.LongLength != 3L * width * height) throw new ArgumentException($"Expected {3L * width * height} RGB bytes, got {rgb.Length}.", nameof(rgb));
+        return PreprocessPixels(rgb, width, height, padToSquare);
+    }
+
+    /// <summary>
+    /// <see cref="PreprocessRgb"/> of pixels anywhere (a native decode buffer). Stages as large as the image (the
+    /// padded square) are native too and freed at once; the resized and cropped stages are small.
+    /// </summary>
+    internal float[] PreprocessPixels(ReadOnlyMemory<byte> rgb, int width, int height, bool padToSquare)
+    {
+        if (width <= 0 || height <= 0) throw new ImageDecodeException($"The image has a zero size ({width}x{height}).");
         var c = Config;
         // Every stage's size is checked against MaxPixels before any of its buffers exists.
         var plan = ImageSizePlan.Create(width, height, padToSquare, c, MaxPixels);
-        if (plan.PaddedSide > 0) (rgb, width, height) = ExpandToSquare(rgb, width, height, PadColor);
-
-        if (c.DoResize)
+        NativePixels? padded = null;
+        try
         {
-            rgb = PilResampler.Resize(rgb, width, height, plan.ResizedWidth, plan.ResizedHeight, c.Resample);
-            (width, height) = (plan.ResizedWidth, plan.ResizedHeight);
+            if (plan.PaddedSide > 0)
+            {
+                padded = ExpandToSquare(rgb.Span, width, height, PadColor);
+                rgb = padded.Memory;
+                width = height = Math.Max(width, height);
+            }
+            if (c.DoResize)
+            {
+                rgb = PilResampler.ResizePixels(rgb, width, height, plan.ResizedWidth, plan.ResizedHeight, c.Resample);
+                (width, height) = (plan.ResizedWidth, plan.ResizedHeight);
+            }
+            if (c.DoCenterCrop && CenterCrop(rgb.Span, width, height, c.CropSize.Height!.Value, c.CropSize.Width!.Value) is { } cropped)
+                (rgb, width, height) = (cropped, c.CropSize.Width!.Value, c.CropSize.Height!.Value);
+            return ToChwFloat(rgb.Span, width, height);
         }
-        if (c.DoCenterCrop)
-            (rgb, width, height) = CenterCrop(rgb, width, height, c.CropSize.Height!.Value, c.CropSize.Width!.Value);
-
-        return ToChwFloat(rgb, width, height);
+        finally
+        {
+            ((IDisposable?)padded)?.Dispose();
+        }
     }
 
     // transformers.image_transforms.get_resize_output_image_size(default_to_square=False) / fixed size.
@@ -214,21 +235,23 @@ internal sealed class ImagePreprocessor
     }
 
     // LLaVA: expand2square(pil_img, background_color): paste at ((W-w)//2, 0) or (0, (H-h)//2).
-    internal static (byte[] Rgb, int W, int H) ExpandToSquare(byte[] rgb, int w, int h, (byte R, byte G, byte B) bg)
+    internal static NativePixels ExpandToSquare(ReadOnlySpan<byte> rgb, int w, int h, (byte R, byte G, byte B) bg)
     {
         int n = Math.Max(w, h);
-        var dst = new byte[checked(n * n * 3)];
+        var square = new NativePixels(checked(n * n * 3));
+        var dst = square.GetSpan();
         for (int i = 0; i < dst.Length; i += 3) { dst[i] = bg.R; dst[i + 1] = bg.G; dst[i + 2] = bg.B; }
         int ox = (n - w) / 2, oy = (n - h) / 2;
         for (int y = 0; y < h; y++)
-            Buffer.BlockCopy(rgb, y * w * 3, dst, ((y + oy) * n + ox) * 3, w * 3);
-        return (dst, n, n);
+            rgb.Slice(y * w * 3, w * 3).CopyTo(dst[(((y + oy) * n + ox) * 3)..]);
+        return square;
     }
 
     // transformers.image_transforms.center_crop, including its zero padding when the image is smaller.
-    internal static (byte[] Rgb, int W, int H) CenterCrop(byte[] rgb, int w, int h, int cropH, int cropW)
+    /// <returns>The crop, or null when the image is already the crop's size.</returns>
+    internal static byte[]? CenterCrop(ReadOnlySpan<byte> rgb, int w, int h, int cropH, int cropW)
     {
-        if (w == cropW && h == cropH) return (rgb, w, h);
+        if (w == cropW && h == cropH) return null;
         int top = FloorDiv(h - cropH, 2), left = FloorDiv(w - cropW, 2);
         int newH = Math.Max(cropH, h), newW = Math.Max(cropW, w);
         int topPad = (newH - h + 1) / 2, leftPad = (newW - w + 1) / 2; // ceil(x / 2)
@@ -248,7 +271,7 @@ internal sealed class ImagePreprocessor
                 dst[d] = rgb[s]; dst[d + 1] = rgb[s + 1]; dst[d + 2] = rgb[s + 2];
             }
         }
-        return (dst, cropW, cropH);
+        return dst;
     }
 
     private readonly float[][] _lut;
@@ -274,7 +297,7 @@ internal sealed class ImagePreprocessor
 
     private static int FloorDiv(int a, int b) => (int)Math.Floor((double)a / b);
 
-    private float[] ToChwFloat(byte[] rgb, int w, int h)
+    private float[] ToChwFloat(ReadOnlySpan<byte> rgb, int w, int h)
     {
         var c = Config;
         int plane = w * h;
@@ -290,22 +313,41 @@ internal sealed class ImagePreprocessor
         return result;
     }
 
+    /// <summary>Decoded interleaved RGB pixels in a native buffer (<see cref="NativePixels"/>); dispose to free them.</summary>
+    internal readonly record struct DecodedPixels(NativePixels Owner, int Width, int Height) : IDisposable
+    {
+        public ReadOnlyMemory<byte> Rgb => Owner.Memory[..(Width * Height * 3)];
+
+        public void Dispose() => ((IDisposable)Owner).Dispose();
+    }
+
     /// <summary>
-    /// Decodes an encoded image with SkiaSharp to interleaved RGB bytes, refusing sizes over
+    /// Decodes an encoded image with SkiaSharp to interleaved RGB bytes (in native memory), refusing sizes over
     /// <paramref name="maxPixels"/> from the header before any pixel is decoded.
     /// </summary>
-    internal static unsafe (byte[] Rgb, int Width, int Height) DecodeRgb(ReadOnlySpan<byte> encoded, long maxPixels, string? path, Action<int, int>? checkStages = null)
+    internal static unsafe DecodedPixels DecodePixels(ReadOnlySpan<byte> encoded, long maxPixels, string? path, Action<int, int>? checkStages = null)
     {
         if (encoded.IsEmpty) throw new ImageDecodeException("The image data is empty (0 bytes).", path);
         fixed (byte* src = encoded)
         {
             // The codec reads the caller's bytes in place (pinned for the duration), not a native copy of them.
             using var data = SKData.Create((IntPtr)src, encoded.Length);
-            return DecodeRgb(data, encoded.Length, maxPixels, path, checkStages);
+            return DecodePixels(data, encoded.Length, maxPixels, path, checkStages);
         }
     }
 
-    private static unsafe (byte[] Rgb, int Width, int Height) DecodeRgb(SKData data, int length, long maxPixels, string? path, Action<int, int>? checkStages)
+    /// <summary>
+    /// <see cref="DecodePixels(ReadOnlySpan{byte}, long, string?, Action{int, int}?)"/> copied to a managed array, for
+    /// callers that keep byte[] pipelines (one RGB array; the RGBA frame stays native). Prefer DecodePixels: a managed
+    /// array of a large image is memory the GC keeps after the request.
+    /// </summary>
+    internal static (byte[] Rgb, int Width, int Height) DecodeRgb(ReadOnlySpan<byte> encoded, long maxPixels, string? path, Action<int, int>? checkStages = null)
+    {
+        using var decoded = DecodePixels(encoded, maxPixels, path, checkStages);
+        return (decoded.Rgb.ToArray(), decoded.Width, decoded.Height);
+    }
+
+    private static unsafe DecodedPixels DecodePixels(SKData data, int length, long maxPixels, string? path, Action<int, int>? checkStages)
     {
         using var codec = OpenCodec(SKCodec.Create(data), length, Math.Min(maxPixels, ImageSizePlan.MaxBufferPixels), path);
         var info = codec.Info;
@@ -314,28 +356,37 @@ internal sealed class ImagePreprocessor
 
         var alpha = info.AlphaType == SKAlphaType.Opaque ? SKAlphaType.Opaque : SKAlphaType.Unpremul;
         var dstInfo = new SKImageInfo(w, h, SKColorType.Rgba8888, alpha); // no colour space: no ICC conversion, like PIL
-        var rgba = new byte[checked(w * h * 4)];
-        SKCodecResult r;
-        fixed (byte* p = rgba) r = codec.GetPixels(dstInfo, (IntPtr)p);
-        if (r != SKCodecResult.Success)
+        // Native, not a managed array: see NativePixels. RGBA is decoded, then packed to RGB in the same buffer.
+        var pixels = new NativePixels(checked(w * h * 4));
+        try
         {
-            string why = r switch
+            SKCodecResult r;
+            using (var pin = pixels.Pin()) r = codec.GetPixels(dstInfo, (IntPtr)pin.Pointer);
+            if (r != SKCodecResult.Success)
             {
-                SKCodecResult.IncompleteInput or SKCodecResult.ErrorInInput => "is truncated or corrupt",
-                SKCodecResult.InvalidConversion => "cannot be converted to RGB",
-                _ => "could not be decoded",
-            };
-            throw new ImageDecodeException($"The {codec.EncodedFormat} image ({w}x{h}) {why} (SkiaSharp: {r}).", path);
+                string why = r switch
+                {
+                    SKCodecResult.IncompleteInput or SKCodecResult.ErrorInInput => "is truncated or corrupt",
+                    SKCodecResult.InvalidConversion => "cannot be converted to RGB",
+                    _ => "could not be decoded",
+                };
+                throw new ImageDecodeException($"The {codec.EncodedFormat} image ({w}x{h}) {why} (SkiaSharp: {r}).", path);
+            }
+            var p = pixels.GetSpan();
+            for (int i = 0, j = 0; i < p.Length; i += 4, j += 3) // forward: each write lands at or before its read
+            {
+                p[j] = p[i]; p[j + 1] = p[i + 1]; p[j + 2] = p[i + 2];
+            }
+            return new DecodedPixels(pixels, w, h);
         }
-        var rgb = new byte[w * h * 3];
-        for (int i = 0, j = 0; i < rgba.Length; i += 4, j += 3)
+        catch
         {
-            rgb[j] = rgba[i]; rgb[j + 1] = rgba[i + 1]; rgb[j + 2] = rgba[i + 2];
+            ((IDisposable)pixels).Dispose();
+            throw;
         }
-        return (rgb, w, h);
     }
 
-    /// <summary>The width and height an encoded image's header declares, checked as <see cref="DecodeRgb(ReadOnlySpan{byte}, long, string?, Action{int, int}?)"/> checks them; no pixel is decoded.</summary>
+    /// <summary>The width and height an encoded image's header declares, checked as <see cref="DecodePixels(ReadOnlySpan{byte}, long, string?, Action{int, int}?)"/> checks them; no pixel is decoded.</summary>
     internal static (int Width, int Height) ReadSize(ReadOnlySpan<byte> encoded, long maxPixels, string? path)
     {
         if (encoded.IsEmpty) throw new ImageDecodeException("The image data is empty (0 bytes).", path);

@@ -29,6 +29,13 @@ internal static class PilResampler
     public static byte[] Resize(byte[] rgb, int width, int height, int outWidth, int outHeight, int resample)
     {
         if (outWidth == width && outHeight == height) return rgb;
+        return ResizePixels(rgb, width, height, outWidth, outHeight, resample);
+    }
+
+    /// <summary><see cref="Resize(byte[], int, int, int, int, int)"/> of pixels anywhere (a native buffer); always a new array.</summary>
+    internal static byte[] ResizePixels(ReadOnlyMemory<byte> rgb, int width, int height, int outWidth, int outHeight, int resample)
+    {
+        if (outWidth == width && outHeight == height) return rgb.ToArray();
         if (resample == 0) return Nearest(rgb, width, height, outWidth, outHeight);
         return Separable(rgb, width, height, outWidth, outHeight, GetFilter(resample), Coefficients.Pillow);
     }
@@ -40,6 +47,13 @@ internal static class PilResampler
     public static byte[] ResizeTorchAntialias(byte[] rgb, int width, int height, int outWidth, int outHeight, int resample)
     {
         if (outWidth == width && outHeight == height) return rgb;
+        return ResizePixelsTorchAntialias(rgb, width, height, outWidth, outHeight, resample);
+    }
+
+    /// <summary><see cref="ResizeTorchAntialias(byte[], int, int, int, int, int)"/> of pixels anywhere (a native buffer); always a new array.</summary>
+    internal static byte[] ResizePixelsTorchAntialias(ReadOnlyMemory<byte> rgb, int width, int height, int outWidth, int outHeight, int resample)
+    {
+        if (outWidth == width && outHeight == height) return rgb.ToArray();
         var filter = resample switch
         {
             2 => new Filter(Bilinear, 1.0),
@@ -49,18 +63,19 @@ internal static class PilResampler
         return Separable(rgb, width, height, outWidth, outHeight, filter, Coefficients.TorchInt16);
     }
 
-    private static byte[] Separable(byte[] rgb, int width, int height, int outWidth, int outHeight, Filter filter, Coefficients kind)
+    private static byte[] Separable(ReadOnlyMemory<byte> rgb, int width, int height, int outWidth, int outHeight, Filter filter, Coefficients kind)
     {
-        byte[] cur = rgb;
+        ReadOnlyMemory<byte> cur = rgb;
+        byte[]? result = null;
         int curW = width;
         if (outWidth != width)
         {
-            cur = Horizontal(cur, curW, height, outWidth, filter, kind);
+            cur = result = Horizontal(cur, curW, height, outWidth, filter, kind);
             curW = outWidth;
         }
         if (outHeight != height)
-            cur = Vertical(cur, curW, height, outHeight, filter, kind);
-        return cur;
+            result = Vertical(cur, curW, height, outHeight, filter, kind);
+        return result ?? cur.ToArray();
     }
 
     private static Filter GetFilter(int resample) => resample switch
@@ -160,12 +175,13 @@ internal static class PilResampler
         return (byte)(v >> precision);
     }
 
-    private static byte[] Horizontal(byte[] src, int w, int h, int outW, Filter filter, Coefficients kind)
+    private static byte[] Horizontal(ReadOnlyMemory<byte> source, int w, int h, int outW, Filter filter, Coefficients kind)
     {
         var (bounds, k, ksize, precision) = Precompute(w, outW, filter, kind);
         var dst = new byte[outW * h * 3];
         Parallel.For(0, h, ComputeScheduler.Options(), y =>
         {
+            var src = source.Span;
             int rowIn = y * w * 3, rowOut = y * outW * 3;
             for (int xx = 0; xx < outW; xx++)
             {
@@ -183,13 +199,14 @@ internal static class PilResampler
         return dst;
     }
 
-    private static byte[] Vertical(byte[] src, int w, int h, int outH, Filter filter, Coefficients kind)
+    private static byte[] Vertical(ReadOnlyMemory<byte> source, int w, int h, int outH, Filter filter, Coefficients kind)
     {
         var (bounds, k, ksize, precision) = Precompute(h, outH, filter, kind);
         var dst = new byte[w * outH * 3];
         int stride = w * 3;
         Parallel.For(0, outH, ComputeScheduler.Options(), yy =>
         {
+            var src = source.Span;
             int ymin = bounds[yy * 2], ymax = bounds[yy * 2 + 1], kb = yy * ksize, rowOut = yy * stride;
             var acc = new int[stride];
             Array.Fill(acc, 1 << (precision - 1));
@@ -204,8 +221,9 @@ internal static class PilResampler
     }
 
     // Pillow's nearest-neighbour resize (an affine transform sampling pixel centres).
-    private static byte[] Nearest(byte[] src, int w, int h, int outW, int outH)
+    private static byte[] Nearest(ReadOnlyMemory<byte> source, int w, int h, int outW, int outH)
     {
+        var src = source.Span;
         var dst = new byte[outW * outH * 3];
         double sx = (double)w / outW, sy = (double)h / outH;
         for (int y = 0; y < outH; y++)
@@ -214,7 +232,7 @@ internal static class PilResampler
             for (int x = 0; x < outW; x++)
             {
                 int ix = Math.Min(w - 1, (int)((x + 0.5) * sx));
-                Buffer.BlockCopy(src, (iy * w + ix) * 3, dst, (y * outW + x) * 3, 3);
+                src.Slice((iy * w + ix) * 3, 3).CopyTo(dst.AsSpan((y * outW + x) * 3));
             }
         }
         return dst;
