@@ -7,7 +7,7 @@ namespace AutoPrune.Loading.Images;
 /// Hugging Face transformers). Property initialisers are <c>CLIPImageProcessor</c>'s own defaults,
 /// so a key the file leaves out means what it means in transformers.
 /// </summary>
-public sealed class ClipPreprocessorConfig
+internal sealed class ClipPreprocessorConfig
 {
     /// <summary>OpenAI CLIP's normalisation mean (OPENAI_CLIP_MEAN).</summary>
     public static readonly float[] OpenAiClipMean = [0.48145466f, 0.4578275f, 0.40821073f];
